@@ -1,0 +1,34 @@
+# One entry point for people and CI. `make test` works from a clean clone: it makes the
+# virtual environment, installs the pinned dependencies, then runs every check.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint typecheck unit lock clean
+
+test: lint typecheck unit
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+# Refresh the transitive pins after changing requirements*.txt.
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(pytest|hypothesis|ruff|mypy|trustme)==' \
+	  | sed '1i # Transitive pins, from pip freeze of requirements-dev.txt; refresh with `make lock`.' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

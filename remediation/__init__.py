@@ -1,0 +1,1 @@
+"""Keeps every Azure VM in scope covered by Microsoft Defender for Endpoint."""

@@ -1,0 +1,540 @@
+"""VM facts -> classification. Pure: the OS matrix of FACTS.md lives here as data.
+
+Two readers build the same VmFacts: ``facts_from_arm`` for a VM GET with
+``$expand=instanceView`` and ``facts_from_graph`` for a row of the sweep's Resource Graph
+query. One difference is inherent: Resource Graph has no extension instance view, so a
+Failed extension's error code is known only from ARM (``ExtensionFacts.code``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from remediation.model import ExtensionFacts, Power, VmFacts, VmRef
+
+MDE_PUBLISHER = "Microsoft.Azure.AzureDefenderForServers"
+MDE_WINDOWS = "MDE.Windows"
+MDE_LINUX = "MDE.Linux"
+OPT_OUT_TAG = "ExcludeMdeAutoProvisioning"  # honoured as MDC's own opt-out convention
+
+
+class OsFamily(StrEnum):
+    WINDOWS = "windows"
+    LINUX = "linux"
+    UNKNOWN = "unknown"
+
+
+class Support(StrEnum):
+    SUPPORTED = "supported"
+    UNIFIED = "unified-solution"  # needs WDATP_UNIFIED_SOLUTION on the subscription
+    UNSUPPORTED = "unsupported"
+    UNKNOWN = "unknown"
+
+
+class Protection(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    IN_PROGRESS = "in-progress"
+    ABSENT = "absent"
+
+
+# --- The Windows matrix: one row a version ------------------------------------------
+# version: (support, Defender Antivirus built in, what to do when unsupported)
+WINDOWS_SERVER: dict[str, tuple[Support, bool, str]] = {
+    "2025": (Support.SUPPORTED, True, ""),
+    "2022": (Support.SUPPORTED, True, ""),
+    "2019": (Support.SUPPORTED, True, ""),
+    "2016": (Support.UNIFIED, True, ""),
+    "2012-r2": (Support.UNIFIED, False, ""),
+    "2012": (
+        Support.UNSUPPORTED,
+        False,
+        "Windows Server 2012 (not R2) cannot be onboarded to MDE: upgrade the OS",
+    ),
+    "2008-r2": (
+        Support.UNSUPPORTED,
+        False,
+        "Windows Server 2008 R2 needs the legacy MMA-based agent: onboard it by hand "
+        "or upgrade the OS",
+    ),
+}
+WINDOWS_CLIENT_NOTE = (
+    "single-session Windows 10/11 cannot be onboarded through the MDE.Windows extension "
+    "(it fails with code 51): onboard it with Intune or Group Policy"
+)
+# Build numbers the guest agent reports, for images that carry no marketplace name.
+WINDOWS_SERVER_BUILDS = {
+    "6.1": "2008-r2",
+    "6.2": "2012",
+    "6.3": "2012-r2",
+    "10.0.14393": "2016",
+    "10.0.17763": "2019",
+    "10.0.20348": "2022",
+    "10.0.26100": "2025",
+}
+
+# --- The Linux matrix (x64): one row a distro and major version ---------------------
+# (distro, major, lowest supported minor, highest supported minor). A marketplace image
+# that names no minor (RHEL "8-lvm", Rocky "9-base") is the newest minor of its major.
+LINUX_MATRIX: tuple[tuple[str, int, int, int], ...] = (
+    ("rhel", 7, 2, 99),
+    ("rhel", 8, 0, 99),
+    ("rhel", 9, 0, 99),
+    ("centos", 7, 2, 99),
+    ("oracle", 7, 2, 99),
+    ("oracle", 8, 0, 99),
+    ("oracle", 9, 0, 99),
+    ("ubuntu", 16, 4, 4),
+    ("ubuntu", 18, 4, 4),
+    ("ubuntu", 20, 4, 4),
+    ("ubuntu", 22, 4, 4),
+    ("ubuntu", 24, 4, 4),
+    ("debian", 9, 0, 99),
+    ("debian", 10, 0, 99),
+    ("debian", 11, 0, 99),
+    ("debian", 12, 0, 99),
+    ("sles", 12, 0, 99),
+    ("sles", 15, 0, 99),
+    ("amazon-linux", 2, 0, 99),
+    ("amazon-linux", 2023, 0, 99),
+    ("fedora", 33, 0, 99),
+    ("fedora", 34, 0, 99),
+    ("fedora", 35, 0, 99),
+    ("fedora", 36, 0, 99),
+    ("fedora", 37, 0, 99),
+    ("fedora", 38, 0, 99),
+    ("rocky", 8, 7, 99),
+    ("rocky", 9, 2, 99),
+    ("alma", 8, 4, 99),
+    ("alma", 9, 2, 99),
+    ("mariner", 2, 0, 99),
+)
+# Distros whose extension needs python3 on the machine (exit 52 otherwise).
+NEEDS_PYTHON3 = (("rhel", 8), ("ubuntu", 20), ("ubuntu", 22), ("ubuntu", 24))
+
+# Publisher, offer or guest-agent OS name -> distro, first match wins.
+DISTRO_NAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), distro)
+    for pattern, distro in (
+        (r"ubuntu|canonical", "ubuntu"),
+        (r"red ?hat|rhel", "rhel"),
+        (r"centos|openlogic", "centos"),
+        (r"oracle|^ol$", "oracle"),
+        (r"debian", "debian"),
+        (r"^sles|suse linux enterprise|^suse$", "sles"),
+        (r"amzn|amazon", "amazon-linux"),
+        (r"fedora", "fedora"),
+        (r"rocky|^resf$", "rocky"),
+        (r"alma", "alma"),
+        (r"mariner", "mariner"),
+        (r"flatcar|kinvolk", "flatcar"),
+        (r"opensuse", "opensuse"),
+    )
+)
+
+# --- Not ours to touch: managed services and network appliances ---------------------
+MANAGED_PUBLISHERS: dict[str, str] = {
+    "azuredatabricks": "an Azure Databricks cluster node",
+    "azureopenshift": "an Azure Red Hat OpenShift node",
+    "microsoft-aks": "an AKS node",
+    "aks": "an AKS node",
+    "fortinet": "a Fortinet network appliance",
+    "paloaltonetworks": "a Palo Alto Networks appliance",
+    "checkpoint": "a Check Point appliance",
+    "barracudanetworks": "a Barracuda appliance",
+    "cisco": "a Cisco appliance",
+    "f5-networks": "an F5 appliance",
+    "citrix": "a Citrix appliance",
+    "sophos": "a Sophos appliance",
+    "juniper-networks": "a Juniper appliance",
+    "vmware-inc": "a VMware appliance",
+}
+MANAGED_GROUPS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^mc_", re.IGNORECASE), "in an AKS node resource group"),
+    (re.compile(r"^databricks-rg-", re.IGNORECASE), "in a Databricks managed group"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    vm: VmRef
+    os: OsFamily
+    platform: str  # windows-server-2022, windows-client, ubuntu-22.04, rhel-8.6, unknown
+    support: Support
+    support_note: str  # why unsupported and what to do instead, or a caveat
+    builtin_av: bool  # Defender Antivirus ships with the OS
+    managed: str  # why the VM belongs to a managed service or appliance, or ""
+    power: Power
+    protection: Protection
+    extension: str  # MDE.Windows or MDE.Linux, "" when the OS is unknown
+    failure_code: int | None  # of a Failed MDE extension, when the instance view says
+    failed_extensions: tuple[str, ...]  # other extensions in Failed state
+    opt_out: str  # why the VM is opted out, or ""
+
+
+def classify(facts: VmFacts, exclude_tag: str) -> Classification:
+    os_family, platform, support, note, builtin_av = _operating_system(facts)
+    extension = {OsFamily.WINDOWS: MDE_WINDOWS, OsFamily.LINUX: MDE_LINUX}.get(os_family, "")
+    protection, code = _protection(facts.extensions, extension)
+    failed = tuple(
+        sorted(
+            ext.name
+            for ext in facts.extensions
+            if ext.state.lower() == "failed" and not _is_mde(ext)
+        )
+    )
+    return Classification(
+        vm=facts.vm,
+        os=os_family,
+        platform=platform,
+        support=support,
+        support_note=note,
+        builtin_av=builtin_av,
+        managed=_managed(facts),
+        power=facts.power,
+        protection=protection,
+        extension=extension,
+        failure_code=code,
+        failed_extensions=failed,
+        opt_out=_opt_out(facts, exclude_tag),
+    )
+
+
+# --- Operating system ------------------------------------------------------------------
+_OsResult = tuple[OsFamily, str, Support, str, bool]
+
+
+def _operating_system(facts: VmFacts) -> _OsResult:
+    publisher = facts.publisher.lower()
+    os_type = facts.os_type.lower()
+    client_license = facts.license_type.lower() == "windows_client"
+    agent_name = facts.os_name.lower()
+
+    if publisher == "microsoftwindowsdesktop" or client_license or _is_client_name(agent_name):
+        return _windows_client(facts)
+    if publisher in {"microsoftwindowsserver", "microsoftsqlserver"}:
+        version = _server_version_from_image(facts.offer, facts.sku)
+        if version:
+            return _windows_server(version)
+    if agent_name.startswith("windows server") or (os_type == "windows" and facts.os_version):
+        version = _server_version_from_agent(facts.os_name, facts.os_version)
+        if version:
+            return _windows_server(version)
+    if publisher and os_type != "windows":
+        linux = _linux_from_image(facts.publisher, facts.offer, facts.sku)
+        if linux is not None:
+            return linux
+    if os_type == "linux" or (agent_name and not agent_name.startswith("windows")):
+        if facts.os_name:
+            return _linux(_distro(facts.os_name), *_version(facts.os_version))
+        return (OsFamily.LINUX, "linux-unknown", Support.UNKNOWN, _UNKNOWN_NOTE, False)
+    if os_type == "windows":
+        return (OsFamily.WINDOWS, "windows-unknown", Support.UNKNOWN, _UNKNOWN_NOTE, False)
+    return (OsFamily.UNKNOWN, "unknown", Support.UNKNOWN, _UNKNOWN_NOTE, False)
+
+
+_UNKNOWN_NOTE = (
+    "the image names no OS and the guest agent has not reported one: start the VM and "
+    "check its guest agent, or onboard it by hand"
+)
+
+
+def _is_client_name(agent_name: str) -> bool:
+    return bool(re.match(r"windows (7|8|10|11)\b", agent_name))
+
+
+def _windows_client(facts: VmFacts) -> _OsResult:
+    text = " ".join((facts.offer, facts.sku, facts.os_name)).lower()
+    if re.search(r"windows 7|win7|windows-7", text):
+        note = "Windows 7 cannot be onboarded to MDE through the extension: upgrade it"
+        return (OsFamily.WINDOWS, "windows-client", Support.UNSUPPORTED, note, False)
+    if re.search(r"avd|evd|multi-session|multisession", text):
+        return (OsFamily.WINDOWS, "windows-client-multisession", Support.SUPPORTED, "", True)
+    return (OsFamily.WINDOWS, "windows-client", Support.UNSUPPORTED, WINDOWS_CLIENT_NOTE, True)
+
+
+def _windows_server(version: str) -> _OsResult:
+    support, builtin_av, note = WINDOWS_SERVER[version]
+    return (OsFamily.WINDOWS, f"windows-server-{version}", support, note, builtin_av)
+
+
+def _server_version_from_image(offer: str, sku: str) -> str | None:
+    # SQL Server images name their OS in the offer ("sql2019-ws2022"); Windows Server
+    # images in the sku ("2022-datacenter-azure-edition", "2012-R2-Datacenter").
+    match = re.search(r"ws(20\d\d)(r2)?", offer, re.IGNORECASE) or re.match(
+        r"^(?:\[smalldisk\]\s*)?(20\d\d)(-r2)?", sku, re.IGNORECASE
+    )
+    if match is None:
+        return None
+    version = match[1] + ("-r2" if match[2] else "")
+    return version if version in WINDOWS_SERVER else None
+
+
+def _server_version_from_agent(os_name: str, os_version: str) -> str | None:
+    match = re.search(r"windows server (20\d\d)( r2)?", os_name, re.IGNORECASE)
+    if match:
+        version = match[1] + ("-r2" if match[2] else "")
+        return version if version in WINDOWS_SERVER else None
+    for build, version in WINDOWS_SERVER_BUILDS.items():
+        if os_version == build or os_version.startswith(build + "."):
+            return version
+    return None
+
+
+def _linux_from_image(publisher: str, offer: str, sku: str) -> _OsResult | None:
+    distro = _distro(publisher) or _distro(offer)
+    if not distro:
+        return None
+    text = f"{offer} {sku}".lower()
+    if "arm64" in text or "aarch64" in text:
+        note = "MDE.Linux is deployed to x64 machines only; onboard arm64 machines by hand"
+        return (OsFamily.LINUX, f"{distro}-arm64", Support.UNSUPPORTED, note, False)
+    return _linux(distro, *_marketplace_version(distro, offer, sku))
+
+
+def _marketplace_version(distro: str, offer: str, sku: str) -> tuple[int | None, int | None]:
+    offer, sku = offer.lower().replace("x86_64", ""), sku.lower().replace("x86_64", "")
+    if distro == "ubuntu":
+        match = re.search(r"(\d{2})[._](\d{2})", sku) or re.search(r"(\d{2})[._](\d{2})", offer)
+        return (int(match[1]), int(match[2])) if match else (None, None)
+    if distro == "sles":
+        match = re.search(r"sles(?:-[a-z]+)*-(\d{2})(?:-sp(\d))?", offer)
+        if match:
+            return int(match[1]), int(match[2]) if match[2] else 0
+        return (None, None)
+    if distro == "mariner":
+        match = re.search(r"mariner-(\d+)", sku) or re.search(r"mariner-(\d+)", offer)
+        return (int(match[1]), None) if match else (None, None)
+    # RHEL "8_6", "86-gen2", "8-lvm-gen2", "7.9"; Oracle "ol89-lvm-gen2"; CentOS "7_9";
+    # Alma "8_7-gen2"; Rocky "9-base": a one-digit major, maybe glued to its minor.
+    # Debian "11-gen2", Amazon "2023": a longer major. Else the offer ("debian-11").
+    pattern = _GLUED_VERSION if distro in _GLUED_DISTROS else _PLAIN_VERSION
+    for text in (re.sub(r"^(ol|rhel-lvm|rhel-raw)", "", sku), offer):
+        match = pattern.search(text)
+        if match:
+            return int(match[1]), int(match[2]) if match[2] else None
+    return (None, None)
+
+
+_GLUED_DISTROS = frozenset({"rhel", "oracle", "centos", "alma", "rocky"})
+_GLUED_VERSION = re.compile(r"(?<!\d)(\d)(?:[._]?(\d{1,2}))?(?=\D|$)")
+_PLAIN_VERSION = re.compile(r"(?<!\d)(\d{1,4})(?:[._](\d{1,2}))?(?=\D|$)")
+
+
+def _distro(name: str) -> str:
+    for pattern, distro in DISTRO_NAMES:
+        if pattern.search(name):
+            return distro
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _version(text: str) -> tuple[int | None, int | None]:
+    match = re.match(r"^\s*(\d+)(?:\.(\d+))?", text)
+    if match is None:
+        return (None, None)
+    return int(match[1]), int(match[2]) if match[2] else None
+
+
+def _linux(distro: str, major: int | None, minor: int | None) -> _OsResult:
+    if not distro:
+        return (OsFamily.LINUX, "linux-unknown", Support.UNKNOWN, _UNKNOWN_NOTE, False)
+    if major is None:
+        note = f"cannot tell which {distro} version this is: check the guest agent"
+        return (OsFamily.LINUX, distro, Support.UNKNOWN, note, False)
+    if minor is None:
+        platform = f"{distro}-{major}"
+    elif distro == "ubuntu":
+        platform = f"ubuntu-{major}.{minor:02d}"
+    else:
+        platform = f"{distro}-{major}.{minor}"
+    for row_distro, row_major, low, high in LINUX_MATRIX:
+        in_range = minor is None or low <= minor <= high
+        if row_distro == distro and row_major == major and in_range:
+            needs_python = (distro, major) in NEEDS_PYTHON3
+            note = "the extension needs python3 on the machine" if needs_python else ""
+            return (OsFamily.LINUX, platform, Support.SUPPORTED, note, False)
+    note = (
+        f"{platform} is not on MDE for Linux's list of supported distributions: move to "
+        "a supported version, or onboard it by hand if Microsoft supports it otherwise"
+    )
+    return (OsFamily.LINUX, platform, Support.UNSUPPORTED, note, False)
+
+
+# --- Protection, managed services, opt-outs ------------------------------------------
+def _is_mde(ext: ExtensionFacts) -> bool:
+    return ext.publisher.lower() == MDE_PUBLISHER.lower() and ext.type.lower() in {
+        MDE_WINDOWS.lower(),
+        MDE_LINUX.lower(),
+    }
+
+
+def _protection(
+    extensions: tuple[ExtensionFacts, ...], wanted: str
+) -> tuple[Protection, int | None]:
+    mde = [ext for ext in extensions if _is_mde(ext)]
+    if wanted:
+        mde = [ext for ext in mde if ext.type.lower() == wanted.lower()] or mde
+    if not mde:
+        return Protection.ABSENT, None
+    state = mde[0].state.lower()
+    if state == "succeeded":
+        return Protection.SUCCEEDED, None
+    if state in {"failed", "canceled"}:
+        return Protection.FAILED, mde[0].code
+    return Protection.IN_PROGRESS, None
+
+
+def _managed(facts: VmFacts) -> str:
+    publisher = facts.publisher.lower()
+    if publisher in MANAGED_PUBLISHERS:
+        return f"the image ({facts.publisher}) makes it {MANAGED_PUBLISHERS[publisher]}"
+    if "firewall" in facts.offer.lower():
+        return f"the image offer {facts.offer} is a firewall appliance"
+    for pattern, why in MANAGED_GROUPS:
+        if pattern.search(facts.vm.resource_group):
+            return f"it is {why} ({facts.vm.resource_group})"
+    return ""
+
+
+def _opt_out(facts: VmFacts, exclude_tag: str) -> str:
+    tags = {key.lower(): str(value) for key, value in facts.tags.items()}
+    value = tags.get(exclude_tag.lower()) if exclude_tag else None
+    if value is not None and value.strip().lower() != "false":
+        return f"tag {exclude_tag}={value}"
+    if tags.get(OPT_OUT_TAG.lower(), "").strip().lower() == "true":
+        return f"tag {OPT_OUT_TAG}=true"
+    if facts.vm_pricing is not None and facts.vm_pricing.lower() == "free":
+        return "VM-level Defender for Servers pricing is Free"
+    return ""
+
+
+# --- Readers: ARM and Resource Graph give equal facts --------------------------------
+def _dig(value: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _power(code: Any) -> Power:
+    if isinstance(code, str) and code.lower().startswith("powerstate/"):
+        try:
+            return Power(code.split("/", 1)[1].lower())
+        except ValueError:
+            return Power.UNKNOWN
+    return Power.UNKNOWN
+
+
+def _tags(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(key): str(item) for key, item in value.items()}
+
+
+def _image(properties: Any) -> dict[str, str]:
+    reference = _dig(properties, "storageProfile", "imageReference") or {}
+    image_id = (
+        _text(_dig(reference, "id"))
+        or _text(_dig(reference, "sharedGalleryImageId"))
+        or _text(_dig(reference, "communityGalleryImageId"))
+    )
+    return {
+        "publisher": _text(_dig(reference, "publisher")),
+        "offer": _text(_dig(reference, "offer")),
+        "sku": _text(_dig(reference, "sku")),
+        "image_id": image_id,
+        "os_type": _text(_dig(properties, "storageProfile", "osDisk", "osType")),
+        "license_type": _text(_dig(properties, "licenseType")),
+    }
+
+
+def _failure_code(statuses: Any) -> int | None:
+    """'ProvisioningState/failed/51' or an MDE.Linux message 'exit code 10' -> code."""
+    for status in statuses if isinstance(statuses, list) else []:
+        code = _text(_dig(status, "code"))
+        match = re.match(r"^ProvisioningState/failed/(\d+)$", code, re.IGNORECASE)
+        if match:
+            return int(match[1])
+        message = _text(_dig(status, "message"))
+        match = re.search(r"exit(?:ed with)? code:? ?(\d+)", message, re.IGNORECASE)
+        if match:
+            return int(match[1])
+    return None
+
+
+def facts_from_arm(vm: Mapping[str, Any], vm_pricing: str | None = None) -> VmFacts:
+    """A VM as ARM returns it for GET ...?$expand=instanceView (REST JSON)."""
+    properties = vm.get("properties") or {}
+    view = _dig(properties, "instanceView") or {}
+    codes = {
+        _text(_dig(ext, "name")).lower(): _failure_code(_dig(ext, "statuses"))
+        for ext in (_dig(view, "extensions") or [])
+    }
+    extensions = tuple(
+        ExtensionFacts(
+            name=_text(ext.get("name")),
+            publisher=_text(_dig(ext, "properties", "publisher")),
+            type=_text(_dig(ext, "properties", "type")),
+            state=_text(_dig(ext, "properties", "provisioningState")),
+            code=codes.get(_text(ext.get("name")).lower())
+            if _text(_dig(ext, "properties", "provisioningState")).lower() == "failed"
+            else None,
+        )
+        for ext in (vm.get("resources") or [])
+        if isinstance(ext, Mapping)
+    )
+    power = next(
+        (
+            _power(status.get("code"))
+            for status in (_dig(view, "statuses") or [])
+            if isinstance(status, Mapping)
+            and _text(status.get("code")).lower().startswith("powerstate/")
+        ),
+        Power.UNKNOWN,
+    )
+    return VmFacts(
+        vm=VmRef.parse(_text(vm.get("id"))),
+        location=_text(vm.get("location")),
+        **_image(properties),
+        os_name=_text(_dig(view, "osName")),
+        os_version=_text(_dig(view, "osVersion")),
+        power=power,
+        tags=_tags(vm.get("tags")),
+        extensions=tuple(sorted(extensions, key=lambda ext: ext.name.lower())),
+        vm_pricing=vm_pricing,
+    )
+
+
+def facts_from_graph(row: Mapping[str, Any]) -> VmFacts:
+    """A row of the sweep's Resource Graph query (see arm.SWEEP_QUERY)."""
+    properties = row.get("properties") or {}
+    view = _dig(properties, "extended", "instanceView") or {}
+    extensions = tuple(
+        ExtensionFacts(
+            name=_text(ext.get("name")),
+            publisher=_text(ext.get("publisher")),
+            type=_text(ext.get("type")),
+            state=_text(ext.get("provisioningState")),
+        )
+        for ext in (row.get("extensions") or [])
+        if isinstance(ext, Mapping)
+    )
+    return VmFacts(
+        vm=VmRef.parse(_text(row.get("id"))),
+        location=_text(row.get("location")),
+        **_image(properties),
+        os_name=_text(_dig(view, "osName")),
+        os_version=_text(_dig(view, "osVersion")),
+        power=_power(_dig(view, "powerState", "code")),
+        tags=_tags(row.get("tags")),
+        extensions=tuple(sorted(extensions, key=lambda ext: ext.name.lower())),
+    )

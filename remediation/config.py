@@ -1,0 +1,261 @@
+"""Settings: one frozen value, loaded once, every problem reported at once.
+
+Production passes ``os.environ``; tests pass plain dicts. Names are public: deployment
+templates, the README and operators use them, so they never change casually.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+# Storage naming rules: queues 3-63 lowercase letters, digits and single hyphens;
+# tables 3-63 alphanumerics starting with a letter.
+QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
+TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+TAG_NAME = re.compile(r"^[^<>%&\\?/]{1,512}$")
+NCRONTAB_FIELD = re.compile(r"^[0-9*/,\-A-Za-z]+$")
+
+# Authorities whose instance discovery azure-identity knows; any other authority host
+# (a sovereign cloud's is in this list too) gets discovery disabled so it can be reached.
+MICROSOFT_AUTHORITIES = frozenset(
+    {
+        "login.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+        "login.microsoftonline.de",
+    }
+)
+
+
+class Mode(StrEnum):
+    REPORT = "report"
+    ENFORCE = "enforce"
+
+
+class SettingsError(ValueError):
+    """Every bad setting, one line each, so an operator fixes them in one pass."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "invalid settings:\n" + "\n".join(f"  - {problem}" for problem in problems)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    mode: Mode
+    subscriptions: frozenset[str]
+    allow_plan_change: bool
+    servers_plan: str
+    enable_integration: bool
+    exclude_tag: str
+    max_actions_per_sweep: int
+    sweep_schedule: str
+    arm_endpoint: str
+    principal_id: str
+    install_queue: str
+    audit_table: str
+    max_reinstalls: int
+    posture_ttl_seconds: int
+    retry_budget_seconds: int
+    lro_poll_seconds: float
+    authority_host: str
+    storage_connection: str
+    storage_account: str
+
+    @property
+    def enforce(self) -> bool:
+        return self.mode is Mode.ENFORCE
+
+    @property
+    def poison_queue(self) -> str:
+        return f"{self.install_queue}-poison"
+
+    @property
+    def disable_instance_discovery(self) -> bool:
+        """A private (or test) authority has no Microsoft discovery endpoint."""
+        host = urlsplit(self.authority_host).hostname or ""
+        return bool(self.authority_host) and host not in MICROSOFT_AUTHORITIES
+
+    def in_scope(self, subscription_id: str) -> bool:
+        return subscription_id.lower() in self.subscriptions
+
+
+T = TypeVar("T")
+
+
+def load(environ: Mapping[str, str]) -> Settings:
+    """Read and check every setting; raise SettingsError naming each bad one."""
+    problems: list[str] = []
+
+    def get(name: str, default: str) -> str:
+        return environ.get(name, default).strip()
+
+    def parse(name: str, default: str, convert: Callable[[str], T], fallback: T) -> T:
+        raw = get(name, default)
+        try:
+            return convert(raw)
+        except ValueError as error:
+            problems.append(f"{name}={raw!r}: {error}")
+            return fallback
+
+    mode = parse("REMEDIATION_MODE", "report", _mode, Mode.REPORT)
+    subscriptions = parse("REMEDIATION_SUBSCRIPTIONS", "", _subscriptions, frozenset[str]())
+    allow_plan_change = parse("REMEDIATION_ALLOW_PLAN_CHANGE", "false", _boolean, False)
+    servers_plan = parse("REMEDIATION_SERVERS_PLAN", "P1", _plan, "P1")
+    enable_integration = parse("REMEDIATION_ENABLE_INTEGRATION", "true", _boolean, True)
+    exclude_tag = parse("REMEDIATION_EXCLUDE_TAG", "defender-remediation-exclude", _tag_name, "")
+    max_actions = parse("REMEDIATION_MAX_ACTIONS_PER_SWEEP", "500", _bounded_int(1, 100_000), 500)
+    schedule = parse("REMEDIATION_SWEEP_SCHEDULE", "0 0 2 * * *", _ncrontab, "")
+    arm_endpoint = parse("REMEDIATION_ARM_ENDPOINT", "https://management.azure.com", _https_url, "")
+    principal_id = parse("REMEDIATION_PRINCIPAL_ID", "", _optional_guid, "")
+    install_queue = parse("REMEDIATION_INSTALL_QUEUE", "mde-installs", _queue_name, "")
+    audit_table = parse("REMEDIATION_AUDIT_TABLE", "remediationlog", _table_name, "")
+    max_reinstalls = parse("REMEDIATION_MAX_REINSTALLS", "2", _bounded_int(0, 10), 2)
+    posture_ttl = parse("REMEDIATION_POSTURE_TTL_SECONDS", "300", _bounded_int(0, 86_400), 300)
+    retry_budget = parse("REMEDIATION_RETRY_BUDGET_SECONDS", "120", _bounded_int(1, 3_600), 120)
+    lro_poll = parse("REMEDIATION_LRO_POLL_SECONDS", "10", _poll_seconds, 10.0)
+    authority_host = parse("AZURE_AUTHORITY_HOST", "", _optional_https_url, "")
+
+    storage_connection = get("AzureWebJobsStorage", "")
+    storage_account = get("AzureWebJobsStorage__accountName", "")
+    if not storage_connection and not storage_account:
+        problems.append(
+            "AzureWebJobsStorage: required (a connection string, or "
+            "AzureWebJobsStorage__accountName for identity-based access)"
+        )
+
+    if problems:
+        raise SettingsError(problems)
+    return Settings(
+        mode=mode,
+        subscriptions=subscriptions,
+        allow_plan_change=allow_plan_change,
+        servers_plan=servers_plan,
+        enable_integration=enable_integration,
+        exclude_tag=exclude_tag,
+        max_actions_per_sweep=max_actions,
+        sweep_schedule=schedule,
+        arm_endpoint=arm_endpoint,
+        principal_id=principal_id,
+        install_queue=install_queue,
+        audit_table=audit_table,
+        max_reinstalls=max_reinstalls,
+        posture_ttl_seconds=posture_ttl,
+        retry_budget_seconds=retry_budget,
+        lro_poll_seconds=lro_poll,
+        authority_host=authority_host,
+        storage_connection=storage_connection,
+        storage_account=storage_account,
+    )
+
+
+def _mode(raw: str) -> Mode:
+    try:
+        return Mode(raw.lower())
+    except ValueError:
+        raise ValueError("must be 'report' or 'enforce'") from None
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value in {"true", "1", "yes"}:
+        return True
+    if value in {"false", "0", "no"}:
+        return False
+    raise ValueError("must be 'true' or 'false'")
+
+
+def _plan(raw: str) -> str:
+    plan = raw.upper()
+    if plan not in {"P1", "P2"}:
+        raise ValueError("must be 'P1' or 'P2'")
+    return plan
+
+
+def _subscriptions(raw: str) -> frozenset[str]:
+    ids = [part.strip() for part in raw.split(",") if part.strip()]
+    if not ids:
+        raise ValueError("required: a comma-separated list of subscription ids")
+    bad = [value for value in ids if not GUID.match(value)]
+    if bad:
+        raise ValueError(f"not subscription ids (GUIDs): {', '.join(bad)}")
+    return frozenset(value.lower() for value in ids)
+
+
+def _tag_name(raw: str) -> str:
+    if not TAG_NAME.match(raw):
+        raise ValueError("must be a tag name of 1-512 characters without < > % & \\ ? /")
+    return raw
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def convert(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return convert
+
+
+def _poll_seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not 0 <= value <= 60:
+        raise ValueError("must be between 0 and 60 seconds")
+    return value
+
+
+def _ncrontab(raw: str) -> str:
+    fields = raw.split()
+    if len(fields) != 6 or not all(NCRONTAB_FIELD.match(field) for field in fields):
+        raise ValueError(
+            "must be an NCRONTAB expression of six fields "
+            "(second minute hour day month weekday), e.g. '0 0 2 * * *'"
+        )
+    return " ".join(fields)
+
+
+def _https_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("must be an https:// URL (bearer tokens are refused over http)")
+    if parts.query or parts.fragment or parts.path not in {"", "/"}:
+        raise ValueError("must be a bare endpoint such as https://management.azure.com")
+    return raw.rstrip("/")
+
+
+def _optional_https_url(raw: str) -> str:
+    return _https_url(raw) if raw else ""
+
+
+def _optional_guid(raw: str) -> str:
+    if raw and not GUID.match(raw):
+        raise ValueError("must be an object id (GUID) or empty")
+    return raw.lower()
+
+
+def _queue_name(raw: str) -> str:
+    # The poison queue adds 7 characters and must be a valid name too.
+    if not QUEUE_NAME.match(raw) or len(raw) > 56:
+        raise ValueError("must be a queue name: 3-56 lowercase letters, digits and single hyphens")
+    return raw
+
+
+def _table_name(raw: str) -> str:
+    if not TABLE_NAME.match(raw):
+        raise ValueError("must be a table name: 3-63 letters and digits, a letter first")
+    return raw

@@ -1,0 +1,186 @@
+"""The values that flow through the pipeline: plain, frozen, free of I/O.
+
+event or sweep row -> VmFacts -> Classification (classify.py) -> Decision (policy.py)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+# ARM's grammar for the ids we accept, strictly: a GUID subscription, a resource group
+# of 1-90 word characters, hyphens, periods and parentheses (not ending in a period), a
+# VM name of 1-64 letters, digits, '_', '.', '-' starting with a letter or digit and not
+# ending in '.' or '-'. Anything else (a '..', '%', '?', '#', whitespace, extra
+# segments, another resource type) is not a VM id.
+_GUID = r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}"
+_GROUP = r"[-\w.()]{0,89}[-\w()]"
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?"
+VM_ID = re.compile(
+    rf"^/subscriptions/(?P<sub>{_GUID})/resourceGroups/(?P<group>{_GROUP})"
+    rf"/providers/Microsoft\.Compute/virtualMachines/(?P<name>{_NAME})$",
+    re.IGNORECASE | re.ASCII,
+)
+EXTENSION_ID = re.compile(
+    rf"^(?P<vm>/subscriptions/{_GUID}/resourceGroups/{_GROUP}"
+    rf"/providers/Microsoft\.Compute/virtualMachines/{_NAME})/extensions/(?P<ext>{_NAME})$",
+    re.IGNORECASE | re.ASCII,
+)
+
+
+class InvalidResourceId(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class VmRef:
+    """A VM's identity. ARM ids are case-insensitive: compare and key on ``key``."""
+
+    subscription: str
+    resource_group: str
+    name: str
+
+    @classmethod
+    def parse(cls, resource_id: str) -> VmRef:
+        match = VM_ID.match(resource_id) if isinstance(resource_id, str) else None
+        if match is None or ".." in resource_id:
+            raise InvalidResourceId(f"not a virtual machine id: {_shorten(resource_id)}")
+        return cls(match["sub"].lower(), match["group"], match["name"])
+
+    @property
+    def id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
+        )
+
+    @property
+    def key(self) -> str:
+        return self.id.lower()
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def _shorten(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class Power(StrEnum):
+    RUNNING = "running"
+    STARTING = "starting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    DEALLOCATING = "deallocating"
+    DEALLOCATED = "deallocated"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionFacts:
+    name: str
+    publisher: str
+    type: str
+    state: str  # provisioningState as ARM reports it: Succeeded, Failed, Creating, ...
+    code: int | None = None  # failure code, known only from the VM's instance view
+
+
+@dataclass(frozen=True, slots=True)
+class VmFacts:
+    """What ARM (GET with instanceView) or Resource Graph tells about one VM."""
+
+    vm: VmRef
+    location: str = ""
+    os_type: str = ""  # "Windows", "Linux" or "" when ARM does not say
+    publisher: str = ""
+    offer: str = ""
+    sku: str = ""
+    image_id: str = ""  # gallery or custom image; marketplace images have none
+    license_type: str = ""
+    os_name: str = ""  # the guest agent's report; updates slowly, absent when stopped
+    os_version: str = ""
+    power: Power = Power.UNKNOWN
+    tags: Mapping[str, str] = field(default_factory=dict)
+    extensions: tuple[ExtensionFacts, ...] = ()
+    vm_pricing: str | None = None  # VM-level Defender pricing tier, when read
+
+
+@dataclass(frozen=True, slots=True)
+class Posture:
+    """A subscription's Defender for Servers plan and MDE integration settings."""
+
+    subscription: str
+    pricing_tier: str = "Free"  # "Free" or "Standard"
+    sub_plan: str = ""  # "P1" or "P2" when Standard
+    wdatp: bool = False
+    unified: bool = False
+    exclude_linux: bool = True  # WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW: true = Linux left out
+
+    @property
+    def plan_on(self) -> bool:
+        return self.pricing_tier == "Standard"
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What earlier runs did to this VM, read from the audit log."""
+
+    reinstalls: int = 0  # MDE reinstalls already attempted after a Failed extension
+
+
+class Outcome(StrEnum):
+    """The public decision vocabulary: operators filter the remediation log on it."""
+
+    COMPLIANT = "compliant"
+    INSTALL = "install"
+    DEFER = "defer"
+    EXCLUDE = "exclude"
+    UNSUPPORTED = "unsupported"
+    BLOCKED = "blocked"
+    ERROR = "error"
+
+
+class ActionKind(StrEnum):
+    ENABLE_PLAN = "enable-plan"
+    ENABLE_SETTING = "enable-setting"
+    INCLUDE_LINUX = "include-linux"
+    INSTALL = "install"
+    REINSTALL = "reinstall"
+
+
+SUBSCRIPTION_ACTIONS = frozenset(
+    {ActionKind.ENABLE_PLAN, ActionKind.ENABLE_SETTING, ActionKind.INCLUDE_LINUX}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: ActionKind
+    target: str  # P1/P2, a setting name, or an extension type
+
+    @property
+    def on_subscription(self) -> bool:
+        return self.kind in SUBSCRIPTION_ACTIONS
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.target}"
+
+    @classmethod
+    def parse(cls, text: str) -> Action:
+        kind, _, target = text.partition(":")
+        return cls(ActionKind(kind), target)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    reason: str
+    actions: tuple[Action, ...] = ()
+    hint: str = ""  # what a human should do, for blocked/error/unsupported
+
+    @property
+    def action_names(self) -> list[str]:
+        return [str(action) for action in self.actions]

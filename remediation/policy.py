@@ -1,0 +1,228 @@
+"""Classification + subscription posture + settings + history -> Decision. Pure.
+
+The rules run in order and the first that applies decides (see ``RULES``): opt-outs
+and managed VMs first, then what the OS allows, then what the subscription lacks and
+whether settings let us fix it, then the VM's own extension and power state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from remediation.classify import Classification, OsFamily, Protection, Support
+from remediation.config import Settings
+from remediation.model import Action, ActionKind, Decision, History, Outcome, Posture, Power
+
+WDATP = "WDATP"
+WDATP_UNIFIED = "WDATP_UNIFIED_SOLUTION"
+WDATP_EXCLUDE_LINUX = "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW"
+
+# What an MDE extension failure code means and what a human should do about it.
+FAILURE_HINTS: dict[int, str] = {
+    1: "internal error in the extension: retry once; if it persists, collect the "
+    "extension logs and open a support case",
+    2: "invalid arguments: the onboarding package was rejected; check mdeOnboardings",
+    3: "insufficient privileges on the machine: check that the agent runs as root",
+    4: "no internet connectivity: allow the MDE URLs and packages.microsoft.com "
+    "through the firewall or proxy",
+    5: "another app uses fanotify: remove or reconfigure the conflicting antimalware",
+    10: "unsupported distribution: move to a supported one or onboard by hand",
+    11: "unsupported OS version: upgrade to a supported version",
+    12: "the machine lacks disk space or memory for MDE: free at least 2 GB",
+    20: "MDE is not installed: check the package manager's logs on the machine",
+    21: "installation failed: check the package manager's logs on the machine",
+    23: "a dependency failed to install: check the package repositories",
+    24: "the package repository could not be set up: allow packages.microsoft.com",
+    30: "the onboarding blob was not found: check the mdeOnboardings package",
+    31: "onboarding failed: check connectivity to the MDE service URLs",
+    51: "this Windows edition cannot be onboarded through the extension: use Intune "
+    "or Group Policy",
+    52: "no Python interpreter on the machine: install python3, then let the sweep retry",
+}
+
+
+def failure_hint(code: int | None) -> str:
+    if code is None:
+        return "read the extension's status message in the portal or its logs on the VM"
+    return FAILURE_HINTS.get(code, f"unknown extension error code {code}: read its logs")
+
+
+@dataclass(frozen=True, slots=True)
+class Situation:
+    vm: Classification
+    posture: Posture
+    settings: Settings
+    history: History
+
+    @property
+    def extension_action(self) -> Action | None:
+        if self.vm.protection is Protection.ABSENT:
+            return Action(ActionKind.INSTALL, self.vm.extension)
+        if self.vm.protection is Protection.FAILED:
+            return Action(ActionKind.REINSTALL, self.vm.extension)
+        return None
+
+    @property
+    def subscription_gaps(self) -> list[tuple[Action, bool, str]]:
+        """(action, allowed by settings, the setting that allows it) for each gap."""
+        gaps = []
+        settings, posture = self.settings, self.posture
+        integration = (settings.enable_integration, "REMEDIATION_ENABLE_INTEGRATION")
+        if not posture.plan_on:
+            plan = Action(ActionKind.ENABLE_PLAN, settings.servers_plan)
+            gaps.append((plan, settings.allow_plan_change, "REMEDIATION_ALLOW_PLAN_CHANGE"))
+        if not posture.wdatp:
+            gaps.append((Action(ActionKind.ENABLE_SETTING, WDATP), *integration))
+        # The unified and Linux switches only matter for what gets deployed.
+        if self.extension_action is not None:
+            if self.vm.support is Support.UNIFIED and not posture.unified:
+                gaps.append((Action(ActionKind.ENABLE_SETTING, WDATP_UNIFIED), *integration))
+            if self.vm.os is OsFamily.LINUX and posture.exclude_linux:
+                gaps.append((Action(ActionKind.INCLUDE_LINUX, WDATP_EXCLUDE_LINUX), *integration))
+        return gaps
+
+
+def _opted_out(s: Situation) -> Decision | None:
+    if s.vm.opt_out:
+        return Decision(Outcome.EXCLUDE, f"The VM is opted out ({s.vm.opt_out}).")
+    return None
+
+
+def _managed(s: Situation) -> Decision | None:
+    if s.vm.managed:
+        return Decision(Outcome.EXCLUDE, f"Not ours to touch: {s.vm.managed}.")
+    return None
+
+
+def _unsupported(s: Situation) -> Decision | None:
+    if s.vm.support is Support.UNSUPPORTED:
+        return Decision(
+            Outcome.UNSUPPORTED,
+            f"{s.vm.platform} cannot be onboarded through the MDE extension.",
+            hint=s.vm.support_note,
+        )
+    return None
+
+
+def _unknown_os(s: Situation) -> Decision | None:
+    if s.vm.support is not Support.UNKNOWN:
+        return None
+    if s.vm.power is not Power.RUNNING:
+        return Decision(
+            Outcome.DEFER,
+            f"The OS is not known yet and the VM is {s.vm.power}; "
+            "its guest agent reports the OS once it runs.",
+        )
+    return Decision(
+        Outcome.UNSUPPORTED,
+        f"The OS of this VM cannot be identified ({s.vm.platform}).",
+        hint=s.vm.support_note,
+    )
+
+
+def _blocked(s: Situation) -> Decision | None:
+    refused = [(action, setting) for action, allowed, setting in s.subscription_gaps if not allowed]
+    if not refused:
+        return None
+    needs = ", ".join(str(action) for action, _ in refused)
+    settings = " and ".join(sorted({f"{setting}=true" for _, setting in refused}))
+    return Decision(
+        Outcome.BLOCKED,
+        f"Subscription {s.vm.vm.subscription} needs {needs}, which settings do not allow.",
+        hint=f"set {settings}, or make the change yourself in Defender for Cloud",
+    )
+
+
+def _covered(s: Situation) -> Decision | None:
+    if s.vm.protection is not Protection.SUCCEEDED:
+        return None
+    gaps = [action for action, _, _ in s.subscription_gaps]
+    if gaps:
+        return Decision(
+            Outcome.INSTALL,
+            f"{s.vm.extension} is installed but the subscription lacks "
+            f"{', '.join(str(a) for a in gaps)}.",
+            tuple(gaps),
+        )
+    return Decision(
+        Outcome.COMPLIANT,
+        f"{s.vm.extension} is Succeeded and Defender for Servers with MDE integration is on.",
+    )
+
+
+def _in_progress(s: Situation) -> Decision | None:
+    if s.vm.protection is Protection.IN_PROGRESS:
+        return Decision(
+            Outcome.DEFER,
+            f"An {s.vm.extension} operation is in progress; the next event or sweep "
+            "checks it again.",
+        )
+    return None
+
+
+def _failed_too_often(s: Situation) -> Decision | None:
+    if s.vm.protection is not Protection.FAILED:
+        return None
+    if s.history.reinstalls < s.settings.max_reinstalls:
+        return None
+    code = "" if s.vm.failure_code is None else f" with code {s.vm.failure_code}"
+    return Decision(
+        Outcome.ERROR,
+        f"{s.vm.extension} is Failed{code} after {s.history.reinstalls} reinstalls.",
+        hint=failure_hint(s.vm.failure_code),
+    )
+
+
+def _not_running(s: Situation) -> Decision | None:
+    if s.vm.power is Power.RUNNING:
+        return None
+    return Decision(
+        Outcome.DEFER,
+        f"The VM is {s.vm.power}; {s.vm.extension} is installed when it next starts.",
+    )
+
+
+def _install(s: Situation) -> Decision | None:
+    extension = s.extension_action
+    assert extension is not None  # every other protection state was decided above
+    actions = (*(action for action, _, _ in s.subscription_gaps), extension)
+    why = "is absent" if extension.kind is ActionKind.INSTALL else "is Failed"
+    code = s.vm.failure_code
+    if code is not None:
+        why += f" (code {code})"
+    caution = ""
+    if s.vm.failed_extensions:
+        caution = (
+            f" Other extensions in Failed state ({', '.join(s.vm.failed_extensions)}) "
+            "may block the install."
+        )
+    return Decision(
+        Outcome.INSTALL,
+        f"{s.vm.extension} {why} on {s.vm.platform}.{caution}",
+        actions,
+    )
+
+
+Rule = Callable[[Situation], Decision | None]
+RULES: tuple[Rule, ...] = (
+    _opted_out,
+    _managed,
+    _unsupported,
+    _unknown_os,
+    _blocked,
+    _covered,
+    _in_progress,
+    _failed_too_often,
+    _not_running,
+    _install,
+)
+
+
+def decide(vm: Classification, posture: Posture, settings: Settings, history: History) -> Decision:
+    situation = Situation(vm, posture, settings, history)
+    for rule in RULES:
+        decision = rule(situation)
+        if decision is not None:
+            return decision
+    raise AssertionError("the last rule always decides")  # pragma: no cover
