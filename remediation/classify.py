@@ -286,7 +286,7 @@ def _server_version_from_agent(os_name: str, os_version: str) -> str | None:
 
 
 def _linux_from_image(publisher: str, offer: str, sku: str) -> _OsResult | None:
-    distro = _distro(publisher) or _distro(offer)
+    distro = _known_distro(publisher) or _known_distro(offer)
     if not distro:
         return None
     text = f"{offer} {sku}".lower()
@@ -297,7 +297,8 @@ def _linux_from_image(publisher: str, offer: str, sku: str) -> _OsResult | None:
 
 
 def _marketplace_version(distro: str, offer: str, sku: str) -> tuple[int | None, int | None]:
-    offer, sku = offer.lower().replace("x86_64", ""), sku.lower().replace("x86_64", "")
+    # Architecture and generation markers are not versions.
+    offer, sku = (re.sub(r"x86_64|gen[12]", "", text.lower()) for text in (offer, sku))
     if distro == "ubuntu":
         match = re.search(r"(\d{2})[._](\d{2})", sku) or re.search(r"(\d{2})[._](\d{2})", offer)
         return (int(match[1]), int(match[2])) if match else (None, None)
@@ -321,15 +322,20 @@ def _marketplace_version(distro: str, offer: str, sku: str) -> tuple[int | None,
 
 
 _GLUED_DISTROS = frozenset({"rhel", "oracle", "centos", "alma", "rocky"})
-_GLUED_VERSION = re.compile(r"(?<!\d)(\d)(?:[._]?(\d{1,2}))?(?=\D|$)")
+_GLUED_VERSION = re.compile(r"(?<!\d)(\d)(?:[._-]?(\d{1,2}))?(?=\D|$)")
 _PLAIN_VERSION = re.compile(r"(?<!\d)(\d{1,4})(?:[._](\d{1,2}))?(?=\D|$)")
 
 
-def _distro(name: str) -> str:
+def _known_distro(name: str) -> str:
     for pattern, distro in DISTRO_NAMES:
         if pattern.search(name):
             return distro
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return ""
+
+
+def _distro(name: str) -> str:
+    """A distro name from the guest agent; an unknown one is kept, slugified."""
+    return _known_distro(name) or re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def _version(text: str) -> tuple[int | None, int | None]:
@@ -342,6 +348,14 @@ def _version(text: str) -> tuple[int | None, int | None]:
 def _linux(distro: str, major: int | None, minor: int | None) -> _OsResult:
     if not distro:
         return (OsFamily.LINUX, "linux-unknown", Support.UNKNOWN, _UNKNOWN_NOTE, False)
+    if all(row[0] != distro for row in LINUX_MATRIX):
+        platform = (
+            distro
+            if major is None
+            else f"{distro}-{major}" + ("" if minor is None else f".{minor}")
+        )
+        note = f"{distro} is not a distribution MDE for Linux supports: onboard it by hand"
+        return (OsFamily.LINUX, platform, Support.UNSUPPORTED, note, False)
     if major is None:
         note = f"cannot tell which {distro} version this is: check the guest agent"
         return (OsFamily.LINUX, distro, Support.UNKNOWN, note, False)

@@ -19,13 +19,13 @@ _GUID = r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}"
 _GROUP = r"[-\w.()]{0,89}[-\w()]"
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?"
 VM_ID = re.compile(
-    rf"^/subscriptions/(?P<sub>{_GUID})/resourceGroups/(?P<group>{_GROUP})"
-    rf"/providers/Microsoft\.Compute/virtualMachines/(?P<name>{_NAME})$",
+    rf"/subscriptions/(?P<sub>{_GUID})/resourceGroups/(?P<group>{_GROUP})"
+    rf"/providers/Microsoft\.Compute/virtualMachines/(?P<name>{_NAME})",
     re.IGNORECASE | re.ASCII,
 )
 EXTENSION_ID = re.compile(
-    rf"^(?P<vm>/subscriptions/{_GUID}/resourceGroups/{_GROUP}"
-    rf"/providers/Microsoft\.Compute/virtualMachines/{_NAME})/extensions/(?P<ext>{_NAME})$",
+    rf"(?P<vm>/subscriptions/{_GUID}/resourceGroups/{_GROUP}"
+    rf"/providers/Microsoft\.Compute/virtualMachines/{_NAME})/extensions/(?P<ext>{_NAME})",
     re.IGNORECASE | re.ASCII,
 )
 
@@ -44,7 +44,7 @@ class VmRef:
 
     @classmethod
     def parse(cls, resource_id: str) -> VmRef:
-        match = VM_ID.match(resource_id) if isinstance(resource_id, str) else None
+        match = VM_ID.fullmatch(resource_id) if isinstance(resource_id, str) else None
         if match is None or ".." in resource_id:
             raise InvalidResourceId(f"not a virtual machine id: {_shorten(resource_id)}")
         return cls(match["sub"].lower(), match["group"], match["name"])

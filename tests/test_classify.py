@@ -1,0 +1,448 @@
+import pytest
+
+from remediation.classify import (
+    MDE_PUBLISHER,
+    OsFamily,
+    Protection,
+    Support,
+    classify,
+    facts_from_arm,
+    facts_from_graph,
+)
+from remediation.model import ExtensionFacts, Power, VmFacts, VmRef
+
+SUB = "11111111-1111-1111-1111-111111111111"
+TAG = "defender-remediation-exclude"
+W, L, U = OsFamily.WINDOWS, OsFamily.LINUX, OsFamily.UNKNOWN
+OK, UNI, NO, UNK = Support.SUPPORTED, Support.UNIFIED, Support.UNSUPPORTED, Support.UNKNOWN
+
+
+def facts(image=("", "", ""), os_type="", group="rg", **more):
+    publisher, offer, sku = image
+    return VmFacts(
+        vm=VmRef(SUB, group, "vm1"),
+        os_type=os_type,
+        publisher=publisher,
+        offer=offer,
+        sku=sku,
+        power=more.pop("power", Power.RUNNING),
+        **more,
+    )
+
+
+def win(offer, sku, publisher="MicrosoftWindowsServer", **more):
+    return facts((publisher, offer, sku), "Windows", **more)
+
+
+def lin(publisher, offer, sku, **more):
+    return facts((publisher, offer, sku), "Linux", **more)
+
+
+def agent(os_type, os_name, os_version, **more):
+    gallery = (
+        f"/subscriptions/{SUB}/resourceGroups/img/providers/Microsoft.Compute/galleries/g/images/i"
+    )
+    return facts(os_type=os_type, os_name=os_name, os_version=os_version, image_id=gallery, **more)
+
+
+# (case, facts, os family, platform, support, Defender Antivirus built in)
+# fmt: off
+MATRIX = [
+    # Windows Server marketplace
+    ("ws2025 azure edition", win("WindowsServer", "2025-datacenter-azure-edition"), W, "windows-server-2025", OK, True),
+    ("ws2022 datacenter", win("WindowsServer", "2022-datacenter"), W, "windows-server-2022", OK, True),
+    ("ws2022 gen2", win("WindowsServer", "2022-datacenter-g2"), W, "windows-server-2022", OK, True),
+    ("ws2022 azure edition hotpatch", win("WindowsServer", "2022-datacenter-azure-edition-hotpatch"), W, "windows-server-2022", OK, True),
+    ("ws2022 core smalldisk", win("WindowsServer", "2022-datacenter-core-smalldisk-g2"), W, "windows-server-2022", OK, True),
+    ("ws2019 datacenter", win("WindowsServer", "2019-Datacenter"), W, "windows-server-2019", OK, True),
+    ("ws2019 gensecond", win("WindowsServer", "2019-datacenter-gensecond"), W, "windows-server-2019", OK, True),
+    ("ws2019 smalldisk bracket", win("WindowsServer", "[smalldisk] 2019-Datacenter"), W, "windows-server-2019", OK, True),
+    ("ws2016 datacenter", win("WindowsServer", "2016-Datacenter"), W, "windows-server-2016", UNI, True),
+    ("ws2016 server core", win("WindowsServer", "2016-datacenter-server-core-g2"), W, "windows-server-2016", UNI, True),
+    ("ws2012 r2", win("WindowsServer", "2012-R2-Datacenter"), W, "windows-server-2012-r2", UNI, False),
+    ("ws2012 r2 gen2", win("WindowsServer", "2012-r2-datacenter-gensecond"), W, "windows-server-2012-r2", UNI, False),
+    ("ws2012", win("WindowsServer", "2012-Datacenter"), W, "windows-server-2012", NO, False),
+    ("ws2008 r2", win("WindowsServer", "2008-R2-SP1"), W, "windows-server-2008-r2", NO, False),
+    ("sql on ws2022", win("sql2019-ws2022", "enterprise", publisher="MicrosoftSQLServer"), W, "windows-server-2022", OK, True),
+    ("sql on ws2019", win("sql2019-ws2019", "sqldev-gen2", publisher="MicrosoftSQLServer"), W, "windows-server-2019", OK, True),
+    ("sql on ws2016", win("SQL2017-WS2016", "Standard", publisher="MicrosoftSQLServer"), W, "windows-server-2016", UNI, True),
+    ("sql on ws2012r2", win("sql2014sp3-ws2012r2", "enterprise", publisher="MicrosoftSQLServer"), W, "windows-server-2012-r2", UNI, False),
+    ("server with AHB licence", win("WindowsServer", "2022-datacenter", license_type="Windows_Server"), W, "windows-server-2022", OK, True),
+    # Windows client
+    ("win11 avd", win("windows-11", "win11-23h2-avd", publisher="MicrosoftWindowsDesktop"), W, "windows-client-multisession", OK, True),
+    ("win11 avd m365", win("office-365", "win11-23h2-avd-m365", publisher="MicrosoftWindowsDesktop"), W, "windows-client-multisession", OK, True),
+    ("win10 avd", win("windows-10", "win10-22h2-avd", publisher="MicrosoftWindowsDesktop"), W, "windows-client-multisession", OK, True),
+    ("win10 evd", win("Windows-10", "21h1-evd", publisher="MicrosoftWindowsDesktop"), W, "windows-client-multisession", OK, True),
+    ("win10 rs5 evd", win("Windows-10", "rs5-evd", publisher="MicrosoftWindowsDesktop"), W, "windows-client-multisession", OK, True),
+    ("win11 pro", win("windows-11", "win11-22h2-pro", publisher="MicrosoftWindowsDesktop"), W, "windows-client", NO, True),
+    ("win11 ent", win("windows-11", "win11-23h2-ent", publisher="MicrosoftWindowsDesktop"), W, "windows-client", NO, True),
+    ("win10 ent", win("windows-10", "win10-22h2-ent-g2", publisher="MicrosoftWindowsDesktop"), W, "windows-client", NO, True),
+    ("win10 pro", win("Windows-10", "20h2-pro-g2", publisher="MicrosoftWindowsDesktop"), W, "windows-client", NO, True),
+    ("win7", win("windows-7", "win7-enterprise", publisher="MicrosoftWindowsDesktop"), W, "windows-client", NO, False),
+    ("client licence on custom image", agent("Windows", "", "", license_type="Windows_Client"), W, "windows-client", NO, True),
+    ("client licence multi-session agent", agent("Windows", "Windows 10 Enterprise multi-session", "10.0.19045", license_type="Windows_Client"), W, "windows-client-multisession", OK, True),
+    # Windows gallery/custom images: the guest agent's report
+    ("agent ws2022", agent("Windows", "Windows Server 2022 Datacenter", "10.0.20348.2113"), W, "windows-server-2022", OK, True),
+    ("agent ws2022 azure edition", agent("Windows", "Windows Server 2022 Datacenter: Azure Edition", "10.0.20348"), W, "windows-server-2022", OK, True),
+    ("agent ws2019", agent("Windows", "Windows Server 2019 Datacenter", "10.0.17763.5329"), W, "windows-server-2019", OK, True),
+    ("agent ws2016", agent("Windows", "Windows Server 2016 Standard", "10.0.14393.6452"), W, "windows-server-2016", UNI, True),
+    ("agent ws2012r2", agent("Windows", "Windows Server 2012 R2 Datacenter", "6.3.9600.21620"), W, "windows-server-2012-r2", UNI, False),
+    ("agent ws2008r2", agent("Windows", "Windows Server 2008 R2 Datacenter", "6.1.7601"), W, "windows-server-2008-r2", NO, False),
+    ("agent ws2025", agent("Windows", "Windows Server 2025 Datacenter", "10.0.26100.1"), W, "windows-server-2025", OK, True),
+    ("agent build only 2019", agent("Windows", "", "10.0.17763.1"), W, "windows-server-2019", OK, True),
+    ("agent build only 2012r2", agent("Windows", "", "6.3.9600"), W, "windows-server-2012-r2", UNI, False),
+    ("agent win11 single session", agent("Windows", "Windows 11 Enterprise", "10.0.22631"), W, "windows-client", NO, True),
+    ("agent win10 multi-session", agent("Windows", "Windows 10 Enterprise multi-session", "10.0.19045"), W, "windows-client-multisession", OK, True),
+    ("windows with nothing else", facts(os_type="Windows"), W, "windows-unknown", UNK, False),
+    ("windows unknown build", agent("Windows", "", "10.0.99999"), W, "windows-unknown", UNK, False),
+    # Linux marketplace
+    ("ubuntu 24.04", lin("Canonical", "ubuntu-24_04-lts", "server"), L, "ubuntu-24.04", OK, False),
+    ("ubuntu 22.04 gen2", lin("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2"), L, "ubuntu-22.04", OK, False),
+    ("ubuntu 20.04", lin("Canonical", "0001-com-ubuntu-server-focal", "20_04-lts"), L, "ubuntu-20.04", OK, False),
+    ("ubuntu pro 20.04", lin("Canonical", "0001-com-ubuntu-pro-focal", "pro-20_04-lts"), L, "ubuntu-20.04", OK, False),
+    ("ubuntu 18.04", lin("Canonical", "UbuntuServer", "18.04-LTS"), L, "ubuntu-18.04", OK, False),
+    ("ubuntu 16.04", lin("Canonical", "UbuntuServer", "16.04-LTS"), L, "ubuntu-16.04", OK, False),
+    ("ubuntu 23.10 interim", lin("Canonical", "0001-com-ubuntu-server-mantic", "23_10"), L, "ubuntu-23.10", NO, False),
+    ("ubuntu 14.04", lin("Canonical", "UbuntuServer", "14.04.5-LTS"), L, "ubuntu-14.04", NO, False),
+    ("ubuntu arm64", lin("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-arm64"), L, "ubuntu-arm64", NO, False),
+    ("rhel 9.2", lin("RedHat", "RHEL", "9_2"), L, "rhel-9.2", OK, False),
+    ("rhel 8.6 glued", lin("RedHat", "RHEL", "86-gen2"), L, "rhel-8.6", OK, False),
+    ("rhel 8.10 glued", lin("RedHat", "RHEL", "810-gen2"), L, "rhel-8.10", OK, False),
+    ("rhel 8 lvm", lin("RedHat", "RHEL", "8-lvm-gen2"), L, "rhel-8", OK, False),
+    ("rhel 7.9", lin("RedHat", "RHEL", "7.9"), L, "rhel-7.9", OK, False),
+    ("rhel 7.1", lin("RedHat", "RHEL", "7.1"), L, "rhel-7.1", NO, False),
+    ("rhel 6.10", lin("RedHat", "RHEL", "6.10"), L, "rhel-6.10", NO, False),
+    ("rhel byos lvm", lin("RedHat", "rhel-byos", "rhel-lvm87"), L, "rhel-8.7", OK, False),
+    ("centos 7.9", lin("OpenLogic", "CentOS", "7_9"), L, "centos-7.9", OK, False),
+    ("centos 7.5 gen2", lin("OpenLogic", "CentOS", "7_5-gen2"), L, "centos-7.5", OK, False),
+    ("centos 7.1", lin("OpenLogic", "CentOS", "7.1"), L, "centos-7.1", NO, False),
+    ("centos 8.5", lin("OpenLogic", "CentOS", "8_5"), L, "centos-8.5", NO, False),
+    ("centos lvm", lin("OpenLogic", "centos-lvm", "7-lvm"), L, "centos-7", OK, False),
+    ("oracle 8.9", lin("Oracle", "Oracle-Linux", "ol89-lvm-gen2"), L, "oracle-8.9", OK, False),
+    ("oracle 7.9", lin("Oracle", "Oracle-Linux", "ol79"), L, "oracle-7.9", OK, False),
+    ("oracle 9", lin("Oracle", "Oracle-Linux", "ol9-lvm"), L, "oracle-9", OK, False),
+    ("oracle 6.10", lin("Oracle", "Oracle-Linux", "6.10"), L, "oracle-6.10", NO, False),
+    ("debian 12", lin("Debian", "debian-12", "12-gen2"), L, "debian-12", OK, False),
+    ("debian 11", lin("Debian", "debian-11", "11"), L, "debian-11", OK, False),
+    ("debian 10", lin("Debian", "debian-10", "10"), L, "debian-10", OK, False),
+    ("debian 8", lin("credativ", "Debian", "8"), L, "debian-8", NO, False),
+    ("debian 12 arm64", lin("Debian", "debian-12", "12-arm64"), L, "debian-arm64", NO, False),
+    ("sles 15 sp5", lin("SUSE", "sles-15-sp5", "gen2"), L, "sles-15.5", OK, False),
+    ("sles 12 sp5", lin("SUSE", "sles-12-sp5", "gen1"), L, "sles-12.5", OK, False),
+    ("sles sap 15", lin("SUSE", "sles-sap-15-sp4", "gen2"), L, "sles-15.4", OK, False),
+    ("sles 11", lin("SUSE", "sles-11-sp4", "gen1"), L, "sles-11.4", NO, False),
+    ("alma 9 gen2", lin("almalinux", "almalinux-x86_64", "9-gen2"), L, "alma-9", OK, False),
+    ("alma 8.7", lin("almalinux", "almalinux", "8_7-gen2"), L, "alma-8.7", OK, False),
+    ("alma 8.3", lin("almalinux", "almalinux", "8_3"), L, "alma-8.3", NO, False),
+    ("rocky 9 base", lin("resf", "rockylinux-x86_64", "9-base"), L, "rocky-9", OK, False),
+    ("rocky 8.6", lin("resf", "rockylinux-x86_64", "8_6"), L, "rocky-8.6", NO, False),
+    ("rocky 9.2", lin("erockyenterprisesoftwarefoundationinc1653071250513", "rockylinux-9", "rockylinux-9-2"), L, "rocky-9.2", OK, False),
+    ("mariner 2", lin("MicrosoftCBLMariner", "cbl-mariner", "cbl-mariner-2-gen2"), L, "mariner-2", OK, False),
+    ("flatcar", lin("kinvolk", "flatcar-container-linux-free", "stable-gen2"), L, "flatcar", NO, False),
+    # Linux gallery/custom images: the guest agent's report
+    ("agent ubuntu 22.04", agent("Linux", "ubuntu", "22.04"), L, "ubuntu-22.04", OK, False),
+    ("agent rhel 8.6", agent("Linux", "redhat", "8.6"), L, "rhel-8.6", OK, False),
+    ("agent rhel 9.4", agent("Linux", "rhel", "9.4"), L, "rhel-9.4", OK, False),
+    ("agent centos 7.9.2009", agent("Linux", "centos", "7.9.2009"), L, "centos-7.9", OK, False),
+    ("agent debian 11", agent("Linux", "debian", "11"), L, "debian-11", OK, False),
+    ("agent sles 15.4", agent("Linux", "sles", "15.4"), L, "sles-15.4", OK, False),
+    ("agent oracle 8.6", agent("Linux", "oracle", "8.6"), L, "oracle-8.6", OK, False),
+    ("agent alma 9.2", agent("Linux", "almalinux", "9.2"), L, "alma-9.2", OK, False),
+    ("agent rocky 8.7", agent("Linux", "rocky", "8.7"), L, "rocky-8.7", OK, False),
+    ("agent amazon linux 2", agent("Linux", "amzn", "2"), L, "amazon-linux-2", OK, False),
+    ("agent amazon linux 2023", agent("Linux", "amzn", "2023"), L, "amazon-linux-2023", OK, False),
+    ("agent fedora 38", agent("Linux", "fedora", "38"), L, "fedora-38", OK, False),
+    ("agent fedora 39", agent("Linux", "fedora", "39"), L, "fedora-39", NO, False),
+    ("agent fedora 32", agent("Linux", "fedora", "32"), L, "fedora-32", NO, False),
+    ("agent mariner 2.0", agent("Linux", "CBL-Mariner", "2.0"), L, "mariner-2.0", OK, False),
+    ("agent opensuse", agent("Linux", "opensuse-leap", "15.5"), L, "opensuse-15.5", NO, False),
+    ("agent gentoo", agent("Linux", "gentoo", "2.14"), L, "gentoo-2.14", NO, False),
+    ("agent distro without version", agent("Linux", "ubuntu", ""), L, "ubuntu", UNK, False),
+    ("linux with nothing else", facts(os_type="Linux"), L, "linux-unknown", UNK, False),
+    ("agent without os type", agent("", "ubuntu", "20.04"), L, "ubuntu-20.04", OK, False),
+    # Nothing at all
+    ("nothing known", facts(), U, "unknown", UNK, False),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("facts_", "family", "platform", "support", "builtin_av"),
+    [row[1:] for row in MATRIX],
+    ids=[row[0] for row in MATRIX],
+)
+def test_the_os_matrix(facts_, family, platform, support, builtin_av):
+    result = classify(facts_, TAG)
+    assert (result.os, result.platform, result.support, result.builtin_av) == (
+        family,
+        platform,
+        support,
+        builtin_av,
+    )
+
+
+def test_the_matrix_has_enough_cases():
+    assert len(MATRIX) >= 80
+
+
+def test_unsupported_platforms_say_what_to_do_instead():
+    for case, facts_, _, _, support, _ in MATRIX:
+        if support in {NO, UNK}:
+            assert classify(facts_, TAG).support_note, case
+
+
+def test_extension_type_follows_the_os():
+    assert classify(win("WindowsServer", "2022-datacenter"), TAG).extension == "MDE.Windows"
+    assert classify(lin("Canonical", "UbuntuServer", "18.04-LTS"), TAG).extension == "MDE.Linux"
+    assert classify(facts(), TAG).extension == ""
+
+
+def test_python3_caveat_for_rhel8_and_recent_ubuntu():
+    assert "python3" in classify(lin("RedHat", "RHEL", "8_6"), TAG).support_note
+    assert "python3" in classify(lin("Canonical", "ubuntu-24_04-lts", "server"), TAG).support_note
+    assert classify(lin("Debian", "debian-12", "12"), TAG).support_note == ""
+
+
+# fmt: off
+MANAGED = [
+    ("databricks", lin("AzureDatabricks", "databricks", "databricksworker"), "Databricks"),
+    ("openshift", lin("azureopenshift", "aro4", "aro_414"), "OpenShift"),
+    ("aks image", lin("microsoft-aks", "aks", "aks-ubuntu-2204"), "AKS"),
+    ("fortinet", lin("fortinet", "fortinet_fortigate-vm_v5", "fortinet_fg-vm"), "Fortinet"),
+    ("palo alto", lin("paloaltonetworks", "vmseries-flex", "byol"), "Palo Alto"),
+    ("firewall offer", lin("someisv", "next-gen-firewall", "byol"), "firewall"),
+    ("aks node group", lin("Canonical", "UbuntuServer", "18.04-LTS", group="MC_rg_aks_westeurope"), "AKS node resource group"),
+    ("databricks group", lin("Canonical", "UbuntuServer", "18.04-LTS", group="databricks-rg-ws-abc"), "Databricks"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("facts_", "mentions"), [row[1:] for row in MANAGED], ids=[row[0] for row in MANAGED]
+)
+def test_managed_service_and_appliance_vms_are_recognised(facts_, mentions):
+    assert mentions in classify(facts_, TAG).managed
+
+
+def test_an_ordinary_vm_is_not_managed():
+    assert (
+        classify(lin("Canonical", "UbuntuServer", "18.04-LTS", group="rg-mcdonald"), TAG).managed
+        == ""
+    )
+
+
+# fmt: off
+OPT_OUTS = [
+    ({TAG: "true"}, None, f"tag {TAG}=true"),
+    ({TAG: ""}, None, f"tag {TAG}="),
+    ({TAG.upper(): "yes"}, None, f"tag {TAG}=yes"),
+    ({TAG: "false"}, None, ""),
+    ({TAG: " FALSE "}, None, ""),
+    ({"ExcludeMdeAutoProvisioning": "true"}, None, "tag ExcludeMdeAutoProvisioning=true"),
+    ({"excludemdeautoprovisioning": "True"}, None, "tag ExcludeMdeAutoProvisioning=true"),
+    ({"ExcludeMdeAutoProvisioning": "false"}, None, ""),
+    ({}, "Free", "VM-level Defender for Servers pricing is Free"),
+    ({}, "Standard", ""),
+    ({}, None, ""),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("tags", "vm_pricing", "opt_out"), OPT_OUTS)
+def test_opt_outs(tags, vm_pricing, opt_out):
+    vm = lin("Canonical", "UbuntuServer", "18.04-LTS", tags=tags, vm_pricing=vm_pricing)
+    assert classify(vm, TAG).opt_out == opt_out
+
+
+def mde(state, type_="MDE.Linux", code=None, publisher=MDE_PUBLISHER):
+    return ExtensionFacts(type_, publisher, type_, state, code)
+
+
+# fmt: off
+PROTECTION = [
+    ((), Protection.ABSENT, None),
+    ((mde("Succeeded"),), Protection.SUCCEEDED, None),
+    ((mde("Failed", code=10),), Protection.FAILED, 10),
+    ((mde("Failed"),), Protection.FAILED, None),
+    ((mde("Canceled"),), Protection.FAILED, None),
+    ((mde("Creating"),), Protection.IN_PROGRESS, None),
+    ((mde("Updating"),), Protection.IN_PROGRESS, None),
+    ((mde("Deleting"),), Protection.IN_PROGRESS, None),
+    ((mde("Succeeded", publisher="Someone.Else"),), Protection.ABSENT, None),
+    ((mde("Succeeded", type_="MDE.Windows"),), Protection.SUCCEEDED, None),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("extensions", "protection", "code"), PROTECTION)
+def test_protection_state(extensions, protection, code):
+    result = classify(lin("Canonical", "UbuntuServer", "18.04-LTS", extensions=extensions), TAG)
+    assert (result.protection, result.failure_code) == (protection, code)
+
+
+def test_other_failed_extensions_are_listed():
+    extensions = (
+        ExtensionFacts(
+            "OmsAgentForLinux", "Microsoft.EnterpriseCloud.Monitoring", "OmsAgentForLinux", "Failed"
+        ),
+        ExtensionFacts("CustomScript", "Microsoft.Azure.Extensions", "CustomScript", "Succeeded"),
+        mde("Failed"),
+    )
+    result = classify(lin("Canonical", "UbuntuServer", "18.04-LTS", extensions=extensions), TAG)
+    assert result.failed_extensions == ("OmsAgentForLinux",)
+
+
+@pytest.mark.parametrize("power", list(Power))
+def test_power_state_is_carried(power):
+    assert classify(lin("Canonical", "UbuntuServer", "18.04-LTS", power=power), TAG).power is power
+
+
+# --- ARM and Resource Graph readers give equal facts ---------------------------------
+VM_ID = (
+    f"/subscriptions/{SUB}/resourceGroups/rg-app/providers/Microsoft.Compute/virtualMachines/app-7"
+)
+PROPERTIES = {
+    "vmId": "0f0e0d0c-0000-4000-8000-000000000007",
+    "hardwareProfile": {"vmSize": "Standard_D2s_v5"},
+    "storageProfile": {
+        "imageReference": {
+            "publisher": "RedHat",
+            "offer": "RHEL",
+            "sku": "86-gen2",
+            "version": "latest",
+        },
+        "osDisk": {"osType": "Linux", "name": "app-7-os", "createOption": "FromImage"},
+    },
+    "osProfile": {"computerName": "app-7", "adminUsername": "azureuser"},
+    "provisioningState": "Succeeded",
+}
+EXTENSIONS = [
+    ("MDE.Linux", MDE_PUBLISHER, "MDE.Linux", "Failed"),
+    ("AzureMonitorLinuxAgent", "Microsoft.Azure.Monitor", "AzureMonitorLinuxAgent", "Succeeded"),
+]
+
+
+def arm_vm():
+    return {
+        "id": VM_ID,
+        "name": "app-7",
+        "type": "Microsoft.Compute/virtualMachines",
+        "location": "westeurope",
+        "tags": {"env": "prod"},
+        "properties": PROPERTIES
+        | {
+            "instanceView": {
+                "computerName": "app-7",
+                "osName": "redhat",
+                "osVersion": "8.6",
+                "statuses": [
+                    {"code": "ProvisioningState/succeeded", "level": "Info"},
+                    {"code": "PowerState/running", "level": "Info", "displayStatus": "VM running"},
+                ],
+                "extensions": [
+                    {
+                        "name": "MDE.Linux",
+                        "type": "Microsoft.Azure.AzureDefenderForServers.MDE.Linux",
+                        "statuses": [
+                            {
+                                "code": "ProvisioningState/failed/10",
+                                "level": "Error",
+                                "message": "Unsupported distro",
+                            }
+                        ],
+                    }
+                ],
+            }
+        },
+        "resources": [
+            {
+                "id": f"{VM_ID}/extensions/{name}",
+                "name": name,
+                "type": "Microsoft.Compute/virtualMachines/extensions",
+                "location": "westeurope",
+                "properties": {
+                    "publisher": publisher,
+                    "type": type_,
+                    "typeHandlerVersion": "1.0",
+                    "provisioningState": state,
+                },
+            }
+            for name, publisher, type_, state in EXTENSIONS
+        ],
+    }
+
+
+def graph_row():
+    return {
+        "id": VM_ID,
+        "location": "westeurope",
+        "tags": {"env": "prod"},
+        "properties": PROPERTIES
+        | {
+            "extended": {
+                "instanceView": {
+                    "computerName": "app-7",
+                    "osName": "redhat",
+                    "osVersion": "8.6",
+                    "powerState": {
+                        "code": "PowerState/running",
+                        "level": "Info",
+                        "displayStatus": "VM running",
+                    },
+                }
+            }
+        },
+        "extensions": [
+            {"name": name, "publisher": publisher, "type": type_, "provisioningState": state}
+            for name, publisher, type_, state in reversed(EXTENSIONS)
+        ],
+    }
+
+
+def test_arm_and_resource_graph_give_equal_facts_but_the_failure_code():
+    from_arm = facts_from_arm(arm_vm())
+    from_graph = facts_from_graph(graph_row())
+    assert from_arm.extensions[1].code == 10  # only the instance view carries it
+    without_codes = tuple(
+        ExtensionFacts(e.name, e.publisher, e.type, e.state) for e in from_arm.extensions
+    )
+    assert VmFacts(**{**_fields(from_arm), "extensions": without_codes}) == from_graph
+    assert from_graph.power is Power.RUNNING
+    assert classify(from_arm, TAG).platform == classify(from_graph, TAG).platform == "rhel-8.6"
+
+
+def _fields(value):
+    return {name: getattr(value, name) for name in value.__slots__}
+
+
+def test_arm_reader_tolerates_a_vm_without_instance_view():
+    vm = arm_vm()
+    del vm["properties"]["instanceView"]
+    del vm["resources"]
+    result = facts_from_arm(vm)
+    assert result.power is Power.UNKNOWN
+    assert result.extensions == ()
+    assert classify(result, TAG).platform == "rhel-8.6"
+
+
+@pytest.mark.parametrize(
+    ("statuses", "code"),
+    [
+        ([{"code": "ProvisioningState/failed/51", "message": "not supported"}], 51),
+        ([{"code": "ProvisioningState/failed", "message": "Enable failed: exit code 31"}], 31),
+        ([{"code": "ProvisioningState/failed", "message": "no code here"}], None),
+    ],
+)
+def test_failure_codes_are_read_from_the_instance_view(statuses, code):
+    vm = arm_vm()
+    vm["properties"]["instanceView"]["extensions"][0]["statuses"] = statuses
+    assert facts_from_arm(vm).extensions[1].code == code
+
+
+def test_gallery_image_ids_are_kept():
+    vm = arm_vm()
+    gallery = f"/subscriptions/{SUB}/resourceGroups/img/providers/Microsoft.Compute/galleries/g/images/rhel"
+    vm["properties"]["storageProfile"]["imageReference"] = {"id": gallery}
+    result = facts_from_arm(vm)
+    assert (result.image_id, result.publisher) == (gallery, "")
+    assert classify(result, TAG).platform == "rhel-8.6"  # from the guest agent

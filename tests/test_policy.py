@@ -1,0 +1,158 @@
+import dataclasses
+
+import pytest
+
+from remediation.classify import Classification, OsFamily, Protection, Support
+from remediation.config import load
+from remediation.model import History, Outcome, Posture, Power, VmRef
+from remediation.policy import FAILURE_HINTS, decide, failure_hint
+
+SUB = "11111111-1111-1111-1111-111111111111"
+BASE_SETTINGS = {
+    "REMEDIATION_SUBSCRIPTIONS": SUB,
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+}
+SETTINGS = load(BASE_SETTINGS)
+PLAN_ALLOWED = load(
+    BASE_SETTINGS | {"REMEDIATION_ALLOW_PLAN_CHANGE": "true", "REMEDIATION_SERVERS_PLAN": "P2"}
+)
+NO_INTEGRATION = load(BASE_SETTINGS | {"REMEDIATION_ENABLE_INTEGRATION": "false"})
+
+READY = Posture(SUB, "Standard", "P1", wdatp=True, unified=True, exclude_linux=False)
+NO_PLAN = dataclasses.replace(READY, pricing_tier="Free", sub_plan="")
+NO_WDATP = dataclasses.replace(READY, wdatp=False)
+NO_UNIFIED = dataclasses.replace(READY, unified=False)
+LINUX_EXCLUDED = dataclasses.replace(READY, exclude_linux=True)
+BARE = Posture(SUB)
+
+
+def vm(platform="ubuntu-22.04", os=OsFamily.LINUX, support=Support.SUPPORTED, **changes):
+    base = Classification(
+        vm=VmRef(SUB, "rg", "vm1"),
+        os=os,
+        platform=platform,
+        support=support,
+        support_note="",
+        builtin_av=False,
+        managed="",
+        power=Power.RUNNING,
+        protection=Protection.ABSENT,
+        extension={OsFamily.WINDOWS: "MDE.Windows", OsFamily.LINUX: "MDE.Linux"}.get(os, ""),
+        failure_code=None,
+        failed_extensions=(),
+        opt_out="",
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def windows(platform="windows-server-2022", support=Support.SUPPORTED, **changes):
+    return vm(platform, OsFamily.WINDOWS, support, **changes)
+
+
+# (case, classification, posture, settings, history, decision, actions)
+# fmt: off
+TABLE = [
+    ("covered and ready", vm(protection=Protection.SUCCEEDED), READY, SETTINGS, History(), Outcome.COMPLIANT, []),
+    ("covered while deallocated", vm(protection=Protection.SUCCEEDED, power=Power.DEALLOCATED), READY, SETTINGS, History(), Outcome.COMPLIANT, []),
+    ("absent linux", vm(), READY, SETTINGS, History(), Outcome.INSTALL, ["install:MDE.Linux"]),
+    ("absent windows 2022", windows(), READY, SETTINGS, History(), Outcome.INSTALL, ["install:MDE.Windows"]),
+    ("absent 2012 r2 without unified", windows("windows-server-2012-r2", Support.UNIFIED), NO_UNIFIED, SETTINGS, History(), Outcome.INSTALL, ["enable-setting:WDATP_UNIFIED_SOLUTION", "install:MDE.Windows"]),
+    ("absent 2016 with unified", windows("windows-server-2016", Support.UNIFIED), READY, SETTINGS, History(), Outcome.INSTALL, ["install:MDE.Windows"]),
+    ("unified not asked for 2022", windows(), NO_UNIFIED, SETTINGS, History(), Outcome.INSTALL, ["install:MDE.Windows"]),
+    ("linux excluded", vm(), LINUX_EXCLUDED, SETTINGS, History(), Outcome.INSTALL, ["include-linux:WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW", "install:MDE.Linux"]),
+    ("linux inclusion not asked for windows", windows(), LINUX_EXCLUDED, SETTINGS, History(), Outcome.INSTALL, ["install:MDE.Windows"]),
+    ("integration off", vm(), NO_WDATP, SETTINGS, History(), Outcome.INSTALL, ["enable-setting:WDATP", "install:MDE.Linux"]),
+    ("bare subscription, plan allowed", vm(), BARE, PLAN_ALLOWED, History(), Outcome.INSTALL, ["enable-plan:P2", "enable-setting:WDATP", "include-linux:WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW", "install:MDE.Linux"]),
+    ("plan off, not allowed", vm(), NO_PLAN, SETTINGS, History(), Outcome.BLOCKED, []),
+    ("integration off, not allowed", vm(), NO_WDATP, NO_INTEGRATION, History(), Outcome.BLOCKED, []),
+    ("covered but plan off, allowed", vm(protection=Protection.SUCCEEDED), NO_PLAN, PLAN_ALLOWED, History(), Outcome.INSTALL, ["enable-plan:P2"]),
+    ("covered but plan off, not allowed", vm(protection=Protection.SUCCEEDED), NO_PLAN, SETTINGS, History(), Outcome.BLOCKED, []),
+    ("covered, integration off", vm(protection=Protection.SUCCEEDED), NO_WDATP, SETTINGS, History(), Outcome.INSTALL, ["enable-setting:WDATP"]),
+    ("covered, linux excluded needs nothing", vm(protection=Protection.SUCCEEDED), LINUX_EXCLUDED, SETTINGS, History(), Outcome.COMPLIANT, []),
+    ("failed, first time", vm(protection=Protection.FAILED, failure_code=31), READY, SETTINGS, History(), Outcome.INSTALL, ["reinstall:MDE.Linux"]),
+    ("failed, under the bound", vm(protection=Protection.FAILED), READY, SETTINGS, History(reinstalls=1), Outcome.INSTALL, ["reinstall:MDE.Linux"]),
+    ("failed, bound reached", vm(protection=Protection.FAILED, failure_code=4), READY, SETTINGS, History(reinstalls=2), Outcome.ERROR, []),
+    ("in progress", vm(protection=Protection.IN_PROGRESS), READY, SETTINGS, History(), Outcome.DEFER, []),
+    ("deallocated", vm(power=Power.DEALLOCATED), READY, SETTINGS, History(), Outcome.DEFER, []),
+    ("stopped", windows(power=Power.STOPPED), READY, SETTINGS, History(), Outcome.DEFER, []),
+    ("starting", vm(power=Power.STARTING), READY, SETTINGS, History(), Outcome.DEFER, []),
+    ("power unknown", vm(power=Power.UNKNOWN), READY, SETTINGS, History(), Outcome.DEFER, []),
+    ("opted out", vm(opt_out="tag x=true"), BARE, SETTINGS, History(), Outcome.EXCLUDE, []),
+    ("managed", vm(managed="an AKS node"), READY, SETTINGS, History(), Outcome.EXCLUDE, []),
+    ("opt-out wins over unsupported", windows("windows-client", Support.UNSUPPORTED, opt_out="tag"), READY, SETTINGS, History(), Outcome.EXCLUDE, []),
+    ("single-session windows", windows("windows-client", Support.UNSUPPORTED, support_note="use Intune"), READY, SETTINGS, History(), Outcome.UNSUPPORTED, []),
+    ("unsupported wins over blocked", vm("fedora-39", support=Support.UNSUPPORTED, support_note="x"), NO_PLAN, SETTINGS, History(), Outcome.UNSUPPORTED, []),
+    ("unknown os, running", vm("unknown", OsFamily.UNKNOWN, Support.UNKNOWN, support_note="check agent"), READY, SETTINGS, History(), Outcome.UNSUPPORTED, []),
+    ("unknown os, deallocated", vm("unknown", OsFamily.UNKNOWN, Support.UNKNOWN, power=Power.DEALLOCATED), READY, SETTINGS, History(), Outcome.DEFER, []),
+    ("blocked wins over deallocated", vm(power=Power.DEALLOCATED), NO_PLAN, SETTINGS, History(), Outcome.BLOCKED, []),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("classification", "posture", "settings", "history", "outcome", "actions"),
+    [row[1:] for row in TABLE],
+    ids=[row[0] for row in TABLE],
+)
+def test_decision_table(classification, posture, settings, history, outcome, actions):
+    decision = decide(classification, posture, settings, history)
+    assert decision.outcome is outcome
+    assert decision.action_names == actions
+    assert decision.reason.endswith(".")
+
+
+def test_every_outcome_and_every_action_is_exercised():
+    decisions = [decide(*row[1:5]) for row in TABLE]
+    assert {d.outcome for d in decisions} == set(Outcome)
+    kinds = {a.split(":")[0] for d in decisions for a in d.action_names}
+    assert kinds == {"enable-plan", "enable-setting", "include-linux", "install", "reinstall"}
+
+
+def test_blocked_names_the_setting_that_unblocks_it():
+    plan = decide(vm(), NO_PLAN, SETTINGS, History())
+    assert "enable-plan:P1" in plan.reason
+    assert "REMEDIATION_ALLOW_PLAN_CHANGE=true" in plan.hint
+    integration = decide(vm(), BARE, NO_INTEGRATION, History())
+    assert (
+        "REMEDIATION_ALLOW_PLAN_CHANGE=true and REMEDIATION_ENABLE_INTEGRATION=true"
+        in integration.hint
+    )
+
+
+def test_an_error_carries_the_code_and_its_hint():
+    decision = decide(
+        vm(protection=Protection.FAILED, failure_code=4), READY, SETTINGS, History(reinstalls=2)
+    )
+    assert "code 4" in decision.reason
+    assert decision.hint == FAILURE_HINTS[4]
+
+
+def test_the_reinstall_bound_follows_the_setting():
+    strict = load(BASE_SETTINGS | {"REMEDIATION_MAX_REINSTALLS": "0"})
+    assert (
+        decide(vm(protection=Protection.FAILED), READY, strict, History()).outcome is Outcome.ERROR
+    )
+
+
+def test_a_failed_extension_elsewhere_is_mentioned():
+    decision = decide(vm(failed_extensions=("OmsAgentForLinux",)), READY, SETTINGS, History())
+    assert decision.outcome is Outcome.INSTALL
+    assert "OmsAgentForLinux" in decision.reason
+
+
+def test_unsupported_says_what_to_do_instead():
+    decision = decide(
+        windows("windows-client", Support.UNSUPPORTED, support_note="use Intune"),
+        READY,
+        SETTINGS,
+        History(),
+    )
+    assert decision.hint == "use Intune"
+
+
+@pytest.mark.parametrize("code", [None, 10, 51, 52, 999])
+def test_failure_hints(code):
+    hint = failure_hint(code)
+    assert hint
+    if code in FAILURE_HINTS:
+        assert hint == FAILURE_HINTS[code]
