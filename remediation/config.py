@@ -66,6 +66,7 @@ class Settings:
     posture_ttl_seconds: int
     retry_budget_seconds: int
     lro_poll_seconds: float
+    install_timeout_seconds: int
     authority_host: str
     storage_connection: str
     storage_account: str
@@ -122,6 +123,9 @@ def load(environ: Mapping[str, str]) -> Settings:
     posture_ttl = parse("REMEDIATION_POSTURE_TTL_SECONDS", "300", _bounded_int(0, 86_400), 300)
     retry_budget = parse("REMEDIATION_RETRY_BUDGET_SECONDS", "120", _bounded_int(1, 3_600), 120)
     lro_poll = parse("REMEDIATION_LRO_POLL_SECONDS", "10", _poll_seconds, 10.0)
+    install_timeout = parse(
+        "REMEDIATION_INSTALL_TIMEOUT_SECONDS", "480", _bounded_int(1, 3_600), 480
+    )
     authority_host = parse("AZURE_AUTHORITY_HOST", "", _optional_https_url, "")
 
     storage_connection = get("AzureWebJobsStorage", "")
@@ -151,6 +155,7 @@ def load(environ: Mapping[str, str]) -> Settings:
         posture_ttl_seconds=posture_ttl,
         retry_budget_seconds=retry_budget,
         lro_poll_seconds=lro_poll,
+        install_timeout_seconds=install_timeout,
         authority_host=authority_host,
         storage_connection=storage_connection,
         storage_account=storage_account,

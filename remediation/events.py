@@ -100,7 +100,8 @@ def parse(
         or _text(claims.get("oid"))
         or _text(_dig(evidence, "principalId"))
     ).lower()
-    if own_principal_id and object_id == own_principal_id.lower():
+    # Claims carry the object id with dashes, authorization evidence without.
+    if own_principal_id and object_id.replace("-", "") == own_principal_id.lower().replace("-", ""):
         return Ignored(
             "caused by this app's own identity (loop guard)",
             _clip(event_id),

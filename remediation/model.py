@@ -184,3 +184,29 @@ class Decision:
     @property
     def action_names(self) -> list[str]:
         return [str(action) for action in self.actions]
+
+
+class RemediationError(Exception):
+    """An error the pipeline knows how to handle; its text is safe to audit and log."""
+
+    def __init__(self, message: str, *, hint: str = "", status: int = 0, code: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.status = status
+        self.code = code
+
+
+class TransientError(RemediationError):
+    """Worth retrying later: throttling, server errors, conflicts, lost connections."""
+
+
+class ThrottledError(TransientError):
+    """ARM asked for a longer wait than the retry budget allows."""
+
+
+class PermanentError(RemediationError):
+    """Retrying will not help: a human must act (the hint says how)."""
+
+
+class VmNotRunning(PermanentError):
+    """ARM refused an extension change because the VM is not running."""

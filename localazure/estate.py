@@ -1,0 +1,295 @@
+"""The in-memory estate of the local control plane: subscriptions, VMs, extensions,
+Defender plans and settings, principals. Loadable from and savable to JSON.
+
+Each VM also carries what only Azure would know: how an MDE install on it ends
+(``mde_failure``), e.g. code 51 on single-session Windows, 10 on an unsupported distro.
+The generator's image catalogue says this independently of the app's classifier.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MDE_PUBLISHER = "Microsoft.Azure.AzureDefenderForServers"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+SECURITY_SETTINGS = ("WDATP", "WDATP_UNIFIED_SOLUTION", "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW")
+
+
+@dataclass
+class Extension:
+    name: str
+    publisher: str
+    type: str
+    type_handler_version: str = "1.0"
+    state: str = "Succeeded"  # provisioningState
+    code: int | None = None  # failure code shown in the instance view
+    message: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    auto_upgrade_minor_version: bool = True
+
+
+@dataclass
+class Vm:
+    subscription: str
+    resource_group: str
+    name: str
+    location: str = "westeurope"
+    os_type: str = "Linux"
+    image: dict[str, str] = field(default_factory=dict)  # the imageReference
+    license_type: str = ""
+    os_name: str = ""  # what the guest agent reports while running
+    os_version: str = ""
+    power: str = "running"
+    tags: dict[str, str] = field(default_factory=dict)
+    extensions: dict[str, Extension] = field(default_factory=dict)  # by lower-case name
+    vm_pricing: str | None = None  # VM-level Defender pricing tier
+    mde_failure: int | None = None  # how an MDE install on this VM ends; None = Succeeded
+    vm_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
+        )
+
+    @property
+    def key(self) -> str:
+        return self.id.lower()
+
+
+@dataclass
+class Subscription:
+    id: str
+    pricing_tier: str = "Free"
+    sub_plan: str = ""
+    settings: dict[str, bool] = field(
+        default_factory=lambda: {
+            "WDATP": False,
+            "WDATP_UNIFIED_SOLUTION": False,
+            "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW": True,
+        }
+    )
+    # Onboarding packages, base64 as the API returns them. Opaque bytes, never logged.
+    onboarding_windows: str = ""
+    onboarding_linux: str = ""
+
+
+@dataclass
+class Principal:
+    client_id: str
+    secret: str
+    object_id: str
+    name: str = ""
+    security_admin: bool = True  # may write Microsoft.Security pricings and settings
+
+
+@dataclass
+class Estate:
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
+    vms: dict[str, Vm] = field(default_factory=dict)  # by lower-case id
+    principals: dict[str, Principal] = field(default_factory=dict)  # by client id
+    tenant: str = TENANT
+
+    def add_subscription(self, subscription: Subscription) -> Subscription:
+        if not subscription.onboarding_windows:
+            subscription.onboarding_windows = _package("windows", subscription.id)
+        if not subscription.onboarding_linux:
+            subscription.onboarding_linux = _package("linux", subscription.id)
+        self.subscriptions[subscription.id.lower()] = subscription
+        return subscription
+
+    def add_vm(self, vm: Vm) -> Vm:
+        self.vms[vm.key] = vm
+        return vm
+
+    def add_principal(self, principal: Principal) -> Principal:
+        self.principals[principal.client_id] = principal
+        return principal
+
+    def vm(self, resource_id: str) -> Vm | None:
+        return self.vms.get(resource_id.lower())
+
+    def vms_in(self, subscription: str) -> list[Vm]:
+        subscription = subscription.lower()
+        return sorted(
+            (vm for vm in self.vms.values() if vm.subscription.lower() == subscription),
+            key=lambda vm: vm.key,
+        )
+
+    # --- JSON ---------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "subscriptions": [asdict(s) for s in self.subscriptions.values()],
+            "principals": [asdict(p) for p in self.principals.values()],
+            "vms": [asdict(vm) for vm in self.vms.values()],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Estate:
+        estate = cls(tenant=data.get("tenant", TENANT))
+        for item in data.get("subscriptions", []):
+            estate.add_subscription(Subscription(**item))
+        for item in data.get("principals", []):
+            estate.add_principal(Principal(**item))
+        for item in data.get("vms", []):
+            extensions = {
+                key: Extension(**value) for key, value in item.pop("extensions", {}).items()
+            }
+            estate.add_vm(Vm(**item, extensions=extensions))
+        return estate
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Estate:
+        return cls.from_json(json.loads(path.read_text()))
+
+
+def _package(os_name: str, subscription: str) -> str:
+    """A stand-in onboarding package: binary bytes (like the real zip/script) as base64."""
+    seed = random.Random(f"{os_name}:{subscription}")  # test data, not crypto
+    body = bytes(seed.randrange(256) for _ in range(96))
+    return base64.b64encode(b"MDE-ONBOARDING-" + os_name.encode() + b"\x00\xff" + body).decode()
+
+
+def mde_extension(vm: Vm, state: str = "Succeeded", code: int | None = None) -> Extension:
+    type_ = "MDE.Windows" if vm.os_type == "Windows" else "MDE.Linux"
+    settings: dict[str, Any] = {"azureResourceId": vm.id}
+    if type_ == "MDE.Windows":
+        settings["vNextEnabled"] = "true"
+    return Extension(type_, MDE_PUBLISHER, type_, state=state, code=code, settings=settings)
+
+
+# --- The seeded estate generator ------------------------------------------------------
+@dataclass(frozen=True)
+class Image:
+    """One image of the catalogue and what Azure does with MDE on it."""
+
+    weight: int
+    os_type: str
+    reference: tuple[str, str, str]  # publisher, offer, sku; ("", "", "") for gallery/custom
+    os_name: str
+    os_version: str
+    license_type: str = ""
+    mde_failure: int | None = None  # how MDE installs end here; None = Succeeded
+    resource_group: str = ""  # a forced group name (managed services)
+
+
+CATALOGUE: tuple[Image, ...] = (
+    Image(10, "Windows", ("MicrosoftWindowsServer", "WindowsServer", "2022-datacenter-azure-edition"), "Windows Server 2022 Datacenter Azure Edition", "10.0.20348.2113"),
+    Image(8, "Windows", ("MicrosoftWindowsServer", "WindowsServer", "2019-Datacenter"), "Windows Server 2019 Datacenter", "10.0.17763.5329"),
+    Image(4, "Windows", ("MicrosoftWindowsServer", "WindowsServer", "2016-Datacenter"), "Windows Server 2016 Datacenter", "10.0.14393.6452"),
+    Image(2, "Windows", ("MicrosoftWindowsServer", "WindowsServer", "2012-R2-Datacenter"), "Windows Server 2012 R2 Datacenter", "6.3.9600.21620"),
+    Image(1, "Windows", ("MicrosoftWindowsServer", "WindowsServer", "2008-R2-SP1"), "Windows Server 2008 R2 Datacenter", "6.1.7601", mde_failure=11),
+    Image(2, "Windows", ("MicrosoftWindowsServer", "WindowsServer", "2025-datacenter-azure-edition"), "Windows Server 2025 Datacenter Azure Edition", "10.0.26100.1"),
+    Image(3, "Windows", ("MicrosoftSQLServer", "sql2019-ws2022", "enterprise"), "Windows Server 2022 Datacenter", "10.0.20348.2113"),
+    Image(3, "Windows", ("MicrosoftWindowsDesktop", "windows-11", "win11-23h2-avd"), "Windows 11 Enterprise multi-session", "10.0.22631", license_type="Windows_Client"),
+    Image(2, "Windows", ("MicrosoftWindowsDesktop", "windows-11", "win11-23h2-ent"), "Windows 11 Enterprise", "10.0.22631", license_type="Windows_Client", mde_failure=51),
+    Image(1, "Windows", ("", "", ""), "Windows Server 2019 Datacenter", "10.0.17763.5329"),
+    Image(12, "Linux", ("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2"), "ubuntu", "22.04"),
+    Image(5, "Linux", ("Canonical", "ubuntu-24_04-lts", "server"), "ubuntu", "24.04"),
+    Image(4, "Linux", ("Canonical", "0001-com-ubuntu-server-focal", "20_04-lts"), "ubuntu", "20.04"),
+    Image(1, "Linux", ("Canonical", "0001-com-ubuntu-server-mantic", "23_10"), "ubuntu", "23.10", mde_failure=11),
+    Image(5, "Linux", ("RedHat", "RHEL", "8_6"), "redhat", "8.6"),
+    Image(3, "Linux", ("RedHat", "RHEL", "9_2"), "redhat", "9.2"),
+    Image(2, "Linux", ("OpenLogic", "CentOS", "7_9"), "centos", "7.9.2009"),
+    Image(3, "Linux", ("Debian", "debian-12", "12-gen2"), "debian", "12"),
+    Image(2, "Linux", ("SUSE", "sles-15-sp5", "gen2"), "sles", "15.5"),
+    Image(2, "Linux", ("almalinux", "almalinux-x86_64", "9-gen2"), "almalinux", "9.2"),
+    Image(1, "Linux", ("resf", "rockylinux-x86_64", "8_6"), "rocky", "8.6", mde_failure=11),
+    Image(2, "Linux", ("Oracle", "Oracle-Linux", "ol89-lvm-gen2"), "oracle", "8.9"),
+    Image(1, "Linux", ("MicrosoftCBLMariner", "cbl-mariner", "cbl-mariner-2-gen2"), "mariner", "2.0"),
+    Image(2, "Linux", ("", "", ""), "ubuntu", "22.04"),
+    Image(1, "Linux", ("", "", ""), "amzn", "2023"),
+    Image(1, "Linux", ("", "", ""), "opensuse-leap", "15.5", mde_failure=10),
+    Image(1, "Linux", ("", "", ""), "", ""),  # a custom image whose agent never reported
+    Image(1, "Linux", ("kinvolk", "flatcar-container-linux-free", "stable-gen2"), "flatcar", "3815.2.0", mde_failure=10),
+    Image(1, "Linux", ("fortinet", "fortinet_fortigate-vm_v5", "fortinet_fg-vm"), "", ""),
+    Image(1, "Linux", ("AzureDatabricks", "databricks", "databricksworker"), "ubuntu", "22.04", resource_group="databricks-rg-analytics"),
+    Image(1, "Linux", ("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2"), "ubuntu", "22.04", resource_group="MC_rg-aks_cluster_westeurope"),
+)  # fmt: skip
+
+_GROUPS = ("rg-web", "rg-data", "rg-batch", "rg-shared", "rg-legacy")
+_LOCATIONS = ("westeurope", "northeurope", "eastus2", "swedencentral")
+
+
+def generate(vms: int, subscriptions: int, seed: int = 7) -> Estate:
+    """A realistic estate: the catalogue's mix of images, power states, MDE extensions
+    (some Failed), other extensions, opt-out tags, and subscriptions whose Defender plan
+    and settings are in various states. The same seed gives the same estate."""
+    rng = random.Random(seed)  # test data, not crypto
+    estate = Estate()
+    subs = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(subscriptions)]
+    for index, sub in enumerate(subs):
+        posture = index % 4
+        estate.add_subscription(
+            Subscription(
+                sub,
+                pricing_tier="Standard" if posture in {0, 1} else "Free",
+                sub_plan="P2" if posture == 0 else ("P1" if posture == 1 else ""),
+                settings={
+                    "WDATP": posture in {0, 1},
+                    "WDATP_UNIFIED_SOLUTION": posture == 0,
+                    "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW": posture != 0,
+                },
+            )
+        )
+    weights = [image.weight for image in CATALOGUE]
+    for number in range(vms):
+        image = rng.choices(CATALOGUE, weights)[0]
+        sub = subs[number % subscriptions]
+        group = image.resource_group or rng.choice(_GROUPS)
+        vm = Vm(
+            subscription=sub,
+            resource_group=group,
+            name=f"vm-{number:05d}",
+            location=rng.choice(_LOCATIONS),
+            os_type=image.os_type,
+            image=_reference(image, sub),
+            license_type=image.license_type,
+            os_name=image.os_name,
+            os_version=image.os_version,
+            power=rng.choices(["running", "deallocated", "stopped"], [85, 12, 3])[0],
+            tags={"env": rng.choice(["prod", "dev", "test"])},
+            mde_failure=image.mde_failure,
+        )
+        roll = rng.random()
+        if roll < 0.25:
+            vm.extensions["mde." + vm.os_type.lower()] = mde_extension(vm)
+        elif roll < 0.30:
+            code = 31 if vm.os_type == "Linux" else 1
+            vm.extensions["mde." + vm.os_type.lower()] = mde_extension(vm, "Failed", code)
+        if rng.random() < 0.2:
+            monitor = (
+                "AzureMonitorWindowsAgent" if vm.os_type == "Windows" else "AzureMonitorLinuxAgent"
+            )
+            state = "Failed" if rng.random() < 0.1 else "Succeeded"
+            vm.extensions[monitor.lower()] = Extension(
+                monitor, "Microsoft.Azure.Monitor", monitor, state=state
+            )
+        if rng.random() < 0.03:
+            vm.tags["defender-remediation-exclude"] = "true"
+        elif rng.random() < 0.01:
+            vm.tags["ExcludeMdeAutoProvisioning"] = "true"
+        estate.add_vm(vm)
+    return estate
+
+
+def _reference(image: Image, subscription: str) -> dict[str, str]:
+    publisher, offer, sku = image.reference
+    if publisher:
+        return {"publisher": publisher, "offer": offer, "sku": sku, "version": "latest"}
+    gallery = (
+        f"/subscriptions/{subscription}/resourceGroups/rg-images/providers/Microsoft.Compute"
+        f"/galleries/golden/images/{image.os_type.lower()}-base/versions/1.0.0"
+    )
+    return {"id": gallery}

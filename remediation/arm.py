@@ -1,0 +1,475 @@
+"""The ARM gateway: the only module that imports ``azure.mgmt``.
+
+Built once per worker from Settings. Every call is one or a few ARM requests through
+the real SDK clients; SDK errors leave as the app's TransientError (retry later) or
+PermanentError (a human must act), with messages an operator can act on. Onboarding
+packages pass through here and are never logged or put in an exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar, cast
+
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline import PipelineResponse
+from azure.core.pipeline.policies import RetryPolicy
+from azure.identity import DefaultAzureCredential
+from azure.mgmt.compute import ComputeManagementClient
+from azure.mgmt.compute.models import VirtualMachineExtension, VirtualMachineExtensionProperties
+from azure.mgmt.resourcegraph import ResourceGraphClient
+from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
+from azure.mgmt.security import SecurityCenter
+from azure.mgmt.security.v2022_05_01.models import DataExportSettings
+from azure.mgmt.security.v2024_01_01.models import Pricing
+
+from remediation.classify import MDE_PUBLISHER, MDE_WINDOWS, facts_from_arm, facts_from_graph
+from remediation.config import Settings
+from remediation.model import (
+    PermanentError,
+    Posture,
+    ThrottledError,
+    TransientError,
+    VmFacts,
+    VmNotRunning,
+    VmRef,
+)
+
+log = logging.getLogger(__name__)
+
+GRAPH_PAGE = 1000  # Resource Graph's largest page
+# The sweep's inventory: every VM with its extensions, one row each, in id order so
+# that $skipToken paging works. Resource Graph has no extension instance view, so a
+# Failed extension's error code comes from ARM when an install re-reads the VM.
+SWEEP_QUERY = """
+resources
+| where type =~ 'microsoft.compute/virtualmachines'
+| extend vmKey = tolower(id)
+| join kind=leftouter (
+    resources
+    | where type =~ 'microsoft.compute/virtualmachines/extensions'
+    | extend vmKey = tolower(substring(id, 0, indexof(id, '/extensions/')))
+    | summarize extensions = make_list(pack('name', name, 'publisher', properties.publisher,
+        'type', properties.type, 'provisioningState', properties.provisioningState)) by vmKey
+  ) on vmKey
+| project id, location, tags,
+    imageReference = properties.storageProfile.imageReference,
+    osType = tostring(properties.storageProfile.osDisk.osType),
+    licenseType = tostring(properties.licenseType),
+    instanceView = properties.extended.instanceView,
+    extensions
+| order by id asc
+"""
+SETTINGS = ("WDATP", "WDATP_UNIFIED_SOLUTION", "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW")
+_RETRYABLE_READS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
+
+
+@dataclass(frozen=True, slots=True)
+class InstallResult:
+    state: str  # Succeeded or Failed
+    code: int | None = None
+    message: str = ""
+
+
+class BoundedRetryPolicy(RetryPolicy[Any, Any]):
+    """azure-core's retry, honouring Retry-After and Resource Graph's quota header, but
+    never waiting longer than the budget: a long Retry-After becomes a ThrottledError
+    so the queue retries later instead of the function timing out asleep."""
+
+    def __init__(self, budget: float, **kwargs: Any) -> None:
+        super().__init__(timeout=budget, **kwargs)
+        self.budget = budget
+
+    def get_retry_after(self, response: PipelineResponse[Any, Any]) -> float | None:
+        wait = super().get_retry_after(response)
+        if wait is None:
+            wait = _quota_reset(response.http_response.headers.get("x-ms-user-quota-resets-after"))
+        if wait is not None and wait > self.budget:
+            raise ThrottledError(
+                f"ARM asked to wait {wait:.0f} s, more than the {self.budget:.0f} s retry "
+                "budget (REMEDIATION_RETRY_BUDGET_SECONDS): retrying later"
+            )
+        return wait
+
+
+def _quota_reset(value: str | None) -> float | None:
+    """Resource Graph's 'x-ms-user-quota-resets-after: hh:mm:ss' in seconds."""
+    match = re.fullmatch(r"(\d+):(\d{2}):(\d{2})(?:\.\d+)?", value or "")
+    if match is None:
+        return None
+    hours, minutes, seconds = (int(part) for part in match.groups())
+    return float(max(1, hours * 3600 + minutes * 60 + seconds))
+
+
+def build_credential(settings: Settings) -> TokenCredential:
+    """DefaultAzureCredential limited to what runs unattended: environment (service
+    principal), workload identity and managed identity. Developer-machine credentials
+    (CLI, PowerShell, VS Code, browser) are excluded so nothing spawns or prompts."""
+    kwargs: dict[str, Any] = {}
+    if settings.authority_host:
+        kwargs["authority"] = settings.authority_host
+    if settings.disable_instance_discovery:
+        kwargs["disable_instance_discovery"] = True
+    return DefaultAzureCredential(
+        exclude_cli_credential=True,
+        exclude_developer_cli_credential=True,
+        exclude_powershell_credential=True,
+        exclude_visual_studio_code_credential=True,
+        exclude_shared_token_cache_credential=True,
+        exclude_interactive_browser_credential=True,
+        **kwargs,
+    )
+
+
+T = TypeVar("T")
+
+
+def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
+    """``cls=`` hook: the response's JSON as ARM sent it, without model round trips."""
+    return pipeline_response.http_response.json()
+
+
+class ArmGateway:
+    def __init__(
+        self,
+        settings: Settings,
+        credential: TokenCredential | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._credential = credential or build_credential(settings)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._compute: dict[str, ComputeManagementClient] = {}
+        self._security: dict[str, SecurityCenter] = {}
+        self._graph: ResourceGraphClient | None = None
+        self._postures: dict[str, tuple[float, Posture]] = {}
+        self._packages: dict[tuple[str, str], str] = {}
+        self._principal_id = settings.principal_id
+
+    # --- Clients, built once per worker -------------------------------------------------
+    def _client_options(self) -> dict[str, Any]:
+        endpoint = self._settings.arm_endpoint
+        return {
+            "base_url": endpoint,
+            "credential_scopes": [f"{endpoint}/.default"],
+            "retry_policy": BoundedRetryPolicy(
+                self._settings.retry_budget_seconds,
+                retry_total=6,
+                retry_backoff_factor=0.5,
+                retry_backoff_max=30,
+            ),
+        }
+
+    def _compute_client(self, subscription: str) -> ComputeManagementClient:
+        with self._lock:
+            if subscription not in self._compute:
+                self._compute[subscription] = ComputeManagementClient(
+                    self._credential, subscription, **self._client_options()
+                )
+            return self._compute[subscription]
+
+    def _security_client(self, subscription: str) -> SecurityCenter:
+        with self._lock:
+            if subscription not in self._security:
+                self._security[subscription] = SecurityCenter(
+                    self._credential, subscription, **self._client_options()
+                )
+            return self._security[subscription]
+
+    def _graph_client(self) -> ResourceGraphClient:
+        with self._lock:
+            if self._graph is None:
+                self._graph = ResourceGraphClient(self._credential, **self._client_options())
+            return self._graph
+
+    # --- Identity -------------------------------------------------------------------------
+    @property
+    def principal_id(self) -> str:
+        """The app's own object id: from settings, else read from its ARM token."""
+        if not self._principal_id:
+            token = self._call("reading the app's own token", self._token)
+            self._principal_id = _token_object_id(token)
+        return self._principal_id
+
+    def _token(self) -> str:
+        return self._credential.get_token(f"{self._settings.arm_endpoint}/.default").token
+
+    # --- Reads ----------------------------------------------------------------------------
+    def vm_facts(self, vm: VmRef) -> VmFacts:
+        """One request: GET the VM with its instance view."""
+        raw = self._call(
+            f"reading VM {vm}",
+            lambda: self._compute_client(vm.subscription).virtual_machines.get(
+                vm.resource_group, vm.name, expand="instanceView", cls=_raw_json
+            ),
+        )
+        return facts_from_arm(raw)
+
+    def inventory(self, subscriptions: Iterable[str]) -> Iterator[VmFacts]:
+        """Every VM of the subscriptions through Resource Graph: one request per 1000
+        VMs, streamed page by page, never loaded whole."""
+        scope = sorted(subscriptions)
+        skip_token: str | None = None
+        while True:
+            request = QueryRequest(
+                subscriptions=scope,
+                query=SWEEP_QUERY,
+                options=QueryRequestOptions(
+                    top=GRAPH_PAGE, skip_token=skip_token, result_format="objectArray"
+                ),
+            )
+            page: dict[str, Any] = self._call(
+                "querying Resource Graph", partial(self._graph_page, request)
+            )
+            for row in page.get("data") or []:
+                yield facts_from_graph(row)
+            skip_token = page.get("$skipToken")
+            if not skip_token:
+                return
+
+    def _graph_page(self, request: QueryRequest) -> dict[str, Any]:
+        # Queries are reads: let azure-core retry the POST on 5xx and lost connections.
+        page = self._graph_client().resources(
+            request, cls=_raw_json, retry_on_methods=_RETRYABLE_READS
+        )
+        return cast(dict[str, Any], page)
+
+    def posture(self, subscription: str) -> Posture:
+        """The plan and the integration settings: two requests, cached for the TTL."""
+        now = self._clock()
+        with self._lock:
+            cached = self._postures.get(subscription)
+        if cached and now - cached[0] < self._settings.posture_ttl_seconds:
+            return cached[1]
+        client = self._security_client(subscription)
+        pricing = self._call(
+            f"reading the Defender for Servers plan of subscription {subscription}",
+            lambda: client.pricings.get(f"subscriptions/{subscription}", "VirtualMachines"),
+        )
+        settings = self._call(
+            f"reading the Defender settings of subscription {subscription}",
+            lambda: {
+                item.name: bool(getattr(item, "enabled", False)) for item in client.settings.list()
+            },
+        )
+        posture = Posture(
+            subscription=subscription,
+            pricing_tier=str(pricing.pricing_tier or "Free"),
+            sub_plan=str(pricing.sub_plan or ""),
+            wdatp=settings.get("WDATP", False),
+            unified=settings.get("WDATP_UNIFIED_SOLUTION", False),
+            exclude_linux=settings.get("WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW", True),
+        )
+        with self._lock:
+            self._postures[subscription] = (now, posture)
+        return posture
+
+    def forget_posture(self, subscription: str) -> None:
+        with self._lock:
+            self._postures.pop(subscription, None)
+
+    def vm_pricing(self, vm: VmRef) -> str | None:
+        """The VM-level Defender pricing tier, or None when the VM inherits."""
+        scope = vm.id.lstrip("/")  # the SDK wants the scope without its leading '/'
+        raw = self._call(
+            f"reading the VM-level pricing of {vm}",
+            lambda: self._security_client(vm.subscription).pricings.get(
+                scope, "VirtualMachines", cls=_raw_json
+            ),
+        )
+        properties = raw.get("properties") or {}
+        if str(properties.get("inherited", "")).lower() == "true":
+            return None
+        return str(properties.get("pricingTier") or "") or None
+
+    def onboarding_package(self, subscription: str, extension_type: str) -> str:
+        """The base64 onboarding package exactly as the API returned it. Cached; never
+        logged. Read raw: the SDK's model would hand back decoded bytes."""
+        key = (subscription, extension_type)
+        with self._lock:
+            if key in self._packages:
+                return self._packages[key]
+        raw = self._call(
+            f"reading the MDE onboarding package of subscription {subscription}",
+            lambda: self._security_client(subscription).mde_onboardings.get(cls=_raw_json),
+        )
+        field = (
+            "onboardingPackageWindows"
+            if extension_type == MDE_WINDOWS
+            else "onboardingPackageLinux"
+        )
+        package = (raw.get("properties") or {}).get(field) or ""
+        if not isinstance(package, str) or not package:
+            raise PermanentError(
+                f"subscription {subscription} returned no {field}",
+                hint="check that Defender for Servers and the MDE integration are on",
+            )
+        try:
+            base64.b64decode(package, validate=True)
+        except ValueError:
+            raise PermanentError(
+                f"subscription {subscription} returned a {field} that is not base64",
+                hint="open a support case with Defender for Cloud",
+            ) from None
+        with self._lock:
+            self._packages[key] = package
+        return package
+
+    # --- Writes ---------------------------------------------------------------------------
+    def enable_plan(self, subscription: str, plan: str) -> None:
+        client = self._security_client(subscription)
+        self._call(
+            f"enabling Defender for Servers {plan} on subscription {subscription}",
+            lambda: client.pricings.update(
+                f"subscriptions/{subscription}",
+                "VirtualMachines",
+                Pricing(pricing_tier="Standard", sub_plan=plan),
+            ),
+        )
+        self.forget_posture(subscription)
+
+    def set_setting(self, subscription: str, name: str, enabled: bool) -> None:
+        if name not in SETTINGS:
+            raise ValueError(f"not a Defender setting this app changes: {name}")
+        client = self._security_client(subscription)
+        self._call(
+            f"setting {name}={str(enabled).lower()} on subscription {subscription}",
+            lambda: client.settings.update(name, DataExportSettings(enabled=enabled)),
+        )
+        self.forget_posture(subscription)
+
+    def install_extension(self, facts: VmFacts, extension_type: str, package: str) -> InstallResult:
+        """PUT the MDE extension as the built-in policy does and wait for its final
+        state. Idempotent: a second PUT of the same body is harmless."""
+        vm = facts.vm
+        settings: dict[str, str] = {"azureResourceId": vm.id}
+        if extension_type == MDE_WINDOWS:
+            settings["vNextEnabled"] = "true"
+        body = VirtualMachineExtension(
+            location=facts.location,
+            properties=VirtualMachineExtensionProperties(
+                publisher=MDE_PUBLISHER,
+                type=extension_type,
+                type_handler_version="1.0",
+                auto_upgrade_minor_version=True,
+                settings=settings,
+                protected_settings={"defenderForEndpointOnboardingScript": package},
+            ),
+        )
+        compute = self._compute_client(vm.subscription)
+        poller = self._call(
+            f"installing {extension_type} on {vm}",
+            lambda: compute.virtual_machine_extensions.begin_create_or_update(
+                vm.resource_group,
+                vm.name,
+                extension_type,
+                body,
+                polling_interval=self._settings.lro_poll_seconds,
+            ),
+        )
+        try:
+            poller.result(timeout=self._settings.install_timeout_seconds)
+        except HttpResponseError as error:
+            if error.status_code == 200:  # the operation itself ended Failed
+                message = _error_message(error)
+                return InstallResult("Failed", _failure_code(message), message)
+            raise _translate(error, f"waiting for {extension_type} on {vm}") from None
+        except (ServiceRequestError, ServiceResponseError) as error:
+            raise TransientError(f"waiting for {extension_type} on {vm}: {error}") from None
+        if not poller.done():
+            raise TransientError(
+                f"{extension_type} on {vm} is still installing after "
+                f"{self._settings.install_timeout_seconds} s; a retry re-reads the VM"
+            )
+        return InstallResult("Succeeded")
+
+    # --- Error translation ----------------------------------------------------------------
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except (TransientError, PermanentError):
+            raise
+        except ClientAuthenticationError as error:
+            raise PermanentError(
+                f"{what}: authentication failed ({_error_message(error)})",
+                hint="check the app's managed identity or AZURE_CLIENT_ID/AZURE_TENANT_ID",
+            ) from None
+        except HttpResponseError as error:
+            raise _translate(error, what) from None
+        except (ServiceRequestError, ServiceResponseError) as error:
+            raise TransientError(f"{what}: {type(error).__name__}: {error}") from None
+
+
+def _error_message(error: HttpResponseError | ClientAuthenticationError) -> str:
+    inner = getattr(error, "error", None)
+    message = getattr(inner, "message", None) or str(error.message or error)
+    return message.splitlines()[0][:500]
+
+
+def _error_code(error: HttpResponseError) -> str:
+    inner = getattr(error, "error", None)
+    return str(getattr(inner, "code", "") or "")
+
+
+def _failure_code(message: str) -> int | None:
+    match = re.search(r"ProvisioningState/failed/(\d+)|exit code:? ?(\d+)", message, re.I)
+    return int(match[1] or match[2]) if match else None
+
+
+def _translate(error: HttpResponseError, what: str) -> TransientError | PermanentError:
+    status = error.status_code or 0
+    code = _error_code(error)
+    message = _error_message(error)
+    if status == 403:
+        return PermanentError(
+            f"{what}: forbidden ({code})",
+            hint=_forbidden_hint(what, message),
+            status=status,
+            code=code,
+        )
+    if isinstance(error, ResourceNotFoundError) or status == 404:
+        return PermanentError(f"{what}: not found ({code})", status=404, code=code)
+    if status == 409 and code == "OperationNotAllowed":
+        return VmNotRunning(f"{what}: {message}", status=status, code=code)
+    if status in {408, 409, 429} or status >= 500:
+        return TransientError(f"{what}: HTTP {status} {code}: {message}", status=status, code=code)
+    return PermanentError(f"{what}: HTTP {status} {code}: {message}", status=status, code=code)
+
+
+def _forbidden_hint(what: str, message: str) -> str:
+    scope = re.search(r"over scope '([^']+)'", message)
+    action = re.search(r"perform action '([^']+)'", message)
+    where = scope[1] if scope else "the subscription"
+    needs = action[1] if action else "the operation"
+    if "Microsoft.Security" in needs or "Defender" in what or "setting" in what:
+        return f"grant the app's identity the Security Admin role on {where} (it needs {needs})"
+    return f"grant the app's identity a role with {needs} on {where}"
+
+
+def _token_object_id(token: str) -> str:
+    """The 'oid' claim of a JWT access token. Read, not verified: ARM verifies it."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return str(claims["oid"]).lower()
+    except (IndexError, ValueError, KeyError, TypeError):
+        raise PermanentError(
+            "cannot read the app's object id from its token",
+            hint="set REMEDIATION_PRINCIPAL_ID to the identity's object id",
+        ) from None
