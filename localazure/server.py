@@ -89,7 +89,8 @@ class ArmError(Exception):
 # --- Realism knobs --------------------------------------------------------------------
 @dataclass
 class FaultRule:
-    """Answer ``status`` to requests whose method and path match, ``count`` times."""
+    """Answer ``status`` to requests whose method and path match, ``count`` times;
+    status 0 drops the connection unanswered."""
 
     method: str
     path: str  # a regular expression searched in the path
@@ -188,8 +189,12 @@ class RequestLog:
             and (method is None or item.method == method)
         )
 
+    def arm(self) -> list[LoggedRequest]:
+        """ARM and Resource Graph requests: what counts against Azure's limits."""
+        return [item for item in self.items() if item.operation.startswith("Microsoft.")]
+
     def by_operation(self) -> Counter[str]:
-        return Counter(item.operation for item in self.items() if item.operation)
+        return Counter(item.operation for item in self.arm())
 
 
 @dataclass
@@ -218,6 +223,8 @@ class LocalAzure:
         throttle: bool = True,
         lro_seconds: float = 0.05,
         list_page_size: int = 50,
+        reads: tuple[int, float] = READS,
+        writes: tuple[int, float] = WRITES,
         faults: Faults | None = None,
         port: int = 0,
         state_dir: Path | None = None,
@@ -227,6 +234,7 @@ class LocalAzure:
         self.throttle = throttle
         self.lro_seconds = lro_seconds
         self.list_page_size = list_page_size
+        self.reads, self.writes = reads, writes
         self.faults = faults or Faults()
         self.log = RequestLog()
         self.lock = threading.RLock()
@@ -344,7 +352,7 @@ class LocalAzure:
                 if self.latency:
                     time.sleep(self.latency)
                 fault = self.faults.pick(method, path)
-                if fault == "drop":
+                if fault == "drop" or (isinstance(fault, FaultRule) and fault.status == 0):
                     status = 0
                     return _Response(0, b"", {})
                 if isinstance(fault, FaultRule):
@@ -413,7 +421,7 @@ class LocalAzure:
         if not self.throttle or not subscription:
             return {}
         kind = "reads" if route.method == "GET" else "writes"
-        capacity, rate = READS if kind == "reads" else WRITES
+        capacity, rate = self.reads if kind == "reads" else self.writes
         with self.lock:
             bucket = self._buckets.setdefault(
                 (subscription, principal, kind), TokenBucket(capacity, rate)
@@ -558,7 +566,7 @@ class LocalAzure:
             f"{self.url}/subscriptions/{vm.subscription}/providers/Microsoft.Compute/locations/"
             f"{vm.location}/operations/{operation.id}?api-version={COMPUTE_API}"
         )
-        return {"Azure-AsyncOperation": url, "Retry-After": "0"}
+        return {"Azure-AsyncOperation": url}
 
 
 def _now() -> str:
@@ -1178,8 +1186,8 @@ def _with_method(handler: Callable[..., _Response], method: str) -> Handler:
 
 
 ROUTES: tuple[Route, ...] = (
-    _route("GET", r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration", _oidc),
-    _route("POST", r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token", _token),
+    _route("GET", r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration", _oidc, "login/metadata"),
+    _route("POST", r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token", _token, "login/token"),
     _route("GET", _VM, _get_vm, "Microsoft.Compute/virtualMachines/read", "compute"),
     _route("GET", _SUB + r"/providers/Microsoft\.Compute/virtualMachines", _list_vms, "Microsoft.Compute/virtualMachines/read", "compute"),
     _route("GET", _SUB + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/virtualMachines", _list_vms, "Microsoft.Compute/virtualMachines/read", "compute"),

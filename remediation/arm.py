@@ -141,7 +141,7 @@ T = TypeVar("T")
 
 def _raw_json(pipeline_response: Any, deserialized: Any, headers: Any) -> Any:
     """``cls=`` hook: the response's JSON as ARM sent it, without model round trips."""
-    return pipeline_response.http_response.json()
+    return json.loads(pipeline_response.http_response.text())
 
 
 class ArmGateway:
@@ -159,7 +159,7 @@ class ArmGateway:
         self._security: dict[str, SecurityCenter] = {}
         self._graph: ResourceGraphClient | None = None
         self._postures: dict[str, tuple[float, Posture]] = {}
-        self._packages: dict[tuple[str, str], str] = {}
+        self._packages: dict[str, dict[str, Any]] = {}  # mdeOnboardings properties
         self._principal_id = settings.principal_id
 
     # --- Clients, built once per worker -------------------------------------------------
@@ -301,20 +301,19 @@ class ArmGateway:
     def onboarding_package(self, subscription: str, extension_type: str) -> str:
         """The base64 onboarding package exactly as the API returned it. Cached; never
         logged. Read raw: the SDK's model would hand back decoded bytes."""
-        key = (subscription, extension_type)
         with self._lock:
-            if key in self._packages:
-                return self._packages[key]
-        raw = self._call(
-            f"reading the MDE onboarding package of subscription {subscription}",
-            lambda: self._security_client(subscription).mde_onboardings.get(cls=_raw_json),
-        )
-        field = (
-            "onboardingPackageWindows"
-            if extension_type == MDE_WINDOWS
-            else "onboardingPackageLinux"
-        )
-        package = (raw.get("properties") or {}).get(field) or ""
+            packages = self._packages.get(subscription)
+        if packages is None:  # one read answers for both operating systems
+            raw = self._call(
+                f"reading the MDE onboarding package of subscription {subscription}",
+                lambda: self._security_client(subscription).mde_onboardings.get(cls=_raw_json),
+            )
+            packages = dict(raw.get("properties") or {})
+            with self._lock:
+                self._packages[subscription] = packages
+        windows = extension_type == MDE_WINDOWS
+        field = "onboardingPackageWindows" if windows else "onboardingPackageLinux"
+        package = packages.get(field) or ""
         if not isinstance(package, str) or not package:
             raise PermanentError(
                 f"subscription {subscription} returned no {field}",
@@ -327,8 +326,6 @@ class ArmGateway:
                 f"subscription {subscription} returned a {field} that is not base64",
                 hint="open a support case with Defender for Cloud",
             ) from None
-        with self._lock:
-            self._packages[key] = package
         return package
 
     # --- Writes ---------------------------------------------------------------------------

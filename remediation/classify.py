@@ -454,8 +454,7 @@ def _tags(value: Any) -> dict[str, str]:
     return {str(key): str(item) for key, item in value.items()}
 
 
-def _image(properties: Any) -> dict[str, str]:
-    reference = _dig(properties, "storageProfile", "imageReference") or {}
+def _image(reference: Any, os_type: Any, license_type: Any) -> dict[str, str]:
     image_id = (
         _text(_dig(reference, "id"))
         or _text(_dig(reference, "sharedGalleryImageId"))
@@ -466,8 +465,8 @@ def _image(properties: Any) -> dict[str, str]:
         "offer": _text(_dig(reference, "offer")),
         "sku": _text(_dig(reference, "sku")),
         "image_id": image_id,
-        "os_type": _text(_dig(properties, "storageProfile", "osDisk", "osType")),
-        "license_type": _text(_dig(properties, "licenseType")),
+        "os_type": _text(os_type),
+        "license_type": _text(license_type),
     }
 
 
@@ -518,7 +517,11 @@ def facts_from_arm(vm: Mapping[str, Any], vm_pricing: str | None = None) -> VmFa
     return VmFacts(
         vm=VmRef.parse(_text(vm.get("id"))),
         location=_text(vm.get("location")),
-        **_image(properties),
+        **_image(
+            _dig(properties, "storageProfile", "imageReference"),
+            _dig(properties, "storageProfile", "osDisk", "osType"),
+            _dig(properties, "licenseType"),
+        ),
         os_name=_text(_dig(view, "osName")),
         os_version=_text(_dig(view, "osVersion")),
         power=power,
@@ -530,8 +533,7 @@ def facts_from_arm(vm: Mapping[str, Any], vm_pricing: str | None = None) -> VmFa
 
 def facts_from_graph(row: Mapping[str, Any]) -> VmFacts:
     """A row of the sweep's Resource Graph query (see arm.SWEEP_QUERY)."""
-    properties = row.get("properties") or {}
-    view = _dig(properties, "extended", "instanceView") or {}
+    view = row.get("instanceView") or {}
     extensions = tuple(
         ExtensionFacts(
             name=_text(ext.get("name")),
@@ -545,7 +547,7 @@ def facts_from_graph(row: Mapping[str, Any]) -> VmFacts:
     return VmFacts(
         vm=VmRef.parse(_text(row.get("id"))),
         location=_text(row.get("location")),
-        **_image(properties),
+        **_image(row.get("imageReference"), row.get("osType"), row.get("licenseType")),
         os_name=_text(_dig(view, "osName")),
         os_version=_text(_dig(view, "osVersion")),
         power=_power(_dig(view, "powerState", "code")),

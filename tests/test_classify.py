@@ -373,24 +373,23 @@ def arm_vm():
 
 
 def graph_row():
+    """The sweep query's projection of the same VM."""
     return {
         "id": VM_ID,
         "location": "westeurope",
         "tags": {"env": "prod"},
-        "properties": PROPERTIES
-        | {
-            "extended": {
-                "instanceView": {
-                    "computerName": "app-7",
-                    "osName": "redhat",
-                    "osVersion": "8.6",
-                    "powerState": {
-                        "code": "PowerState/running",
-                        "level": "Info",
-                        "displayStatus": "VM running",
-                    },
-                }
-            }
+        "imageReference": PROPERTIES["storageProfile"]["imageReference"],
+        "osType": "Linux",
+        "licenseType": "",
+        "instanceView": {
+            "computerName": "app-7",
+            "osName": "redhat",
+            "osVersion": "8.6",
+            "powerState": {
+                "code": "PowerState/running",
+                "level": "Info",
+                "displayStatus": "VM running",
+            },
         },
         "extensions": [
             {"name": name, "publisher": publisher, "type": type_, "provisioningState": state}
