@@ -261,6 +261,7 @@ def generate(vms: int, subscriptions: int, seed: int = 7) -> Estate:
             power=rng.choices(["running", "deallocated", "stopped"], [85, 12, 3])[0],
             tags={"env": rng.choice(["prod", "dev", "test"])},
             mde_failure=image.mde_failure,
+            vm_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
         )
         roll = rng.random()
         if roll < 0.25:

@@ -1,0 +1,382 @@
+"""Tests of the local control plane itself: it must behave like the Azure it stands for."""
+
+import json
+import time
+
+import pytest
+import requests
+from azure.identity import ClientSecretCredential
+from azure.mgmt.compute import ComputeManagementClient
+
+from localazure import Estate, Faults, LocalAzure, generate
+from localazure.server import BASELINE_QUERY, COMPUTE_API, SWEEP_QUERY
+from remediation.events import Ignored, VmEvent, parse
+from tests.conftest import APP, SUB, generated_estate, small_estate
+
+VM_PATH = f"/subscriptions/{SUB}/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachines/ubuntu-1"
+
+
+def token(plane, principal=APP):
+    credential = ClientSecretCredential(
+        plane.estate.tenant,
+        principal.client_id,
+        principal.secret,
+        authority=plane.url,
+        disable_instance_discovery=True,
+        connection_verify=plane.ca_path,
+    )
+    return credential.get_token(f"{plane.url}/.default").token
+
+
+class Client:
+    """Plain HTTPS calls with a bearer token, to see the wire as ARM shows it."""
+
+    def __init__(self, plane, principal=APP):
+        self.plane = plane
+        self.session = requests.Session()
+        self.session.verify = plane.ca_path
+        self.session.headers["Authorization"] = f"Bearer {token(plane, principal)}"
+
+    def get(self, path, **params):
+        return self.session.get(self.plane.url + path, params={"api-version": COMPUTE_API} | params)
+
+    def put(self, path, body, **params):
+        return self.session.put(
+            self.plane.url + path, params={"api-version": COMPUTE_API} | params, json=body
+        )
+
+    def post(self, path, body, **params):
+        return self.session.post(self.plane.url + path, params=params, json=body)
+
+
+def test_it_listens_on_loopback_only(plane):
+    assert plane.url.startswith("https://127.0.0.1:")
+
+
+def test_arm_without_a_token_is_401(plane):
+    response = requests.get(
+        plane.url + VM_PATH, params={"api-version": COMPUTE_API}, verify=plane.ca_path
+    )
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_forged_token_is_401(plane):
+    session = requests.Session()
+    forged = token(plane)[:-4] + "AAAA"
+    response = session.get(
+        plane.url + VM_PATH,
+        params={"api-version": COMPUTE_API},
+        headers={"Authorization": f"Bearer {forged}"},
+        verify=plane.ca_path,
+    )
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("version", "code"),
+    [("2099-01-01", "NoRegisteredProviderFound"), ("", "MissingApiVersionParameter")],
+)
+def test_an_unknown_api_version_is_400(plane, version, code):
+    response = Client(plane).get(VM_PATH, **{"api-version": version})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == code
+
+
+def test_vm_get_with_and_without_instance_view(plane):
+    client = Client(plane)
+    plain = client.get(VM_PATH).json()
+    assert "instanceView" not in plain["properties"]
+    expanded = client.get(VM_PATH, **{"$expand": "instanceView"}).json()
+    statuses = [status["code"] for status in expanded["properties"]["instanceView"]["statuses"]]
+    assert "PowerState/running" in statuses
+    assert expanded["properties"]["instanceView"]["osName"] == "ubuntu"
+
+
+def test_list_all_pages_with_next_links_through_the_sdk(use_identity):
+    with LocalAzure(generated_estate(120, 1), list_page_size=50) as plane:
+        use_identity(plane)
+        sub = next(iter(plane.estate.subscriptions))
+        credential = ClientSecretCredential(
+            plane.estate.tenant,
+            APP.client_id,
+            APP.secret,
+            authority=plane.url,
+            disable_instance_discovery=True,
+        )
+        compute = ComputeManagementClient(
+            credential, sub, base_url=plane.url, credential_scopes=[f"{plane.url}/.default"]
+        )
+        names = [vm.name for vm in compute.virtual_machines.list_all()]
+        assert len(names) == len(set(names)) == 120
+        assert plane.log.count("Microsoft.Compute/virtualMachines/read") == 3
+
+
+def test_read_buckets_throttle_with_retry_after_and_remaining_headers(use_identity):
+    with LocalAzure(small_estate(), reads=(3, 0.5)) as plane:
+        use_identity(plane)
+        client = Client(plane)
+        answers = [client.get(VM_PATH) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert answers[0].headers["x-ms-ratelimit-remaining-subscription-reads"] == "2"
+        assert int(answers[3].headers["Retry-After"]) >= 1
+
+
+def test_write_buckets_are_separate_from_reads(use_identity):
+    with LocalAzure(small_estate(), reads=(1, 0.1), writes=(5, 1.0)) as plane:
+        use_identity(plane)
+        client = Client(plane)
+        assert client.get(VM_PATH).status_code == 200
+        assert client.get(VM_PATH).status_code == 429
+        body = {"kind": "DataExportSettings", "properties": {"enabled": True}}
+        response = client.put(
+            f"/subscriptions/{SUB}/providers/Microsoft.Security/settings/WDATP",
+            body,
+            **{"api-version": "2022-05-01"},
+        )
+        assert response.status_code == 200
+        assert "x-ms-ratelimit-remaining-subscription-writes" in response.headers
+
+
+def test_extension_put_is_a_long_running_operation(use_identity):
+    with LocalAzure(small_estate(), lro_seconds=0.3) as plane:
+        use_identity(plane)
+        client = Client(plane)
+        body = {
+            "location": "westeurope",
+            "properties": {
+                "publisher": "Microsoft.Azure.AzureDefenderForServers",
+                "type": "MDE.Linux",
+                "typeHandlerVersion": "1.0",
+                "protectedSettings": {
+                    "defenderForEndpointOnboardingScript": plane.estate.subscriptions[
+                        SUB
+                    ].onboarding_linux
+                },
+            },
+        }
+        created = client.put(VM_PATH + "/extensions/MDE.Linux", body)
+        assert created.status_code == 201
+        assert created.json()["properties"]["provisioningState"] == "Creating"
+        status_url = created.headers["Azure-AsyncOperation"]
+        assert "api-version=" in status_url
+        first = client.session.get(status_url).json()
+        assert first["status"] == "InProgress"
+        again = client.put(VM_PATH + "/extensions/MDE.Linux", body)
+        assert again.status_code == 409  # another extension operation is in flight
+        time.sleep(0.35)
+        assert client.session.get(status_url).json()["status"] == "Succeeded"
+        assert (
+            client.get(VM_PATH + "/extensions/MDE.Linux").json()["properties"]["provisioningState"]
+            == "Succeeded"
+        )
+
+
+def test_a_failing_extension_operation_carries_the_error(plane):
+    client = Client(plane)
+    flatcar = VM_PATH.replace("ubuntu-1", "flatcar-1")
+    body = {
+        "location": "westeurope",
+        "properties": {
+            "publisher": "Microsoft.Azure.AzureDefenderForServers",
+            "type": "MDE.Linux",
+            "typeHandlerVersion": "1.0",
+            "protectedSettings": {
+                "defenderForEndpointOnboardingScript": plane.estate.subscriptions[
+                    SUB
+                ].onboarding_linux
+            },
+        },
+    }
+    created = client.put(flatcar + "/extensions/MDE.Linux", body)
+    time.sleep(0.1)
+    status = client.session.get(created.headers["Azure-AsyncOperation"]).json()
+    assert status["status"] == "Failed"
+    assert "ProvisioningState/failed/10" in status["error"]["message"]
+    view = client.get(flatcar, **{"$expand": "instanceView"}).json()["properties"]["instanceView"]
+    assert view["extensions"][0]["statuses"][0]["code"] == "ProvisioningState/failed/10"
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        (lambda body: body.pop("location"), 400),
+        (lambda body: body["properties"].pop("publisher"), 400),
+        (lambda body: body.update(properties="x"), 400),
+    ],
+)
+def test_a_malformed_extension_put_is_400(plane, change, status):
+    body = {
+        "location": "westeurope",
+        "properties": {"publisher": "P", "type": "T", "typeHandlerVersion": "1.0"},
+    }
+    change(body)
+    assert Client(plane).put(VM_PATH + "/extensions/x", body).status_code == status
+
+
+def test_security_writes_need_security_admin(plane):
+    from tests.conftest import READER
+
+    body = {"kind": "DataExportSettings", "properties": {"enabled": True}}
+    path = f"/subscriptions/{SUB}/providers/Microsoft.Security/settings/WDATP"
+    denied = Client(plane, READER).put(path, body, **{"api-version": "2022-05-01"})
+    assert denied.status_code == 403
+    assert "Microsoft.Security/settings/write" in denied.json()["error"]["message"]
+    wrong_kind = Client(plane).put(
+        path, {"properties": {"enabled": True}}, **{"api-version": "2022-05-01"}
+    )
+    assert wrong_kind.status_code == 400
+
+
+def test_vm_level_pricing_accepts_only_p1_or_free_and_delete_inherits(plane):
+    client = Client(plane)
+    path = VM_PATH + "/providers/Microsoft.Security/pricings/VirtualMachines"
+    version = {"api-version": "2024-01-01"}
+    assert client.get(path, **version).json()["properties"]["inherited"] == "True"
+    p2 = client.put(path, {"properties": {"pricingTier": "Standard", "subPlan": "P2"}}, **version)
+    assert p2.status_code == 400
+    assert client.put(path, {"properties": {"pricingTier": "Free"}}, **version).status_code == 200
+    assert client.get(path, **version).json()["properties"]["pricingTier"] == "Free"
+    assert client.session.delete(plane.url + path, params=version).status_code == 204
+    assert "inherited" in client.get(path, **version).json()["properties"]
+
+
+def graph(client, query=SWEEP_QUERY, subscriptions=(SUB,), **options):
+    body = {
+        "subscriptions": list(subscriptions),
+        "query": query,
+        "options": {"resultFormat": "objectArray"} | options,
+    }
+    return client.post(
+        "/providers/Microsoft.ResourceGraph/resources", body, **{"api-version": "2021-03-01"}
+    )
+
+
+def test_resource_graph_pages_with_skip_tokens(use_identity):
+    with LocalAzure(generated_estate(2300, 2)) as plane:
+        use_identity(plane)
+        client = Client(plane)
+        subs = list(plane.estate.subscriptions)
+        seen, token_ = [], None
+        while True:
+            page = graph(
+                client,
+                subscriptions=subs,
+                **{"$top": 1000, **({"$skipToken": token_} if token_ else {})},
+            ).json()
+            seen += [row["id"] for row in page["data"]]
+            token_ = page.get("$skipToken")
+            if not token_:
+                break
+        assert len(seen) == len(set(seen)) == 2300
+        assert seen == sorted(seen, key=str.lower)
+        assert page["totalRecords"] == 2300
+        row = graph(client, subscriptions=subs, **{"$top": 1}).json()["data"][0]
+        assert set(row) == {
+            "id",
+            "location",
+            "tags",
+            "imageReference",
+            "osType",
+            "licenseType",
+            "instanceView",
+            "extensions",
+        }
+
+
+@pytest.mark.parametrize(
+    ("query", "options"),
+    [
+        ("resources | take 5", {}),
+        ("Resources | summarize count()", {}),
+        (SWEEP_QUERY, {"$top": 5000}),
+        (SWEEP_QUERY, {"$skipToken": "bm90LWEtdG9rZW4="}),
+        (SWEEP_QUERY, {"resultFormat": "table"}),
+    ],
+)
+def test_resource_graph_refuses_what_it_does_not_know(plane, query, options):
+    response = graph(Client(plane), query, **options)
+    assert response.status_code == 400
+
+
+def test_resource_graph_baseline_query_lists_ids(plane):
+    rows = graph(Client(plane), BASELINE_QUERY).json()["data"]
+    assert rows == [{"id": vm.id} for vm in plane.estate.vms_in(SUB)]
+
+
+def test_resource_graph_user_quota(plane):
+    client = Client(plane)
+    answers = [graph(client) for _ in range(16)]
+    assert [a.status_code for a in answers[:15]] == [200] * 15
+    assert answers[14].headers["x-ms-user-quota-remaining"] == "0"
+    assert answers[15].status_code == 429
+    assert answers[15].headers["x-ms-user-quota-resets-after"].startswith("00:00:0")
+
+
+def test_fault_injection_by_rate_and_by_rule(use_identity):
+    with LocalAzure(small_estate(), faults=Faults(error_rate=1.0, seed=3)) as plane:
+        use_identity(plane)
+        assert Client(plane).get(VM_PATH).status_code in {500, 503}
+    with LocalAzure(small_estate(), faults=Faults(drop_rate=1.0)) as plane:
+        use_identity(plane)
+        with pytest.raises(requests.ConnectionError):
+            Client(plane).get(VM_PATH)
+    with LocalAzure(small_estate()) as plane:
+        use_identity(plane)
+        plane.faults.add("GET", "ubuntu-1$", 500, count=2)
+        client = Client(plane)
+        assert [client.get(VM_PATH).status_code for _ in range(3)] == [500, 500, 200]
+
+
+def test_events_for_writes_and_actions_parse_as_the_app_expects(plane):
+    client = Client(plane)
+    plane.drain_events()
+    stopped = VM_PATH.replace("ubuntu-1", "stopped-1")
+    started = client.post(stopped + "/start", None, **{"api-version": COMPUTE_API})
+    assert started.status_code == 202
+    time.sleep(0.1)
+    plane.settle()
+    [event] = plane.drain_events()
+    assert event["eventType"] == "Microsoft.Resources.ResourceActionSuccess"
+    assert event["data"]["operationName"] == "Microsoft.Compute/virtualMachines/start/action"
+    parsed = parse(event, frozenset({SUB}))
+    assert isinstance(parsed, VmEvent)
+    assert parsed.kind == "start"
+    assert parsed.caller_object_id == APP.object_id
+    # The same event, seen by an app whose identity caused it, is the loop guard's case.
+    assert isinstance(parse(event, frozenset({SUB}), own_principal_id=APP.object_id), Ignored)
+    assert plane.estate.vm(stopped).power == "running"
+
+
+def test_created_vms_raise_several_writes(plane):
+    from localazure import Vm
+
+    events = plane.create_vm(Vm(SUB, "rg-new", "fresh-1", os_name="ubuntu", os_version="22.04"))
+    assert len(events) == 2
+    assert {parse(e, frozenset({SUB})).kind for e in events} == {"write"}
+
+
+def test_estate_round_trips_through_json(tmp_path):
+    estate = generate(50, 3, seed=11)
+    path = tmp_path / "estate.json"
+    estate.save(path)
+    loaded = Estate.load(path)
+    assert loaded.to_json() == estate.to_json()
+    assert json.loads(path.read_text())["vms"][0]["name"].startswith("vm-")
+
+
+def test_the_generator_is_seeded_and_realistic():
+    first, second = generate(600, 3, seed=5), generate(600, 3, seed=5)
+    assert first.to_json() == second.to_json()
+    vms = list(first.vms.values())
+    powers = {vm.power for vm in vms}
+    assert {"running", "deallocated"} <= powers
+    assert any(vm.image.get("id") for vm in vms)  # gallery images
+    assert any(vm.os_type == "Windows" for vm in vms)
+    assert any(vm.os_type == "Linux" for vm in vms)
+    states = {ext.state for vm in vms for ext in vm.extensions.values()}
+    assert {"Succeeded", "Failed"} <= states
+    assert any("defender-remediation-exclude" in vm.tags for vm in vms)
+    assert any(vm.resource_group.startswith("MC_") for vm in vms)
+    tiers = {(s.pricing_tier, s.settings["WDATP"]) for s in first.subscriptions.values()}
+    assert len(tiers) >= 2
