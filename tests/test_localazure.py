@@ -380,3 +380,43 @@ def test_the_generator_is_seeded_and_realistic():
     assert any(vm.resource_group.startswith("MC_") for vm in vms)
     tiers = {(s.pricing_tier, s.settings["WDATP"]) for s in first.subscriptions.values()}
     assert len(tiers) >= 2
+
+
+def test_it_runs_as_a_process_and_saves_its_estate(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    saved = tmp_path / "estate.json"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "localazure",
+            "--generate",
+            "12",
+            "--subscriptions",
+            "2",
+            "--save",
+            str(saved),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONPATH": os.getcwd()},
+    )
+    try:
+        exports = dict(
+            process.stdout.readline().removeprefix("export ").strip().split("=", 1)
+            for _ in range(7)
+        )
+        assert exports["REMEDIATION_ARM_ENDPOINT"].startswith("https://127.0.0.1:")
+        metadata = requests.get(
+            f"{exports['AZURE_AUTHORITY_HOST']}/{exports['AZURE_TENANT_ID']}/v2.0/.well-known/openid-configuration",
+            verify=exports["REQUESTS_CA_BUNDLE"],
+            timeout=10,
+        )
+        assert metadata.json()["token_endpoint"].endswith("/oauth2/v2.0/token")
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+    assert len(Estate.load(saved).vms) == 12
