@@ -7,6 +7,7 @@ until interrupted, and saves the estate on the way out when ``--save`` is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -64,10 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export {name}={value}")
         print(f"export REMEDIATION_SUBSCRIPTIONS={','.join(estate.subscriptions)}")
         sys.stdout.flush()
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     if args.save:
         estate.save(args.save)
     return 0
