@@ -8,7 +8,7 @@ import requests
 from azure.identity import ClientSecretCredential
 from azure.mgmt.compute import ComputeManagementClient
 
-from localazure import Estate, Faults, LocalAzure, generate
+from localazure import Estate, Extension, Faults, LocalAzure, generate
 from localazure.server import BASELINE_QUERY, COMPUTE_API, SWEEP_QUERY
 from remediation.events import Ignored, VmEvent, parse
 from tests.conftest import APP, SUB, generated_estate, small_estate
@@ -420,3 +420,22 @@ def test_it_runs_as_a_process_and_saves_its_estate(tmp_path):
         process.terminate()
         assert process.wait(timeout=10) == 0
     assert len(Estate.load(saved).vms) == 12
+
+
+def test_extension_delete_and_deallocate_are_long_running(plane):
+    client = Client(plane)
+    plane.estate.vm(VM_PATH).extensions["custom"] = Extension(
+        "custom", "Microsoft.Azure.Extensions", "CustomScript"
+    )
+    deleted = client.session.delete(
+        plane.url + VM_PATH + "/extensions/custom", params={"api-version": COMPUTE_API}
+    )
+    assert deleted.status_code == 202
+    deallocating = client.post(VM_PATH + "/deallocate", None, **{"api-version": COMPUTE_API})
+    assert deallocating.status_code == 202
+    time.sleep(0.1)
+    plane.settle()
+    assert "custom" not in plane.estate.vm(VM_PATH).extensions
+    assert plane.estate.vm(VM_PATH).power == "deallocated"
+    operations = [e["data"]["operationName"] for e in plane.drain_events()]
+    assert "Microsoft.Compute/virtualMachines/extensions/delete" in operations
