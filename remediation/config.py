@@ -67,6 +67,7 @@ class Settings:
     retry_budget_seconds: int
     lro_poll_seconds: float
     install_timeout_seconds: int
+    install_cooldown_seconds: int
     authority_host: str
     storage_connection: str
     storage_account: str
@@ -126,6 +127,9 @@ def load(environ: Mapping[str, str]) -> Settings:
     install_timeout = parse(
         "REMEDIATION_INSTALL_TIMEOUT_SECONDS", "480", _bounded_int(1, 3_600), 480
     )
+    install_cooldown = parse(
+        "REMEDIATION_INSTALL_COOLDOWN_SECONDS", "900", _bounded_int(0, 86_400), 900
+    )
     authority_host = parse("AZURE_AUTHORITY_HOST", "", _optional_https_url, "")
 
     storage_connection = get("AzureWebJobsStorage", "")
@@ -156,6 +160,7 @@ def load(environ: Mapping[str, str]) -> Settings:
         retry_budget_seconds=retry_budget,
         lro_poll_seconds=lro_poll,
         install_timeout_seconds=install_timeout,
+        install_cooldown_seconds=install_cooldown,
         authority_host=authority_host,
         storage_connection=storage_connection,
         storage_account=storage_account,

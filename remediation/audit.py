@@ -1,0 +1,183 @@
+"""The remediation log: one record per decision, skips included, in Azure Table Storage.
+
+Each record is stored twice, under two partition keys, so both questions ops ask are
+one partition query, never a table scan:
+- ``v-<hash of the VM id>``: "what happened to VM X", newest first;
+- ``d-<yyyymmdd>``: "what happened in the last 24 hours", a partition a day.
+Row keys are inverted timestamps, so a partition reads newest first.
+Every record also becomes one operator-readable log line (``vm=... decision=...``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import TableClient, UpdateMode
+
+log = logging.getLogger("remediation")
+
+MAX_TICKS = 10**19  # inverted timestamps stay 19 digits until the year 2286
+TRIGGERS = frozenset({"event", "queue", "sweep", "http", "cli"})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One decision about one VM (or one ignored delivery), as ops read it."""
+
+    vm: str
+    subscription: str
+    trigger: str  # event, queue, sweep, http, cli
+    decision: str  # the policy's vocabulary, or "ignored" for deliveries not about a VM
+    reason: str
+    mode: str  # report or enforce
+    outcome: str  # what happened: reported, queued, applied, succeeded, failed, ...
+    applied: bool = False
+    os: str = ""
+    platform: str = ""
+    actions: tuple[str, ...] = ()
+    hint: str = ""
+    event_id: str = ""
+    correlation_id: str = ""
+    run_id: str = ""
+    install_state: str = ""
+    install_code: int | None = None
+    duration_ms: int = 0
+    time: datetime = field(default_factory=_now)
+    record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def to_json(self) -> dict[str, Any]:
+        value = asdict(self)
+        value["actions"] = list(self.actions)
+        value["time"] = self.time.isoformat()
+        return value
+
+    def log_line(self) -> str:
+        parts = [
+            f"vm={self.vm}",
+            f"sub={self.subscription}",
+            f"trigger={self.trigger}",
+            f"decision={self.decision}",
+            f"outcome={self.outcome}",
+            f"mode={self.mode}",
+        ]
+        if self.platform:
+            parts.append(f"platform={self.platform}")
+        if self.actions:
+            parts.append(f"actions={','.join(self.actions)}")
+        if self.install_code is not None:
+            parts.append(f"code={self.install_code}")
+        parts.append(f"reason={self.reason!r}")
+        if self.hint:
+            parts.append(f"hint={self.hint!r}")
+        return " ".join(parts)
+
+
+def vm_partition(vm: str) -> str:
+    # Table keys cannot hold '/', so VM ids are hashed; ids are case-insensitive.
+    return "v-" + hashlib.sha256(vm.lower().encode()).hexdigest()[:40]
+
+
+def day_partition(moment: datetime) -> str:
+    return "d-" + moment.astimezone(UTC).strftime("%Y%m%d")
+
+
+def _row_key(record: AuditRecord) -> str:
+    ticks = int(record.time.timestamp() * 1_000_000)
+    return f"{MAX_TICKS - ticks:019d}-{record.record_id}"
+
+
+def _entity(record: AuditRecord, partition: str) -> dict[str, Any]:
+    entity: dict[str, Any] = {"PartitionKey": partition, "RowKey": _row_key(record)}
+    for item in fields(record):
+        value = getattr(record, item.name)
+        if item.name == "actions":
+            value = ",".join(value)
+        elif item.name == "install_code":
+            value = -1 if value is None else value
+        entity[item.name] = value
+    return entity
+
+
+def _record(entity: dict[str, Any]) -> AuditRecord:
+    values: dict[str, Any] = {item.name: entity.get(item.name) for item in fields(AuditRecord)}
+    values["actions"] = tuple(a for a in (values["actions"] or "").split(",") if a)
+    code = values["install_code"]
+    values["install_code"] = None if code is None or code == -1 else int(code)
+    moment = values["time"]
+    values["time"] = moment if isinstance(moment, datetime) else _now()
+    defaults: dict[str, Any] = {"applied": False, "duration_ms": 0, "install_code": None}
+    for key, value in values.items():
+        if value is None:
+            values[key] = defaults.get(key, "")
+    return AuditRecord(**values)
+
+
+class AuditLog:
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def create(self) -> None:
+        with contextlib.suppress(ResourceExistsError):
+            self._table.create_table()
+
+    def write(self, record: AuditRecord) -> AuditRecord:
+        """Store the record under both keys (upserts: a retried write is harmless)."""
+        for partition in (day_partition(record.time), vm_partition(record.vm)):
+            self._table.upsert_entity(_entity(record, partition), mode=UpdateMode.REPLACE)
+        level = logging.WARNING if record.decision in {"error", "blocked"} else logging.INFO
+        log.log(level, record.log_line())
+        return record
+
+    def for_vm(self, vm: str, limit: int = 50) -> list[AuditRecord]:
+        """Newest first."""
+        entities = self._table.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": vm_partition(vm)}, results_per_page=limit
+        )
+        records = []
+        for entity in entities:
+            records.append(_record(entity))
+            if len(records) >= limit:
+                break
+        return records
+
+    def since(self, moment: datetime, until: datetime | None = None) -> Iterator[AuditRecord]:
+        """Every record from ``moment`` on, newest first, one partition query a day."""
+        end = until or _now()
+        day = end
+        newest_key = f"{MAX_TICKS - int(end.timestamp() * 1_000_000):019d}"
+        oldest_key = f"{MAX_TICKS - int(moment.timestamp() * 1_000_000):019d}~"
+        while day_partition(day) >= day_partition(moment):
+            yield from (
+                _record(entity)
+                for entity in self._table.query_entities(
+                    "PartitionKey eq @pk and RowKey ge @newest and RowKey le @oldest",
+                    parameters={
+                        "pk": day_partition(day),
+                        "newest": newest_key,
+                        "oldest": oldest_key,
+                    },
+                )
+            )
+            day -= timedelta(days=1)
+
+    def reinstalls_since_success(self, vm: str) -> int:
+        """How many MDE installs on this VM failed since the last one that succeeded."""
+        failures = 0
+        for record in self.for_vm(vm, limit=50):
+            if record.install_state == "Succeeded":
+                break
+            if record.install_state == "Failed":
+                failures += 1
+        return failures

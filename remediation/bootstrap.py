@@ -1,0 +1,78 @@
+"""Builds the real dependencies once per worker, from the environment.
+
+Nothing here runs at import time: the first trigger pays for it (settings are checked
+then, and every bad setting is reported at once), later ones reuse it. The ARM SDKs are
+imported there too, not when the Functions host loads function_app: cold start matters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from functools import lru_cache
+
+from azure.core.credentials import TokenCredential
+from azure.data.tables import TableServiceClient
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+from remediation.audit import AuditLog
+from remediation.config import Settings, load
+from remediation.queues import Claims, InstallQueue
+from remediation.service import Services
+
+STORAGE_SUFFIX = "core.windows.net"
+
+
+def _queue(settings: Settings, name: str, credential: TokenCredential) -> QueueClient:
+    # The Functions queue trigger reads base64 text.
+    encode, decode = TextBase64EncodePolicy(), TextBase64DecodePolicy()
+    if settings.storage_connection:
+        return QueueClient.from_connection_string(
+            settings.storage_connection,
+            name,
+            message_encode_policy=encode,
+            message_decode_policy=decode,
+        )
+    return QueueClient(
+        f"https://{settings.storage_account}.queue.{STORAGE_SUFFIX}",
+        name,
+        credential=credential,
+        message_encode_policy=encode,
+        message_decode_policy=decode,
+    )
+
+
+def _tables(settings: Settings, credential: TokenCredential) -> TableServiceClient:
+    if settings.storage_connection:
+        return TableServiceClient.from_connection_string(settings.storage_connection)
+    endpoint = f"https://{settings.storage_account}.table.{STORAGE_SUFFIX}"
+    return TableServiceClient(endpoint, credential=credential)
+
+
+def build(environ: Mapping[str, str]) -> Services:
+    """The services for these settings: ARM gateway, audit table, queue, claims."""
+    from remediation.arm import ArmGateway, build_credential  # noqa: PLC0415 - cold start
+
+    settings = load(environ)
+    credential = build_credential(settings)
+    table = _tables(settings, credential).get_table_client(settings.audit_table)
+    services = Services(
+        settings=settings,
+        arm=ArmGateway(settings, credential),
+        audit=AuditLog(table),
+        queue=InstallQueue(
+            _queue(settings, settings.install_queue, credential),
+            _queue(settings, settings.poison_queue, credential),
+        ),
+        claims=Claims(table, timedelta(seconds=settings.install_cooldown_seconds)),
+    )
+    services.audit.create()
+    services.queue.create()
+    return services
+
+
+@lru_cache(maxsize=1)
+def services() -> Services:
+    """The worker's services, built on first use from the process environment."""
+    return build(os.environ)

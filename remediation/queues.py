@@ -1,0 +1,206 @@
+"""The install queue, the per-VM claims that keep installs single, and a drain loop
+that runs queued installs in-process the way the Functions host would (for the CLI).
+
+Queue messages are versioned JSON, base64-encoded as the Functions queue trigger
+expects. They name a VM and never carry an onboarding package or any other secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, UpdateMode
+from azure.storage.queue import QueueClient
+
+from remediation.audit import vm_partition
+from remediation.model import InvalidResourceId, VmRef
+
+log = logging.getLogger("remediation")
+
+SCHEMA = "mde-install/1"
+MAX_DEQUEUE = 5  # host.json extensions.queues.maxDequeueCount; a test keeps them equal
+CLAIM_PARTITION = "claim"
+CLAIM_LEASE = timedelta(hours=1)  # how long a queued install holds its VM
+
+
+class BadMessage(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class InstallRequest:
+    vm: str
+    trigger: str  # what asked: event, sweep, http, cli
+    event_id: str = ""
+    correlation_id: str = ""
+    run_id: str = ""
+    requested_at: str = ""
+
+    def to_text(self) -> str:
+        return json.dumps({"schema": SCHEMA, **asdict(self)}, separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, text: str) -> InstallRequest:
+        try:
+            value = json.loads(text)
+        except (ValueError, TypeError):
+            raise BadMessage("the message is not JSON") from None
+        if not isinstance(value, dict):
+            raise BadMessage("the message is not a JSON object")
+        if value.get("schema") != SCHEMA:
+            raise BadMessage(f"unknown message schema {str(value.get('schema'))[:40]!r}")
+        try:
+            VmRef.parse(str(value.get("vm")))
+        except InvalidResourceId:
+            raise BadMessage("the message does not name a valid VM id") from None
+        known = {name: value[name] for name in cls.__slots__ if name in value}
+        if not all(isinstance(item, str) for item in known.values()):
+            raise BadMessage("the message has fields that are not strings")
+        return cls(**known)
+
+
+class InstallQueue:
+    def __init__(self, queue: QueueClient, poison: QueueClient) -> None:
+        self.queue = queue
+        self.poison = poison
+
+    def create(self) -> None:
+        for client in (self.queue, self.poison):
+            with contextlib.suppress(ResourceExistsError):
+                client.create_queue()
+
+    def send(self, request: InstallRequest) -> None:
+        self.queue.send_message(request.to_text())
+
+
+class Claims:
+    """At most one install in flight per VM: an entity per VM, taken with ETag
+    concurrency. A claim lasts for the lease while an install is queued or running,
+    then for the cooldown once it ended, so a burst of events installs once."""
+
+    def __init__(self, table: TableClient, cooldown: timedelta) -> None:
+        self._table = table
+        self._cooldown = cooldown
+
+    def take(self, vm: str, holder: str, now: datetime | None = None) -> bool:
+        moment = now or datetime.now(UTC)
+        entity = {
+            "PartitionKey": CLAIM_PARTITION,
+            "RowKey": vm_partition(vm),
+            "vm": vm,
+            "holder": holder,
+            "expires": moment + CLAIM_LEASE,
+            "last_error": "",
+        }
+        try:
+            self._table.create_entity(entity)
+            return True
+        except ResourceExistsError:
+            pass
+        try:
+            current = self._table.get_entity(CLAIM_PARTITION, vm_partition(vm))
+        except ResourceNotFoundError:
+            return self.take(vm, holder, now)  # released between our two calls
+        if current["expires"] > moment:
+            return False
+        try:
+            self._table.update_entity(
+                entity,
+                mode=UpdateMode.REPLACE,
+                etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+            return True
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False  # another worker took it first
+
+    def finish(self, vm: str, now: datetime | None = None) -> None:
+        """The install ended (either way): hold the VM for the cooldown only."""
+        moment = now or datetime.now(UTC)
+        self._table.upsert_entity(
+            {
+                "PartitionKey": CLAIM_PARTITION,
+                "RowKey": vm_partition(vm),
+                "vm": vm,
+                "holder": "",
+                "expires": moment + self._cooldown,
+                "last_error": "",
+            },
+            mode=UpdateMode.REPLACE,
+        )
+
+    def note_failure(self, vm: str, error: str) -> None:
+        """Remember why the last try failed, for the poison handler's audit record."""
+        self._table.upsert_entity(
+            {
+                "PartitionKey": CLAIM_PARTITION,
+                "RowKey": vm_partition(vm),
+                "vm": vm,
+                "last_error": error[:2000],
+            },
+            mode=UpdateMode.MERGE,
+        )
+
+    def last_failure(self, vm: str) -> str:
+        try:
+            return str(
+                self._table.get_entity(CLAIM_PARTITION, vm_partition(vm)).get("last_error") or ""
+            )
+        except ResourceNotFoundError:
+            return ""
+
+
+Handler = Callable[[str, int], Any]
+
+
+def drain(
+    queue: InstallQueue,
+    handle: Handler,
+    handle_poison: Callable[[str], Any],
+    *,
+    max_dequeue: int = MAX_DEQUEUE,
+    visibility_seconds: int = 1,
+    deadline_seconds: float = 600,
+) -> int:
+    """Run queued messages until both queues are empty, as the Functions host would:
+    a failed message becomes visible again, and after ``max_dequeue`` tries it moves
+    to the poison queue, whose handler then runs. Returns the messages handled."""
+    handled = 0
+    stop_at = time.monotonic() + deadline_seconds
+    while time.monotonic() < stop_at:
+        busy = False
+        for message in queue.queue.receive_messages(
+            visibility_timeout=visibility_seconds, max_messages=16
+        ):
+            busy = True
+            handled += 1
+            try:
+                handle(message.content, message.dequeue_count or 1)
+            except Exception as error:  # the host's contract: any exception is a retry
+                log.warning("queued install failed (try %s): %s", message.dequeue_count, error)
+                if (message.dequeue_count or 1) >= max_dequeue:
+                    queue.poison.send_message(message.content)
+                    queue.queue.delete_message(message)
+                continue
+            queue.queue.delete_message(message)
+        for message in queue.poison.receive_messages(
+            visibility_timeout=visibility_seconds, max_messages=16
+        ):
+            busy = True
+            handled += 1
+            handle_poison(message.content)
+            queue.poison.delete_message(message)
+        if not busy:
+            if queue.queue.get_queue_properties().approximate_message_count == 0:
+                return handled
+            time.sleep(min(visibility_seconds, 0.2))
+    raise TimeoutError(f"queued installs were still running after {deadline_seconds} s")
