@@ -25,9 +25,11 @@ from azure.core.exceptions import (
     HttpResponseError,
     ResourceNotFoundError,
     ServiceRequestError,
+    ServiceRequestTimeoutError,
     ServiceResponseError,
+    ServiceResponseTimeoutError,
 )
-from azure.core.pipeline import PipelineResponse
+from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import RetryPolicy
 from azure.identity import DefaultAzureCredential
 from azure.mgmt.compute import ComputeManagementClient
@@ -94,6 +96,24 @@ class BoundedRetryPolicy(RetryPolicy[Any, Any]):
     def __init__(self, budget: float, **kwargs: Any) -> None:
         super().__init__(timeout=budget, **kwargs)
         self.budget = budget
+
+    def increment(self, settings: dict[str, Any], response: Any = None, error: Any = None) -> bool:
+        if isinstance(response, PipelineResponse):  # remember the last answer for the error
+            status = response.http_response.status_code
+            response.context["last_answer"] = f"HTTP {status} {response.http_response.reason}"
+        elif error is not None and response is not None:
+            response.context["last_answer"] = type(error).__name__
+        return super().increment(settings, response=response, error=error)
+
+    def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        try:
+            return super().send(request)
+        except (ServiceRequestTimeoutError, ServiceResponseTimeoutError):
+            last = request.context.get("last_answer", "no answer")
+            raise TransientError(
+                f"gave up after the {self.budget:.0f} s retry budget "
+                f"(REMEDIATION_RETRY_BUDGET_SECONDS); the last answer was {last}"
+            ) from None
 
     def get_retry_after(self, response: PipelineResponse[Any, Any]) -> float | None:
         wait = super().get_retry_after(response)

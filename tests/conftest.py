@@ -127,3 +127,188 @@ def plane(use_identity):
     with LocalAzure(small_estate()) as running:
         use_identity(running)
         yield running
+
+
+# --- Azurite: real Azure Storage on loopback ------------------------------------------
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """Azurite's queue and table services, from node_modules (make test installs it)."""
+    import socket
+    import subprocess
+    import time
+    from pathlib import Path
+
+    binary = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "azurite"
+    if not binary.exists():
+        pytest.fail("Azurite is not installed: `make test` installs it with npm ci")
+    ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
+    command = [
+        str(binary),
+        "--silent",
+        "--inMemoryPersistence",
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+    ]
+    for service, port in ports.items():
+        command += [f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port)]
+    workspace = tmp_path_factory.mktemp("azurite")
+    process = subprocess.Popen(
+        command, cwd=workspace, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    for port in ports.values():
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    pytest.fail(f"Azurite did not start: {process.stderr.read().decode()[-2000:]}")
+                time.sleep(0.1)
+    account = "devstoreaccount1"
+    yield (
+        f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{ports['blob']}/{account};"
+        f"QueueEndpoint=http://127.0.0.1:{ports['queue']}/{account};"
+        f"TableEndpoint=http://127.0.0.1:{ports['table']}/{account};"
+    )
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+class World:
+    """The app wired as in production, against the local plane and Azurite: the
+    environment the Functions host would give it, and the real function objects."""
+
+    def __init__(self, plane: LocalAzure, environment: dict[str, str]) -> None:
+        self.plane = plane
+        self.environment = environment
+
+    @property
+    def services(self):
+        from remediation import bootstrap
+
+        return bootstrap.services()
+
+    def worker(self):
+        """A second, independent worker: its own clients, caches and token."""
+        from remediation import bootstrap
+
+        return bootstrap.build(self.environment)
+
+    def deliver(self, *events) -> list:
+        """Event Grid deliveries through the real on_vm_event function."""
+        import function_app
+
+        records = []
+        for event in events:
+            before = len(self.audit_records())
+            function_app.on_vm_event(function_event(event))
+            records += self.audit_records()[: len(self.audit_records()) - before]
+        return records
+
+    def run_queue(self, **options) -> int:
+        """Run queued installs through the real queue functions, as the host would."""
+        from azure.functions.queue import QueueMessage
+
+        import function_app
+        from remediation.queues import drain
+
+        return drain(
+            self.services.queue,
+            lambda text, count: function_app.install_extension(
+                QueueMessage(body=text.encode(), dequeue_count=count)
+            ),
+            lambda text: function_app.install_poison(
+                QueueMessage(body=text.encode(), dequeue_count=1)
+            ),
+            visibility_seconds=options.get("visibility_seconds", 1),
+        )
+
+    def audit_records(self):
+        from datetime import UTC, datetime, timedelta
+
+        return list(self.services.audit.since(datetime.now(UTC) - timedelta(hours=1)))
+
+    def extension_puts(self) -> int:
+        return self.plane.log.count("Microsoft.Compute/virtualMachines/extensions/write")
+
+    def writes(self) -> list:
+        return [
+            item
+            for item in self.plane.log.arm()
+            if item.method in {"PUT", "POST", "DELETE", "PATCH"}
+            and "ResourceGraph" not in item.operation
+        ]
+
+
+def function_event(event: dict):
+    """An Event Grid schema dict as the host hands it to the function."""
+    from datetime import datetime
+
+    import azure.functions as func
+
+    return func.EventGridEvent(
+        id=event["id"],
+        data=event["data"],
+        topic=event["topic"],
+        subject=event["subject"],
+        event_type=event["eventType"],
+        event_time=datetime.fromisoformat(event["eventTime"].replace("Z", "+00:00")),
+        data_version=event["dataVersion"],
+    )
+
+
+@pytest.fixture
+def world_factory(azurite, monkeypatch):
+    """Build a World over an estate, with settings as app settings (env) as the host does."""
+    import uuid
+
+    from remediation import bootstrap
+
+    planes = []
+
+    def make(
+        estate: Estate, principal: Principal = APP, plane_options=None, **settings: str
+    ) -> World:
+        plane = LocalAzure(estate, **(plane_options or {})).start()
+        planes.append(plane)
+        suffix = uuid.uuid4().hex[:10]
+        environment = (
+            plane.environment(principal)
+            | {
+                "AzureWebJobsStorage": azurite,
+                "REMEDIATION_SUBSCRIPTIONS": ",".join(estate.subscriptions),
+                "REMEDIATION_INSTALL_QUEUE": f"installs-{suffix}",
+                "REMEDIATION_AUDIT_TABLE": f"audit{suffix}",
+                "REMEDIATION_LRO_POLL_SECONDS": "0.02",
+                "REMEDIATION_RETRY_BUDGET_SECONDS": "3",
+            }
+            | settings
+        )
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        bootstrap.services.cache_clear()
+        return World(plane, environment)
+
+    yield make
+    bootstrap.services.cache_clear()
+    for plane in planes:
+        plane.stop()
