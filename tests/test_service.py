@@ -400,3 +400,25 @@ def test_a_failed_other_extension_is_mentioned(world_factory):
     )
     [record, _] = world.deliver(*world.plane.create_vm(vm))
     assert "CustomScript" in record.reason
+
+
+def test_the_queue_honours_report_mode_too(world_factory):
+    from remediation.queues import InstallRequest
+
+    world = world_factory(estate("ready"), REMEDIATION_MODE="report")
+    world.plane.create_vm(new_vm("queued-1"))
+    world.services.queue.send(InstallRequest(vm=new_vm("queued-1").id, trigger="cli"))
+    world.run_queue()
+    [record] = world.audit_records()
+    assert (record.decision, record.outcome, record.applied) == ("install", "reported", False)
+    assert world.writes() == []
+
+
+def test_queue_messages_never_carry_the_onboarding_package(world_factory):
+    world = world_factory(estate("ready"), **ENFORCE)
+    world.deliver(*world.plane.create_vm(new_vm("secret-1")))
+    package = world.plane.estate.subscriptions[SUB].onboarding_linux
+    [message] = list(world.services.queue.queue.peek_messages())
+    assert package not in message.content
+    world.run_queue()
+    assert all(package not in json.dumps(r.to_json()) for r in world.audit_records())

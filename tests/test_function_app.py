@@ -1,0 +1,127 @@
+"""The Function App as the host sees it: the functions, their bindings, and the CLI."""
+
+import io
+import json
+
+import function_app
+from tests.conftest import SUB
+from tests.test_service import ENFORCE, estate, new_vm
+
+
+def test_the_app_declares_the_event_path_functions_and_bindings():
+    bindings = {
+        f.get_function_name(): f.get_bindings_dict()["bindings"]
+        for f in function_app.app.get_functions()
+    }
+    assert bindings["on_vm_event"] == [
+        {
+            "direction": bindings["on_vm_event"][0]["direction"],
+            "type": "eventGridTrigger",
+            "name": "event",
+        }
+    ]
+    install = bindings["install_extension"][0]
+    assert (install["type"], install["queueName"], install["connection"]) == (
+        "queueTrigger",
+        "%REMEDIATION_INSTALL_QUEUE%",
+        "AzureWebJobsStorage",
+    )
+    assert bindings["install_poison"][0]["queueName"] == "%REMEDIATION_INSTALL_QUEUE%-poison"
+
+
+def test_importing_the_app_reads_no_settings_and_builds_nothing(monkeypatch):
+    import importlib
+
+    for name in list(__import__("os").environ):
+        if name.startswith(("REMEDIATION_", "AZURE_", "AzureWebJobs")):
+            monkeypatch.delenv(name)
+    importlib.reload(function_app)  # must not raise without settings
+
+
+def cli(*args, stdin=""):
+    import sys
+
+    from remediation.__main__ import main
+
+    out = io.StringIO()
+    old = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        code = main(list(args), out=out)
+    finally:
+        sys.stdin = old
+    return code, out.getvalue()
+
+
+def test_cli_handle_event_prints_one_json_decision_per_line_and_waits_for_installs(
+    world_factory, tmp_path
+):
+    world = world_factory(estate("ready"), **ENFORCE)
+    events = world.plane.create_vm(new_vm("cli-1")) + world.plane.create_vm(
+        new_vm("cli-2", "win11")
+    )
+    path = tmp_path / "events.json"
+    path.write_text(json.dumps(events))
+    code, output = cli("handle-event", "--json", "--wait", str(path))
+    assert code == 0
+    lines = [json.loads(line) for line in output.splitlines()]
+    assert [(line["vm"].rsplit("/", 1)[1], line["trigger"], line["outcome"]) for line in lines] == [
+        ("cli-1", "cli", "queued"),
+        ("cli-1", "cli", "duplicate"),
+        ("cli-2", "cli", "none"),
+        ("cli-2", "cli", "none"),
+        ("cli-1", "queue", "succeeded"),
+    ]
+    required = {
+        "vm",
+        "subscription",
+        "os",
+        "platform",
+        "decision",
+        "reason",
+        "actions",
+        "applied",
+        "mode",
+        "outcome",
+    }
+    assert all(required <= set(line) for line in lines)
+    assert lines[2]["os"] == "windows"
+    assert lines[2]["decision"] == "unsupported"
+    assert world.plane.estate.vm(new_vm("cli-1").id).extensions["mde.linux"].state == "Succeeded"
+
+
+def test_cli_reads_stdin_and_one_event(world_factory):
+    world = world_factory(estate("ready"))
+    [event, _] = world.plane.create_vm(new_vm("cli-3"))
+    code, output = cli("handle-event", "-", stdin=json.dumps(event))
+    assert code == 0
+    assert "decision=install" in output
+    assert "outcome=reported" in output  # report mode is the default, here too
+    assert world.writes() == []
+
+
+def test_cli_refuses_what_is_not_json_without_side_effects(world_factory, tmp_path, capsys):
+    world = world_factory(estate("ready"), **ENFORCE)
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    code, output = cli("handle-event", str(path))
+    assert code == 2
+    assert output == ""
+    assert "cannot read Event Grid JSON" in capsys.readouterr().err
+    assert world.audit_records() == []
+
+
+def test_cli_reports_every_bad_setting_at_once(monkeypatch, capsys):
+    from remediation import bootstrap
+
+    monkeypatch.setenv("REMEDIATION_MODE", "sometimes")
+    monkeypatch.setenv("REMEDIATION_SUBSCRIPTIONS", "nope")
+    monkeypatch.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+    bootstrap.services.cache_clear()
+    code, _ = cli("handle-event", "-", stdin="{}")
+    bootstrap.services.cache_clear()
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "REMEDIATION_MODE" in err
+    assert "REMEDIATION_SUBSCRIPTIONS" in err
+    assert SUB not in err
