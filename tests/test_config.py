@@ -141,3 +141,36 @@ def test_settings_are_frozen():
     settings = load(MINIMAL)
     with pytest.raises(AttributeError):
         settings.mode = Mode.ENFORCE  # type: ignore[misc]
+
+
+class Recording(dict):
+    """A mapping that remembers every name load() asks for."""
+
+    def __init__(self, values):
+        super().__init__(values)
+        self.asked = set()
+
+    def get(self, name, default=None):
+        self.asked.add(name)
+        return super().get(name, default)
+
+
+def test_the_example_settings_and_the_readme_name_every_setting():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    environ = Recording(MINIMAL)
+    load(environ)
+    names = {name for name in environ.asked if name.startswith("REMEDIATION_")}
+    assert len(names) >= 15
+    example = json.loads((root / "local.settings.example.json").read_text())["Values"]
+    readme = (root / "README.md").read_text()
+    assert names <= set(example), names - set(example)
+    assert all(f"`{name}`" in readme for name in names), [
+        n for n in names if f"`{n}`" not in readme
+    ]
+    assert example["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
+    assert example["REMEDIATION_MODE"] == "report"
+    assert example["REMEDIATION_ALLOW_PLAN_CHANGE"] == "false"
+    load(example)  # the example itself is valid
