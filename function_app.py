@@ -4,9 +4,12 @@ Triggers are thin adapters: decode, call one function of ``remediation.service``
 encode. No Defender logic and no ``azure.mgmt`` import belong here.
 """
 
+import json
+from typing import Any
+
 import azure.functions as func
 
-from remediation import service
+from remediation import service, sweep
 from remediation.bootstrap import services
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -37,3 +40,48 @@ def install_extension(message: func.QueueMessage) -> None:
 def install_poison(message: func.QueueMessage) -> None:
     """An install that failed every retry: audit it, drop nothing silently."""
     service.handle_poison(services(), message.get_body().decode())
+
+
+@app.function_name("nightly_sweep")
+@app.timer_trigger(arg_name="timer", schedule="%REMEDIATION_SWEEP_SCHEDULE%", run_on_startup=False)
+def nightly_sweep(timer: func.TimerRequest) -> None:
+    """Every VM in scope, every night: events miss things."""
+    sweep.start_nightly(services())
+
+
+@app.function_name("forced_sweep")
+@app.route(route="sweep", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def forced_sweep(req: func.HttpRequest) -> func.HttpResponse:
+    """POST /api/sweep {"subscriptions": [...], "mode": "report"}: start a sweep now."""
+    status_base = req.url.split("?", 1)[0]
+    return _json(*sweep.http_start(services(), req.get_body(), status_base))
+
+
+@app.function_name("sweep_status")
+@app.route(route="sweep/{runId}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def sweep_status(req: func.HttpRequest) -> func.HttpResponse:
+    return _json(*sweep.http_status(services(), req.route_params.get("runId", "")))
+
+
+@app.function_name("sweep_batch")
+@app.queue_trigger(
+    arg_name="message", queue_name="%REMEDIATION_SWEEP_QUEUE%", connection="AzureWebJobsStorage"
+)
+def sweep_batch(message: func.QueueMessage) -> None:
+    """One batch of subscriptions of a sweep run; many instances share a large tenant."""
+    sweep.handle_batch(services(), message.get_body().decode())
+
+
+@app.function_name("sweep_batch_poison")
+@app.queue_trigger(
+    arg_name="message",
+    queue_name="%REMEDIATION_SWEEP_QUEUE%-poison",
+    connection="AzureWebJobsStorage",
+)
+def sweep_batch_poison(message: func.QueueMessage) -> None:
+    """A batch that failed every try: count it, so the run still finishes and says so."""
+    sweep.handle_batch_poison(services(), message.get_body().decode())
+
+
+def _json(status: int, body: dict[str, Any]) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")

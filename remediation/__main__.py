@@ -55,6 +55,92 @@ def handle_event(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
+    from remediation import service, sweep  # noqa: PLC0415 - keep --help fast
+    from remediation.bootstrap import services  # noqa: PLC0415
+    from remediation.queues import drain  # noqa: PLC0415
+
+    running = services()
+    body: dict[str, Any] = {}
+    if args.subscription:
+        body["subscriptions"] = args.subscription
+    if args.mode:
+        body["mode"] = args.mode
+    try:
+        request = sweep.parse_request(json.dumps(body).encode(), running.settings, trigger="cli")
+        run = sweep.start(running, request, send=None)
+    except sweep.InvalidSweepRequest as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except sweep.SweepRunning as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    finished = _sweep_batches(running, run, args.json, out)
+    if args.wait:
+        drain(
+            running.queue,
+            lambda text, count: _print(
+                service.handle_install(running, text, count), args.json, out
+            ),
+            lambda text: _print(service.handle_poison(running, text), args.json, out),
+        )
+    summary = {"summary": True, "run_id": run.run_id, "mode": run.mode, **finished.summary}
+    if args.json:
+        out.write(json.dumps(summary) + "\n")
+    else:
+        _summary_table(summary, out)
+    return 0
+
+
+def _sweep_batches(running: Any, run: Any, as_json: bool, out: TextIO) -> Any:
+    from rich.progress import Progress  # noqa: PLC0415 - only the terminal needs it
+
+    from remediation import sweep  # noqa: PLC0415
+
+    batches = sweep.batches_of(run.subscriptions, running.settings.sweep_batch_size)
+    show = not as_json and out.isatty()
+    finished = None
+    with Progress(disable=not show, transient=True) as progress:
+        task = progress.add_task("sweeping", total=None)
+        for index, subscriptions in enumerate(batches):
+            message = sweep.BatchMessage(run.run_id, index, subscriptions)
+
+            def on_record(record: AuditRecord) -> None:
+                progress.advance(task)
+                if as_json:
+                    _print(record, True, out)
+
+            def on_total(total: int) -> None:
+                done = progress.tasks[0].completed
+                progress.update(task, total=done + total)
+
+            finished = sweep.run_batch(running, message, on_record, on_total) or finished
+    return finished
+
+
+def _summary_table(summary: dict[str, Any], out: TextIO) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"sweep {summary['run_id']} ({summary['mode']})")
+    table.add_column("")
+    table.add_column("", justify="right")
+    for decision, count in summary["decisions"].items():
+        table.add_row(decision, str(count))
+    table.add_section()
+    table.add_row("VMs", str(summary["vms"]))
+    table.add_row("coverage of eligible running VMs", f"{summary['coverage_percent']}%")
+    table.add_row("actions", str(summary["actions"]))
+    table.add_row("blocked by the cap", str(summary["capped"]))
+    table.add_row("errors", str(summary["errors"]))
+    table.add_row(
+        "ARM / Resource Graph requests", f"{summary['arm_requests']} / {summary['graph_requests']}"
+    )
+    table.add_row("duration", f"{summary['duration_seconds']} s")
+    Console(file=out).print(table)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m remediation", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -67,6 +153,20 @@ def parser() -> argparse.ArgumentParser:
     event.add_argument("--json", action="store_true", help="one JSON object per decision")
     event.add_argument("--wait", action="store_true", help="also run the installs it queued")
     event.set_defaults(run=handle_event)
+    sweep = commands.add_parser("sweep", help="sweep every VM in scope now, in-process")
+    sweep.add_argument(
+        "--subscription", action="append", metavar="ID", help="only this subscription (repeatable)"
+    )
+    sweep.add_argument(
+        "--mode",
+        choices=["report", "enforce"],
+        help="report can be asked for in enforce mode, never the reverse",
+    )
+    sweep.add_argument(
+        "--json", action="store_true", help="one JSON object per VM, then a summary object"
+    )
+    sweep.add_argument("--wait", action="store_true", help="also run the installs it queued")
+    sweep.set_defaults(run=run_sweep)
     return root
 
 

@@ -14,7 +14,9 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -30,7 +32,7 @@ from azure.core.exceptions import (
     ServiceResponseTimeoutError,
 )
 from azure.core.pipeline import PipelineRequest, PipelineResponse
-from azure.core.pipeline.policies import RetryPolicy
+from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy
 from azure.identity import DefaultAzureCredential
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import VirtualMachineExtension, VirtualMachineExtensionProperties
@@ -86,6 +88,31 @@ class InstallResult:
     state: str  # Succeeded or Failed
     code: int | None = None
     message: str = ""
+
+
+class RequestCounter(SansIOHTTPPolicy[Any, Any]):
+    """Counts the HTTP requests sent (retries included) by the thread inside
+    ``counting()``: what a sweep batch spent of ARM's and Resource Graph's limits."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def on_request(self, request: PipelineRequest[Any]) -> None:
+        kind = (
+            "graph" if "/providers/Microsoft.ResourceGraph/" in request.http_request.url else "arm"
+        )
+        for counter in getattr(self._local, "counters", ()):
+            counter[kind] += 1
+
+    @contextmanager
+    def counting(self) -> Iterator[Counter[str]]:
+        counter: Counter[str] = Counter()
+        stack = self._local.__dict__.setdefault("counters", [])
+        stack.append(counter)
+        try:
+            yield counter
+        finally:
+            stack.remove(counter)
 
 
 class BoundedRetryPolicy(RetryPolicy[Any, Any]):
@@ -181,6 +208,7 @@ class ArmGateway:
         self._postures: dict[str, tuple[float, Posture]] = {}
         self._packages: dict[str, dict[str, Any]] = {}  # mdeOnboardings properties
         self._principal_id = settings.principal_id
+        self.counter = RequestCounter()
 
     # --- Clients, built once per worker -------------------------------------------------
     def _client_options(self) -> dict[str, Any]:
@@ -188,6 +216,7 @@ class ArmGateway:
         return {
             "base_url": endpoint,
             "credential_scopes": [f"{endpoint}/.default"],
+            "custom_hook_policy": self.counter,
             "retry_policy": BoundedRetryPolicy(
                 self._settings.retry_budget_seconds,
                 retry_total=6,
@@ -241,7 +270,9 @@ class ArmGateway:
         )
         return facts_from_arm(raw)
 
-    def inventory(self, subscriptions: Iterable[str]) -> Iterator[VmFacts]:
+    def inventory(
+        self, subscriptions: Iterable[str], on_total: Callable[[int], None] | None = None
+    ) -> Iterator[VmFacts]:
         """Every VM of the subscriptions through Resource Graph: one request per 1000
         VMs, streamed page by page, never loaded whole."""
         scope = sorted(subscriptions)
@@ -257,6 +288,8 @@ class ArmGateway:
             page: dict[str, Any] = self._call(
                 "querying Resource Graph", partial(self._graph_page, request)
             )
+            if on_total is not None and skip_token is None:
+                on_total(int(page.get("totalRecords") or 0))
             for row in page.get("data") or []:
                 yield facts_from_graph(row)
             skip_token = page.get("$skipToken")

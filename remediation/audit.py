@@ -14,7 +14,9 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -128,6 +130,11 @@ class AuditLog:
     def __init__(self, table: TableClient) -> None:
         self._table = table
 
+    @property
+    def table(self) -> TableClient:
+        """The table, shared with the claims and the sweep's runs (other partitions)."""
+        return self._table
+
     def create(self) -> None:
         with contextlib.suppress(ResourceExistsError):
             self._table.create_table()
@@ -139,6 +146,33 @@ class AuditLog:
         level = logging.WARNING if record.decision in {"error", "blocked"} else logging.INFO
         log.log(level, record.log_line())
         return record
+
+    def write_many(self, records: Sequence[AuditRecord]) -> None:
+        """A sweep's records: day rows in transactions of 100, VM rows in parallel."""
+        by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in records:
+            partition = day_partition(record.time)
+            by_day[partition].append(_entity(record, partition))
+        for entities in by_day.values():
+            for start in range(0, len(entities), 100):
+                self._table.submit_transaction(
+                    [
+                        ("upsert", entity, {"mode": UpdateMode.REPLACE})
+                        for entity in entities[start : start + 100]
+                    ]
+                )
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(
+                pool.map(
+                    lambda record: self._table.upsert_entity(
+                        _entity(record, vm_partition(record.vm)), mode=UpdateMode.REPLACE
+                    ),
+                    records,
+                )
+            )
+        for record in records:
+            level = logging.WARNING if record.decision in {"error", "blocked"} else logging.INFO
+            log.log(level, record.log_line())
 
     def for_vm(self, vm: str, limit: int = 50) -> list[AuditRecord]:
         """Newest first."""

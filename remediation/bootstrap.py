@@ -18,7 +18,7 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64E
 
 from remediation.audit import AuditLog
 from remediation.config import Settings, load
-from remediation.queues import Claims, InstallQueue
+from remediation.queues import Claims, WorkQueue
 from remediation.service import Services
 
 STORAGE_SUFFIX = "core.windows.net"
@@ -61,14 +61,19 @@ def build(environ: Mapping[str, str]) -> Services:
         settings=settings,
         arm=ArmGateway(settings, credential),
         audit=AuditLog(table),
-        queue=InstallQueue(
+        queue=WorkQueue(
             _queue(settings, settings.install_queue, credential),
             _queue(settings, settings.poison_queue, credential),
         ),
         claims=Claims(table, timedelta(seconds=settings.install_cooldown_seconds)),
+        sweeps=WorkQueue(
+            _queue(settings, settings.sweep_queue, credential),
+            _queue(settings, settings.sweep_poison_queue, credential),
+        ),
     )
     services.audit.create()
     services.queue.create()
+    services.sweeps.create()
     return services
 
 

@@ -68,6 +68,8 @@ class Settings:
     lro_poll_seconds: float
     install_timeout_seconds: int
     install_cooldown_seconds: int
+    sweep_queue: str
+    sweep_batch_size: int
     authority_host: str
     storage_connection: str
     storage_account: str
@@ -79,6 +81,10 @@ class Settings:
     @property
     def poison_queue(self) -> str:
         return f"{self.install_queue}-poison"
+
+    @property
+    def sweep_poison_queue(self) -> str:
+        return f"{self.sweep_queue}-poison"
 
     @property
     def disable_instance_discovery(self) -> bool:
@@ -130,6 +136,8 @@ def load(environ: Mapping[str, str]) -> Settings:
     install_cooldown = parse(
         "REMEDIATION_INSTALL_COOLDOWN_SECONDS", "900", _bounded_int(0, 86_400), 900
     )
+    sweep_queue = parse("REMEDIATION_SWEEP_QUEUE", "sweep-batches", _queue_name, "")
+    sweep_batch = parse("REMEDIATION_SWEEP_BATCH_SIZE", "20", _bounded_int(1, 1_000), 20)
     authority_host = parse("AZURE_AUTHORITY_HOST", "", _optional_https_url, "")
 
     storage_connection = get("AzureWebJobsStorage", "")
@@ -161,6 +169,8 @@ def load(environ: Mapping[str, str]) -> Settings:
         lro_poll_seconds=lro_poll,
         install_timeout_seconds=install_timeout,
         install_cooldown_seconds=install_cooldown,
+        sweep_queue=sweep_queue,
+        sweep_batch_size=sweep_batch,
         authority_host=authority_host,
         storage_connection=storage_connection,
         storage_account=storage_account,

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
-from azure.storage.queue import QueueClient
+from azure.storage.queue import QueueClient, QueueMessage
 
 from remediation.audit import vm_partition
 from remediation.model import InvalidResourceId, VmRef
@@ -68,7 +69,9 @@ class InstallRequest:
         return cls(**known)
 
 
-class InstallQueue:
+class WorkQueue:
+    """A queue and its poison queue, as the Functions host pairs them."""
+
     def __init__(self, queue: QueueClient, poison: QueueClient) -> None:
         self.queue = queue
         self.poison = poison
@@ -80,6 +83,9 @@ class InstallQueue:
 
     def send(self, request: InstallRequest) -> None:
         self.queue.send_message(request.to_text())
+
+    def send_text(self, text: str) -> None:
+        self.queue.send_message(text)
 
 
 class Claims:
@@ -163,44 +169,49 @@ Handler = Callable[[str, int], Any]
 
 
 def drain(
-    queue: InstallQueue,
+    queue: WorkQueue,
     handle: Handler,
     handle_poison: Callable[[str], Any],
     *,
     max_dequeue: int = MAX_DEQUEUE,
     visibility_seconds: int = 1,
     deadline_seconds: float = 600,
+    concurrency: int = 8,
 ) -> int:
     """Run queued messages until both queues are empty, as the Functions host would:
-    a failed message becomes visible again, and after ``max_dequeue`` tries it moves
-    to the poison queue, whose handler then runs. Returns the messages handled."""
+    up to ``concurrency`` at once (host.json batchSize), a failed message becomes
+    visible again, and after ``max_dequeue`` tries it moves to the poison queue, whose
+    handler then runs. Returns the messages handled."""
+
+    def run(message: QueueMessage) -> None:
+        tries = message.dequeue_count or 1
+        try:
+            handle(message.content, tries)
+        except Exception as error:  # the host's contract: any exception is a retry
+            log.warning("queued message failed (try %s): %s", tries, error)
+            if tries >= max_dequeue:
+                queue.poison.send_message(message.content)
+                queue.queue.delete_message(message)
+            return
+        queue.queue.delete_message(message)
+
     handled = 0
     stop_at = time.monotonic() + deadline_seconds
-    while time.monotonic() < stop_at:
-        busy = False
-        for message in queue.queue.receive_messages(
-            visibility_timeout=visibility_seconds, max_messages=16
-        ):
-            busy = True
-            handled += 1
-            try:
-                handle(message.content, message.dequeue_count or 1)
-            except Exception as error:  # the host's contract: any exception is a retry
-                log.warning("queued install failed (try %s): %s", message.dequeue_count, error)
-                if (message.dequeue_count or 1) >= max_dequeue:
-                    queue.poison.send_message(message.content)
-                    queue.queue.delete_message(message)
-                continue
-            queue.queue.delete_message(message)
-        for message in queue.poison.receive_messages(
-            visibility_timeout=visibility_seconds, max_messages=16
-        ):
-            busy = True
-            handled += 1
-            handle_poison(message.content)
-            queue.poison.delete_message(message)
-        if not busy:
-            if queue.queue.get_queue_properties().approximate_message_count == 0:
-                return handled
-            time.sleep(min(visibility_seconds, 0.2))
-    raise TimeoutError(f"queued installs were still running after {deadline_seconds} s")
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        while time.monotonic() < stop_at:
+            page = list(
+                queue.queue.receive_messages(
+                    visibility_timeout=max(visibility_seconds, 1), max_messages=concurrency
+                )
+            )
+            poisoned = list(queue.poison.receive_messages(visibility_timeout=30, max_messages=16))
+            list(pool.map(run, page))
+            for message in poisoned:
+                handle_poison(message.content)
+                queue.poison.delete_message(message)
+            handled += len(page) + len(poisoned)
+            if not page and not poisoned:
+                if queue.queue.get_queue_properties().approximate_message_count == 0:
+                    return handled
+                time.sleep(min(visibility_seconds, 0.2))
+    raise TimeoutError(f"queued work was still running after {deadline_seconds} s")

@@ -33,7 +33,7 @@ from remediation.model import (
     VmRef,
 )
 from remediation.policy import decide, failure_hint
-from remediation.queues import BadMessage, Claims, InstallQueue, InstallRequest
+from remediation.queues import BadMessage, Claims, InstallRequest, WorkQueue
 
 if TYPE_CHECKING:  # the gateway imports azure.mgmt: keep it off this module's import
     from remediation.arm import ArmGateway
@@ -48,8 +48,9 @@ class Services:
     settings: Settings
     arm: ArmGateway
     audit: AuditLog
-    queue: InstallQueue
+    queue: WorkQueue  # install requests
     claims: Claims
+    sweeps: WorkQueue  # sweep batches
 
 
 @dataclass(frozen=True)

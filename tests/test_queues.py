@@ -15,8 +15,8 @@ from remediation.queues import (
     SCHEMA,
     BadMessage,
     Claims,
-    InstallQueue,
     InstallRequest,
+    WorkQueue,
     drain,
 )
 
@@ -72,7 +72,7 @@ def storage(azurite):
         "message_encode_policy": TextBase64EncodePolicy(),
         "message_decode_policy": TextBase64DecodePolicy(),
     }
-    queue = InstallQueue(
+    queue = WorkQueue(
         QueueClient.from_connection_string(azurite, f"q-{suffix}", **codec),
         QueueClient.from_connection_string(azurite, f"q-{suffix}-poison", **codec),
     )

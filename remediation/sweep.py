@@ -1,0 +1,600 @@
+"""The drift sweep: every VM of every subscription in scope, through the same
+decide/apply/audit pipeline as events, inventoried through Resource Graph.
+
+A run is started by the timer, the HTTP API or the CLI. It locks its subscriptions
+(a second run for one of them gets 409), splits them into batches of
+REMEDIATION_SWEEP_BATCH_SIZE, and each batch is one queue message (so many instances
+share a large tenant) or, from the CLI, one loop. A batch streams its VMs from Resource
+Graph, reads each subscription's posture once, applies subscription actions once per
+subscription, queues installs, and stores its result; the batch that completes the run
+writes the summary. Audit rows of a sweep have keys derived from the run and the VM,
+so a batch that is retried rewrites the same rows instead of adding new ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableClient, UpdateMode
+
+from remediation.audit import AuditRecord
+from remediation.classify import Support
+from remediation.config import GUID, Mode, Settings
+from remediation.model import ActionKind, Outcome, PermanentError, Power, TransientError, VmFacts
+from remediation.service import Assessment, Context, Services, apply_subscription_actions, assess
+
+SCHEMA = "sweep-batch/1"
+RUN_PARTITION = "run"
+LOCK_PARTITION = "sweeplock"
+LOCK_TTL = timedelta(hours=6)  # a run that died frees its subscriptions after this
+MAX_BODY = 64 * 1024
+
+log = logging.getLogger("remediation")
+
+
+class InvalidSweepRequest(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class SweepRunning(RuntimeError):
+    def __init__(self, run_id: str, subscription: str) -> None:
+        super().__init__(f"a sweep ({run_id}) is already running for subscription {subscription}")
+        self.run_id = run_id
+        self.subscription = subscription
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    subscriptions: tuple[str, ...]
+    mode: Mode
+    trigger: str  # sweep (timer), http, cli
+
+
+def parse_request(body: bytes, settings: Settings, trigger: str = "http") -> SweepRequest:
+    """Validate a forced sweep's body strictly; every problem is listed. The body can
+    narrow the scope and make the run more conservative, never widen or escalate."""
+    problems: list[str] = []
+    value: Any = {}
+    if len(body) > MAX_BODY:
+        raise InvalidSweepRequest([f"the body is larger than {MAX_BODY} bytes"])
+    if body.strip():
+        try:
+            value = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidSweepRequest(["the body is not JSON"]) from None
+    if not isinstance(value, dict):
+        raise InvalidSweepRequest(["the body must be a JSON object"])
+    unknown = sorted(set(value) - {"subscriptions", "mode"})
+    if unknown:
+        problems.append(f"unknown fields: {', '.join(repr(k)[:60] for k in unknown[:10])}")
+    subscriptions = sorted(settings.subscriptions)
+    if "subscriptions" in value:
+        given = value["subscriptions"]
+        if not isinstance(given, list) or not given:
+            problems.append("subscriptions must be a non-empty list of subscription ids")
+        else:
+            chosen = []
+            for item in given[:1000]:
+                if not isinstance(item, str) or not GUID.match(item):
+                    problems.append(f"not a subscription id: {str(item)[:60]!r}")
+                elif not settings.in_scope(item):
+                    problems.append(f"subscription {item} is not in REMEDIATION_SUBSCRIPTIONS")
+                else:
+                    chosen.append(item.lower())
+            if len(given) > 1000:
+                problems.append("at most 1000 subscriptions")
+            subscriptions = sorted(set(chosen))
+    mode = settings.mode
+    if "mode" in value:
+        if value["mode"] not in {"report", "enforce"}:
+            problems.append("mode must be 'report' or 'enforce'")
+        elif value["mode"] == "enforce" and not settings.enforce:
+            problems.append("mode 'enforce' is refused: REMEDIATION_MODE is report")
+        else:
+            mode = Mode(value["mode"])
+    if problems:
+        raise InvalidSweepRequest(problems)
+    return SweepRequest(tuple(subscriptions), mode, trigger)
+
+
+# --- Runs, batches, locks: entities in the audit table --------------------------------
+@dataclass
+class Run:
+    run_id: str
+    mode: str
+    trigger: str
+    subscriptions: list[str]
+    batches: int
+    started: datetime
+    status: str = "running"  # running, done
+    finished: datetime | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        value = asdict(self)
+        value["started"] = self.started.isoformat()
+        value["finished"] = self.finished.isoformat() if self.finished else None
+        return value
+
+
+@dataclass
+class BatchResult:
+    vms: int = 0
+    decisions: Counter[str] = field(default_factory=Counter)
+    platforms: Counter[str] = field(default_factory=Counter)
+    eligible_running: int = 0
+    covered: int = 0
+    actions: int = 0  # actions taken (enforce) or planned (report)
+    capped: int = 0  # VMs blocked by the cap
+    errors: int = 0
+    arm_requests: int = 0
+    graph_requests: int = 0
+    failed: str = ""  # why the batch gave up, for a poisoned batch
+
+
+class RunStore:
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def new_run(self, request: SweepRequest, batches: int, now: datetime | None = None) -> Run:
+        started = now or datetime.now(UTC)
+        run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+        run = Run(
+            run_id,
+            request.mode.value,
+            request.trigger,
+            list(request.subscriptions),
+            batches,
+            started,
+        )
+        self._lock(run)
+        self._table.create_entity(
+            {
+                "PartitionKey": RUN_PARTITION,
+                "RowKey": run_id,
+                "mode": run.mode,
+                "trigger": run.trigger,
+                "subscriptions": ",".join(run.subscriptions),
+                "batches": batches,
+                "started": started,
+                "status": "running",
+                "actions_used": 0,
+                "summary": "{}",
+            }
+        )
+        return run
+
+    def _lock(self, run: Run) -> None:
+        taken: list[str] = []
+        try:
+            for subscription in run.subscriptions:
+                self._take_lock(subscription, run)
+                taken.append(subscription)
+        except SweepRunning:
+            for subscription in taken:
+                self._release_lock(subscription, run.run_id)
+            raise
+
+    def _take_lock(self, subscription: str, run: Run) -> None:
+        entity = {
+            "PartitionKey": LOCK_PARTITION,
+            "RowKey": subscription,
+            "run_id": run.run_id,
+            "expires": run.started + LOCK_TTL,
+        }
+        try:
+            self._table.create_entity(entity)
+            return
+        except ResourceExistsError:
+            current = self._table.get_entity(LOCK_PARTITION, subscription)
+        holder = self.get(str(current["run_id"]))
+        if current["expires"] > run.started and holder is not None and holder.status == "running":
+            raise SweepRunning(str(current["run_id"]), subscription)
+        try:
+            self._table.update_entity(
+                entity,
+                mode=UpdateMode.REPLACE,
+                etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise SweepRunning(str(current["run_id"]), subscription) from None
+
+    def _release_lock(self, subscription: str, run_id: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            current = self._table.get_entity(LOCK_PARTITION, subscription)
+            if current["run_id"] == run_id:
+                self._table.delete_entity(
+                    LOCK_PARTITION,
+                    subscription,
+                    etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+
+    def get(self, run_id: str) -> Run | None:
+        try:
+            entity = self._table.get_entity(RUN_PARTITION, run_id)
+        except ResourceNotFoundError:
+            return None
+        return Run(
+            run_id=run_id,
+            mode=entity["mode"],
+            trigger=entity["trigger"],
+            subscriptions=[s for s in entity["subscriptions"].split(",") if s],
+            batches=int(entity["batches"]),
+            started=entity["started"],
+            status=entity["status"],
+            finished=entity.get("finished"),
+            summary=json.loads(entity.get("summary") or "{}"),
+        )
+
+    def runs_since(self, moment: datetime) -> list[Run]:
+        """Runs started since ``moment``, newest first (a few a day: one small partition)."""
+        runs = [
+            run
+            for entity in self._table.query_entities(
+                "PartitionKey eq @pk and RowKey ge @since",
+                parameters={"pk": RUN_PARTITION, "since": moment.strftime("%Y%m%dT%H%M%SZ")},
+            )
+            if (run := self.get(entity["RowKey"])) is not None
+        ]
+        return sorted(runs, key=lambda run: run.run_id, reverse=True)
+
+    def batches_done(self, run_id: str) -> int:
+        partition = f"batch-{run_id}"
+        return sum(
+            1
+            for _ in self._table.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"]
+            )
+        )
+
+    def reserve(self, run_id: str, wanted: int, cap: int) -> bool:
+        """Take ``wanted`` actions from the run's cap, all or none (ETag concurrency:
+        batches on several instances share one budget)."""
+        while True:
+            entity = self._table.get_entity(RUN_PARTITION, run_id)
+            used = int(entity.get("actions_used") or 0)
+            if used + wanted > cap:
+                return False
+            entity["actions_used"] = used + wanted
+            try:
+                self._table.update_entity(
+                    entity,
+                    mode=UpdateMode.MERGE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return True
+            except ResourceModifiedError:
+                continue  # another batch reserved first: read again
+
+    def finish_batch(self, run: Run, batch: int, result: BatchResult) -> Run | None:
+        """Store a batch's result (idempotent); the batch that completes the run writes
+        its summary and frees its subscriptions. Returns the finished run, if this did."""
+        partition = f"batch-{run.run_id}"
+        self._table.upsert_entity(
+            {"PartitionKey": partition, "RowKey": f"{batch:05d}", "result": _result_json(result)},
+            mode=UpdateMode.REPLACE,
+        )
+        results = [
+            _result_from_json(entity["result"])
+            for entity in self._table.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": partition}
+            )
+        ]
+        if len(results) < run.batches:
+            return None
+        entity = self._table.get_entity(RUN_PARTITION, run.run_id)
+        if entity["status"] != "running":
+            return None
+        finished = datetime.now(UTC)
+        summary = summarize(results, run.started, finished)
+        entity.update(status="done", finished=finished, summary=json.dumps(summary))
+        try:
+            self._table.update_entity(
+                entity,
+                mode=UpdateMode.REPLACE,
+                etag=entity.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except ResourceModifiedError:
+            return None  # another batch finished the run at the same moment
+        for subscription in run.subscriptions:
+            self._release_lock(subscription, run.run_id)
+        run.status, run.finished, run.summary = "done", finished, summary
+        return run
+
+
+def _result_json(result: BatchResult) -> str:
+    return json.dumps(asdict(result))
+
+
+def _result_from_json(text: str) -> BatchResult:
+    value = json.loads(text)
+    value["decisions"] = Counter(value["decisions"])
+    value["platforms"] = Counter(value["platforms"])
+    return BatchResult(**value)
+
+
+def summarize(
+    results: Sequence[BatchResult], started: datetime, finished: datetime
+) -> dict[str, Any]:
+    decisions: Counter[str] = Counter()
+    platforms: Counter[str] = Counter()
+    for result in results:
+        decisions.update(result.decisions)
+        platforms.update(result.platforms)
+    eligible = sum(r.eligible_running for r in results)
+    covered = sum(r.covered for r in results)
+    return {
+        "vms": sum(r.vms for r in results),
+        "decisions": dict(sorted(decisions.items())),
+        "platforms": dict(sorted(platforms.items())),
+        "eligible_running": eligible,
+        "covered": covered,
+        "coverage_percent": round(100.0 * covered / eligible, 2) if eligible else 100.0,
+        "actions": sum(r.actions for r in results),
+        "capped": sum(r.capped for r in results),
+        "errors": sum(r.errors for r in results),
+        "failed_batches": [r.failed for r in results if r.failed],
+        "arm_requests": sum(r.arm_requests for r in results),
+        "graph_requests": sum(r.graph_requests for r in results),
+        "duration_seconds": round((finished - started).total_seconds(), 3),
+    }
+
+
+# --- Batch messages --------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchMessage:
+    run_id: str
+    batch: int
+    subscriptions: tuple[str, ...]
+
+    def to_text(self) -> str:
+        return json.dumps(
+            {
+                "schema": SCHEMA,
+                "run_id": self.run_id,
+                "batch": self.batch,
+                "subscriptions": list(self.subscriptions),
+            }
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> BatchMessage:
+        try:
+            value = json.loads(text)
+            subscriptions = tuple(value["subscriptions"])
+            valid = value.get("schema") == SCHEMA and all(
+                isinstance(s, str) and GUID.match(s) for s in subscriptions
+            )
+            if valid:
+                return cls(str(value["run_id"]), int(value["batch"]), subscriptions)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+        raise ValueError("not a sweep batch message")
+
+
+def batches_of(subscriptions: Sequence[str], size: int) -> list[tuple[str, ...]]:
+    return [tuple(subscriptions[i : i + size]) for i in range(0, len(subscriptions), size)] or [()]
+
+
+# --- Starting, running ------------------------------------------------------------------
+def start(services: Services, request: SweepRequest, send: Callable[[str], Any] | None) -> Run:
+    """Lock the subscriptions, record the run, and hand its batches to ``send`` (the
+    sweep queue) -- or, with ``send=None``, leave them for the caller to run inline."""
+    batches = batches_of(request.subscriptions, services.settings.sweep_batch_size)
+    run = RunStore(services.audit.table).new_run(request, len(batches))
+    if send is not None:
+        for index, subscriptions in enumerate(batches):
+            send(BatchMessage(run.run_id, index, subscriptions).to_text())
+    return run
+
+
+def run_batch(
+    services: Services,
+    message: BatchMessage,
+    on_record: Callable[[AuditRecord], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> Run | None:
+    """Sweep one batch of subscriptions. Returns the run when this batch finished it."""
+    store = RunStore(services.audit.table)
+    run = store.get(message.run_id)
+    if run is None:
+        raise ValueError(f"unknown sweep run {message.run_id}")
+    batch = _Batch(services, run, store)
+    with services.arm.counter.counting() as used:
+        for facts in services.arm.inventory(message.subscriptions, on_total=on_total):
+            record = batch.handle(facts)
+            if on_record is not None:
+                on_record(record)
+    services.audit.write_many(batch.records)
+    batch.result.arm_requests, batch.result.graph_requests = used["arm"], used["graph"]
+    return store.finish_batch(run, message.batch, batch.result)
+
+
+def fail_batch(services: Services, message: BatchMessage, why: str) -> Run | None:
+    """A batch that failed every try still counts, so the run finishes and says so."""
+    store = RunStore(services.audit.table)
+    run = store.get(message.run_id)
+    if run is None:
+        return None
+    where = ", ".join(message.subscriptions)
+    result = BatchResult(errors=1, failed=f"batch {message.batch} ({where}): {why}")
+    return store.finish_batch(run, message.batch, result)
+
+
+class _Batch:
+    """One batch's VMs through assess -> act, with the run's cap and mode."""
+
+    def __init__(self, services: Services, run: Run, store: RunStore) -> None:
+        self.services = services
+        self.run = run
+        self.store = store
+        self.enforce = run.mode == Mode.ENFORCE.value
+        self.cap = services.settings.max_actions_per_sweep
+        self.applied: dict[str, set[str]] = {}  # subscription -> actions taken this batch
+        self.records: list[AuditRecord] = []
+        self.result = BatchResult()
+        trigger = "sweep" if run.trigger == "sweep" else run.trigger
+        self.context = Context(services, trigger, run_id=run.run_id)
+
+    def handle(self, facts: VmFacts) -> AuditRecord:
+        context = self.context.for_vm(facts.vm)
+        assessment: Assessment | None = None
+        try:
+            assessment = assess(self.services, facts)
+            record = self._act(context, assessment)
+        except (PermanentError, TransientError) as error:
+            self.result.errors += 1
+            reason = f"The sweep could not handle this VM: {error}"
+            record = context.record(Outcome.ERROR.value, reason, "failed", hint=error.hint)
+        record = _stable(record, self.run)
+        _count(self.result, assessment, record)
+        self.records.append(record)
+        return record
+
+    def _act(self, context: Context, assessment: Assessment) -> AuditRecord:
+        decision = assessment.decision
+        if decision.outcome is not Outcome.INSTALL:
+            return context.decided(assessment, "none")
+        subscription = assessment.facts.vm.subscription
+        done = self.applied.setdefault(subscription, set())
+        # Subscription actions happen once per subscription, not once per VM.
+        new_actions = [a for a in decision.actions if not (a.on_subscription and str(a) in done)]
+        if not self.store.reserve(self.run.run_id, len(new_actions), self.cap):
+            self.result.capped += 1
+            reason = (
+                f"{decision.reason} Not acted on: the sweep reached its cap of {self.cap} "
+                "actions (REMEDIATION_MAX_ACTIONS_PER_SWEEP)."
+            )
+            hint = "raise REMEDIATION_MAX_ACTIONS_PER_SWEEP or run another sweep"
+            return context.record(Outcome.BLOCKED.value, reason, "none", assessment, hint=hint)
+        self.result.actions += len(new_actions)
+        subscription_actions = [a for a in new_actions if a.on_subscription]
+        if not self.enforce:
+            done.update(str(a) for a in subscription_actions)
+            return context.decided(assessment, "reported")
+        if subscription_actions:
+            try:
+                apply_subscription_actions(self.services, decision, subscription)
+            except PermanentError as error:
+                self.result.errors += 1
+                reason = f"Changing subscription {subscription} failed: {error}"
+                return context.record(
+                    Outcome.BLOCKED.value, reason, "failed", assessment, hint=error.hint
+                )
+            done.update(str(a) for a in subscription_actions)
+        if not any(a.kind in {ActionKind.INSTALL, ActionKind.REINSTALL} for a in decision.actions):
+            return context.decided(assessment, "applied", applied=True)
+        if not self.services.claims.take(context.vm, holder=self.run.run_id):
+            reason = f"{decision.reason} An install is already queued or ran recently."
+            return context.decided(assessment, "duplicate", reason)
+        self.services.queue.send(context.install_request())
+        return context.decided(assessment, "queued", applied=True)
+
+
+def _stable(record: AuditRecord, run: Run) -> AuditRecord:
+    """Sweep rows get the run's time and an id from (run, VM): a retried batch
+    rewrites its rows rather than adding a second record for the same VM."""
+    digest = hashlib.sha256(f"{run.run_id}|{record.vm.lower()}".encode()).hexdigest()[:32]
+    return dataclasses.replace(record, time=run.started, record_id=digest)
+
+
+def _count(result: BatchResult, assessment: Assessment | None, record: AuditRecord) -> None:
+    result.vms += 1
+    result.decisions[record.decision] += 1
+    result.platforms[record.platform or "unknown"] += 1
+    if assessment is None:
+        return
+    vm = assessment.vm
+    eligible = (
+        vm.support in {Support.SUPPORTED, Support.UNIFIED}
+        and not vm.opt_out
+        and not vm.managed
+        and vm.power is Power.RUNNING
+    )
+    if eligible:
+        result.eligible_running += 1
+        if assessment.decision.outcome is Outcome.COMPLIANT:
+            result.covered += 1
+
+
+# --- Entry points: the timer, the HTTP API, the sweep queue ---------------------------
+RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+
+
+def start_nightly(services: Services) -> Run:
+    settings = services.settings
+    request = SweepRequest(tuple(sorted(settings.subscriptions)), settings.mode, "sweep")
+    return start(services, request, services.sweeps.send_text)
+
+
+def http_start(services: Services, body: bytes, status_base: str) -> tuple[int, dict[str, Any]]:
+    """POST /api/sweep: 202 with the run, 400 with every problem, 409 with the running run."""
+    try:
+        request = parse_request(body, services.settings, trigger="http")
+    except InvalidSweepRequest as error:
+        return 400, {"errors": error.problems}
+    try:
+        run = start(services, request, services.sweeps.send_text)
+    except SweepRunning as error:
+        return 409, {"error": str(error), "run_id": error.run_id}
+    return 202, {
+        "run_id": run.run_id,
+        "status_url": f"{status_base.rstrip('/')}/{run.run_id}",
+        "mode": run.mode,
+        "subscriptions": run.subscriptions,
+        "batches": run.batches,
+    }
+
+
+def http_status(services: Services, run_id: str) -> tuple[int, dict[str, Any]]:
+    """GET /api/sweep/{runId}: progress, and the summary once the run is done."""
+    if not RUN_ID.match(run_id):
+        return 400, {"errors": ["not a sweep run id"]}
+    store = RunStore(services.audit.table)
+    run = store.get(run_id)
+    if run is None:
+        return 404, {"error": f"no sweep run {run_id}"}
+    value = run.to_json()
+    value["batches_done"] = store.batches_done(run_id)
+    return 200, value
+
+
+def handle_batch(services: Services, text: str) -> Run | None:
+    try:
+        message = BatchMessage.parse(text)
+    except ValueError:
+        log.warning("a malformed sweep batch message was dropped: %r", text[:200])
+        return None
+    return run_batch(services, message)
+
+
+def handle_batch_poison(services: Services, text: str) -> Run | None:
+    try:
+        message = BatchMessage.parse(text)
+    except ValueError:
+        log.warning("a malformed message reached the sweep poison queue: %r", text[:200])
+        return None
+    return fail_batch(services, message, "the batch failed on every try (see the function's logs)")
