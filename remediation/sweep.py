@@ -22,7 +22,7 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -326,7 +326,8 @@ class RunStore:
 
 
 def _result_json(result: BatchResult) -> str:
-    return json.dumps(asdict(result))
+    # Not asdict(): it rebuilds a Counter from (key, value) pairs and counts the pairs.
+    return json.dumps({item.name: getattr(result, item.name) for item in fields(result)})
 
 
 def _result_from_json(text: str) -> BatchResult:
@@ -424,6 +425,8 @@ def run_batch(
         raise ValueError(f"unknown sweep run {message.run_id}")
     batch = _Batch(services, run, store)
     with services.arm.counter.counting() as used:
+        for subscription in message.subscriptions:  # drift: read the posture afresh
+            services.arm.forget_posture(subscription)
         for facts in services.arm.inventory(message.subscriptions, on_total=on_total):
             record = batch.handle(facts)
             if on_record is not None:

@@ -242,6 +242,47 @@ class World:
             visibility_seconds=options.get("visibility_seconds", 1),
         )
 
+    def run_sweeps(self) -> int:
+        """Run queued sweep batches through the real sweep_batch functions."""
+        from azure.functions.queue import QueueMessage
+
+        import function_app
+        from remediation.queues import drain
+
+        return drain(
+            self.services.sweeps,
+            lambda text, count: function_app.sweep_batch(
+                QueueMessage(body=text.encode(), dequeue_count=count)
+            ),
+            lambda text: function_app.sweep_batch_poison(
+                QueueMessage(body=text.encode(), dequeue_count=1)
+            ),
+            concurrency=2,
+        )
+
+    def post(self, route: str, body: bytes = b"", params=None):
+        import azure.functions as func
+
+        import function_app
+
+        request = func.HttpRequest(
+            "POST", f"https://app.example.test/api/{route}", body=body, params=params or {}
+        )
+        return function_app.forced_sweep(request)
+
+    def get_status(self, run_id: str):
+        import azure.functions as func
+
+        import function_app
+
+        request = func.HttpRequest(
+            "GET",
+            f"https://app.example.test/api/sweep/{run_id}",
+            body=b"",
+            route_params={"runId": run_id},
+        )
+        return function_app.sweep_status(request)
+
     def audit_records(self):
         from datetime import UTC, datetime, timedelta
 

@@ -1,0 +1,346 @@
+"""The drift sweep end to end: Resource Graph inventory from the local plane, the
+same decide/apply/audit pipeline as events, runs and batches in Azurite."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from localazure.server import vm_json
+from remediation import sweep
+from remediation.classify import Support, classify, facts_from_arm
+from remediation.config import load
+from remediation.model import History, Power
+from remediation.policy import decide
+from tests.conftest import APP, READER, SUB, generated_estate
+from tests.test_service import ENFORCE, estate, new_vm
+
+GRAPH = "Microsoft.ResourceGraph/resources/read"
+
+
+def expected_decisions(world, settings):
+    """What the classifier and the policy say for each VM, from ARM's view of it."""
+    from remediation.model import Posture
+
+    expected = {}
+    for vm in world.plane.estate.vms.values():
+        sub = world.plane.estate.subscriptions[vm.subscription.lower()]
+        posture = Posture(
+            sub.id,
+            sub.pricing_tier,
+            sub.sub_plan,
+            sub.settings["WDATP"],
+            sub.settings["WDATP_UNIFIED_SOLUTION"],
+            sub.settings["WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW"],
+        )
+        facts = facts_from_arm(vm_json(vm, True))
+        expected[vm.key] = decide(
+            classify(facts, settings.exclude_tag), posture, settings, History()
+        ).outcome.value
+    return expected
+
+
+def eligible_running(world, settings):
+    for vm in world.plane.estate.vms.values():
+        c = classify(facts_from_arm(vm_json(vm, True)), settings.exclude_tag)
+        if (
+            c.support in {Support.SUPPORTED, Support.UNIFIED}
+            and c.power is Power.RUNNING
+            and not c.opt_out
+            and not c.managed
+        ):
+            yield vm
+
+
+def sweep_cli(*args):
+    import io
+
+    from remediation.__main__ import main
+
+    out = io.StringIO()
+    code = main(["sweep", *args], out=out)
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def big_estate():
+    return generated_estate(2100, 3, seed=21)
+
+
+def test_a_report_sweep_of_2100_vms_decides_like_the_classifier_and_writes_nothing(
+    world_factory, big_estate
+):
+    world = world_factory(
+        big_estate, plane_options={"throttle": False}, REMEDIATION_MAX_ACTIONS_PER_SWEEP="100000"
+    )
+    settings = load(world.environment)
+    code, output = sweep_cli("--json")
+    assert code == 0
+    lines = [json.loads(line) for line in output.splitlines()]
+    summary = lines.pop()
+    assert summary["summary"] is True
+    assert len(lines) == summary["vms"] == 2100
+    expected = expected_decisions(world, settings)
+    assert {line["vm"].lower(): line["decision"] for line in lines} == expected
+    assert {line["outcome"] for line in lines} <= {"reported", "none"}
+    assert world.writes() == []
+    assert world.services.queue.queue.get_queue_properties().approximate_message_count == 0
+    # Inventory: one Resource Graph request per 1000 VMs; a few ARM reads per subscription.
+    assert world.plane.log.count(GRAPH) == 3 == summary["graph_requests"]
+    assert world.plane.log.count("Microsoft.Compute/virtualMachines/read") == 0
+    assert summary["arm_requests"] <= 2 * 3 + 3  # posture per subscription (+ a few)
+    assert summary["decisions"] == {
+        k: v for k, v in sorted(__import__("collections").Counter(expected.values()).items())
+    }
+    # One audit record per VM, keyed so that a rerun of the batch would not add rows.
+    records = world.audit_records()
+    assert len(records) == 2100
+    assert len({r.vm.lower() for r in records}) == 2100
+    assert {r.trigger for r in records} == {"cli"}
+
+
+def test_an_enforce_sweep_covers_every_eligible_running_vm(world_factory, big_estate):
+    world = world_factory(
+        big_estate,
+        plane_options={"throttle": False, "lro_seconds": 0.01},
+        REMEDIATION_MAX_ACTIONS_PER_SWEEP="100000",
+        **ENFORCE,
+    )
+    settings = load(world.environment)
+    eligible = list(eligible_running(world, settings))
+    assert len(eligible) > 1000
+    code, output = sweep_cli("--json", "--wait")
+    assert code == 0
+    lines = [json.loads(line) for line in output.splitlines()]
+    summary = lines[-1]
+    assert summary["summary"] is True
+    not_covered = [
+        vm.name
+        for vm in eligible
+        if not any(
+            e.state == "Succeeded" and e.publisher == "Microsoft.Azure.AzureDefenderForServers"
+            for e in vm.extensions.values()
+        )
+    ]
+    assert not_covered == []
+    for subscription in world.plane.estate.subscriptions.values():
+        assert subscription.pricing_tier == "Standard"
+        assert subscription.settings["WDATP"] is True
+    # Subscription actions happen once per subscription, not once per VM.
+    assert world.plane.log.count("Microsoft.Security/pricings/write") <= 3
+    assert world.plane.log.count("Microsoft.Security/settings/write") <= 3 * 3
+    installs = [line for line in lines if line.get("trigger") == "queue"]
+    assert {line["outcome"] for line in installs} <= {"succeeded", "skipped", "deferred"}
+
+
+def test_a_second_sweep_finds_no_drift_after_enforcement(world_factory):
+    world_factory(
+        generated_estate(200, 2, seed=3), REMEDIATION_MAX_ACTIONS_PER_SWEEP="100000", **ENFORCE
+    )
+    sweep_cli("--json", "--wait")
+    _code, output = sweep_cli("--json")
+    summary = json.loads(output.splitlines()[-1])
+    assert summary["actions"] == 0
+    assert summary["coverage_percent"] == 100.0
+
+
+def test_drift_is_found_and_remediated(world_factory):
+    world = world_factory(
+        generated_estate(120, 1, seed=4),
+        REMEDIATION_MAX_ACTIONS_PER_SWEEP="100000",
+        REMEDIATION_INSTALL_COOLDOWN_SECONDS="0",
+        **ENFORCE,
+    )
+    sweep_cli("--json", "--wait")
+    subscription = next(iter(world.plane.estate.subscriptions.values()))
+    subscription.settings["WDATP"] = False  # switched off by hand
+    covered = [
+        vm
+        for vm in world.plane.estate.vms.values()
+        if "mde.linux" in vm.extensions
+        and vm.power == "running"
+        and vm.image.get("publisher") == "Canonical"
+    ]
+    lost, broken = covered[0], covered[1]
+    del lost.extensions["mde.linux"]  # a VM lost its extension
+    broken.extensions["mde.linux"].state = "Failed"  # an extension went Failed
+    _code, output = sweep_cli("--json", "--wait")
+    lines = {
+        json.loads(line).get("vm", ""): json.loads(line)
+        for line in output.splitlines()
+        if '"trigger": "cli"' in line
+    }
+    assert lines[lost.id]["actions"][-1] == "install:MDE.Linux"
+    assert lines[broken.id]["actions"][-1] == "reinstall:MDE.Linux"
+    assert subscription.settings["WDATP"] is True
+    assert lost.extensions["mde.linux"].state == "Succeeded"
+    assert broken.extensions["mde.linux"].state == "Succeeded"
+
+
+def test_the_cap_limits_the_blast_radius(world_factory):
+    world = world_factory(
+        generated_estate(300, 2, seed=5), REMEDIATION_MAX_ACTIONS_PER_SWEEP="25", **ENFORCE
+    )
+    _code, output = sweep_cli("--json")
+    lines = [json.loads(line) for line in output.splitlines()]
+    summary = lines.pop()
+    assert summary["actions"] <= 25
+    assert summary["capped"] > 0
+    capped = [line for line in lines if "cap of 25" in line["reason"]]
+    assert len(capped) == summary["capped"]
+    assert {line["decision"] for line in capped} == {"blocked"}
+    queued = world.services.queue.queue.get_queue_properties().approximate_message_count
+    assert queued <= 25
+
+
+def test_the_cap_is_shared_by_batches_on_several_workers(world_factory):
+    world = world_factory(
+        generated_estate(300, 4, seed=6),
+        REMEDIATION_MAX_ACTIONS_PER_SWEEP="30",
+        REMEDIATION_SWEEP_BATCH_SIZE="1",
+        **ENFORCE,
+    )
+    response = world.post("sweep")
+    assert response.status_code == 202
+    world.run_sweeps()
+    run_id = json.loads(response.get_body())["run_id"]
+    status = json.loads(world.get_status(run_id).get_body())
+    assert status["status"] == "done"
+    assert status["batches"] == status["batches_done"] == 4
+    assert status["summary"]["actions"] <= 30
+    assert status["summary"]["capped"] > 0
+
+
+def test_forced_sweep_over_http_then_status(world_factory):
+    world = world_factory(generated_estate(60, 2, seed=8))
+    response = world.post(
+        "sweep",
+        json.dumps({"subscriptions": [next(iter(world.plane.estate.subscriptions))]}).encode(),
+    )
+    assert response.status_code == 202
+    body = json.loads(response.get_body())
+    assert body["status_url"] == f"https://app.example.test/api/sweep/{body['run_id']}"
+    assert body["mode"] == "report"
+    running = json.loads(world.get_status(body["run_id"]).get_body())
+    assert running["status"] == "running"
+    world.run_sweeps()
+    done = json.loads(world.get_status(body["run_id"]).get_body())
+    assert done["status"] == "done"
+    assert done["summary"]["vms"] == 30
+    assert {r.trigger for r in world.audit_records()} == {"http"}
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[]", "JSON object"),
+        (b'{"subscriptions": []}', "non-empty list"),
+        (b'{"subscriptions": "all"}', "non-empty list"),
+        (b'{"subscriptions": ["nope"]}', "not a subscription id"),
+        (
+            b'{"subscriptions": ["99999999-9999-4999-8999-999999999999"]}',
+            "not in REMEDIATION_SUBSCRIPTIONS",
+        ),
+        (b'{"mode": "enforce"}', "refused"),
+        (b'{"mode": "yolo"}', "mode must be"),
+        (b'{"mode": "report", "extra": 1}', "unknown fields"),
+        (b"{" + b'"a":1,' * 20000 + b'"b":1}', "larger than"),
+    ],
+)
+def test_malformed_bodies_get_400_and_start_nothing(world_factory, body, problem):
+    world = world_factory(estate("ready"))
+    response = world.post("sweep", body)
+    assert response.status_code == 400
+    errors = json.loads(response.get_body())["errors"]
+    assert any(problem in error for error in errors), errors
+    assert world.services.sweeps.queue.get_queue_properties().approximate_message_count == 0
+    assert list(world.services.audit.table.query_entities("PartitionKey eq 'run'")) == []
+
+
+def test_every_problem_is_listed_at_once(world_factory):
+    world = world_factory(estate("ready"))
+    response = world.post("sweep", b'{"subscriptions": ["nope", 3], "mode": "enforce", "x": 1}')
+    assert len(json.loads(response.get_body())["errors"]) == 4
+
+
+def test_a_concurrent_forced_sweep_gets_409_with_the_running_run(world_factory):
+    world = world_factory(generated_estate(30, 2, seed=9))
+    first = json.loads(world.post("sweep").get_body())
+    second = world.post(
+        "sweep", json.dumps({"subscriptions": [first["subscriptions"][1]]}).encode()
+    )
+    assert second.status_code == 409
+    assert json.loads(second.get_body())["run_id"] == first["run_id"]
+    world.run_sweeps()
+    assert world.post("sweep").status_code == 202  # the finished run freed its subscriptions
+
+
+def test_enforce_can_be_narrowed_to_report_over_http(world_factory):
+    world = world_factory(
+        generated_estate(40, 1, seed=10), REMEDIATION_MAX_ACTIONS_PER_SWEEP="100000", **ENFORCE
+    )
+    response = world.post("sweep", b'{"mode": "report"}')
+    assert json.loads(response.get_body())["mode"] == "report"
+    world.run_sweeps()
+    assert world.writes() == []
+
+
+def test_the_status_of_an_unknown_or_odd_run_id(world_factory):
+    world = world_factory(estate("ready"))
+    assert world.get_status("20261129T010203Z-0123abcd").status_code == 404
+    assert world.get_status("../../etc").status_code == 400
+
+
+def test_the_nightly_timer_starts_a_run_of_every_subscription(world_factory):
+    from azure.functions.timer import TimerRequest
+
+    import function_app
+
+    world = world_factory(generated_estate(50, 3, seed=12), REMEDIATION_SWEEP_BATCH_SIZE="2")
+    function_app.nightly_sweep(TimerRequest())
+    assert world.run_sweeps() == 2
+    [run] = sweep.RunStore(world.services.audit.table).runs_since(
+        datetime.now(UTC) - timedelta(hours=1)
+    )
+    assert (run.status, run.trigger, run.summary["vms"]) == ("done", "sweep", 50)
+    assert {r.trigger for r in world.audit_records()} == {"sweep"}
+
+
+def test_a_batch_that_fails_every_try_still_finishes_the_run(world_factory):
+    world = world_factory(generated_estate(20, 1, seed=13))
+    world.plane.faults.add("POST", "ResourceGraph", 400, count=1000)
+    response = json.loads(world.post("sweep").get_body())
+    world.run_sweeps()
+    status = json.loads(world.get_status(response["run_id"]).get_body())
+    assert status["status"] == "done"
+    assert status["summary"]["errors"] == 1
+    assert status["summary"]["failed_batches"]
+
+
+def test_http_functions_use_function_keys():
+    import function_app
+
+    routes = {
+        f.get_function_name(): f.get_bindings_dict()["bindings"][0]
+        for f in function_app.app.get_functions()
+    }
+    for name in ("forced_sweep", "sweep_status"):
+        assert (
+            routes[name]["authLevel"].name == "FUNCTION"
+            if hasattr(routes[name]["authLevel"], "name")
+            else routes[name]["authLevel"] == "function"
+        )
+    assert routes["nightly_sweep"]["schedule"] == "%REMEDIATION_SWEEP_SCHEDULE%"
+    assert routes["sweep_batch"]["queueName"] == "%REMEDIATION_SWEEP_QUEUE%"
+
+
+def test_a_forbidden_subscription_change_in_a_sweep_is_blocked(world_factory):
+    world = world_factory(estate(), principal=READER, **ENFORCE)
+    world.plane.estate.add_vm(new_vm("s-1"))
+    _code, output = sweep_cli("--json")
+    [line, summary] = [json.loads(x) for x in output.splitlines()]
+    assert line["decision"] == "blocked"
+    assert "Security Admin" in line["hint"]
+    assert summary["errors"] == 1
+    _ = APP, SUB
