@@ -12,7 +12,7 @@ from remediation.classify import Support, classify, facts_from_arm
 from remediation.config import load
 from remediation.model import History, Power
 from remediation.policy import decide
-from tests.conftest import APP, READER, SUB, generated_estate
+from tests.conftest import READER, generated_estate
 from tests.test_service import ENFORCE, estate, new_vm
 
 GRAPH = "Microsoft.ResourceGraph/resources/read"
@@ -343,4 +343,3 @@ def test_a_forbidden_subscription_change_in_a_sweep_is_blocked(world_factory):
     assert line["decision"] == "blocked"
     assert "Security Admin" in line["hint"]
     assert summary["errors"] == 1
-    _ = APP, SUB
