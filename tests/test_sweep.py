@@ -343,3 +343,19 @@ def test_a_forbidden_subscription_change_in_a_sweep_is_blocked(world_factory):
     assert line["decision"] == "blocked"
     assert "Security Admin" in line["hint"]
     assert summary["errors"] == 1
+
+
+def test_the_cli_prints_a_summary_table_for_people(world_factory):
+    world_factory(generated_estate(30, 1, seed=14))
+    code, output = sweep_cli()
+    assert code == 0
+    assert "coverage of eligible running VMs" in output
+    assert "ARM / Resource Graph requests" in output
+
+
+def test_the_cli_refuses_an_out_of_scope_subscription(world_factory, capsys):
+    world_factory(generated_estate(10, 1, seed=15))
+    code, output = sweep_cli("--subscription", "99999999-9999-4999-8999-999999999999")
+    assert code == 2
+    assert output == ""
+    assert "not in REMEDIATION_SUBSCRIPTIONS" in capsys.readouterr().err
