@@ -52,7 +52,7 @@ class SettingsError(ValueError):
 class Settings:
     mode: Mode
     subscriptions: frozenset[str]
-    allow_plan_change: bool
+    allow_plan_change: bool | frozenset[str]  # everywhere, nowhere, or these subscriptions
     servers_plan: str
     enable_integration: bool
     exclude_tag: str
@@ -92,6 +92,11 @@ class Settings:
         host = urlsplit(self.authority_host).hostname or ""
         return bool(self.authority_host) and host not in MICROSOFT_AUTHORITIES
 
+    def plan_change_allowed(self, subscription_id: str) -> bool:
+        if isinstance(self.allow_plan_change, frozenset):
+            return subscription_id.lower() in self.allow_plan_change
+        return self.allow_plan_change
+
     def in_scope(self, subscription_id: str) -> bool:
         return subscription_id.lower() in self.subscriptions
 
@@ -116,7 +121,16 @@ def load(environ: Mapping[str, str]) -> Settings:
 
     mode = parse("REMEDIATION_MODE", "report", _mode, Mode.REPORT)
     subscriptions = parse("REMEDIATION_SUBSCRIPTIONS", "", _subscriptions, frozenset[str]())
-    allow_plan_change = parse("REMEDIATION_ALLOW_PLAN_CHANGE", "false", _boolean, False)
+    no_plan_change: bool | frozenset[str] = False
+    allow_plan_change = parse(
+        "REMEDIATION_ALLOW_PLAN_CHANGE", "false", _plan_change, no_plan_change
+    )
+    if isinstance(allow_plan_change, frozenset) and not allow_plan_change <= subscriptions:
+        outside = ", ".join(sorted(allow_plan_change - subscriptions))
+        problems.append(
+            f"REMEDIATION_ALLOW_PLAN_CHANGE: names subscriptions outside "
+            f"REMEDIATION_SUBSCRIPTIONS: {outside}"
+        )
     servers_plan = parse("REMEDIATION_SERVERS_PLAN", "P1", _plan, "P1")
     enable_integration = parse("REMEDIATION_ENABLE_INTEGRATION", "true", _boolean, True)
     exclude_tag = parse("REMEDIATION_EXCLUDE_TAG", "defender-remediation-exclude", _tag_name, "")
@@ -191,6 +205,20 @@ def _boolean(raw: str) -> bool:
     if value in {"false", "0", "no"}:
         return False
     raise ValueError("must be 'true' or 'false'")
+
+
+def _plan_change(raw: str) -> bool | frozenset[str]:
+    """'true', 'false', or the subscription ids where the plan may be turned on."""
+    try:
+        return _boolean(raw)
+    except ValueError:
+        pass
+    try:
+        return _subscriptions(raw)
+    except ValueError:
+        raise ValueError(
+            "must be 'true', 'false' or a comma-separated list of subscription ids"
+        ) from None
 
 
 def _plan(raw: str) -> str:

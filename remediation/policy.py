@@ -71,7 +71,8 @@ class Situation:
         integration = (settings.enable_integration, "REMEDIATION_ENABLE_INTEGRATION")
         if not posture.plan_on:
             plan = Action(ActionKind.ENABLE_PLAN, settings.servers_plan)
-            gaps.append((plan, settings.allow_plan_change, "REMEDIATION_ALLOW_PLAN_CHANGE"))
+            allowed = settings.plan_change_allowed(posture.subscription)
+            gaps.append((plan, allowed, "REMEDIATION_ALLOW_PLAN_CHANGE"))
         if not posture.wdatp:
             gaps.append((Action(ActionKind.ENABLE_SETTING, WDATP), *integration))
         # The unified and Linux switches only matter for what gets deployed.

@@ -115,6 +115,17 @@ def test_a_bad_value_names_its_setting(name, value):
     assert caught.value.problems[0].startswith(name)
 
 
+def test_plan_change_takes_true_false_or_subscriptions_in_scope():
+    assert load(MINIMAL | {"REMEDIATION_ALLOW_PLAN_CHANGE": SUB_A.upper()}).allow_plan_change == {
+        SUB_A
+    }
+    with pytest.raises(SettingsError) as caught:
+        load(MINIMAL | {"REMEDIATION_ALLOW_PLAN_CHANGE": SUB_B})
+    assert "outside REMEDIATION_SUBSCRIPTIONS" in str(caught.value)
+    with pytest.raises(SettingsError):
+        load(MINIMAL | {"REMEDIATION_ALLOW_PLAN_CHANGE": "sometimes"})
+
+
 def test_identity_based_storage_is_enough():
     settings = load(
         {"REMEDIATION_SUBSCRIPTIONS": SUB_A, "AzureWebJobsStorage__accountName": "stremediate"}

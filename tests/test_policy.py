@@ -127,6 +127,17 @@ def test_an_error_carries_the_code_and_its_hint():
     assert decision.hint == FAILURE_HINTS[4]
 
 
+def test_plan_change_can_be_allowed_per_subscription():
+    other = "22222222-2222-4222-8222-222222222222"
+    only_other = load(
+        BASE_SETTINGS
+        | {"REMEDIATION_SUBSCRIPTIONS": f"{SUB},{other}", "REMEDIATION_ALLOW_PLAN_CHANGE": other}
+    )
+    assert decide(vm(), NO_PLAN, only_other, History()).outcome is Outcome.BLOCKED
+    allowed = decide(vm(), dataclasses.replace(NO_PLAN, subscription=other), only_other, History())
+    assert allowed.action_names[0] == "enable-plan:P1"
+
+
 def test_the_reinstall_bound_follows_the_setting():
     strict = load(BASE_SETTINGS | {"REMEDIATION_MAX_REINSTALLS": "0"})
     assert (
