@@ -130,67 +130,17 @@ def plane(use_identity):
 
 
 # --- Azurite: real Azure Storage on loopback ------------------------------------------
-AZURITE_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def azurite(tmp_path_factory):
+def azurite():
     """Azurite's queue and table services, from node_modules (make test installs it)."""
-    import socket
-    import subprocess
-    import time
-    from pathlib import Path
+    from localazure.azurite import Azurite
 
-    binary = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "azurite"
-    if not binary.exists():
-        pytest.fail("Azurite is not installed: `make test` installs it with npm ci")
-    ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
-    command = [
-        str(binary),
-        "--silent",
-        "--inMemoryPersistence",
-        "--skipApiVersionCheck",
-        "--disableTelemetry",
-    ]
-    for service, port in ports.items():
-        command += [f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port)]
-    workspace = tmp_path_factory.mktemp("azurite")
-    process = subprocess.Popen(
-        command, cwd=workspace, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 60
-    for port in ports.values():
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    pytest.fail(f"Azurite did not start: {process.stderr.read().decode()[-2000:]}")
-                time.sleep(0.1)
-    account = "devstoreaccount1"
-    yield (
-        f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={AZURITE_KEY};"
-        f"BlobEndpoint=http://127.0.0.1:{ports['blob']}/{account};"
-        f"QueueEndpoint=http://127.0.0.1:{ports['queue']}/{account};"
-        f"TableEndpoint=http://127.0.0.1:{ports['table']}/{account};"
-    )
-    process.terminate()
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        emulator = Azurite().start()
+    except (FileNotFoundError, RuntimeError) as error:
+        pytest.fail(str(error))
+    yield emulator.connection_string
+    emulator.stop()
 
 
 class World:
