@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: test lint typecheck unit lock clean
+.PHONY: test demo lint typecheck unit lock clean
 
 test: lint typecheck unit
 
@@ -30,6 +30,10 @@ $(NODE_STAMP): package.json package-lock.json
 
 unit: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest
+
+# The whole job on an embedded local Azure (control plane + Azurite), about 30 s.
+demo: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python -m demo
 
 # Refresh the transitive pins after changing requirements*.txt.
 lock: $(STAMP)

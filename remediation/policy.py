@@ -65,14 +65,17 @@ class Situation:
 
     @property
     def subscription_gaps(self) -> list[tuple[Action, bool, str]]:
-        """(action, allowed by settings, the setting that allows it) for each gap."""
+        """(action, allowed by settings, the setting change that allows it) for each gap."""
         gaps = []
         settings, posture = self.settings, self.posture
-        integration = (settings.enable_integration, "REMEDIATION_ENABLE_INTEGRATION")
+        integration = (settings.enable_integration, "REMEDIATION_ENABLE_INTEGRATION=true")
         if not posture.plan_on:
             plan = Action(ActionKind.ENABLE_PLAN, settings.servers_plan)
             allowed = settings.plan_change_allowed(posture.subscription)
-            gaps.append((plan, allowed, "REMEDIATION_ALLOW_PLAN_CHANGE"))
+            how = "REMEDIATION_ALLOW_PLAN_CHANGE=true"
+            if isinstance(settings.allow_plan_change, frozenset):
+                how = f"REMEDIATION_ALLOW_PLAN_CHANGE to include {posture.subscription}"
+            gaps.append((plan, allowed, how))
         if not posture.wdatp:
             gaps.append((Action(ActionKind.ENABLE_SETTING, WDATP), *integration))
         # The unified and Linux switches only matter for what gets deployed.
@@ -127,7 +130,7 @@ def _blocked(s: Situation) -> Decision | None:
     if not refused:
         return None
     needs = ", ".join(str(action) for action, _ in refused)
-    settings = " and ".join(sorted({f"{setting}=true" for _, setting in refused}))
+    settings = " and ".join(sorted({setting for _, setting in refused}))
     return Decision(
         Outcome.BLOCKED,
         f"Subscription {s.vm.vm.subscription} needs {needs}, which settings do not allow.",

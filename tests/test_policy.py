@@ -133,7 +133,9 @@ def test_plan_change_can_be_allowed_per_subscription():
         BASE_SETTINGS
         | {"REMEDIATION_SUBSCRIPTIONS": f"{SUB},{other}", "REMEDIATION_ALLOW_PLAN_CHANGE": other}
     )
-    assert decide(vm(), NO_PLAN, only_other, History()).outcome is Outcome.BLOCKED
+    blocked = decide(vm(), NO_PLAN, only_other, History())
+    assert blocked.outcome is Outcome.BLOCKED
+    assert f"REMEDIATION_ALLOW_PLAN_CHANGE to include {SUB}" in blocked.hint
     allowed = decide(vm(), dataclasses.replace(NO_PLAN, subscription=other), only_other, History())
     assert allowed.action_names[0] == "enable-plan:P1"
 

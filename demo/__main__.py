@@ -1,0 +1,321 @@
+"""`make demo`: the whole job on an embedded local Azure, no Azure account needed.
+
+Starts Azurite and the local control plane with a seeded estate (300 VMs over three
+subscriptions), points the app at them through its settings, and drives the real
+function objects of ``function_app.app`` as the Functions host would: Event Grid
+deliveries for a burst of VM creations and starts, the queued installs, then a forced
+sweep, in enforce mode, with the plan opt-in on for one subscription and off for another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from localazure import LocalAzure, Vm, generate  # noqa: E402
+from localazure.__main__ import DEMO_APP  # noqa: E402
+from localazure.azurite import Azurite  # noqa: E402
+
+console = Console(width=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
+    parser.add_argument("--vms", type=int, default=300)
+    parser.add_argument("--subscriptions", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "demo")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    args.out.mkdir(parents=True, exist_ok=True)
+    app_log = args.out / "app.log"  # the operator log lines, as Application Insights gets them
+    logging.basicConfig(
+        filename=app_log,
+        filemode="w",
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        force=True,
+    )
+    logging.getLogger("remediation").setLevel(logging.INFO)
+
+    estate = generate(args.vms, args.subscriptions, args.seed)
+    estate.add_principal(DEMO_APP)
+    subscriptions = sorted(estate.subscriptions)
+    ready, opted_in, not_opted = (estate.subscriptions[s] for s in subscriptions[:3])
+    ready.pricing_tier, ready.sub_plan = "Standard", "P2"
+    ready.settings = {
+        "WDATP": True,
+        "WDATP_UNIFIED_SOLUTION": True,
+        "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW": False,
+    }
+    for free in (opted_in, not_opted):  # Free today: the app may enable the first only
+        free.pricing_tier, free.sub_plan = "Free", ""
+        free.settings = {
+            "WDATP": False,
+            "WDATP_UNIFIED_SOLUTION": False,
+            "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW": True,
+        }
+    with Azurite() as storage, LocalAzure(estate, latency=0.002, lro_seconds=0.3) as azure:
+        # The app's settings, as the Function App's app settings would hold them.
+        os.environ.update(
+            azure.environment(DEMO_APP)
+            | {
+                "AzureWebJobsStorage": storage.connection_string,
+                "REMEDIATION_SUBSCRIPTIONS": ",".join(subscriptions),
+                "REMEDIATION_MODE": "enforce",
+                "REMEDIATION_ALLOW_PLAN_CHANGE": opted_in.id,
+                "REMEDIATION_MAX_ACTIONS_PER_SWEEP": "1000",
+                "REMEDIATION_LRO_POLL_SECONDS": "0.2",
+                "REMEDIATION_SWEEP_BATCH_SIZE": "1",
+            }
+        )
+        import function_app  # noqa: PLC0415 - after the settings, as the host loads it
+        from remediation.bootstrap import services  # noqa: PLC0415
+
+        console.rule("[bold]Defender coverage remediator: demo on a local Azure")
+        console.print(
+            f"local Azure at {azure.url}, Azurite on 127.0.0.1, {args.vms} VMs, {len(subscriptions)} subscriptions"
+        )
+        for subscription in subscriptions:
+            sub = estate.subscriptions[subscription]
+            plan = f"{sub.pricing_tier} {sub.sub_plan}".strip()
+            may = "yes" if subscription == opted_in.id else "no"
+            console.print(
+                f"  {subscription}: plan {plan}, WDATP {'on' if sub.settings['WDATP'] else 'off'}, app may enable plan: {may}"
+            )
+
+        before = _coverage_sweep(function_app, azure)
+        console.print(
+            f"\ncoverage before: [bold]{before['coverage_percent']}%[/] of {before['eligible_running']} eligible running VMs"
+        )
+
+        events = _burst(azure, subscriptions, args.seed)
+        console.print(
+            f"\n[bold]1. Event Grid[/]: {len(events)} deliveries (creations, starts, duplicates)"
+        )
+        for event in events:
+            function_app.on_vm_event(_function_event(event))
+        installs = _drain(function_app, services(), "install")
+        console.print(f"   installs run from the queue: {installs}")
+
+        console.print("\n[bold]2. Forced sweep[/] (POST /api/sweep, enforce)")
+        response = function_app.forced_sweep(_http("POST", "sweep", b"{}"))
+        run = json.loads(response.get_body())
+        console.print(f"   {response.status_code} run {run['run_id']}, {run['batches']} batches")
+        _drain(function_app, services(), "sweep")
+        installs = _drain(function_app, services(), "install")
+        status = json.loads(
+            function_app.sweep_status(
+                _http("GET", f"sweep/{run['run_id']}", route={"runId": run["run_id"]})
+            ).get_body()
+        )
+        console.print(f"   status {status['status']}; installs run from the queue: {installs}")
+
+        azure.drain_events()  # our own writes' events: the loop guard would ignore them
+        after = _coverage_sweep(function_app, azure)
+        records = list(services().audit.since(datetime.now(UTC) - timedelta(hours=1)))
+        _report(before, after, records, args.out)
+    console.print(
+        f"\ndone in {time.monotonic() - started:.1f} s; Azurite and the local Azure are stopped"
+    )
+    return 0
+
+
+def _coverage_sweep(function_app: Any, azure: LocalAzure) -> dict[str, Any]:
+    """A report-mode sweep through the HTTP API: what coverage is, changing nothing."""
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    response = function_app.forced_sweep(_http("POST", "sweep", b'{"mode": "report"}'))
+    run = json.loads(response.get_body())
+    _drain(function_app, services(), "sweep")
+    status = function_app.sweep_status(
+        _http("GET", f"sweep/{run['run_id']}", route={"runId": run["run_id"]})
+    )
+    return dict(json.loads(status.get_body())["summary"])
+
+
+def _burst(azure: LocalAzure, subscriptions: list[str], seed: int) -> list[dict[str, Any]]:
+    """New VMs (each deployment raises two writes), starts of deallocated VMs, and
+    Event Grid's at-least-once redeliveries."""
+    rng = random.Random(seed)  # noqa: S311 - demo data
+    images = [
+        (
+            "Linux",
+            {
+                "publisher": "Canonical",
+                "offer": "0001-com-ubuntu-server-jammy",
+                "sku": "22_04-lts-gen2",
+                "version": "latest",
+            },
+            "ubuntu",
+            "22.04",
+            "",
+        ),
+        (
+            "Linux",
+            {"publisher": "RedHat", "offer": "RHEL", "sku": "9_2", "version": "latest"},
+            "redhat",
+            "9.2",
+            "",
+        ),
+        (
+            "Windows",
+            {
+                "publisher": "MicrosoftWindowsServer",
+                "offer": "WindowsServer",
+                "sku": "2022-datacenter-azure-edition",
+                "version": "latest",
+            },
+            "Windows Server 2022 Datacenter",
+            "10.0.20348.1",
+            "",
+        ),
+        (
+            "Windows",
+            {
+                "publisher": "MicrosoftWindowsDesktop",
+                "offer": "windows-11",
+                "sku": "win11-23h2-ent",
+                "version": "latest",
+            },
+            "Windows 11 Enterprise",
+            "10.0.22631",
+            "Windows_Client",
+        ),
+    ]
+    events: list[dict[str, Any]] = []
+    for number in range(12):
+        os_type, image, os_name, os_version, licence = images[number % len(images)]
+        vm = Vm(
+            subscriptions[number % len(subscriptions)],
+            "rg-new",
+            f"new-{number:02d}",
+            os_type=os_type,
+            image=image,
+            os_name=os_name,
+            os_version=os_version,
+            license_type=licence,
+            mde_failure=51 if licence else None,
+        )
+        events += azure.create_vm(vm)
+    sleeping = [vm for vm in azure.estate.vms.values() if vm.power == "deallocated"]
+    for vm in rng.sample(sleeping, min(8, len(sleeping))):
+        events.append(azure.set_power(vm.id, "running"))
+    events += rng.sample(events, len(events) // 4)  # at-least-once delivery
+    azure.drain_events()
+    return events
+
+
+def _drain(function_app: Any, running: Any, which: str) -> int:
+    from azure.functions.queue import QueueMessage  # noqa: PLC0415
+
+    from remediation.queues import drain  # noqa: PLC0415
+
+    def message(text: str, count: int = 1) -> QueueMessage:
+        return QueueMessage(body=text.encode(), dequeue_count=count)
+
+    if which == "sweep":
+        return drain(
+            running.sweeps,
+            lambda t, c: function_app.sweep_batch(message(t, c)),
+            lambda t: function_app.sweep_batch_poison(message(t)),
+            concurrency=2,
+        )
+    return drain(
+        running.queue,
+        lambda t, c: function_app.install_extension(message(t, c)),
+        lambda t: function_app.install_poison(message(t)),
+    )
+
+
+def _function_event(event: dict[str, Any]) -> Any:
+    import azure.functions as func  # noqa: PLC0415
+
+    return func.EventGridEvent(
+        id=event["id"],
+        data=event["data"],
+        topic=event["topic"],
+        subject=event["subject"],
+        event_type=event["eventType"],
+        event_time=datetime.fromisoformat(event["eventTime"].replace("Z", "+00:00")),
+        data_version=event["dataVersion"],
+    )
+
+
+def _http(method: str, path: str, body: bytes = b"", route: dict[str, str] | None = None) -> Any:
+    """A request as the Functions host hands it over (the demo's 'host' is local)."""
+    import azure.functions as func  # noqa: PLC0415
+
+    url = f"http://localhost:7071/api/{path}"
+    return func.HttpRequest(method, url, body=body, route_params=route or {})
+
+
+def _report(before: dict[str, Any], after: dict[str, Any], records: list[Any], out: Path) -> None:
+    table = Table(title="coverage of eligible running VMs")
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_row("coverage", f"{before['coverage_percent']}%", f"{after['coverage_percent']}%")
+    table.add_row(
+        "covered / eligible running",
+        f"{before['covered']} / {before['eligible_running']}",
+        f"{after['covered']} / {after['eligible_running']}",
+    )
+    for decision in sorted(set(before["decisions"]) | set(after["decisions"])):
+        table.add_row(
+            decision,
+            str(before["decisions"].get(decision, 0)),
+            str(after["decisions"].get(decision, 0)),
+        )
+    console.print(table)
+
+    acted = [r for r in records if r.trigger in {"event", "queue", "http"}]
+    outcomes = Counter((r.trigger, r.outcome) for r in acted)
+    console.print("\n[bold]what the app did[/] (remediation log, by trigger and outcome):")
+    for (trigger, outcome), count in sorted(outcomes.items()):
+        console.print(f"  {trigger:6} {outcome:10} {count}")
+
+    latest = {}
+    for record in sorted(records, key=lambda r: r.time):
+        if record.vm:
+            latest[record.vm.lower()] = record
+    order = {"error": 0, "blocked": 1, "unsupported": 2}
+    human = sorted(
+        (r for r in latest.values() if r.decision in order), key=lambda r: (order[r.decision], r.vm)
+    )
+    table = Table(title=f"needs a human: {len(human)} VMs ({Counter(r.decision for r in human)})")
+    for column in ("VM", "decision", "platform", "what to do"):
+        table.add_column(column, overflow="fold")
+    shown = {decision: 0 for decision in order}
+    for record in human:
+        if shown[record.decision] < 4:  # a few of each kind
+            shown[record.decision] += 1
+            table.add_row(
+                record.vm.rsplit("/", 1)[-1],
+                record.decision,
+                record.platform,
+                record.hint or record.reason,
+            )
+    console.print(table)
+    path = out / "remediation-log.jsonl"
+    path.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
+    console.print(f"\nremediation log of this run: {path}\noperator log lines: {out / 'app.log'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
