@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
 
 .PHONY: test demo lint typecheck unit lock clean
 
@@ -28,7 +30,13 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
-unit: $(STAMP) $(NODE_STAMP)
+# checkov (template checks) lives in its own venv: its pins are not the app's.
+$(TOOLS_STAMP): requirements-tools.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check -r requirements-tools.txt
+	touch $(TOOLS_STAMP)
+
+unit: $(STAMP) $(NODE_STAMP) $(TOOLS_STAMP)
 	$(BIN)/pytest
 
 # The whole job on an embedded local Azure (control plane + Azurite), about 30 s.
@@ -41,4 +49,4 @@ lock: $(STAMP)
 	  | sed '1i # Transitive pins, from pip freeze of requirements-dev.txt; refresh with `make lock`.' > constraints.txt
 
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(TOOLS) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis
