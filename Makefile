@@ -8,7 +8,7 @@ NODE_STAMP := node_modules/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: test demo lint typecheck unit lock clean
+.PHONY: test demo bench lint typecheck unit lock clean
 
 test: lint typecheck unit
 
@@ -42,6 +42,10 @@ unit: $(STAMP) $(NODE_STAMP) $(TOOLS_STAMP)
 # The whole job on an embedded local Azure (control plane + Azurite), about 30 s.
 demo: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m demo
+
+# Cost per VM, sweep scale, cold start: writes BENCHMARKS.md (about 15 minutes).
+bench: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python bench/run.py
 
 # Refresh the transitive pins after changing requirements*.txt.
 lock: $(STAMP)

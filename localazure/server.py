@@ -795,6 +795,12 @@ def _get_vm(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> _Res
     return _json(200, vm_json(vm, q.get("$expand", "").lower() == "instanceview"))
 
 
+def _instance_view(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> _Response:
+    vm = plane._vm(_vm_id(p))
+    plane._in_flight(vm)
+    return _json(200, vm_json(vm, True)["properties"]["instanceView"])
+
+
 def _list_vms(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> _Response:
     vms = plane.estate.vms_in(p["sub"])
     if p.get("rg"):
@@ -1189,6 +1195,7 @@ ROUTES: tuple[Route, ...] = (
     _route("GET", r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration", _oidc, "login/metadata"),
     _route("POST", r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token", _token, "login/token"),
     _route("GET", _VM, _get_vm, "Microsoft.Compute/virtualMachines/read", "compute"),
+    _route("GET", _VM + r"/instanceView", _instance_view, "Microsoft.Compute/virtualMachines/instanceView/read", "compute"),
     _route("GET", _SUB + r"/providers/Microsoft\.Compute/virtualMachines", _list_vms, "Microsoft.Compute/virtualMachines/read", "compute"),
     _route("GET", _SUB + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/virtualMachines", _list_vms, "Microsoft.Compute/virtualMachines/read", "compute"),
     _route("POST", _VM + r"/(?P<action>start|deallocate|powerOff)", _vm_action, "Microsoft.Compute/virtualMachines/action", "compute"),

@@ -91,16 +91,20 @@ class InstallResult:
 
 
 class RequestCounter(SansIOHTTPPolicy[Any, Any]):
-    """Counts the HTTP requests sent (retries included) by the thread inside
-    ``counting()``: what a sweep batch spent of ARM's and Resource Graph's limits."""
+    """Counts the HTTP requests sent (retries included): ``total`` for the worker, and
+    per thread inside ``counting()``: what a sweep batch spent of ARM's and Resource
+    Graph's limits."""
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self.total: Counter[str] = Counter()
 
     def on_request(self, request: PipelineRequest[Any]) -> None:
-        kind = (
-            "graph" if "/providers/Microsoft.ResourceGraph/" in request.http_request.url else "arm"
-        )
+        url = request.http_request.url
+        kind = "graph" if "/providers/Microsoft.ResourceGraph/" in url else "arm"
+        with self._lock:
+            self.total[kind] += 1
         for counter in getattr(self._local, "counters", ()):
             counter[kind] += 1
 

@@ -22,17 +22,36 @@ def _bicep(name: str) -> str:
 def test_checkov_finds_no_failed_check_and_every_skip_has_a_reason(tmp_path):
     if not CHECKOV.exists():
         pytest.fail("checkov is not installed: `make test` installs it into .venv-tools")
-    command = [str(CHECKOV), "-d", str(INFRA), "--framework", "bicep", "--skip-download", "--output", "json", "--quiet"]
+    command = [
+        str(CHECKOV),
+        "-d",
+        str(INFRA),
+        "--framework",
+        "bicep",
+        "--skip-download",
+        "--output",
+        "json",
+        "--quiet",
+    ]
     # No network for checkov: it would otherwise fetch guidelines from a vendor's API.
-    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"], check=False).returncode == 0:
+    if (
+        shutil.which("unshare")
+        and subprocess.run(["unshare", "-rn", "true"], check=False).returncode == 0
+    ):
         command = ["unshare", "-rn", *command]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     report = json.loads(result.stdout)
     reports = report if isinstance(report, list) else [report]
-    summary = {key: sum(r["summary"][key] for r in reports) for key in ("passed", "failed", "skipped")}
-    assert summary["failed"] == 0, [c["check_id"] for r in reports for c in r["results"]["failed_checks"]]
+    summary = {
+        key: sum(r["summary"][key] for r in reports) for key in ("passed", "failed", "skipped")
+    }
+    assert summary["failed"] == 0, [
+        c["check_id"] for r in reports for c in r["results"]["failed_checks"]
+    ]
     assert summary["passed"] >= 20
-    for skip in re.findall(r"checkov:skip=(CKV_\w+):?(.*)", "".join(p.read_text() for p in INFRA.glob("*.bicep"))):
+    for skip in re.findall(
+        r"checkov:skip=(CKV_\w+):?(.*)", "".join(p.read_text() for p in INFRA.glob("*.bicep"))
+    ):
         assert len(skip[1].strip()) > 20, f"{skip[0]} is suppressed without a reason"
 
 

@@ -1,0 +1,417 @@
+"""`make bench`: what the remediator costs, measured against the local control plane
+with 20 ms of latency per request and ARM's throttling and Resource Graph's quota on.
+Writes BENCHMARKS.md. Figures are reported, never asserted.
+
+Each measurement runs in a fresh process (peak RSS is that process's own), the control
+plane in another process, Azurite in a third.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+LATENCY = 0.02
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- The environment: a plane process, Azurite, app settings ---------------------------
+class Environment:
+    def __init__(self, vms: int, subscriptions: int, *, throttle: bool = True) -> None:
+        from localazure import generate
+        from localazure.__main__ import DEMO_APP
+        from localazure.azurite import Azurite
+
+        self._dir = tempfile.TemporaryDirectory(prefix="bench-")
+        estate = generate(vms, subscriptions, seed=42)
+        estate.add_principal(DEMO_APP)
+        for subscription in estate.subscriptions.values():  # a ready posture: installs go
+            subscription.pricing_tier, subscription.sub_plan = "Standard", "P1"
+            subscription.settings = dict.fromkeys(subscription.settings, True)
+            subscription.settings["WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW"] = False
+        path = Path(self._dir.name) / "estate.json"
+        estate.save(path)
+        command = [
+            sys.executable,
+            "-m",
+            "localazure",
+            "--estate",
+            str(path),
+            "--latency",
+            str(LATENCY),
+        ]
+        if not throttle:
+            command.append("--no-throttle")
+        self.plane = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        exports = {}
+        for _ in range(7):
+            name, _, value = (
+                self.plane.stdout.readline().removeprefix("export ").strip().partition("=")
+            )  # type: ignore[union-attr]
+            exports[name] = value
+        self.storage = Azurite().start()
+        self.variables = exports | {
+            "AzureWebJobsStorage": self.storage.connection_string,
+            "REMEDIATION_MAX_ACTIONS_PER_SWEEP": "100000",
+            "REMEDIATION_LRO_POLL_SECONDS": "0.5",
+            "REMEDIATION_RETRY_BUDGET_SECONDS": "120",
+        }
+
+    def close(self) -> None:
+        self.plane.terminate()
+        self.plane.wait(timeout=30)
+        self.storage.stop()
+        self._dir.cleanup()
+
+
+def child(mode: str, settings: dict[str, str], *args: str) -> dict[str, Any]:
+    """Run one measurement in a fresh process with these app settings."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", mode, *args],
+        cwd=ROOT,
+        env=os.environ | settings,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{mode} failed: {result.stderr[-3000:]}")
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+# --- Measurements, each in its own process ---------------------------------------------
+def measure_sweep(instances: int) -> dict[str, Any]:
+    """A report-mode sweep, batches run by `instances` workers as on several hosts."""
+    from remediation import sweep
+    from remediation.bootstrap import services
+
+    running = services()
+    request = sweep.SweepRequest(
+        tuple(sorted(running.settings.subscriptions)), running.settings.mode, "cli"
+    )
+    started = time.monotonic()
+    run = sweep.start(running, request, send=None)
+    batches = sweep.batches_of(run.subscriptions, running.settings.sweep_batch_size)
+    with ThreadPoolExecutor(instances) as pool:
+        finished = [
+            r
+            for r in pool.map(
+                lambda item: sweep.run_batch(
+                    running, sweep.BatchMessage(run.run_id, item[0], item[1])
+                ),
+                enumerate(batches),
+            )
+            if r
+        ]
+    wall = time.monotonic() - started
+    summary = finished[0].summary
+    return {
+        "wall_s": round(wall, 1),
+        "vms": summary["vms"],
+        "arm_requests": summary["arm_requests"],
+        "graph_requests": summary["graph_requests"],
+        "vms_per_s": round(summary["vms"] / wall, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def measure_baseline(workers: int) -> dict[str, Any]:
+    """The usual approach (runbooks, Cloud Custodian): list VMs, then per VM GET the
+    instance view and list its extensions."""
+    from azure.mgmt.compute import ComputeManagementClient
+
+    from remediation.arm import RequestCounter, build_credential
+    from remediation.config import load
+
+    settings = load(os.environ)
+    credential = build_credential(settings)
+    counter = RequestCounter()
+    started = time.monotonic()
+    seen = 0
+    for subscription in sorted(settings.subscriptions):
+        client = ComputeManagementClient(
+            credential,
+            subscription,
+            base_url=settings.arm_endpoint,
+            credential_scopes=[f"{settings.arm_endpoint}/.default"],
+            custom_hook_policy=counter,
+        )
+        vms = list(client.virtual_machines.list_all())
+
+        def inspect(vm: Any, client: Any = client) -> None:
+            group = vm.id.split("/")[4]
+            client.virtual_machines.instance_view(group, vm.name)
+            list(client.virtual_machine_extensions.list(group, vm.name))
+
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(inspect, vms))
+        seen += len(vms)
+    wall = time.monotonic() - started
+    requests = counter.total["arm"]
+    return {
+        "wall_s": round(wall, 1),
+        "vms": seen,
+        "arm_requests": requests,
+        "vms_per_s": round(seen / wall, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def measure_events(count: int) -> dict[str, Any]:
+    """Event deliveries for created VMs, 30% of them delivered twice (at least once)."""
+    import random
+
+    from localazure.server import OBJECT_ID_CLAIM
+    from remediation import service
+    from remediation.bootstrap import services
+    from remediation.queues import drain
+
+    running = services()
+    rng = random.Random(1)
+    subscriptions = sorted(running.settings.subscriptions)
+    vms = list(running.arm.inventory(subscriptions))
+    targets = rng.sample(vms, int(count * 0.7))
+    events = [_event(facts.vm.id, OBJECT_ID_CLAIM) for facts in targets]
+    events += rng.sample(events, count - len(events))
+    rng.shuffle(events)
+    durations = []
+    for subscription in subscriptions:  # warm: postures cached, as on a busy worker
+        running.arm.posture(subscription)
+    before = running.arm.counter.total["arm"]
+    for event in events:
+        started = time.monotonic()
+        service.handle_event(running, event)
+        durations.append(time.monotonic() - started)
+    event_requests = running.arm.counter.total["arm"] - before
+    before = running.arm.counter.total["arm"]
+    installs = []
+    drain(
+        running.queue,
+        lambda text, tries: installs.append(service.handle_install(running, text, tries)),
+        lambda text: service.handle_poison(running, text),
+        concurrency=8,
+    )
+    puts = sum(1 for record in installs if record.install_state)
+    durations.sort()
+    return {
+        "events": len(events),
+        "arm_requests_per_event": round(event_requests / len(events), 3),
+        "p50_ms": round(1000 * statistics.median(durations), 1),
+        "p99_ms": round(1000 * durations[int(len(durations) * 0.99) - 1], 1),
+        "extension_puts": puts,
+        "installs_queued": len(installs),
+        "arm_requests_per_install": round(
+            (running.arm.counter.total["arm"] - before) / max(1, puts), 1
+        ),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def _event(vm_id: str, claim: str) -> dict[str, Any]:
+    import uuid
+
+    subscription = vm_id.split("/")[2]
+    return {
+        "id": str(uuid.uuid4()),
+        "topic": f"/subscriptions/{subscription}",
+        "subject": vm_id,
+        "eventType": "Microsoft.Resources.ResourceWriteSuccess",
+        "eventTime": datetime.now(UTC).isoformat(),
+        "dataVersion": "2",
+        "metadataVersion": "1",
+        "data": {
+            "operationName": "Microsoft.Compute/virtualMachines/write",
+            "resourceUri": vm_id,
+            "status": "Succeeded",
+            "subscriptionId": subscription,
+            "claims": {claim: "5c2f1a3b-0000-4000-8000-00000000beef"},
+        },
+    }
+
+
+def measure_installs(count: int) -> dict[str, Any]:
+    """`count` queued installs drained by 8 concurrent workers under write throttling."""
+    from remediation import service
+    from remediation.bootstrap import services
+    from remediation.classify import Power
+    from remediation.queues import InstallRequest, drain
+
+    running = services()
+    vms = [
+        f
+        for f in running.arm.inventory(sorted(running.settings.subscriptions))
+        if f.power is Power.RUNNING and not f.extensions
+    ]
+    for facts in vms[:count]:
+        running.queue.send(InstallRequest(vm=facts.vm.id, trigger="cli"))
+    started = time.monotonic()
+    drain(
+        running.queue,
+        lambda text, tries: service.handle_install(running, text, tries),
+        lambda text: service.handle_poison(running, text),
+        concurrency=8,
+        deadline_seconds=3600,
+    )
+    wall = time.monotonic() - started
+    return {
+        "installs": min(count, len(vms)),
+        "wall_s": round(wall, 1),
+        "installs_per_s": round(min(count, len(vms)) / wall, 2),
+    }
+
+
+def measure_cold_start() -> dict[str, Any]:
+    started = time.perf_counter()
+    import function_app  # noqa: F401
+
+    imported = time.perf_counter() - started
+    from remediation import service
+    from remediation.bootstrap import services
+
+    vm = next(iter(services().arm.inventory(sorted(services().settings.subscriptions))))
+    from localazure.server import OBJECT_ID_CLAIM
+
+    service.handle_event(services(), _event(vm.vm.id, OBJECT_ID_CLAIM))
+    return {
+        "import_ms": round(imported * 1000, 1),
+        "first_decision_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+
+# --- The report ------------------------------------------------------------------------
+SCALES = [(1000, 10), (10000, 50), (50000, 200)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--quick", action="store_true", help="only the 1k scale and 200 events/installs"
+    )
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        functions = {
+            "sweep": measure_sweep,
+            "baseline": measure_baseline,
+            "events": measure_events,
+            "installs": measure_installs,
+            "cold": measure_cold_start,
+        }
+        print(json.dumps(functions[kind](*(int(x) for x in rest))))
+        return 0
+
+    results: dict[str, Any] = {"sweeps": [], "cold": []}
+    scales = SCALES[:1] if args.quick else SCALES
+    for vms, subscriptions in scales:
+        env = Environment(vms, subscriptions)
+        try:
+            sweep = child(
+                "sweep",
+                env.variables | {"REMEDIATION_SWEEP_BATCH_SIZE": str(max(1, subscriptions // 8))},
+                "4",
+            )
+            print(f"sweep {vms} VMs / {subscriptions} subs: {sweep}", flush=True)
+            baseline = child("baseline", env.variables, "4") if vms <= 10000 else None
+            print(f"baseline {vms}: {baseline}", flush=True)
+            results["sweeps"].append(
+                {"vms": vms, "subscriptions": subscriptions, "sweep": sweep, "baseline": baseline}
+            )
+        finally:
+            env.close()
+    small = 200 if args.quick else 1000
+    env = Environment(3000, 10)
+    try:
+        results["events"] = child(
+            "events", env.variables | {"REMEDIATION_MODE": "enforce"}, str(small)
+        )
+        print(f"events: {results['events']}", flush=True)
+        for _ in range(10):
+            results["cold"].append(child("cold", env.variables))
+        print(f"cold: {results['cold']}", flush=True)
+    finally:
+        env.close()
+    env = Environment(3000, 2)
+    try:
+        results["installs"] = child(
+            "installs", env.variables | {"REMEDIATION_MODE": "enforce"}, str(small)
+        )
+        print(f"installs: {results['installs']}", flush=True)
+    finally:
+        env.close()
+    write_report(results)
+    return 0
+
+
+def write_report(results: dict[str, Any]) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} with `make bench` on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
+        f"The local control plane adds {int(LATENCY * 1000)} ms to every request and enforces ARM's token buckets",
+        "(reads 250 + 25/s, writes 200 + 10/s per subscription and principal) and Resource Graph's quota",
+        "(15 queries per 5 s). Each figure comes from a fresh process; peak RSS is that process's.",
+        "",
+        "## Sweep scale (report mode; 4 workers share the batches) against the usual approach",
+        "",
+        "| VMs | subs | sweep wall s | sweep ARM + ARG requests | VMs/s | peak RSS MB | baseline wall s | baseline requests | requests ratio | wall ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["sweeps"]:
+        sweep, base = row["sweep"], row["baseline"]
+        ours = sweep["arm_requests"] + sweep["graph_requests"]
+        ratio = f"{base['arm_requests'] / ours:.0f}x" if base else "not run"
+        wall = f"{base['wall_s'] / sweep['wall_s']:.1f}x" if base else "not run"
+        lines.append(
+            f"| {row['vms']} | {row['subscriptions']} | {sweep['wall_s']} | {sweep['arm_requests']} + {sweep['graph_requests']} | {sweep['vms_per_s']} | {sweep['peak_rss_mb']} | "
+            f"{base['wall_s'] if base else '-'} | {base['arm_requests'] if base else '-'} | {ratio} | {wall} |"
+        )
+    events = results["events"]
+    cold = results["cold"]
+    lines += [
+        "",
+        "The baseline lists VMs per subscription, then GETs each VM's instance view and lists its",
+        "extensions with 4 threads (runbooks do it one VM at a time: slower still). It is not run at",
+        "50k VMs: 100k requests would take most of an hour against the throttled plane.",
+        "",
+        "## Event path (enforce; posture cached)",
+        "",
+        f"- {events['events']} deliveries, 30% of them duplicates: {events['arm_requests_per_event']} ARM requests per event,",
+        f"  handling time p50 {events['p50_ms']} ms, p99 {events['p99_ms']} ms (including Table Storage for the claim and the audit).",
+        "",
+        "## Cold start (median of 10 fresh processes)",
+        "",
+        f"- `import function_app`: {statistics.median(c['import_ms'] for c in cold)} ms",
+        f"- to the first decision (import, settings, token, one VM read, posture, audit): {statistics.median(c['first_decision_ms'] for c in cold)} ms",
+        "",
+        "## Install throughput under write throttling",
+        "",
+        f"- {results['installs']['installs']} queued installs, 8 at a time, over 2 subscriptions: {results['installs']['wall_s']} s ({results['installs']['installs_per_s']} installs/s).",
+        "",
+        "Raw figures: `bench/results.json`. Reproduce: `make bench` (about 15 minutes; `python bench/run.py --quick` for a 2-minute look).",
+    ]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
