@@ -161,7 +161,7 @@ class AuditLog:
                         for entity in entities[start : start + 100]
                     ]
                 )
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with ThreadPoolExecutor(max_workers=32) as pool:  # one row per VM partition
             list(
                 pool.map(
                     lambda record: self._table.upsert_entity(

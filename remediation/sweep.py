@@ -45,6 +45,7 @@ RUN_PARTITION = "run"
 LOCK_PARTITION = "sweeplock"
 LOCK_TTL = timedelta(hours=6)  # a run that died frees its subscriptions after this
 MAX_BODY = 64 * 1024
+CAP_BLOCK = 50  # actions a batch takes from the run's cap at a time
 
 log = logging.getLogger("remediation")
 
@@ -268,15 +269,25 @@ class RunStore:
             )
         )
 
-    def reserve(self, run_id: str, wanted: int, cap: int) -> bool:
-        """Take ``wanted`` actions from the run's cap, all or none (ETag concurrency:
-        batches on several instances share one budget)."""
+    def reserve(self, run_id: str, wanted: int, at_least: int, cap: int) -> int:
+        """Take up to ``wanted`` (and at least ``at_least``, else nothing) actions from
+        the run's cap. ETag concurrency: batches on several instances share one budget."""
+        return self._add_used(
+            run_id, lambda used: min(wanted, cap - used) if cap - used >= at_least else 0
+        )
+
+    def give_back(self, run_id: str, unused: int) -> None:
+        if unused:
+            self._add_used(run_id, lambda used: -min(unused, used))
+
+    def _add_used(self, run_id: str, change: Callable[[int], int]) -> int:
         while True:
             entity = self._table.get_entity(RUN_PARTITION, run_id)
             used = int(entity.get("actions_used") or 0)
-            if used + wanted > cap:
-                return False
-            entity["actions_used"] = used + wanted
+            delta = change(used)
+            if delta == 0:
+                return 0
+            entity["actions_used"] = used + delta
             try:
                 self._table.update_entity(
                     entity,
@@ -284,9 +295,9 @@ class RunStore:
                     etag=entity.metadata["etag"],
                     match_condition=MatchConditions.IfNotModified,
                 )
-                return True
+                return delta
             except ResourceModifiedError:
-                continue  # another batch reserved first: read again
+                continue  # another batch changed it first: read again
 
     def finish_batch(self, run: Run, batch: int, result: BatchResult) -> Run | None:
         """Store a batch's result (idempotent); the batch that completes the run writes
@@ -427,10 +438,13 @@ def run_batch(
     with services.arm.counter.counting() as used:
         for subscription in message.subscriptions:  # drift: read the posture afresh
             services.arm.forget_posture(subscription)
-        for facts in services.arm.inventory(message.subscriptions, on_total=on_total):
-            record = batch.handle(facts)
-            if on_record is not None:
-                on_record(record)
+        try:
+            for facts in services.arm.inventory(message.subscriptions, on_total=on_total):
+                record = batch.handle(facts)
+                if on_record is not None:
+                    on_record(record)
+        finally:
+            store.give_back(run.run_id, batch.budget)  # what this batch took but did not use
     services.audit.write_many(batch.records)
     batch.result.arm_requests, batch.result.graph_requests = used["arm"], used["graph"]
     return store.finish_batch(run, message.batch, batch.result)
@@ -459,6 +473,7 @@ class _Batch:
         self.applied: dict[str, set[str]] = {}  # subscription -> actions taken this batch
         self.records: list[AuditRecord] = []
         self.result = BatchResult()
+        self.budget = 0  # actions taken from the run's cap, not yet used
         trigger = "sweep" if run.trigger == "sweep" else run.trigger
         self.context = Context(services, trigger, run_id=run.run_id)
 
@@ -477,6 +492,19 @@ class _Batch:
         self.records.append(record)
         return record
 
+    def _take(self, actions: int) -> bool:
+        """Spend from the batch's share of the cap, taking more in blocks (one table
+        round trip per block, not per VM)."""
+        if self.budget < actions:
+            block = max(actions - self.budget, CAP_BLOCK)
+            self.budget += self.store.reserve(
+                self.run.run_id, block, actions - self.budget, self.cap
+            )
+        if self.budget < actions:
+            return False
+        self.budget -= actions
+        return True
+
     def _act(self, context: Context, assessment: Assessment) -> AuditRecord:
         decision = assessment.decision
         if decision.outcome is not Outcome.INSTALL:
@@ -485,7 +513,7 @@ class _Batch:
         done = self.applied.setdefault(subscription, set())
         # Subscription actions happen once per subscription, not once per VM.
         new_actions = [a for a in decision.actions if not (a.on_subscription and str(a) in done)]
-        if not self.store.reserve(self.run.run_id, len(new_actions), self.cap):
+        if not self._take(len(new_actions)):
             self.result.capped += 1
             reason = (
                 f"{decision.reason} Not acted on: the sweep reached its cap of {self.cap} "
