@@ -9,7 +9,7 @@ from typing import Any
 
 import azure.functions as func
 
-from remediation import service, sweep
+from remediation import ops, service, sweep
 from remediation.bootstrap import services
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -85,3 +85,10 @@ def sweep_batch_poison(message: func.QueueMessage) -> None:
 
 def _json(status: int, body: dict[str, Any]) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
+
+
+@app.function_name("remediations")
+@app.route(route="remediations", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def remediations(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/remediations?vm=&subscription=&decision=&since=&until=&limit=&continuation="""
+    return _json(*ops.http_remediations(services(), dict(req.params)))

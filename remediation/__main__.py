@@ -141,6 +141,50 @@ def _summary_table(summary: dict[str, Any], out: TextIO) -> None:
     Console(file=out).print(table)
 
 
+def show_log(args: argparse.Namespace, out: TextIO) -> int:
+    from remediation import ops  # noqa: PLC0415
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    running = services()
+    params = {"since": args.since, "limit": str(args.limit)}
+    params |= {
+        name: value for name in ("vm", "decision", "subscription") if (value := getattr(args, name))
+    }
+    try:
+        query = ops.parse_query(params, running.settings)
+    except ops.InvalidQuery as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    records, _ = running.audit.search(query)
+    if args.json:
+        for record in records:
+            _print(record, True, out)
+        return 0
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(
+        title=f"remediation log since {query.since:%Y-%m-%d %H:%M} UTC ({len(records)} records)"
+    )
+    for column in ("time", "VM", "trigger", "decision", "outcome", "platform", "reason / hint"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        name = record.vm.rsplit("/", 1)[-1] if record.vm else "-"
+        text = record.reason + (f" Hint: {record.hint}" if record.hint else "")
+        table.add_row(
+            f"{record.time:%m-%d %H:%M:%S}",
+            name,
+            record.trigger,
+            record.decision,
+            record.outcome,
+            record.platform,
+            text,
+        )
+    Console(file=out, width=160).print(table)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m remediation", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -167,6 +211,19 @@ def parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--wait", action="store_true", help="also run the installs it queued")
     sweep.set_defaults(run=run_sweep)
+    log = commands.add_parser("log", help="read the remediation log, newest first")
+    log.add_argument(
+        "--since", default="24h", help="24h, 7d, 30m or an ISO 8601 time (default 24h)"
+    )
+    log.add_argument("--vm", help="one VM's resource id")
+    log.add_argument("--subscription", help="one subscription id")
+    log.add_argument(
+        "--decision",
+        help="compliant, install, defer, exclude, unsupported, blocked, error, ignored",
+    )
+    log.add_argument("--limit", type=int, default=200)
+    log.add_argument("--json", action="store_true", help="one JSON object per record")
+    log.set_defaults(run=show_log)
     return root
 
 

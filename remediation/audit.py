@@ -10,9 +10,11 @@ Every record also becomes one operator-readable log line (``vm=... decision=...`
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import logging
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -126,6 +128,39 @@ def _record(entity: dict[str, Any]) -> AuditRecord:
     return AuditRecord(**values)
 
 
+@dataclass(frozen=True, slots=True)
+class Query:
+    since: datetime
+    until: datetime
+    vm: str = ""
+    subscription: str = ""
+    decision: str = ""
+    limit: int = 100
+    continuation: str = ""
+
+
+def _encode_token(partition: str, row_key: str) -> str:
+    return base64.urlsafe_b64encode(f"{partition}|{row_key}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[str, str, str]:
+    """(partition, '|', row key), or empty strings; a forged token resumes nowhere."""
+    if not token:
+        return "", "", ""
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("the continuation token is not valid") from None
+    partition, bar, row_key = text.partition("|")
+    if (
+        not bar
+        or not re.fullmatch(r"[vd]-[0-9a-f]{8,40}", partition)
+        or not re.fullmatch(r"\d{19}-[0-9a-f]{32}", row_key)
+    ):
+        raise ValueError("the continuation token is not valid")
+    return partition, bar, row_key
+
+
 class AuditLog:
     def __init__(self, table: TableClient) -> None:
         self._table = table
@@ -205,6 +240,50 @@ class AuditLog:
                 )
             )
             day -= timedelta(days=1)
+
+    def search(self, query: Query) -> tuple[list[AuditRecord], str]:
+        """Records matching the query, newest first, at most ``query.limit``, and a
+        continuation token for the next page ("" when there is none). A VM's records are
+        one partition; otherwise one partition a day, from ``until`` back to ``since``."""
+        if query.vm:
+            partitions = [vm_partition(query.vm)]
+        else:
+            partitions, day = [], query.until
+            while day_partition(day) >= day_partition(query.since):
+                partitions.append(day_partition(day))
+                day -= timedelta(days=1)
+        resume_partition, _, resume_key = _decode_token(query.continuation)
+        if resume_partition:
+            partitions = (
+                partitions[partitions.index(resume_partition) :]
+                if resume_partition in partitions
+                else []
+            )
+        conditions = ["PartitionKey eq @pk", "RowKey ge @newest", "RowKey le @oldest"]
+        parameters: dict[str, Any] = {
+            "newest": f"{MAX_TICKS - int(query.until.timestamp() * 1_000_000):019d}",
+            "oldest": f"{MAX_TICKS - int(query.since.timestamp() * 1_000_000):019d}~",
+        }
+        for name in ("decision", "subscription"):
+            if getattr(query, name):
+                conditions.append(f"{name} eq @{name}")
+                parameters[name] = getattr(query, name)
+        records: list[AuditRecord] = []
+        last_key = ""
+        for partition in partitions:
+            after = resume_key if partition == resume_partition else ""
+            filter_ = " and ".join([*conditions, "RowKey gt @after"] if after else conditions)
+            entities = self._table.query_entities(
+                filter_,
+                parameters=parameters | {"pk": partition, "after": after},
+                results_per_page=query.limit,
+            )
+            for entity in entities:
+                if len(records) == query.limit:
+                    return records, _encode_token(partition, last_key)
+                records.append(_record(entity))
+                last_key = entity["RowKey"]
+        return records, ""
 
     def reinstalls_since_success(self, vm: str) -> int:
         """How many MDE installs on this VM failed since the last one that succeeded."""

@@ -220,6 +220,16 @@ class World:
         )
         return function_app.forced_sweep(request)
 
+    def get(self, route: str, params=None):
+        import azure.functions as func
+
+        import function_app
+
+        request = func.HttpRequest(
+            "GET", f"https://app.example.test/api/{route}", body=b"", params=params or {}
+        )
+        return {"remediations": function_app.remediations}[route](request)
+
     def get_status(self, run_id: str):
         import azure.functions as func
 

@@ -1,0 +1,100 @@
+"""What ops ask of the remediation log, over HTTP and the command line: the log itself
+(filtered, newest first, paged) and the coverage report."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from remediation.audit import Query
+from remediation.config import GUID, Settings
+from remediation.model import InvalidResourceId, Outcome, VmRef
+from remediation.service import Services
+
+DECISIONS = frozenset({outcome.value for outcome in Outcome} | {"ignored"})
+FILTERS = frozenset({"vm", "subscription", "decision", "since", "until", "limit", "continuation"})
+MAX_LIMIT = 1000
+_RELATIVE = re.compile(r"^(\d{1,5})([mhd])$")
+
+
+class InvalidQuery(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def moment(text: str, now: datetime) -> datetime:
+    """'24h', '7d', '30m' before now, or an ISO 8601 time (UTC when it names no zone)."""
+    match = _RELATIVE.match(text)
+    if match:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[match[2]]
+        return now - timedelta(**{unit: int(match[1])})
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a time: {text[:40]!r} (use 24h, 7d or an ISO 8601 time)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def parse_query(
+    params: Mapping[str, str], settings: Settings, now: datetime | None = None
+) -> Query:
+    """Strictly: unknown filters, bad values and anything outside the configured scope
+    are refused, every problem listed."""
+    now = now or datetime.now(UTC)
+    problems = [f"unknown filter {name[:40]!r}" for name in sorted(set(params) - FILTERS)]
+    values: dict[str, Any] = {"since": now - timedelta(hours=24), "until": now}
+    for name in ("since", "until"):
+        if params.get(name):
+            try:
+                values[name] = moment(params[name], now)
+            except ValueError as error:
+                problems.append(f"{name}: {error}")
+    if values["since"] > values["until"]:
+        problems.append("since is after until")
+    if params.get("vm"):
+        try:
+            vm = VmRef.parse(params["vm"])
+            if not settings.in_scope(vm.subscription):
+                problems.append("vm: its subscription is not in REMEDIATION_SUBSCRIPTIONS")
+            values["vm"] = vm.id
+        except InvalidResourceId:
+            problems.append("vm: not a virtual machine resource id")
+    subscription = params.get("subscription", "")
+    if subscription:
+        if not GUID.match(subscription):
+            problems.append("subscription: not a subscription id")
+        elif not settings.in_scope(subscription):
+            problems.append("subscription: not in REMEDIATION_SUBSCRIPTIONS")
+        values["subscription"] = subscription.lower()
+    decision = params.get("decision", "")
+    if decision:
+        if decision not in DECISIONS:
+            problems.append(f"decision: one of {', '.join(sorted(DECISIONS))}")
+        values["decision"] = decision
+    limit = params.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+        problems.append(f"limit: a whole number from 1 to {MAX_LIMIT}")
+    else:
+        values["limit"] = int(limit)
+    values["continuation"] = params.get("continuation", "")[:500]
+    if problems:
+        raise InvalidQuery(problems)
+    return Query(**values)
+
+
+def http_remediations(services: Services, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    """GET /api/remediations: the log, newest first, filtered and paged."""
+    try:
+        query = parse_query(params, services.settings)
+        records, token = services.audit.search(query)
+    except InvalidQuery as error:
+        return 400, {"errors": error.problems}
+    except ValueError as error:  # a forged or stale continuation token
+        return 400, {"errors": [str(error)]}
+    scoped = [
+        r for r in records if not r.subscription or services.settings.in_scope(r.subscription)
+    ]
+    return 200, {"records": [r.to_json() for r in scoped], "continuation": token or None}
