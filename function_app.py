@@ -9,7 +9,7 @@ from typing import Any
 
 import azure.functions as func
 
-from remediation import ops, service, sweep
+from remediation import ops, report, service, sweep
 from remediation.bootstrap import services
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -92,3 +92,11 @@ def _json(status: int, body: dict[str, Any]) -> func.HttpResponse:
 def remediations(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/remediations?vm=&subscription=&decision=&since=&until=&limit=&continuation="""
     return _json(*ops.http_remediations(services(), dict(req.params)))
+
+
+@app.function_name("coverage_report")
+@app.route(route="report", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def coverage_report(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/report: the coverage report, one self-contained HTML page."""
+    page = report.render(report.gather(services()))
+    return func.HttpResponse(page, mimetype="text/html", charset="utf-8")

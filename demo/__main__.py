@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         after = _coverage_sweep(function_app, azure)
         records = list(services().audit.since(datetime.now(UTC) - timedelta(hours=1)))
         _report(before, after, records, args.out)
+        page = args.out / "coverage.html"
+        page.write_text(function_app.coverage_report(_http("GET", "report")).get_body().decode())
+        console.print(f"coverage report (GET /api/report): {page}")
     console.print(
         f"\ndone in {time.monotonic() - started:.1f} s; Azurite and the local Azure are stopped"
     )

@@ -185,6 +185,19 @@ def show_log(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def write_report(args: argparse.Namespace, out: TextIO) -> int:
+    from remediation import report  # noqa: PLC0415
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    coverage = report.gather(services())
+    with open(args.html, "w", encoding="utf-8") as page:
+        page.write(report.render(coverage))
+    out.write(
+        f"coverage report: {args.html} ({len(coverage.latest)} VMs, {len(coverage.human())} need a human)\n"
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m remediation", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -224,6 +237,9 @@ def parser() -> argparse.ArgumentParser:
     log.add_argument("--limit", type=int, default=200)
     log.add_argument("--json", action="store_true", help="one JSON object per record")
     log.set_defaults(run=show_log)
+    html = commands.add_parser("report", help="write the coverage report as one HTML page")
+    html.add_argument("--html", required=True, metavar="FILE")
+    html.set_defaults(run=write_report)
     return root
 
 

@@ -135,6 +135,7 @@ class Query:
     vm: str = ""
     subscription: str = ""
     decision: str = ""
+    run_id: str = ""
     limit: int = 100
     continuation: str = ""
 
@@ -264,7 +265,7 @@ class AuditLog:
             "newest": f"{MAX_TICKS - int(query.until.timestamp() * 1_000_000):019d}",
             "oldest": f"{MAX_TICKS - int(query.since.timestamp() * 1_000_000):019d}~",
         }
-        for name in ("decision", "subscription"):
+        for name in ("decision", "subscription", "run_id"):
             if getattr(query, name):
                 conditions.append(f"{name} eq @{name}")
                 parameters[name] = getattr(query, name)

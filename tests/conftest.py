@@ -228,7 +228,9 @@ class World:
         request = func.HttpRequest(
             "GET", f"https://app.example.test/api/{route}", body=b"", params=params or {}
         )
-        return {"remediations": function_app.remediations}[route](request)
+        return {"remediations": function_app.remediations, "report": function_app.coverage_report}[
+            route
+        ](request)
 
     def get_status(self, run_id: str):
         import azure.functions as func
