@@ -192,9 +192,8 @@ def write_report(args: argparse.Namespace, out: TextIO) -> int:
     coverage = report.gather(services())
     with open(args.html, "w", encoding="utf-8") as page:
         page.write(report.render(coverage))
-    out.write(
-        f"coverage report: {args.html} ({len(coverage.latest)} VMs, {len(coverage.human())} need a human)\n"
-    )
+    needs = len(coverage.human())
+    out.write(f"coverage report: {args.html} ({len(coverage.latest)} VMs, {needs} need a human)\n")
     return 0
 
 
