@@ -38,6 +38,7 @@ API_VERSIONS = {
     "settings": {"2022-05-01"},
     "mdeOnboardings": {"2021-10-01-preview"},
     "graph": {"2021-03-01", "2022-10-01", "2024-04-01"},
+    "topic": {"2018-01-01"},
 }
 READS = (250, 25.0)  # ARM bucket per subscription and principal: capacity, refill per second
 WRITES = (200, 10.0)
@@ -242,6 +243,9 @@ class LocalAzure:
         self.events: list[dict[str, Any]] = []
         # Whole PUT bodies as received, protected settings included, for contract tests.
         self.extension_puts: list[tuple[str, dict[str, Any]]] = []
+        # An Event Grid custom topic at {url}/api/events, for the app's notifications.
+        self.topic_key = base64.b64encode(uuid.uuid4().bytes).decode()
+        self.published: list[dict[str, Any]] = []
         self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
         self._graph_calls: dict[str, deque[float]] = {}
         self._signing_key = uuid.uuid4().hex
@@ -346,7 +350,13 @@ class LocalAzure:
         principal = ""
         status = 500
         try:
-            if route.api:
+            if route.api == "topic":
+                if headers.get("aeg-sas-key") != self.topic_key:
+                    raise ArmError(
+                        401, "Unauthorized", "the aeg-sas-key header is missing or wrong"
+                    )
+                self._check_api_version(route.api, query)
+            elif route.api:
                 principal = self._authenticate(headers).object_id
                 self._check_api_version(route.api, query)
                 if self.latency:
@@ -1114,6 +1124,20 @@ def _onboardings(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) ->
     return _json(200, {"value": [_onboarding_json(subscription)]})
 
 
+def _topic(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> _Response:
+    """An Event Grid custom topic: checks the key header and the schema, keeps the events."""
+    required = {"id", "subject", "eventType", "eventTime", "data", "dataVersion"}
+    if not isinstance(body, list) or not body:
+        raise ArmError(400, "BadRequest", "the body must be a JSON array of events")
+    for event in body:
+        if not isinstance(event, dict) or not required <= set(event):
+            raise ArmError(
+                400, "BadRequest", f"an event lacks {sorted(required - set(event or {}))}"
+            )
+    plane.published.extend(body)
+    return _Response(200, b"", {})
+
+
 def _graph(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> _Response:
     if not isinstance(body, dict) or not isinstance(body.get("query"), str):
         raise ArmError(400, "BadRequest", "query is required")
@@ -1213,6 +1237,7 @@ ROUTES: tuple[Route, ...] = (
     _route("GET", _SUB + r"/providers/Microsoft\.Security/mdeOnboardings", _onboardings, "Microsoft.Security/mdeOnboardings/read", "mdeOnboardings"),
     _route("GET", _SUB + r"/providers/Microsoft\.Security/mdeOnboardings/(?P<name>[^/]+)", _onboardings, "Microsoft.Security/mdeOnboardings/read", "mdeOnboardings"),
     _route("POST", r"/providers/Microsoft\.ResourceGraph/resources", _graph, "Microsoft.ResourceGraph/resources/read", "graph"),
+    _route("POST", r"/api/events", _topic, "eventgrid/publish", "topic"),
 )  # fmt: skip
 
 

@@ -17,14 +17,14 @@ import logging
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 log = logging.getLogger("remediation")
 
@@ -163,8 +163,11 @@ def _decode_token(token: str) -> tuple[str, str, str]:
 
 
 class AuditLog:
-    def __init__(self, table: TableClient) -> None:
+    def __init__(
+        self, table: TableClient, on_write: Callable[[AuditRecord], None] | None = None
+    ) -> None:
         self._table = table
+        self._on_write = on_write  # notifications
 
     @property
     def table(self) -> TableClient:
@@ -181,6 +184,8 @@ class AuditLog:
             self._table.upsert_entity(_entity(record, partition), mode=UpdateMode.REPLACE)
         level = logging.WARNING if record.decision in {"error", "blocked"} else logging.INFO
         log.log(level, record.log_line())
+        if self._on_write is not None:
+            self._on_write(record)
         return record
 
     def write_many(self, records: Sequence[AuditRecord]) -> None:
@@ -285,6 +290,29 @@ class AuditLog:
                 records.append(_record(entity))
                 last_key = entity["RowKey"]
         return records, ""
+
+    def purge(self, before: datetime) -> int:
+        """Delete the records older than ``before`` (both rows of each): retention."""
+        old = self._table.query_entities(
+            "PartitionKey ge @first and PartitionKey lt @cutoff",
+            parameters={"first": "d-", "cutoff": day_partition(before)},
+            select=["PartitionKey", "RowKey", "vm"],
+        )
+        deleted = 0
+        by_partition: dict[str, list[str]] = defaultdict(list)
+        for entity in old:
+            by_partition[entity["PartitionKey"]].append(entity["RowKey"])
+            by_partition[vm_partition(entity.get("vm") or "")].append(entity["RowKey"])
+            deleted += 1
+        for partition, keys in by_partition.items():
+            for start in range(0, len(keys), 100):
+                operations = [
+                    ("delete", {"PartitionKey": partition, "RowKey": key})
+                    for key in keys[start : start + 100]
+                ]
+                with contextlib.suppress(TableTransactionError):  # a row already gone
+                    self._table.submit_transaction(operations)
+        return deleted
 
     def reinstalls_since_success(self, vm: str) -> int:
         """How many MDE installs on this VM failed since the last one that succeeded."""

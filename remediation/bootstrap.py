@@ -57,10 +57,16 @@ def build(environ: Mapping[str, str]) -> Services:
     settings = load(environ)
     credential = build_credential(settings)
     table = _tables(settings, credential).get_table_client(settings.audit_table)
+    notifier = None
+    if settings.notify_endpoint:
+        from remediation.notify import Notifier  # noqa: PLC0415 - optional, off by default
+
+        notifier = Notifier(settings.notify_endpoint, settings.notify_key, credential)
     services = Services(
         settings=settings,
         arm=ArmGateway(settings, credential),
-        audit=AuditLog(table),
+        audit=AuditLog(table, notifier.record if notifier else None),
+        notifier=notifier,
         queue=WorkQueue(
             _queue(settings, settings.install_queue, credential),
             _queue(settings, settings.poison_queue, credential),

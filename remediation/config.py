@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -71,8 +71,11 @@ class Settings:
     sweep_queue: str
     sweep_batch_size: int
     authority_host: str
-    storage_connection: str
+    storage_connection: str = field(repr=False)  # may hold an account key
     storage_account: str
+    audit_retention_days: int
+    notify_endpoint: str
+    notify_key: str = field(repr=False)
 
     @property
     def enforce(self) -> bool:
@@ -153,6 +156,13 @@ def load(environ: Mapping[str, str]) -> Settings:
     sweep_queue = parse("REMEDIATION_SWEEP_QUEUE", "sweep-batches", _queue_name, "")
     sweep_batch = parse("REMEDIATION_SWEEP_BATCH_SIZE", "20", _bounded_int(1, 1_000), 20)
     authority_host = parse("AZURE_AUTHORITY_HOST", "", _optional_https_url, "")
+    retention = parse("REMEDIATION_AUDIT_RETENTION_DAYS", "400", _bounded_int(1, 3_650), 400)
+    notify_endpoint = parse("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", "", _optional_topic_url, "")
+    notify_key = get("REMEDIATION_NOTIFY_TOPIC_KEY", "")
+    if notify_key and not notify_endpoint:
+        problems.append(
+            "REMEDIATION_NOTIFY_TOPIC_KEY: set without REMEDIATION_NOTIFY_TOPIC_ENDPOINT"
+        )
 
     storage_connection = get("AzureWebJobsStorage", "")
     storage_account = get("AzureWebJobsStorage__accountName", "")
@@ -188,6 +198,9 @@ def load(environ: Mapping[str, str]) -> Settings:
         authority_host=authority_host,
         storage_connection=storage_connection,
         storage_account=storage_account,
+        audit_retention_days=retention,
+        notify_endpoint=notify_endpoint,
+        notify_key=notify_key,
     )
 
 
@@ -288,6 +301,18 @@ def _https_url(raw: str) -> str:
 
 def _optional_https_url(raw: str) -> str:
     return _https_url(raw) if raw else ""
+
+
+def _optional_topic_url(raw: str) -> str:
+    """An Event Grid topic endpoint: https, any path (".../api/events"), no query."""
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(
+            "must be the topic's https:// endpoint, e.g. https://<topic>.<region>-1.eventgrid.azure.net/api/events"
+        )
+    return raw
 
 
 def _optional_guid(raw: str) -> str:

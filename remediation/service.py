@@ -37,6 +37,7 @@ from remediation.queues import BadMessage, Claims, InstallRequest, WorkQueue
 
 if TYPE_CHECKING:  # the gateway imports azure.mgmt: keep it off this module's import
     from remediation.arm import ArmGateway
+    from remediation.notify import Notifier
 
 log = logging.getLogger("remediation")
 
@@ -51,6 +52,7 @@ class Services:
     queue: WorkQueue  # install requests
     claims: Claims
     sweeps: WorkQueue  # sweep batches
+    notifier: Notifier | None = None
 
 
 @dataclass(frozen=True)

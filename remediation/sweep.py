@@ -447,7 +447,20 @@ def run_batch(
             store.give_back(run.run_id, batch.budget)  # what this batch took but did not use
     services.audit.write_many(batch.records)
     batch.result.arm_requests, batch.result.graph_requests = used["arm"], used["graph"]
-    return store.finish_batch(run, message.batch, batch.result)
+    return _finished(services, store.finish_batch(run, message.batch, batch.result))
+
+
+def _finished(services: Services, run: Run | None) -> Run | None:
+    """The batch that finished the run: notify, and apply the log's retention."""
+    if run is None:
+        return None
+    if services.notifier is not None:
+        services.notifier.sweep_completed(run.run_id, run.mode, run.summary)
+    cutoff = datetime.now(UTC) - timedelta(days=services.settings.audit_retention_days)
+    purged = services.audit.purge(cutoff)
+    if purged:
+        log.info("retention: %s records older than %s deleted", purged, cutoff.date())
+    return run
 
 
 def fail_batch(services: Services, message: BatchMessage, why: str) -> Run | None:
@@ -458,7 +471,7 @@ def fail_batch(services: Services, message: BatchMessage, why: str) -> Run | Non
         return None
     where = ", ".join(message.subscriptions)
     result = BatchResult(errors=1, failed=f"batch {message.batch} ({where}): {why}")
-    return store.finish_batch(run, message.batch, result)
+    return _finished(services, store.finish_batch(run, message.batch, result))
 
 
 class _Batch:
