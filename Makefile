@@ -8,7 +8,7 @@ NODE_STAMP := node_modules/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: test demo bench lint typecheck unit lock clean
+.PHONY: test demo bench browser lint typecheck unit lock clean
 
 test: lint typecheck unit
 
@@ -36,7 +36,11 @@ $(TOOLS_STAMP): requirements-tools.txt
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check -r requirements-tools.txt
 	touch $(TOOLS_STAMP)
 
-unit: $(STAMP) $(NODE_STAMP) $(TOOLS_STAMP)
+# Debian's chromium for the report's browser test (playwright drives it; no download).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+unit: $(STAMP) $(NODE_STAMP) $(TOOLS_STAMP) browser
 	$(BIN)/pytest
 
 # The whole job on an embedded local Azure (control plane + Azurite), about 30 s.
@@ -49,7 +53,7 @@ bench: $(STAMP) $(NODE_STAMP)
 
 # Refresh the transitive pins after changing requirements*.txt.
 lock: $(STAMP)
-	$(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(pytest|hypothesis|ruff|mypy|trustme)==' \
+	$(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(pytest|hypothesis|ruff|mypy|trustme|playwright)==' \
 	  | sed '1i # Transitive pins, from pip freeze of requirements-dev.txt; refresh with `make lock`.' > constraints.txt
 
 clean:

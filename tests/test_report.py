@@ -106,3 +106,63 @@ def test_the_report_command_writes_the_page(world_factory, tmp_path):
     )
     assert re.search(r'id="coverage">([\d.]+)%', html)
     assert summary["status"] == "running"  # a new run, while the report shows the finished one
+
+
+def test_the_report_renders_in_a_real_headless_browser(world_factory, tmp_path):
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: `make test` installs it"
+    world = world_factory(
+        generated_estate(80, 2, seed=34), REMEDIATION_MAX_ACTIONS_PER_SWEEP="20", **ENFORCE
+    )
+    world.post("sweep")
+    world.run_sweeps()
+    world.run_queue()
+    path = tmp_path / "coverage.html"
+    path.write_text(world.get("report").get_body().decode())
+    latest = {}
+    for record in sorted(world.audit_records(), key=lambda r: r.time):
+        if record.trigger == "http":
+            latest[record.vm.lower()] = record.decision
+        elif record.trigger == "queue" and record.outcome == "succeeded":
+            latest[record.vm.lower()] = "compliant"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page()
+        problems, requests = [], []
+        page.on(
+            "console",
+            lambda message: problems.append(message.text) if message.type == "error" else None,
+        )
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(path.as_uri())
+        assert page.title() == "Defender for Endpoint coverage"
+        assert page.locator("#trend").is_visible()
+        # The numbers on screen equal the log's, platform by platform.
+        shown = Counter()
+        for row in page.locator("#by-platform tr[data-platform]").all():
+            for cell in row.locator("td[data-category]").all():
+                shown[cell.get_attribute("data-category")] += int(cell.inner_text())
+        assert shown == Counter(CATEGORIES[d] for d in latest.values())
+        assert int(page.locator("#human-count").inner_text()) == sum(
+            d in {"blocked", "error", "unsupported"} for d in latest.values()
+        )
+        page.screenshot(path=str(tmp_path / "coverage.png"), full_page=True)
+        browser.close()
+    assert problems == []
+    assert requests == [path.as_uri()]  # nothing fetched from anywhere
