@@ -154,6 +154,7 @@ class LoggedRequest:
     principal: str  # object id, "" before authentication
     subscription: str
     status: int
+    code: str = ""  # the ARM error code of a refusal, "InjectedFault" for injected ones
 
 
 class RequestLog:
@@ -349,6 +350,7 @@ class LocalAzure:
         subscription = params.get("sub", "").lower()
         principal = ""
         status = 500
+        code = ""
         try:
             if route.api == "topic":
                 if headers.get("aeg-sas-key") != self.topic_key:
@@ -377,7 +379,7 @@ class LocalAzure:
             status = response.status
             return response
         except ArmError as error:
-            status = error.status
+            status, code = error.status, error.code
             return _json(error.status, _error(error.code, error.message), error.headers)
         except json.JSONDecodeError:
             status = 400
@@ -385,7 +387,14 @@ class LocalAzure:
         finally:
             self.log.add(
                 LoggedRequest(
-                    time.time(), method, path, route.operation, principal, subscription, status
+                    time.time(),
+                    method,
+                    path,
+                    route.operation,
+                    principal,
+                    subscription,
+                    status,
+                    code,
                 )
             )
 
