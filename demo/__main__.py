@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from localazure import LocalAzure, Vm, generate  # noqa: E402
 from localazure.__main__ import DEMO_APP  # noqa: E402
 from localazure.azurite import Azurite  # noqa: E402
+from localazure.host import event_grid_event, http_request, run_queue  # noqa: E402
 
 console = Console(width=120)
 
@@ -109,19 +110,19 @@ def main(argv: list[str] | None = None) -> int:
             f"\n[bold]1. Event Grid[/]: {len(events)} deliveries (creations, starts, duplicates)"
         )
         for event in events:
-            function_app.on_vm_event(_function_event(event))
+            function_app.on_vm_event(event_grid_event(event))
         installs = _drain(function_app, services(), "install")
         console.print(f"   installs run from the queue: {installs}")
 
         console.print("\n[bold]2. Forced sweep[/] (POST /api/sweep, enforce)")
-        response = function_app.forced_sweep(_http("POST", "sweep", b"{}"))
+        response = function_app.forced_sweep(http_request("POST", "sweep", b"{}"))
         run = json.loads(response.get_body())
         console.print(f"   {response.status_code} run {run['run_id']}, {run['batches']} batches")
         _drain(function_app, services(), "sweep")
         installs = _drain(function_app, services(), "install")
         status = json.loads(
             function_app.sweep_status(
-                _http("GET", f"sweep/{run['run_id']}", route={"runId": run["run_id"]})
+                http_request("GET", f"sweep/{run['run_id']}", route={"runId": run["run_id"]})
             ).get_body()
         )
         console.print(f"   status {status['status']}; installs run from the queue: {installs}")
@@ -131,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         records = list(services().audit.since(datetime.now(UTC) - timedelta(hours=1)))
         _report(before, after, records, args.out)
         page = args.out / "coverage.html"
-        page.write_text(function_app.coverage_report(_http("GET", "report")).get_body().decode())
+        page.write_text(
+            function_app.coverage_report(http_request("GET", "report")).get_body().decode()
+        )
         console.print(f"coverage report (GET /api/report): {page}")
     console.print(
         f"\ndone in {time.monotonic() - started:.1f} s; Azurite and the local Azure are stopped"
@@ -143,11 +146,11 @@ def _coverage_sweep(function_app: Any, azure: LocalAzure) -> dict[str, Any]:
     """A report-mode sweep through the HTTP API: what coverage is, changing nothing."""
     from remediation.bootstrap import services  # noqa: PLC0415
 
-    response = function_app.forced_sweep(_http("POST", "sweep", b'{"mode": "report"}'))
+    response = function_app.forced_sweep(http_request("POST", "sweep", b'{"mode": "report"}'))
     run = json.loads(response.get_body())
     _drain(function_app, services(), "sweep")
     status = function_app.sweep_status(
-        _http("GET", f"sweep/{run['run_id']}", route={"runId": run["run_id"]})
+        http_request("GET", f"sweep/{run['run_id']}", route={"runId": run["run_id"]})
     )
     return dict(json.loads(status.get_body())["summary"])
 
@@ -225,47 +228,11 @@ def _burst(azure: LocalAzure, subscriptions: list[str], seed: int) -> list[dict[
 
 
 def _drain(function_app: Any, running: Any, which: str) -> int:
-    from azure.functions.queue import QueueMessage  # noqa: PLC0415
-
-    from remediation.queues import drain  # noqa: PLC0415
-
-    def message(text: str, count: int = 1) -> QueueMessage:
-        return QueueMessage(body=text.encode(), dequeue_count=count)
-
     if which == "sweep":
-        return drain(
-            running.sweeps,
-            lambda t, c: function_app.sweep_batch(message(t, c)),
-            lambda t: function_app.sweep_batch_poison(message(t)),
-            concurrency=2,
+        return run_queue(
+            running.sweeps, function_app.sweep_batch, function_app.sweep_batch_poison, concurrency=2
         )
-    return drain(
-        running.queue,
-        lambda t, c: function_app.install_extension(message(t, c)),
-        lambda t: function_app.install_poison(message(t)),
-    )
-
-
-def _function_event(event: dict[str, Any]) -> Any:
-    import azure.functions as func  # noqa: PLC0415
-
-    return func.EventGridEvent(
-        id=event["id"],
-        data=event["data"],
-        topic=event["topic"],
-        subject=event["subject"],
-        event_type=event["eventType"],
-        event_time=datetime.fromisoformat(event["eventTime"].replace("Z", "+00:00")),
-        data_version=event["dataVersion"],
-    )
-
-
-def _http(method: str, path: str, body: bytes = b"", route: dict[str, str] | None = None) -> Any:
-    """A request as the Functions host hands it over (the demo's 'host' is local)."""
-    import azure.functions as func  # noqa: PLC0415
-
-    url = f"http://localhost:7071/api/{path}"
-    return func.HttpRequest(method, url, body=body, route_params=route or {})
+    return run_queue(running.queue, function_app.install_extension, function_app.install_poison)
 
 
 def _report(before: dict[str, Any], after: dict[str, Any], records: list[Any], out: Path) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from remediation.model import ExtensionFacts, Power, VmFacts, VmRef
+from remediation.model import ExtensionFacts, Power, VmFacts, VmRef, as_text, dig
 
 MDE_PUBLISHER = "Microsoft.Azure.AzureDefenderForServers"
 MDE_WINDOWS = "MDE.Windows"
@@ -427,18 +427,6 @@ def _opt_out(facts: VmFacts, exclude_tag: str) -> str:
 
 
 # --- Readers: ARM and Resource Graph give equal facts --------------------------------
-def _dig(value: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
 def _power(code: Any) -> Power:
     if isinstance(code, str) and code.lower().startswith("powerstate/"):
         try:
@@ -456,28 +444,28 @@ def _tags(value: Any) -> dict[str, str]:
 
 def _image(reference: Any, os_type: Any, license_type: Any) -> dict[str, str]:
     image_id = (
-        _text(_dig(reference, "id"))
-        or _text(_dig(reference, "sharedGalleryImageId"))
-        or _text(_dig(reference, "communityGalleryImageId"))
+        as_text(dig(reference, "id"))
+        or as_text(dig(reference, "sharedGalleryImageId"))
+        or as_text(dig(reference, "communityGalleryImageId"))
     )
     return {
-        "publisher": _text(_dig(reference, "publisher")),
-        "offer": _text(_dig(reference, "offer")),
-        "sku": _text(_dig(reference, "sku")),
+        "publisher": as_text(dig(reference, "publisher")),
+        "offer": as_text(dig(reference, "offer")),
+        "sku": as_text(dig(reference, "sku")),
         "image_id": image_id,
-        "os_type": _text(os_type),
-        "license_type": _text(license_type),
+        "os_type": as_text(os_type),
+        "license_type": as_text(license_type),
     }
 
 
 def _failure_code(statuses: Any) -> int | None:
     """'ProvisioningState/failed/51' or an MDE.Linux message 'exit code 10' -> code."""
     for status in statuses if isinstance(statuses, list) else []:
-        code = _text(_dig(status, "code"))
+        code = as_text(dig(status, "code"))
         match = re.match(r"^ProvisioningState/failed/(\d+)$", code, re.IGNORECASE)
         if match:
             return int(match[1])
-        message = _text(_dig(status, "message"))
+        message = as_text(dig(status, "message"))
         match = re.search(r"exit(?:ed with)? code:? ?(\d+)", message, re.IGNORECASE)
         if match:
             return int(match[1])
@@ -487,19 +475,19 @@ def _failure_code(statuses: Any) -> int | None:
 def facts_from_arm(vm: Mapping[str, Any], vm_pricing: str | None = None) -> VmFacts:
     """A VM as ARM returns it for GET ...?$expand=instanceView (REST JSON)."""
     properties = vm.get("properties") or {}
-    view = _dig(properties, "instanceView") or {}
+    view = dig(properties, "instanceView") or {}
     codes = {
-        _text(_dig(ext, "name")).lower(): _failure_code(_dig(ext, "statuses"))
-        for ext in (_dig(view, "extensions") or [])
+        as_text(dig(ext, "name")).lower(): _failure_code(dig(ext, "statuses"))
+        for ext in (dig(view, "extensions") or [])
     }
     extensions = tuple(
         ExtensionFacts(
-            name=_text(ext.get("name")),
-            publisher=_text(_dig(ext, "properties", "publisher")),
-            type=_text(_dig(ext, "properties", "type")),
-            state=_text(_dig(ext, "properties", "provisioningState")),
-            code=codes.get(_text(ext.get("name")).lower())
-            if _text(_dig(ext, "properties", "provisioningState")).lower() == "failed"
+            name=as_text(ext.get("name")),
+            publisher=as_text(dig(ext, "properties", "publisher")),
+            type=as_text(dig(ext, "properties", "type")),
+            state=as_text(dig(ext, "properties", "provisioningState")),
+            code=codes.get(as_text(ext.get("name")).lower())
+            if as_text(dig(ext, "properties", "provisioningState")).lower() == "failed"
             else None,
         )
         for ext in (vm.get("resources") or [])
@@ -508,22 +496,22 @@ def facts_from_arm(vm: Mapping[str, Any], vm_pricing: str | None = None) -> VmFa
     power = next(
         (
             _power(status.get("code"))
-            for status in (_dig(view, "statuses") or [])
+            for status in (dig(view, "statuses") or [])
             if isinstance(status, Mapping)
-            and _text(status.get("code")).lower().startswith("powerstate/")
+            and as_text(status.get("code")).lower().startswith("powerstate/")
         ),
         Power.UNKNOWN,
     )
     return VmFacts(
-        vm=VmRef.parse(_text(vm.get("id"))),
-        location=_text(vm.get("location")),
+        vm=VmRef.parse(as_text(vm.get("id"))),
+        location=as_text(vm.get("location")),
         **_image(
-            _dig(properties, "storageProfile", "imageReference"),
-            _dig(properties, "storageProfile", "osDisk", "osType"),
-            _dig(properties, "licenseType"),
+            dig(properties, "storageProfile", "imageReference"),
+            dig(properties, "storageProfile", "osDisk", "osType"),
+            dig(properties, "licenseType"),
         ),
-        os_name=_text(_dig(view, "osName")),
-        os_version=_text(_dig(view, "osVersion")),
+        os_name=as_text(dig(view, "osName")),
+        os_version=as_text(dig(view, "osVersion")),
         power=power,
         tags=_tags(vm.get("tags")),
         extensions=tuple(sorted(extensions, key=lambda ext: ext.name.lower())),
@@ -536,21 +524,21 @@ def facts_from_graph(row: Mapping[str, Any]) -> VmFacts:
     view = row.get("instanceView") or {}
     extensions = tuple(
         ExtensionFacts(
-            name=_text(ext.get("name")),
-            publisher=_text(ext.get("publisher")),
-            type=_text(ext.get("type")),
-            state=_text(ext.get("provisioningState")),
+            name=as_text(ext.get("name")),
+            publisher=as_text(ext.get("publisher")),
+            type=as_text(ext.get("type")),
+            state=as_text(ext.get("provisioningState")),
         )
         for ext in (row.get("extensions") or [])
         if isinstance(ext, Mapping)
     )
     return VmFacts(
-        vm=VmRef.parse(_text(row.get("id"))),
-        location=_text(row.get("location")),
+        vm=VmRef.parse(as_text(row.get("id"))),
+        location=as_text(row.get("location")),
         **_image(row.get("imageReference"), row.get("osType"), row.get("licenseType")),
-        os_name=_text(_dig(view, "osName")),
-        os_version=_text(_dig(view, "osVersion")),
-        power=_power(_dig(view, "powerState", "code")),
+        os_name=as_text(dig(view, "osName")),
+        os_version=as_text(dig(view, "osVersion")),
+        power=_power(dig(view, "powerState", "code")),
         tags=_tags(row.get("tags")),
         extensions=tuple(sorted(extensions, key=lambda ext: ext.name.lower())),
     )

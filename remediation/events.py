@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from remediation.model import InvalidResourceId, VmRef
+from remediation.model import InvalidResourceId, VmRef, as_text, dig
 
 WRITE_SUCCESS = "Microsoft.Resources.ResourceWriteSuccess"
 ACTION_SUCCESS = "Microsoft.Resources.ResourceActionSuccess"
@@ -61,13 +61,13 @@ def parse(
         return ignored("the event has no id")
     if not isinstance(data, Mapping):
         return ignored("the event has no data object")
-    operation = _text(data.get("operationName"))
+    operation = as_text(data.get("operationName"))
     kind = ACCEPTED.get((event_type, operation))
     if kind is None:
         kind = _case_insensitive(event_type, operation)
     if kind is None:
         return ignored(_why_not_accepted(event_type, operation))
-    status = _text(data.get("status"))
+    status = as_text(data.get("status"))
     if status and status.lower() != "succeeded":
         return ignored(f"the operation's status is {_echo(status)}, not Succeeded")
 
@@ -75,10 +75,10 @@ def parse(
         vm = VmRef.parse(subject)
     except InvalidResourceId:
         return ignored(f"the subject is not a valid VM id: {_echo(subject)}")
-    resource_uri = _text(data.get("resourceUri"))
+    resource_uri = as_text(data.get("resourceUri"))
     if resource_uri.lower() != vm.id.lower():
         return ignored("the subject and data.resourceUri name different resources")
-    sub_in_data = _text(data.get("subscriptionId")).lower()
+    sub_in_data = as_text(data.get("subscriptionId")).lower()
     if sub_in_data and sub_in_data != vm.subscription:
         return ignored("data.subscriptionId does not match the VM's subscription")
     if topic and topic.lower().rstrip("/") != f"/subscriptions/{vm.subscription}":
@@ -91,14 +91,14 @@ def parse(
             vm.subscription,
         )
 
-    claims = _dig(data, "claims")
+    claims = dig(data, "claims")
     if not isinstance(claims, Mapping):
         claims = {}
-    evidence = _dig(data, "authorization", "evidence")
+    evidence = dig(data, "authorization", "evidence")
     object_id = (
-        _text(claims.get(OBJECT_ID_CLAIM))
-        or _text(claims.get("oid"))
-        or _text(_dig(evidence, "principalId"))
+        as_text(claims.get(OBJECT_ID_CLAIM))
+        or as_text(claims.get("oid"))
+        or as_text(dig(evidence, "principalId"))
     ).lower()
     # Claims carry the object id with dashes, authorization evidence without.
     if own_principal_id and object_id.replace("-", "") == own_principal_id.lower().replace("-", ""):
@@ -112,9 +112,9 @@ def parse(
         vm=vm,
         kind=kind,
         event_id=_clip(event_id),
-        correlation_id=_clip(_text(data.get("correlationId"))),
+        correlation_id=_clip(as_text(data.get("correlationId"))),
         caller_object_id=_clip(object_id),
-        caller_app_id=_clip(_text(claims.get("appid"))),
+        caller_app_id=_clip(as_text(claims.get("appid"))),
         time=_clip(time),
     )
 
@@ -131,31 +131,31 @@ def _envelope(delivery: Any) -> _Envelope | None:
             data = None
         time: Any = getattr(delivery, "event_time", None)
         return (
-            _text(getattr(delivery, "id", "")),
-            _text(getattr(delivery, "event_type", "")),
-            _text(getattr(delivery, "subject", "")),
-            _text(getattr(delivery, "topic", "")),
-            time.isoformat() if hasattr(time, "isoformat") else _text(time),
+            as_text(getattr(delivery, "id", "")),
+            as_text(getattr(delivery, "event_type", "")),
+            as_text(getattr(delivery, "subject", "")),
+            as_text(getattr(delivery, "topic", "")),
+            time.isoformat() if hasattr(time, "isoformat") else as_text(time),
             data,
         )
     if not isinstance(delivery, Mapping):
         return None
     if "specversion" in delivery:  # CloudEvents 1.0
         return (
-            _text(delivery.get("id")),
-            _text(delivery.get("type")),
-            _text(delivery.get("subject")),
-            _text(delivery.get("source")),
-            _text(delivery.get("time")),
+            as_text(delivery.get("id")),
+            as_text(delivery.get("type")),
+            as_text(delivery.get("subject")),
+            as_text(delivery.get("source")),
+            as_text(delivery.get("time")),
             delivery.get("data"),
         )
     if "eventType" in delivery:
         return (
-            _text(delivery.get("id")),
-            _text(delivery.get("eventType")),
-            _text(delivery.get("subject")),
-            _text(delivery.get("topic")),
-            _text(delivery.get("eventTime")),
+            as_text(delivery.get("id")),
+            as_text(delivery.get("eventType")),
+            as_text(delivery.get("subject")),
+            as_text(delivery.get("topic")),
+            as_text(delivery.get("eventTime")),
             delivery.get("data"),
         )
     return None
@@ -188,18 +188,6 @@ def _ignorer(event_id: str, subject: str) -> Callable[[str], Ignored]:
         return Ignored(reason, _clip(event_id), _clip(subject))
 
     return ignored
-
-
-def _dig(value: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
 
 
 def _clip(value: str) -> str:

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 # ARM's grammar for the ids we accept, strictly: a GUID subscription, a resource group
 # of 1-90 word characters, hyphens, periods and parentheses (not ending in a period), a
@@ -67,6 +68,20 @@ class VmRef:
 def _shorten(value: object, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def dig(value: Any, *path: str) -> Any:
+    """value[path[0]][path[1]]... of untrusted JSON, or None where the shape differs."""
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def as_text(value: Any) -> str:
+    """A JSON value as text when it is text, else ''."""
+    return value if isinstance(value, str) else ""
 
 
 class Power(StrEnum):

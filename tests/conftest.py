@@ -166,84 +166,60 @@ class World:
     def deliver(self, *events) -> list:
         """Event Grid deliveries through the real on_vm_event function."""
         import function_app
+        from localazure.host import event_grid_event
 
         records = []
         for event in events:
             before = len(self.audit_records())
-            function_app.on_vm_event(function_event(event))
+            function_app.on_vm_event(event_grid_event(event))
             records += self.audit_records()[: len(self.audit_records()) - before]
         return records
 
-    def run_queue(self, **options) -> int:
+    def run_queue(self, visibility_seconds: int = 1) -> int:
         """Run queued installs through the real queue functions, as the host would."""
-        from azure.functions.queue import QueueMessage
-
         import function_app
-        from remediation.queues import drain
+        from localazure.host import run_queue
 
-        return drain(
+        return run_queue(
             self.services.queue,
-            lambda text, count: function_app.install_extension(
-                QueueMessage(body=text.encode(), dequeue_count=count)
-            ),
-            lambda text: function_app.install_poison(
-                QueueMessage(body=text.encode(), dequeue_count=1)
-            ),
-            visibility_seconds=options.get("visibility_seconds", 1),
+            function_app.install_extension,
+            function_app.install_poison,
+            visibility_seconds=visibility_seconds,
         )
 
     def run_sweeps(self) -> int:
         """Run queued sweep batches through the real sweep_batch functions."""
-        from azure.functions.queue import QueueMessage
-
         import function_app
-        from remediation.queues import drain
+        from localazure.host import run_queue
 
-        return drain(
+        return run_queue(
             self.services.sweeps,
-            lambda text, count: function_app.sweep_batch(
-                QueueMessage(body=text.encode(), dequeue_count=count)
-            ),
-            lambda text: function_app.sweep_batch_poison(
-                QueueMessage(body=text.encode(), dequeue_count=1)
-            ),
+            function_app.sweep_batch,
+            function_app.sweep_batch_poison,
             concurrency=2,
         )
 
-    def post(self, route: str, body: bytes = b"", params=None):
-        import azure.functions as func
-
+    def post(self, route: str, body: bytes = b""):
         import function_app
+        from localazure.host import http_request
 
-        request = func.HttpRequest(
-            "POST", f"https://app.example.test/api/{route}", body=body, params=params or {}
-        )
-        return function_app.forced_sweep(request)
+        return function_app.forced_sweep(http_request("POST", route, body))
 
     def get(self, route: str, params=None):
-        import azure.functions as func
-
         import function_app
+        from localazure.host import http_request
 
-        request = func.HttpRequest(
-            "GET", f"https://app.example.test/api/{route}", body=b"", params=params or {}
-        )
         return {"remediations": function_app.remediations, "report": function_app.coverage_report}[
             route
-        ](request)
+        ](http_request("GET", route, params=params))
 
     def get_status(self, run_id: str):
-        import azure.functions as func
-
         import function_app
+        from localazure.host import http_request
 
-        request = func.HttpRequest(
-            "GET",
-            f"https://app.example.test/api/sweep/{run_id}",
-            body=b"",
-            route_params={"runId": run_id},
+        return function_app.sweep_status(
+            http_request("GET", f"sweep/{run_id}", route={"runId": run_id})
         )
-        return function_app.sweep_status(request)
 
     def audit_records(self):
         from datetime import UTC, datetime, timedelta
@@ -260,23 +236,6 @@ class World:
             if item.method in {"PUT", "POST", "DELETE", "PATCH"}
             and "ResourceGraph" not in item.operation
         ]
-
-
-def function_event(event: dict):
-    """An Event Grid schema dict as the host hands it to the function."""
-    from datetime import datetime
-
-    import azure.functions as func
-
-    return func.EventGridEvent(
-        id=event["id"],
-        data=event["data"],
-        topic=event["topic"],
-        subject=event["subject"],
-        event_type=event["eventType"],
-        event_time=datetime.fromisoformat(event["eventTime"].replace("Z", "+00:00")),
-        data_version=event["dataVersion"],
-    )
 
 
 @pytest.fixture

@@ -219,7 +219,7 @@ def test_forced_sweep_over_http_then_status(world_factory):
     )
     assert response.status_code == 202
     body = json.loads(response.get_body())
-    assert body["status_url"] == f"https://app.example.test/api/sweep/{body['run_id']}"
+    assert body["status_url"] == f"http://localhost:7071/api/sweep/{body['run_id']}"
     assert body["mode"] == "report"
     running = json.loads(world.get_status(body["run_id"]).get_body())
     assert running["status"] == "running"
