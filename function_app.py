@@ -1,16 +1,14 @@
 """The Azure Functions entry point (v2 programming model).
 
-Triggers are thin adapters: decode, call one function of ``remediation.service``,
-encode. No Defender logic and no ``azure.mgmt`` import belong here.
+Triggers are thin adapters: decode, call one function of ``remediation``, encode. No
+Defender logic and no ``azure.mgmt`` import belong here. The pipeline is imported on a
+trigger's first call, not when the host indexes the app: that keeps cold start short.
 """
 
 import json
 from typing import Any
 
 import azure.functions as func
-
-from remediation import ops, report, service, sweep
-from remediation.bootstrap import services
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -19,6 +17,9 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 @app.event_grid_trigger(arg_name="event")
 def on_vm_event(event: func.EventGridEvent) -> None:
     """A VM was written or started: re-read it, decide, act (or report)."""
+    from remediation import service  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
     service.handle_event(services(), event)
 
 
@@ -28,6 +29,9 @@ def on_vm_event(event: func.EventGridEvent) -> None:
 )
 def install_extension(message: func.QueueMessage) -> None:
     """Install MDE on one VM. A raised TransientError is the host's cue to retry."""
+    from remediation import service  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
     service.handle_install(services(), message.get_body().decode(), message.dequeue_count or 1)
 
 
@@ -39,6 +43,9 @@ def install_extension(message: func.QueueMessage) -> None:
 )
 def install_poison(message: func.QueueMessage) -> None:
     """An install that failed every retry: audit it, drop nothing silently."""
+    from remediation import service  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
     service.handle_poison(services(), message.get_body().decode())
 
 
@@ -46,6 +53,9 @@ def install_poison(message: func.QueueMessage) -> None:
 @app.timer_trigger(arg_name="timer", schedule="%REMEDIATION_SWEEP_SCHEDULE%", run_on_startup=False)
 def nightly_sweep(timer: func.TimerRequest) -> None:
     """Every VM in scope, every night: events miss things."""
+    from remediation import sweep  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
     sweep.start_nightly(services())
 
 
@@ -53,6 +63,9 @@ def nightly_sweep(timer: func.TimerRequest) -> None:
 @app.route(route="sweep", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def forced_sweep(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/sweep {"subscriptions": [...], "mode": "report"}: start a sweep now."""
+    from remediation import sweep  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
     status_base = req.url.split("?", 1)[0]
     return _json(*sweep.http_start(services(), req.get_body(), status_base))
 
@@ -60,6 +73,10 @@ def forced_sweep(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("sweep_status")
 @app.route(route="sweep/{runId}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def sweep_status(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/sweep/{runId}: a run's progress, and its summary once done."""
+    from remediation import sweep  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
     return _json(*sweep.http_status(services(), req.route_params.get("runId", "")))
 
 
@@ -69,6 +86,9 @@ def sweep_status(req: func.HttpRequest) -> func.HttpResponse:
 )
 def sweep_batch(message: func.QueueMessage) -> None:
     """One batch of subscriptions of a sweep run; many instances share a large tenant."""
+    from remediation import sweep  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
     sweep.handle_batch(services(), message.get_body().decode())
 
 
@@ -80,17 +100,19 @@ def sweep_batch(message: func.QueueMessage) -> None:
 )
 def sweep_batch_poison(message: func.QueueMessage) -> None:
     """A batch that failed every try: count it, so the run still finishes and says so."""
+    from remediation import sweep  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
     sweep.handle_batch_poison(services(), message.get_body().decode())
-
-
-def _json(status: int, body: dict[str, Any]) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
 
 
 @app.function_name("remediations")
 @app.route(route="remediations", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def remediations(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/remediations?vm=&subscription=&decision=&since=&until=&limit=&continuation="""
+    from remediation import ops  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
     return _json(*ops.http_remediations(services(), dict(req.params)))
 
 
@@ -98,5 +120,12 @@ def remediations(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="report", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def coverage_report(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/report: the coverage report, one self-contained HTML page."""
+    from remediation import report  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
     page = report.render(report.gather(services()))
     return func.HttpResponse(page, mimetype="text/html", charset="utf-8")
+
+
+def _json(status: int, body: dict[str, Any]) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")

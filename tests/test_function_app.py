@@ -38,6 +38,24 @@ def test_importing_the_app_reads_no_settings_and_builds_nothing(monkeypatch):
     importlib.reload(function_app)  # must not raise without settings
 
 
+def test_the_host_indexes_the_app_without_loading_the_pipeline():
+    """Cold start: the SDKs load on a trigger's first call, not when the host indexes."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import function_app, sys; print(sorted(m for m in sys.modules if m.startswith(('azure.mgmt', 'azure.data', 'azure.storage', 'azure.identity', 'remediation'))))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "[]"
+
+
 def cli(*args, stdin=""):
     import sys
 
