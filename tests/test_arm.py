@@ -71,10 +71,9 @@ def test_throttling_is_retried_after_the_servers_wait(plane):
 
 def test_a_retry_after_longer_than_the_budget_is_not_slept_through(plane):
     plane.faults.add("GET", "/virtualMachines/ubuntu-1$", 429, count=1, **{"Retry-After": "3600"})
-    started = time.monotonic()
     with pytest.raises(ThrottledError, match="3600 s"):
         gateway(plane).vm_facts(ref("ubuntu-1"))
-    assert time.monotonic() - started < 5
+    assert plane.log.count(VM_READ) == 1  # no retry: the queue comes back later
 
 
 def test_server_errors_are_retried_within_bounds(plane):
@@ -275,12 +274,11 @@ def _without_codes(facts: VmFacts) -> VmFacts:
 
 def test_inventory_waits_out_the_resource_graph_quota(plane):
     arm = gateway(plane)
-    started = time.monotonic()
     for _ in range(16):
         assert len(list(arm.inventory([SUB]))) == 4
-    assert plane.log.count(GRAPH, status=429) >= 1
-    assert plane.log.count(GRAPH, status=200) == 16
-    assert time.monotonic() - started < 12
+    graph = [item for item in plane.log.items() if item.operation == GRAPH]
+    assert [item.status for item in graph] == [200] * 15 + [429, 200]
+    assert graph[-1].time - graph[-2].time >= 1.0  # it waited for the quota to reset
 
 
 def test_the_sweep_query_is_the_one_the_plane_knows():
