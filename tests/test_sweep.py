@@ -325,12 +325,17 @@ def test_http_functions_use_function_keys():
         f.get_function_name(): f.get_bindings_dict()["bindings"][0]
         for f in function_app.app.get_functions()
     }
-    for name in ("forced_sweep", "sweep_status"):
-        assert (
-            routes[name]["authLevel"].name == "FUNCTION"
-            if hasattr(routes[name]["authLevel"], "name")
-            else routes[name]["authLevel"] == "function"
-        )
+    http = {name: binding for name, binding in routes.items() if binding["type"] == "httpTrigger"}
+    expected = {
+        "forced_sweep": ("POST", "sweep"),
+        "sweep_status": ("GET", "sweep/{runId}"),
+        "remediations": ("GET", "remediations"),
+        "coverage_report": ("GET", "report"),
+    }
+    assert {
+        name: (next(m.value for m in b["methods"]), b["route"]) for name, b in http.items()
+    } == expected
+    assert {b["authLevel"].value for b in http.values()} == {"function"}
     assert routes["nightly_sweep"]["schedule"] == "%REMEDIATION_SWEEP_SCHEDULE%"
     assert routes["sweep_batch"]["queueName"] == "%REMEDIATION_SWEEP_QUEUE%"
 
