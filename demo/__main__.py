@@ -27,9 +27,10 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from localazure import LocalAzure, Vm, generate  # noqa: E402
+from localazure import LocalAzure, generate  # noqa: E402
 from localazure.__main__ import DEMO_APP  # noqa: E402
 from localazure.azurite import Azurite  # noqa: E402
+from localazure.estate import RHEL_92, UBUNTU_2204, WIN11_ENT, WS2022  # noqa: E402
 from localazure.host import event_grid_event, http_request, run_queue  # noqa: E402
 
 console = Console(width=120)
@@ -159,64 +160,11 @@ def _burst(azure: LocalAzure, subscriptions: list[str], seed: int) -> list[dict[
     """New VMs (each deployment raises two writes), starts of deallocated VMs, and
     Event Grid's at-least-once redeliveries."""
     rng = random.Random(seed)  # noqa: S311 - demo data
-    images = [
-        (
-            "Linux",
-            {
-                "publisher": "Canonical",
-                "offer": "0001-com-ubuntu-server-jammy",
-                "sku": "22_04-lts-gen2",
-                "version": "latest",
-            },
-            "ubuntu",
-            "22.04",
-            "",
-        ),
-        (
-            "Linux",
-            {"publisher": "RedHat", "offer": "RHEL", "sku": "9_2", "version": "latest"},
-            "redhat",
-            "9.2",
-            "",
-        ),
-        (
-            "Windows",
-            {
-                "publisher": "MicrosoftWindowsServer",
-                "offer": "WindowsServer",
-                "sku": "2022-datacenter-azure-edition",
-                "version": "latest",
-            },
-            "Windows Server 2022 Datacenter",
-            "10.0.20348.1",
-            "",
-        ),
-        (
-            "Windows",
-            {
-                "publisher": "MicrosoftWindowsDesktop",
-                "offer": "windows-11",
-                "sku": "win11-23h2-ent",
-                "version": "latest",
-            },
-            "Windows 11 Enterprise",
-            "10.0.22631",
-            "Windows_Client",
-        ),
-    ]
+    images = [UBUNTU_2204, RHEL_92, WS2022, WIN11_ENT]
     events: list[dict[str, Any]] = []
     for number in range(12):
-        os_type, image, os_name, os_version, licence = images[number % len(images)]
-        vm = Vm(
-            subscriptions[number % len(subscriptions)],
-            "rg-new",
-            f"new-{number:02d}",
-            os_type=os_type,
-            image=image,
-            os_name=os_name,
-            os_version=os_version,
-            license_type=licence,
-            mde_failure=51 if licence else None,
+        vm = images[number % len(images)].vm(
+            subscriptions[number % len(subscriptions)], "rg-new", f"new-{number:02d}"
         )
         events += azure.create_vm(vm)
     sleeping = [vm for vm in azure.estate.vms.values() if vm.power == "deallocated"]

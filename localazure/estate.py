@@ -183,24 +183,70 @@ class Image:
     mde_failure: int | None = None  # how MDE installs end here; None = Succeeded
     resource_group: str = ""  # a forced group name (managed services)
 
+    def vm(self, subscription: str, group: str, name: str, **changes: Any) -> Vm:
+        """A running VM of this image, as a deployment would create it."""
+        vm = Vm(
+            subscription,
+            self.resource_group or group,
+            name,
+            os_type=self.os_type,
+            image=_reference(self, subscription),
+            license_type=self.license_type,
+            os_name=self.os_name,
+            os_version=self.os_version,
+            mde_failure=self.mde_failure,
+        )
+        for key, value in changes.items():
+            setattr(vm, key, value)
+        return vm
+
+
+UBUNTU_2204 = Image(
+    12, "Linux", ("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2"), "ubuntu", "22.04"
+)
+RHEL_92 = Image(3, "Linux", ("RedHat", "RHEL", "9_2"), "redhat", "9.2")
+WS2022 = Image(
+    10,
+    "Windows",
+    ("MicrosoftWindowsServer", "WindowsServer", "2022-datacenter-azure-edition"),
+    "Windows Server 2022 Datacenter Azure Edition",
+    "10.0.20348.2113",
+)
+WS2012R2 = Image(
+    2,
+    "Windows",
+    ("MicrosoftWindowsServer", "WindowsServer", "2012-R2-Datacenter"),
+    "Windows Server 2012 R2 Datacenter",
+    "6.3.9600.21620",
+)
+WIN11_ENT = Image(
+    2,
+    "Windows",
+    ("MicrosoftWindowsDesktop", "windows-11", "win11-23h2-ent"),
+    "Windows 11 Enterprise",
+    "10.0.22631",
+    license_type="Windows_Client",
+    mde_failure=51,
+)
+FORTIGATE = Image(1, "Linux", ("fortinet", "fortinet_fortigate-vm_v5", "fortinet_fg-vm"), "", "")
 
 CATALOGUE: tuple[Image, ...] = (
-    Image(10, "Windows", ("MicrosoftWindowsServer", "WindowsServer", "2022-datacenter-azure-edition"), "Windows Server 2022 Datacenter Azure Edition", "10.0.20348.2113"),
+    WS2022,
     Image(8, "Windows", ("MicrosoftWindowsServer", "WindowsServer", "2019-Datacenter"), "Windows Server 2019 Datacenter", "10.0.17763.5329"),
     Image(4, "Windows", ("MicrosoftWindowsServer", "WindowsServer", "2016-Datacenter"), "Windows Server 2016 Datacenter", "10.0.14393.6452"),
-    Image(2, "Windows", ("MicrosoftWindowsServer", "WindowsServer", "2012-R2-Datacenter"), "Windows Server 2012 R2 Datacenter", "6.3.9600.21620"),
+    WS2012R2,
     Image(1, "Windows", ("MicrosoftWindowsServer", "WindowsServer", "2008-R2-SP1"), "Windows Server 2008 R2 Datacenter", "6.1.7601", mde_failure=11),
     Image(2, "Windows", ("MicrosoftWindowsServer", "WindowsServer", "2025-datacenter-azure-edition"), "Windows Server 2025 Datacenter Azure Edition", "10.0.26100.1"),
     Image(3, "Windows", ("MicrosoftSQLServer", "sql2019-ws2022", "enterprise"), "Windows Server 2022 Datacenter", "10.0.20348.2113"),
     Image(3, "Windows", ("MicrosoftWindowsDesktop", "windows-11", "win11-23h2-avd"), "Windows 11 Enterprise multi-session", "10.0.22631", license_type="Windows_Client"),
-    Image(2, "Windows", ("MicrosoftWindowsDesktop", "windows-11", "win11-23h2-ent"), "Windows 11 Enterprise", "10.0.22631", license_type="Windows_Client", mde_failure=51),
+    WIN11_ENT,
     Image(1, "Windows", ("", "", ""), "Windows Server 2019 Datacenter", "10.0.17763.5329"),
-    Image(12, "Linux", ("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2"), "ubuntu", "22.04"),
+    UBUNTU_2204,
     Image(5, "Linux", ("Canonical", "ubuntu-24_04-lts", "server"), "ubuntu", "24.04"),
     Image(4, "Linux", ("Canonical", "0001-com-ubuntu-server-focal", "20_04-lts"), "ubuntu", "20.04"),
     Image(1, "Linux", ("Canonical", "0001-com-ubuntu-server-mantic", "23_10"), "ubuntu", "23.10", mde_failure=11),
     Image(5, "Linux", ("RedHat", "RHEL", "8_6"), "redhat", "8.6"),
-    Image(3, "Linux", ("RedHat", "RHEL", "9_2"), "redhat", "9.2"),
+    RHEL_92,
     Image(2, "Linux", ("OpenLogic", "CentOS", "7_9"), "centos", "7.9.2009"),
     Image(3, "Linux", ("Debian", "debian-12", "12-gen2"), "debian", "12"),
     Image(2, "Linux", ("SUSE", "sles-15-sp5", "gen2"), "sles", "15.5"),
@@ -213,7 +259,7 @@ CATALOGUE: tuple[Image, ...] = (
     Image(1, "Linux", ("", "", ""), "opensuse-leap", "15.5", mde_failure=10),
     Image(1, "Linux", ("", "", ""), "", ""),  # a custom image whose agent never reported
     Image(1, "Linux", ("kinvolk", "flatcar-container-linux-free", "stable-gen2"), "flatcar", "3815.2.0", mde_failure=10),
-    Image(1, "Linux", ("fortinet", "fortinet_fortigate-vm_v5", "fortinet_fg-vm"), "", ""),
+    FORTIGATE,
     Image(1, "Linux", ("AzureDatabricks", "databricks", "databricksworker"), "ubuntu", "22.04", resource_group="databricks-rg-analytics"),
     Image(1, "Linux", ("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2"), "ubuntu", "22.04", resource_group="MC_rg-aks_cluster_westeurope"),
 )  # fmt: skip

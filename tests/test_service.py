@@ -7,77 +7,17 @@ import threading
 import pytest
 
 from localazure import Estate, Extension, Principal, Subscription, Vm
-from localazure.estate import mde_extension
+from localazure.estate import FORTIGATE, UBUNTU_2204, WIN11_ENT, WS2012R2, WS2022, mde_extension
 from remediation import service
 from tests.conftest import APP, READER, SUB
 
 ENFORCE = {"REMEDIATION_MODE": "enforce", "REMEDIATION_ALLOW_PLAN_CHANGE": "true"}
 IMAGES = {
-    "ubuntu": (
-        "Linux",
-        {
-            "publisher": "Canonical",
-            "offer": "0001-com-ubuntu-server-jammy",
-            "sku": "22_04-lts-gen2",
-            "version": "latest",
-        },
-        "ubuntu",
-        "22.04",
-        "",
-        None,
-    ),
-    "ws2022": (
-        "Windows",
-        {
-            "publisher": "MicrosoftWindowsServer",
-            "offer": "WindowsServer",
-            "sku": "2022-datacenter-azure-edition",
-            "version": "latest",
-        },
-        "Windows Server 2022 Datacenter",
-        "10.0.20348.1",
-        "",
-        None,
-    ),
-    "ws2012r2": (
-        "Windows",
-        {
-            "publisher": "MicrosoftWindowsServer",
-            "offer": "WindowsServer",
-            "sku": "2012-R2-Datacenter",
-            "version": "latest",
-        },
-        "Windows Server 2012 R2 Datacenter",
-        "6.3.9600.1",
-        "",
-        None,
-    ),
-    "win11": (
-        "Windows",
-        {
-            "publisher": "MicrosoftWindowsDesktop",
-            "offer": "windows-11",
-            "sku": "win11-23h2-ent",
-            "version": "latest",
-        },
-        "Windows 11 Enterprise",
-        "10.0.22631",
-        "Windows_Client",
-        51,
-    ),
-    "fortigate": (
-        "Linux",
-        {
-            "publisher": "fortinet",
-            "offer": "fortinet_fortigate-vm_v5",
-            "sku": "fortinet_fg-vm",
-            "version": "latest",
-        },
-        "",
-        "",
-        "",
-        None,
-    ),
+    "ubuntu": UBUNTU_2204,
+    "ws2022": WS2022,
+    "ws2012r2": WS2012R2,
+    "win11": WIN11_ENT,
+    "fortigate": FORTIGATE,
 }
 
 
@@ -98,21 +38,7 @@ def estate(posture="bare", principals=(APP, READER)) -> Estate:
 
 
 def new_vm(name, image="ubuntu", **changes) -> Vm:
-    os_type, reference, os_name, os_version, licence, failure = IMAGES[image]
-    vm = Vm(
-        SUB,
-        "rg-app",
-        name,
-        os_type=os_type,
-        image=reference,
-        os_name=os_name,
-        os_version=os_version,
-        license_type=licence,
-        mde_failure=failure,
-    )
-    for key, value in changes.items():
-        setattr(vm, key, value)
-    return vm
+    return IMAGES[image].vm(SUB, "rg-app", name, **changes)
 
 
 def mde_state(world, name):
