@@ -24,11 +24,6 @@ VM_ID = re.compile(
     rf"/providers/Microsoft\.Compute/virtualMachines/(?P<name>{_NAME})",
     re.IGNORECASE | re.ASCII,
 )
-EXTENSION_ID = re.compile(
-    rf"(?P<vm>/subscriptions/{_GUID}/resourceGroups/{_GROUP}"
-    rf"/providers/Microsoft\.Compute/virtualMachines/{_NAME})/extensions/(?P<ext>{_NAME})",
-    re.IGNORECASE | re.ASCII,
-)
 
 
 class InvalidResourceId(ValueError):
