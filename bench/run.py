@@ -279,22 +279,35 @@ def measure_installs(count: int) -> dict[str, Any]:
     }
 
 
-def measure_cold_start() -> dict[str, Any]:
-    started = time.perf_counter()
-    import function_app  # noqa: F401
+COLD_START = """
+import time
+started = time.perf_counter()
+import function_app
+imported = time.perf_counter() - started
+import json, sys
+sys.path.insert(0, "bench")
+from run import _event
+from localazure.server import OBJECT_ID_CLAIM
+from remediation import service
+from remediation.bootstrap import services
+vm = next(iter(services().arm.inventory(sorted(services().settings.subscriptions))))
+service.handle_event(services(), _event(vm.vm.id, OBJECT_ID_CLAIM))
+print(json.dumps({"import_ms": round(imported * 1000, 1), "first_decision_ms": round((time.perf_counter() - started) * 1000, 1)}))
+"""
 
-    imported = time.perf_counter() - started
-    from remediation import service
-    from remediation.bootstrap import services
 
-    vm = next(iter(services().arm.inventory(sorted(services().settings.subscriptions))))
-    from localazure.server import OBJECT_ID_CLAIM
-
-    service.handle_event(services(), _event(vm.vm.id, OBJECT_ID_CLAIM))
-    return {
-        "import_ms": round(imported * 1000, 1),
-        "first_decision_ms": round((time.perf_counter() - started) * 1000, 1),
-    }
+def cold_start(settings: dict[str, str]) -> dict[str, Any]:
+    """A bare interpreter, as a fresh Functions worker: nothing imported beforehand.
+    'First decision' includes one Resource Graph query to pick a VM, then the event."""
+    result = subprocess.run(
+        [sys.executable, "-c", COLD_START],
+        cwd=ROOT,
+        env=os.environ | settings,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
 # --- The report ------------------------------------------------------------------------
@@ -307,7 +320,20 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="only the 1k scale and 200 events/installs"
     )
+    parser.add_argument(
+        "--cold-only", action="store_true", help="measure cold start again into the last results"
+    )
     args = parser.parse_args()
+    if args.cold_only:
+        results = json.loads((ROOT / "bench" / "results.json").read_text())
+        env = Environment(300, 3)
+        try:
+            results["cold"] = [cold_start(env.variables) for _ in range(10)]
+        finally:
+            env.close()
+        print(f"cold: {results['cold']}")
+        write_report(results)
+        return 0
     if args.child:
         kind, *rest = args.child
         functions = {
@@ -315,7 +341,6 @@ def main() -> int:
             "baseline": measure_baseline,
             "events": measure_events,
             "installs": measure_installs,
-            "cold": measure_cold_start,
         }
         print(json.dumps(functions[kind](*(int(x) for x in rest))))
         return 0
@@ -346,7 +371,7 @@ def main() -> int:
         )
         print(f"events: {results['events']}", flush=True)
         for _ in range(10):
-            results["cold"].append(child("cold", env.variables))
+            results["cold"].append(cold_start(env.variables))
         print(f"cold: {results['cold']}", flush=True)
     finally:
         env.close()
@@ -387,6 +412,19 @@ def write_report(results: dict[str, Any]) -> None:
         )
     events = results["events"]
     cold = results["cold"]
+    import_ms = round(statistics.median(c["import_ms"] for c in cold), 1)
+    first_ms = round(statistics.median(c["first_decision_ms"] for c in cold), 1)
+
+    def at(vms: int) -> dict[str, Any]:
+        return next(row["sweep"] for row in results["sweeps"] if row["vms"] == vms)
+
+    def ratio(vms: int, what: str) -> str:
+        row = next(row for row in results["sweeps"] if row["vms"] == vms)
+        sweep, base = row["sweep"], row["baseline"]
+        if what == "wall":
+            return f"{base['wall_s'] / sweep['wall_s']:.1f}"
+        return f"{base['arm_requests'] / (sweep['arm_requests'] + sweep['graph_requests']):.0f}"
+
     lines += [
         "",
         "The baseline lists VMs per subscription, then GETs each VM's instance view and lists its",
@@ -396,18 +434,33 @@ def write_report(results: dict[str, Any]) -> None:
         "## Event path (enforce; posture cached)",
         "",
         f"- {events['events']} deliveries, 30% of them duplicates: {events['arm_requests_per_event']} ARM requests per event,",
-        f"  handling time p50 {events['p50_ms']} ms, p99 {events['p99_ms']} ms (including Table Storage for the claim and the audit).",
+        f"  handling time p50 {events['p50_ms']} ms, p99 {events['p99_ms']} ms (including Table Storage for the claim and the audit);",
+        f"  {events['extension_puts']} extension PUTs for {events['installs_queued']} queued installs (one per VM: duplicates queued nothing),",
+        f"  {events['arm_requests_per_install']} ARM requests per install (VM read, pricing read, package once per worker, PUT, status polls, final GET).",
         "",
-        "## Cold start (median of 10 fresh processes)",
+        "## Cold start (median of 10 fresh interpreters)",
         "",
-        f"- `import function_app`: {statistics.median(c['import_ms'] for c in cold)} ms",
-        f"- to the first decision (import, settings, token, one VM read, posture, audit): {statistics.median(c['first_decision_ms'] for c in cold)} ms",
+        f"- `import function_app`: {import_ms} ms (the host indexes the app; the pipeline loads on the first trigger)",
+        f"- to the first decision (import, settings, token, one Resource Graph query to pick a VM, one VM read, posture, claim, audit): {first_ms} ms",
         "",
         "## Install throughput under write throttling",
         "",
         f"- {results['installs']['installs']} queued installs, 8 at a time, over 2 subscriptions: {results['installs']['wall_s']} s ({results['installs']['installs_per_s']} installs/s).",
         "",
-        "Raw figures: `bench/results.json`. Reproduce: `make bench` (about 15 minutes; `python bench/run.py --quick` for a 2-minute look).",
+        "## Against the targets",
+        "",
+        f"- Inventory at one request per 1000 VMs plus a few per subscription: met ({at(50000)['graph_requests']} Resource Graph queries and {at(50000)['arm_requests']} ARM reads for 50k VMs over 200 subscriptions: 2 posture reads per subscription, one query per 1000 VMs of each batch).",
+        f"- At 10k VMs, 50 times fewer requests than the baseline: met ({ratio(10000, 'requests')}x).",
+        f"- At 10k VMs, 20 times less wall time: missed ({ratio(10000, 'wall')}x). About four fifths of the sweep's time is writing the",
+        "  remediation log (two rows per VM) to Azurite, a single-threaded emulator at a few ms per write; the ARM and",
+        "  Resource Graph part is about 1.3 s per 1000 VMs in a profile of the 1k run. What would reach it: write the per-VM",
+        "  index row only when a VM's decision changed since its last sweep (most nights nothing does), and Azure Table",
+        "  Storage itself, which takes parallel writes to distinct partitions that the emulator serialises.",
+        f"- At most 1.05 ARM reads per event once posture is cached: met ({events['arm_requests_per_event']}).",
+        f"- `function_app` import under 300 ms: met ({import_ms} ms).",
+        f"- Peak RSS under 200 MB at 50k VMs: met ({at(50000)['peak_rss_mb']} MB; Resource Graph pages are streamed, audit rows are written per batch).",
+        "",
+        "Raw figures: `bench/results.json`. Reproduce: `make bench` (about 20 minutes; `python bench/run.py --quick` for a 2-minute look).",
     ]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
