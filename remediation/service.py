@@ -9,7 +9,6 @@ permanent problems are audited with a hint and the function returns.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -38,8 +37,6 @@ from remediation.queues import BadMessage, Claims, InstallRequest, WorkQueue
 if TYPE_CHECKING:  # the gateway imports azure.mgmt: keep it off this module's import
     from remediation.arm import ArmGateway
     from remediation.notify import Notifier
-
-log = logging.getLogger("remediation")
 
 
 @dataclass
