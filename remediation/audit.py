@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 log = logging.getLogger("remediation")
@@ -86,6 +87,23 @@ class AuditRecord:
         if self.hint:
             parts.append(f"hint={self.hint!r}")
         return " ".join(parts)
+
+
+def replace_if_unchanged(
+    table: TableClient,
+    entity: dict[str, Any],
+    etag: str | None,
+    mode: UpdateMode = UpdateMode.REPLACE,
+) -> bool:
+    """Optimistic concurrency: write only if nobody changed the entity since we read it
+    (its ETag). False when another writer got there first, or deleted it."""
+    try:
+        table.update_entity(
+            entity, mode=mode, etag=etag, match_condition=MatchConditions.IfNotModified
+        )
+        return True
+    except (ResourceModifiedError, ResourceNotFoundError):
+        return False
 
 
 def vm_partition(vm: str) -> str:

@@ -17,12 +17,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 from azure.storage.queue import QueueClient, QueueMessage
 
-from remediation.audit import vm_partition
+from remediation.audit import replace_if_unchanged, vm_partition
 from remediation.model import InvalidResourceId, VmRef
 
 log = logging.getLogger("remediation")
@@ -118,16 +117,7 @@ class Claims:
             return self.take(vm, holder, now)  # released between our two calls
         if current["expires"] > moment:
             return False
-        try:
-            self._table.update_entity(
-                entity,
-                mode=UpdateMode.REPLACE,
-                etag=current.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
-            )
-            return True
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return False  # another worker took it first
+        return replace_if_unchanged(self._table, entity, current.metadata["etag"])
 
     def finish(self, vm: str, now: datetime | None = None) -> None:
         """The install ended (either way): hold the VM for the cooldown only."""

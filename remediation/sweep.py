@@ -29,12 +29,11 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     ResourceExistsError,
-    ResourceModifiedError,
     ResourceNotFoundError,
 )
 from azure.data.tables import TableClient, UpdateMode
 
-from remediation.audit import AuditRecord
+from remediation.audit import AuditRecord, replace_if_unchanged
 from remediation.classify import Support
 from remediation.config import GUID, Mode, Settings
 from remediation.model import ActionKind, Outcome, PermanentError, Power, TransientError, VmFacts
@@ -210,15 +209,8 @@ class RunStore:
         holder = self.get(str(current["run_id"]))
         if current["expires"] > run.started and holder is not None and holder.status == "running":
             raise SweepRunning(str(current["run_id"]), subscription)
-        try:
-            self._table.update_entity(
-                entity,
-                mode=UpdateMode.REPLACE,
-                etag=current.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            raise SweepRunning(str(current["run_id"]), subscription) from None
+        if not replace_if_unchanged(self._table, entity, current.metadata["etag"]):
+            raise SweepRunning(str(current["run_id"]), subscription)
 
     def _release_lock(self, subscription: str, run_id: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):
@@ -288,16 +280,9 @@ class RunStore:
             if delta == 0:
                 return 0
             entity["actions_used"] = used + delta
-            try:
-                self._table.update_entity(
-                    entity,
-                    mode=UpdateMode.MERGE,
-                    etag=entity.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
+            if replace_if_unchanged(self._table, entity, entity.metadata["etag"], UpdateMode.MERGE):
                 return delta
-            except ResourceModifiedError:
-                continue  # another batch changed it first: read again
+            # another batch changed it first: read again
 
     def finish_batch(self, run: Run, batch: int, result: BatchResult) -> Run | None:
         """Store a batch's result (idempotent); the batch that completes the run writes
@@ -321,14 +306,7 @@ class RunStore:
         finished = datetime.now(UTC)
         summary = summarize(results, run.started, finished)
         entity.update(status="done", finished=finished, summary=json.dumps(summary))
-        try:
-            self._table.update_entity(
-                entity,
-                mode=UpdateMode.REPLACE,
-                etag=entity.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except ResourceModifiedError:
+        if not replace_if_unchanged(self._table, entity, entity.metadata["etag"]):
             return None  # another batch finished the run at the same moment
         for subscription in run.subscriptions:
             self._release_lock(subscription, run.run_id)

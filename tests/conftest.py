@@ -1,5 +1,7 @@
 """Shared fixtures: a local Azure control plane on loopback and settings that point at it."""
 
+import functools
+
 import pytest
 
 from localazure import Estate, LocalAzure, Principal, Subscription, Vm, generate
@@ -19,6 +21,18 @@ READER = Principal(
     security_admin=False,
 )
 SUB = "11111111-1111-4111-8111-111111111111"
+
+
+@functools.cache
+def function_bindings() -> dict:
+    """Each function's bindings as the host indexes them. Cached: azure-functions lets
+    an app object list its functions once."""
+    import function_app
+
+    return {
+        f.get_function_name(): f.get_bindings_dict()["bindings"]
+        for f in function_app.app.get_functions()
+    }
 
 
 def small_estate() -> Estate:

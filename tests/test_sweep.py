@@ -12,7 +12,7 @@ from remediation.classify import Support, classify, facts_from_arm
 from remediation.config import load
 from remediation.model import History, Power
 from remediation.policy import decide
-from tests.conftest import READER, generated_estate
+from tests.conftest import READER, function_bindings, generated_estate
 from tests.test_service import ENFORCE, estate, new_vm
 
 GRAPH = "Microsoft.ResourceGraph/resources/read"
@@ -319,12 +319,7 @@ def test_a_batch_that_fails_every_try_still_finishes_the_run(world_factory):
 
 
 def test_http_functions_use_function_keys():
-    import function_app
-
-    routes = {
-        f.get_function_name(): f.get_bindings_dict()["bindings"][0]
-        for f in function_app.app.get_functions()
-    }
+    routes = {name: bindings[0] for name, bindings in function_bindings().items()}
     http = {name: binding for name, binding in routes.items() if binding["type"] == "httpTrigger"}
     expected = {
         "forced_sweep": ("POST", "sweep"),
