@@ -77,44 +77,66 @@ WINDOWS_SERVER_BUILDS = {
     "10.0.26100": "2025",
 }
 
-# --- The Linux matrix (x64): one row a distro and major version ---------------------
-# (distro, major, lowest supported minor, highest supported minor). A marketplace image
-# that names no minor (RHEL "8-lvm", Rocky "9-base") is the newest minor of its major.
-LINUX_MATRIX: tuple[tuple[str, int, int, int], ...] = (
-    ("rhel", 7, 2, 99),
-    ("rhel", 8, 0, 99),
-    ("rhel", 9, 0, 99),
-    ("centos", 7, 2, 99),
-    ("oracle", 7, 2, 99),
-    ("oracle", 8, 0, 99),
-    ("oracle", 9, 0, 99),
-    ("ubuntu", 16, 4, 4),
-    ("ubuntu", 18, 4, 4),
-    ("ubuntu", 20, 4, 4),
-    ("ubuntu", 22, 4, 4),
-    ("ubuntu", 24, 4, 4),
-    ("debian", 9, 0, 99),
-    ("debian", 10, 0, 99),
-    ("debian", 11, 0, 99),
-    ("debian", 12, 0, 99),
-    ("sles", 12, 0, 99),
-    ("sles", 15, 0, 99),
-    ("amazon-linux", 2, 0, 99),
-    ("amazon-linux", 2023, 0, 99),
-    ("fedora", 33, 0, 99),
-    ("fedora", 34, 0, 99),
-    ("fedora", 35, 0, 99),
-    ("fedora", 36, 0, 99),
-    ("fedora", 37, 0, 99),
-    ("fedora", 38, 0, 99),
-    ("rocky", 8, 7, 99),
-    ("rocky", 9, 2, 99),
-    ("alma", 8, 4, 99),
-    ("alma", 9, 2, 99),
-    ("mariner", 2, 0, 99),
+# --- The Linux matrix: one row a distro, major version and architecture set ----------
+# Source: "Prerequisites for Microsoft Defender for Endpoint on Linux",
+# https://learn.microsoft.com/en-us/defender-endpoint/mde-linux-prerequisites (ms.date
+# 2026-09-14): "Distributions and versions that aren't explicitly listed above are
+# unsupported". (distro, major, lowest minor, highest minor, architectures). A
+# marketplace image that names no minor (RHEL "8-lvm", Rocky "9-base") is the newest
+# minor of its major.
+X64 = frozenset({"x64"})
+ARM64 = frozenset({"arm64"})
+BOTH = X64 | ARM64
+ANY = 99  # no upper bound on the minor version
+LINUX_MATRIX: tuple[tuple[str, int, int, int, frozenset[str]], ...] = (
+    ("rhel", 7, 2, ANY, X64),
+    ("rhel", 8, 0, ANY, BOTH),
+    ("rhel", 9, 0, ANY, BOTH),
+    ("rhel", 10, 0, ANY, BOTH),
+    ("centos", 7, 2, ANY, X64),
+    ("centos", 8, 0, ANY, X64),
+    # CentOS 9 and 10 exist only as Stream; the guest agent reports Stream as "centos".
+    ("centos", 9, 0, ANY, BOTH),
+    ("centos", 10, 0, ANY, BOTH),
+    ("centos-stream", 8, 0, ANY, BOTH),
+    ("centos-stream", 9, 0, ANY, BOTH),
+    ("centos-stream", 10, 0, ANY, BOTH),
+    ("oracle", 7, 2, ANY, X64),
+    ("oracle", 8, 0, ANY, BOTH),
+    ("oracle", 9, 0, ANY, BOTH),
+    ("oracle", 10, 0, ANY, BOTH),
+    ("ubuntu", 16, 4, 4, X64),
+    ("ubuntu", 18, 4, 4, X64),
+    ("ubuntu", 20, 4, 4, BOTH),
+    ("ubuntu", 22, 4, 4, BOTH),
+    ("ubuntu", 24, 4, 4, BOTH),
+    ("ubuntu", 26, 4, 4, BOTH),
+    ("debian", 9, 0, ANY, X64),
+    ("debian", 10, 0, ANY, X64),
+    ("debian", 11, 0, ANY, BOTH),
+    ("debian", 12, 0, ANY, BOTH),
+    ("debian", 13, 0, ANY, BOTH),
+    ("sles", 12, 0, ANY, X64),
+    ("sles", 15, 0, ANY, X64),
+    ("sles", 15, 5, 6, ARM64),  # arm64: SP5 and SP6 only
+    ("sles", 16, 0, ANY, BOTH),
+    ("opensuse", 15, 6, 6, BOTH),
+    ("opensuse", 16, 0, ANY, BOTH),
+    # Amazon Linux 2 on arm64: support ended on 31 October 2026 (the page's notice).
+    ("amazon-linux", 2, 0, ANY, X64),
+    ("amazon-linux", 2023, 0, ANY, BOTH),
+    *(("fedora", major, 0, ANY, X64) for major in range(33, 40)),
+    *(("fedora", major, 0, ANY, BOTH) for major in range(40, 45)),
+    ("rocky", 8, 7, ANY, BOTH),
+    ("rocky", 9, 2, ANY, BOTH),
+    ("rocky", 10, 0, ANY, BOTH),
+    ("alma", 8, 4, ANY, BOTH),
+    ("alma", 9, 2, ANY, BOTH),
+    ("alma", 10, 0, ANY, BOTH),
+    ("mariner", 2, 0, ANY, BOTH),
 )
-# Distros whose extension needs python3 on the machine (exit 52 otherwise).
-NEEDS_PYTHON3 = (("rhel", 8), ("ubuntu", 20), ("ubuntu", 22), ("ubuntu", 24))
+# Distros whose extension needs python3 on the machine (it exits 52 otherwise).
+NEEDS_PYTHON3 = (("rhel", 8), ("ubuntu", 20), ("ubuntu", 22), ("ubuntu", 24), ("ubuntu", 26))
 
 # Publisher, offer or guest-agent OS name -> distro, first match wins.
 DISTRO_NAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
@@ -122,9 +144,11 @@ DISTRO_NAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     for pattern, distro in (
         (r"ubuntu|canonical", "ubuntu"),
         (r"red ?hat|rhel", "rhel"),
+        (r"centos.?stream", "centos-stream"),
         (r"centos|openlogic", "centos"),
         (r"oracle|^ol$", "oracle"),
         (r"debian", "debian"),
+        (r"opensuse", "opensuse"),
         (r"^sles|suse linux enterprise|^suse$", "sles"),
         (r"amzn|amazon", "amazon-linux"),
         (r"fedora", "fedora"),
@@ -132,7 +156,6 @@ DISTRO_NAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"alma", "alma"),
         (r"mariner", "mariner"),
         (r"flatcar|kinvolk", "flatcar"),
-        (r"opensuse", "opensuse"),
     )
 )
 
@@ -286,44 +309,70 @@ def _server_version_from_agent(os_name: str, os_version: str) -> str | None:
 
 
 def _linux_from_image(publisher: str, offer: str, sku: str) -> _OsResult | None:
-    distro = _known_distro(publisher) or _known_distro(offer)
+    # The offer names the distro more precisely than the publisher (SUSE publishes
+    # both SLES and openSUSE Leap).
+    distro = _known_distro(offer) or _known_distro(publisher)
     if not distro:
         return None
     text = f"{offer} {sku}".lower()
-    if "arm64" in text or "aarch64" in text:
-        note = "MDE.Linux is deployed to x64 machines only; onboard arm64 machines by hand"
-        return (OsFamily.LINUX, f"{distro}-arm64", Support.UNSUPPORTED, note, False)
-    return _linux(distro, *_marketplace_version(distro, offer, sku))
+    arch = "arm64" if "arm64" in text or "aarch64" in text else "x64"
+    return _linux(distro, *_marketplace_version(distro, offer, sku), arch=arch)
 
 
 def _marketplace_version(distro: str, offer: str, sku: str) -> tuple[int | None, int | None]:
     # Architecture and generation markers are not versions.
-    offer, sku = (re.sub(r"x86_64|gen[12]", "", text.lower()) for text in (offer, sku))
+    offer, sku = (re.sub(r"x86_64|arm64|aarch64|gen[12]", "", text.lower()) for text in (offer, sku))
     if distro == "ubuntu":
         match = re.search(r"(\d{2})[._](\d{2})", sku) or re.search(r"(\d{2})[._](\d{2})", offer)
         return (int(match[1]), int(match[2])) if match else (None, None)
-    if distro == "sles":
-        match = re.search(r"sles(?:-[a-z]+)*-(\d{2})(?:-sp(\d))?", offer)
+    if distro in {"sles", "opensuse"}:
+        # "sles-15-sp5", "sles-sap-12-sp5", "opensuse-leap-15-6"
+        match = re.search(r"(?:sles|leap)(?:-[a-z]+)*-(\d{2})(?:-(?:sp)?(\d))?", offer)
         if match:
             return int(match[1]), int(match[2]) if match[2] else 0
         return (None, None)
     if distro == "mariner":
         match = re.search(r"mariner-(\d+)", sku) or re.search(r"mariner-(\d+)", offer)
         return (int(match[1]), None) if match else (None, None)
-    # RHEL "8_6", "86-gen2", "8-lvm-gen2", "7.9"; Oracle "ol89-lvm-gen2"; CentOS "7_9";
-    # Alma "8_7-gen2"; Rocky "9-base": a one-digit major, maybe glued to its minor.
-    # Debian "11-gen2", Amazon "2023": a longer major. Else the offer ("debian-11").
-    pattern = _GLUED_VERSION if distro in _GLUED_DISTROS else _PLAIN_VERSION
-    for text in (re.sub(r"^(ol|rhel-lvm|rhel-raw)", "", sku), offer):
-        match = pattern.search(text)
+    if distro in _GLUED_DISTROS:
+        # RHEL "8_6", "86-gen2", "810-gen2", "8-lvm-gen2", "10-lvm-gen2", "7.9"; Oracle
+        # "ol89-lvm-gen2"; CentOS "7_9"; Alma "8_7-gen2"; Rocky "9-base": the major may
+        # be glued to its minor. Else the offer ("rockylinux-9").
+        for text in (re.sub(r"^(ol|rhel-lvm|rhel-raw)", "", sku), offer):
+            version = _glued_version(distro, text)
+            if version is not None:
+                return version
+        return (None, None)
+    # Debian "11-gen2", Amazon "2023": a plain major, maybe dotted. Else the offer.
+    for text in (sku, offer):
+        match = _PLAIN_VERSION.search(text)
         if match:
             return int(match[1]), int(match[2]) if match[2] else None
     return (None, None)
 
 
-_GLUED_DISTROS = frozenset({"rhel", "oracle", "centos", "alma", "rocky"})
-_GLUED_VERSION = re.compile(r"(?<!\d)(\d)(?:[._-]?(\d{1,2}))?(?=\D|$)")
+_GLUED_DISTROS = frozenset({"rhel", "oracle", "centos", "centos-stream", "alma", "rocky"})
 _PLAIN_VERSION = re.compile(r"(?<!\d)(\d{1,4})(?:[._](\d{1,2}))?(?=\D|$)")
+_DIGITS = re.compile(r"(?<!\d)(\d{1,4})(?:[._-](\d{1,2}))?(?=\D|$)")
+
+
+def _glued_version(distro: str, text: str) -> tuple[int, int | None] | None:
+    """'86' -> 8.6, '810' -> 8.10, '10' -> 10, '100' -> 10.0, '7_9' -> 7.9: of the ways
+    to cut the digits, the first whose major is one the matrix knows for the distro
+    (two-digit majors first); else a plausible next major ('11'); else one digit."""
+    match = _DIGITS.search(text)
+    if match is None:
+        return None
+    digits, separated = match[1], match[2]
+    if separated is not None or len(digits) == 1:
+        return int(digits), int(separated) if separated is not None else None
+    majors = {row[1] for row in LINUX_MATRIX if row[0] == distro}
+    for cut in (2, 1):
+        if int(digits[:cut]) in majors:
+            return int(digits[:cut]), int(digits[cut:]) if digits[cut:] else None
+    if len(digits) == 2 and max(majors) < int(digits) <= max(majors) + 5:
+        return int(digits), None  # a major newer than the matrix knows ("11-lvm")
+    return int(digits[:1]), int(digits[1:])
 
 
 def _known_distro(name: str) -> str:
@@ -345,35 +394,34 @@ def _version(text: str) -> tuple[int | None, int | None]:
     return int(match[1]), int(match[2]) if match[2] else None
 
 
-def _linux(distro: str, major: int | None, minor: int | None) -> _OsResult:
+def _linux(distro: str, major: int | None, minor: int | None, arch: str = "x64") -> _OsResult:
+    suffix = "-arm64" if arch == "arm64" else ""
     if not distro:
         return (OsFamily.LINUX, "linux-unknown", Support.UNKNOWN, _UNKNOWN_NOTE, False)
+    if major is None:
+        platform = distro + suffix
+    elif minor is None:
+        platform = f"{distro}-{major}{suffix}"
+    elif distro == "ubuntu":
+        platform = f"ubuntu-{major}.{minor:02d}{suffix}"
+    else:
+        platform = f"{distro}-{major}.{minor}{suffix}"
     if all(row[0] != distro for row in LINUX_MATRIX):
-        platform = (
-            distro
-            if major is None
-            else f"{distro}-{major}" + ("" if minor is None else f".{minor}")
-        )
         note = f"{distro} is not a distribution MDE for Linux supports: onboard it by hand"
         return (OsFamily.LINUX, platform, Support.UNSUPPORTED, note, False)
     if major is None:
         note = f"cannot tell which {distro} version this is: check the guest agent"
-        return (OsFamily.LINUX, distro, Support.UNKNOWN, note, False)
-    if minor is None:
-        platform = f"{distro}-{major}"
-    elif distro == "ubuntu":
-        platform = f"ubuntu-{major}.{minor:02d}"
-    else:
-        platform = f"{distro}-{major}.{minor}"
-    for row_distro, row_major, low, high in LINUX_MATRIX:
+        return (OsFamily.LINUX, platform, Support.UNKNOWN, note, False)
+    for row_distro, row_major, low, high, arches in LINUX_MATRIX:
         in_range = minor is None or low <= minor <= high
-        if row_distro == distro and row_major == major and in_range:
+        if row_distro == distro and row_major == major and in_range and arch in arches:
             needs_python = (distro, major) in NEEDS_PYTHON3
             note = "the extension needs python3 on the machine" if needs_python else ""
             return (OsFamily.LINUX, platform, Support.SUPPORTED, note, False)
     note = (
-        f"{platform} is not on MDE for Linux's list of supported distributions: move to "
-        "a supported version, or onboard it by hand if Microsoft supports it otherwise"
+        f"{platform} is not on MDE for Linux's list of supported distributions and "
+        "architectures: move to a supported version, or onboard it by hand if Microsoft "
+        "supports it otherwise"
     )
     return (OsFamily.LINUX, platform, Support.UNSUPPORTED, note, False)
 
