@@ -17,7 +17,9 @@ from remediation.audit import AuditRecord
 from remediation.config import SettingsError
 
 
-def _print(record: AuditRecord, as_json: bool, out: TextIO) -> None:
+def _print(record: AuditRecord | None, as_json: bool, out: TextIO) -> None:
+    if record is None:  # the install goes on in a delayed re-check, which prints later
+        return
     if as_json:
         out.write(json.dumps(record.to_json()) + "\n")
     else:

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -45,6 +46,8 @@ from azure.mgmt.security.v2024_01_01.models import Pricing
 from remediation.classify import MDE_PUBLISHER, MDE_WINDOWS, facts_from_arm, facts_from_graph
 from remediation.config import Settings
 from remediation.model import (
+    BlockedByExtension,
+    OperationInProgress,
     PermanentError,
     Posture,
     ThrottledError,
@@ -80,14 +83,17 @@ resources
 | order by id asc
 """
 SETTINGS = ("WDATP", "WDATP_UNIFIED_SOLUTION", "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW")
+# A budget shorter than REMEDIATION_RETRY_BUDGET_SECONDS for the calls of one handler:
+# Event Grid waits 30 s for an answer, then delivers again (delivery-and-retry docs).
+_SHORTER_BUDGET: ContextVar[float | None] = ContextVar("shorter_budget", default=None)
 _RETRYABLE_READS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
 
 
 @dataclass(frozen=True, slots=True)
 class InstallResult:
-    state: str  # Succeeded or Failed
-    code: int | None = None
+    state: str  # Succeeded, Failed, or InProgress (still running when the wait ended)
     message: str = ""
+    extension: str = ""  # the extension the failure names: ours, or one that blocks it
 
 
 class RequestCounter(SansIOHTTPPolicy[Any, Any]):
@@ -126,7 +132,17 @@ class BoundedRetryPolicy(RetryPolicy[Any, Any]):
 
     def __init__(self, budget: float, **kwargs: Any) -> None:
         super().__init__(timeout=budget, **kwargs)
-        self.budget = budget
+        self._budget = budget
+
+    @property
+    def budget(self) -> float:
+        """The worker's budget, or a shorter one set for this call (see ArmGateway.budget)."""
+        shorter = _SHORTER_BUDGET.get()
+        return self._budget if shorter is None else min(shorter, self._budget)
+
+    def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
+        options.setdefault("timeout", self.budget)
+        return super().configure_retries(options)
 
     def increment(self, settings: dict[str, Any], response: Any = None, error: Any = None) -> bool:
         if isinstance(response, PipelineResponse):  # remember the last answer for the error
@@ -142,8 +158,7 @@ class BoundedRetryPolicy(RetryPolicy[Any, Any]):
         except (ServiceRequestTimeoutError, ServiceResponseTimeoutError):
             last = request.context.get("last_answer", "no answer")
             raise TransientError(
-                f"gave up after the {self.budget:.0f} s retry budget "
-                f"(REMEDIATION_RETRY_BUDGET_SECONDS); the last answer was {last}"
+                f"gave up after the {self.budget:.0f} s retry budget; the last answer was {last}"
             ) from None
 
     def get_retry_after(self, response: PipelineResponse[Any, Any]) -> float | None:
@@ -153,7 +168,7 @@ class BoundedRetryPolicy(RetryPolicy[Any, Any]):
         if wait is not None and wait > self.budget:
             raise ThrottledError(
                 f"ARM asked to wait {wait:.0f} s, more than the {self.budget:.0f} s retry "
-                "budget (REMEDIATION_RETRY_BUDGET_SECONDS): retrying later"
+                "budget: retrying later"
             )
         return wait
 
@@ -213,6 +228,16 @@ class ArmGateway:
         self._packages: dict[str, dict[str, Any]] = {}  # mdeOnboardings properties
         self._principal_id = settings.principal_id
         self.counter = RequestCounter()
+
+    @staticmethod
+    @contextmanager
+    def budget(seconds: float) -> Iterator[None]:
+        """Within this block, retries of this thread give up after ``seconds``."""
+        token = _SHORTER_BUDGET.set(seconds)
+        try:
+            yield
+        finally:
+            _SHORTER_BUDGET.reset(token)
 
     # --- Clients, built once per worker -------------------------------------------------
     def _client_options(self) -> dict[str, Any]:
@@ -409,9 +434,21 @@ class ArmGateway:
         self.forget_posture(subscription)
 
     def install_extension(self, facts: VmFacts, extension_type: str, package: str) -> InstallResult:
-        """PUT the MDE extension as the built-in policy does and wait for its final
-        state. Idempotent: a second PUT of the same body is harmless."""
+        """PUT the MDE extension as the built-in policy does and wait for it, at most
+        REMEDIATION_INSTALL_TIMEOUT_SECONDS: a longer install is checked again later
+        from a delayed queue message. Idempotent: a second PUT of the same body is
+        harmless. Compute takes one extension per publisher and type, so an MDE
+        extension already on the VM under another name is reinstalled under that name."""
         vm = facts.vm
+        name = next(
+            (
+                ext.name
+                for ext in facts.extensions
+                if ext.publisher.lower() == MDE_PUBLISHER.lower()
+                and ext.type.lower() == extension_type.lower()
+            ),
+            extension_type,
+        )
         settings: dict[str, str] = {"azureResourceId": vm.id}
         if extension_type == MDE_WINDOWS:
             settings["vNextEnabled"] = "true"
@@ -432,7 +469,7 @@ class ArmGateway:
             lambda: compute.virtual_machine_extensions.begin_create_or_update(
                 vm.resource_group,
                 vm.name,
-                extension_type,
+                name,
                 body,
                 polling_interval=self._settings.lro_poll_seconds,
             ),
@@ -442,16 +479,13 @@ class ArmGateway:
         except HttpResponseError as error:
             if error.status_code == 200:  # the operation itself ended Failed
                 message = _error_message(error)
-                return InstallResult("Failed", _failure_code(message), message)
+                return InstallResult("Failed", message, _failed_extension(message) or name)
             raise _translate(error, f"waiting for {extension_type} on {vm}") from None
         except (ServiceRequestError, ServiceResponseError) as error:
             raise TransientError(f"waiting for {extension_type} on {vm}: {error}") from None
         if not poller.done():
-            raise TransientError(
-                f"{extension_type} on {vm} is still installing after "
-                f"{self._settings.install_timeout_seconds} s; a retry re-reads the VM"
-            )
-        return InstallResult("Succeeded")
+            return InstallResult("InProgress", extension=name)
+        return InstallResult("Succeeded", extension=name)
 
     # --- Error translation ----------------------------------------------------------------
     def _call(self, what: str, call: Callable[[], T]) -> T:
@@ -481,9 +515,18 @@ def _error_code(error: HttpResponseError) -> str:
     return str(getattr(inner, "code", "") or "")
 
 
-def _failure_code(message: str) -> int | None:
-    match = re.search(r"ProvisioningState/failed/(\d+)|exit code:? ?(\d+)", message, re.I)
-    return int(match[1] or match[2]) if match else None
+def _failed_extension(message: str) -> str:
+    """The extension Compute names in 'VM has reported a failure when processing
+    extension 'X' (publisher ...)' or '... since VM has extension 'X' in failed state'."""
+    match = re.search(
+        r"processing extension '([^']+)'|has extension '([^']+)' in failed state", message
+    )
+    return (match[1] or match[2]) if match else ""
+
+
+def _inner_code(error: HttpResponseError) -> str:
+    inner = getattr(getattr(error, "error", None), "innererror", None) or {}
+    return str(inner.get("internalErrorCode", "")) if isinstance(inner, dict) else ""
 
 
 def _translate(error: HttpResponseError, what: str) -> TransientError | PermanentError:
@@ -499,11 +542,36 @@ def _translate(error: HttpResponseError, what: str) -> TransientError | Permanen
         )
     if isinstance(error, ResourceNotFoundError) or status == 404:
         return PermanentError(f"{what}: not found ({code})", status=404, code=code)
-    if status == 409 and code == "OperationNotAllowed":
-        return VmNotRunning(f"{what}: {message}", status=status, code=code)
-    if status in {408, 409, 429} or status >= 500:
+    if status == 409:
+        return _conflict(what, code, _inner_code(error), message)
+    if status in {408, 429} or status >= 500:
         return TransientError(f"{what}: HTTP {status} {code}: {message}", status=status, code=code)
     return PermanentError(f"{what}: HTTP {status} {code}: {message}", status=status, code=code)
+
+
+def _conflict(what: str, code: str, inner: str, message: str) -> TransientError | PermanentError:
+    """Compute's 409s told apart (the Compute error-code reference): the VM is not
+    running; another extension is Failed; an operation is in progress; the VM is
+    being deleted. Anything else is retried."""
+    text = f"{what}: {message}"
+    lowered = message.lower()
+    if inner == "CannotModifyExtensionsWhenVMNotRunning" or "vm is not running" in lowered:
+        return VmNotRunning(text, status=409, code=code)
+    failed = _failed_extension(message)
+    if failed:
+        return BlockedByExtension(
+            text,
+            failed,
+            hint=f"repair or remove the Failed extension '{failed}' on the VM; the next "
+            "sweep installs MDE then",
+            status=409,
+            code=code,
+        )
+    if "marked for deletion" in lowered:
+        return PermanentError(text, hint="the VM is being deleted", status=409, code=code)
+    if "in progress" in lowered or code in {"Conflict", "OperationPreempted"}:
+        return OperationInProgress(text, status=409, code=code)
+    return TransientError(f"{what}: HTTP 409 {code}: {message}", status=409, code=code)
 
 
 def _forbidden_hint(what: str, message: str) -> str:

@@ -21,8 +21,6 @@ from remediation.config import Settings, load
 from remediation.queues import Claims, WorkQueue
 from remediation.service import Services
 
-STORAGE_SUFFIX = "core.windows.net"
-
 
 def _queue(settings: Settings, name: str, credential: TokenCredential) -> QueueClient:
     # The Functions queue trigger reads base64 text.
@@ -35,7 +33,7 @@ def _queue(settings: Settings, name: str, credential: TokenCredential) -> QueueC
             message_decode_policy=decode,
         )
     return QueueClient(
-        f"https://{settings.storage_account}.queue.{STORAGE_SUFFIX}",
+        f"https://{settings.storage_account}.queue.{settings.storage_suffix}",
         name,
         credential=credential,
         message_encode_policy=encode,
@@ -46,7 +44,7 @@ def _queue(settings: Settings, name: str, credential: TokenCredential) -> QueueC
 def _tables(settings: Settings, credential: TokenCredential) -> TableServiceClient:
     if settings.storage_connection:
         return TableServiceClient.from_connection_string(settings.storage_connection)
-    endpoint = f"https://{settings.storage_account}.table.{STORAGE_SUFFIX}"
+    endpoint = f"https://{settings.storage_account}.table.{settings.storage_suffix}"
     return TableServiceClient(endpoint, credential=credential)
 
 
@@ -71,7 +69,12 @@ def build(environ: Mapping[str, str]) -> Services:
             _queue(settings, settings.install_queue, credential),
             _queue(settings, settings.poison_queue, credential),
         ),
-        claims=Claims(table, timedelta(seconds=settings.install_cooldown_seconds)),
+        claims=Claims(
+            table,
+            cooldown=timedelta(seconds=settings.install_cooldown_seconds),
+            # The claim holds through an install's re-checks, with a margin.
+            lease=timedelta(minutes=settings.recheck_minutes + 15),
+        ),
         sweeps=WorkQueue(
             _queue(settings, settings.sweep_queue, credential),
             _queue(settings, settings.sweep_poison_queue, credential),

@@ -192,6 +192,7 @@ class Classification:
     builtin_av: bool  # Defender Antivirus ships with the OS
     managed: str  # why the VM belongs to a managed service or appliance, or ""
     power: Power
+    agent_ready: bool | None  # the guest agent reported Ready (True), Not Ready (False)
     protection: Protection
     extension: str  # MDE.Windows or MDE.Linux, "" when the OS is unknown
     failure_code: int | None  # of a Failed MDE extension, when the instance view says
@@ -219,6 +220,7 @@ def classify(facts: VmFacts, exclude_tag: str) -> Classification:
         builtin_av=builtin_av,
         managed=_managed(facts),
         power=facts.power,
+        agent_ready=facts.agent_ready,
         protection=protection,
         extension=extension,
         failure_code=code,
@@ -321,7 +323,9 @@ def _linux_from_image(publisher: str, offer: str, sku: str) -> _OsResult | None:
 
 def _marketplace_version(distro: str, offer: str, sku: str) -> tuple[int | None, int | None]:
     # Architecture and generation markers are not versions.
-    offer, sku = (re.sub(r"x86_64|arm64|aarch64|gen[12]", "", text.lower()) for text in (offer, sku))
+    offer, sku = (
+        re.sub(r"x86_64|arm64|aarch64|gen[12]", "", text.lower()) for text in (offer, sku)
+    )
     if distro == "ubuntu":
         match = re.search(r"(\d{2})[._](\d{2})", sku) or re.search(r"(\d{2})[._](\d{2})", offer)
         return (int(match[1]), int(match[2])) if match else (None, None)
@@ -520,6 +524,15 @@ def _failure_code(statuses: Any) -> int | None:
     return None
 
 
+def _agent_ready(agent: Any) -> bool | None:
+    """instanceView.vmAgent: 'Ready', or 'Not Ready' until a new VM's agent reports."""
+    for status in dig(agent, "statuses") or []:
+        shown = as_text(dig(status, "displayStatus")).strip().lower()
+        if shown in {"ready", "not ready"}:
+            return shown == "ready"
+    return None
+
+
 def facts_from_arm(vm: Mapping[str, Any], vm_pricing: str | None = None) -> VmFacts:
     """A VM as ARM returns it for GET ...?$expand=instanceView (REST JSON)."""
     properties = vm.get("properties") or {}
@@ -560,6 +573,7 @@ def facts_from_arm(vm: Mapping[str, Any], vm_pricing: str | None = None) -> VmFa
         ),
         os_name=as_text(dig(view, "osName")),
         os_version=as_text(dig(view, "osVersion")),
+        agent_ready=_agent_ready(dig(view, "vmAgent")),
         power=power,
         tags=_tags(vm.get("tags")),
         extensions=tuple(sorted(extensions, key=lambda ext: ext.name.lower())),
@@ -586,6 +600,7 @@ def facts_from_graph(row: Mapping[str, Any]) -> VmFacts:
         **_image(row.get("imageReference"), row.get("osType"), row.get("licenseType")),
         os_name=as_text(dig(view, "osName")),
         os_version=as_text(dig(view, "osVersion")),
+        agent_ready=None,  # Resource Graph has no guest agent status
         power=_power(dig(view, "powerState", "code")),
         tags=_tags(row.get("tags")),
         extensions=tuple(sorted(extensions, key=lambda ext: ext.name.lower())),

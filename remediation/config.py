@@ -33,6 +33,15 @@ MICROSOFT_AUTHORITIES = frozenset(
 )
 
 
+# The storage endpoint suffix of each cloud, by its ARM host (the clouds azure-identity
+# and Bicep's environment() know: AzureCloud, AzureUSGovernment, AzureChinaCloud).
+STORAGE_SUFFIXES = {
+    "management.azure.com": "core.windows.net",
+    "management.usgovcloudapi.net": "core.usgovcloudapi.net",
+    "management.chinacloudapi.cn": "core.chinacloudapi.cn",
+}
+
+
 class Mode(StrEnum):
     REPORT = "report"
     ENFORCE = "enforce"
@@ -68,6 +77,9 @@ class Settings:
     lro_poll_seconds: float
     install_timeout_seconds: int
     install_cooldown_seconds: int
+    event_budget_seconds: int
+    recheck_seconds: int
+    recheck_minutes: int
     sweep_queue: str
     sweep_batch_size: int
     authority_host: str
@@ -94,6 +106,11 @@ class Settings:
         """A private (or test) authority has no Microsoft discovery endpoint."""
         host = urlsplit(self.authority_host).hostname or ""
         return bool(self.authority_host) and host not in MICROSOFT_AUTHORITIES
+
+    @property
+    def storage_suffix(self) -> str:
+        """The storage endpoint suffix of the ARM endpoint's cloud."""
+        return STORAGE_SUFFIXES.get(urlsplit(self.arm_endpoint).hostname or "", "")
 
     def plan_change_allowed(self, subscription_id: str) -> bool:
         if isinstance(self.allow_plan_change, frozenset):
@@ -147,9 +164,13 @@ def load(environ: Mapping[str, str]) -> Settings:
     posture_ttl = parse("REMEDIATION_POSTURE_TTL_SECONDS", "300", _bounded_int(0, 86_400), 300)
     retry_budget = parse("REMEDIATION_RETRY_BUDGET_SECONDS", "120", _bounded_int(1, 3_600), 120)
     lro_poll = parse("REMEDIATION_LRO_POLL_SECONDS", "10", _poll_seconds, 10.0)
-    install_timeout = parse(
-        "REMEDIATION_INSTALL_TIMEOUT_SECONDS", "480", _bounded_int(1, 3_600), 480
-    )
+    # One function waits this long for an install, then re-checks from delayed queue
+    # messages every REMEDIATION_RECHECK_SECONDS for up to REMEDIATION_RECHECK_MINUTES.
+    install_timeout = parse("REMEDIATION_INSTALL_TIMEOUT_SECONDS", "60", _bounded_int(1, 600), 60)
+    recheck_seconds = parse("REMEDIATION_RECHECK_SECONDS", "120", _bounded_int(0, 3_600), 120)
+    recheck_minutes = parse("REMEDIATION_RECHECK_MINUTES", "60", _bounded_int(1, 1_440), 60)
+    # Event Grid waits 30 s for on_vm_event, then delivers again.
+    event_budget = parse("REMEDIATION_EVENT_BUDGET_SECONDS", "10", _bounded_int(1, 25), 10)
     install_cooldown = parse(
         "REMEDIATION_INSTALL_COOLDOWN_SECONDS", "900", _bounded_int(0, 86_400), 900
     )
@@ -170,6 +191,13 @@ def load(environ: Mapping[str, str]) -> Settings:
         problems.append(
             "AzureWebJobsStorage: required (a connection string, or "
             "AzureWebJobsStorage__accountName for identity-based access)"
+        )
+    arm_host = urlsplit(arm_endpoint).hostname or ""
+    if storage_account and not storage_connection and arm_host not in STORAGE_SUFFIXES:
+        problems.append(
+            "AzureWebJobsStorage__accountName: the storage endpoint of the cloud of "
+            f"REMEDIATION_ARM_ENDPOINT ({arm_host}) is not known: use an AzureWebJobsStorage "
+            "connection string"
         )
 
     if problems:
@@ -193,6 +221,9 @@ def load(environ: Mapping[str, str]) -> Settings:
         lro_poll_seconds=lro_poll,
         install_timeout_seconds=install_timeout,
         install_cooldown_seconds=install_cooldown,
+        event_budget_seconds=event_budget,
+        recheck_seconds=recheck_seconds,
+        recheck_minutes=recheck_minutes,
         sweep_queue=sweep_queue,
         sweep_batch_size=sweep_batch,
         authority_host=authority_host,

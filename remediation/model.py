@@ -112,6 +112,7 @@ class VmFacts:
     license_type: str = ""
     os_name: str = ""  # the guest agent's report; updates slowly, absent when stopped
     os_version: str = ""
+    agent_ready: bool | None = None  # the guest agent's status; None where unknown (Graph)
     power: Power = Power.UNKNOWN
     tags: Mapping[str, str] = field(default_factory=dict)
     extensions: tuple[ExtensionFacts, ...] = ()
@@ -190,6 +191,7 @@ class Decision:
     reason: str
     actions: tuple[Action, ...] = ()
     hint: str = ""  # what a human should do, for blocked/error/unsupported
+    recheck: bool = False  # a defer the shell checks again soon (a delayed queue message)
 
     @property
     def action_names(self) -> list[str]:
@@ -220,3 +222,16 @@ class PermanentError(RemediationError):
 
 class VmNotRunning(PermanentError):
     """ARM refused an extension change because the VM is not running."""
+
+
+class OperationInProgress(TransientError):
+    """Compute refused a change because another operation on the VM is still running
+    (ours, Defender for Cloud's, anyone's): check again later, never install twice."""
+
+
+class BlockedByExtension(PermanentError):
+    """Compute refused an extension change because another extension is Failed."""
+
+    def __init__(self, message: str, extension: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.extension = extension

@@ -118,6 +118,13 @@ def _unknown_os(s: Situation) -> Decision | None:
             f"The OS is not known yet and the VM is {s.vm.power}; "
             "its guest agent reports the OS once it runs.",
         )
+    if s.vm.agent_ready is False:
+        return Decision(
+            Outcome.DEFER,
+            "The OS is not known yet: the guest agent is Not Ready (a new VM's agent "
+            "reports within minutes).",
+            recheck=True,
+        )
     return Decision(
         Outcome.UNSUPPORTED,
         f"The OS of this VM cannot be identified ({s.vm.platform}).",
@@ -159,8 +166,9 @@ def _in_progress(s: Situation) -> Decision | None:
     if s.vm.protection is Protection.IN_PROGRESS:
         return Decision(
             Outcome.DEFER,
-            f"An {s.vm.extension} operation is in progress; the next event or sweep "
-            "checks it again.",
+            f"An {s.vm.extension} operation is in progress (this app's or Defender for "
+            "Cloud's); it is checked again when it has had time to finish.",
+            recheck=True,
         )
     return None
 

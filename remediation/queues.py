@@ -29,7 +29,7 @@ log = logging.getLogger("remediation")
 SCHEMA = "mde-install/1"
 MAX_DEQUEUE = 5  # host.json extensions.queues.maxDequeueCount; a test keeps them equal
 CLAIM_PARTITION = "claim"
-CLAIM_LEASE = timedelta(hours=1)  # how long a queued install holds its VM
+CLAIM_LEASE = timedelta(hours=1)  # how long a queued install holds its VM, at least
 
 
 class BadMessage(ValueError):
@@ -43,7 +43,8 @@ class InstallRequest:
     event_id: str = ""
     correlation_id: str = ""
     run_id: str = ""
-    requested_at: str = ""
+    requested_at: str = ""  # when the first request was made: re-checks end a window after
+    install_started: str = ""  # when our install was accepted, for its re-checks
 
     def to_text(self) -> str:
         return json.dumps({"schema": SCHEMA, **asdict(self)}, separators=(",", ":"))
@@ -80,8 +81,9 @@ class WorkQueue:
             with contextlib.suppress(ResourceExistsError):
                 client.create_queue()
 
-    def send(self, request: InstallRequest) -> None:
-        self.queue.send_message(request.to_text())
+    def send(self, request: InstallRequest, delay_seconds: int = 0) -> None:
+        """Queue a request; a delay keeps the message invisible that long (a re-check)."""
+        self.queue.send_message(request.to_text(), visibility_timeout=delay_seconds or None)
 
     def send_text(self, text: str) -> None:
         self.queue.send_message(text)
@@ -92,9 +94,12 @@ class Claims:
     concurrency. A claim lasts for the lease while an install is queued or running,
     then for the cooldown once it ended, so a burst of events installs once."""
 
-    def __init__(self, table: TableClient, cooldown: timedelta) -> None:
+    def __init__(
+        self, table: TableClient, cooldown: timedelta, lease: timedelta = CLAIM_LEASE
+    ) -> None:
         self._table = table
         self._cooldown = cooldown
+        self._lease = max(lease, CLAIM_LEASE)  # outlasts an install's re-checks
 
     def take(self, vm: str, holder: str, now: datetime | None = None) -> bool:
         moment = now or datetime.now(UTC)
@@ -103,7 +108,7 @@ class Claims:
             "RowKey": vm_partition(vm),
             "vm": vm,
             "holder": holder,
-            "expires": moment + CLAIM_LEASE,
+            "expires": moment + self._lease,
             "last_error": "",
         }
         try:

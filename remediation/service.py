@@ -9,22 +9,26 @@ permanent problems are audited with a hint and the function returns.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from remediation.audit import AuditLog, AuditRecord
-from remediation.classify import Classification, Protection, classify
+from remediation.classify import MDE_PUBLISHER, Classification, Protection, classify
 from remediation.config import Settings
 from remediation.events import Ignored, parse
 from remediation.model import (
     ActionKind,
+    BlockedByExtension,
     Decision,
     History,
+    OperationInProgress,
     Outcome,
     PermanentError,
+    Power,
     RemediationError,
     TransientError,
     VmFacts,
@@ -35,8 +39,10 @@ from remediation.policy import decide, failure_hint
 from remediation.queues import BadMessage, Claims, InstallRequest, WorkQueue
 
 if TYPE_CHECKING:  # the gateway imports azure.mgmt: keep it off this module's import
-    from remediation.arm import ArmGateway
+    from remediation.arm import ArmGateway, InstallResult
     from remediation.notify import Notifier
+
+log = logging.getLogger("remediation")
 
 
 @dataclass
@@ -155,6 +161,7 @@ class Context:
         return self.record("error", reason, "failed", hint=error.hint)
 
     def install_request(self) -> InstallRequest:
+        """What the install queue needs to act on this VM later; it never holds a secret."""
         return InstallRequest(
             vm=self.vm,
             trigger=self.trigger,
@@ -167,28 +174,38 @@ class Context:
 
 # --- Event Grid --------------------------------------------------------------------------------
 def handle_event(services: Services, delivery: Any, trigger: str = "event") -> AuditRecord:
-    """One Event Grid delivery -> exactly one audit record."""
+    """One Event Grid delivery -> exactly one audit record. Event Grid waits 30 s for
+    the answer and then delivers again, so this only reads, decides and queues: ARM
+    calls give up after REMEDIATION_EVENT_BUDGET_SECONDS, and every write (subscription
+    settings, installs) happens in the install queue."""
     context = Context(services, trigger)
     settings = services.settings
-    try:
-        parsed = parse(delivery, settings.subscriptions, services.arm.principal_id)
-    except RemediationError as error:  # cannot learn our own identity: say so, do nothing
-        reason = f"The app cannot tell its own identity: {error}"
-        return services.audit.write(context.record("error", reason, "failed", hint=error.hint))
-    if isinstance(parsed, Ignored):
+    with services.arm.budget(settings.event_budget_seconds):
+        try:
+            parsed = parse(delivery, settings.subscriptions, services.arm.principal_id)
+        except RemediationError as error:  # cannot learn our own identity: say so, do nothing
+            reason = f"The app cannot tell its own identity: {error}"
+            return services.audit.write(context.record("error", reason, "failed", hint=error.hint))
+        if isinstance(parsed, Ignored):
+            context = dataclasses.replace(
+                context,
+                vm=parsed.subject,
+                subscription=parsed.subscription,
+                event_id=parsed.event_id,
+            )
+            return services.audit.write(context.record("ignored", parsed.reason, "ignored"))
         context = dataclasses.replace(
-            context, vm=parsed.subject, subscription=parsed.subscription, event_id=parsed.event_id
+            context.for_vm(parsed.vm),
+            event_id=parsed.event_id,
+            correlation_id=parsed.correlation_id,
         )
-        return services.audit.write(context.record("ignored", parsed.reason, "ignored"))
-    context = dataclasses.replace(
-        context.for_vm(parsed.vm), event_id=parsed.event_id, correlation_id=parsed.correlation_id
-    )
-    return services.audit.write(remediate(context, parsed.vm))
+        return services.audit.write(remediate(context, parsed.vm))
 
 
 def remediate(context: Context, vm: VmRef) -> AuditRecord:
-    """Re-read the VM, decide, and in enforce mode apply subscription actions and queue
-    the install. Shared by events and the CLI (and the sweep)."""
+    """Re-read the VM and decide; in enforce mode, queue what is to be done (an install,
+    subscription settings, or a re-check soon). Shared by events and the CLI. A claim
+    per VM makes a duplicate or redelivered event a no-op."""
     services = context.services
     try:
         facts = services.arm.vm_facts(vm)
@@ -199,29 +216,18 @@ def remediate(context: Context, vm: VmRef) -> AuditRecord:
         return _requeue(context, error)
 
     decision = assessment.decision
-    if not services.settings.enforce or decision.outcome is not Outcome.INSTALL:
+    act = decision.outcome is Outcome.INSTALL or decision.recheck
+    if not services.settings.enforce or not act:
         outcome = "reported" if decision.outcome is Outcome.INSTALL else "none"
         return context.decided(assessment, outcome)
-    try:
-        if any(a.kind is ActionKind.ENABLE_PLAN for a in decision.actions):
-            assessment = assess_with_pricing(services, facts)  # never pay for an opted-out VM
-            decision = assessment.decision
-            if decision.outcome is not Outcome.INSTALL:
-                return context.decided(assessment, "none")
-        apply_subscription_actions(services, decision, vm.subscription)
-    except PermanentError as error:
-        reason = f"Changing subscription {vm.subscription} failed: {error}"
-        return context.record(Outcome.BLOCKED.value, reason, "failed", assessment, hint=error.hint)
-    except TransientError as error:
-        return _requeue(context, error)
-
-    if not _extension_action(decision):
-        return context.decided(assessment, "applied", applied=True)
     if not services.claims.take(vm.id, holder=uuid.uuid4().hex):
-        reason = f"{decision.reason} An install for this VM is already queued or ran recently."
+        reason = (
+            f"{decision.reason} An install or check for this VM is already queued or ran recently."
+        )
         return context.decided(assessment, "duplicate", reason)
-    services.queue.send(context.install_request())
-    return context.decided(assessment, "queued", applied=True)
+    delay = services.settings.recheck_seconds if decision.recheck else 0
+    services.queue.send(context.install_request(), delay)
+    return context.decided(assessment, "queued", applied=decision.outcome is Outcome.INSTALL)
 
 
 def _requeue(context: Context, error: TransientError) -> AuditRecord:
@@ -238,9 +244,11 @@ def _requeue(context: Context, error: TransientError) -> AuditRecord:
 
 
 # --- The install queue -----------------------------------------------------------------------
-def handle_install(services: Services, text: str, dequeue_count: int = 1) -> AuditRecord:
-    """Re-read and re-decide (the VM may have changed or stopped), then install and
-    wait. Raises TransientError for the host to retry; audits everything else."""
+def handle_install(services: Services, text: str, dequeue_count: int = 1) -> AuditRecord | None:
+    """Re-read and re-decide (the VM may have changed or stopped), then apply and
+    install. Raises TransientError for the host to retry; audits everything else.
+    Returns None when the work goes on in a delayed re-check (an install still running,
+    a guest agent not ready yet): that message writes the record, and the claim holds."""
     context = Context(services, "queue")
     try:
         request = InstallRequest.parse(text)
@@ -255,24 +263,27 @@ def handle_install(services: Services, text: str, dequeue_count: int = 1) -> Aud
         run_id=request.run_id,
     )
     try:
-        record = _install(context, vm)
+        record = _install(context, vm, request)
     except TransientError as error:
         services.claims.note_failure(vm.id, f"try {dequeue_count}: {error}")
         raise
+    if record is None:
+        return None
     services.claims.finish(vm.id)
     return services.audit.write(record)
 
 
-def _install(context: Context, vm: VmRef) -> AuditRecord:
+def _install(context: Context, vm: VmRef, request: InstallRequest) -> AuditRecord | None:
     services = context.services
     try:
         assessment = assess_with_pricing(services, services.arm.vm_facts(vm))
     except PermanentError as error:
         return context.unreadable(error)
     decision = assessment.decision
-    if decision.outcome is Outcome.DEFER and assessment.vm.protection is Protection.IN_PROGRESS:
-        # Most likely our own earlier try, cut off mid-operation: wait for it.
-        raise TransientError(f"{assessment.vm.extension} is still being provisioned on {vm}")
+    if decision.recheck:  # in progress (ours or Defender for Cloud's), or agent not ready
+        return _check_later(context, request, assessment)
+    if request.install_started:  # a re-check of our own install
+        return _install_outcome(context, request, assessment)
     if decision.outcome is not Outcome.INSTALL:
         return context.decided(
             assessment, "deferred" if decision.outcome is Outcome.DEFER else "skipped"
@@ -283,28 +294,166 @@ def _install(context: Context, vm: VmRef) -> AuditRecord:
     extension = assessment.vm.extension
     try:
         apply_subscription_actions(services, decision, vm.subscription)
+        if not _extension_action(decision):
+            return context.decided(assessment, "applied", applied=True)
         package = services.arm.onboarding_package(vm.subscription, extension)
         result = services.arm.install_extension(assessment.facts, extension, package)
     except VmNotRunning:
-        reason = f"The VM stopped before {extension} was installed; its start event brings it back."
+        power = services.arm.vm_facts(vm).power
+        if power is Power.RUNNING:  # Compute's view lags: not "stopped", check again
+            return _check_later(context, request, assessment)
+        reason = f"The VM is {power}: {extension} is installed when it next starts."
         return context.decided(assessment, "deferred", reason)
+    except OperationInProgress:  # another operation (Defender for Cloud's?) holds the VM
+        return _check_later(context, request, assessment)
+    except BlockedByExtension as error:
+        return _blocked_by(context, assessment, error.extension, str(error))
     except PermanentError as error:
         decided = Outcome.BLOCKED if error.status == 403 else Outcome.ERROR
         reason = f"Installing {extension} failed: {error}"
         return context.record(decided.value, reason, "failed", assessment, hint=error.hint)
+    if result.state == "InProgress":
+        started = dataclasses.replace(request, install_started=_now())
+        return _check_later(context, started, assessment)
     if result.state == "Succeeded":
         return context.decided(assessment, "succeeded", applied=True, install_state="Succeeded")
-    code = f" with code {result.code}" if result.code is not None else ""
+    return _failed_install(context, assessment, result)
+
+
+def _failed_install(context: Context, assessment: Assessment, result: InstallResult) -> AuditRecord:
+    """The operation failed. Its message has no exit code (that is in the VM's
+    instance view), and it may name another extension whose Failed state blocks ours."""
+    extension = assessment.vm.extension
+    try:
+        after = classify(context.services.arm.vm_facts(assessment.facts.vm), "")
+    except RemediationError:
+        after = assessment.vm  # the record still says what failed, without the code
+    if result.extension and not _is_mde_name(assessment, result.extension):
+        return _blocked_by(context, assessment, result.extension, result.message, after)
+    code = after.failure_code
+    with_code = f" with code {code}" if code is not None else ""
     return context.record(
         Outcome.ERROR.value,
-        f"{extension} ended Failed{code}: {result.message}",
+        f"{extension} ended Failed{with_code}: {result.message}",
         "failed",
         assessment,
         applied=True,
         install_state="Failed",
-        install_code=result.code,
-        hint=failure_hint(result.code),
+        install_code=code,
+        hint=failure_hint(code),
     )
+
+
+def _is_mde_name(assessment: Assessment, name: str) -> bool:
+    mde = {
+        ext.name.lower()
+        for ext in assessment.facts.extensions
+        if ext.publisher.lower() == MDE_PUBLISHER.lower()
+    }
+    return name.lower() in mde | {assessment.vm.extension.lower()}
+
+
+def _blocked_by(
+    context: Context,
+    assessment: Assessment,
+    blocker: str,
+    message: str,
+    after: Classification | None = None,
+) -> AuditRecord:
+    extension = assessment.vm.extension
+    state = (after or assessment.vm).protection.value
+    return context.record(
+        Outcome.BLOCKED.value,
+        f"{extension} was not installed: extension '{blocker}' is Failed, and Compute "
+        f"refuses new extensions until it is repaired or removed. {extension} is {state}. "
+        f"({message})",
+        "failed",
+        assessment,
+        install_state=state,
+        hint=f"repair or remove the extension '{blocker}' on the VM; the next sweep "
+        f"installs {extension} then",
+    )
+
+
+def _install_outcome(
+    context: Context, request: InstallRequest, assessment: Assessment
+) -> AuditRecord:
+    """A re-check after our install was accepted: what the instance view says now."""
+    vm = assessment.vm
+    if vm.protection is Protection.SUCCEEDED:
+        reason = f"{vm.extension} is Succeeded (installed from {request.install_started})."
+        return context.record(
+            Outcome.INSTALL.value,
+            reason,
+            "succeeded",
+            assessment,
+            applied=True,
+            install_state="Succeeded",
+        )
+    code = vm.failure_code
+    with_code = f" with code {code}" if code is not None else ""
+    state = "Failed" if vm.protection is Protection.FAILED else "absent"
+    return context.record(
+        Outcome.ERROR.value,
+        f"{vm.extension} is {state}{with_code} after the install started at "
+        f"{request.install_started}.",
+        "failed",
+        assessment,
+        applied=True,
+        install_state=state,
+        install_code=code,
+        hint=failure_hint(code),
+    )
+
+
+def _check_later(
+    context: Context, request: InstallRequest, assessment: Assessment
+) -> AuditRecord | None:
+    """Look again in REMEDIATION_RECHECK_SECONDS (a queue message with a visibility
+    delay), until REMEDIATION_RECHECK_MINUTES after the first request; then record
+    what is still true. Never a second install while one is in progress."""
+    settings = context.services.settings
+    now = datetime.now(UTC)
+    first = _parse_time(request.requested_at) or now
+    window = timedelta(minutes=settings.recheck_minutes)
+    if now < first + window:
+        again = dataclasses.replace(request, requested_at=first.isoformat())
+        context.services.queue.send(again, settings.recheck_seconds)
+        log.info(
+            "vm=%s decision=defer outcome=recheck reason=%r",
+            context.vm,
+            assessment.decision.reason,
+        )
+        return None
+    waited = f"after {settings.recheck_minutes} minutes of checks"
+    if request.install_started:
+        return context.record(
+            Outcome.ERROR.value,
+            f"{assessment.vm.extension} is still not Succeeded {waited}: "
+            f"{assessment.decision.reason}",
+            "failed",
+            assessment,
+            applied=True,
+            hint="check the extension's status on the VM in the portal; the next sweep "
+            "checks it again",
+        )
+    return context.decided(
+        assessment,
+        "deferred",
+        f"{assessment.decision.reason} Still so {waited}; the next event or sweep checks again.",
+    )
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def handle_poison(services: Services, text: str) -> AuditRecord:

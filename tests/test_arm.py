@@ -11,6 +11,7 @@ from remediation.arm import SWEEP_QUERY, ArmGateway, build_credential
 from remediation.classify import facts_from_arm
 from remediation.model import (
     ExtensionFacts,
+    OperationInProgress,
     PermanentError,
     Power,
     ThrottledError,
@@ -206,9 +207,13 @@ def test_a_failed_install_reports_its_code(plane):
     arm = gateway(plane)
     facts = arm.vm_facts(ref("flatcar-1"))
     result = arm.install_extension(facts, "MDE.Linux", arm.onboarding_package(SUB, "MDE.Linux"))
-    assert (result.state, result.code) == ("Failed", 10)
-    assert "unsupported distro" in result.message
-    failed = arm.vm_facts(ref("flatcar-1")).extensions[0]
+    assert (result.state, result.extension) == ("Failed", "MDE.Linux")
+    assert result.message.startswith(
+        "VM has reported a failure when processing extension 'MDE.Linux' (publisher "
+        "'Microsoft.Azure.AzureDefenderForServers' and type 'MDE.Linux'). Error message:"
+    )
+    assert "ProvisioningState/failed" not in result.message  # Azure puts the code elsewhere:
+    failed = arm.vm_facts(ref("flatcar-1")).extensions[0]  # in the instance view
     assert (failed.state, failed.code) == ("Failed", 10)
 
 
@@ -216,7 +221,8 @@ def test_a_wrong_package_fails_onboarding(plane):
     arm = gateway(plane)
     facts = arm.vm_facts(ref("ubuntu-1"))
     result = arm.install_extension(facts, "MDE.Linux", base64.b64encode(b"someone else's").decode())
-    assert (result.state, result.code) == ("Failed", 31)
+    assert result.state == "Failed"
+    assert arm.vm_facts(ref("ubuntu-1")).extensions[0].code == 31
 
 
 def test_an_install_on_a_deallocated_vm_is_refused(plane):
@@ -226,7 +232,7 @@ def test_an_install_on_a_deallocated_vm_is_refused(plane):
         arm.install_extension(facts, "MDE.Linux", arm.onboarding_package(SUB, "MDE.Linux"))
 
 
-def test_an_install_while_another_is_in_flight_is_a_transient_conflict(use_identity):
+def test_an_install_that_outlasts_the_wait_is_in_progress_and_a_second_put_a_conflict(use_identity):
     from tests.conftest import small_estate
 
     with LocalAzure(small_estate(), lro_seconds=30) as slow:
@@ -234,9 +240,8 @@ def test_an_install_while_another_is_in_flight_is_a_transient_conflict(use_ident
         arm = gateway(slow, REMEDIATION_INSTALL_TIMEOUT_SECONDS="1")
         facts = arm.vm_facts(ref("ubuntu-1"))
         package = arm.onboarding_package(SUB, "MDE.Linux")
-        with pytest.raises(TransientError, match="still installing"):
-            arm.install_extension(facts, "MDE.Linux", package)
-        with pytest.raises(TransientError) as caught:
+        assert arm.install_extension(facts, "MDE.Linux", package).state == "InProgress"
+        with pytest.raises(OperationInProgress) as caught:
             arm.install_extension(facts, "MDE.Linux", package)
         assert caught.value.status == 409
 
@@ -282,15 +287,15 @@ def test_inventory_waits_out_the_resource_graph_quota(plane):
 
 
 def test_the_sweep_query_is_the_one_the_plane_knows():
-    from localazure.server import SWEEP_QUERY as PLANE_QUERY
-    from localazure.server import normalise_query
+    from localazure.graph import SWEEP_QUERY as PLANE_QUERY
+    from localazure.graph import normalise_query
 
     assert normalise_query(SWEEP_QUERY) == normalise_query(PLANE_QUERY)
 
 
 def test_arm_facts_from_a_real_response_classify(plane):
     raw_vm = plane.estate.vm(ref("win-1").id)
-    from localazure.server import vm_json
+    from localazure.compute import vm_json
 
     assert facts_from_arm(vm_json(raw_vm, True)).os_name == "Windows Server 2022 Datacenter"
 

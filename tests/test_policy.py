@@ -36,6 +36,7 @@ def vm(platform="ubuntu-22.04", os=OsFamily.LINUX, support=Support.SUPPORTED, **
         builtin_av=False,
         managed="",
         power=Power.RUNNING,
+        agent_ready=True,
         protection=Protection.ABSENT,
         extension={OsFamily.WINDOWS: "MDE.Windows", OsFamily.LINUX: "MDE.Linux"}.get(os, ""),
         failure_code=None,
@@ -83,6 +84,9 @@ TABLE = [
     ("single-session windows", windows("windows-client", Support.UNSUPPORTED, support_note="use Intune"), READY, SETTINGS, History(), Outcome.UNSUPPORTED, []),
     ("unsupported wins over blocked", vm("fedora-39", support=Support.UNSUPPORTED, support_note="x"), NO_PLAN, SETTINGS, History(), Outcome.UNSUPPORTED, []),
     ("unknown os, running", vm("unknown", OsFamily.UNKNOWN, Support.UNKNOWN, support_note="check agent"), READY, SETTINGS, History(), Outcome.UNSUPPORTED, []),
+    ("unknown os, agent not ready", vm("unknown", OsFamily.UNKNOWN, Support.UNKNOWN, agent_ready=False), READY, SETTINGS, History(), Outcome.DEFER, []),
+    ("unknown os, agent state unknown", vm("linux-unknown", OsFamily.LINUX, Support.UNKNOWN, agent_ready=None), READY, SETTINGS, History(), Outcome.UNSUPPORTED, []),
+    ("unknown os, stopped, agent not ready", vm("unknown", OsFamily.UNKNOWN, Support.UNKNOWN, power=Power.STOPPED, agent_ready=False), READY, SETTINGS, History(), Outcome.DEFER, []),
     ("unknown os, deallocated", vm("unknown", OsFamily.UNKNOWN, Support.UNKNOWN, power=Power.DEALLOCATED), READY, SETTINGS, History(), Outcome.DEFER, []),
     ("blocked wins over deallocated", vm(power=Power.DEALLOCATED), NO_PLAN, SETTINGS, History(), Outcome.BLOCKED, []),
 ]
@@ -169,3 +173,28 @@ def test_failure_hints(code):
     assert hint
     if code in FAILURE_HINTS:
         assert hint == FAILURE_HINTS[code]
+
+
+# (case, classification, the reason, re-checked soon)
+# fmt: off
+DEFERRALS = [
+    ("agent not ready", vm("unknown", OsFamily.UNKNOWN, Support.UNKNOWN, agent_ready=False),
+     "The OS is not known yet: the guest agent is Not Ready (a new VM's agent reports within minutes).", True),
+    ("in progress", vm(protection=Protection.IN_PROGRESS),
+     "An MDE.Linux operation is in progress (this app's or Defender for Cloud's); it is checked again when it has had time to finish.", True),
+    ("stopped, OS unknown", vm("unknown", OsFamily.UNKNOWN, Support.UNKNOWN, power=Power.STOPPED, agent_ready=False),
+     "The OS is not known yet and the VM is stopped; its guest agent reports the OS once it runs.", False),
+    ("deallocated", vm(power=Power.DEALLOCATED),
+     "The VM is deallocated; MDE.Linux is installed when it next starts.", False),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("classification", "reason", "recheck"),
+    [row[1:] for row in DEFERRALS],
+    ids=[row[0] for row in DEFERRALS],
+)
+def test_deferrals_say_why_and_whether_they_are_checked_again_soon(classification, reason, recheck):
+    decision = decide(classification, READY, SETTINGS, History())
+    assert (decision.outcome, decision.reason, decision.recheck) == (Outcome.DEFER, reason, recheck)

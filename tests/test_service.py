@@ -61,12 +61,14 @@ def test_a_created_vm_is_covered_end_to_end(world_factory, image, extension):
     assert "enable-plan:P1" in first.actions
     assert "enable-setting:WDATP" in first.actions
     subscription = world.plane.estate.subscriptions[SUB]
+    # The event only reads and queues (Event Grid waits 30 s); the queue writes.
+    assert world.plane.log.count(method="PUT") == 0
+    world.run_queue()
     assert (subscription.pricing_tier, subscription.sub_plan, subscription.settings["WDATP"]) == (
         "Standard",
         "P1",
         True,
     )
-    world.run_queue()
     assert mde_state(world, "app-1") == "Succeeded"
     assert world.extension_puts() == 1
     [installed] = [r for r in world.audit_records() if r.trigger == "queue"]
@@ -84,8 +86,8 @@ def test_windows_server_2012_r2_gets_the_unified_solution_setting(world_factory)
     world = world_factory(estate(), **ENFORCE)
     [record, _] = world.deliver(*world.plane.create_vm(new_vm("legacy-1", "ws2012r2")))
     assert "enable-setting:WDATP_UNIFIED_SOLUTION" in record.actions
-    assert world.plane.estate.subscriptions[SUB].settings["WDATP_UNIFIED_SOLUTION"] is True
     world.run_queue()
+    assert world.plane.estate.subscriptions[SUB].settings["WDATP_UNIFIED_SOLUTION"] is True
     assert mde_state(world, "legacy-1") == "Succeeded"
 
 
@@ -211,9 +213,11 @@ def test_report_mode_writes_nothing_in_any_scenario(world_factory):
 def test_forbidden_settings_are_blocked_naming_security_admin(world_factory):
     world = world_factory(estate(), principal=READER, **ENFORCE)
     [record, _] = world.deliver(*world.plane.create_vm(new_vm("guarded-1")))
-    assert (record.decision, record.outcome) == ("blocked", "failed")
-    assert "Security Admin" in record.hint
-    assert world.run_queue() == 0
+    assert (record.decision, record.outcome) == ("install", "queued")
+    assert world.run_queue() == 1
+    [refused] = [r for r in world.audit_records() if r.trigger == "queue"]
+    assert (refused.decision, refused.outcome) == ("blocked", "failed")
+    assert "Security Admin" in refused.hint
     assert world.extension_puts() == 0
 
 
