@@ -180,7 +180,7 @@ def measure_events(count: int) -> dict[str, Any]:
     """Event deliveries for created VMs, 30% of them delivered twice (at least once)."""
     import random
 
-    from localazure.server import OBJECT_ID_CLAIM
+    from localazure.eventgrid import OBJECT_ID_CLAIM
     from remediation import service
     from remediation.bootstrap import services
     from remediation.queues import drain
@@ -287,7 +287,7 @@ imported = time.perf_counter() - started
 import json, sys
 sys.path.insert(0, "bench")
 from run import _event
-from localazure.server import OBJECT_ID_CLAIM
+from localazure.eventgrid import OBJECT_ID_CLAIM
 from remediation import service
 from remediation.bootstrap import services
 vm = next(iter(services().arm.inventory(sorted(services().settings.subscriptions))))

@@ -9,7 +9,8 @@ from azure.identity import ClientSecretCredential
 from azure.mgmt.compute import ComputeManagementClient
 
 from localazure import Estate, Extension, Faults, LocalAzure, generate
-from localazure.server import BASELINE_QUERY, COMPUTE_API, SWEEP_QUERY
+from localazure.compute import COMPUTE_API
+from localazure.graph import BASELINE_QUERY, SWEEP_QUERY
 from remediation.events import Ignored, VmEvent, parse
 from tests.conftest import APP, SUB, generated_estate, small_estate
 

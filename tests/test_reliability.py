@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from localazure import Faults, Subscription
-from localazure.server import vm_json
+from localazure.compute import vm_json
 from remediation.classify import Support, classify, facts_from_arm
 from remediation.config import load
 from remediation.model import Power

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from localazure.server import vm_json
+from localazure.compute import vm_json
 from remediation import sweep
 from remediation.classify import Support, classify, facts_from_arm
 from remediation.config import load

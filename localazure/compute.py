@@ -1,0 +1,376 @@
+"""Compute: VM get/list (``nextLink`` paging), instance views, start/deallocate/powerOff,
+extension get/put/delete as long-running operations (MDE's failure codes), and the
+operation status they are polled at."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from localazure.estate import MDE_PUBLISHER, Extension, Vm
+from localazure.eventgrid import record_event
+from localazure.machinery import (
+    SUB,
+    ArmError,
+    Operation,
+    Params,
+    Query,
+    Response,
+    json_response,
+    route,
+    utc_now,
+)
+
+if TYPE_CHECKING:
+    from localazure.server import LocalAzure
+
+COMPUTE_API = "2026-04-01"
+API_VERSIONS = {"compute": {COMPUTE_API}}
+
+
+# --- Resource representations -------------------------------------------------------
+def extension_json(vm: Vm, ext: Extension) -> dict[str, Any]:
+    return {
+        "id": f"{vm.id}/extensions/{ext.name}",
+        "name": ext.name,
+        "type": "Microsoft.Compute/virtualMachines/extensions",
+        "location": vm.location,
+        "properties": {
+            "publisher": ext.publisher,
+            "type": ext.type,
+            "typeHandlerVersion": ext.type_handler_version,
+            "autoUpgradeMinorVersion": ext.auto_upgrade_minor_version,
+            "settings": ext.settings,
+            "provisioningState": ext.state,
+        },
+    }
+
+
+def agent_view(vm: Vm) -> dict[str, Any]:
+    """What the guest agent has reported: nothing while the VM is not running."""
+    view: dict[str, Any] = {"computerName": vm.name[:15]}
+    if vm.power == "running" and vm.os_name:
+        view["osName"] = vm.os_name
+        view["osVersion"] = vm.os_version
+    return view
+
+
+def power_status(vm: Vm) -> dict[str, str]:
+    display = {"running": "VM running", "deallocated": "VM deallocated", "stopped": "VM stopped"}
+    return {
+        "code": f"PowerState/{vm.power}",
+        "level": "Info",
+        "displayStatus": display.get(vm.power, vm.power),
+    }
+
+
+def vm_json(vm: Vm, instance_view: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "vmId": vm.vm_id,
+        "hardwareProfile": {"vmSize": "Standard_D2s_v5"},
+        "storageProfile": {
+            "imageReference": dict(vm.image),
+            "osDisk": {
+                "osType": vm.os_type,
+                "name": f"{vm.name}-osdisk",
+                "createOption": "FromImage",
+                "caching": "ReadWrite",
+                "managedDisk": {"storageAccountType": "Premium_LRS"},
+            },
+            "dataDisks": [],
+        },
+        "osProfile": {"computerName": vm.name[:15], "adminUsername": "azureuser"},
+        "networkProfile": {
+            "networkInterfaces": [
+                {
+                    "id": f"/subscriptions/{vm.subscription}/resourceGroups/{vm.resource_group}"
+                    f"/providers/Microsoft.Network/networkInterfaces/{vm.name}-nic"
+                }
+            ]
+        },
+        "provisioningState": "Succeeded",
+        "timeCreated": "2026-01-15T08:00:00Z",
+    }
+    if vm.license_type:
+        properties["licenseType"] = vm.license_type
+    if instance_view:
+        view = agent_view(vm)
+        view["statuses"] = [
+            {
+                "code": "ProvisioningState/succeeded",
+                "level": "Info",
+                "displayStatus": "Provisioning succeeded",
+            },
+            power_status(vm),
+        ]
+        view["extensions"] = [
+            {
+                "name": ext.name,
+                "type": f"{ext.publisher}.{ext.type}",
+                "typeHandlerVersion": ext.type_handler_version,
+                "statuses": [
+                    {
+                        "code": f"ProvisioningState/{ext.state.lower()}"
+                        + (
+                            f"/{ext.code}" if ext.state == "Failed" and ext.code is not None else ""
+                        ),
+                        "level": "Error" if ext.state == "Failed" else "Info",
+                        "displayStatus": f"Provisioning {ext.state.lower()}",
+                        "message": ext.message,
+                    }
+                ],
+            }
+            for ext in vm.extensions.values()
+            if ext.state in {"Succeeded", "Failed"}
+        ]
+        properties["instanceView"] = view
+    return {
+        "id": vm.id,
+        "name": vm.name,
+        "type": "Microsoft.Compute/virtualMachines",
+        "location": vm.location,
+        "tags": dict(vm.tags),
+        "properties": properties,
+        "resources": [extension_json(vm, ext) for ext in vm.extensions.values()],
+    }
+
+
+def _operation_headers(plane: LocalAzure, vm: Vm, operation: Operation) -> dict[str, str]:
+    url = (
+        f"{plane.url}/subscriptions/{vm.subscription}/providers/Microsoft.Compute/locations/"
+        f"{vm.location}/operations/{operation.id}?api-version={COMPUTE_API}"
+    )
+    return {"Azure-AsyncOperation": url}
+
+
+# --- Virtual machines -------------------------------------------------------------------
+def _vm_id(p: Params) -> str:
+    return (
+        f"/subscriptions/{p['sub']}/resourceGroups/{p['rg']}"
+        f"/providers/Microsoft.Compute/virtualMachines/{p['vm']}"
+    )
+
+
+def _get_vm(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    vm = plane._vm(_vm_id(p))
+    plane._in_flight(vm)  # let due operations land before answering
+    return json_response(200, vm_json(vm, q.get("$expand", "").lower() == "instanceview"))
+
+
+def _instance_view(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    vm = plane._vm(_vm_id(p))
+    plane._in_flight(vm)
+    return json_response(200, vm_json(vm, True)["properties"]["instanceView"])
+
+
+def _list_vms(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    vms = plane.estate.vms_in(p["sub"])
+    if p.get("rg"):
+        vms = [vm for vm in vms if vm.resource_group.lower() == p["rg"].lower()]
+    start = int(q.get("$skiptoken", "0") or 0)
+    page = vms[start : start + plane.list_page_size]
+    value: dict[str, Any] = {"value": [vm_json(vm, False) for vm in page]}
+    if start + plane.list_page_size < len(vms):
+        path = urlsplit(f"/subscriptions/{p['sub']}").path
+        if p.get("rg"):
+            path += f"/resourceGroups/{p['rg']}"
+        value["nextLink"] = (
+            f"{plane.url}{path}/providers/Microsoft.Compute/virtualMachines"
+            f"?api-version={COMPUTE_API}&$skiptoken={start + plane.list_page_size}"
+        )
+    return json_response(200, value)
+
+
+def _vm_action(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    vm = plane._vm(_vm_id(p))
+    action = p["action"].lower()
+    target = {"start": "running", "deallocate": "deallocated", "poweroff": "stopped"}[action]
+    name = {"start": "start", "deallocate": "deallocate", "poweroff": "powerOff"}[action]
+
+    def finish() -> None:
+        vm.power = target
+        record_event(
+            plane, "Action", f"Microsoft.Compute/virtualMachines/{name}/action", vm.id, who
+        )
+
+    operation = plane._start_operation(vm, finish)
+    headers = _operation_headers(plane, vm, operation)
+    headers["Location"] = headers["Azure-AsyncOperation"]
+    return Response(202, b"", headers)
+
+
+# --- Extensions -------------------------------------------------------------------------
+def _get_extension(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    vm = plane._vm(_vm_id(p))
+    plane._in_flight(vm)
+    ext = vm.extensions.get(p["ext"].lower())
+    if ext is None:
+        raise ArmError(404, "NotFound", "The entity was not found in this Azure location.")
+    return json_response(200, extension_json(vm, ext))
+
+
+def _list_extensions(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    vm = plane._vm(_vm_id(p))
+    plane._in_flight(vm)
+    return json_response(
+        200, {"value": [extension_json(vm, ext) for ext in vm.extensions.values()]}
+    )
+
+
+def _mde_outcome(
+    plane: LocalAzure, vm: Vm, properties: dict[str, Any], protected: Any
+) -> tuple[int | None, str]:
+    """How an MDE install on this VM ends: (None, "") or (code, message)."""
+    subscription = plane.estate.subscriptions[vm.subscription.lower()]
+    type_ = properties.get("type", "")
+    script = (protected or {}).get("defenderForEndpointOnboardingScript", "")
+    expected = (
+        subscription.onboarding_windows if type_ == "MDE.Windows" else subscription.onboarding_linux
+    )
+    if not script:
+        return 30, "Enable failed: the onboarding script (protectedSettings) is missing or empty"
+    if script != expected:
+        return 31, "Enable failed: onboarding failed, the onboarding package is not this tenant's"
+    if (type_ == "MDE.Windows") != (vm.os_type == "Windows"):
+        return 10, f"Enable failed: {type_} cannot run on a {vm.os_type} machine"
+    if vm.mde_failure is not None:
+        messages = {
+            51: "Onboarding to MDE via Microsoft Defender for Cloud for this operating system is not supported",
+            10: "Enable failed: exit code 10: unsupported distro",
+            11: "Enable failed: exit code 11: unsupported version",
+        }
+        return vm.mde_failure, messages.get(
+            vm.mde_failure, f"Enable failed: exit code {vm.mde_failure}"
+        )
+    return None, ""
+
+
+def _put_extension(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    vm = plane._vm(_vm_id(p))
+    if not isinstance(body, dict) or not isinstance(body.get("properties"), dict):
+        raise ArmError(
+            400, "InvalidRequestContent", "The request content was invalid: properties is required."
+        )
+    if not body.get("location"):
+        raise ArmError(
+            400, "LocationRequired", "The location property is required for this definition."
+        )
+    properties = body["properties"]
+    for name in ("publisher", "type", "typeHandlerVersion"):
+        if not properties.get(name):
+            raise ArmError(
+                400, "InvalidParameter", f"Required parameter '{name}' is missing (null)."
+            )
+    if vm.power != "running":
+        raise ArmError(
+            409,
+            "OperationNotAllowed",
+            "Cannot modify extensions in the VM when the VM is not running.",
+        )
+    if plane._in_flight(vm):
+        raise ArmError(
+            409,
+            "Conflict",
+            "Operation 'PUT' is not allowed on VM extensions since the VM is marked for "
+            "another extension operation in progress.",
+        )
+    plane.extension_puts.append((f"{vm.id}/extensions/{p['ext']}", body))
+    key = p["ext"].lower()
+    ext = Extension(
+        name=p["ext"],
+        publisher=properties["publisher"],
+        type=properties["type"],
+        type_handler_version=properties["typeHandlerVersion"],
+        state="Creating",
+        settings=properties.get("settings") or {},
+        auto_upgrade_minor_version=bool(properties.get("autoUpgradeMinorVersion")),
+    )
+    code, message = (None, "")
+    if ext.publisher == MDE_PUBLISHER:
+        code, message = _mde_outcome(plane, vm, properties, properties.get("protectedSettings"))
+    existed = key in vm.extensions
+    vm.extensions[key] = ext
+    resource_id = f"{vm.id}/extensions/{ext.name}"
+
+    def finish() -> None:
+        ext.state = "Succeeded" if code is None else "Failed"
+        ext.code, ext.message = code, message
+        outcome = "Success" if code is None else "Failure"
+        record_event(
+            plane,
+            "Write",
+            "Microsoft.Compute/virtualMachines/extensions/write",
+            resource_id,
+            who,
+            outcome,
+        )
+
+    error = None
+    if code is not None:
+        error = {
+            "code": "VMExtensionProvisioningError",
+            "message": f"VM has reported a failure when processing extension '{ext.name}' "
+            f"(publisher '{ext.publisher}' and type '{ext.type}'). Error code: "
+            f"ProvisioningState/failed/{code}. Error message: {message}.",
+        }
+    operation = plane._start_operation(vm, finish, error)
+    return json_response(
+        200 if existed else 201,
+        extension_json(vm, ext),
+        _operation_headers(plane, vm, operation),
+    )
+
+
+def _delete_extension(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    vm = plane._vm(_vm_id(p))
+    key = p["ext"].lower()
+    if key not in vm.extensions:
+        return Response(204, b"", {})
+    if plane._in_flight(vm):
+        raise ArmError(409, "Conflict", "Another extension operation is in progress on the VM.")
+    vm.extensions[key].state = "Deleting"
+    resource_id = f"{vm.id}/extensions/{vm.extensions[key].name}"
+
+    def finish() -> None:
+        vm.extensions.pop(key, None)
+        record_event(
+            plane, "Delete", "Microsoft.Compute/virtualMachines/extensions/delete", resource_id, who
+        )
+
+    operation = plane._start_operation(vm, finish)
+    return Response(202, b"", _operation_headers(plane, vm, operation))
+
+
+# --- Long-running operations ------------------------------------------------------------
+def _operation_status(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    operation = plane.operations.get(p["op"])
+    if operation is None:
+        raise ArmError(404, "NotFound", "The operation was not found.")
+    plane._advance(operation)
+    value: dict[str, Any] = {"name": operation.id, "startTime": operation.started}
+    if not operation.finished:
+        value["status"] = "InProgress"
+    elif operation.error:
+        value.update(status="Failed", endTime=utc_now(), error=operation.error)
+    else:
+        value.update(status="Succeeded", endTime=utc_now())
+    return json_response(200, value)
+
+
+_VM = (
+    SUB
+    + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/virtualMachines/(?P<vm>[^/]+)"
+)
+
+ROUTES = (
+    route("GET", _VM, _get_vm, "Microsoft.Compute/virtualMachines/read", "compute"),
+    route("GET", _VM + r"/instanceView", _instance_view, "Microsoft.Compute/virtualMachines/instanceView/read", "compute"),
+    route("GET", SUB + r"/providers/Microsoft\.Compute/virtualMachines", _list_vms, "Microsoft.Compute/virtualMachines/read", "compute"),
+    route("GET", SUB + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/virtualMachines", _list_vms, "Microsoft.Compute/virtualMachines/read", "compute"),
+    route("POST", _VM + r"/(?P<action>start|deallocate|powerOff)", _vm_action, "Microsoft.Compute/virtualMachines/action", "compute"),
+    route("GET", _VM + r"/extensions", _list_extensions, "Microsoft.Compute/virtualMachines/extensions/read", "compute"),
+    route("GET", _VM + r"/extensions/(?P<ext>[^/]+)", _get_extension, "Microsoft.Compute/virtualMachines/extensions/read", "compute"),
+    route("PUT", _VM + r"/extensions/(?P<ext>[^/]+)", _put_extension, "Microsoft.Compute/virtualMachines/extensions/write", "compute"),
+    route("DELETE", _VM + r"/extensions/(?P<ext>[^/]+)", _delete_extension, "Microsoft.Compute/virtualMachines/extensions/delete", "compute"),
+    route("GET", SUB + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/operations/(?P<op>[^/]+)", _operation_status, "Microsoft.Compute/locations/operations/read", "compute"),
+)  # fmt: skip
