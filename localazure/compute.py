@@ -4,6 +4,7 @@ operation status they are polled at."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -46,13 +47,47 @@ def extension_json(vm: Vm, ext: Extension) -> dict[str, Any]:
     }
 
 
+def agent_reported(vm: Vm) -> bool:
+    """A new VM's guest agent reports within minutes of the VM starting."""
+    return vm.power == "running" and time.time() >= vm.agent_ready_at
+
+
 def agent_view(vm: Vm) -> dict[str, Any]:
-    """What the guest agent has reported: nothing while the VM is not running."""
+    """What the guest agent has reported: nothing while the VM is not running, or before
+    a new VM's agent first reports (no osName/osVersion at all, not empty strings)."""
     view: dict[str, Any] = {"computerName": vm.name[:15]}
-    if vm.power == "running" and vm.os_name:
+    if agent_reported(vm) and vm.os_name:
         view["osName"] = vm.os_name
         view["osVersion"] = vm.os_version
     return view
+
+
+def vm_agent(vm: Vm) -> dict[str, Any]:
+    """instanceView.vmAgent. Not reported yet: version 'Unknown' and a 'Not Ready' status,
+    as captured from real VMs (ansible azure_rm_virtualmachine's example output)."""
+    if agent_reported(vm):
+        return {
+            "vmAgentVersion": "2.13.1.1",
+            "statuses": [
+                {
+                    "code": "ProvisioningState/succeeded",
+                    "level": "Info",
+                    "displayStatus": "Ready",
+                    "message": "Guest Agent is running",
+                }
+            ],
+        }
+    return {
+        "vmAgentVersion": "Unknown",
+        "statuses": [
+            {
+                "code": "ProvisioningState/Unavailable",
+                "level": "Warning",
+                "displayStatus": "Not Ready",
+                "message": "VM Agent is unresponsive.",
+            }
+        ],
+    }
 
 
 def power_status(vm: Vm) -> dict[str, str]:
@@ -95,6 +130,8 @@ def vm_json(vm: Vm, instance_view: bool) -> dict[str, Any]:
         properties["licenseType"] = vm.license_type
     if instance_view:
         view = agent_view(vm)
+        if vm.power == "running":
+            view["vmAgent"] = vm_agent(vm)
         view["statuses"] = [
             {
                 "code": "ProvisioningState/succeeded",
@@ -261,21 +298,49 @@ def _put_extension(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) 
             raise ArmError(
                 400, "InvalidParameter", f"Required parameter '{name}' is missing (null)."
             )
+    # Compute's answers below: the Compute error-code reference
+    # (learn.microsoft.com/troubleshoot/azure/virtual-machines/windows/error-messages) and
+    # the shapes seen in its reset-rdp article (innererror.internalErrorCode).
     if vm.power != "running":
         raise ArmError(
             409,
             "OperationNotAllowed",
             "Cannot modify extensions in the VM when the VM is not running.",
+            inner="CannotModifyExtensionsWhenVMNotRunning",
         )
     if plane._in_flight(vm):
         raise ArmError(
             409,
-            "Conflict",
-            "Operation 'PUT' is not allowed on VM extensions since the VM is marked for "
-            "another extension operation in progress.",
+            "OperationNotAllowed",
+            f"Operation 'PUT' is not allowed on VM '{vm.name}' since another operation is "
+            "in progress.",
+        )
+    key = p["ext"].lower()
+    handler = f"{properties['publisher']}.{properties['type']}".lower()
+    for other in vm.extensions.values():
+        if other.name.lower() != key and f"{other.publisher}.{other.type}".lower() == handler:
+            raise ArmError(
+                400,
+                "BadRequest",
+                f"Multiple VMExtensions per handler not supported for OS type '{vm.os_type}'. "
+                f"VMExtension '{other.name}' with handler '{other.publisher}.{other.type}' "
+                "already added or specified in input.",
+                inner="MultipleExtensionsPerHandlerNotAllowed",
+            )
+    # "If there's an existing extension with a failed provisioning state, any other new
+    # extension fails to install" (features-windows docs, troubleshooting).
+    blocker = next(
+        (e for e in vm.extensions.values() if e.state == "Failed" and e.name.lower() != key),
+        None,
+    )
+    if blocker is not None:
+        raise ArmError(
+            409,
+            "OperationNotAllowed",
+            f"Operation 'PUT' is not allowed on VM '{vm.name}' since VM has extension "
+            f"'{blocker.name}' in failed state.",
         )
     plane.extension_puts.append((f"{vm.id}/extensions/{p['ext']}", body))
-    key = p["ext"].lower()
     ext = Extension(
         name=p["ext"],
         publisher=properties["publisher"],
@@ -307,11 +372,15 @@ def _put_extension(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) 
 
     error = None
     if code is not None:
+        # The operation's error names the extension but not its status code: that is
+        # only in the instance view (kubernetes-sigs/cluster-api-provider-azure#5367).
+        troubleshoot = "windows" if ext.type == "MDE.Windows" else "linux"
         error = {
             "code": "VMExtensionProvisioningError",
             "message": f"VM has reported a failure when processing extension '{ext.name}' "
-            f"(publisher '{ext.publisher}' and type '{ext.type}'). Error code: "
-            f"ProvisioningState/failed/{code}. Error message: {message}.",
+            f"(publisher '{ext.publisher}' and type '{ext.type}'). Error message: "
+            f"'{message}'. More information on troubleshooting is available at "
+            f"https://aka.ms/vmextension{troubleshoot}troubleshoot. ",
         }
     operation = plane._start_operation(vm, finish, error)
     return json_response(

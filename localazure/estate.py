@@ -50,6 +50,7 @@ class Vm:
     extensions: dict[str, Extension] = field(default_factory=dict)  # by lower-case name
     vm_pricing: str | None = None  # VM-level Defender pricing tier
     mde_failure: int | None = None  # how an MDE install on this VM ends; None = Succeeded
+    agent_ready_at: float = 0.0  # epoch seconds when the guest agent first reports (new VMs)
     vm_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @property

@@ -19,10 +19,18 @@ if TYPE_CHECKING:
 
 
 class ArmError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        inner: str = "",
+    ):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
+        self.inner = inner  # Compute's error.innererror.internalErrorCode, when it sends one
 
 
 # --- Realism knobs --------------------------------------------------------------------
@@ -164,8 +172,11 @@ class Response:
     headers: dict[str, str]
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
+def error_body(code: str, message: str, inner: str = "") -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if inner:
+        error["innererror"] = {"internalErrorCode": inner}
+    return {"error": error}
 
 
 def json_response(status: int, value: Any, headers: dict[str, str] | None = None) -> Response:

@@ -70,6 +70,8 @@ class LocalAzure:
         latency: float = 0.0,
         throttle: bool = True,
         lro_seconds: float = 0.05,
+        agent_report_seconds: float = 0.0,
+        graph_lag_seconds: float = 0.0,
         list_page_size: int = 50,
         reads: tuple[int, float] = READS,
         writes: tuple[int, float] = WRITES,
@@ -81,6 +83,11 @@ class LocalAzure:
         self.latency = latency
         self.throttle = throttle
         self.lro_seconds = lro_seconds
+        # A created VM's guest agent reports after this long (a few minutes in Azure).
+        self.agent_report_seconds = agent_report_seconds
+        # Resource Graph answers from a copy this old at most (graph.py says why).
+        self.graph_lag_seconds = graph_lag_seconds
+        self.graph_copies: dict[str, tuple[float, dict[str, Any]]] = {}
         self.list_page_size = list_page_size
         self.reads, self.writes = reads, writes
         self.faults = faults or Faults()
@@ -144,6 +151,7 @@ class LocalAzure:
     def create_vm(self, vm: Vm, caller: Principal | None = None) -> list[dict[str, Any]]:
         """Add a VM as a deployment would; return the events ARM raises for it."""
         with self.lock:
+            vm.agent_ready_at = time.time() + self.agent_report_seconds
             self.estate.add_vm(vm)
             # One deployment raises several writes: create, then the OS disk attach.
             first = record_event(
@@ -230,7 +238,9 @@ class LocalAzure:
             return response
         except ArmError as error:
             status, code = error.status, error.code
-            return json_response(error.status, error_body(error.code, error.message), error.headers)
+            return json_response(
+                error.status, error_body(error.code, error.message, error.inner), error.headers
+            )
         except json.JSONDecodeError:
             status = 400
             return json_response(400, error_body("InvalidRequestContent", "the body is not JSON"))

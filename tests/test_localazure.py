@@ -193,9 +193,151 @@ def test_a_failing_extension_operation_carries_the_error(plane):
     time.sleep(0.1)
     status = client.session.get(created.headers["Azure-AsyncOperation"]).json()
     assert status["status"] == "Failed"
-    assert "ProvisioningState/failed/10" in status["error"]["message"]
+    assert status["error"] == {
+        "code": "VMExtensionProvisioningError",
+        "message": "VM has reported a failure when processing extension 'MDE.Linux' "
+        "(publisher 'Microsoft.Azure.AzureDefenderForServers' and type 'MDE.Linux'). Error "
+        "message: 'Enable failed: exit code 10: unsupported distro'. More information on "
+        "troubleshooting is available at https://aka.ms/vmextensionlinuxtroubleshoot. ",
+    }
+    # The status code is not in the operation's error: only in the instance view.
     view = client.get(flatcar, **{"$expand": "instanceView"}).json()["properties"]["instanceView"]
     assert view["extensions"][0]["statuses"][0]["code"] == "ProvisioningState/failed/10"
+
+
+def _mde_body(plane, type_="MDE.Linux"):
+    return {
+        "location": "westeurope",
+        "properties": {
+            "publisher": "Microsoft.Azure.AzureDefenderForServers",
+            "type": type_,
+            "typeHandlerVersion": "1.0",
+            "protectedSettings": {
+                "defenderForEndpointOnboardingScript": plane.estate.subscriptions[
+                    SUB
+                ].onboarding_linux
+            },
+        },
+    }
+
+
+def test_another_failed_extension_blocks_a_new_one_with_409_naming_it(plane):
+    vm = plane.estate.vm(VM_PATH)
+    vm.extensions["omsagentforlinux"] = Extension(
+        "OmsAgentForLinux",
+        "Microsoft.EnterpriseCloud.Monitoring",
+        "OmsAgentForLinux",
+        state="Failed",
+    )
+    answer = Client(plane).put(VM_PATH + "/extensions/MDE.Linux", _mde_body(plane))
+    assert answer.status_code == 409
+    assert answer.json() == {
+        "error": {
+            "code": "OperationNotAllowed",
+            "message": "Operation 'PUT' is not allowed on VM 'ubuntu-1' since VM has extension "
+            "'OmsAgentForLinux' in failed state.",
+        }
+    }
+
+
+def test_one_extension_per_handler_a_second_name_is_400(plane):
+    vm = plane.estate.vm(VM_PATH)
+    vm.extensions["mde-by-policy"] = Extension(
+        "mde-by-policy", "Microsoft.Azure.AzureDefenderForServers", "MDE.Linux"
+    )
+    answer = Client(plane).put(VM_PATH + "/extensions/MDE.Linux", _mde_body(plane))
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": {
+            "code": "BadRequest",
+            "message": "Multiple VMExtensions per handler not supported for OS type 'Linux'. "
+            "VMExtension 'mde-by-policy' with handler "
+            "'Microsoft.Azure.AzureDefenderForServers.MDE.Linux' already added or specified "
+            "in input.",
+            "innererror": {"internalErrorCode": "MultipleExtensionsPerHandlerNotAllowed"},
+        }
+    }
+    # Under the name it already has, the same handler is taken.
+    assert Client(plane).put(VM_PATH + "/extensions/mde-by-policy", _mde_body(plane)).ok
+
+
+def test_409s_say_which_conflict_it_is(use_identity):
+    with LocalAzure(small_estate(), lro_seconds=30) as slow:
+        use_identity(slow)
+        client = Client(slow)
+        assert client.put(VM_PATH + "/extensions/MDE.Linux", _mde_body(slow)).status_code == 201
+        busy = client.put(VM_PATH + "/extensions/MDE.Linux", _mde_body(slow))
+        assert (busy.status_code, busy.json()["error"]) == (
+            409,
+            {
+                "code": "OperationNotAllowed",
+                "message": "Operation 'PUT' is not allowed on VM 'ubuntu-1' since another "
+                "operation is in progress.",
+            },
+        )
+        slow.estate.vm(VM_PATH).power = "deallocated"
+        stopped = client.put(VM_PATH + "/extensions/MDE.Linux", _mde_body(slow))
+        assert (stopped.status_code, stopped.json()["error"]) == (
+            409,
+            {
+                "code": "OperationNotAllowed",
+                "message": "Cannot modify extensions in the VM when the VM is not running.",
+                "innererror": {"internalErrorCode": "CannotModifyExtensionsWhenVMNotRunning"},
+            },
+        )
+
+
+def test_a_new_vms_guest_agent_reports_late(use_identity):
+    from localazure import Vm
+
+    with LocalAzure(small_estate(), agent_report_seconds=3600) as plane:
+        use_identity(plane)
+        plane.create_vm(Vm(SUB, "rg-web", "fresh-1", os_name="ubuntu", os_version="22.04"))
+        fresh = VM_PATH.replace("ubuntu-1", "fresh-1")
+        view = Client(plane).get(fresh, **{"$expand": "instanceView"}).json()
+        view = view["properties"]["instanceView"]
+        assert "osName" not in view
+        assert "osVersion" not in view
+        assert view["vmAgent"] == {
+            "vmAgentVersion": "Unknown",
+            "statuses": [
+                {
+                    "code": "ProvisioningState/Unavailable",
+                    "level": "Warning",
+                    "displayStatus": "Not Ready",
+                    "message": "VM Agent is unresponsive.",
+                }
+            ],
+        }
+        plane.estate.vm(fresh).agent_ready_at = 0.0  # minutes later
+        view = Client(plane).get(fresh, **{"$expand": "instanceView"}).json()
+        view = view["properties"]["instanceView"]
+        assert (view["osName"], view["vmAgent"]["statuses"][0]["displayStatus"]) == (
+            "ubuntu",
+            "Ready",
+        )
+
+
+def test_resource_graph_lags_behind_arm(use_identity):
+    query = {"subscriptions": [SUB], "query": SWEEP_QUERY, "options": {"$top": 1000}}
+    with LocalAzure(small_estate(), graph_lag_seconds=3600) as plane:
+        use_identity(plane)
+        client = Client(plane)
+
+        def extensions_of_ubuntu():
+            rows = client.post(
+                "/providers/Microsoft.ResourceGraph/resources",
+                query,
+                **{"api-version": "2021-03-01"},
+            ).json()["data"]
+            return next(row["extensions"] for row in rows if row["id"].endswith("/ubuntu-1"))
+
+        assert extensions_of_ubuntu() == []
+        assert client.put(VM_PATH + "/extensions/MDE.Linux", _mde_body(plane)).status_code == 201
+        assert client.get(VM_PATH + "/extensions/MDE.Linux").ok  # ARM knows at once
+        assert extensions_of_ubuntu() == []  # Resource Graph does not, yet
+        plane.graph_copies.clear()  # the lag has passed
+        assert [e["name"] for e in extensions_of_ubuntu()] == ["MDE.Linux"]
 
 
 @pytest.mark.parametrize(
