@@ -276,6 +276,7 @@ def world_factory(azurite, monkeypatch):
                 "REMEDIATION_AUDIT_TABLE": f"audit{suffix}",
                 "REMEDIATION_LRO_POLL_SECONDS": "0.02",
                 "REMEDIATION_RETRY_BUDGET_SECONDS": "3",
+                "REMEDIATION_RECHECK_SECONDS": "1",
             }
             | settings
         )
