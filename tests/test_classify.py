@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 
 from remediation.classify import (
@@ -372,7 +374,7 @@ def arm_vm():
         "type": "Microsoft.Compute/virtualMachines",
         "location": "westeurope",
         "tags": {"env": "prod"},
-        "properties": PROPERTIES
+        "properties": copy.deepcopy(PROPERTIES)
         | {
             "instanceView": {
                 "computerName": "app-7",
@@ -421,7 +423,7 @@ def graph_row():
         "id": VM_ID,
         "location": "westeurope",
         "tags": {"env": "prod"},
-        "imageReference": PROPERTIES["storageProfile"]["imageReference"],
+        "imageReference": copy.deepcopy(PROPERTIES["storageProfile"]["imageReference"]),
         "osType": "Linux",
         "licenseType": "",
         "instanceView": {
