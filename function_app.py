@@ -127,5 +127,15 @@ def coverage_report(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(page, mimetype="text/html", charset="utf-8")
 
 
+@app.function_name("health")
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/health: can the app do its job in each subscription? 200, else 503."""
+    from remediation import doctor  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    return _json(*doctor.http_health(services()))
+
+
 def _json(status: int, body: dict[str, Any]) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")

@@ -1,11 +1,13 @@
 // Least privilege in one remediated subscription: a custom role with exactly the ARM
-// operations the app performs, and Security Admin only because the Microsoft.Security
-// settings API demands it for the WDATP switches.
+// operations the app performs (and the doctor reads), and the resource group where the
+// postdeploy hook creates the subscription's Event Grid system topic if it has none.
 targetScope = 'subscription'
 
 param environmentName string
+param location string
 param principalId string
 param enableIntegration bool
+param useSecurityAdmin bool
 param allowPlanChange bool
 
 // Keep in step with the app: tests compare this list with the operations the code
@@ -19,15 +21,29 @@ var readAndInstall = [
   'Microsoft.Security/pricings/read'
   'Microsoft.Security/settings/read'
   'Microsoft.Security/mdeOnboardings/read'
+  'Microsoft.EventGrid/systemTopics/read'
+  'Microsoft.EventGrid/systemTopics/eventSubscriptions/read'
+  'Microsoft.Authorization/permissions/read'
 ]
-// Turning the paid plan on is granted only where the app is allowed to do it.
-var actions = allowPlanChange ? concat(readAndInstall, ['Microsoft.Security/pricings/write']) : readAndInstall
+// Turning the paid plan on is granted only where the app is allowed to do it; the WDATP
+// switches only with integration on, and through this role unless Security Admin is
+// asked for (it would grant all of Microsoft.Security/*, pricings/write included).
+var planActions = allowPlanChange ? ['Microsoft.Security/pricings/write'] : []
+var settingsActions = (enableIntegration && !useSecurityAdmin) ? ['Microsoft.Security/settings/write'] : []
+var actions = concat(readAndInstall, planActions, settingsActions)
 var securityAdmin = 'fb1c8493-542b-48eb-b624-b4c8fea62acd'
+
+resource eventsGroup 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: 'rg-${environmentName}-events'
+  location: location
+  tags: { 'azd-env-name': environmentName }
+}
 
 resource role 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
   name: guid(subscription().id, environmentName, 'defender-coverage-remediator')
   properties: {
-    roleName: 'Defender coverage remediator (${environmentName})'
+    // Role names are unique in the tenant (custom-roles docs): one role per subscription.
+    roleName: 'Defender coverage remediator (${environmentName}, ${subscription().subscriptionId})'
     description: 'Reads VMs, installs the MDE extension, reads and enables Defender for Servers.'
     type: 'CustomRole'
     assignableScopes: [subscription().id]
@@ -44,7 +60,7 @@ resource remediator 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-resource settingsAdmin 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (enableIntegration) {
+resource settingsAdmin 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (enableIntegration && useSecurityAdmin) {
   name: guid(subscription().id, principalId, securityAdmin)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', securityAdmin)

@@ -24,14 +24,19 @@ param allowPlanChange string = 'false'
 @allowed(['P1', 'P2'])
 param serversPlan string = 'P1'
 
-@description('May the app turn on the WDATP integration settings (needs Security Admin).')
+@description('May the app turn on the WDATP integration settings (Microsoft.Security/settings/write).')
 param enableIntegration bool = true
+
+@description('Grant the built-in Security Admin role for the settings instead of the narrower custom role. Security Admin includes Microsoft.Security/*, so pricings/write too, whatever allowPlanChange says.')
+param useSecurityAdmin bool = false
 
 param excludeTag string = 'defender-remediation-exclude'
 param maxActionsPerSweep int = 500
 param sweepSchedule string = '0 0 2 * * *'
 
 var resourceGroupName = 'rg-${environmentName}'
+// In each remediated subscription: a system topic must live in its source's subscription.
+var eventsGroupName = 'rg-${environmentName}-events'
 
 resource group 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: resourceGroupName
@@ -64,24 +69,20 @@ module access 'access.bicep' = [for id in subscriptionIds: {
   scope: subscription(id)
   params: {
     environmentName: environmentName
+    location: location
     principalId: app.outputs.principalId
     enableIntegration: enableIntegration
+    useSecurityAdmin: useSecurityAdmin
     allowPlanChange: allowPlanChange == 'true' || contains(toLower(allowPlanChange), toLower(id))
-  }
-}]
-
-module events 'events.bicep' = [for (id, index) in subscriptionIds: {
-  name: 'remediator-events-${uniqueString(id)}'
-  scope: group
-  params: {
-    subscriptionId: id
-    index: index
-    functionAppId: app.outputs.functionAppId
-    storageAccountId: app.outputs.storageAccountId
-    deadLetterContainer: app.outputs.deadLetterContainer
   }
 }]
 
 output AZURE_FUNCTION_APP_NAME string = app.outputs.functionAppName
 output AZURE_RESOURCE_GROUP string = group.name
 output REMEDIATOR_PRINCIPAL_ID string = app.outputs.principalId
+// For the postdeploy hook (infra/hooks/wire_events.py), which wires Event Grid once the
+// code, and so the on_vm_event function, exists.
+output AZURE_FUNCTION_APP_ID string = app.outputs.functionAppId
+output REMEDIATOR_SUBSCRIPTIONS string = join(subscriptionIds, ',')
+output REMEDIATOR_EVENTS_GROUP string = eventsGroupName
+output REMEDIATOR_ARM_ENDPOINT string = environment().resourceManager

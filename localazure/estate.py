@@ -18,6 +18,23 @@ from typing import Any
 
 MDE_PUBLISHER = "Microsoft.Azure.AzureDefenderForServers"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+# The deployment's custom role, as infra/access.bicep grants it with integration and
+# plan changes allowed.
+REMEDIATOR_ROLE = (
+    "Microsoft.Compute/virtualMachines/read",
+    "Microsoft.Compute/virtualMachines/extensions/read",
+    "Microsoft.Compute/virtualMachines/extensions/write",
+    "Microsoft.Compute/locations/operations/read",
+    "Microsoft.ResourceGraph/resources/read",
+    "Microsoft.Security/pricings/read",
+    "Microsoft.Security/pricings/write",
+    "Microsoft.Security/settings/read",
+    "Microsoft.Security/settings/write",
+    "Microsoft.Security/mdeOnboardings/read",
+    "Microsoft.EventGrid/systemTopics/read",
+    "Microsoft.EventGrid/systemTopics/eventSubscriptions/read",
+    "Microsoft.Authorization/permissions/read",
+)
 SECURITY_SETTINGS = ("WDATP", "WDATP_UNIFIED_SOLUTION", "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW")
 
 
@@ -89,6 +106,9 @@ class Principal:
     object_id: str
     name: str = ""
     security_admin: bool = True  # may write Microsoft.Security pricings and settings
+    # What its role assignments grant besides Security Admin: by default the custom role
+    # infra/access.bicep deploys (tests/test_infra.py keeps the two equal).
+    actions: list[str] = field(default_factory=lambda: list(REMEDIATOR_ROLE))
 
 
 @dataclass

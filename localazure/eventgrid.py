@@ -7,12 +7,25 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from localazure.estate import Principal
-from localazure.machinery import ArmError, Params, Query, Response, route, utc_now
+from localazure.machinery import (
+    SUB,
+    ArmError,
+    Params,
+    Query,
+    Response,
+    json_response,
+    route,
+    utc_now,
+)
 
 if TYPE_CHECKING:
     from localazure.server import LocalAzure
 
-API_VERSIONS = {"topic": {"2018-01-01"}}
+API_VERSIONS = {
+    "topic": {"2018-01-01"},
+    # azure-mgmt-eventgrid 10.4.0 sends 2025-02-15.
+    "eventgrid": {"2025-02-15", "2024-06-01-preview"},
+}
 OBJECT_ID_CLAIM = "http://schemas.microsoft.com/identity/claims/objectidentifier"
 
 
@@ -81,4 +94,133 @@ def _topic(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Respo
     return Response(200, b"", {})
 
 
-ROUTES = (route("POST", r"/api/events", _topic, "eventgrid/publish", "topic"),)
+# --- Management: system topics and their event subscriptions -------------------------
+# Paths and bodies: azure-rest-api-specs specification/eventgrid/resource-manager/
+# Microsoft.EventGrid/stable/2025-02-15 (SystemTopics_*, SystemTopicEventSubscriptions_*).
+_TOPIC = (
+    SUB
+    + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.EventGrid/systemTopics/(?P<topic>[^/]+)"
+)
+
+
+def _topic_id(p: Params) -> str:
+    return (
+        f"/subscriptions/{p['sub']}/resourceGroups/{p['rg']}"
+        f"/providers/Microsoft.EventGrid/systemTopics/{p['topic']}"
+    )
+
+
+def _list_topics(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    prefix = f"/subscriptions/{p['sub']}/".lower()
+    topics = [t for key, t in plane.system_topics.items() if key.startswith(prefix)]
+    return json_response(200, {"value": topics})
+
+
+def _get_topic(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    topic = plane.system_topics.get(_topic_id(p).lower())
+    if topic is None:
+        raise ArmError(404, "ResourceNotFound", f"The Resource '{_topic_id(p)}' was not found.")
+    return json_response(200, topic)
+
+
+def _put_topic(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    """A system topic lives in the subscription of its source, and a source has one
+    system topic only (learn.microsoft.com/azure/event-grid/system-topics: "Only one Azure
+    Event Grid system topic is allowed per source"; "Event Grid creates a system topic
+    resource in the same Azure subscription that has the event source")."""
+    topic_id = _topic_id(p)
+    properties = (body or {}).get("properties") or {}
+    source = str(properties.get("source") or "")
+    topic_type = str(properties.get("topicType") or "")
+    if not source or not topic_type:
+        raise ArmError(
+            400, "InvalidRequest", "properties.source and properties.topicType are required"
+        )
+    if source.lower().split("/")[:3] != f"/subscriptions/{p['sub']}".lower().split("/")[:3]:
+        raise ArmError(
+            400,
+            "InvalidRequest",
+            f"The source '{source}' must be in the same subscription as the system topic.",
+        )
+    for key, other in plane.system_topics.items():
+        if key != topic_id.lower() and other["properties"]["source"].lower() == source.lower():
+            raise ArmError(
+                400,
+                "InvalidRequest",
+                f"Only one system topic is allowed per source: '{source}' already has "
+                f"'{other['id']}'.",
+            )
+    existed = topic_id.lower() in plane.system_topics
+    identity = (body or {}).get("identity")
+    topic = {
+        "id": topic_id,
+        "name": p["topic"],
+        "type": "Microsoft.EventGrid/systemTopics",
+        "location": (body or {}).get("location") or "global",
+        "properties": {
+            "source": source,
+            "topicType": topic_type,
+            "provisioningState": "Succeeded",
+            "metricResourceId": str(uuid.uuid5(uuid.NAMESPACE_URL, topic_id.lower())),
+        },
+    }
+    if identity:
+        topic["identity"] = identity
+    plane.system_topics[topic_id.lower()] = topic
+    return json_response(200 if existed else 201, topic)
+
+
+def _list_subscriptions(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    _get_topic(plane, p, q, body, who)
+    prefix = (_topic_id(p) + "/eventSubscriptions/").lower()
+    items = [e for key, e in plane.event_subscriptions.items() if key.startswith(prefix)]
+    return json_response(200, {"value": items})
+
+
+def _get_subscription(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    item_id = f"{_topic_id(p)}/eventSubscriptions/{p['name']}"
+    item = plane.event_subscriptions.get(item_id.lower())
+    if item is None:
+        raise ArmError(404, "ResourceNotFound", f"The Resource '{item_id}' was not found.")
+    return json_response(200, item)
+
+
+def _put_subscription(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    """Event Grid validates an Azure Function destination when the subscription is
+    written: a function that is not deployed yet is refused, code 'Endpoint validation'
+    (Azure/bicep#11656; the reason the Flex Consumption Event Grid quickstart creates its
+    subscription in a postdeploy hook)."""
+    _get_topic(plane, p, q, body, who)
+    item_id = f"{_topic_id(p)}/eventSubscriptions/{p['name']}"
+    properties = dict((body or {}).get("properties") or {})
+    destination = properties.get("destination") or {}
+    if destination.get("endpointType") == "AzureFunction":
+        function_id = str((destination.get("properties") or {}).get("resourceId") or "")
+        app_id, _, function = function_id.rpartition("/functions/")
+        if function not in plane.functions.get(app_id.lower(), set()):
+            raise ArmError(
+                400,
+                "Endpoint validation",
+                f"Destination endpoint not found. Resource details: resourceId: {function_id}.",
+            )
+    properties.update(provisioningState="Succeeded", topic=_topic_id(p))
+    item = {
+        "id": item_id,
+        "name": p["name"],
+        "type": "Microsoft.EventGrid/systemTopics/eventSubscriptions",
+        "properties": properties,
+    }
+    plane.event_subscriptions[item_id.lower()] = item
+    # The spec's only answer to this PUT is 201, for an update too.
+    return json_response(201, item)
+
+
+ROUTES = (
+    route("POST", r"/api/events", _topic, "eventgrid/publish", "topic"),
+    route("GET", SUB + r"/providers/Microsoft\.EventGrid/systemTopics", _list_topics, "Microsoft.EventGrid/systemTopics/read", "eventgrid"),
+    route("GET", _TOPIC, _get_topic, "Microsoft.EventGrid/systemTopics/read", "eventgrid"),
+    route("PUT", _TOPIC, _put_topic, "Microsoft.EventGrid/systemTopics/write", "eventgrid"),
+    route("GET", _TOPIC + r"/eventSubscriptions", _list_subscriptions, "Microsoft.EventGrid/systemTopics/eventSubscriptions/read", "eventgrid"),
+    route("GET", _TOPIC + r"/eventSubscriptions/(?P<name>[^/]+)", _get_subscription, "Microsoft.EventGrid/systemTopics/eventSubscriptions/read", "eventgrid"),
+    route("PUT", _TOPIC + r"/eventSubscriptions/(?P<name>[^/]+)", _put_subscription, "Microsoft.EventGrid/systemTopics/eventSubscriptions/write", "eventgrid"),
+)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from localazure.authorization import require
 from localazure.estate import SECURITY_SETTINGS
 from localazure.machinery import (
     SUB,
@@ -25,18 +26,6 @@ API_VERSIONS = {
     "settings": {"2022-05-01"},
     "mdeOnboardings": {"2021-10-01-preview"},
 }
-
-
-def _require_security_admin(plane: LocalAzure, principal: str, action: str, scope: str) -> None:
-    found = plane._principal_by_oid(principal)
-    if found is None or not found.security_admin:
-        raise ArmError(
-            403,
-            "AuthorizationFailed",
-            f"The client '{found.client_id if found else principal}' with object id "
-            f"'{principal}' does not have authorization to perform action '{action}' "
-            f"over scope '{scope}' or the scope is invalid.",
-        )
 
 
 def _subscription(plane: LocalAzure, sub: str) -> Any:
@@ -77,7 +66,7 @@ def _pricing(plane: LocalAzure, p: Params, q: Query, body: Any, who: str, method
     vm_scope = "/virtualmachines/" in scope.lower()
     vm = plane._vm(scope) if vm_scope else None
     if method == "PUT":
-        _require_security_admin(plane, who, "Microsoft.Security/pricings/write", scope)
+        require(plane, who, "Microsoft.Security/pricings/write", scope)
         tier = ((body or {}).get("properties") or {}).get("pricingTier")
         plan = ((body or {}).get("properties") or {}).get("subPlan") or ""
         if tier not in {"Free", "Standard"}:
@@ -96,7 +85,7 @@ def _pricing(plane: LocalAzure, p: Params, q: Query, body: Any, who: str, method
                 plan if tier == "Standard" else "",
             )
     elif method == "DELETE":
-        _require_security_admin(plane, who, "Microsoft.Security/pricings/delete", scope)
+        require(plane, who, "Microsoft.Security/pricings/delete", scope)
         if vm is None:
             raise ArmError(400, "InvalidInputJson", "only resource-level pricing can be deleted")
         vm.vm_pricing = None
@@ -142,7 +131,7 @@ def _setting(plane: LocalAzure, p: Params, q: Query, body: Any, who: str, method
         raise ArmError(404, "NotFound", f"setting {p['name']} is not served by this plane")
     if method == "PUT":
         scope = f"/subscriptions/{subscription.id}"
-        _require_security_admin(plane, who, "Microsoft.Security/settings/write", scope)
+        require(plane, who, "Microsoft.Security/settings/write", scope)
         if not isinstance(body, dict) or body.get("kind") != "DataExportSettings":
             raise ArmError(400, "InvalidInputJson", "kind must be DataExportSettings")
         enabled = (body.get("properties") or {}).get("enabled")

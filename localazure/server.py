@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 import trustme
 
-from localazure import compute, eventgrid, graph, identity, security
+from localazure import authorization, compute, eventgrid, graph, identity, security
 from localazure.estate import Estate, Principal, Vm
 from localazure.eventgrid import record_event
 from localazure.machinery import (
@@ -48,13 +48,19 @@ READS = (250, 25.0)  # ARM bucket per subscription and principal: capacity, refi
 WRITES = (200, 10.0)
 
 ROUTES: tuple[Route, ...] = (
-    identity.ROUTES + compute.ROUTES + security.ROUTES + graph.ROUTES + eventgrid.ROUTES
+    identity.ROUTES
+    + compute.ROUTES
+    + security.ROUTES
+    + graph.ROUTES
+    + eventgrid.ROUTES
+    + authorization.ROUTES
 )
 API_VERSIONS: dict[str, set[str]] = {
     **compute.API_VERSIONS,
     **security.API_VERSIONS,
     **graph.API_VERSIONS,
     **eventgrid.API_VERSIONS,
+    **authorization.API_VERSIONS,
 }
 
 
@@ -88,6 +94,10 @@ class LocalAzure:
         # Resource Graph answers from a copy this old at most (graph.py says why).
         self.graph_lag_seconds = graph_lag_seconds
         self.graph_copies: dict[str, tuple[float, dict[str, Any]]] = {}
+        # Event Grid management state, and the functions deployed per Function App id.
+        self.system_topics: dict[str, dict[str, Any]] = {}
+        self.event_subscriptions: dict[str, dict[str, Any]] = {}
+        self.functions: dict[str, set[str]] = {}
         self.list_page_size = list_page_size
         self.reads, self.writes = reads, writes
         self.faults = faults or Faults()
@@ -170,6 +180,11 @@ class LocalAzure:
             return record_event(
                 self, "Action", f"Microsoft.Compute/virtualMachines/{action}/action", vm.id, caller
             )
+
+    def deploy_functions(self, app_id: str, names: Iterable[str]) -> None:
+        """What a code deployment does: the app's functions exist from now on."""
+        with self.lock:
+            self.functions[app_id.lower()] = set(names)
 
     def drain_events(self) -> list[dict[str, Any]]:
         with self.lock:

@@ -199,6 +199,27 @@ def write_report(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def run_doctor(args: argparse.Namespace, out: TextIO) -> int:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from remediation import doctor  # noqa: PLC0415 - keep --help fast
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    checks = doctor.run(services())
+    if args.json:
+        for check in checks:
+            out.write(json.dumps(check.to_json()) + "\n")
+    else:
+        table = Table("scope", "check", "", "found", "fix", box=None, pad_edge=False)
+        for check in checks:
+            table.add_row(
+                check.scope, check.check, "OK" if check.ok else "MISSING", check.detail, check.fix
+            )
+        Console(file=out, width=200, soft_wrap=True).print(table)
+    return 0 if all(check.ok for check in checks) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m remediation", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -241,6 +262,11 @@ def parser() -> argparse.ArgumentParser:
     html = commands.add_parser("report", help="write the coverage report as one HTML page")
     html.add_argument("--html", required=True, metavar="FILE")
     html.set_defaults(run=write_report)
+    doctor = commands.add_parser(
+        "doctor", help="check, read-only, that the deployed app can do its job (exit 1 if not)"
+    )
+    doctor.add_argument("--json", action="store_true", help="one JSON object per check")
+    doctor.set_defaults(run=run_doctor)
     return root
 
 

@@ -34,6 +34,7 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy
+from azure.core.rest import HttpRequest
 from azure.identity import DefaultAzureCredential
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import VirtualMachineExtension, VirtualMachineExtensionProperties
@@ -55,6 +56,7 @@ from remediation.model import (
     VmFacts,
     VmNotRunning,
     VmRef,
+    dig,
 )
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ SETTINGS = ("WDATP", "WDATP_UNIFIED_SOLUTION", "WDATP_EXCLUDE_LINUX_PUBLIC_PREVI
 # A budget shorter than REMEDIATION_RETRY_BUDGET_SECONDS for the calls of one handler:
 # Event Grid waits 30 s for an answer, then delivers again (delivery-and-retry docs).
 _SHORTER_BUDGET: ContextVar[float | None] = ContextVar("shorter_budget", default=None)
+_EVENTGRID_API = "2025-02-15"
 _RETRYABLE_READS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
 
 
@@ -410,6 +413,70 @@ class ArmGateway:
             ) from None
         return package
 
+    # --- What the doctor reads -------------------------------------------------------------
+    def permissions(self, subscription: str) -> list[tuple[list[str], list[str]]]:
+        """The app's own effective permissions at the subscription: (actions, notActions)
+        per role assignment, from Microsoft.Authorization/permissions."""
+        items = self._list(
+            subscription,
+            f"/subscriptions/{subscription}/providers/Microsoft.Authorization/permissions",
+            "2022-04-01",
+            f"reading the app's permissions in subscription {subscription}",
+        )
+        return [
+            (
+                [str(a) for a in item.get("actions") or []],
+                [str(a) for a in item.get("notActions") or []],
+            )
+            for item in items
+        ]
+
+    def event_wiring(self, subscription: str) -> list[tuple[str, list[str]]]:
+        """The subscription's Microsoft.Resources.Subscriptions system topics with the
+        Azure Function destinations of their event subscriptions: (topic id, [function
+        resource ids])."""
+        what = f"reading the Event Grid system topics of subscription {subscription}"
+        topics = self._list(
+            subscription,
+            f"/subscriptions/{subscription}/providers/Microsoft.EventGrid/systemTopics",
+            _EVENTGRID_API,
+            what,
+        )
+        wiring = []
+        for topic in topics:
+            properties = topic.get("properties") or {}
+            source = str(properties.get("source") or "").lower()
+            if source != f"/subscriptions/{subscription}" or not topic.get("id"):
+                continue
+            items = self._list(
+                subscription, f"{topic['id']}/eventSubscriptions", _EVENTGRID_API, what
+            )
+            functions = [
+                str((dig(item, "properties", "destination", "properties") or {}).get("resourceId"))
+                for item in items
+                if dig(item, "properties", "destination", "endpointType") == "AzureFunction"
+            ]
+            wiring.append((str(topic["id"]), functions))
+        return wiring
+
+    def _list(self, subscription: str, path: str, api_version: str, what: str) -> list[Any]:
+        """A GET of an ARM list, following nextLink, through the worker's pipeline
+        (credential, retries, counting) without one more SDK to import."""
+        client = self._compute_client(subscription)
+        url: str | None = f"{self._settings.arm_endpoint}{path}?api-version={api_version}"
+        items: list[Any] = []
+        while url:
+            request = HttpRequest("GET", url)
+            response = self._call(what, partial(client.send_request, request))
+            try:
+                response.raise_for_status()
+            except HttpResponseError as error:
+                raise _translate(error, what) from None
+            page = response.json()
+            items += page.get("value") or []
+            url = page.get("nextLink")
+        return items
+
     # --- Writes ---------------------------------------------------------------------------
     def enable_plan(self, subscription: str, plan: str) -> None:
         client = self._security_client(subscription)
@@ -580,7 +647,10 @@ def _forbidden_hint(what: str, message: str) -> str:
     where = scope[1] if scope else "the subscription"
     needs = action[1] if action else "the operation"
     if "Microsoft.Security" in needs or "Defender" in what or "setting" in what:
-        return f"grant the app's identity the Security Admin role on {where} (it needs {needs})"
+        return (
+            f"grant the app's identity {needs} on {where}: the deployment's custom role has "
+            "it with enableIntegration (or allowPlanChange for pricings), as has Security Admin"
+        )
     return f"grant the app's identity a role with {needs} on {where}"
 
 

@@ -88,6 +88,7 @@ class Settings:
     audit_retention_days: int
     notify_endpoint: str
     notify_key: str = field(repr=False)
+    app_name: str = ""  # WEBSITE_SITE_NAME, which Azure sets: the doctor's "this app"
 
     @property
     def enforce(self) -> bool:
@@ -232,6 +233,7 @@ def load(environ: Mapping[str, str]) -> Settings:
         audit_retention_days=retention,
         notify_endpoint=notify_endpoint,
         notify_key=notify_key,
+        app_name=get("WEBSITE_SITE_NAME", ""),
     )
 
 

@@ -5,6 +5,7 @@ import functools
 import pytest
 
 from localazure import Estate, LocalAzure, Principal, Subscription, Vm, generate
+from localazure.estate import REMEDIATOR_ROLE
 from remediation.config import Settings, load
 
 APP = Principal(
@@ -19,6 +20,12 @@ READER = Principal(
     object_id="0b1e5c7e-0000-4000-8000-0000000000b2",
     name="no-security-admin",
     security_admin=False,
+    # The custom role without its Microsoft.Security writes: a deployment without them.
+    actions=[
+        action
+        for action in REMEDIATOR_ROLE
+        if not (action.startswith("Microsoft.Security/") and action.endswith("/write"))
+    ],
 )
 SUB = "11111111-1111-4111-8111-111111111111"
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from remediation.events import ACCEPTED
-
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 CHECKOV = ROOT / ".venv-tools" / "bin" / "checkov"
@@ -55,15 +53,6 @@ def test_checkov_finds_no_failed_check_and_every_skip_has_a_reason(tmp_path):
         assert len(skip[1].strip()) > 20, f"{skip[0]} is suppressed without a reason"
 
 
-def test_event_grid_filters_equal_what_the_app_accepts():
-    events = _bicep("events.bicep")
-    types = set(re.findall(r"'(Microsoft\.Resources\.Resource\w+)'", events))
-    operations = set(re.findall(r"'(Microsoft\.Compute/virtualMachines/[\w/]+)'", events))
-    assert types == {event_type for event_type, _ in ACCEPTED}
-    assert operations == {operation for _, operation in ACCEPTED}
-    assert "key: 'data.operationName'" in events
-
-
 def test_the_app_settings_default_to_safe_values():
     main = _bicep("main.bicep")
     assert "param mode string = 'report'" in main
@@ -76,9 +65,12 @@ def test_the_app_settings_default_to_safe_values():
 
 
 def test_the_custom_role_holds_the_operations_the_app_performs():
+    from localazure.estate import REMEDIATOR_ROLE
+
     access = _bicep("access.bicep")
     granted = set(re.findall(r"'(Microsoft\.\w+/[\w/]+)'", access))
-    # What the gateway calls (the request log names these operations; see test_arm.py).
+    # What the gateway and the doctor call (the request log names these operations; see
+    # test_arm.py and test_deploy.py), written out by hand.
     performed = {
         "Microsoft.Compute/virtualMachines/read",
         "Microsoft.Compute/virtualMachines/extensions/read",
@@ -88,8 +80,122 @@ def test_the_custom_role_holds_the_operations_the_app_performs():
         "Microsoft.Security/pricings/read",
         "Microsoft.Security/pricings/write",
         "Microsoft.Security/settings/read",
+        "Microsoft.Security/settings/write",
         "Microsoft.Security/mdeOnboardings/read",
+        "Microsoft.EventGrid/systemTopics/read",
+        "Microsoft.EventGrid/systemTopics/eventSubscriptions/read",
+        "Microsoft.Authorization/permissions/read",
     }
-    assert granted - {"Microsoft.Authorization/roleDefinitions"} == performed
-    assert "fb1c8493-542b-48eb-b624-b4c8fea62acd" in access  # Security Admin, for settings writes
-    assert "if (enableIntegration)" in access
+    resource_types = {
+        "Microsoft.Authorization/roleDefinitions",
+        "Microsoft.Authorization/roleAssignments",
+        "Microsoft.Resources/resourceGroups",
+    }
+    assert granted - resource_types == performed
+    assert set(REMEDIATOR_ROLE) == performed  # the local plane's principals hold this role
+
+
+# --- The deployment rules, on the parsed templates (pycep, checkov's Bicep parser) ------
+def parsed() -> dict:
+    """Every template as pycep parses it (in the tools venv, where checkov brings it)."""
+    python = ROOT / ".venv-tools" / "bin" / "python"
+    if not python.exists():
+        pytest.fail("the tools venv is missing: `make test` installs it into .venv-tools")
+    script = (
+        "import json, sys; from pathlib import Path; from pycep import BicepParser; "
+        "print(json.dumps({p.name: BicepParser().parse(file_path=p) "
+        "for p in sorted(Path(sys.argv[1]).glob('*.bicep'))}, default=str))"
+    )
+    result = subprocess.run(
+        [str(python), "-c", script, str(INFRA)], capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def templates():
+    return parsed()
+
+
+def _resources(templates):
+    for name, template in templates.items():
+        for symbol, resource in (template.get("resources") or {}).items():
+            yield name, symbol, resource
+
+
+def test_no_template_points_an_event_subscription_at_code_not_deployed_yet(templates):
+    # Event Grid validates a function destination when the subscription is written and
+    # azd provisions before it deploys: the postdeploy hook wires events instead.
+    types = {resource["type"] for _, _, resource in _resources(templates)}
+    assert not {t for t in types if t.startswith("Microsoft.EventGrid/")}, types
+    text = json.dumps(templates)
+    assert "AzureFunction" not in text
+    assert "/functions/" not in text
+
+
+def test_system_topics_live_in_their_source_subscription(templates):
+    topics = [
+        (name, resource)
+        for name, _, resource in _resources(templates)
+        if resource["type"] == "Microsoft.EventGrid/systemTopics"
+    ]
+    for name, resource in topics:  # none today: the hook creates or reuses them
+        assert templates[name]["globals"]["scope"]["value"] in {"subscription", "resourceGroup"}
+        source = resource["config"]["properties"]["source"]
+        assert "subscription().id" in json.dumps(source) or "subscription()" in json.dumps(source)
+    hook = (INFRA / "hooks" / "wire_events.py").read_text()
+    assert 'source = f"/subscriptions/{subscription}"' in hook
+    assert "EventGridManagementClient(\n            credential,\n            subscription," in hook
+
+
+def test_custom_role_names_are_unique_in_the_tenant(templates):
+    roles = [
+        (name, resource)
+        for name, _, resource in _resources(templates)
+        if resource["type"] == "Microsoft.Authorization/roleDefinitions"
+    ]
+    assert roles
+    for name, resource in roles:
+        assert templates[name]["globals"]["scope"]["value"] == "subscription"
+        role_name = resource["config"]["properties"]["roleName"]
+        assert "${subscription().subscriptionId}" in role_name, role_name
+        assert "${environmentName}" in role_name, role_name
+
+
+def test_security_admin_only_where_asked_and_settings_write_only_with_integration(templates):
+    access = templates["access.bicep"]
+    assignment = access["resources"]["settingsAdmin"]["config"]
+    assert assignment["condition"] == {
+        "operator": {
+            "type": "and",
+            "operands": {"operand_1": "enableIntegration", "operand_2": "useSecurityAdmin"},
+        }
+    }
+    assert access["variables"]["securityAdmin"]["value"] == "fb1c8493-542b-48eb-b624-b4c8fea62acd"
+    assert (
+        "(enableIntegration && !useSecurityAdmin) ? ['Microsoft.Security/settings/write'] : []"
+        in _bicep("access.bicep")
+    )
+    assert "allowPlanChange ? ['Microsoft.Security/pricings/write'] : []" in _bicep("access.bicep")
+    assert templates["main.bicep"]["parameters"]["useSecurityAdmin"]["default"] is False
+
+
+def test_the_hook_gets_what_it_reads_from_the_deployment(templates):
+    outputs = set(templates["main.bicep"]["outputs"])
+    hook = (INFRA / "hooks" / "wire_events.py").read_text()
+    read = set(re.findall(r'"((?:AZURE|REMEDIATOR)_[A-Z_]+)"', hook))
+    assert read == {
+        "AZURE_FUNCTION_APP_ID",
+        "REMEDIATOR_SUBSCRIPTIONS",
+        "REMEDIATOR_EVENTS_GROUP",
+        "REMEDIATOR_ARM_ENDPOINT",
+    }
+    assert read <= outputs
+    azure_yaml = (ROOT / "azure.yaml").read_text()
+    assert "postdeploy:" in azure_yaml
+    assert azure_yaml.count("infra/hooks/wire_events.py") == 2  # posix and windows
+
+
+def test_storage_endpoints_come_from_the_cloud_not_a_literal():
+    for template in INFRA.glob("*.bicep"):
+        assert "core.windows.net" not in template.read_text(), template.name
