@@ -1,7 +1,11 @@
 """The Function App as the host sees it: the functions, their bindings, and the CLI."""
 
+import importlib
 import io
 import json
+import os
+
+from azure.functions.decorators.core import BindingDirection
 
 import function_app
 from tests.conftest import SUB, function_bindings
@@ -12,11 +16,7 @@ from tests.test_service import ENFORCE, estate, new_vm
 def test_the_app_declares_the_event_path_functions_and_bindings():
     bindings = function_bindings()
     assert bindings["on_vm_event"] == [
-        {
-            "direction": bindings["on_vm_event"][0]["direction"],
-            "type": "eventGridTrigger",
-            "name": "event",
-        }
+        {"direction": BindingDirection.IN, "type": "eventGridTrigger", "name": "event"}
     ]
     install = bindings["install_extension"][0]
     assert (install["type"], install["queueName"], install["connection"]) == (
@@ -27,13 +27,50 @@ def test_the_app_declares_the_event_path_functions_and_bindings():
     assert bindings["install_poison"][0]["queueName"] == "%REMEDIATION_INSTALL_QUEUE%-poison"
 
 
-def test_importing_the_app_reads_no_settings_and_builds_nothing(monkeypatch):
-    import importlib
+class RecordingEnviron(dict):
+    """os.environ that remembers every name asked for, however it is asked."""
 
-    for name in list(__import__("os").environ):
-        if name.startswith(("REMEDIATION_", "AZURE_", "AzureWebJobs")):
-            monkeypatch.delenv(name)
-    importlib.reload(function_app)  # must not raise without settings
+    def __init__(self, values):
+        super().__init__(values)
+        self.asked = []
+
+    def get(self, name, default=None):
+        self.asked.append(name)
+        return super().get(name, default)
+
+    def __getitem__(self, name):
+        self.asked.append(name)
+        return super().__getitem__(name)
+
+    def __contains__(self, name):
+        self.asked.append(name)
+        return super().__contains__(name)
+
+
+def test_importing_the_app_reads_no_settings_and_declares_every_function(monkeypatch):
+    environ = RecordingEnviron(
+        {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("REMEDIATION_", "AZURE_", "AzureWebJobs"))
+        }
+    )
+    monkeypatch.setattr(os, "environ", environ)
+    importlib.reload(function_app)
+    assert environ.asked == []
+    assert sorted(f.get_function_name() for f in function_app.app.get_functions()) == [
+        "coverage_report",
+        "forced_sweep",
+        "health",
+        "install_extension",
+        "install_poison",
+        "nightly_sweep",
+        "on_vm_event",
+        "remediations",
+        "sweep_batch",
+        "sweep_batch_poison",
+        "sweep_status",
+    ]
 
 
 def test_the_host_indexes_the_app_without_loading_the_pipeline():

@@ -1,8 +1,8 @@
 """Fuzzing the app's edges with hypothesis: whatever arrives, the parsers answer with a
 value or their own clear error, never a crash (and, being pure, never a write)."""
 
-import contextlib
 import json
+import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,6 +13,7 @@ from remediation.queues import BadMessage, InstallRequest
 from remediation.sweep import BatchMessage, InvalidSweepRequest, SweepRequest, parse_request
 
 SUB = "11111111-1111-4111-8111-111111111111"
+GUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 SETTINGS = load(
     {"REMEDIATION_SUBSCRIPTIONS": SUB, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
 )
@@ -68,8 +69,31 @@ def test_queue_messages_parse_or_are_refused(text):
         pass
     else:
         assert request.vm.startswith("/subscriptions/")
-    with contextlib.suppress(ValueError):
-        BatchMessage.parse(text)
+
+
+def _near_batch_messages():
+    """Sweep batch messages with each field valid or not: most reach the deep checks."""
+    guid = st.uuids().map(str)
+    return st.fixed_dictionaries(
+        {
+            "schema": st.sampled_from(["sweep-batch/1", "sweep-batch/2", ""]),
+            "run_id": st.one_of(st.text(max_size=20), st.integers()),
+            "batch": st.one_of(st.integers(), st.text(max_size=5), st.none()),
+            "subscriptions": st.lists(st.one_of(guid, guid, st.text(max_size=40)), max_size=3),
+        }
+    )
+
+
+@FAST
+@given(st.one_of(_near_batch_messages().map(json.dumps), st.text(max_size=200)))
+def test_sweep_batch_messages_parse_to_guids_or_are_refused_with_one_error(text):
+    try:
+        message = BatchMessage.parse(text)
+    except ValueError as error:
+        assert str(error) == "not a sweep batch message"
+        return
+    assert all(GUID_TEXT.fullmatch(s) for s in message.subscriptions)
+    assert BatchMessage.parse(message.to_text()) == message
 
 
 @FAST

@@ -5,7 +5,7 @@ import pytest
 from remediation.classify import Classification, OsFamily, Protection, Support
 from remediation.config import load
 from remediation.model import History, Outcome, Posture, Power, VmRef
-from remediation.policy import FAILURE_HINTS, decide, failure_hint
+from remediation.policy import decide, failure_hint
 
 SUB = "11111111-1111-1111-1111-111111111111"
 BASE_SETTINGS = {
@@ -127,8 +127,11 @@ def test_an_error_carries_the_code_and_its_hint():
     decision = decide(
         vm(protection=Protection.FAILED, failure_code=4), READY, SETTINGS, History(reinstalls=2)
     )
-    assert "code 4" in decision.reason
-    assert decision.hint == FAILURE_HINTS[4]
+    assert decision.reason == "MDE.Linux is Failed with code 4 after 2 reinstalls."
+    assert decision.hint == (
+        "no internet connectivity: allow the MDE URLs and packages.microsoft.com "
+        "through the firewall or proxy"
+    )
 
 
 def test_plan_change_can_be_allowed_per_subscription():
@@ -167,12 +170,35 @@ def test_unsupported_says_what_to_do_instead():
     assert decision.hint == "use Intune"
 
 
-@pytest.mark.parametrize("code", [None, 10, 51, 52, 999])
-def test_failure_hints(code):
-    hint = failure_hint(code)
-    assert hint
-    if code in FAILURE_HINTS:
-        assert hint == FAILURE_HINTS[code]
+# (failure code, what a human should do about it)
+# fmt: off
+HINTS = [
+    (None, "read the extension's status message in the portal or its logs on the VM"),
+    (1, "internal error in the extension: retry once; if it persists, collect the extension logs and open a support case"),
+    (2, "invalid arguments: the onboarding package was rejected; check mdeOnboardings"),
+    (3, "insufficient privileges on the machine: check that the agent runs as root"),
+    (4, "no internet connectivity: allow the MDE URLs and packages.microsoft.com through the firewall or proxy"),
+    (5, "another app uses fanotify: remove or reconfigure the conflicting antimalware"),
+    (10, "unsupported distribution: move to a supported one or onboard by hand"),
+    (11, "unsupported OS version: upgrade to a supported version"),
+    (12, "the machine lacks disk space or memory for MDE: free at least 2 GB"),
+    (20, "MDE is not installed: check the package manager's logs on the machine"),
+    (21, "installation failed: check the package manager's logs on the machine"),
+    (23, "a dependency failed to install: check the package repositories"),
+    (24, "the package repository could not be set up: allow packages.microsoft.com"),
+    (30, "the onboarding blob was not found: check the mdeOnboardings package"),
+    (31, "onboarding failed: check connectivity to the MDE service URLs"),
+    (51, "this Windows edition cannot be onboarded through the extension: use Intune or Group Policy"),
+    (52, "no Python interpreter on the machine: install python3, then let the sweep retry"),
+    (999, "unknown extension error code 999: read its logs"),
+    (0, "unknown extension error code 0: read its logs"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("code", "hint"), HINTS, ids=[str(code) for code, _ in HINTS])
+def test_each_failure_code_has_its_hint(code, hint):
+    assert failure_hint(code) == hint
 
 
 # (case, classification, the reason, re-checked soon)
