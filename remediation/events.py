@@ -81,7 +81,11 @@ def parse(
     sub_in_data = as_text(data.get("subscriptionId")).lower()
     if sub_in_data and sub_in_data != vm.subscription:
         return ignored("data.subscriptionId does not match the VM's subscription")
-    if topic and topic.lower().rstrip("/") != f"/subscriptions/{vm.subscription}":
+    # Event Grid always sets topic and CloudEvents 1.0 requires source: an event without
+    # one did not come from the VM's subscription's system topic.
+    if not topic:
+        return ignored("the event names no topic (source)")
+    if topic.lower().rstrip("/") != f"/subscriptions/{vm.subscription}":
         return ignored("the topic is not the VM's subscription")
     if vm.subscription not in subscriptions:
         return Ignored(
