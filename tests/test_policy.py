@@ -72,6 +72,7 @@ TABLE = [
     ("covered, linux excluded needs nothing", vm(protection=Protection.SUCCEEDED), LINUX_EXCLUDED, SETTINGS, History(), Outcome.COMPLIANT, []),
     ("failed, first time", vm(protection=Protection.FAILED, failure_code=31), READY, SETTINGS, History(), Outcome.INSTALL, ["reinstall:MDE.Linux"]),
     ("failed, under the bound", vm(protection=Protection.FAILED), READY, SETTINGS, History(reinstalls=1), Outcome.INSTALL, ["reinstall:MDE.Linux"]),
+    ("absent ignores the reinstall history", vm(), READY, SETTINGS, History(reinstalls=5), Outcome.INSTALL, ["install:MDE.Linux"]),
     ("failed, bound reached", vm(protection=Protection.FAILED, failure_code=4), READY, SETTINGS, History(reinstalls=2), Outcome.ERROR, []),
     ("in progress", vm(protection=Protection.IN_PROGRESS), READY, SETTINGS, History(), Outcome.DEFER, []),
     ("deallocated", vm(power=Power.DEALLOCATED), READY, SETTINGS, History(), Outcome.DEFER, []),
@@ -224,3 +225,87 @@ DEFERRALS = [
 def test_deferrals_say_why_and_whether_they_are_checked_again_soon(classification, reason, recheck):
     decision = decide(classification, READY, SETTINGS, History())
     assert (decision.outcome, decision.reason, decision.recheck) == (Outcome.DEFER, reason, recheck)
+
+
+UNKNOWN_OS = vm("unknown", OsFamily.UNKNOWN, Support.UNKNOWN, support_note="check the agent")
+FAILED_TWICE = History(reinstalls=2)
+NO_CODE = "read the extension's status message in the portal or its logs on the VM"
+CODE_4 = (
+    "no internet connectivity: allow the MDE URLs and packages.microsoft.com through the "
+    "firewall or proxy"
+)
+SET_PLAN = (
+    "set REMEDIATION_ALLOW_PLAN_CHANGE=true, or make the change yourself in Defender for Cloud"
+)
+
+# Every rule's words: (case, classification, posture, settings, history, outcome, reason, hint)
+# fmt: off
+WORDS = [
+    ("opted out", vm(opt_out="tag x=true"), READY, SETTINGS, History(), Outcome.EXCLUDE,
+     "The VM is opted out (tag x=true).", ""),
+    ("managed", vm(managed="an AKS node"), READY, SETTINGS, History(), Outcome.EXCLUDE,
+     "Not ours to touch: an AKS node.", ""),
+    ("unsupported", windows("windows-client", Support.UNSUPPORTED, support_note="use Intune"), READY, SETTINGS, History(), Outcome.UNSUPPORTED,
+     "windows-client cannot be onboarded through the MDE extension.", "use Intune"),
+    ("unknown os, running", UNKNOWN_OS, READY, SETTINGS, History(), Outcome.UNSUPPORTED,
+     "The OS of this VM cannot be identified (unknown).", "check the agent"),
+    ("unknown os comes before blocked", UNKNOWN_OS, NO_PLAN, SETTINGS, History(), Outcome.UNSUPPORTED,
+     "The OS of this VM cannot be identified (unknown).", "check the agent"),
+    ("unknown os, agent not ready", dataclasses.replace(UNKNOWN_OS, agent_ready=False), READY, SETTINGS, History(), Outcome.DEFER,
+     "The OS is not known yet: the guest agent is Not Ready (a new VM's agent reports within minutes).", ""),
+    ("unknown os, stopped", dataclasses.replace(UNKNOWN_OS, power=Power.STOPPED), READY, SETTINGS, History(), Outcome.DEFER,
+     "The OS is not known yet and the VM is stopped; its guest agent reports the OS once it runs.", ""),
+    ("unknown os while deallocated comes before blocked", dataclasses.replace(UNKNOWN_OS, power=Power.DEALLOCATED), NO_PLAN, SETTINGS, History(), Outcome.DEFER,
+     "The OS is not known yet and the VM is deallocated; its guest agent reports the OS once it runs.", ""),
+    ("blocked on the plan", vm(), NO_PLAN, SETTINGS, History(), Outcome.BLOCKED,
+     f"Subscription {SUB} needs enable-plan:P1, which settings do not allow.", SET_PLAN),
+    ("blocked on everything", vm(), BARE, NO_INTEGRATION, History(), Outcome.BLOCKED,
+     f"Subscription {SUB} needs enable-plan:P1, enable-setting:WDATP, "
+     "include-linux:WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW, which settings do not allow.",
+     "set REMEDIATION_ALLOW_PLAN_CHANGE=true and REMEDIATION_ENABLE_INTEGRATION=true, "
+     "or make the change yourself in Defender for Cloud"),
+    ("blocked comes before not running", vm(power=Power.DEALLOCATED), NO_PLAN, SETTINGS, History(), Outcome.BLOCKED,
+     f"Subscription {SUB} needs enable-plan:P1, which settings do not allow.", SET_PLAN),
+    ("compliant", vm(protection=Protection.SUCCEEDED), READY, SETTINGS, History(), Outcome.COMPLIANT,
+     "MDE.Linux is Succeeded and Defender for Servers with MDE integration is on.", ""),
+    ("covered, subscription lacks two things", vm(protection=Protection.SUCCEEDED), BARE, PLAN_ALLOWED, History(), Outcome.INSTALL,
+     "MDE.Linux is installed but the subscription lacks enable-plan:P2, enable-setting:WDATP.", ""),
+    ("in progress", vm(protection=Protection.IN_PROGRESS), READY, SETTINGS, History(), Outcome.DEFER,
+     "An MDE.Linux operation is in progress (this app's or Defender for Cloud's); "
+     "it is checked again when it has had time to finish.", ""),
+    ("failed too often, with a code", vm(protection=Protection.FAILED, failure_code=4), READY, SETTINGS, FAILED_TWICE, Outcome.ERROR,
+     "MDE.Linux is Failed with code 4 after 2 reinstalls.", CODE_4),
+    ("failed too often, no code", vm(protection=Protection.FAILED), READY, SETTINGS, FAILED_TWICE, Outcome.ERROR,
+     "MDE.Linux is Failed after 2 reinstalls.", NO_CODE),
+    ("failed too often comes before not running", vm(protection=Protection.FAILED, power=Power.DEALLOCATED), READY, SETTINGS, FAILED_TWICE, Outcome.ERROR,
+     "MDE.Linux is Failed after 2 reinstalls.", NO_CODE),
+    ("edition refused (51)", windows(protection=Protection.FAILED, failure_code=51), READY, SETTINGS, FAILED_TWICE, Outcome.ERROR,
+     "MDE.Windows is Failed with code 51 after 2 reinstalls.",
+     "this Windows edition cannot be onboarded through the extension: use Intune or Group Policy"),
+    ("deallocated", vm(power=Power.DEALLOCATED), READY, SETTINGS, History(), Outcome.DEFER,
+     "The VM is deallocated; MDE.Linux is installed when it next starts.", ""),
+    ("absent", vm(), READY, SETTINGS, History(), Outcome.INSTALL,
+     "MDE.Linux is absent on ubuntu-22.04.", ""),
+    ("absent, whatever the reinstall history", vm(), READY, SETTINGS, History(reinstalls=5), Outcome.INSTALL,
+     "MDE.Linux is absent on ubuntu-22.04.", ""),
+    ("failed, with a code", vm(protection=Protection.FAILED, failure_code=31), READY, SETTINGS, History(), Outcome.INSTALL,
+     "MDE.Linux is Failed (code 31) on ubuntu-22.04.", ""),
+    ("failed, no code", vm(protection=Protection.FAILED), READY, SETTINGS, History(reinstalls=1), Outcome.INSTALL,
+     "MDE.Linux is Failed on ubuntu-22.04.", ""),
+    ("absent, other extensions failed", vm(failed_extensions=("CustomScript", "OmsAgentForLinux")), READY, SETTINGS, History(), Outcome.INSTALL,
+     "MDE.Linux is absent on ubuntu-22.04. Other extensions in Failed state "
+     "(CustomScript, OmsAgentForLinux) may block the install.", ""),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("classification", "posture", "settings", "history", "outcome", "reason", "hint"),
+    [row[1:] for row in WORDS],
+    ids=[row[0] for row in WORDS],
+)
+def test_every_rule_says_what_it_decided_and_why(
+    classification, posture, settings, history, outcome, reason, hint
+):
+    decision = decide(classification, posture, settings, history)
+    assert (decision.outcome, decision.reason, decision.hint) == (outcome, reason, hint)
