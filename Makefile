@@ -8,9 +8,10 @@ NODE_STAMP := node_modules/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: test demo bench browser lint typecheck unit lock clean
+.PHONY: test demo bench browser lint typecheck unit integration lock clean
 
-test: lint typecheck unit
+# Everything: lint, types, the unit tier (random order), the integration tier.
+test: lint typecheck unit integration
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -40,8 +41,13 @@ $(TOOLS_STAMP): requirements-tools.txt
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-unit: $(STAMP) $(NODE_STAMP) $(TOOLS_STAMP) browser
-	$(BIN)/pytest
+# The fast tier, for every change: pure logic and plain values, in random order.
+unit: $(STAMP)
+	$(BIN)/pytest -m "not integration"
+
+# Azurite, the local Azure, checkov/pycep, the browser, the demo: in file order.
+integration: $(STAMP) $(NODE_STAMP) $(TOOLS_STAMP) browser
+	$(BIN)/pytest -m integration -p no:randomly
 
 # The whole job on an embedded local Azure (control plane + Azurite), about 30 s.
 demo: $(STAMP) $(NODE_STAMP)

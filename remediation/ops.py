@@ -75,7 +75,8 @@ def parse_query(
             problems.append(f"decision: one of {', '.join(sorted(DECISIONS))}")
         values["decision"] = decision
     limit = params.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+    if not re.fullmatch(r"[0-9]{1,6}", limit) or not 1 <= int(limit) <= MAX_LIMIT:
         problems.append(f"limit: a whole number from 1 to {MAX_LIMIT}")
     else:
         values["limit"] = int(limit)

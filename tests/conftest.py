@@ -30,6 +30,20 @@ READER = Principal(
 SUB = "11111111-1111-4111-8111-111111111111"
 
 
+# The integration tier: what starts Azurite or the local Azure, or runs a tool or a
+# browser. `make unit` runs the rest, in random order; `make test` runs both.
+INTEGRATION_FIXTURES = frozenset({"azurite", "plane", "use_identity", "world_factory"})
+INTEGRATION_MODULES = frozenset({"test_infra.py", "test_demo.py", "test_reliability.py"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or (
+            item.path.name in INTEGRATION_MODULES
+        ):
+            item.add_marker(pytest.mark.integration)
+
+
 @functools.cache
 def function_bindings() -> dict:
     """Each function's bindings as the host indexes them. Cached: azure-functions lets

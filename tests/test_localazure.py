@@ -1,7 +1,6 @@
 """Tests of the local control plane itself: it must behave like the Azure it stands for."""
 
 import json
-import time
 
 import pytest
 import requests
@@ -165,7 +164,7 @@ def test_extension_put_is_a_long_running_operation(use_identity):
         assert first["status"] == "InProgress"
         again = client.put(VM_PATH + "/extensions/MDE.Linux", body)
         assert again.status_code == 409  # another extension operation is in flight
-        time.sleep(0.35)
+        plane.settle(now=True)  # the operation's time has passed
         assert client.session.get(status_url).json()["status"] == "Succeeded"
         assert (
             client.get(VM_PATH + "/extensions/MDE.Linux").json()["properties"]["provisioningState"]
@@ -190,7 +189,7 @@ def test_a_failing_extension_operation_carries_the_error(plane):
         },
     }
     created = client.put(flatcar + "/extensions/MDE.Linux", body)
-    time.sleep(0.1)
+    plane.settle(now=True)
     status = client.session.get(created.headers["Azure-AsyncOperation"]).json()
     assert status["status"] == "Failed"
     assert status["error"] == {
@@ -477,8 +476,7 @@ def test_events_for_writes_and_actions_parse_as_the_app_expects(plane):
     stopped = VM_PATH.replace("ubuntu-1", "stopped-1")
     started = client.post(stopped + "/start", None, **{"api-version": COMPUTE_API})
     assert started.status_code == 202
-    time.sleep(0.1)
-    plane.settle()
+    plane.settle(now=True)
     [event] = plane.drain_events()
     assert event["eventType"] == "Microsoft.Resources.ResourceActionSuccess"
     assert event["data"]["operationName"] == "Microsoft.Compute/virtualMachines/start/action"
@@ -576,8 +574,7 @@ def test_extension_delete_and_deallocate_are_long_running(plane):
     assert deleted.status_code == 202
     deallocating = client.post(VM_PATH + "/deallocate", None, **{"api-version": COMPUTE_API})
     assert deallocating.status_code == 202
-    time.sleep(0.1)
-    plane.settle()
+    plane.settle(now=True)
     assert "custom" not in plane.estate.vm(VM_PATH).extensions
     assert plane.estate.vm(VM_PATH).power == "deallocated"
     operations = [e["data"]["operationName"] for e in plane.drain_events()]

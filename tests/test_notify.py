@@ -46,6 +46,8 @@ def test_a_blocked_event_is_published(world_factory, monkeypatch):
     monkeypatch.setenv("REMEDIATION_NOTIFY_TOPIC_KEY", world.plane.topic_key)
     bootstrap.services.cache_clear()
     world.deliver(*world.plane.create_vm(new_vm("blocked-1")))
+    assert world.plane.published == []  # the event only queues; the queue is refused
+    world.run_queue()
     assert {e["eventType"] for e in world.plane.published} == {"Remediation.Blocked"}
 
 

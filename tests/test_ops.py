@@ -51,6 +51,8 @@ def test_times_are_relative_or_iso(text, expected):
         ({"limit": "0"}, "limit"),
         ({"limit": "5000"}, "limit"),
         ({"limit": "-1"}, "limit"),
+        ({"limit": "²"}, "limit: a whole number from 1 to 1000"),  # a digit to isdigit()
+        ({"limit": "٣"}, "limit: a whole number from 1 to 1000"),
         ({"select": "*"}, "unknown filter"),
     ],
 )

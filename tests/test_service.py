@@ -225,8 +225,13 @@ def test_a_429_storm_ends_installed_with_nothing_lost(world_factory):
     world = world_factory(estate("ready"), **ENFORCE)
     vm = new_vm("storm-1")
     events = world.plane.create_vm(vm)
-    world.plane.faults.add("GET", "/virtualMachines/storm-1$", 429, count=8, **{"Retry-After": "1"})
-    world.plane.faults.add("PUT", "/extensions/MDE.Linux$", 429, count=8, **{"Retry-After": "1"})
+    # A 1 ms retry-after keeps the storm fast; honouring a real wait is test_arm.py's.
+    world.plane.faults.add(
+        "GET", "/virtualMachines/storm-1$", 429, count=8, **{"x-ms-retry-after-ms": "1"}
+    )
+    world.plane.faults.add(
+        "PUT", "/extensions/MDE.Linux$", 429, count=8, **{"x-ms-retry-after-ms": "1"}
+    )
     records = world.deliver(*events)
     assert len(records) == 2
     world.run_queue()
@@ -241,7 +246,10 @@ def test_exhausted_retries_reach_the_poison_queue_and_the_audit(world_factory):
     world = world_factory(estate("ready"), **ENFORCE)
     events = world.plane.create_vm(new_vm("doomed-1"))
     world.deliver(*events)
-    world.plane.faults.add("PUT", "/extensions/MDE.Linux$", 503, count=10_000)
+    # A 1 ms retry-after: the retries happen at once instead of in real backoff.
+    world.plane.faults.add(
+        "PUT", "/extensions/MDE.Linux$", 503, count=10_000, **{"x-ms-retry-after-ms": "1"}
+    )
     world.run_queue()
     [poisoned] = [r for r in world.audit_records() if r.outcome == "poisoned"]
     assert poisoned.decision == "error"

@@ -326,6 +326,7 @@ def test_http_functions_use_function_keys():
         "sweep_status": ("GET", "sweep/{runId}"),
         "remediations": ("GET", "remediations"),
         "coverage_report": ("GET", "report"),
+        "health": ("GET", "health"),
     }
     assert {
         name: (next(m.value for m in b["methods"]), b["route"]) for name, b in http.items()
