@@ -95,6 +95,15 @@ MATRIX = [
     ("agent build only 2012r2", agent("Windows", "", "6.3.9600"), W, "windows-server-2012-r2", UNI, False),
     ("agent win11 single session", agent("Windows", "Windows 11 Enterprise", "10.0.22631"), W, "windows-client", NO, True),
     ("agent win10 multi-session", agent("Windows", "Windows 10 Enterprise multi-session", "10.0.19045"), W, "windows-client-multisession", OK, True),
+    ("agent ws2019 without a build", agent("Windows", "Windows Server 2019 Datacenter", ""), W, "windows-server-2019", OK, True),
+    ("agent ws2019 without an os type", agent("", "Windows Server 2019 Datacenter", ""), W, "windows-server-2019", OK, True),
+    ("agent ws2003 r2", agent("Windows", "Windows Server 2003 R2 Enterprise", "5.2.3790"), W, "windows-unknown", UNK, False),
+    ("agent server the matrix does not know, no os type", agent("", "Windows Server 2030 Datacenter", ""), U, "unknown", UNK, False),
+    ("agent win7", agent("Windows", "Windows 7 Enterprise", "6.1.7601"), W, "windows-client", NO, False),
+    ("win7 named across offer and sku", win("Windows", "7-Enterprise-N", publisher="MicrosoftWindowsDesktop"), W, "windows-client", NO, False),
+    ("windows server image the matrix does not know", win("WindowsServer", "2030-datacenter"), W, "windows-unknown", UNK, False),
+    ("windows image of a linux vendor", facts(("Oracle", "weblogic-windows", "2019"), "Windows"), W, "windows-unknown", UNK, False),
+    ("a build number without an os type", facts(os_version="6.3.9600"), U, "unknown", UNK, False),
     ("windows with nothing else", facts(os_type="Windows"), W, "windows-unknown", UNK, False),
     ("windows unknown build", agent("Windows", "", "10.0.99999"), W, "windows-unknown", UNK, False),
     # Linux marketplace
@@ -111,6 +120,7 @@ MATRIX = [
     ("ubuntu 20.04 aarch64", lin("Canonical", "0001-com-ubuntu-server-focal", "20_04-lts-aarch64"), L, "ubuntu-20.04-arm64", OK, False),
     ("ubuntu 26.04", lin("Canonical", "ubuntu-26_04-lts", "server"), L, "ubuntu-26.04", OK, False),
     ("ubuntu 20.10 interim", lin("Canonical", "0001-com-ubuntu-server-groovy", "20_10"), L, "ubuntu-20.10", NO, False),
+    ("ubuntu image naming no version", lin("Canonical", "0001-com-ubuntu-server-focal", "server"), L, "ubuntu", UNK, False),
     ("ubuntu 22.10 interim", lin("Canonical", "0001-com-ubuntu-server-kinetic", "22_10"), L, "ubuntu-22.10", NO, False),
     ("rhel 9.2", lin("RedHat", "RHEL", "9_2"), L, "rhel-9.2", OK, False),
     ("rhel 8.6 glued", lin("RedHat", "RHEL", "86-gen2"), L, "rhel-8.6", OK, False),
@@ -125,6 +135,9 @@ MATRIX = [
     ("rhel 7 arm64", lin("RedHat", "rhel-arm64", "7_9-arm64"), L, "rhel-7.9-arm64", NO, False),
     ("rhel raw", lin("RedHat", "RHEL", "rhel-raw76"), L, "rhel-7.6", OK, False),
     ("rhel 11 unknown major", lin("RedHat", "RHEL", "11-lvm"), L, "rhel-11", NO, False),
+    ("rhel 14 unknown major", lin("RedHat", "RHEL", "14-lvm"), L, "rhel-14", NO, False),
+    ("rhel 15 last plausible major", lin("RedHat", "RHEL", "15-lvm"), L, "rhel-15", NO, False),
+    ("centos 6.9 glued", lin("OpenLogic", "CentOS", "69"), L, "centos-6.9", NO, False),
     ("rhel 7.1", lin("RedHat", "RHEL", "7.1"), L, "rhel-7.1", NO, False),
     ("rhel 6.10", lin("RedHat", "RHEL", "6.10"), L, "rhel-6.10", NO, False),
     ("rhel byos lvm", lin("RedHat", "rhel-byos", "rhel-lvm87"), L, "rhel-8.7", OK, False),
@@ -173,6 +186,9 @@ MATRIX = [
     ("rocky 10", lin("resf", "rockylinux-x86_64", "10-base"), L, "rocky-10", OK, False),
     ("rocky 9.2", lin("erockyenterprisesoftwarefoundationinc1653071250513", "rockylinux-9", "rockylinux-9-2"), L, "rocky-9.2", OK, False),
     ("mariner 2", lin("MicrosoftCBLMariner", "cbl-mariner", "cbl-mariner-2-gen2"), L, "mariner-2", OK, False),
+    ("mariner 2 named in the offer", lin("MicrosoftCBLMariner", "cbl-mariner-2", "gen2-fips"), L, "mariner-2", OK, False),
+    ("mariner naming no version", lin("MicrosoftCBLMariner", "cbl-mariner", "gen2"), L, "mariner", UNK, False),
+    ("debian 9 point release", lin("credativ", "Debian", "9.13"), L, "debian-9.13", OK, False),
     ("flatcar", lin("kinvolk", "flatcar-container-linux-free", "stable-gen2"), L, "flatcar", NO, False),
     # Linux gallery/custom images: the guest agent's report
     ("agent ubuntu 22.04", agent("Linux", "ubuntu", "22.04"), L, "ubuntu-22.04", OK, False),
@@ -202,6 +218,8 @@ MATRIX = [
     ("agent opensuse 15.6", agent("Linux", "opensuse-leap", "15.6"), L, "opensuse-15.6", OK, False),
     ("agent amazon linux 1", agent("Linux", "amzn", "2018.03"), L, "amazon-linux-2018.3", NO, False),
     ("agent gentoo", agent("Linux", "gentoo", "2.14"), L, "gentoo-2.14", NO, False),
+    ("agent distro name slugified", agent("Linux", "Gentoo Linux!", "2.14"), L, "gentoo-linux-2.14", NO, False),
+    ("agent distro name of symbols only", agent("Linux", "???", "1.0"), L, "linux-unknown", UNK, False),
     ("agent distro without version", agent("Linux", "ubuntu", ""), L, "ubuntu", UNK, False),
     ("linux with nothing else", facts(os_type="Linux"), L, "linux-unknown", UNK, False),
     ("agent without os type", agent("", "ubuntu", "20.04"), L, "ubuntu-20.04", OK, False),
@@ -226,6 +244,139 @@ def test_the_os_matrix(facts_, family, platform, support, builtin_av):
     )
 
 
+def a(distro, version):
+    """What a Linux guest agent reports (x64: only images name arm64)."""
+    return agent("Linux", distro, version)
+
+
+# Each row of LINUX_MATRIX at its bounds: the lowest minor and the one below, the highest
+# and the one above where there is one, and the architectures it lists and does not.
+# (case, facts, platform, support)
+# fmt: off
+LINUX_BOUNDS = [
+    ("rhel 7.2", a("rhel", "7.2"), "rhel-7.2", OK),
+    ("rhel 7.1", a("rhel", "7.1"), "rhel-7.1", NO),
+    ("rhel 7 arm64", lin("RedHat", "rhel-arm64", "7_9-arm64"), "rhel-7.9-arm64", NO),
+    ("rhel 8.0", a("rhel", "8.0"), "rhel-8.0", OK),
+    ("rhel 8 arm64", lin("RedHat", "rhel-arm64", "8_8-arm64"), "rhel-8.8-arm64", OK),
+    ("rhel 9.0", a("rhel", "9.0"), "rhel-9.0", OK),
+    ("rhel 9 arm64", lin("RedHat", "rhel-arm64", "9_4-arm64"), "rhel-9.4-arm64", OK),
+    ("rhel 10.0", a("rhel", "10.0"), "rhel-10.0", OK),
+    ("rhel 10 arm64", lin("RedHat", "rhel-arm64", "10_0-arm64"), "rhel-10.0-arm64", OK),
+    ("centos 7.2", a("centos", "7.2"), "centos-7.2", OK),
+    ("centos 7.1", a("centos", "7.1"), "centos-7.1", NO),
+    ("centos 7 arm64", lin("OpenLogic", "CentOS", "7_9-arm64"), "centos-7.9-arm64", NO),
+    ("centos 8.0", a("centos", "8.0"), "centos-8.0", OK),
+    ("centos 8 arm64", lin("OpenLogic", "CentOS", "8_5-arm64"), "centos-8.5-arm64", NO),
+    ("centos 9", a("centos", "9"), "centos-9", OK),
+    ("centos 9 arm64", lin("OpenLogic", "CentOS", "9-arm64"), "centos-9-arm64", OK),
+    ("centos 10", a("centos", "10"), "centos-10", OK),
+    ("centos 10 arm64", lin("OpenLogic", "CentOS", "10-arm64"), "centos-10-arm64", OK),
+    ("centos stream 8", a("CentOS Stream", "8"), "centos-stream-8", OK),
+    ("centos stream 8 arm64", lin("OpenLogic", "centos-stream-arm64", "8-arm64"), "centos-stream-8-arm64", OK),
+    ("centos stream 9", a("CentOS Stream", "9"), "centos-stream-9", OK),
+    ("centos stream 9 arm64", lin("OpenLogic", "centos-stream-arm64", "9-arm64"), "centos-stream-9-arm64", OK),
+    ("centos stream 10", a("CentOS Stream", "10"), "centos-stream-10", OK),
+    ("centos stream 10 arm64", lin("OpenLogic", "centos-stream-arm64", "10-arm64"), "centos-stream-10-arm64", OK),
+    ("centos stream 7", a("CentOS Stream", "7"), "centos-stream-7", NO),
+    ("oracle 7.2", a("oracle", "7.2"), "oracle-7.2", OK),
+    ("oracle 7.1", a("oracle", "7.1"), "oracle-7.1", NO),
+    ("oracle 7 arm64", lin("Oracle", "Oracle-Linux", "ol79-arm64"), "oracle-7.9-arm64", NO),
+    ("oracle 8.0", a("oracle", "8.0"), "oracle-8.0", OK),
+    ("oracle 8 arm64", lin("Oracle", "Oracle-Linux", "ol88-lvm-arm64"), "oracle-8.8-arm64", OK),
+    ("oracle 9.0", a("oracle", "9.0"), "oracle-9.0", OK),
+    ("oracle 9 arm64", lin("Oracle", "Oracle-Linux", "ol94-lvm-arm64"), "oracle-9.4-arm64", OK),
+    ("oracle 10.0", a("oracle", "10.0"), "oracle-10.0", OK),
+    ("oracle 10 arm64", lin("Oracle", "Oracle-Linux", "ol10-lvm-arm64"), "oracle-10-arm64", OK),
+    ("ubuntu 16.04", a("ubuntu", "16.04"), "ubuntu-16.04", OK),
+    ("ubuntu 16.10", a("ubuntu", "16.10"), "ubuntu-16.10", NO),
+    ("ubuntu 16.04 arm64", lin("Canonical", "UbuntuServer", "16_04-lts-arm64"), "ubuntu-16.04-arm64", NO),
+    ("ubuntu 18.04", a("ubuntu", "18.04"), "ubuntu-18.04", OK),
+    ("ubuntu 18.10", a("ubuntu", "18.10"), "ubuntu-18.10", NO),
+    ("ubuntu 18.04 arm64", lin("Canonical", "UbuntuServer", "18_04-lts-arm64"), "ubuntu-18.04-arm64", NO),
+    ("ubuntu 20.04", a("ubuntu", "20.04"), "ubuntu-20.04", OK),
+    ("ubuntu 20.10", a("ubuntu", "20.10"), "ubuntu-20.10", NO),
+    ("ubuntu 20.04 arm64", lin("Canonical", "0001-com-ubuntu-server-focal", "20_04-lts-arm64"), "ubuntu-20.04-arm64", OK),
+    ("ubuntu 22.04", a("ubuntu", "22.04"), "ubuntu-22.04", OK),
+    ("ubuntu 22.10", a("ubuntu", "22.10"), "ubuntu-22.10", NO),
+    ("ubuntu 22.04 arm64", lin("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-arm64"), "ubuntu-22.04-arm64", OK),
+    ("ubuntu 24.04", a("ubuntu", "24.04"), "ubuntu-24.04", OK),
+    ("ubuntu 24.10", a("ubuntu", "24.10"), "ubuntu-24.10", NO),
+    ("ubuntu 24.04 arm64", lin("Canonical", "ubuntu-24_04-lts", "server-arm64"), "ubuntu-24.04-arm64", OK),
+    ("ubuntu 26.04", a("ubuntu", "26.04"), "ubuntu-26.04", OK),
+    ("ubuntu 26.10", a("ubuntu", "26.10"), "ubuntu-26.10", NO),
+    ("ubuntu 26.04 arm64", lin("Canonical", "ubuntu-26_04-lts", "server-arm64"), "ubuntu-26.04-arm64", OK),
+    # Ubuntu LTS only: exactly the .04 release of each major.
+    *((f"ubuntu {major}.{minor:02d}", a("ubuntu", f"{major}.{minor:02d}"), f"ubuntu-{major}.{minor:02d}", NO)
+      for major in (16, 18, 20, 22, 24, 26) for minor in (3, 5)),
+    ("debian 9", a("debian", "9"), "debian-9", OK),
+    ("debian 9 arm64", lin("Debian", "debian-9", "9-arm64"), "debian-9-arm64", NO),
+    ("debian 10", a("debian", "10"), "debian-10", OK),
+    ("debian 10 arm64", lin("Debian", "debian-10", "10-arm64"), "debian-10-arm64", NO),
+    ("debian 11", a("debian", "11"), "debian-11", OK),
+    ("debian 11 arm64", lin("Debian", "debian-11", "11-arm64"), "debian-11-arm64", OK),
+    ("debian 12", a("debian", "12"), "debian-12", OK),
+    ("debian 12 arm64", lin("Debian", "debian-12", "12-arm64"), "debian-12-arm64", OK),
+    ("debian 13", a("debian", "13"), "debian-13", OK),
+    ("debian 13 arm64", lin("Debian", "debian-13", "13-arm64"), "debian-13-arm64", OK),
+    ("sles 12.0", a("sles", "12.0"), "sles-12.0", OK),
+    ("sles 12 arm64", lin("SUSE", "sles-12-sp5-arm64", "gen2"), "sles-12.5-arm64", NO),
+    ("sles 15.0", a("sles", "15.0"), "sles-15.0", OK),
+    ("sles 15 sp4 arm64", lin("SUSE", "sles-15-sp4-arm64", "gen2"), "sles-15.4-arm64", NO),
+    ("sles 15 sp5 arm64", lin("SUSE", "sles-15-sp5-arm64", "gen2"), "sles-15.5-arm64", OK),
+    ("sles 15 sp6 arm64", lin("SUSE", "sles-15-sp6-arm64", "gen2"), "sles-15.6-arm64", OK),
+    ("sles 15 sp7 arm64", lin("SUSE", "sles-15-sp7-arm64", "gen2"), "sles-15.7-arm64", NO),
+    ("sles 16.0", a("sles", "16.0"), "sles-16.0", OK),
+    ("sles 16 arm64", lin("SUSE", "sles-16-0-arm64", "gen2"), "sles-16.0-arm64", OK),
+    ("opensuse 15.6", a("opensuse-leap", "15.6"), "opensuse-15.6", OK),
+    ("opensuse 15.5", a("opensuse-leap", "15.5"), "opensuse-15.5", NO),
+    ("opensuse 15.7", a("opensuse-leap", "15.7"), "opensuse-15.7", NO),
+    ("opensuse 15.6 arm64", lin("SUSE", "opensuse-leap-15-6-arm64", "gen2"), "opensuse-15.6-arm64", OK),
+    ("opensuse 16.0", a("opensuse-leap", "16.0"), "opensuse-16.0", OK),
+    ("opensuse 16 arm64", lin("SUSE", "opensuse-leap-16-0-arm64", "gen2"), "opensuse-16.0-arm64", OK),
+    ("amazon linux 2", a("amzn", "2"), "amazon-linux-2", OK),
+    ("amazon linux 2 arm64", lin("amazon", "amzn2-arm64", "2-arm64"), "amazon-linux-2-arm64", NO),
+    ("amazon linux 2023", a("amzn", "2023"), "amazon-linux-2023", OK),
+    ("amazon linux 2023 arm64", lin("amazon", "al2023-arm64", "2023-arm64"), "amazon-linux-2023-arm64", OK),
+    *((f"fedora {major}", a("fedora", str(major)), f"fedora-{major}", OK) for major in range(33, 45)),
+    ("fedora 32", a("fedora", "32"), "fedora-32", NO),
+    ("fedora 45", a("fedora", "45"), "fedora-45", NO),
+    *((f"fedora {major} arm64", lin("Fedora", "fedora", f"{major}-arm64"), f"fedora-{major}-arm64", NO) for major in range(33, 40)),
+    ("fedora 40 arm64", lin("Fedora", "fedora", "40-arm64"), "fedora-40-arm64", OK),
+    ("fedora 44 arm64", lin("Fedora", "fedora", "44-arm64"), "fedora-44-arm64", OK),
+    ("rocky 8.7", a("rocky", "8.7"), "rocky-8.7", OK),
+    ("rocky 8.6", a("rocky", "8.6"), "rocky-8.6", NO),
+    ("rocky 8 aarch64", lin("resf", "rockylinux-aarch64", "8_9-aarch64"), "rocky-8.9-arm64", OK),
+    ("rocky 9.2", a("rocky", "9.2"), "rocky-9.2", OK),
+    ("rocky 9.1", a("rocky", "9.1"), "rocky-9.1", NO),
+    ("rocky 9 arm64", lin("resf", "rockylinux-arm64", "9_4-arm64"), "rocky-9.4-arm64", OK),
+    ("rocky 10.0", a("rocky", "10.0"), "rocky-10.0", OK),
+    ("rocky 10 arm64", lin("resf", "rockylinux-arm64", "10-base-arm64"), "rocky-10-arm64", OK),
+    ("alma 8.4", a("almalinux", "8.4"), "alma-8.4", OK),
+    ("alma 8.3", a("almalinux", "8.3"), "alma-8.3", NO),
+    ("alma 8 arm64", lin("almalinux", "almalinux-arm", "8_9-arm64"), "alma-8.9-arm64", OK),
+    ("alma 9.2", a("almalinux", "9.2"), "alma-9.2", OK),
+    ("alma 9.1", a("almalinux", "9.1"), "alma-9.1", NO),
+    ("alma 9 arm64", lin("almalinux", "almalinux-arm", "9-arm64"), "alma-9-arm64", OK),
+    ("alma 10.0", a("almalinux", "10.0"), "alma-10.0", OK),
+    ("alma 10 arm64", lin("almalinux", "almalinux-arm", "10-arm64"), "alma-10-arm64", OK),
+    ("mariner 2.0", a("mariner", "2.0"), "mariner-2.0", OK),
+    ("mariner 2 arm64", lin("MicrosoftCBLMariner", "cbl-mariner", "cbl-mariner-2-arm64"), "mariner-2-arm64", OK),
+    ("mariner 1", a("mariner", "1.0"), "mariner-1.0", NO),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("facts_", "platform", "support"),
+    [row[1:] for row in LINUX_BOUNDS],
+    ids=[row[0] for row in LINUX_BOUNDS],
+)
+def test_each_row_of_the_linux_matrix_at_its_bounds(facts_, platform, support):
+    result = classify(facts_, TAG)
+    assert (result.os, result.platform, result.support) == (L, platform, support)
+
+
 def test_unsupported_platforms_say_what_to_do_instead():
     for case, facts_, _, _, support, _ in MATRIX:
         if support in {NO, UNK}:
@@ -238,38 +389,114 @@ def test_extension_type_follows_the_os():
     assert classify(facts(), TAG).extension == ""
 
 
-def test_python3_caveat_for_rhel8_and_recent_ubuntu():
-    assert "python3" in classify(lin("RedHat", "RHEL", "8_6"), TAG).support_note
-    assert "python3" in classify(lin("Canonical", "ubuntu-24_04-lts", "server"), TAG).support_note
-    assert classify(lin("Debian", "debian-12", "12"), TAG).support_note == ""
+UNKNOWN_NOTE = (
+    "the image names no OS and the guest agent has not reported one: start the VM and check "
+    "its guest agent, or onboard it by hand"
+)
 
-
+# (case, facts, the support note, word for word)
 # fmt: off
-MANAGED = [
-    ("databricks", lin("AzureDatabricks", "databricks", "databricksworker"), "Databricks"),
-    ("openshift", lin("azureopenshift", "aro4", "aro_414"), "OpenShift"),
-    ("aks image", lin("microsoft-aks", "aks", "aks-ubuntu-2204"), "AKS"),
-    ("fortinet", lin("fortinet", "fortinet_fortigate-vm_v5", "fortinet_fg-vm"), "Fortinet"),
-    ("palo alto", lin("paloaltonetworks", "vmseries-flex", "byol"), "Palo Alto"),
-    ("firewall offer", lin("someisv", "next-gen-firewall", "byol"), "firewall"),
-    ("aks node group", lin("Canonical", "UbuntuServer", "18.04-LTS", group="MC_rg_aks_westeurope"), "AKS node resource group"),
-    ("databricks group", lin("Canonical", "UbuntuServer", "18.04-LTS", group="databricks-rg-ws-abc"), "Databricks"),
+NOTES = [
+    ("ws2022", win("WindowsServer", "2022-datacenter"), ""),
+    ("ws2012", win("WindowsServer", "2012-Datacenter"),
+     "Windows Server 2012 (not R2) cannot be onboarded to MDE: upgrade the OS"),
+    ("ws2008 r2", win("WindowsServer", "2008-R2-SP1"),
+     "Windows Server 2008 R2 needs the legacy MMA-based agent: onboard it by hand or upgrade the OS"),
+    ("win11 single session", win("windows-11", "win11-23h2-ent", publisher="MicrosoftWindowsDesktop"),
+     "single-session Windows 10/11 cannot be onboarded through the MDE.Windows extension "
+     "(it fails with code 51): onboard it with Intune or Group Policy"),
+    ("win11 multi-session", win("windows-11", "win11-23h2-avd", publisher="MicrosoftWindowsDesktop"), ""),
+    ("win7", win("windows-7", "win7-enterprise", publisher="MicrosoftWindowsDesktop"),
+     "Windows 7 cannot be onboarded to MDE through the extension: upgrade it"),
+    ("nothing known", facts(), UNKNOWN_NOTE),
+    ("windows with nothing else", facts(os_type="Windows"), UNKNOWN_NOTE),
+    ("linux with nothing else", facts(os_type="Linux"), UNKNOWN_NOTE),
+    ("distro name of symbols only", agent("Linux", "???", "1.0"), UNKNOWN_NOTE),
+    ("flatcar", lin("kinvolk", "flatcar-container-linux-free", "stable-gen2"),
+     "flatcar is not a distribution MDE for Linux supports: onboard it by hand"),
+    ("distro without version", agent("Linux", "ubuntu", ""),
+     "cannot tell which ubuntu version this is: check the guest agent"),
+    ("ubuntu interim release", lin("Canonical", "0001-com-ubuntu-server-mantic", "23_10"),
+     "ubuntu-23.10 is not on MDE for Linux's list of supported distributions and architectures: "
+     "move to a supported version, or onboard it by hand if Microsoft supports it otherwise"),
+    ("debian 12", lin("Debian", "debian-12", "12"), ""),
 ]
 # fmt: on
 
 
 @pytest.mark.parametrize(
-    ("facts_", "mentions"), [row[1:] for row in MANAGED], ids=[row[0] for row in MANAGED]
+    ("facts_", "note"), [row[1:] for row in NOTES], ids=[row[0] for row in NOTES]
 )
-def test_managed_service_and_appliance_vms_are_recognised(facts_, mentions):
-    assert mentions in classify(facts_, TAG).managed
+def test_each_platform_says_what_to_do_in_its_own_words(facts_, note):
+    assert classify(facts_, TAG).support_note == note
 
 
-def test_an_ordinary_vm_is_not_managed():
-    assert (
-        classify(lin("Canonical", "UbuntuServer", "18.04-LTS", group="rg-mcdonald"), TAG).managed
-        == ""
-    )
+PYTHON3 = "the extension needs python3 on the machine"
+
+# (distro as the guest agent names it, version, the python3 caveat or none)
+# fmt: off
+PYTHON3_CAVEATS = [
+    ("rhel", "8.6", PYTHON3),
+    ("ubuntu", "20.04", PYTHON3),
+    ("ubuntu", "22.04", PYTHON3),
+    ("ubuntu", "24.04", PYTHON3),
+    ("ubuntu", "26.04", PYTHON3),
+    ("rhel", "7.9", ""),
+    ("rhel", "9.4", ""),
+    ("rhel", "10.0", ""),
+    ("ubuntu", "18.04", ""),
+    ("ubuntu", "16.04", ""),
+    ("centos", "8.5", ""),
+    ("oracle", "8.6", ""),
+    ("alma", "8.7", ""),
+    ("rocky", "8.7", ""),
+    ("debian", "11", ""),
+    ("sles", "15.5", ""),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("distro", "version", "note"), PYTHON3_CAVEATS)
+def test_the_python3_caveat_is_given_exactly_where_the_extension_needs_it(distro, version, note):
+    result = classify(agent("Linux", distro, version), TAG)
+    assert (result.support, result.support_note) == (OK, note)
+
+
+# (case, facts, why it is not ours to touch, word for word)
+# fmt: off
+MANAGED = [
+    ("databricks", lin("AzureDatabricks", "databricks", "databricksworker"), "the image (AzureDatabricks) makes it an Azure Databricks cluster node"),
+    ("openshift", lin("azureopenshift", "aro4", "aro_414"), "the image (azureopenshift) makes it an Azure Red Hat OpenShift node"),
+    ("aks image", lin("microsoft-aks", "aks", "aks-ubuntu-2204"), "the image (microsoft-aks) makes it an AKS node"),
+    ("aks publisher", lin("AKS", "aks-engine", "aks-ubuntu-1804"), "the image (AKS) makes it an AKS node"),
+    ("fortinet", lin("fortinet", "fortinet_fortigate-vm_v5", "fortinet_fg-vm"), "the image (fortinet) makes it a Fortinet network appliance"),
+    ("palo alto", lin("paloaltonetworks", "vmseries-flex", "byol"), "the image (paloaltonetworks) makes it a Palo Alto Networks appliance"),
+    ("check point", lin("checkpoint", "check-point-cg-r8110", "sg-byol"), "the image (checkpoint) makes it a Check Point appliance"),
+    ("barracuda", lin("barracudanetworks", "barracuda-ng-firewall", "byol"), "the image (barracudanetworks) makes it a Barracuda appliance"),
+    ("cisco", lin("cisco", "cisco-csr-1000v", "17_3_4a-byol"), "the image (cisco) makes it a Cisco appliance"),
+    ("f5", lin("f5-networks", "f5-big-ip-best", "f5-bigip-virtual-edition-25m-best-hourly"), "the image (f5-networks) makes it an F5 appliance"),
+    ("citrix", lin("citrix", "netscalervpx-131", "netscalerbyol"), "the image (citrix) makes it a Citrix appliance"),
+    ("sophos", lin("sophos", "sophos-xg", "byol"), "the image (sophos) makes it a Sophos appliance"),
+    ("juniper", lin("juniper-networks", "vsrx-next-generation", "vsrx-byol-azure-image"), "the image (juniper-networks) makes it a Juniper appliance"),
+    ("vmware", lin("vmware-inc", "sol-42222-bbj", "byol"), "the image (vmware-inc) makes it a VMware appliance"),
+    ("firewall offer", lin("someisv", "next-gen-firewall", "byol"), "the image offer next-gen-firewall is a firewall appliance"),
+    ("firewall offer in capitals", lin("someisv", "NextGen-FIREWALL", "byol"), "the image offer NextGen-FIREWALL is a firewall appliance"),
+    ("aks node group", lin("Canonical", "UbuntuServer", "18.04-LTS", group="MC_rg_aks_westeurope"), "it is in an AKS node resource group (MC_rg_aks_westeurope)"),
+    ("aks node group in lower case", lin("Canonical", "UbuntuServer", "18.04-LTS", group="mc_rg_aks_westeurope"), "it is in an AKS node resource group (mc_rg_aks_westeurope)"),
+    ("databricks group", lin("Canonical", "UbuntuServer", "18.04-LTS", group="databricks-rg-ws-abc"), "it is in a Databricks managed group (databricks-rg-ws-abc)"),
+    ("a group that only contains mc_", lin("Canonical", "UbuntuServer", "18.04-LTS", group="rg-mc_prod"), ""),
+    ("a group that only contains databricks-rg-", lin("Canonical", "UbuntuServer", "18.04-LTS", group="old-databricks-rg-x"), ""),
+    ("a group starting with mc but not mc_", lin("Canonical", "UbuntuServer", "18.04-LTS", group="mcdonald-rg"), ""),
+    ("an ordinary image", lin("Canonical", "UbuntuServer", "18.04-LTS"), ""),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("facts_", "managed"), [row[1:] for row in MANAGED], ids=[row[0] for row in MANAGED]
+)
+def test_managed_service_and_appliance_vms_are_recognised(facts_, managed):
+    assert classify(facts_, TAG).managed == managed
 
 
 # fmt: off
@@ -311,6 +538,9 @@ PROTECTION = [
     ((mde("Deleting"),), Protection.IN_PROGRESS, None),
     ((mde("Succeeded", publisher="Someone.Else"),), Protection.ABSENT, None),
     ((mde("Succeeded", type_="MDE.Windows"),), Protection.SUCCEEDED, None),
+    ((mde("Succeeded", type_="MDE.Windows"), mde("Failed", code=10)), Protection.FAILED, 10),
+    ((mde("Failed", type_="MDE.Windows", code=51), mde("Succeeded")), Protection.SUCCEEDED, None),
+    ((mde("Failed", type_="MDE.Windows", code=51), mde("Creating", type_="mde.linux")), Protection.IN_PROGRESS, None),
 ]
 # fmt: on
 
@@ -336,6 +566,12 @@ def test_other_failed_extensions_are_listed():
 @pytest.mark.parametrize("power", list(Power))
 def test_power_state_is_carried(power):
     assert classify(lin("Canonical", "UbuntuServer", "18.04-LTS", power=power), TAG).power is power
+
+
+@pytest.mark.parametrize("ready", [True, False, None])
+def test_the_vm_and_its_guest_agent_state_are_carried(ready):
+    result = classify(agent("Linux", "ubuntu", "22.04", agent_ready=ready), TAG)
+    assert (result.vm, result.agent_ready) == (VmRef(SUB, "rg", "vm1"), ready)
 
 
 # --- ARM and Resource Graph readers give equal facts ---------------------------------
@@ -465,18 +701,41 @@ def test_arm_reader_tolerates_a_vm_without_instance_view():
     assert classify(result, TAG).platform == "rhel-8.6"
 
 
-@pytest.mark.parametrize(
-    ("statuses", "code"),
-    [
-        ([{"code": "ProvisioningState/failed/51", "message": "not supported"}], 51),
-        ([{"code": "ProvisioningState/failed", "message": "Enable failed: exit code 31"}], 31),
-        ([{"code": "ProvisioningState/failed", "message": "no code here"}], None),
-    ],
-)
+NO_STATUSES = object()
+
+# (the MDE extension's instance view statuses, the failure code read from them)
+# fmt: off
+FAILURE_CODES = [
+    ([{"code": "ProvisioningState/failed/51", "message": "not supported"}], 51),
+    ([{"code": "provisioningstate/FAILED/52"}], 52),
+    ([{"code": "ProvisioningState/failed/51x"}], None),
+    ([{"code": "ProvisioningState/failed", "message": "Enable failed: exit code 31"}], 31),
+    ([{"code": "ProvisioningState/failed", "message": "Enable failed: exit code: 23"}], 23),
+    ([{"code": "ProvisioningState/failed", "message": "The script exited with code 10"}], 10),
+    ([{"code": "ProvisioningState/failed", "message": "Install failed. Exit Code 21"}], 21),
+    ([{"code": "ProvisioningState/failed", "message": "no code here"}], None),
+    ([{"code": "ComponentStatus/mde/succeeded"}, {"code": "ProvisioningState/failed/4"}], 4),
+    ([], None),
+    ({"code": "ProvisioningState/failed/51"}, None),
+    (NO_STATUSES, None),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("statuses", "code"), FAILURE_CODES)
 def test_failure_codes_are_read_from_the_instance_view(statuses, code):
     vm = arm_vm()
-    vm["properties"]["instanceView"]["extensions"][0]["statuses"] = statuses
+    if statuses is NO_STATUSES:
+        del vm["properties"]["instanceView"]["extensions"][0]["statuses"]
+    else:
+        vm["properties"]["instanceView"]["extensions"][0]["statuses"] = statuses
     assert facts_from_arm(vm).extensions[1].code == code
+
+
+def test_an_extension_that_is_not_failed_has_no_failure_code_from_a_stale_instance_view():
+    vm = arm_vm()
+    vm["resources"][0]["properties"]["provisioningState"] = "Succeeded"
+    assert facts_from_arm(vm).extensions[1].code is None
 
 
 def test_gallery_image_ids_are_kept():
@@ -486,3 +745,211 @@ def test_gallery_image_ids_are_kept():
     result = facts_from_arm(vm)
     assert (result.image_id, result.publisher) == (gallery, "")
     assert classify(result, TAG).platform == "rhel-8.6"  # from the guest agent
+
+
+def test_the_arm_reader_reads_every_fact():
+    vm = arm_vm()
+    vm["tags"] = {"env": "prod", "cost-centre": 42}
+    vm["properties"]["licenseType"] = "RHEL_BYOS"
+    vm["properties"]["instanceView"]["vmAgent"] = {
+        "vmAgentVersion": "2.7.41491.1102",
+        "statuses": [
+            {
+                "code": "ProvisioningState/succeeded",
+                "level": "Info",
+                "displayStatus": "Ready",
+                "message": "Guest Agent is running",
+            }
+        ],
+    }
+    assert facts_from_arm(vm, vm_pricing="Standard") == VmFacts(
+        vm=VmRef(SUB, "rg-app", "app-7"),
+        location="westeurope",
+        os_type="Linux",
+        publisher="RedHat",
+        offer="RHEL",
+        sku="86-gen2",
+        image_id="",
+        license_type="RHEL_BYOS",
+        os_name="redhat",
+        os_version="8.6",
+        agent_ready=True,
+        power=Power.RUNNING,
+        tags={"env": "prod", "cost-centre": "42"},
+        extensions=(
+            ExtensionFacts(
+                "AzureMonitorLinuxAgent",
+                "Microsoft.Azure.Monitor",
+                "AzureMonitorLinuxAgent",
+                "Succeeded",
+                None,
+            ),
+            ExtensionFacts("MDE.Linux", MDE_PUBLISHER, "MDE.Linux", "Failed", 10),
+        ),
+        vm_pricing="Standard",
+    )
+
+
+def test_the_resource_graph_reader_reads_every_fact():
+    row = graph_row()
+    row["tags"] = {"env": "prod", "cost-centre": 42}
+    row["licenseType"] = "RHEL_BYOS"
+    assert facts_from_graph(row) == VmFacts(
+        vm=VmRef(SUB, "rg-app", "app-7"),
+        location="westeurope",
+        os_type="Linux",
+        publisher="RedHat",
+        offer="RHEL",
+        sku="86-gen2",
+        image_id="",
+        license_type="RHEL_BYOS",
+        os_name="redhat",
+        os_version="8.6",
+        agent_ready=None,
+        power=Power.RUNNING,
+        tags={"env": "prod", "cost-centre": "42"},
+        extensions=(
+            ExtensionFacts(
+                "AzureMonitorLinuxAgent",
+                "Microsoft.Azure.Monitor",
+                "AzureMonitorLinuxAgent",
+                "Succeeded",
+            ),
+            ExtensionFacts("MDE.Linux", MDE_PUBLISHER, "MDE.Linux", "Failed"),
+        ),
+        vm_pricing=None,
+    )
+
+
+def test_tags_that_are_not_an_object_are_no_tags():
+    vm, row = arm_vm(), graph_row()
+    vm["tags"] = row["tags"] = ["env", "prod"]
+    assert facts_from_arm(vm).tags == facts_from_graph(row).tags == {}
+
+
+def windows_client_vm():
+    vm = arm_vm()
+    vm["properties"]["storageProfile"]["imageReference"] = {"id": GALLERY}
+    vm["properties"]["storageProfile"]["osDisk"]["osType"] = "Windows"
+    vm["properties"]["licenseType"] = "Windows_Client"
+    del vm["properties"]["instanceView"]
+    return vm
+
+
+def test_a_client_licence_is_read_by_both_readers():
+    row = graph_row()
+    row["imageReference"] = {"id": GALLERY}
+    row["osType"] = "Windows"
+    row["licenseType"] = "Windows_Client"
+    del row["instanceView"]
+    for facts_ in (facts_from_arm(windows_client_vm()), facts_from_graph(row)):
+        assert facts_.license_type == "Windows_Client"
+        assert classify(facts_, TAG).platform == "windows-client"
+
+
+GALLERY = (
+    f"/subscriptions/{SUB}/resourceGroups/img/providers/Microsoft.Compute/galleries/g/images/rhel"
+)
+SHARED = "/SharedGalleries/0f0e0d0c-1111-4111-8111-abcdefabcdef-CONTOSO/Images/rhel/Versions/latest"
+COMMUNITY = (
+    "/CommunityGalleries/contoso-1a2b3c4d-0000-4000-8000-000000000000/Images/rhel/Versions/1.0.0"
+)
+
+# (image reference, the image id the readers keep)
+# fmt: off
+GALLERY_IMAGES = [
+    ({"id": GALLERY}, GALLERY),
+    ({"sharedGalleryImageId": SHARED}, SHARED),
+    ({"communityGalleryImageId": COMMUNITY}, COMMUNITY),
+    ({"id": GALLERY, "sharedGalleryImageId": SHARED}, GALLERY),
+    ({"sharedGalleryImageId": SHARED, "communityGalleryImageId": COMMUNITY}, SHARED),
+    ({"publisher": "RedHat", "offer": "RHEL", "sku": "86-gen2", "version": "latest"}, ""),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("reference", "image_id"), GALLERY_IMAGES)
+def test_an_image_from_a_gallery_is_known_by_its_id(reference, image_id):
+    vm, row = arm_vm(), graph_row()
+    vm["properties"]["storageProfile"]["imageReference"] = reference
+    row["imageReference"] = reference
+    assert facts_from_arm(vm).image_id == facts_from_graph(row).image_id == image_id
+
+
+# (instanceView.vmAgent, the guest agent reported Ready)
+# fmt: off
+AGENTS = [
+    ("unresponsive", {"vmAgentVersion": "Unknown", "statuses": [{"code": "ProvisioningState/Unavailable", "level": "Warning", "displayStatus": "Not Ready", "message": "VM Agent is unresponsive."}]}, False),
+    ("ready", {"vmAgentVersion": "2.7.41491.1102", "statuses": [{"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": "Ready", "message": "Guest Agent is running"}]}, True),
+    ("ready, written otherwise", {"statuses": [{"displayStatus": " READY "}]}, True),
+    ("not ready, written otherwise", {"statuses": [{"displayStatus": "not ready"}]}, False),
+    ("the first status that tells", {"statuses": [{"displayStatus": "Provisioning"}, {"displayStatus": "Ready"}]}, True),
+    ("statuses that tell nothing", {"statuses": [{"code": "ProvisioningState/succeeded"}]}, None),
+    ("no statuses", {"vmAgentVersion": "Unknown"}, None),
+    ("no vmAgent", None, None),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("agent_view", "ready"), [r[1:] for r in AGENTS], ids=[r[0] for r in AGENTS]
+)
+def test_the_guest_agent_state_is_read_from_the_instance_view(agent_view, ready):
+    vm = arm_vm()
+    if agent_view is not None:
+        vm["properties"]["instanceView"]["vmAgent"] = agent_view
+    assert facts_from_arm(vm).agent_ready is ready
+
+
+NO_POWER_STATE = object()
+
+# (Resource Graph powerState.code, the power state)
+# fmt: off
+POWER_CODES = [
+    ("PowerState/running", Power.RUNNING),
+    ("PowerState/deallocated", Power.DEALLOCATED),
+    ("powerstate/Stopped", Power.STOPPED),
+    ("PowerState/starting", Power.STARTING),
+    ("PowerState/hibernated", Power.UNKNOWN),
+    ("PowerState/running/extra", Power.UNKNOWN),
+    ("PowerState/x/running", Power.UNKNOWN),
+    ("running", Power.UNKNOWN),
+    (42, Power.UNKNOWN),
+    (NO_POWER_STATE, Power.UNKNOWN),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("code", "power"), POWER_CODES)
+def test_the_power_state_is_read_from_its_code(code, power):
+    row = graph_row()
+    if code is NO_POWER_STATE:
+        del row["instanceView"]["powerState"]
+    else:
+        row["instanceView"]["powerState"]["code"] = code
+    assert facts_from_graph(row).power is power
+
+
+def test_a_row_without_instance_view_has_no_os_and_no_power():
+    row = graph_row()
+    del row["instanceView"]
+    result = facts_from_graph(row)
+    assert (result.os_name, result.os_version, result.power) == ("", "", Power.UNKNOWN)
+
+
+def test_both_readers_order_extensions_by_name_whatever_the_case():
+    names = ["Zeta", "alpha", "a_b", "aB"]
+    vm, row = arm_vm(), graph_row()
+    vm["resources"] = [
+        {
+            "name": name,
+            "properties": {"publisher": "P", "type": "T", "provisioningState": "Succeeded"},
+        }
+        for name in names
+    ]
+    row["extensions"] = [
+        {"name": name, "publisher": "P", "type": "T", "provisioningState": "Succeeded"}
+        for name in names
+    ]
+    for facts_ in (facts_from_arm(vm), facts_from_graph(row)):
+        assert [ext.name for ext in facts_.extensions] == ["a_b", "aB", "alpha", "Zeta"]
