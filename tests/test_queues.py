@@ -90,6 +90,24 @@ def test_a_claim_is_taken_once_until_it_expires(storage):
     assert claims.take(VM, "c", now + timedelta(hours=2))  # the lease ran out
 
 
+def test_a_claim_lasts_an_hour_at_least_and_as_long_as_the_lease_asked_for(storage):
+    table, _ = storage
+    now = datetime.now(UTC)
+    claims = Claims(table, cooldown=timedelta(minutes=15))
+    assert claims.take(VM, "a", now)
+    assert not claims.take(VM, "b", now + timedelta(minutes=59))
+    assert claims.take(VM, "c", now + timedelta(minutes=61))
+    other = VM + "b"
+    longer = Claims(table, cooldown=timedelta(minutes=15), lease=timedelta(minutes=75))
+    assert longer.take(other, "a", now)
+    assert not longer.take(other, "b", now + timedelta(minutes=74))  # re-checks still run
+    assert longer.take(other, "c", now + timedelta(minutes=76))
+    shorter = Claims(table, cooldown=timedelta(0), lease=timedelta(minutes=5))
+    third = VM + "c"
+    assert shorter.take(third, "a", now)
+    assert not shorter.take(third, "b", now + timedelta(minutes=30))  # never under an hour
+
+
 def test_a_finished_claim_holds_for_the_cooldown_only(storage):
     table, _ = storage
     claims = Claims(table, cooldown=timedelta(minutes=15))

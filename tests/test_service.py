@@ -360,3 +360,22 @@ def test_queue_messages_never_carry_the_onboarding_package(world_factory):
     assert package not in message.content
     world.run_queue()
     assert all(package not in json.dumps(r.to_json()) for r in world.audit_records())
+
+
+def test_enforcing_on_linux_includes_linux_and_reads_the_vm_pricing_before_paying(world_factory):
+    world = world_factory(estate(), **ENFORCE)
+    vm = new_vm("penguin-1")
+    world.deliver(*world.plane.create_vm(vm))
+    world.run_queue()
+    settings = world.plane.estate.subscriptions[SUB].settings
+    # WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW is inverted: false means Linux is included.
+    assert (settings["WDATP"], settings["WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW"]) == (True, False)
+    pricing = [
+        (item.method, item.path)
+        for item in world.plane.log.items()
+        if item.operation.startswith("Microsoft.Security/pricings/")
+    ]
+    vm_scope = f"{vm.id}/providers/Microsoft.Security/pricings/VirtualMachines"
+    first_write = next(i for i, (method, _) in enumerate(pricing) if method == "PUT")
+    assert ("GET", vm_scope) in pricing[:first_write]  # the VM's own opt-out was read first
+    assert mde_state(world, "penguin-1") == "Succeeded"
