@@ -195,6 +195,20 @@ def _not_running(s: Situation) -> Decision | None:
     )
 
 
+def _blocked_by_failed_extension(s: Situation) -> Decision | None:
+    """Compute refuses new extensions while another one is Failed (features-windows
+    docs: "any other new extension fails to install"): say so instead of trying."""
+    if not s.vm.failed_extensions:
+        return None
+    names = ", ".join(s.vm.failed_extensions)
+    return Decision(
+        Outcome.BLOCKED,
+        f"{s.vm.extension} cannot be installed: Compute refuses new extensions while "
+        f"{names} is Failed on the VM.",
+        hint=f"repair or remove {names} on the VM; the next sweep installs {s.vm.extension} then",
+    )
+
+
 def _install(s: Situation) -> Decision | None:
     extension = s.extension_action
     assert extension is not None  # every other protection state was decided above
@@ -203,17 +217,7 @@ def _install(s: Situation) -> Decision | None:
     code = s.vm.failure_code
     if code is not None:
         why += f" (code {code})"
-    caution = ""
-    if s.vm.failed_extensions:
-        caution = (
-            f" Other extensions in Failed state ({', '.join(s.vm.failed_extensions)}) "
-            "may block the install."
-        )
-    return Decision(
-        Outcome.INSTALL,
-        f"{s.vm.extension} {why} on {s.vm.platform}.{caution}",
-        actions,
-    )
+    return Decision(Outcome.INSTALL, f"{s.vm.extension} {why} on {s.vm.platform}.", actions)
 
 
 Rule = Callable[[Situation], Decision | None]
@@ -227,6 +231,7 @@ RULES: tuple[Rule, ...] = (
     _in_progress,
     _failed_too_often,
     _not_running,
+    _blocked_by_failed_extension,
     _install,
 )
 

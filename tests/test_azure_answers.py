@@ -83,27 +83,42 @@ def test_another_failed_extension_blocks_the_install_and_the_record_names_it(wor
         "OmsAgentForLinux",
         state="Failed",
     )
-    [queued, _] = world.deliver(*world.plane.create_vm(vm))
-    assert "Other extensions in Failed state (OmsAgentForLinux) may block the install." in (
-        queued.reason
+    [first, _] = world.deliver(*world.plane.create_vm(vm))
+    assert (first.decision, first.outcome) == ("blocked", "none")
+    assert first.reason == (
+        "MDE.Linux cannot be installed: Compute refuses new extensions while "
+        "OmsAgentForLinux is Failed on the VM."
     )
-    world.run_queue()
-    [install] = queue_records(world)
-    assert (install.decision, install.outcome, install.install_state) == (
-        "blocked",
-        "failed",
-        "absent",
+    assert first.hint == (
+        "repair or remove OmsAgentForLinux on the VM; the next sweep installs MDE.Linux then"
     )
-    assert install.reason.startswith(
-        "MDE.Linux was not installed: extension 'OmsAgentForLinux' is Failed, and Compute "
-        "refuses new extensions until it is repaired or removed. MDE.Linux is absent."
+    assert world.run_queue() == 0
+    assert world.plane.log.count(EXTENSION_WRITE) == 0
+
+
+def test_an_extension_that_fails_between_the_read_and_the_put_is_named(world_factory):
+    """Compute's own 409 ("... since VM has extension 'X' in failed state"), for an
+    extension that went Failed after the VM was read."""
+    from remediation.model import BlockedByExtension, VmRef
+
+    world = world_factory(estate("ready"), **ENFORCE)
+    vm = new_vm("late-1")
+    world.plane.create_vm(vm)
+    arm = world.services.arm
+    facts = arm.vm_facts(VmRef.parse(vm.id))
+    vm.extensions["customscript"] = Extension(
+        "CustomScript", "Microsoft.Azure.Extensions", "CustomScript", state="Failed"
     )
-    assert install.hint == (
-        "repair or remove the extension 'OmsAgentForLinux' on the VM; the next sweep "
-        "installs MDE.Linux then"
-    )
-    assert world.plane.log.count(EXTENSION_WRITE, status=409) == 1
-    assert mde_state(world, "blocked-1") is None
+    try:
+        arm.install_extension(facts, "MDE.Linux", arm.onboarding_package(SUB, "MDE.Linux"))
+    except BlockedByExtension as error:
+        assert (error.extension, error.status) == ("CustomScript", 409)
+        assert error.hint == (
+            "repair or remove the Failed extension 'CustomScript' on the VM; the next sweep "
+            "installs MDE then"
+        )
+    else:
+        raise AssertionError("the install was not refused")
 
 
 def test_mde_under_another_name_is_reinstalled_under_that_name(world_factory):

@@ -155,10 +155,19 @@ def test_the_reinstall_bound_follows_the_setting():
     )
 
 
-def test_a_failed_extension_elsewhere_is_mentioned():
-    decision = decide(vm(failed_extensions=("OmsAgentForLinux",)), READY, SETTINGS, History())
-    assert decision.outcome is Outcome.INSTALL
-    assert "OmsAgentForLinux" in decision.reason
+def test_a_failed_extension_elsewhere_blocks_the_install_after_power_is_checked():
+    blocked = decide(vm(failed_extensions=("OmsAgentForLinux",)), READY, SETTINGS, History())
+    assert (blocked.outcome, blocked.reason, blocked.hint, blocked.actions) == (
+        Outcome.BLOCKED,
+        "MDE.Linux cannot be installed: Compute refuses new extensions while "
+        "OmsAgentForLinux is Failed on the VM.",
+        "repair or remove OmsAgentForLinux on the VM; the next sweep installs MDE.Linux then",
+        (),
+    )
+    asleep = vm(failed_extensions=("OmsAgentForLinux",), power=Power.DEALLOCATED)
+    assert decide(asleep, READY, SETTINGS, History()).outcome is Outcome.DEFER
+    covered = vm(failed_extensions=("OmsAgentForLinux",), protection=Protection.SUCCEEDED)
+    assert decide(covered, READY, SETTINGS, History()).outcome is Outcome.COMPLIANT
 
 
 def test_unsupported_says_what_to_do_instead():
@@ -292,9 +301,10 @@ WORDS = [
      "MDE.Linux is Failed (code 31) on ubuntu-22.04.", ""),
     ("failed, no code", vm(protection=Protection.FAILED), READY, SETTINGS, History(reinstalls=1), Outcome.INSTALL,
      "MDE.Linux is Failed on ubuntu-22.04.", ""),
-    ("absent, other extensions failed", vm(failed_extensions=("CustomScript", "OmsAgentForLinux")), READY, SETTINGS, History(), Outcome.INSTALL,
-     "MDE.Linux is absent on ubuntu-22.04. Other extensions in Failed state "
-     "(CustomScript, OmsAgentForLinux) may block the install.", ""),
+    ("absent, other extensions failed", vm(failed_extensions=("CustomScript", "OmsAgentForLinux")), READY, SETTINGS, History(), Outcome.BLOCKED,
+     "MDE.Linux cannot be installed: Compute refuses new extensions while "
+     "CustomScript, OmsAgentForLinux is Failed on the VM.",
+     "repair or remove CustomScript, OmsAgentForLinux on the VM; the next sweep installs MDE.Linux then"),
 ]
 # fmt: on
 

@@ -330,16 +330,6 @@ def test_existing_failed_mde_is_reinstalled_a_bounded_number_of_times(world_fact
     assert world.extension_puts() == 1
 
 
-def test_a_failed_other_extension_is_mentioned(world_factory):
-    world = world_factory(estate("ready"), **ENFORCE)
-    vm = new_vm("other-1")
-    vm.extensions["customscript"] = Extension(
-        "CustomScript", "Microsoft.Azure.Extensions", "CustomScript", state="Failed"
-    )
-    [record, _] = world.deliver(*world.plane.create_vm(vm))
-    assert "CustomScript" in record.reason
-
-
 def test_the_queue_honours_report_mode_too(world_factory):
     from remediation.queues import InstallRequest
 

@@ -6,50 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from localazure.compute import vm_json
+from localazure import Extension, Vm
+from localazure.estate import MDE_PUBLISHER, mde_extension
 from remediation import sweep
-from remediation.classify import Support, classify, facts_from_arm
-from remediation.config import load
-from remediation.model import History, Power
-from remediation.policy import decide
-from tests.conftest import READER, function_bindings, generated_estate
+from tests.conftest import READER, SUB, function_bindings, generated_estate
 from tests.test_service import ENFORCE, estate, new_vm
 
 GRAPH = "Microsoft.ResourceGraph/resources/read"
-
-
-def expected_decisions(world, settings):
-    """What the classifier and the policy say for each VM, from ARM's view of it."""
-    from remediation.model import Posture
-
-    expected = {}
-    for vm in world.plane.estate.vms.values():
-        sub = world.plane.estate.subscriptions[vm.subscription.lower()]
-        posture = Posture(
-            sub.id,
-            sub.pricing_tier,
-            sub.sub_plan,
-            sub.settings["WDATP"],
-            sub.settings["WDATP_UNIFIED_SOLUTION"],
-            sub.settings["WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW"],
-        )
-        facts = facts_from_arm(vm_json(vm, True))
-        expected[vm.key] = decide(
-            classify(facts, settings.exclude_tag), posture, settings, History()
-        ).outcome.value
-    return expected
-
-
-def eligible_running(world, settings):
-    for vm in world.plane.estate.vms.values():
-        c = classify(facts_from_arm(vm_json(vm, True)), settings.exclude_tag)
-        if (
-            c.support in {Support.SUPPORTED, Support.UNIFIED}
-            and c.power is Power.RUNNING
-            and not c.opt_out
-            and not c.managed
-        ):
-            yield vm
 
 
 def sweep_cli(*args):
@@ -67,21 +30,94 @@ def big_estate():
     return generated_estate(2100, 3, seed=21)
 
 
-def test_a_report_sweep_of_2100_vms_decides_like_the_classifier_and_writes_nothing(
+def hand_labelled_estate():
+    """A small estate whose decisions are written down by hand below."""
+    labelled = estate("ready")
+    gallery = (
+        f"/subscriptions/{SUB}/resourceGroups/img/providers/Microsoft.Compute/galleries/g/images/i"
+    )
+    vms = {
+        "plain-ubuntu": new_vm("plain-ubuntu"),
+        "covered-ubuntu": new_vm("covered-ubuntu"),
+        "failed-ubuntu": new_vm("failed-ubuntu"),
+        "busy-ubuntu": new_vm("busy-ubuntu"),
+        "blocked-ubuntu": new_vm("blocked-ubuntu"),
+        "asleep-ws2022": new_vm("asleep-ws2022", "ws2022", power="deallocated"),
+        "desk-win11": new_vm("desk-win11", "win11"),
+        "fw-fortigate": new_vm("fw-fortigate", "fortigate"),
+        "tagged-ubuntu": new_vm("tagged-ubuntu", tags={"defender-remediation-exclude": "yes"}),
+        "mystery": Vm(SUB, "rg-app", "mystery", image={"id": gallery}, os_type="Linux"),
+    }
+    covered, failed, busy = vms["covered-ubuntu"], vms["failed-ubuntu"], vms["busy-ubuntu"]
+    covered.extensions["mde.linux"] = mde_extension(covered)
+    failed.extensions["mde.linux"] = mde_extension(failed, "Failed", 31)
+    busy.extensions["mde.linux"] = Extension(
+        "MDE.Linux", MDE_PUBLISHER, "MDE.Linux", state="Creating"
+    )
+    vms["blocked-ubuntu"].extensions["oms"] = Extension(
+        "OmsAgentForLinux",
+        "Microsoft.EnterpriseCloud.Monitoring",
+        "OmsAgentForLinux",
+        state="Failed",
+    )
+    for vm in vms.values():
+        labelled.add_vm(vm)
+    return labelled
+
+
+HAND_LABELLED = {
+    "plain-ubuntu": ("install", "reported"),
+    "covered-ubuntu": ("compliant", "none"),
+    "failed-ubuntu": ("install", "reported"),
+    "busy-ubuntu": ("defer", "none"),
+    "blocked-ubuntu": ("blocked", "none"),
+    "asleep-ws2022": ("defer", "none"),
+    "desk-win11": ("unsupported", "none"),
+    "fw-fortigate": ("exclude", "none"),
+    "tagged-ubuntu": ("exclude", "none"),
+    "mystery": ("unsupported", "none"),
+}
+
+
+def test_a_report_sweep_decides_each_vm_as_labelled_by_hand_and_writes_nothing(world_factory):
+    world = world_factory(hand_labelled_estate())
+    code, output = sweep_cli("--json")
+    assert code == 0
+    lines = [json.loads(line) for line in output.splitlines()]
+    summary = lines.pop()
+    decided = {line["vm"].rsplit("/", 1)[1]: (line["decision"], line["outcome"]) for line in lines}
+    assert decided == HAND_LABELLED
+    # Eligible and running: the five Ubuntu VMs that are not opted out; one is covered.
+    assert (summary["eligible_running"], summary["covered"], summary["coverage_percent"]) == (
+        5,
+        1,
+        20.0,
+    )
+    assert summary["decisions"] == {
+        "blocked": 1,
+        "compliant": 1,
+        "defer": 2,
+        "exclude": 2,
+        "install": 2,
+        "unsupported": 2,
+    }
+    assert world.writes() == []
+    assert world.services.queue.queue.get_queue_properties().approximate_message_count == 0
+
+
+def test_a_report_sweep_of_2100_vms_is_three_graph_pages_and_one_record_a_vm(
     world_factory, big_estate
 ):
     world = world_factory(
         big_estate, plane_options={"throttle": False}, REMEDIATION_MAX_ACTIONS_PER_SWEEP="100000"
     )
-    settings = load(world.environment)
     code, output = sweep_cli("--json")
     assert code == 0
     lines = [json.loads(line) for line in output.splitlines()]
     summary = lines.pop()
     assert summary["summary"] is True
     assert len(lines) == summary["vms"] == 2100
-    expected = expected_decisions(world, settings)
-    assert {line["vm"].lower(): line["decision"] for line in lines} == expected
+    assert sum(summary["decisions"].values()) == 2100
     assert {line["outcome"] for line in lines} <= {"reported", "none"}
     assert world.writes() == []
     assert world.services.queue.queue.get_queue_properties().approximate_message_count == 0
@@ -89,9 +125,6 @@ def test_a_report_sweep_of_2100_vms_decides_like_the_classifier_and_writes_nothi
     assert world.plane.log.count(GRAPH) == 3 == summary["graph_requests"]
     assert world.plane.log.count("Microsoft.Compute/virtualMachines/read") == 0
     assert summary["arm_requests"] <= 2 * 3 + 3  # posture per subscription (+ a few)
-    assert summary["decisions"] == {
-        k: v for k, v in sorted(__import__("collections").Counter(expected.values()).items())
-    }
     # One audit record per VM, keyed so that a rerun of the batch would not add rows.
     records = world.audit_records()
     assert len(records) == 2100
@@ -99,27 +132,26 @@ def test_a_report_sweep_of_2100_vms_decides_like_the_classifier_and_writes_nothi
     assert {r.trigger for r in records} == {"cli"}
 
 
-def test_an_enforce_sweep_covers_every_eligible_running_vm(world_factory, big_estate):
+def test_an_enforce_sweep_installs_everything_it_queued(world_factory, big_estate):
     world = world_factory(
         big_estate,
         plane_options={"throttle": False, "lro_seconds": 0.01},
         REMEDIATION_MAX_ACTIONS_PER_SWEEP="100000",
         **ENFORCE,
     )
-    settings = load(world.environment)
-    eligible = list(eligible_running(world, settings))
-    assert len(eligible) > 1000
     code, output = sweep_cli("--json", "--wait")
     assert code == 0
     lines = [json.loads(line) for line in output.splitlines()]
     summary = lines[-1]
     assert summary["summary"] is True
+    queued = [line["vm"] for line in lines if line.get("outcome") == "queued"]
+    assert len(queued) > 1000
     not_covered = [
-        vm.name
-        for vm in eligible
+        vm_id
+        for vm_id in queued
         if not any(
-            e.state == "Succeeded" and e.publisher == "Microsoft.Azure.AzureDefenderForServers"
-            for e in vm.extensions.values()
+            e.state == "Succeeded" and e.publisher == MDE_PUBLISHER
+            for e in world.plane.estate.vm(vm_id).extensions.values()
         )
     ]
     assert not_covered == []
@@ -133,6 +165,18 @@ def test_an_enforce_sweep_covers_every_eligible_running_vm(world_factory, big_es
     assert {line["outcome"] for line in installs} <= {"succeeded", "skipped", "deferred"}
 
 
+def test_a_batch_run_twice_rewrites_its_rows(world_factory):
+    world = world_factory(hand_labelled_estate())
+    request = sweep.SweepRequest((SUB,), sweep.Mode.REPORT, "cli")
+    run = sweep.start(world.services, request, send=None)
+    message = sweep.BatchMessage(run.run_id, 0, (SUB,))
+    sweep.run_batch(world.services, message)
+    first = sorted((r.vm, r.record_id) for r in world.audit_records())
+    sweep.run_batch(world.services, message)  # the host retried the batch
+    assert sorted((r.vm, r.record_id) for r in world.audit_records()) == first
+    assert len(first) == len(HAND_LABELLED)
+
+
 def test_a_second_sweep_finds_no_drift_after_enforcement(world_factory):
     world_factory(
         generated_estate(200, 2, seed=3), REMEDIATION_MAX_ACTIONS_PER_SWEEP="100000", **ENFORCE
@@ -141,7 +185,9 @@ def test_a_second_sweep_finds_no_drift_after_enforcement(world_factory):
     _code, output = sweep_cli("--json")
     summary = json.loads(output.splitlines()[-1])
     assert summary["actions"] == 0
-    assert summary["coverage_percent"] == 100.0
+    # What stays uncovered is what a human must mend: another extension in Failed state.
+    assert summary["eligible_running"] - summary["covered"] == summary["decisions"]["blocked"] > 0
+    assert summary["coverage_percent"] < 100.0
 
 
 def test_drift_is_found_and_remediated(world_factory):
