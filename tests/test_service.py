@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from localazure import Estate, Extension, Principal, Subscription, Vm
+from localazure import Estate, Principal, Subscription, Vm
 from localazure.estate import FORTIGATE, UBUNTU_2204, WIN11_ENT, WS2012R2, WS2022, mde_extension
 from remediation import service
 from tests.conftest import APP, READER, SUB
