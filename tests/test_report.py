@@ -9,7 +9,6 @@ from html.parser import HTMLParser
 from tests.conftest import generated_estate
 from tests.test_service import ENFORCE
 
-
 # The report's columns by decision, written out here rather than read from report.py.
 CATEGORIES = {
     "compliant": "covered",
