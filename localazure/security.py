@@ -1,5 +1,5 @@
 """Microsoft.Security: the VirtualMachines pricing at subscription and VM scope, the
-``WDATP*`` data-export settings and ``mdeOnboardings``; writes need Security Admin (403)."""
+``WDATP*`` data-export settings and ``mdeOnboardings``; writes the caller's roles do not grant are 403 (authorization.py)."""
 
 from __future__ import annotations
 
