@@ -212,6 +212,21 @@ def test_the_caller_falls_back_to_the_authorization_evidence():
     )
 
 
+@pytest.mark.parametrize("claims", ["no claims", None, "claims", ["oid"]])
+def test_without_a_claims_object_the_caller_comes_from_the_evidence(claims):
+    event = event_grid_write()
+    if claims == "no claims":
+        del event["data"]["claims"]
+    else:
+        event["data"]["claims"] = claims
+    result = parse(event, SCOPE)
+    assert isinstance(result, VmEvent)
+    assert (result.caller_object_id, result.caller_app_id) == (
+        "5c2f1a3b00004000800000000000beef",
+        "",
+    )
+
+
 def test_the_loop_guard_reads_the_oid_claim_alone():
     event = event_grid_write()
     event["data"]["claims"] = {"oid": OURS}
