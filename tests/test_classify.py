@@ -244,6 +244,33 @@ def test_the_os_matrix(facts_, family, platform, support, builtin_av):
     )
 
 
+# (the build number a Windows guest agent reports with no OS name, the platform, support)
+# fmt: off
+WINDOWS_BUILDS = [
+    ("10.0.14393", "windows-server-2016", UNI),
+    ("10.0.14393.6452", "windows-server-2016", UNI),
+    ("10.0.17763", "windows-server-2019", OK),
+    ("10.0.20348", "windows-server-2022", OK),
+    ("10.0.26100", "windows-server-2025", OK),
+    ("6.3", "windows-server-2012-r2", UNI),
+    ("6.3.9600", "windows-server-2012-r2", UNI),
+    ("6.2", "windows-server-2012", NO),
+    ("6.2.9200", "windows-server-2012", NO),
+    ("6.1", "windows-server-2008-r2", NO),
+    ("6.1.7601", "windows-server-2008-r2", NO),
+    ("10.0.143930", "windows-unknown", UNK),
+    ("10.0", "windows-unknown", UNK),
+    ("6.31", "windows-unknown", UNK),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("build", "platform", "support"), WINDOWS_BUILDS)
+def test_a_windows_build_number_alone_names_the_server_version(build, platform, support):
+    result = classify(agent("Windows", "", build), TAG)
+    assert (result.os, result.platform, result.support) == (W, platform, support)
+
+
 def a(distro, version):
     """What a Linux guest agent reports (x64: only images name arm64)."""
     return agent("Linux", distro, version)
