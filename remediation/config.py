@@ -13,7 +13,8 @@ from enum import StrEnum
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+# \Z, not $: "$" also matches before a trailing newline, so "<guid>\n" would pass.
+GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 # Storage naming rules: queues 3-63 lowercase letters, digits and single hyphens;
 # tables 3-63 alphanumerics starting with a letter.
 QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")

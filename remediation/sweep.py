@@ -380,7 +380,7 @@ class BatchMessage:
             )
             if valid:
                 return cls(str(value["run_id"]), int(value["batch"]), subscriptions)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
             pass
         raise ValueError("not a sweep batch message")
 

@@ -4,6 +4,7 @@ value or their own clear error, never a crash (and, being pure, never a write)."
 import json
 import re
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -78,10 +79,29 @@ def _near_batch_messages():
         {
             "schema": st.sampled_from(["sweep-batch/1", "sweep-batch/2", ""]),
             "run_id": st.one_of(st.text(max_size=20), st.integers()),
-            "batch": st.one_of(st.integers(), st.text(max_size=5), st.none()),
-            "subscriptions": st.lists(st.one_of(guid, guid, st.text(max_size=40)), max_size=3),
+            "batch": st.one_of(
+                st.integers(), st.text(max_size=5), st.none(), st.sampled_from([float("inf")])
+            ),
+            "subscriptions": st.lists(
+                st.one_of(guid, guid, guid.map(lambda g: g + "\n"), st.text(max_size=40)),
+                max_size=3,
+            ),
         }
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"schema": "sweep-batch/1", "run_id": "r", "batch": Infinity, "subscriptions": []}',
+        '{"schema": "sweep-batch/1", "run_id": "r", "batch": 0, "subscriptions": '
+        '["11111111-1111-4111-8111-111111111111\\n"]}',
+    ],
+    ids=["infinite batch number", "a guid with a newline"],
+)
+def test_sweep_batch_messages_that_once_slipped_through_are_refused(text):
+    with pytest.raises(ValueError, match=r"^not a sweep batch message$"):
+        BatchMessage.parse(text)
 
 
 @FAST
