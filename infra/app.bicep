@@ -6,7 +6,6 @@ param settings object
 
 var token = toLower(uniqueString(resourceGroup().id, environmentName))
 var deploymentContainer = 'app-package'
-var deadLetterContainer = 'event-dead-letters'
 var roles = {
   blobOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   queueContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
@@ -35,7 +34,6 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
       deleteRetentionPolicy: { enabled: true, days: 7 }
     }
     resource package 'containers' = { name: deploymentContainer }
-    resource deadLetters 'containers' = { name: deadLetterContainer }
   }
 }
 
@@ -143,5 +141,3 @@ resource telemetryRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 output functionAppName string = site.name
 output functionAppId string = site.id
 output principalId string = site.identity.principalId
-output storageAccountId string = storage.id
-output deadLetterContainer string = deadLetterContainer

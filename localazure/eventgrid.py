@@ -215,6 +215,14 @@ def _put_subscription(plane: LocalAzure, p: Params, q: Query, body: Any, who: st
     return json_response(201, item)
 
 
+def _delete_subscription(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    """DELETE answers 200 (deleted), 202 (accepted) or 204 (absent) in the spec; this
+    plane deletes at once."""
+    item_id = f"{_topic_id(p)}/eventSubscriptions/{p['name']}"
+    existed = plane.event_subscriptions.pop(item_id.lower(), None) is not None
+    return Response(200 if existed else 204, b"", {})
+
+
 ROUTES = (
     route("POST", r"/api/events", _topic, "eventgrid/publish", "topic"),
     route("GET", SUB + r"/providers/Microsoft\.EventGrid/systemTopics", _list_topics, "Microsoft.EventGrid/systemTopics/read", "eventgrid"),
@@ -223,4 +231,5 @@ ROUTES = (
     route("GET", _TOPIC + r"/eventSubscriptions", _list_subscriptions, "Microsoft.EventGrid/systemTopics/eventSubscriptions/read", "eventgrid"),
     route("GET", _TOPIC + r"/eventSubscriptions/(?P<name>[^/]+)", _get_subscription, "Microsoft.EventGrid/systemTopics/eventSubscriptions/read", "eventgrid"),
     route("PUT", _TOPIC + r"/eventSubscriptions/(?P<name>[^/]+)", _put_subscription, "Microsoft.EventGrid/systemTopics/eventSubscriptions/write", "eventgrid"),
+    route("DELETE", _TOPIC + r"/eventSubscriptions/(?P<name>[^/]+)", _delete_subscription, "Microsoft.EventGrid/systemTopics/eventSubscriptions/delete", "eventgrid"),
 )  # fmt: skip

@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from remediation.audit import AuditRecord
 from remediation.config import SettingsError
+
+if TYPE_CHECKING:
+    from remediation.service import Services
 
 
 def _print(record: AuditRecord | None, as_json: bool, out: TextIO) -> None:
@@ -36,7 +40,6 @@ def _deliveries(source: str) -> list[Any]:
 def handle_event(args: argparse.Namespace, out: TextIO) -> int:
     from remediation import service  # noqa: PLC0415 - keep --help fast
     from remediation.bootstrap import services  # noqa: PLC0415
-    from remediation.queues import drain  # noqa: PLC0415
 
     try:
         deliveries = _deliveries(args.file)
@@ -47,20 +50,32 @@ def handle_event(args: argparse.Namespace, out: TextIO) -> int:
     for delivery in deliveries:
         _print(service.handle_event(running, delivery, trigger="cli"), args.json, out)
     if args.wait:
-        drain(
-            running.queue,
-            lambda text, count: _print(
-                service.handle_install(running, text, count), args.json, out
-            ),
-            lambda text: _print(service.handle_poison(running, text), args.json, out),
-        )
+        _run_installs(running, args.json, out)
     return 0
 
 
-def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
-    from remediation import service, sweep  # noqa: PLC0415 - keep --help fast
-    from remediation.bootstrap import services  # noqa: PLC0415
+def _run_installs(running: Services, as_json: bool, out: TextIO) -> None:
+    """--wait: run the queued installs here, as the host would, for up to 10 minutes."""
+    from remediation import service  # noqa: PLC0415
     from remediation.queues import drain  # noqa: PLC0415
+
+    try:
+        drain(
+            running.queue,
+            lambda text, count: _print(service.handle_install(running, text, count), as_json, out),
+            lambda text: _print(service.handle_poison(running, text), as_json, out),
+        )
+    except TimeoutError:
+        print(
+            "note: installs are still being checked after 10 minutes; their re-checks stay "
+            "on the install queue for the app (or the next --wait)",
+            file=sys.stderr,
+        )
+
+
+def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
+    from remediation import sweep  # noqa: PLC0415 - keep --help fast
+    from remediation.bootstrap import services  # noqa: PLC0415
 
     running = services()
     body: dict[str, Any] = {}
@@ -80,13 +95,7 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
         return 3
     finished = _sweep_batches(running, run, args.json, out)
     if args.wait:
-        drain(
-            running.queue,
-            lambda text, count: _print(
-                service.handle_install(running, text, count), args.json, out
-            ),
-            lambda text: _print(service.handle_poison(running, text), args.json, out),
-        )
+        _run_installs(running, args.json, out)
     summary = {"summary": True, "run_id": run.run_id, "mode": run.mode, **finished.summary}
     if args.json:
         out.write(json.dumps(summary) + "\n")
@@ -203,10 +212,9 @@ def run_doctor(args: argparse.Namespace, out: TextIO) -> int:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    from remediation import doctor  # noqa: PLC0415 - keep --help fast
-    from remediation.bootstrap import services  # noqa: PLC0415
+    from remediation import bootstrap, doctor  # noqa: PLC0415 - keep --help fast
 
-    checks = doctor.run(services())
+    checks = doctor.run(bootstrap.build(os.environ, create=False))  # reads only
     if args.json:
         for check in checks:
             out.write(json.dumps(check.to_json()) + "\n")

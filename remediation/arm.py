@@ -85,9 +85,9 @@ resources
 | order by id asc
 """
 SETTINGS = ("WDATP", "WDATP_UNIFIED_SOLUTION", "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW")
-# A budget shorter than REMEDIATION_RETRY_BUDGET_SECONDS for the calls of one handler:
+# A deadline for all the ARM calls of one handler, shorter than the worker's budget:
 # Event Grid waits 30 s for an answer, then delivers again (delivery-and-retry docs).
-_SHORTER_BUDGET: ContextVar[float | None] = ContextVar("shorter_budget", default=None)
+_DEADLINE: ContextVar[float | None] = ContextVar("deadline", default=None)
 _EVENTGRID_API = "2025-02-15"
 _RETRYABLE_READS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
 
@@ -139,9 +139,11 @@ class BoundedRetryPolicy(RetryPolicy[Any, Any]):
 
     @property
     def budget(self) -> float:
-        """The worker's budget, or a shorter one set for this call (see ArmGateway.budget)."""
-        shorter = _SHORTER_BUDGET.get()
-        return self._budget if shorter is None else min(shorter, self._budget)
+        """The worker's budget, or what is left of a handler's deadline (ArmGateway.budget)."""
+        deadline = _DEADLINE.get()
+        if deadline is None:
+            return self._budget
+        return min(self._budget, max(0.1, deadline - time.monotonic()))
 
     def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
         options.setdefault("timeout", self.budget)
@@ -235,12 +237,13 @@ class ArmGateway:
     @staticmethod
     @contextmanager
     def budget(seconds: float) -> Iterator[None]:
-        """Within this block, retries of this thread give up after ``seconds``."""
-        token = _SHORTER_BUDGET.set(seconds)
+        """Within this block, this thread's ARM calls, retries included, share one
+        deadline ``seconds`` away: each gets what the ones before it left."""
+        token = _DEADLINE.set(time.monotonic() + seconds)
         try:
             yield
         finally:
-            _SHORTER_BUDGET.reset(token)
+            _DEADLINE.reset(token)
 
     # --- Clients, built once per worker -------------------------------------------------
     def _client_options(self) -> dict[str, Any]:
@@ -618,8 +621,8 @@ def _translate(error: HttpResponseError, what: str) -> TransientError | Permanen
 
 def _conflict(what: str, code: str, inner: str, message: str) -> TransientError | PermanentError:
     """Compute's 409s told apart (the Compute error-code reference): the VM is not
-    running; another extension is Failed; an operation is in progress; the VM is
-    being deleted. Anything else is retried."""
+    running; another extension is Failed; the VM is being deleted; a lock; an operation
+    in progress. Anything else is retried by the queue."""
     text = f"{what}: {message}"
     lowered = message.lower()
     if inner == "CannotModifyExtensionsWhenVMNotRunning" or "vm is not running" in lowered:
@@ -634,9 +637,16 @@ def _conflict(what: str, code: str, inner: str, message: str) -> TransientError 
             status=409,
             code=code,
         )
-    if "marked for deletion" in lowered:
-        return PermanentError(text, hint="the VM is being deleted", status=409, code=code)
-    if "in progress" in lowered or code in {"Conflict", "OperationPreempted"}:
+    if "marked for deletion" in lowered:  # the VM (or the extension) is going away
+        return PermanentError(text, hint="the VM is being deleted", status=404, code=code)
+    if code == "ScopeLocked":  # a read-only lock: no retry will get through it
+        return PermanentError(
+            text,
+            hint="remove the ReadOnly lock on the VM or its resource group, or exclude the VM",
+            status=409,
+            code=code,
+        )
+    if "in progress" in lowered:
         return OperationInProgress(text, status=409, code=code)
     return TransientError(f"{what}: HTTP 409 {code}: {message}", status=409, code=code)
 

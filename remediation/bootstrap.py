@@ -48,8 +48,10 @@ def _tables(settings: Settings, credential: TokenCredential) -> TableServiceClie
     return TableServiceClient(endpoint, credential=credential)
 
 
-def build(environ: Mapping[str, str]) -> Services:
-    """The services for these settings: ARM gateway, audit table, queue, claims."""
+def build(environ: Mapping[str, str], create: bool = True) -> Services:
+    """The services for these settings: ARM gateway, audit table, queue, claims. With
+    ``create``, the table and the queues are created if missing (the doctor, which only
+    reads, builds without)."""
     from remediation.arm import ArmGateway, build_credential  # noqa: PLC0415 - cold start
 
     settings = load(environ)
@@ -72,17 +74,20 @@ def build(environ: Mapping[str, str]) -> Services:
         claims=Claims(
             table,
             cooldown=timedelta(seconds=settings.install_cooldown_seconds),
-            # The claim holds through an install's re-checks, with a margin.
-            lease=timedelta(minutes=settings.recheck_minutes + 15),
+            # The claim holds through an install's re-checks: the window, the last
+            # re-check's delay and wait, and a margin.
+            lease=timedelta(minutes=settings.recheck_minutes + 15)
+            + timedelta(seconds=settings.recheck_seconds + settings.install_timeout_seconds),
         ),
         sweeps=WorkQueue(
             _queue(settings, settings.sweep_queue, credential),
             _queue(settings, settings.sweep_poison_queue, credential),
         ),
     )
-    services.audit.create()
-    services.queue.create()
-    services.sweeps.create()
+    if create:
+        services.audit.create()
+        services.queue.create()
+        services.sweeps.create()
     return services
 
 

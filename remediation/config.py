@@ -169,7 +169,7 @@ def load(environ: Mapping[str, str]) -> Settings:
     # One function waits this long for an install, then re-checks from delayed queue
     # messages every REMEDIATION_RECHECK_SECONDS for up to REMEDIATION_RECHECK_MINUTES.
     install_timeout = parse("REMEDIATION_INSTALL_TIMEOUT_SECONDS", "60", _bounded_int(1, 600), 60)
-    recheck_seconds = parse("REMEDIATION_RECHECK_SECONDS", "120", _bounded_int(0, 3_600), 120)
+    recheck_seconds = parse("REMEDIATION_RECHECK_SECONDS", "120", _bounded_int(1, 3_600), 120)
     recheck_minutes = parse("REMEDIATION_RECHECK_MINUTES", "60", _bounded_int(1, 1_440), 60)
     # Event Grid waits 30 s for on_vm_event, then delivers again.
     event_budget = parse("REMEDIATION_EVENT_BUDGET_SECONDS", "10", _bounded_int(1, 25), 10)

@@ -168,7 +168,7 @@ class Context:
             event_id=self.event_id,
             correlation_id=self.correlation_id,
             run_id=self.run_id,
-            requested_at=datetime.now(UTC).isoformat(),
+            requested_at=_now(),
         )
 
 
@@ -299,7 +299,10 @@ def _install(context: Context, vm: VmRef, request: InstallRequest) -> AuditRecor
         package = services.arm.onboarding_package(vm.subscription, extension)
         result = services.arm.install_extension(assessment.facts, extension, package)
     except VmNotRunning:
-        power = services.arm.vm_facts(vm).power
+        try:
+            power = services.arm.vm_facts(vm).power
+        except PermanentError as error:
+            return context.unreadable(error)
         if power is Power.RUNNING:  # Compute's view lags: not "stopped", check again
             return _check_later(context, request, assessment)
         reason = f"The VM is {power}: {extension} is installed when it next starts."
@@ -309,6 +312,8 @@ def _install(context: Context, vm: VmRef, request: InstallRequest) -> AuditRecor
     except BlockedByExtension as error:
         return _blocked_by(context, assessment, error.extension, str(error))
     except PermanentError as error:
+        if error.status == 404:  # deleted, or being deleted, meanwhile
+            return context.unreadable(error)
         decided = Outcome.BLOCKED if error.status == 403 else Outcome.ERROR
         reason = f"Installing {extension} failed: {error}"
         return context.record(decided.value, reason, "failed", assessment, hint=error.hint)
@@ -325,7 +330,8 @@ def _failed_install(context: Context, assessment: Assessment, result: InstallRes
     instance view), and it may name another extension whose Failed state blocks ours."""
     extension = assessment.vm.extension
     try:
-        after = classify(context.services.arm.vm_facts(assessment.facts.vm), "")
+        services = context.services
+        after = classify(services.arm.vm_facts(assessment.facts.vm), services.settings.exclude_tag)
     except RemediationError:
         after = assessment.vm  # the record still says what failed, without the code
     if result.extension and not _is_mde_name(assessment, result.extension):
@@ -414,10 +420,12 @@ def _check_later(
     what is still true. Never a second install while one is in progress."""
     settings = context.services.settings
     now = datetime.now(UTC)
-    first = _parse_time(request.requested_at) or now
+    # The window runs from the request, and afresh from our install once it started: a
+    # slow guest agent must not leave an install no time of its own.
+    first = _parse_time(request.install_started or request.requested_at) or now
     window = timedelta(minutes=settings.recheck_minutes)
     if now < first + window:
-        again = dataclasses.replace(request, requested_at=first.isoformat())
+        again = dataclasses.replace(request, requested_at=request.requested_at or _now())
         context.services.queue.send(again, settings.recheck_seconds)
         log.info(
             "vm=%s decision=defer outcome=recheck reason=%r",

@@ -306,3 +306,32 @@ def test_the_credential_disables_instance_discovery_for_a_private_authority(plan
     assert settings.disable_instance_discovery
     token = build_credential(settings).get_token(f"{plane.url}/.default")
     assert token.token.count(".") == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "kind", "status"),
+    [
+        ("OperationNotAllowed", "Cannot modify extensions in the VM when the VM is not running.", "VmNotRunning", 409),
+        ("OperationNotAllowed", "Operation 'PUT' is not allowed on VM 'v' since another operation is in progress.", "OperationInProgress", 409),
+        ("OperationNotAllowed", "Operation 'PUT' is not allowed on VM 'v' since VM has extension 'X' in failed state.", "BlockedByExtension", 409),
+        ("OperationNotAllowed", "Operation 'PUT' is not allowed on VM 'v' since the VM is marked for deletion. You can only retry the Delete operation (or wait for an ongoing one to complete).", "PermanentError", 404),
+        ("ScopeLocked", "The scope '/subscriptions/s/resourceGroups/rg' cannot perform write operation because following scope(s) are locked: '/subscriptions/s/resourceGroups/rg'.", "PermanentError", 409),
+        ("Conflict", "The request conflicts with the current state.", "TransientError", 409),
+    ],
+    ids=["not running", "in progress", "blocked", "being deleted", "locked", "other"],
+)  # fmt: skip
+def test_compute_409s_are_told_apart(code, message, kind, status):
+    from remediation.arm import _conflict
+
+    error = _conflict("installing MDE.Linux on v", code, "", message)
+    assert (type(error).__name__, error.status) == (kind, status)
+
+
+def test_one_handler_shares_one_deadline_across_its_calls():
+    from remediation.arm import ArmGateway, BoundedRetryPolicy
+
+    policy = BoundedRetryPolicy(120)
+    assert policy.budget == 120
+    with ArmGateway.budget(10):
+        assert 9 < policy.budget <= 10
+    assert policy.budget == 120

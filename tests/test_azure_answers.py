@@ -271,3 +271,28 @@ def test_a_sweep_right_after_an_install_does_not_install_again(world_factory):
     assert world.extension_puts() == 1
     swept = [r for r in world.audit_records() if r.trigger == "http"]  # POST /api/sweep
     assert sorted(r.outcome for r in swept) == ["duplicate", "queued"]
+
+
+def test_an_install_started_late_in_the_window_gets_a_window_of_its_own(world_factory):
+    from datetime import UTC, datetime, timedelta
+
+    from remediation.queues import InstallRequest
+
+    world = world_factory(
+        estate("ready"),
+        plane_options={"lro_seconds": 2},
+        REMEDIATION_INSTALL_TIMEOUT_SECONDS="1",
+        **ENFORCE,
+    )
+    vm = new_vm("late-start-1")
+    world.plane.create_vm(vm)
+    # First asked for 61 minutes ago (a guest agent that took its time, a backlog).
+    asked = (datetime.now(UTC) - timedelta(minutes=61)).isoformat()
+    world.services.queue.send(InstallRequest(vm=vm.id, trigger="event", requested_at=asked))
+    world.run_queue()
+    [install] = queue_records(world)
+    assert (install.decision, install.outcome, install.install_state) == (
+        "install",
+        "succeeded",
+        "Succeeded",
+    )

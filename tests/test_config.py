@@ -158,7 +158,7 @@ BOUNDED = [
     ("REMEDIATION_POSTURE_TTL_SECONDS", "posture_ttl_seconds", 0, 86_400),
     ("REMEDIATION_RETRY_BUDGET_SECONDS", "retry_budget_seconds", 1, 3_600),
     ("REMEDIATION_INSTALL_TIMEOUT_SECONDS", "install_timeout_seconds", 1, 600),
-    ("REMEDIATION_RECHECK_SECONDS", "recheck_seconds", 0, 3_600),
+    ("REMEDIATION_RECHECK_SECONDS", "recheck_seconds", 1, 3_600),
     ("REMEDIATION_RECHECK_MINUTES", "recheck_minutes", 1, 1_440),
     ("REMEDIATION_EVENT_BUDGET_SECONDS", "event_budget_seconds", 1, 25),
     ("REMEDIATION_INSTALL_COOLDOWN_SECONDS", "install_cooldown_seconds", 0, 86_400),

@@ -76,9 +76,16 @@ def test_after_the_deployment_every_subscription_is_wired_and_existing_topics_re
             "provisioningState": "Succeeded",
         },
     }
+    legacy = f"{existing}/eventSubscriptions/vm-write-and-start"  # the first release's
+    plane.event_subscriptions[legacy.lower()] = {
+        "id": legacy,
+        "name": "vm-write-and-start",
+        "properties": {},
+    }
     assert wire(plane) == [
         f"{SUB}: system topic remediator-subscription-events (created) -> on_vm_event",
-        f"{OTHER}: system topic ops-subscription-events (reused) -> on_vm_event",
+        f"{OTHER}: system topic ops-subscription-events (reused) -> on_vm_event; removed the "
+        "older vm-write-and-start",
     ]
     created = f"/subscriptions/{SUB}/resourceGroups/rg-dev-events/providers/Microsoft.EventGrid/systemTopics/remediator-subscription-events"
     assert plane.system_topics[created.lower()]["properties"]["source"] == f"/subscriptions/{SUB}"
@@ -217,3 +224,23 @@ def test_health_answers_503_until_the_app_can_do_its_job(world_factory):
     hook().wire(operator(world.plane), [SUB], APP_ID, "rg-dev-events", world.plane.url)
     response = function_app.health(http_request("GET", "health"))
     assert (response.status_code, json.loads(response.get_body())["healthy"]) == (200, True)
+
+
+def test_the_doctor_command_creates_nothing_and_reports_missing_storage(world_factory, capsys):
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.storage.queue import QueueClient
+
+    from remediation.__main__ import main
+
+    world = world_factory(small_estate(), WEBSITE_SITE_NAME="func-dev")
+    out = __import__("io").StringIO()
+    assert main(["doctor", "--json"], out=out) == 1
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert rows[0]["scope"] == "storage"
+    assert (rows[0]["check"], rows[0]["ok"]) == ("queues and table", False)
+    assert rows[0]["fix"].startswith("check AzureWebJobsStorage")
+    queue = QueueClient.from_connection_string(
+        world.environment["AzureWebJobsStorage"], world.environment["REMEDIATION_INSTALL_QUEUE"]
+    )
+    with pytest.raises(ResourceNotFoundError):
+        queue.get_queue_properties()  # the doctor read; it did not create

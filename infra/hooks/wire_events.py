@@ -44,6 +44,7 @@ from remediation.events import ACCEPTED
 TOPIC_TYPE = "Microsoft.Resources.Subscriptions"
 TOPIC_NAME = "remediator-subscription-events"
 SUBSCRIPTION_NAME = "remediator-vm-events"
+LEGACY_SUBSCRIPTION_NAME = "vm-write-and-start"  # what infra/events.bicep used to create
 FUNCTION = "on_vm_event"
 
 
@@ -114,7 +115,18 @@ def wire(
         client.system_topic_event_subscriptions.begin_create_or_update(
             group, name, SUBSCRIPTION_NAME, event_subscription(function_app_id)
         ).result()
-        done.append(f"{subscription}: system topic {name} ({how}) -> {FUNCTION}")
+        line = f"{subscription}: system topic {name} ({how}) -> {FUNCTION}"
+        # The first release's templates wired the same events under another name; two
+        # subscriptions would deliver every event twice.
+        if any(
+            item.name == LEGACY_SUBSCRIPTION_NAME
+            for item in client.system_topic_event_subscriptions.list_by_system_topic(group, name)
+        ):
+            client.system_topic_event_subscriptions.begin_delete(
+                group, name, LEGACY_SUBSCRIPTION_NAME
+            ).result()
+            line += f"; removed the older {LEGACY_SUBSCRIPTION_NAME}"
+        done.append(line)
     return done
 
 
