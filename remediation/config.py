@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 # \Z, not $: "$" also matches before a trailing newline, so "<guid>\n" would pass.
@@ -133,56 +133,55 @@ def load(environ: Mapping[str, str]) -> Settings:
     def get(name: str, default: str) -> str:
         return environ.get(name, default).strip()
 
-    def parse(name: str, default: str, convert: Callable[[str], T], fallback: T) -> T:
+    def parse(name: str, default: str, convert: Callable[[str], T]) -> T:
         raw = get(name, default)
         try:
             return convert(raw)
         except ValueError as error:
             problems.append(f"{name}={raw!r}: {error}")
-            return fallback
+            return cast(T, None)  # never used: load raises once a problem is recorded
 
-    mode = parse("REMEDIATION_MODE", "report", _mode, Mode.REPORT)
-    subscriptions = parse("REMEDIATION_SUBSCRIPTIONS", "", _subscriptions, frozenset[str]())
-    no_plan_change: bool | frozenset[str] = False
-    allow_plan_change = parse(
-        "REMEDIATION_ALLOW_PLAN_CHANGE", "false", _plan_change, no_plan_change
-    )
-    if isinstance(allow_plan_change, frozenset) and not allow_plan_change <= subscriptions:
+    mode = parse("REMEDIATION_MODE", "report", _mode)
+    subscriptions = parse("REMEDIATION_SUBSCRIPTIONS", "", _subscriptions)
+    allow_plan_change = parse("REMEDIATION_ALLOW_PLAN_CHANGE", "false", _plan_change)
+    if (
+        isinstance(allow_plan_change, frozenset)
+        and subscriptions is not None
+        and not allow_plan_change <= subscriptions
+    ):
         outside = ", ".join(sorted(allow_plan_change - subscriptions))
         problems.append(
             f"REMEDIATION_ALLOW_PLAN_CHANGE: names subscriptions outside "
             f"REMEDIATION_SUBSCRIPTIONS: {outside}"
         )
-    servers_plan = parse("REMEDIATION_SERVERS_PLAN", "P1", _plan, "P1")
-    enable_integration = parse("REMEDIATION_ENABLE_INTEGRATION", "true", _boolean, True)
-    exclude_tag = parse("REMEDIATION_EXCLUDE_TAG", "defender-remediation-exclude", _tag_name, "")
-    max_actions = parse("REMEDIATION_MAX_ACTIONS_PER_SWEEP", "500", _bounded_int(1, 100_000), 500)
-    schedule = parse("REMEDIATION_SWEEP_SCHEDULE", "0 0 2 * * *", _ncrontab, "")
-    arm_endpoint = parse("REMEDIATION_ARM_ENDPOINT", "https://management.azure.com", _https_url, "")
-    principal_id = parse("REMEDIATION_PRINCIPAL_ID", "", _optional_guid, "")
-    install_queue = parse("REMEDIATION_INSTALL_QUEUE", "mde-installs", _queue_name, "")
-    audit_table = parse("REMEDIATION_AUDIT_TABLE", "remediationlog", _table_name, "")
-    max_reinstalls = parse("REMEDIATION_MAX_REINSTALLS", "2", _bounded_int(0, 10), 2)
-    posture_ttl = parse("REMEDIATION_POSTURE_TTL_SECONDS", "300", _bounded_int(0, 86_400), 300)
-    retry_budget = parse("REMEDIATION_RETRY_BUDGET_SECONDS", "120", _bounded_int(1, 3_600), 120)
-    lro_poll = parse("REMEDIATION_LRO_POLL_SECONDS", "10", _poll_seconds, 10.0)
+    servers_plan = parse("REMEDIATION_SERVERS_PLAN", "P1", _plan)
+    enable_integration = parse("REMEDIATION_ENABLE_INTEGRATION", "true", _boolean)
+    exclude_tag = parse("REMEDIATION_EXCLUDE_TAG", "defender-remediation-exclude", _tag_name)
+    max_actions = parse("REMEDIATION_MAX_ACTIONS_PER_SWEEP", "500", _bounded_int(1, 100_000))
+    schedule = parse("REMEDIATION_SWEEP_SCHEDULE", "0 0 2 * * *", _ncrontab)
+    arm_endpoint = parse("REMEDIATION_ARM_ENDPOINT", "https://management.azure.com", _https_url)
+    principal_id = parse("REMEDIATION_PRINCIPAL_ID", "", _optional_guid)
+    install_queue = parse("REMEDIATION_INSTALL_QUEUE", "mde-installs", _queue_name)
+    audit_table = parse("REMEDIATION_AUDIT_TABLE", "remediationlog", _table_name)
+    max_reinstalls = parse("REMEDIATION_MAX_REINSTALLS", "2", _bounded_int(0, 10))
+    posture_ttl = parse("REMEDIATION_POSTURE_TTL_SECONDS", "300", _bounded_int(0, 86_400))
+    retry_budget = parse("REMEDIATION_RETRY_BUDGET_SECONDS", "120", _bounded_int(1, 3_600))
+    lro_poll = parse("REMEDIATION_LRO_POLL_SECONDS", "10", _poll_seconds)
     # One function waits this long for an install, then re-checks from delayed queue
     # messages every REMEDIATION_RECHECK_SECONDS for up to REMEDIATION_RECHECK_MINUTES.
-    install_timeout = parse("REMEDIATION_INSTALL_TIMEOUT_SECONDS", "60", _bounded_int(1, 600), 60)
-    recheck_seconds = parse("REMEDIATION_RECHECK_SECONDS", "120", _bounded_int(1, 3_600), 120)
-    recheck_minutes = parse("REMEDIATION_RECHECK_MINUTES", "60", _bounded_int(1, 1_440), 60)
+    install_timeout = parse("REMEDIATION_INSTALL_TIMEOUT_SECONDS", "60", _bounded_int(1, 600))
+    recheck_seconds = parse("REMEDIATION_RECHECK_SECONDS", "120", _bounded_int(1, 3_600))
+    recheck_minutes = parse("REMEDIATION_RECHECK_MINUTES", "60", _bounded_int(1, 1_440))
     # Event Grid waits 30 s for on_vm_event, then delivers again.
-    event_budget = parse("REMEDIATION_EVENT_BUDGET_SECONDS", "10", _bounded_int(1, 25), 10)
-    install_cooldown = parse(
-        "REMEDIATION_INSTALL_COOLDOWN_SECONDS", "900", _bounded_int(0, 86_400), 900
-    )
-    sweep_queue = parse("REMEDIATION_SWEEP_QUEUE", "sweep-batches", _queue_name, "")
-    sweep_batch = parse("REMEDIATION_SWEEP_BATCH_SIZE", "20", _bounded_int(1, 1_000), 20)
-    authority_host = parse("AZURE_AUTHORITY_HOST", "", _optional_https_url, "")
-    retention = parse("REMEDIATION_AUDIT_RETENTION_DAYS", "400", _bounded_int(1, 3_650), 400)
-    notify_endpoint = parse("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", "", _optional_topic_url, "")
+    event_budget = parse("REMEDIATION_EVENT_BUDGET_SECONDS", "10", _bounded_int(1, 25))
+    install_cooldown = parse("REMEDIATION_INSTALL_COOLDOWN_SECONDS", "900", _bounded_int(0, 86_400))
+    sweep_queue = parse("REMEDIATION_SWEEP_QUEUE", "sweep-batches", _queue_name)
+    sweep_batch = parse("REMEDIATION_SWEEP_BATCH_SIZE", "20", _bounded_int(1, 1_000))
+    authority_host = parse("AZURE_AUTHORITY_HOST", "", _optional_https_url)
+    retention = parse("REMEDIATION_AUDIT_RETENTION_DAYS", "400", _bounded_int(1, 3_650))
+    notify_endpoint = parse("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", "", _optional_topic_url)
     notify_key = get("REMEDIATION_NOTIFY_TOPIC_KEY", "")
-    if notify_key and not notify_endpoint:
+    if notify_key and not get("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", ""):
         problems.append(
             "REMEDIATION_NOTIFY_TOPIC_KEY: set without REMEDIATION_NOTIFY_TOPIC_ENDPOINT"
         )
@@ -194,8 +193,9 @@ def load(environ: Mapping[str, str]) -> Settings:
             "AzureWebJobsStorage: required (a connection string, or "
             "AzureWebJobsStorage__accountName for identity-based access)"
         )
-    arm_host = urlsplit(arm_endpoint).hostname or ""
-    if storage_account and not storage_connection and arm_host not in STORAGE_SUFFIXES:
+    arm_host = urlsplit(arm_endpoint or "").hostname or ""
+    unknown_cloud = arm_endpoint and arm_host not in STORAGE_SUFFIXES
+    if storage_account and not storage_connection and unknown_cloud:
         problems.append(
             "AzureWebJobsStorage__accountName: the storage endpoint of the cloud of "
             f"REMEDIATION_ARM_ENDPOINT ({arm_host}) is not known: use an AzureWebJobsStorage "

@@ -304,12 +304,19 @@ def test_plan_change_cannot_name_subscriptions_out_of_scope():
     ]
 
 
-def test_plan_change_is_checked_against_subscriptions_that_failed_to_read():
+def test_a_bad_setting_is_reported_once_not_again_through_the_settings_that_depend_on_it():
     assert problems_with(
         MINIMAL | {"REMEDIATION_SUBSCRIPTIONS": "nope", "REMEDIATION_ALLOW_PLAN_CHANGE": SUB_A}
+    ) == ["REMEDIATION_SUBSCRIPTIONS='nope': not subscription ids (GUIDs): nope"]
+    assert problems_with(
+        MINIMAL
+        | {
+            "REMEDIATION_NOTIFY_TOPIC_ENDPOINT": "http://topic.example/api/events",
+            "REMEDIATION_NOTIFY_TOPIC_KEY": "key==",
+        }
     ) == [
-        "REMEDIATION_SUBSCRIPTIONS='nope': not subscription ids (GUIDs): nope",
-        f"REMEDIATION_ALLOW_PLAN_CHANGE: names subscriptions outside REMEDIATION_SUBSCRIPTIONS: {SUB_A}",
+        "REMEDIATION_NOTIFY_TOPIC_ENDPOINT='http://topic.example/api/events': must be the "
+        "topic's https:// endpoint, e.g. https://<topic>.<region>-1.eventgrid.azure.net/api/events"
     ]
 
 
@@ -380,7 +387,7 @@ def test_identity_based_storage_in_an_unknown_cloud_needs_a_connection_string():
     assert with_connection.storage_account == "stremediate"
 
 
-def test_a_bad_arm_endpoint_leaves_the_storage_cloud_unnamed():
+def test_a_bad_arm_endpoint_is_the_only_problem_identity_storage_gets_from_it():
     assert problems_with(
         {
             "REMEDIATION_SUBSCRIPTIONS": SUB_A,
@@ -390,8 +397,6 @@ def test_a_bad_arm_endpoint_leaves_the_storage_cloud_unnamed():
     ) == [
         "REMEDIATION_ARM_ENDPOINT='http://management.azure.com': must be an https:// URL "
         "(bearer tokens are refused over http)",
-        "AzureWebJobsStorage__accountName: the storage endpoint of the cloud of "
-        "REMEDIATION_ARM_ENDPOINT () is not known: use an AzureWebJobsStorage connection string",
     ]
 
 
