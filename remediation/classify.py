@@ -322,9 +322,9 @@ def _linux_from_image(publisher: str, offer: str, sku: str) -> _OsResult | None:
 
 
 def _marketplace_version(distro: str, offer: str, sku: str) -> tuple[int | None, int | None]:
-    # Architecture and generation markers are not versions.
+    # Architecture and generation markers are not versions, and separate what they part.
     offer, sku = (
-        re.sub(r"x86_64|arm64|aarch64|gen[12]", "", text.lower()) for text in (offer, sku)
+        re.sub(r"x86_64|arm64|aarch64|gen[12]", " ", text.lower()) for text in (offer, sku)
     )
     if distro == "ubuntu":
         match = re.search(r"(\d{2})[._](\d{2})", sku) or re.search(r"(\d{2})[._](\d{2})", offer)
@@ -335,9 +335,6 @@ def _marketplace_version(distro: str, offer: str, sku: str) -> tuple[int | None,
         if match:
             return int(match[1]), int(match[2]) if match[2] else 0
         return (None, None)
-    if distro == "mariner":
-        match = re.search(r"mariner-(\d+)", sku) or re.search(r"mariner-(\d+)", offer)
-        return (int(match[1]), None) if match else (None, None)
     if distro in _GLUED_DISTROS:
         # RHEL "8_6", "86-gen2", "810-gen2", "8-lvm-gen2", "10-lvm-gen2", "7.9"; Oracle
         # "ol89-lvm-gen2"; CentOS "7_9"; Alma "8_7-gen2"; Rocky "9-base": the major may
@@ -347,7 +344,8 @@ def _marketplace_version(distro: str, offer: str, sku: str) -> tuple[int | None,
             if version is not None:
                 return version
         return (None, None)
-    # Debian "11-gen2", Amazon "2023": a plain major, maybe dotted. Else the offer.
+    # Debian "11-gen2", Amazon "2023", Mariner "cbl-mariner-2-gen2", Azure Linux
+    # "azure-linux-3-gen2": a plain major, maybe dotted. Else the offer.
     for text in (sku, offer):
         match = _PLAIN_VERSION.search(text)
         if match:
@@ -363,7 +361,8 @@ _DIGITS = re.compile(r"(?<!\d)(\d{1,4})(?:[._-](\d{1,2}))?(?=\D|$)")
 def _glued_version(distro: str, text: str) -> tuple[int, int | None] | None:
     """'86' -> 8.6, '810' -> 8.10, '10' -> 10, '100' -> 10.0, '7_9' -> 7.9: of the ways
     to cut the digits, the first whose major is one the matrix knows for the distro
-    (two-digit majors first); else a plausible next major ('11'); else one digit."""
+    (two-digit majors first); else two digits just above the known majors (up to five
+    more) are a newer major ('11'); else one digit, an older release glued ('69')."""
     match = _DIGITS.search(text)
     if match is None:
         return None
