@@ -336,10 +336,10 @@ def _marketplace_version(distro: str, offer: str, sku: str) -> tuple[int | None,
             return int(match[1]), int(match[2]) if match[2] else 0
         return (None, None)
     if distro in _GLUED_DISTROS:
-        # RHEL "8_6", "86-gen2", "810-gen2", "8-lvm-gen2", "10-lvm-gen2", "7.9"; Oracle
-        # "ol89-lvm-gen2"; CentOS "7_9"; Alma "8_7-gen2"; Rocky "9-base": the major may
-        # be glued to its minor. Else the offer ("rockylinux-9").
-        for text in (re.sub(r"^(ol|rhel-lvm|rhel-raw)", "", sku), offer):
+        # RHEL "8_6", "86-gen2", "810-gen2", "8-lvm-gen2", "10-lvm-gen2", "7.9",
+        # "rhel-lvm87"; Oracle "ol89-lvm-gen2"; CentOS "7_9"; Alma "8_7-gen2"; Rocky
+        # "9-base": the major may be glued to its minor. Else the offer ("rockylinux-9").
+        for text in (sku, offer):
             version = _glued_version(distro, text)
             if version is not None:
                 return version
