@@ -1,0 +1,363 @@
+"""What is uncovered right now, straight from Resource Graph: per subscription and
+platform, how many VMs are covered, to install, deferred, excluded, unsupported,
+blocked or in error, the coverage of eligible running VMs, and the VMs that need a
+human. ``python -m remediation status`` and ``GET /api/status`` run it.
+
+It only reads: each subscription's Defender posture (afresh), the inventory through
+the sweep's Resource Graph query, and, for a Failed MDE extension, the VM's history in
+the remediation log. No lock, no run record, no log row, no queue message, no ARM
+write: it is safe in any mode and leaves the report's trend alone. A subscription that
+cannot be read is reported as unavailable, with the error, and the others still count.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from azure.core.exceptions import AzureError
+
+from remediation.classify import Classification, Support
+from remediation.config import GUID, Settings
+from remediation.model import Outcome, Power, RemediationError, VmFacts
+from remediation.report import CATEGORIES, NEEDS_A_HUMAN
+from remediation.service import Services, assess
+
+PARAMETERS = frozenset({"subscription"})
+# Azure Functions takes a function key as ?code=...; the host checks it, and the
+# worker still sees it among the parameters: it is no unknown parameter.
+IGNORED = frozenset({"code"})
+MAX_SUBSCRIPTIONS = 1000
+SHOWN = 20  # "needs a human" rows in the table; the JSON has them all
+
+
+class InvalidStatusRequest(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+# --- The result --------------------------------------------------------------------------
+@dataclass
+class Tally:
+    """VMs of one subscription and platform (or a total), by category."""
+
+    categories: Counter[str] = field(default_factory=Counter)  # CATEGORIES words
+    eligible_running: int = 0
+    covered: int = 0
+
+    @property
+    def vms(self) -> int:
+        return sum(self.categories.values())
+
+    @property
+    def coverage_percent(self) -> float:
+        """As the sweep's summary computes it: covered of eligible running VMs."""
+        if not self.eligible_running:
+            return 100.0
+        return round(100.0 * self.covered / self.eligible_running, 2)
+
+    def add(self, other: Tally) -> None:
+        self.categories.update(other.categories)
+        self.eligible_running += other.eligible_running
+        self.covered += other.covered
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vms": self.vms,
+            "categories": {word: self.categories.get(word, 0) for word in CATEGORIES.values()},
+            "eligible_running": self.eligible_running,
+            "covered": self.covered,
+            "coverage_percent": self.coverage_percent,
+        }
+
+
+@dataclass(frozen=True)
+class HumanItem:
+    """A VM a human must look at: blocked, unsupported, or in error."""
+
+    vm: str
+    subscription: str
+    platform: str
+    decision: str
+    reason: str
+    hint: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SubscriptionStatus:
+    subscription: str
+    platforms: dict[str, Tally] = field(default_factory=dict)  # platform -> its tally
+    error: str = ""  # why the subscription could not be read; "" when it was
+    hint: str = ""
+
+    @property
+    def available(self) -> bool:
+        return not self.error
+
+    @property
+    def total(self) -> Tally:
+        total = Tally()
+        for tally in self.platforms.values():
+            total.add(tally)
+        return total
+
+    def to_json(self) -> dict[str, Any]:
+        value: dict[str, Any] = {
+            "subscription": self.subscription,
+            "available": self.available,
+            "error": self.error,
+            "hint": self.hint,
+        }
+        if not self.available:
+            return value
+        return value | {
+            **self.total.to_json(),
+            "platforms": [
+                {"platform": platform, **tally.to_json()}
+                for platform, tally in sorted(self.platforms.items())
+            ],
+        }
+
+
+@dataclass
+class Status:
+    generated: datetime
+    mode: str
+    subscriptions: list[SubscriptionStatus]
+    human: list[HumanItem]  # ordered as the report orders them
+
+    @property
+    def total(self) -> Tally:
+        total = Tally()
+        for subscription in self.subscriptions:
+            total.add(subscription.total)
+        return total
+
+    @property
+    def unavailable(self) -> list[SubscriptionStatus]:
+        return [s for s in self.subscriptions if not s.available]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "generated": self.generated.isoformat(),
+            "mode": self.mode,
+            "complete": not self.unavailable,
+            **self.total.to_json(),
+            "subscriptions": [s.to_json() for s in self.subscriptions],
+            "needs_a_human": [item.to_json() for item in self.human],
+        }
+
+
+# --- Gathering ---------------------------------------------------------------------------
+def eligible(vm: Classification) -> bool:
+    """Counted in the coverage: the same test as the sweep's summary."""
+    return (
+        vm.support in {Support.SUPPORTED, Support.UNIFIED}
+        and not vm.opt_out
+        and not vm.managed
+        and vm.power is Power.RUNNING
+    )
+
+
+class _Gathered:
+    """What one or more subscriptions' inventory came to, kept apart until the whole
+    query stream succeeded (a failed stream counts nothing)."""
+
+    def __init__(self) -> None:
+        self.platforms: dict[str, dict[str, Tally]] = {}  # subscription -> platform -> tally
+        self.human: list[HumanItem] = []
+
+    def count(self, services: Services, facts: VmFacts) -> None:
+        subscription = facts.vm.subscription
+        try:
+            assessment = assess(services, facts)
+        except (RemediationError, AzureError) as error:  # e.g. the log's history unreadable
+            hint = getattr(error, "hint", "") or "run the status again; the sweep reads it too"
+            tally = self._tally(subscription, "unknown")
+            tally.categories[CATEGORIES[Outcome.ERROR.value]] += 1
+            reason = f"The status could not assess this VM: {error}"
+            self.human.append(
+                HumanItem(facts.vm.id, subscription, "unknown", Outcome.ERROR.value, reason, hint)
+            )
+            return
+        vm, decision = assessment.vm, assessment.decision
+        tally = self._tally(subscription, vm.platform or "unknown")
+        tally.categories[CATEGORIES[decision.outcome.value]] += 1
+        if eligible(vm):
+            tally.eligible_running += 1
+            if decision.outcome is Outcome.COMPLIANT:
+                tally.covered += 1
+        if decision.outcome.value in NEEDS_A_HUMAN:
+            self.human.append(
+                HumanItem(
+                    facts.vm.id,
+                    subscription,
+                    vm.platform or "unknown",
+                    decision.outcome.value,
+                    decision.reason,
+                    decision.hint,
+                )
+            )
+
+    def _tally(self, subscription: str, platform: str) -> Tally:
+        return self.platforms.setdefault(subscription, {}).setdefault(platform, Tally())
+
+
+def gather(
+    services: Services, subscriptions: Sequence[str] | None = None, now: datetime | None = None
+) -> Status:
+    """The coverage now of ``subscriptions`` (all in scope by default), read-only."""
+    settings = services.settings
+    chosen = settings.subscriptions if subscriptions is None else subscriptions
+    scope = sorted({s.lower() for s in chosen})
+    results = {s: SubscriptionStatus(s) for s in scope}
+    readable = []
+    for subscription in scope:  # the posture afresh: the plan may have changed since
+        services.arm.forget_posture(subscription)
+        try:
+            services.arm.posture(subscription)
+        except RemediationError as error:
+            _unavailable(results[subscription], error)
+        else:
+            readable.append(subscription)
+    human: list[HumanItem] = []
+    size = max(1, settings.sweep_batch_size)
+    for start in range(0, len(readable), size):
+        batch = readable[start : start + size]
+        for gathered in _inventory(services, batch, results):
+            for subscription, platforms in gathered.platforms.items():
+                if subscription in results:  # Resource Graph answers for what was asked
+                    results[subscription].platforms.update(platforms)
+            human += gathered.human
+    order = {decision: index for index, decision in enumerate(NEEDS_A_HUMAN)}
+    human.sort(key=lambda item: (order[item.decision], item.subscription, item.vm.lower()))
+    return Status(
+        generated=now or datetime.now(UTC),
+        mode=settings.mode.value,
+        subscriptions=list(results.values()),
+        human=human,
+    )
+
+
+def _inventory(
+    services: Services, batch: list[str], results: Mapping[str, SubscriptionStatus]
+) -> Iterable[_Gathered]:
+    """One query stream for the batch, as the sweep does; when it fails, one stream per
+    subscription, so that only the subscriptions that fail alone are unavailable."""
+    gathered = _Gathered()
+    try:
+        for facts in services.arm.inventory(batch):
+            gathered.count(services, facts)
+    except RemediationError as error:
+        if len(batch) == 1:
+            _unavailable(results[batch[0]], error)
+            return []
+        return [g for subscription in batch for g in _inventory(services, [subscription], results)]
+    return [gathered]
+
+
+def _unavailable(result: SubscriptionStatus, error: RemediationError) -> None:
+    result.error = str(error)
+    result.hint = (
+        error.hint or "check the app's roles in this subscription: python -m remediation doctor"
+    )
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+def parse_params(params: Mapping[str, str], settings: Settings) -> list[str]:
+    """The subscriptions asked for (``subscription``: one id or a comma-separated list;
+    every subscription in scope without it). Strict: unknown parameters, ids that are
+    not subscription ids and subscriptions out of scope are refused, every one listed."""
+    problems = [
+        f"unknown parameter {name[:40]!r}" for name in sorted(set(params) - PARAMETERS - IGNORED)
+    ]
+    chosen: list[str] = []
+    if "subscription" in params:
+        given = [item.strip(" ") for item in params["subscription"].split(",")]
+        if len(given) > MAX_SUBSCRIPTIONS:
+            problems.append(f"subscription: at most {MAX_SUBSCRIPTIONS} subscriptions")
+            given = given[:MAX_SUBSCRIPTIONS]
+        for item in given:
+            if not GUID.match(item):
+                problems.append(f"subscription: not a subscription id: {item[:60]!r}")
+            elif not settings.in_scope(item):
+                problems.append(f"subscription: {item} is not in REMEDIATION_SUBSCRIPTIONS")
+            else:
+                chosen.append(item.lower())
+    if problems:
+        raise InvalidStatusRequest(problems)
+    return sorted(set(chosen) or settings.subscriptions)
+
+
+def http_status(services: Services, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    """GET /api/status: 200 with the coverage now, or 400 with every problem."""
+    try:
+        subscriptions = parse_params(params, services.settings)
+    except InvalidStatusRequest as error:
+        return 400, {"errors": error.problems}
+    return 200, gather(services, subscriptions).to_json()
+
+
+# --- The terminal ------------------------------------------------------------------------
+def render_table(status: Status, out: TextIO, shown: int = SHOWN) -> None:
+    """A table per subscription (a row per platform), then what needs a human."""
+    from rich.console import Console  # noqa: PLC0415 - only the terminal needs it
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415 - ARM's text is not rich markup
+
+    console = Console(file=out, width=200, soft_wrap=True)
+    words = list(CATEGORIES.values())
+    total = status.total
+    console.print(
+        f"Coverage now ({status.mode} mode, {status.generated:%Y-%m-%d %H:%M} UTC): "
+        f"{total.coverage_percent}% of eligible running VMs "
+        f"({total.covered} of {total.eligible_running}), {total.vms} VMs"
+    )
+    for subscription in status.subscriptions:
+        if not subscription.available:
+            console.print(
+                f"subscription {subscription.subscription}: unavailable: {subscription.error}"
+                f" Hint: {subscription.hint}",
+                markup=False,
+                highlight=False,
+            )
+            continue
+        table = Table(title=f"subscription {subscription.subscription}")
+        table.add_column("platform")
+        for word in (*words, "VMs", "coverage"):
+            table.add_column(word, justify="right")
+        rows = sorted(subscription.platforms.items())
+        for platform, tally in [*rows, ("all", subscription.total)]:
+            if platform == "all":
+                table.add_section()
+            table.add_row(
+                platform,
+                *(str(tally.categories.get(word, 0)) for word in words),
+                str(tally.vms),
+                f"{tally.coverage_percent}%",
+            )
+        console.print(table)
+    human = status.human
+    if not human:
+        console.print("Needs a human: nothing.")
+        return
+    table = Table(
+        title=f"Needs a human: {min(shown, len(human))} of {len(human)} shown",
+        show_lines=False,
+    )
+    for column in ("VM", "decision", "platform", "why", "what to do"):
+        table.add_column(column, overflow="fold")
+    for item in human[:shown]:
+        table.add_row(
+            *(Text(t) for t in (item.vm, item.decision, item.platform)),
+            Text(item.reason),
+            Text(item.hint),
+        )
+    console.print(table)
