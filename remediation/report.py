@@ -1,11 +1,37 @@
 """The coverage report: one self-contained HTML page (no scripts, fonts or images from
-anywhere) built from the remediation log: the latest sweep, what happened since, the
-coverage trend of the last 30 days, and the items that need a human."""
+anywhere) built from the remediation log.
+
+What the page shows, and the choices behind it:
+- The estate is every subscription in scope (REMEDIATION_SUBSCRIPTIONS). Each is shown
+  as of the start of the latest finished sweep that covered it, plus every event and
+  install since; a partial sweep (``sweep --subscription X``) moves only X's "as of".
+  A subscription that no finished sweep of the last 30 days covered is shown as "not
+  swept yet" and is not counted.
+- The headline is the whole estate's latest state: eligible running VMs covered, the
+  sweep's definition (``sweep._count``) read back from each VM's latest record. The
+  records do not carry the power state, so a VM counts as eligible running when its
+  latest decision is one that a running VM of a supported OS gets (compliant, install,
+  blocked, error) and as not eligible otherwise (exclude, unsupported, defer). This
+  differs from the sweep's count in two cases: a stopped VM that is compliant, blocked or
+  in error counts here, and a running VM whose MDE extension is mid-operation (defer)
+  does not.
+- The trend has one point per full-scope sweep of the last 30 days, not one line per
+  subscription: a run's summary holds its numbers for all its subscriptions together,
+  so only a run that covered the whole scope is comparable with the next. A run is
+  full-scope when the nightly timer started it (it always sweeps the whole scope of its
+  time) or when it covered every subscription in scope now.
+- The page sends nothing and loads nothing; ``HEADERS`` are the response headers any
+  server of it sends (a CSP that allows only its own stylesheet, by hash).
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from html import escape
 
@@ -13,6 +39,8 @@ from remediation.audit import AuditRecord, Query
 from remediation.service import Services
 from remediation.sweep import Run, RunStore
 
+WINDOW = timedelta(days=30)
+HUMAN_ROWS = 200  # rows of "Needs a human" on the page; the rest are counted
 CATEGORIES = {
     "compliant": "covered",
     "install": "to install",
@@ -23,14 +51,33 @@ CATEGORIES = {
     "error": "error",
 }
 NEEDS_A_HUMAN = ("error", "blocked", "unsupported")
+# Decisions only a running VM of a supported OS, not opted out and not managed, can get
+# (see the module docstring for where this and the sweep's count differ).
+ELIGIBLE_RUNNING = frozenset({"compliant", "install", "blocked", "error"})
+
+
+@dataclass(frozen=True)
+class Point:
+    """One full-scope sweep on the trend."""
+
+    started: datetime
+    percent: float
+    covered: int
+    eligible: int
+    run_id: str
 
 
 @dataclass
 class Coverage:
     generated: datetime
-    run: Run | None
+    scope: tuple[str, ...]  # the subscriptions in scope, sorted
+    as_of: dict[str, Run] = field(default_factory=dict)  # subscription -> its latest sweep
     latest: dict[str, AuditRecord] = field(default_factory=dict)  # VM id -> its latest state
-    trend: list[tuple[datetime, float]] = field(default_factory=list)
+    trend: list[Point] = field(default_factory=list)
+
+    @property
+    def not_swept(self) -> list[str]:
+        return [s for s in self.scope if s not in self.as_of]
 
     def counts(self, by: str) -> dict[str, Counter[str]]:
         table: dict[str, Counter[str]] = defaultdict(Counter)
@@ -39,101 +86,207 @@ class Coverage:
             table[key][CATEGORIES.get(record.decision, record.decision)] += 1
         return dict(sorted(table.items()))
 
+    def headline(self, subscription: str = "") -> tuple[int, int]:
+        """(covered, eligible running) over the estate, or one subscription."""
+        records = [
+            r for r in self.latest.values() if not subscription or r.subscription == subscription
+        ]
+        eligible = [r for r in records if eligible_running(r)]
+        return sum(r.decision == "compliant" for r in eligible), len(eligible)
+
     def human(self) -> list[AuditRecord]:
         order = {decision: index for index, decision in enumerate(NEEDS_A_HUMAN)}
         items = [r for r in self.latest.values() if r.decision in order]
         return sorted(items, key=lambda r: (order[r.decision], r.subscription, r.vm.lower()))
 
 
+def eligible_running(record: AuditRecord) -> bool:
+    """Would the sweep count this VM as eligible and running? Read from its decision;
+    a record without a platform (the VM could not be read) is not counted, as in a sweep."""
+    return record.decision in ELIGIBLE_RUNNING and bool(record.platform)
+
+
+def percent(covered: int, eligible: int) -> float:
+    return round(100.0 * covered / eligible, 2) if eligible else 100.0
+
+
+# --- Gathering: the shell -------------------------------------------------------------
 def gather(services: Services, now: datetime | None = None) -> Coverage:
-    """The latest finished sweep, then every event and install since, VM by VM."""
+    """The runs of the last 30 days, then each swept subscription's records since its
+    latest finished sweep, VM by VM."""
     now = now or datetime.now(UTC)
-    runs = RunStore(services.audit.table).runs_since(now - timedelta(days=30))
-    done = [run for run in runs if run.status == "done"]
-    coverage = Coverage(now, done[0] if done else None)
-    coverage.trend = sorted(
-        (run.started, float(run.summary.get("coverage_percent", 0))) for run in done
-    )
-    if coverage.run is None:
-        return coverage
-    since = coverage.run.started
-    records: list[AuditRecord] = []
-    token = ""
-    while True:  # the run's rows, then what happened after it, oldest applied first
-        page, token = services.audit.search(
-            Query(since=since, until=now, limit=1000, continuation=token)
-        )
-        records += page
-        if not token:
-            break
-    for record in sorted(records, key=lambda r: r.time):
-        if not record.vm or record.decision == "ignored":
-            continue
-        if record.run_id != coverage.run.run_id and record.trigger not in {"event", "queue", "cli"}:
-            continue  # another sweep's rows
-        if record.trigger == "queue" and record.outcome in {"skipped", "deferred"}:
-            continue  # the VM's state is what the sweep or an event said
-        state = _covered(record) if record.outcome == "succeeded" else record
-        coverage.latest[record.vm.lower()] = state
+    scope = tuple(sorted(s.lower() for s in services.settings.subscriptions))
+    runs = RunStore(services.audit.table).runs_since(now - WINDOW)
+    done = sorted((run for run in runs if run.status == "done"), key=lambda run: run.started)
+    coverage = Coverage(now, scope, latest_sweeps(done, scope), trend=trend(done, scope))
+    if coverage.as_of:
+        oldest = min(run.started for run in coverage.as_of.values())
+        coverage.latest = latest_state(_records(services, oldest, now), coverage.as_of)
     return coverage
 
 
-def _covered(record: AuditRecord) -> AuditRecord:
-    from dataclasses import replace  # noqa: PLC0415
+def _records(services: Services, since: datetime, until: datetime) -> list[AuditRecord]:
+    records: list[AuditRecord] = []
+    token = ""
+    while True:
+        page, token = services.audit.search(
+            Query(since=since, until=until, limit=1000, continuation=token)
+        )
+        records += page
+        if not token:
+            return records
 
+
+# --- Deciding what the page shows: pure ------------------------------------------------
+def latest_sweeps(done: Sequence[Run], scope: Sequence[str]) -> dict[str, Run]:
+    """Each subscription in scope -> the finished run that covered it last (by start)."""
+    latest: dict[str, Run] = {}
+    for run in sorted(done, key=lambda run: run.started):
+        for subscription in run.subscriptions:
+            if subscription.lower() in scope:
+                latest[subscription.lower()] = run
+    return latest
+
+
+def full_scope(run: Run, scope: Sequence[str]) -> bool:
+    return run.trigger == "sweep" or {s.lower() for s in run.subscriptions} >= set(scope)
+
+
+def trend(done: Sequence[Run], scope: Sequence[str]) -> list[Point]:
+    return sorted(
+        (
+            Point(
+                run.started,
+                float(run.summary.get("coverage_percent", 0)),
+                int(run.summary.get("covered", 0)),
+                int(run.summary.get("eligible_running", 0)),
+                run.run_id,
+            )
+            for run in done
+            if full_scope(run, scope)
+        ),
+        key=lambda point: point.started,
+    )
+
+
+def latest_state(records: Iterable[AuditRecord], as_of: dict[str, Run]) -> dict[str, AuditRecord]:
+    """VM id -> its latest state: the row of its subscription's latest sweep, then the
+    events and installs since, oldest applied first. Rows of other sweeps, of
+    subscriptions out of scope or never swept, and anything older are left out."""
+    latest: dict[str, AuditRecord] = {}
+    for record in sorted(records, key=lambda r: r.time):
+        run = as_of.get(record.subscription.lower())
+        if run is None or not record.vm or record.decision == "ignored":
+            continue
+        if record.time < run.started:
+            continue
+        if record.run_id and record.trigger != "queue" and record.run_id != run.run_id:
+            continue  # another sweep's row (a sweep's rows carry its run id; installs too)
+        if record.trigger == "queue" and record.outcome in {"skipped", "deferred"}:
+            continue  # the VM's state is what the sweep or an event said
+        state = _covered(record) if record.outcome == "succeeded" else record
+        latest[record.vm.lower()] = state
+    return latest
+
+
+def _covered(record: AuditRecord) -> AuditRecord:
     return replace(record, decision="compliant", reason="MDE was installed and is Succeeded.")
 
 
+# --- The page ---------------------------------------------------------------------------
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#1b1b1b}
 h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th:first-child,td:first-child{text-align:left}td.text{text-align:left;max-width:50em}
+td.none{text-align:left;color:#666;font-style:italic}
 .big{font-size:2.4em;font-weight:600}.muted{color:#666}
+code{background:#f3f3f3;padding:0 .2em}
 """
+_STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
+HEADERS: dict[str, str] = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+}
 
 
-def render(coverage: Coverage) -> str:
+def _when(moment: datetime) -> str:
+    return f'<time datetime="{moment.isoformat()}">{moment:%Y-%m-%d %H:%M}</time> UTC'
+
+
+def _percent(value: float) -> str:
+    return f"{value:g}%"
+
+
+def render(coverage: Coverage, human_rows: int = HUMAN_ROWS) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         "<title>Defender for Endpoint coverage</title>",
         f"<style>{STYLE}</style></head><body>",
         "<h1>Defender for Endpoint coverage</h1>",
-        f'<p class="muted">Generated {coverage.generated:%Y-%m-%d %H:%M} UTC',
+        f'<p class="muted">Generated {_when(coverage.generated)}',
     ]
-    if coverage.run is None:
+    if not coverage.as_of:
         parts += [
             ".</p><p>No sweep has finished yet: start one with POST /api/sweep.</p></body></html>"
         ]
         return "\n".join(parts)
-    run = coverage.run
-    eligible = int(run.summary.get("eligible_running", 0))
-    covered = int(run.summary.get("covered", 0))
+    covered, eligible = coverage.headline()
+    swept = len(coverage.scope) - len(coverage.not_swept)
     parts += [
-        f" from sweep {escape(run.run_id)} ({escape(run.mode)}) and the events since.</p>",
-        f'<p><span class="big" id="coverage">{run.summary.get("coverage_percent", 0)}%</span> '
-        f"of eligible running VMs were covered at the sweep ({covered} of {eligible}).</p>",
+        " from each subscription's latest finished sweep and the events since.</p>",
+        f'<p><span class="big" id="coverage">{_percent(percent(covered, eligible))}</span> '
+        f'of eligible running VMs are covered (<span id="covered">{covered}</span> of '
+        f'<span id="eligible">{eligible}</span>) in the {swept} swept subscription'
+        f"{'' if swept == 1 else 's'} of {len(coverage.scope)} in scope.</p>",
     ]
-    for title, by in (("By subscription", "subscription"), ("By platform", "platform")):
-        parts += [f"<h2>{title}</h2>", _table(coverage.counts(by), by)]
-    parts += ["<h2>Coverage, last 30 days</h2>", _chart(coverage.trend)]
-    human = coverage.human()
-    parts += [f'<h2>Needs a human (<span id="human-count">{len(human)}</span>)</h2>']
-    if human:
+    if coverage.not_swept:
         parts.append(
-            '<table id="human"><tr><th>VM</th><th>decision</th><th>platform</th><th>why</th><th>what to do</th></tr>'
+            f'<p id="not-swept">Not swept yet, so not counted: {len(coverage.not_swept)} '
+            "subscription(s) (no finished sweep covered them in the last 30 days).</p>"
         )
-        for record in human:
-            parts.append(
-                f"<tr><td>{escape(record.vm)}</td><td>{escape(record.decision)}</td><td>{escape(record.platform)}</td>"
-                f'<td class="text">{escape(record.reason)}</td><td class="text">{escape(record.hint)}</td></tr>'
-            )
-        parts.append("</table>")
-    else:
-        parts.append("<p>Nothing: every VM is covered, excluded or on its way.</p>")
+    parts += ["<h2>By subscription</h2>", _subscriptions(coverage)]
+    parts += ["<h2>By platform</h2>", _table(coverage.counts("platform"), "platform")]
+    parts += [
+        "<h2>Coverage of full sweeps, last 30 days</h2>",
+        _chart(coverage.trend, coverage.generated),
+    ]
+    parts += _human(coverage, human_rows)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _subscriptions(coverage: Coverage) -> str:
+    columns = list(CATEGORIES.values())
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    counts = coverage.counts("subscription")
+    body = []
+    for subscription in coverage.scope:
+        run = coverage.as_of.get(subscription)
+        key = f'<tr data-subscription="{escape(subscription)}"><td>{escape(subscription)}</td>'
+        if run is None:
+            body.append(
+                f'{key}<td class="none" colspan="{len(columns) + 3}">not swept yet</td></tr>'
+            )
+            continue
+        row = counts.get(subscription, Counter())
+        cells = "".join(f'<td data-category="{escape(c)}">{row.get(c, 0)}</td>' for c in columns)
+        share = _percent(percent(*coverage.headline(subscription)))
+        body.append(
+            f'{key}<td title="sweep {escape(run.run_id)}">{_when(run.started)}</td>{cells}'
+            f"<td>{sum(row.values())}</td><td data-coverage>{share}</td></tr>"
+        )
+    return (
+        f'<table id="by-subscription"><tr><th>subscription</th><th>as of</th>{head}'
+        f"<th>VMs</th><th>coverage</th></tr>{''.join(body)}</table>"
+    )
 
 
 def _table(rows: dict[str, Counter[str]], by: str) -> str:
@@ -148,30 +301,86 @@ def _table(rows: dict[str, Counter[str]], by: str) -> str:
     return f'<table id="by-{by}"><tr><th>{by}</th>{head}<th>VMs</th></tr>{"".join(body)}</table>'
 
 
-def _chart(points: list[tuple[datetime, float]]) -> str:
-    """An inline SVG line: no script, no external asset."""
+def _human(coverage: Coverage, limit: int) -> list[str]:
+    human = coverage.human()
+    parts = [f'<h2>Needs a human (<span id="human-count">{len(human)}</span>)</h2>']
+    if not human:
+        return [*parts, "<p>Nothing: every VM is covered, excluded or on its way.</p>"]
+    by_decision = Counter(r.decision for r in human)
+    parts.append(
+        "<p>" + ", ".join(f"{by_decision[d]} {d}" for d in NEEDS_A_HUMAN if by_decision[d]) + "</p>"
+    )
+    if len(human) > limit:
+        oldest = min(run.started for run in coverage.as_of.values())
+        days = max(1, math.ceil((coverage.generated - oldest) / timedelta(days=1)))
+        commands = "".join(
+            f"<li><code>python -m remediation log --decision {d} --since {days}d --limit 1000"
+            f"</code> or <code>GET /api/remediations?decision={d}&amp;since={days}d</code> "
+            "(paged)</li>"
+            for d in NEEDS_A_HUMAN
+            if by_decision[d]
+        )
+        parts.append(
+            f'<p id="human-shown">{limit} of {len(human)} shown. To see all, read the log '
+            f"(every record since the oldest sweep shown, newest first; a VM can appear more "
+            f"than once):</p><ul>{commands}</ul>"
+        )
+    parts.append(
+        '<table id="human"><tr><th>VM</th><th>decision</th><th>platform</th><th>why</th>'
+        "<th>what to do</th></tr>"
+    )
+    for record in human[:limit]:
+        parts.append(
+            f"<tr><td>{escape(record.vm)}</td><td>{escape(record.decision)}</td><td>{escape(record.platform)}</td>"
+            f'<td class="text">{escape(record.reason)}</td><td class="text">{escape(record.hint)}</td></tr>'
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _chart(points: list[Point], generated: datetime) -> str:
+    """An inline SVG over the last 30 days: dates below, 0/50/100% at the side, each
+    sweep's numbers in its point's <title> (shown on hover). No script, no asset."""
     if not points:
-        return "<p>No finished sweep in the last 30 days.</p>"
-    width, height, pad = 640, 200, 30
-    start = points[0][0]
-    span = max((points[-1][0] - start).total_seconds(), 1.0)
+        return "<p>No full sweep finished in the last 30 days.</p>"
+    width, height = 640, 220
+    left, right, top, bottom = 44, 36, 10, 34
+    start = generated - WINDOW
 
     def x(moment: datetime) -> float:
-        return pad + (width - 2 * pad) * (moment - start).total_seconds() / span
+        share = (moment - start) / WINDOW
+        return left + (width - left - right) * min(max(share, 0.0), 1.0)
 
     def y(value: float) -> float:
-        return height - pad - (height - 2 * pad) * value / 100
+        return top + (height - top - bottom) * (1 - value / 100)
 
-    line = " ".join(f"{x(m):.1f},{y(v):.1f}" for m, v in points)
+    axes = []
+    for level in (0, 50, 100):
+        axes.append(
+            f'<line x1="{left}" y1="{y(level):.1f}" x2="{width - right}" y2="{y(level):.1f}" '
+            f'stroke="{"#999" if level == 0 else "#ddd"}"/>'
+            f'<text class="y-label" x="{left - 6}" y="{y(level) + 4:.1f}" text-anchor="end" '
+            f'font-size="11" fill="#444">{level}%</text>'
+        )
+    for day in range(0, WINDOW.days + 1, 5):
+        moment = start + timedelta(days=day)
+        axes.append(
+            f'<line x1="{x(moment):.1f}" y1="{y(0):.1f}" x2="{x(moment):.1f}" '
+            f'y2="{y(0) + 4:.1f}" stroke="#999"/>'
+            f'<text class="x-label" x="{x(moment):.1f}" y="{y(0) + 18:.1f}" '
+            f'text-anchor="middle" font-size="11" fill="#444">{moment:%Y-%m-%d}</text>'
+        )
+    line = " ".join(f"{x(p.started):.1f},{y(p.percent):.1f}" for p in points)
     dots = "".join(
-        f'<circle cx="{x(m):.1f}" cy="{y(v):.1f}" r="3"><title>{m:%Y-%m-%d %H:%M}: {v}%</title></circle>'
-        for m, v in points
+        f'<circle cx="{x(p.started):.1f}" cy="{y(p.percent):.1f}" r="4" fill="#0a64a4">'
+        f"<title>{p.started:%Y-%m-%d %H:%M} UTC: {_percent(p.percent)} "
+        f"({p.covered} of {p.eligible} eligible running VMs covered), sweep {escape(p.run_id)}"
+        "</title></circle>"
+        for p in points
     )
     return (
-        f'<svg id="trend" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="coverage over the last 30 days">'
-        f'<line x1="{pad}" y1="{y(0)}" x2="{width - pad}" y2="{y(0)}" stroke="#999"/>'
-        f'<line x1="{pad}" y1="{y(100)}" x2="{width - pad}" y2="{y(100)}" stroke="#ddd"/>'
-        f'<text x="2" y="{y(100) + 4}" font-size="10">100%</text><text x="2" y="{y(0) + 4}" font-size="10">0%</text>'
+        f'<svg id="trend" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="coverage of full sweeps over the last 30 days">{"".join(axes)}'
         f'<polyline fill="none" stroke="#0a64a4" stroke-width="2" points="{line}"/>{dots}</svg>'
     )

@@ -4,9 +4,14 @@ nothing from anywhere else."""
 import json
 import re
 from collections import Counter
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 
-from tests.conftest import generated_estate
+from localazure import Estate, Principal, Subscription
+from localazure.estate import UBUNTU_2204, WIN11_ENT, mde_extension
+from remediation.audit import AuditRecord
+from remediation.sweep import Run
+from tests.conftest import APP, READER, generated_estate
 from tests.test_service import ENFORCE
 
 # The report's columns by decision, written out here rather than read from report.py.
@@ -176,3 +181,222 @@ def test_the_report_renders_in_a_real_headless_browser(world_factory, tmp_path):
         browser.close()
     assert problems == []
     assert requests == [path.as_uri()]  # nothing fetched from anywhere
+
+
+# --- The estate's latest state, subscription by subscription -----------------------------
+A = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+B = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
+C = "cccccccc-cccc-4ccc-8ccc-cccccccccccc"
+
+
+def three_subscriptions() -> Estate:
+    """Plan and integration on everywhere; what a sweep finds is written by hand:
+    A: 2 covered, 1 to install (2 of 3 eligible running VMs covered);
+    B: 1 covered, 2 to install, 1 deallocated (1 of 3);
+    C: 2 covered, 1 Windows 11 desktop, unsupported (2 of 2). The estate: 5 of 8."""
+    estate = Estate()
+    for principal in (APP, READER):
+        estate.add_principal(Principal(**vars(principal)))
+    vms = {
+        A: [("a-covered-1", True), ("a-covered-2", True), ("a-bare", False)],
+        B: [("b-covered", True), ("b-bare-1", False), ("b-bare-2", False), ("b-asleep", False)],
+        C: [("c-covered-1", True), ("c-covered-2", True), ("c-desk", False)],
+    }
+    for subscription, names in vms.items():
+        ready = estate.add_subscription(Subscription(subscription, "Standard", "P1"))
+        ready.settings = {
+            "WDATP": True,
+            "WDATP_UNIFIED_SOLUTION": True,
+            "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW": False,
+        }
+        for name, covered in names:
+            image = WIN11_ENT if name == "c-desk" else UBUNTU_2204
+            power = "deallocated" if name == "b-asleep" else "running"
+            vm = estate.add_vm(image.vm(subscription, "rg-app", name, power=power))
+            if covered:
+                vm.extensions["mde.linux"] = mde_extension(vm)
+    return estate
+
+
+def vm_id(subscription: str, name: str) -> str:
+    return (
+        f"/subscriptions/{subscription}/resourceGroups/rg-app"
+        f"/providers/Microsoft.Compute/virtualMachines/{name}"
+    )
+
+
+def sweep(*subscriptions: str) -> str:
+    """`python -m remediation sweep [--subscription X ...]`; returns the run id."""
+    import io
+
+    from remediation.__main__ import main
+
+    out = io.StringIO()
+    arguments = [item for s in subscriptions for item in ("--subscription", s)]
+    assert main(["sweep", "--json", *arguments], out=out) == 0
+    return json.loads(out.getvalue().splitlines()[-1])["run_id"]
+
+
+def started(world, run_id: str) -> str:
+    return json.loads(world.get_status(run_id).get_body())["started"]
+
+
+class Subscriptions(HTMLParser):
+    """The by-subscription table: each row's cell texts; a <time> cell reads as its
+    datetime attribute (the exact moment, not the minute shown)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.row, self.inside, self.timed = {}, None, False, False
+
+    def handle_starttag(self, tag, attrs):
+        values = dict(attrs)
+        if tag == "table":
+            self.inside = values.get("id") == "by-subscription"
+        elif tag == "tr" and self.inside and "data-subscription" in values:
+            self.row = self.rows.setdefault(values["data-subscription"], [])
+        elif tag == "td" and self.row is not None:
+            self.row.append("")
+            self.timed = False
+        elif tag == "time" and self.row is not None:
+            self.row[-1], self.timed = values["datetime"], True
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.inside, self.row = False, None
+
+    def handle_data(self, data):
+        if self.row and not self.timed:
+            self.row[-1] += data
+
+
+def subscription_rows(html: str) -> dict:
+    parser = Subscriptions()
+    parser.feed(html)
+    return parser.rows
+
+
+def swept_fully_then_partly(world_factory):
+    """A full sweep; then an event in B (b-bare-1 got MDE), and MDE on a-bare, found by a
+    sweep of A alone."""
+    world = world_factory(three_subscriptions())
+    full = sweep()
+    world.plane.estate.vm(vm_id(B, "b-bare-1")).extensions["mde.linux"] = mde_extension(
+        world.plane.estate.vm(vm_id(B, "b-bare-1"))
+    )
+    [event] = world.deliver(world.plane.set_power(vm_id(B, "b-bare-1"), "running"))
+    assert event.decision == "compliant"
+    world.plane.estate.vm(vm_id(A, "a-bare")).extensions["mde.linux"] = mde_extension(
+        world.plane.estate.vm(vm_id(A, "a-bare"))
+    )
+    partial = sweep(A)
+    return world, world.get("report").get_body().decode(), full, partial
+
+
+def test_after_a_partial_sweep_the_report_shows_every_subscription_as_of_its_latest_sweep(
+    world_factory,
+):
+    world, html, full, partial = swept_fully_then_partly(world_factory)
+    # subscription, as of, covered, to install, deferred, excluded, unsupported, blocked,
+    # error, VMs, coverage
+    assert subscription_rows(html) == {
+        A: [A, started(world, partial), "3", "0", "0", "0", "0", "0", "0", "3", "100%"],
+        B: [B, started(world, full), "2", "1", "1", "0", "0", "0", "0", "4", "66.67%"],
+        C: [C, started(world, full), "2", "0", "0", "0", "1", "0", "0", "3", "100%"],
+    }
+    # The headline is the estate's: A 3 of 3, B 2 of 3 (the event since its sweep), C 2 of 2.
+    assert '<span class="big" id="coverage">87.5%</span>' in html
+    assert '<span id="covered">7</span> of <span id="eligible">8</span>' in html
+    assert 'id="not-swept"' not in html
+
+
+def test_a_subscription_no_sweep_has_covered_is_shown_as_not_swept_yet(world_factory):
+    world = world_factory(three_subscriptions())
+    partial = sweep(A)
+    html = world.get("report").get_body().decode()
+    rows = subscription_rows(html)
+    assert rows[A][:2] == [A, started(world, partial)]
+    assert rows[B] == [B, "not swept yet"]
+    assert rows[C] == [C, "not swept yet"]
+    # Only what was swept is counted: A's 2 of 3.
+    assert '<span class="big" id="coverage">66.67%</span>' in html
+    assert '<span id="covered">2</span> of <span id="eligible">3</span>' in html
+    assert "Not swept yet, so not counted: 2 subscription(s)" in html
+
+
+def test_the_trend_shows_full_sweeps_only(world_factory):
+    _, html, full, partial = swept_fully_then_partly(world_factory)
+    titles = re.findall(r"<circle [^>]*><title>([^<]*)</title></circle>", html)
+    assert len(titles) == 1
+    assert titles[0].endswith(f": 62.5% (5 of 8 eligible running VMs covered), sweep {full}")
+    assert partial not in " ".join(titles)
+
+
+def test_the_trend_has_dates_and_coverage_levels_on_its_axes_and_numbers_on_hover():
+    from remediation.report import Coverage, Point, render
+
+    run = Run("20260510T020000Z-0000000a", "report", "sweep", [A], 1, moment(10, 2))
+    coverage = Coverage(
+        generated=moment(14, 12),
+        scope=(A,),
+        as_of={A: run},
+        trend=[
+            Point(moment(2, 2), 71.0, 71, 100, "20260502T020000Z-00000001"),
+            Point(moment(10, 2), 80.5, 161, 200, "20260510T020000Z-0000000a"),
+        ],
+    )
+    html = render(coverage)
+    svg = html[html.index('<svg id="trend"') : html.index("</svg>")]
+    assert re.findall(r'class="y-label"[^>]*>([^<]*)<', svg) == ["0%", "50%", "100%"]
+    # Every five days of the 30 up to the page's own time.
+    assert re.findall(r'class="x-label"[^>]*>([^<]*)<', svg) == [
+        "2026-04-14",
+        "2026-04-19",
+        "2026-04-24",
+        "2026-04-29",
+        "2026-05-04",
+        "2026-05-09",
+        "2026-05-14",
+    ]
+    assert re.findall(r"<title>([^<]*)</title>", svg) == [
+        "2026-05-02 02:00 UTC: 71% (71 of 100 eligible running VMs covered), "
+        "sweep 20260502T020000Z-00000001",
+        "2026-05-10 02:00 UTC: 80.5% (161 of 200 eligible running VMs covered), "
+        "sweep 20260510T020000Z-0000000a",
+    ]
+    assert "<script" not in html
+
+
+def moment(day: int, hour: int) -> datetime:
+    return datetime(2026, 5, day, hour, tzinfo=UTC)
+
+
+def test_a_long_needs_a_human_list_shows_some_rows_and_says_how_to_see_all():
+    from remediation.report import Coverage, render
+
+    run = Run("20260512T020000Z-0000000b", "report", "sweep", [A], 1, moment(12, 2))
+    latest = {}
+    for index in range(5):
+        vm = vm_id(A, f"vm-{index}").lower()
+        latest[vm] = AuditRecord(
+            vm, A, "sweep", "blocked", "needs the plan", "report", "none", platform="ubuntu-22.04"
+        )
+    latest["error-vm"] = AuditRecord(
+        vm_id(A, "error-vm"), A, "sweep", "error", "Failed", "report", "none", platform="rhel-9.2"
+    )
+    html = render(Coverage(moment(14, 12), (A,), {A: run}, latest), human_rows=3)
+    assert '<span id="human-count">6</span>' in html
+    assert "1 error, 5 blocked" in html
+    assert "3 of 6 shown" in html
+    table = html[
+        html.index('<table id="human">') : html.index("</table>", html.index('id="human"'))
+    ]
+    assert table.count("<tr>") == 4  # the header and three VMs: the error first
+    assert "error-vm" in table
+    # The log from the oldest sweep shown (3 days back, rounded up), one command a decision.
+    assert "python -m remediation log --decision error --since 3d --limit 1000" in html
+    assert "python -m remediation log --decision blocked --since 3d --limit 1000" in html
+    assert "--decision unsupported" not in html
+    # A short list: every row, no note.
+    html = render(Coverage(moment(14, 12), (A,), {A: run}, latest))
+    assert "shown" not in html
