@@ -20,9 +20,16 @@ from typing import Any, TextIO
 
 from azure.core.exceptions import AzureError
 
-from remediation.classify import Classification, Support
+from remediation.classify import Classification, Support, classify
 from remediation.config import GUID, Settings
-from remediation.model import Outcome, Power, RemediationError, VmFacts
+from remediation.model import (
+    InvalidResourceId,
+    Outcome,
+    Power,
+    RemediationError,
+    VmFacts,
+    VmRef,
+)
 from remediation.report import CATEGORIES, NEEDS_A_HUMAN
 from remediation.service import Services, assess
 
@@ -179,12 +186,13 @@ class _Gathered:
         try:
             assessment = assess(services, facts)
         except (RemediationError, AzureError) as error:  # e.g. the log's history unreadable
+            # Counted as the sweep counts it: an error, not in the coverage either way.
             hint = getattr(error, "hint", "") or "run the status again; the sweep reads it too"
-            tally = self._tally(subscription, "unknown")
-            tally.categories[CATEGORIES[Outcome.ERROR.value]] += 1
+            platform = classify(facts, services.settings.exclude_tag).platform or "unknown"
+            self._tally(subscription, platform).categories[CATEGORIES[Outcome.ERROR.value]] += 1
             reason = f"The status could not assess this VM: {error}"
             self.human.append(
-                HumanItem(facts.vm.id, subscription, "unknown", Outcome.ERROR.value, reason, hint)
+                HumanItem(facts.vm.id, subscription, platform, Outcome.ERROR.value, reason, hint)
             )
             return
         vm, decision = assessment.vm, assessment.decision
@@ -315,11 +323,16 @@ def render_table(status: Status, out: TextIO, shown: int = SHOWN) -> None:
     console = Console(file=out, width=200, soft_wrap=True)
     words = list(CATEGORIES.values())
     total = status.total
-    console.print(
+    headline = (
         f"Coverage now ({status.mode} mode, {status.generated:%Y-%m-%d %H:%M} UTC): "
         f"{total.coverage_percent}% of eligible running VMs "
         f"({total.covered} of {total.eligible_running}), {total.vms} VMs"
     )
+    if status.unavailable:
+        headline += (
+            f"; {len(status.unavailable)} of {len(status.subscriptions)} subscriptions unavailable"
+        )
+    console.print(headline, markup=False, highlight=False)
     for subscription in status.subscriptions:
         if not subscription.available:
             console.print(
@@ -352,12 +365,20 @@ def render_table(status: Status, out: TextIO, shown: int = SHOWN) -> None:
         title=f"Needs a human: {min(shown, len(human))} of {len(human)} shown",
         show_lines=False,
     )
-    for column in ("VM", "decision", "platform", "why", "what to do"):
+    for column in ("VM", "resource group", "subscription", "decision", "platform"):
         table.add_column(column, overflow="fold")
+    for column in ("why", "what to do"):
+        table.add_column(column, overflow="fold", ratio=1)
     for item in human[:shown]:
-        table.add_row(
-            *(Text(t) for t in (item.vm, item.decision, item.platform)),
-            Text(item.reason),
-            Text(item.hint),
-        )
+        name, group = _name_and_group(item.vm)
+        columns = (name, group, item.subscription, item.decision, item.platform)
+        table.add_row(*(Text(t) for t in (*columns, item.reason, item.hint)))
     console.print(table)
+
+
+def _name_and_group(vm_id: str) -> tuple[str, str]:
+    try:
+        vm = VmRef.parse(vm_id)
+    except InvalidResourceId:
+        return vm_id, ""
+    return vm.name, vm.resource_group

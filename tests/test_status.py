@@ -231,6 +231,27 @@ def test_a_failed_graph_query_is_tried_per_subscription(world_factory):
     assert world.plane.log.count(GRAPH) == 3
 
 
+def test_a_vm_whose_history_cannot_be_read_is_an_error_and_the_rest_still_counts(world_factory):
+    world = world_factory(two_subscriptions())
+    services = world.services
+    services.audit.table.delete_table()  # failed-ubuntu's reinstalls are read from it
+    code, value = status.http_status(services, {"subscription": SUB})
+    assert code == 200
+    [platforms] = [s["platforms"] for s in value["subscriptions"]]
+    assert [p["platform"] for p in platforms] == [
+        "ubuntu-22.04",
+        "windows-client",
+        "windows-server-2022",
+    ]
+    ubuntu = platforms[0]
+    assert ubuntu["categories"] == categories(to_install=1, excluded=1, blocked=1, error=1)
+    # As the sweep counts it: a VM that could not be assessed is not in the coverage.
+    assert (ubuntu["eligible_running"], ubuntu["covered"]) == (2, 0)
+    errors = [item for item in value["needs_a_human"] if item["decision"] == "error"]
+    assert [item["vm"].rsplit("/", 1)[1] for item in errors] == ["failed-ubuntu"]
+    assert errors[0]["reason"].startswith("The status could not assess this VM:")
+
+
 def test_refused_parameters_reach_no_azure(world_factory):
     world = world_factory(two_subscriptions())
     code, value = status.http_status(world.services, {"subscription": "nope", "top": "5"})
@@ -310,7 +331,15 @@ def hand_built(human: int) -> status.Status:
             status.SubscriptionStatus(SUB2, error="querying Resource Graph: HTTP 403", hint="x"),
         ],
         human=[
-            status.HumanItem(f"/vm-{n:02d}", SUB, "windows-client", "unsupported", "[why]", "fix")
+            status.HumanItem(
+                f"/subscriptions/{SUB}/resourceGroups/rg-desk/providers/Microsoft.Compute/"
+                f"virtualMachines/vm-{n:02d}",
+                SUB,
+                "windows-client",
+                "unsupported",
+                "[why]",
+                "fix",
+            )
             for n in range(human)
         ],
     )
@@ -338,15 +367,24 @@ def test_the_table_has_the_categories_and_coverage_per_platform():
         "75.0%",
     ]
     assert f"subscription {SUB2}: unavailable: querying Resource Graph: HTTP 403" in text
+    assert "; 1 of 2 subscriptions unavailable" in text
     assert "Needs a human: 2 of 2 shown" in text
-    assert "[why]" in text  # ARM's text is shown as it is, not read as markup
+    assert cells(text, "vm-00") == [
+        "vm-00",
+        "rg-desk",
+        SUB,
+        "unsupported",
+        "windows-client",
+        "[why]",  # ARM's text is shown as it is, not read as rich markup
+        "fix",
+    ]
 
 
 def test_the_table_shows_at_most_20_that_need_a_human():
     text = rendered(hand_built(27))
     assert "Needs a human: 20 of 27 shown" in text
-    assert "/vm-19" in text
-    assert "/vm-20" not in text
+    assert "vm-19" in text
+    assert "vm-20" not in text
 
 
 def test_nothing_needs_a_human():
