@@ -5,6 +5,9 @@ subscriptions), points the app at them through its settings, and drives the real
 function objects of ``function_app.app`` as the Functions host would: Event Grid
 deliveries for a burst of VM creations and starts, the queued installs, then a forced
 sweep, in enforce mode, with the plan opt-in on for one subscription and off for another.
+
+Coverage is measured before and after by report-mode sweeps (they change nothing); what
+the app did is read from its remediation log without those measurements.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import random
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,49 @@ from localazure.estate import RHEL_92, UBUNTU_2204, WIN11_ENT, WS2022  # noqa: E
 from localazure.host import event_grid_event, http_request, run_queue  # noqa: E402
 
 console = Console(width=120)
+
+# The remediation log's decisions (ops filter on these words), each with what it means.
+DECISIONS = {
+    "compliant": "MDE installed, plan and MDE integration on (running or not)",
+    "install": "the app installs MDE (turning the plan on where allowed)",
+    "defer": "later: VM not running, OS not known yet, or an install under way",
+    "exclude": "left alone: opted out by tag, or part of a managed service",
+    "unsupported": "an OS the MDE extension cannot onboard: needs a human",
+    "blocked": "the app may not act (a setting, a Failed extension): needs a human",
+    "error": "installs kept failing: needs a human",
+}
+# The same decisions as counted words: "1 already covered, 29 excluded".
+COUNTED = {
+    "compliant": "already covered",
+    "install": "to install",
+    "defer": "deferred",
+    "exclude": "excluded",
+    "error": "failed for good",
+    "ignored": "ignored (not about a VM)",
+}
+NEEDS_A_HUMAN = ("error", "blocked", "unsupported")  # in the order they are listed
+SHOWN_PER_KIND = 4
+# What a record's outcome says, when the app did something (outcome "none": its decision).
+OUTCOMES = {
+    "queued": "queued for install",
+    "duplicate": "already queued (repeats)",
+    "succeeded": "installed",
+    "failed": "failed to install",
+    "applied": "subscription changed",
+    "reported": "would be installed (report mode)",
+}
+
+
+@dataclass
+class Burst:
+    """What the demo did to the estate, and the Event Grid deliveries it caused."""
+
+    created: list[str] = field(default_factory=list)  # VM ids
+    started: list[str] = field(default_factory=list)  # VM ids, deallocated before
+    creation_events: int = 0
+    start_events: int = 0
+    redelivered: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,34 +138,63 @@ def main(argv: list[str] | None = None) -> int:
 
         console.rule("[bold]Defender coverage remediator: demo on a local Azure")
         console.print(
-            f"local Azure at {azure.url}, Azurite on 127.0.0.1, {args.vms} VMs, {len(subscriptions)} subscriptions"
+            f"A local Azure control plane (a stand-in for Azure Resource Manager) at {azure.url} and Azurite (the "
+            f"Azure Storage emulator) on 127.0.0.1 hold {args.vms} VMs in {len(subscriptions)} "
+            "subscriptions. The app runs in enforce mode: it installs Microsoft Defender for "
+            "Endpoint (MDE) on VMs itself."
         )
+        plans_before = {s: _plan(estate.subscriptions[s]) for s in subscriptions}
         for subscription in subscriptions:
-            sub = estate.subscriptions[subscription]
-            plan = f"{sub.pricing_tier} {sub.sub_plan}".strip()
-            may = "yes" if subscription == opted_in.id else "no"
-            console.print(
-                f"  {subscription}: plan {plan}, WDATP {'on' if sub.settings['WDATP'] else 'off'}, app may enable plan: {may}"
-            )
+            if estate.subscriptions[subscription].pricing_tier == "Standard":
+                may = ""
+            elif subscription == opted_in.id:
+                may = "; the app may turn the plan on (REMEDIATION_ALLOW_PLAN_CHANGE)"
+            else:
+                may = "; the app may not turn the plan on"
+            console.print(f"  subscription {subscription}: {plans_before[subscription]}{may}")
 
-        before = _coverage_sweep(function_app, azure)
+        before = _coverage_sweep(function_app)
         console.print(
-            f"\ncoverage before: [bold]{before['coverage_percent']}%[/] of {before['eligible_running']} eligible running VMs"
+            f"\ncoverage before: [bold]{before['covered']} of {before['eligible_running']}[/] "
+            f"eligible running VMs are covered ({before['coverage_percent']}%)"
+        )
+        console.print(
+            "  eligible running = running, with an OS the MDE extension supports, not opted out "
+            "and not run by a managed service;\n"
+            "  covered = MDE installed and the subscription's Defender for Servers plan with MDE "
+            "integration on.\n"
+            f"  Measured by a report-mode sweep (run {before['run_id']}), which reads every VM "
+            "and changes nothing."
         )
 
-        events = _burst(azure, subscriptions, args.seed)
+        burst = _burst(azure, subscriptions, args.seed)
         console.print(
-            f"\n[bold]1. Event Grid[/]: {len(events)} deliveries (creations, starts, duplicates)"
+            f"\n[bold]1. Event burst[/]: the demo creates {len(burst.created)} VMs and starts "
+            f"{len(burst.started)} deallocated ones; Event Grid delivers {len(burst.events)} "
+            "events to the app's on_vm_event function"
         )
-        for event in events:
+        console.print(
+            f"   ({burst.creation_events} writes for the creations, "
+            f"{burst.creation_events // max(len(burst.created), 1)} per new VM; "
+            f"{burst.start_events} starts; {burst.redelivered} delivered twice, as Event Grid "
+            "delivers at least once)"
+        )
+        for event in burst.events:
             function_app.on_vm_event(event_grid_event(event))
         installs = _drain(function_app, services(), "install")
-        console.print(f"   installs run from the queue: {installs}")
+        console.print(f"   the install queue then ran {installs} install requests")
 
-        console.print("\n[bold]2. Forced sweep[/] (POST /api/sweep, enforce)")
+        console.print(
+            "\n[bold]2. Forced sweep[/]: every VM of every subscription, in enforce mode "
+            "(POST /api/sweep)"
+        )
         response = function_app.forced_sweep(http_request("POST", "sweep", b"{}"))
         run = json.loads(response.get_body())
-        console.print(f"   {response.status_code} run {run['run_id']}, {run['batches']} batches")
+        console.print(
+            f"   answered {response.status_code} Accepted: run {run['run_id']}, "
+            f"{run['batches']} batches (one queue message each, of up to "
+            f"{os.environ['REMEDIATION_SWEEP_BATCH_SIZE']} subscription(s))"
+        )
         _drain(function_app, services(), "sweep")
         installs = _drain(function_app, services(), "install")
         status = json.loads(
@@ -126,25 +202,55 @@ def main(argv: list[str] | None = None) -> int:
                 http_request("GET", f"sweep/{run['run_id']}", route={"runId": run["run_id"]})
             ).get_body()
         )
-        console.print(f"   status {status['status']}; installs run from the queue: {installs}")
+        console.print(
+            f"   GET /api/sweep/{run['run_id']}: {status['status']}; "
+            f"the install queue then ran {installs} install requests"
+        )
 
         azure.drain_events()  # our own writes' events: the loop guard would ignore them
-        after = _coverage_sweep(function_app, azure)
+        after = _coverage_sweep(function_app)
         records = list(services().audit.since(datetime.now(UTC) - timedelta(hours=1)))
-        _report(before, after, records, args.out)
+        newly_eligible = _eligible_running(services(), burst.created + burst.started)
+        changes = [
+            f"subscription {s}: was {plans_before[s]}, now {_plan(estate.subscriptions[s])}"
+            for s in subscriptions
+            if _plan(estate.subscriptions[s]) != plans_before[s]
+        ]
+        console.print(
+            f"\ncoverage after: measured by another report-mode sweep (run {after['run_id']})"
+        )
+        _report(
+            before,
+            after,
+            burst=burst,
+            newly_eligible=newly_eligible,
+            changes=changes,
+            records=records,
+            out=args.out,
+        )
         page = args.out / "coverage.html"
         page.write_text(
             function_app.coverage_report(http_request("GET", "report")).get_body().decode()
         )
-        console.print(f"coverage report (GET /api/report): {page}")
+        console.print(f"coverage report page (GET /api/report): {page}")
     console.print(
         f"\ndone in {time.monotonic() - started:.1f} s; Azurite and the local Azure are stopped"
     )
     return 0
 
 
-def _coverage_sweep(function_app: Any, azure: LocalAzure) -> dict[str, Any]:
-    """A report-mode sweep through the HTTP API: what coverage is, changing nothing."""
+def _plan(subscription: Any) -> str:
+    if subscription.pricing_tier == "Standard":
+        plan = f"Defender for Servers {subscription.sub_plan or 'on'}"
+    else:
+        plan = "Defender for Servers off (Free)"
+    integration = "on" if subscription.settings.get("WDATP") else "off"
+    return f"{plan}, MDE integration {integration}"
+
+
+def _coverage_sweep(function_app: Any) -> dict[str, Any]:
+    """A report-mode sweep through the HTTP API: what coverage is, changing nothing.
+    Its summary, with its run id."""
     from remediation.bootstrap import services  # noqa: PLC0415
 
     response = function_app.forced_sweep(http_request("POST", "sweep", b'{"mode": "report"}'))
@@ -153,26 +259,52 @@ def _coverage_sweep(function_app: Any, azure: LocalAzure) -> dict[str, Any]:
     status = function_app.sweep_status(
         http_request("GET", f"sweep/{run['run_id']}", route={"runId": run["run_id"]})
     )
-    return dict(json.loads(status.get_body())["summary"])
+    return dict(json.loads(status.get_body())["summary"]) | {"run_id": run["run_id"]}
 
 
-def _burst(azure: LocalAzure, subscriptions: list[str], seed: int) -> list[dict[str, Any]]:
+def _burst(azure: LocalAzure, subscriptions: list[str], seed: int) -> Burst:
     """New VMs (each deployment raises two writes), starts of deallocated VMs, and
     Event Grid's at-least-once redeliveries."""
     rng = random.Random(seed)  # noqa: S311 - demo data
     images = [UBUNTU_2204, RHEL_92, WS2022, WIN11_ENT]
-    events: list[dict[str, Any]] = []
+    burst = Burst()
     for number in range(12):
         vm = images[number % len(images)].vm(
             subscriptions[number % len(subscriptions)], "rg-new", f"new-{number:02d}"
         )
-        events += azure.create_vm(vm)
+        writes = azure.create_vm(vm)
+        burst.created.append(vm.id)
+        burst.creation_events += len(writes)
+        burst.events += writes
     sleeping = [vm for vm in azure.estate.vms.values() if vm.power == "deallocated"]
     for vm in rng.sample(sleeping, min(8, len(sleeping))):
-        events.append(azure.set_power(vm.id, "running"))
-    events += rng.sample(events, len(events) // 4)  # at-least-once delivery
+        burst.events.append(azure.set_power(vm.id, "running"))
+        burst.started.append(vm.id)
+        burst.start_events += 1
+    again = rng.sample(burst.events, len(burst.events) // 4)  # at-least-once delivery
+    burst.redelivered = len(again)
+    burst.events += again
     azure.drain_events()
-    return events
+    return burst
+
+
+def _eligible_running(running: Any, vm_ids: list[str]) -> set[str]:
+    """Which of these VMs count as eligible running now, by the app's own reading and
+    classification (the sweep's rule: supported OS, not opted out, not managed, running)."""
+    from remediation.classify import Support, classify  # noqa: PLC0415
+    from remediation.model import Power, VmRef  # noqa: PLC0415
+
+    eligible = set()
+    for vm_id in vm_ids:
+        vm = classify(running.arm.vm_facts(VmRef.parse(vm_id)), running.settings.exclude_tag)
+        if (
+            vm.support in {Support.SUPPORTED, Support.UNIFIED}
+            and not vm.opt_out
+            and not vm.managed
+            and vm.power is Power.RUNNING
+        ):
+            eligible.add(vm_id.lower())
+    return eligible
 
 
 def _drain(function_app: Any, running: Any, which: str) -> int:
@@ -183,45 +315,146 @@ def _drain(function_app: Any, running: Any, which: str) -> int:
     return run_queue(running.queue, function_app.install_extension, function_app.install_poison)
 
 
-def _report(before: dict[str, Any], after: dict[str, Any], records: list[Any], out: Path) -> None:
+def _counted(counts: Counter[str], words: dict[str, str] | None = None) -> str:
+    """'83 blocked, 25 unsupported': largest first."""
+    words = words or {}
+    return ", ".join(f"{n} {words.get(k, k)}" for k, n in counts.most_common())
+
+
+def _report(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    *,
+    burst: Burst,
+    newly_eligible: set[str],
+    changes: list[str],
+    records: list[Any],
+    out: Path,
+) -> None:
     table = Table(title="coverage of eligible running VMs")
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     table.add_row("coverage", f"{before['coverage_percent']}%", f"{after['coverage_percent']}%")
+    table.add_row("covered VMs", str(before["covered"]), str(after["covered"]))
     table.add_row(
-        "covered / eligible running",
-        f"{before['covered']} / {before['eligible_running']}",
-        f"{after['covered']} / {after['eligible_running']}",
+        "eligible running VMs", str(before["eligible_running"]), str(after["eligible_running"])
     )
-    for decision in sorted(set(before["decisions"]) | set(after["decisions"])):
+    console.print(table)
+    console.print(_eligible_change(before, after, burst, newly_eligible, records))
+    console.print()
+
+    table = Table(title="every VM by the app's decision (its remediation log's words)")
+    table.add_column("decision")
+    table.add_column("what it means")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    decisions = sorted(
+        set(before["decisions"]) | set(after["decisions"]),
+        key=lambda d: (list(DECISIONS).index(d) if d in DECISIONS else len(DECISIONS), d),
+    )
+    for decision in decisions:
         table.add_row(
             decision,
+            DECISIONS.get(decision, ""),
             str(before["decisions"].get(decision, 0)),
             str(after["decisions"].get(decision, 0)),
         )
+    table.add_row(
+        "all VMs",
+        "",
+        str(sum(before["decisions"].values())),
+        str(sum(after["decisions"].values())),
+    )
     console.print(table)
 
-    acted = [r for r in records if r.trigger in {"event", "queue", "http"}]
-    outcomes = Counter((r.trigger, r.outcome) for r in acted)
-    console.print("\n[bold]what the app did[/] (remediation log, by trigger and outcome):")
-    for (trigger, outcome), count in sorted(outcomes.items()):
-        console.print(f"  {trigger:6} {outcome:10} {count}")
+    measurements = {before["run_id"], after["run_id"]}
+    steps: dict[tuple[int, str, str], Counter[str]] = {}
+    for record in records:
+        if record.run_id in measurements:
+            continue
+        if record.trigger == "event":
+            step = (1, "Event Grid (step 1)", "deliveries")
+        elif record.trigger == "queue":
+            step = (3, "install queue (steps 1 and 2)", "install requests")
+        elif record.run_id:
+            step = (2, f"forced sweep (step 2, run {record.run_id})", "VMs")
+        else:
+            step = (4, f"trigger {record.trigger}", "records")
+        what = OUTCOMES.get(record.outcome) or COUNTED.get(record.decision, record.decision)
+        steps.setdefault(step, Counter())[what] += 1
+    console.print(
+        "\n[bold]what the app did[/] (its remediation log, one record per decision; "
+        "the demo's two measurement sweeps left out):"
+    )
+    for (_, step, unit), outcomes in sorted(steps.items()):
+        console.print(f"  {step}, {sum(outcomes.values())} {unit}: {_counted(outcomes)}")
+    for change in changes:
+        console.print(f"  the app changed {change}")
 
+    _needs_a_human(records, out)
+    path = out / "remediation-log.jsonl"
+    path.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
+    console.print(
+        f"\nremediation log of this run, measurement sweeps included (one JSON object a "
+        f"record): {path}\noperator log lines (as Application Insights gets them): "
+        f"{out / 'app.log'}"
+    )
+
+
+def _eligible_change(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    burst: Burst,
+    newly_eligible: set[str],
+    records: list[Any],
+) -> str:
+    """One line: why the number of eligible running VMs moved between the measurements."""
+    change = after["eligible_running"] - before["eligible_running"]
+    if change == 0 and not newly_eligible:
+        return "The number of eligible running VMs did not change."
+    touched = len(burst.created) + len(burst.started)
+    latest = {r.vm.lower(): r.decision for r in sorted(records, key=lambda r: r.time) if r.vm}
+    left_out = Counter(
+        latest.get(vm.lower(), "unknown")
+        for vm in burst.created + burst.started
+        if vm.lower() not in newly_eligible
+    )
+    line = (
+        f"Eligible running VMs went from {before['eligible_running']} to "
+        f"{after['eligible_running']} ({change:+d}): in step 1 the demo created "
+        f"{len(burst.created)} VMs and started {len(burst.started)} deallocated ones; "
+        f"{len(newly_eligible)} of those {touched} are eligible"
+    )
+    if left_out:
+        line += f" (the other {sum(left_out.values())}: {_counted(left_out, COUNTED)})"
+    other = change - len(newly_eligible)
+    if other:
+        line += f"; {other:+d} from other VMs whose state changed"
+    return line + "."
+
+
+def _needs_a_human(records: list[Any], out: Path) -> None:
+    """Each VM's latest decision, where it is one the app cannot resolve alone."""
     latest = {}
     for record in sorted(records, key=lambda r: r.time):
         if record.vm:
             latest[record.vm.lower()] = record
-    order = {"error": 0, "blocked": 1, "unsupported": 2}
     human = sorted(
-        (r for r in latest.values() if r.decision in order), key=lambda r: (order[r.decision], r.vm)
+        (r for r in latest.values() if r.decision in NEEDS_A_HUMAN),
+        key=lambda r: (NEEDS_A_HUMAN.index(r.decision), r.vm.rsplit("/", 1)[-1]),
     )
-    table = Table(title=f"needs a human: {len(human)} VMs ({Counter(r.decision for r in human)})")
+    kinds = Counter(r.decision for r in human)
+    console.print()
+    if not human:
+        console.print("no VM needs a human")
+        return
+    table = Table(title=f"{len(human)} VMs need a human: {_counted(kinds)}")
     for column in ("VM", "decision", "platform", "what to do"):
         table.add_column(column, overflow="fold")
-    shown = {decision: 0 for decision in order}
+    shown: Counter[str] = Counter()
     for record in human:
-        if shown[record.decision] < 4:  # a few of each kind
+        if shown[record.decision] < SHOWN_PER_KIND:
             shown[record.decision] += 1
             table.add_row(
                 record.vm.rsplit("/", 1)[-1],
@@ -230,9 +463,19 @@ def _report(before: dict[str, Any], after: dict[str, Any], records: list[Any], o
                 record.hint or record.reason,
             )
     console.print(table)
-    path = out / "remediation-log.jsonl"
-    path.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
-    console.print(f"\nremediation log of this run: {path}\noperator log lines: {out / 'app.log'}")
+    path = out / "needs-a-human.jsonl"
+    path.write_text("".join(json.dumps(r.to_json()) + "\n" for r in human))
+    count = sum(shown.values())
+    console.print(
+        f"{count} of {len(human)} shown (up to {SHOWN_PER_KIND} of each decision)"
+        if count < len(human)
+        else f"all {len(human)} shown",
+        end="",
+    )
+    console.print(f"; all of them, one JSON record a VM: {path}")
+    first, *more = (d for d in NEEDS_A_HUMAN if d in kinds)
+    also = "".join(f", then --decision {d}" for d in more)
+    console.print(f"in a deployment: python -m remediation log --decision {first}{also}")
 
 
 if __name__ == "__main__":
