@@ -123,10 +123,34 @@ def test_the_report_command_writes_the_page(world_factory, tmp_path):
     assert summary["status"] == "running"  # a new run, while the report shows the finished one
 
 
-def test_the_report_renders_in_a_real_headless_browser(world_factory, tmp_path):
+def serve(body: bytes, headers: dict):
+    """The page from a loopback HTTP server that sends ``headers``, as the app would."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_report_renders_under_its_headers_in_a_real_headless_browser(world_factory, tmp_path):
     import shutil
 
     from playwright.sync_api import sync_playwright
+
+    from remediation.report import HEADERS
 
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is missing: `make test` installs it"
@@ -136,51 +160,72 @@ def test_the_report_renders_in_a_real_headless_browser(world_factory, tmp_path):
     world.post("sweep")
     world.run_sweeps()
     world.run_queue()
-    path = tmp_path / "coverage.html"
-    path.write_text(world.get("report").get_body().decode())
+    body = world.get("report").get_body()
+    (tmp_path / "coverage.html").write_bytes(body)
     latest = {}
     for record in sorted(world.audit_records(), key=lambda r: r.time):
         if record.trigger == "http":
             latest[record.vm.lower()] = record.decision
         elif record.trigger == "queue" and record.outcome == "succeeded":
             latest[record.vm.lower()] = "compliant"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        page = browser.new_page()
-        problems, requests = [], []
-        page.on(
-            "console",
-            lambda message: problems.append(message.text) if message.type == "error" else None,
-        )
-        page.on("pageerror", lambda error: problems.append(str(error)))
-        page.on("request", lambda request: requests.append(request.url))
-        page.goto(path.as_uri())
-        assert page.title() == "Defender for Endpoint coverage"
-        assert page.locator("#trend").is_visible()
-        # The numbers on screen equal the log's, platform by platform.
-        shown = Counter()
-        for row in page.locator("#by-platform tr[data-platform]").all():
-            for cell in row.locator("td[data-category]").all():
-                shown[cell.get_attribute("data-category")] += int(cell.inner_text())
-        assert shown == Counter(CATEGORIES[d] for d in latest.values())
-        assert int(page.locator("#human-count").inner_text()) == sum(
-            d in {"blocked", "error", "unsupported"} for d in latest.values()
-        )
-        page.screenshot(path=str(tmp_path / "coverage.png"), full_page=True)
-        browser.close()
-    assert problems == []
-    assert requests == [path.as_uri()]  # nothing fetched from anywhere
+    server = serve(body, HEADERS)
+    url = f"http://127.0.0.1:{server.server_port}/"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=chromium,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
+            page = browser.new_page()
+            problems, requests = [], []
+            page.on(
+                "console",
+                lambda message: problems.append(message.text) if message.type == "error" else None,
+            )
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("request", lambda request: requests.append(request.url))
+            response = page.goto(url)
+            assert (
+                response.headers["content-security-policy"] == (HEADERS["Content-Security-Policy"])
+            )
+            assert page.title() == "Defender for Endpoint coverage"
+            # The stylesheet applies under the CSP: 2.4em of 14px, bold; a 2em margin.
+            style = page.eval_on_selector(
+                "#coverage", "e => [getComputedStyle(e).fontSize, getComputedStyle(e).fontWeight]"
+            )
+            assert style == ["33.6px", "600"]
+            assert page.eval_on_selector("body", "e => getComputedStyle(e).marginLeft") == "28px"
+            assert page.locator("#trend").is_visible()
+            labels = page.locator("#trend text.y-label")
+            assert labels.all_text_contents() == ["0%", "50%", "100%"]
+            dates = page.locator("#trend text.x-label")
+            assert dates.count() == 7
+            for label in [*labels.all(), *dates.all()]:
+                assert label.is_visible()
+            # The numbers on screen equal the log's, platform by platform.
+            shown = Counter()
+            for row in page.locator("#by-platform tr[data-platform]").all():
+                for cell in row.locator("td[data-category]").all():
+                    shown[cell.get_attribute("data-category")] += int(cell.inner_text())
+            assert shown == Counter(CATEGORIES[d] for d in latest.values())
+            assert int(page.locator("#human-count").inner_text()) == sum(
+                d in {"blocked", "error", "unsupported"} for d in latest.values()
+            )
+            page.screenshot(path=str(tmp_path / "coverage.png"), full_page=True)
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert problems == []  # a CSP violation is a console error
+    assert requests == [url]  # nothing fetched from anywhere
 
 
 # --- The estate's latest state, subscription by subscription -----------------------------
