@@ -34,6 +34,20 @@ param excludeTag string = 'defender-remediation-exclude'
 param maxActionsPerSweep int = 500
 param sweepSchedule string = '0 0 2 * * *'
 
+@description('Alert when a subscription\'s MDE coverage of eligible running VMs falls below this percentage (docs/monitoring.md).')
+@minValue(1)
+@maxValue(100)
+param coverageThreshold int = 95
+
+@description('Mail the coverage alert to this address; empty: the alert shows in the portal only.')
+param alertEmail string = ''
+
+@description('Entra sign-in for GET /api/report and /api/remediations: the app registration\'s client id. Empty (with reportReaderGroupId empty): no sign-in, function keys for every route.')
+param signInClientId string = ''
+
+@description('Entra sign-in: the object id of the group allowed to read the pages.')
+param reportReaderGroupId string = ''
+
 var resourceGroupName = 'rg-${environmentName}'
 // In each remediated subscription: a system topic must live in its source's subscription.
 var eventsGroupName = 'rg-${environmentName}-events'
@@ -50,6 +64,8 @@ module app 'app.bicep' = {
   params: {
     environmentName: environmentName
     location: location
+    signInClientId: signInClientId
+    reportReaderGroupId: reportReaderGroupId
     settings: {
       REMEDIATION_MODE: mode
       REMEDIATION_SUBSCRIPTIONS: join(subscriptionIds, ',')
@@ -61,6 +77,18 @@ module app 'app.bicep' = {
       REMEDIATION_SWEEP_SCHEDULE: sweepSchedule
       REMEDIATION_ARM_ENDPOINT: environment().resourceManager
     }
+  }
+}
+
+module monitoring 'monitoring.bicep' = {
+  name: 'remediator-monitoring'
+  scope: group
+  params: {
+    environmentName: environmentName
+    location: location
+    insightsName: app.outputs.insightsName
+    coverageThreshold: coverageThreshold
+    alertEmail: alertEmail
   }
 }
 
@@ -86,3 +114,5 @@ output AZURE_FUNCTION_APP_ID string = app.outputs.functionAppId
 output REMEDIATOR_SUBSCRIPTIONS string = join(subscriptionIds, ',')
 output REMEDIATOR_EVENTS_GROUP string = eventsGroupName
 output REMEDIATOR_ARM_ENDPOINT string = environment().resourceManager
+// The Web redirect URI of the sign-in app registration (docs/monitoring.md).
+output REMEDIATOR_SIGN_IN_REDIRECT_URI string = app.outputs.signInRedirectUri

@@ -199,3 +199,157 @@ def test_the_hook_gets_what_it_reads_from_the_deployment(templates):
 def test_storage_endpoints_come_from_the_cloud_not_a_literal():
     for template in INFRA.glob("*.bicep"):
         assert "core.windows.net" not in template.read_text(), template.name
+
+
+# --- Monitoring: the coverage alert and the workbook (infra/monitoring.bicep) -------------
+def _of_type(templates, type_: str) -> list[tuple[str, str, dict]]:
+    return [
+        (name, symbol, resource)
+        for name, symbol, resource in _resources(templates)
+        if resource["type"] == type_
+    ]
+
+
+def _kql(template: dict, variable: str) -> str:
+    value = template["variables"][variable]["value"]
+    assert isinstance(value, str), variable
+    return value
+
+
+def test_the_coverage_alert_is_a_log_alert_on_the_coverage_metric_below_a_parameter(templates):
+    from remediation import metrics
+
+    [(name, _, rule)] = _of_type(templates, "Microsoft.Insights/scheduledQueryRules")
+    assert name == "monitoring.bicep"
+    properties = rule["config"]["properties"]
+    [criterion] = properties["criteria"]["allOf"]
+    assert criterion["operator"] == "LessThan"
+    assert criterion["threshold"] == "coverageThreshold"  # the parameter, not a literal
+    assert criterion["dimensions"] == [
+        {"name": "subscription", "operator": "Include", "values": ["*"]}
+    ]
+    query = _kql(templates[name], criterion["query"])
+    assert f'name == "{metrics.COVERAGE}"' in query
+    assert "customDimensions.subscription" in query
+    assert "insights" in json.dumps(properties["scopes"])  # the app's Application Insights
+    # The threshold reaches the rule from main.bicep, 95 unless the deployment says.
+    main = templates["main.bicep"]
+    assert main["parameters"]["coverageThreshold"]["default"] == 95
+    assert main["modules"]["monitoring"]["config"]["params"]["coverageThreshold"] == (
+        "coverageThreshold"
+    )
+    assert templates[name]["parameters"]["coverageThreshold"]["default"] is None
+    # The exporter finds its ingestion endpoint and its Entra credential in the settings.
+    app = _bicep("app.bicep")
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING: insights.properties.ConnectionString" in app
+    assert "APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'" in app
+
+
+def test_the_workbook_queries_every_metric_the_code_emits_and_no_other(templates):
+    from remediation import metrics
+
+    [(name, _, workbook)] = _of_type(templates, "Microsoft.Insights/workbooks")
+    assert name == "monitoring.bicep"
+    template = templates[name]
+    assert workbook["config"]["properties"]["serializedData"] == {
+        "function": {"type": "string", "parameters": {"value_to_convert": "workbook"}}
+    }
+    content = template["variables"]["workbook"]["value"]
+    assert content["version"] == "Notebook/1.0"
+    assert "queryItems" in json.dumps(content["items"])
+    tiles = template["variables"]["tiles"]["value"]
+    queries = {tile["name"]: _kql(template, tile["query"]) for tile in tiles}
+    assert set(queries) == {"coverage", "latest", "work", "duration"}
+    text = "\n".join(queries.values())
+    for metric in metrics.NAMES:
+        assert f'"{metric}"' in text, f"no workbook tile reads {metric}"
+    assert set(re.findall(r'"(remediation\.\w+)"', text)) == set(metrics.NAMES)
+    assert f'"{metrics.COVERAGE}"' in queries["coverage"]
+    assert f'"{metrics.SWEEP_DURATION}"' in queries["duration"]
+    for metric in (metrics.TO_INSTALL, metrics.BLOCKED, metrics.ERRORS):
+        assert f'"{metric}"' in queries["work"]
+
+
+# --- Entra sign-in for the human pages (authsettingsV2 in infra/app.bicep) -----------------
+HUMAN_PAGES = {"report", "remediations"}  # behind sign-in; every other HTTP route keeps keys
+
+
+def _excluded(path: str, excluded_paths: list[str]) -> bool:
+    """authsettingsV2 excludedPaths as documented: a path matches as written, a trailing
+    /* matches what is below it (MicrosoftDocs/azure-docs issue 86514); no prefixes."""
+    return any(
+        path == pattern or (pattern.endswith("/*") and path.startswith(pattern[:-1]))
+        for pattern in excluded_paths
+    )
+
+
+def _auth(templates) -> dict:
+    resource = templates["app.bicep"]["resources"]["pagesAuth"]
+    assert resource["type"] == "Microsoft.Web/sites/config"
+    assert resource["config"]["config"]["name"] == "authsettingsV2"
+    return resource["config"]
+
+
+def test_sign_in_is_deployed_only_when_both_parameters_are_set(templates):
+    auth = _auth(templates)
+    assert auth["condition"] == "pagesSignIn"
+    app = _bicep("app.bicep")
+    assert "var pagesSignIn = !empty(signInClientId) && !empty(reportReaderGroupId)" in app
+    # The setting the pages read is set with the same condition, and only then.
+    assert "pagesSignIn ? { REMEDIATION_PAGES_SIGN_IN: 'entra' } : {}" in app
+    assert app.count("REMEDIATION_PAGES_SIGN_IN") == 1
+    for template in ("main.bicep", "app.bicep"):
+        parameters = templates[template]["parameters"]
+        assert parameters["signInClientId"]["default"] == "", template
+        assert parameters["reportReaderGroupId"]["default"] == "", template
+    params = templates["main.bicep"]["modules"]["app"]["config"]["params"]
+    assert params["signInClientId"] == "signInClientId"
+    assert params["reportReaderGroupId"] == "reportReaderGroupId"
+
+
+def test_the_allowed_group_and_the_app_registration_are_wired(templates):
+    entra = _auth(templates)["config"]["properties"]["identityProviders"]["azureActiveDirectory"]
+    assert entra["enabled"] is True
+    assert entra["registration"]["clientId"] == "signInClientId"
+    issuer = entra["registration"]["openIdIssuer"]
+    assert issuer == "${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0"
+    validation = entra["validation"]
+    assert validation["allowedAudiences"] == ["signInClientId"]
+    assert validation["defaultAuthorizationPolicy"] == {
+        "allowedPrincipals": {"groups": ["reportReaderGroupId"]}
+    }
+    assert "clientSecret" not in json.dumps(entra)  # no secret in the template
+
+
+def test_every_route_but_the_human_pages_skips_sign_in_and_keeps_its_function_key(templates):
+    from tests.conftest import function_bindings
+
+    validation = _auth(templates)["config"]["properties"]["globalValidation"]
+    assert validation["requireAuthentication"] is True
+    assert validation["unauthenticatedClientAction"] == "RedirectToLoginPage"
+    excluded = validation["excludedPaths"]
+    automation = [
+        "/runtime/webhooks/eventgrid",  # Event Grid's deliveries and its validation handshake
+        "/api/sweep",
+        "/api/sweep/20260301T020000Z-abcdef12",
+        "/api/health",
+        "/admin/host/status",
+        "/admin/functions/on_vm_event",
+    ]
+    for path in automation:
+        assert _excluded(path, excluded), path
+    for path in ("/api/report", "/api/remediations", "/", "/api/sweeps", "/api/healthz"):
+        assert not _excluded(path, excluded), path
+    # Every HTTP function of the app, by its route: the pages sign in, the rest do not.
+    routes = {
+        binding["route"]: binding.get("authLevel")
+        for bindings in function_bindings().values()
+        for binding in bindings
+        if binding.get("type") == "httpTrigger"
+    }
+    assert set(routes) >= HUMAN_PAGES
+    for route, level in routes.items():
+        path = "/api/" + route.replace("{runId}", "20260301T020000Z-abcdef12")
+        assert _excluded(path, excluded) is (route not in HUMAN_PAGES), route
+        if route not in HUMAN_PAGES:
+            assert str(level).upper() == "FUNCTION", route
