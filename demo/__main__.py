@@ -63,7 +63,7 @@ SHOWN_PER_KIND = 4
 # What a record's outcome says, when the app did something (outcome "none": its decision).
 OUTCOMES = {
     "queued": "queued for install",
-    "duplicate": "already queued (repeats)",
+    "duplicate": "already queued (repeated deliveries)",
     "succeeded": "installed",
     "failed": "failed to install",
     "applied": "subscription changed",
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         run = json.loads(response.get_body())
         console.print(
             f"   answered {response.status_code} Accepted: run {run['run_id']}, "
-            f"{run['batches']} batches (one queue message each, of up to "
-            f"{os.environ['REMEDIATION_SWEEP_BATCH_SIZE']} subscription(s))"
+            f"{run['batches']} batches on the sweep queue (REMEDIATION_SWEEP_BATCH_SIZE="
+            f"{os.environ['REMEDIATION_SWEEP_BATCH_SIZE']} subscription a batch)"
         )
         _drain(function_app, services(), "sweep")
         installs = _drain(function_app, services(), "install")
