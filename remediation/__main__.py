@@ -11,11 +11,13 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from remediation.audit import AuditRecord
 from remediation.config import SettingsError
+from remediation.model import load_json
 
 if TYPE_CHECKING:
     from remediation.service import Services
@@ -31,21 +33,59 @@ def _print(record: AuditRecord | None, as_json: bool, out: TextIO) -> None:
     out.flush()
 
 
-def _deliveries(source: str) -> list[Any]:
-    text = sys.stdin.read() if source == "-" else open(source, encoding="utf-8").read()  # noqa: SIM115
-    value = json.loads(text)
-    return value if isinstance(value, list) else [value]
+# Event Grid's own limit for one delivery (an array of events): 1 MB
+# (https://learn.microsoft.com/azure/event-grid/event-schema).
+MAX_EVENT_INPUT = 1024 * 1024
+
+
+def _deliveries(source: str) -> list[dict[str, Any]]:
+    """The events of a file (or stdin), strictly: JSON of at most MAX_EVENT_INPUT bytes,
+    one event object or an array of them, each with an id. Raises ValueError."""
+    if source == "-":
+        data = getattr(sys.stdin, "buffer", sys.stdin).read(MAX_EVENT_INPUT + 1)
+    else:
+        with open(source, "rb") as file:
+            data = file.read(MAX_EVENT_INPUT + 1)  # no more: a 50 MB file is refused, not read
+    value = load_json(data, max_bytes=MAX_EVENT_INPUT)
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("it holds no event (an empty array)")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not item.get("id"):
+            where = f"item {index}" if isinstance(value, list) else "it"
+            raise ValueError(
+                f"{where} is not an event: an Event Grid or CloudEvents object with an id, "
+                f"got {json.dumps(item)[:60]}"
+            )
+    return items
+
+
+def _unique(deliveries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The first delivery of each event id (Event Grid redelivers; a replayed file may
+    repeat one), and how many repeats were skipped."""
+    seen: set[str] = set()
+    unique = []
+    for delivery in deliveries:
+        key = str(delivery["id"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(delivery)
+    return unique, len(deliveries) - len(unique)
 
 
 def handle_event(args: argparse.Namespace, out: TextIO) -> int:
     from remediation import service  # noqa: PLC0415 - keep --help fast
     from remediation.bootstrap import services  # noqa: PLC0415
+    from remediation.config import load  # noqa: PLC0415
 
+    load(os.environ)  # bad settings are named first, before the input is read
     try:
-        deliveries = _deliveries(args.file)
+        deliveries, repeats = _unique(_deliveries(args.file))
     except (OSError, ValueError) as error:
-        print(f"error: cannot read Event Grid JSON from {args.file}: {error}", file=sys.stderr)
+        print(f"error: cannot read events from {args.file}: {error}", file=sys.stderr)
         return 2
+    if repeats:
+        print(f"note: {repeats} repeated deliveries of the same event ids skipped", file=sys.stderr)
     running = services()
     for delivery in deliveries:
         _print(service.handle_event(running, delivery, trigger="cli"), args.json, out)
@@ -54,16 +94,24 @@ def handle_event(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _run_installs(running: Services, as_json: bool, out: TextIO) -> None:
-    """--wait: run the queued installs here, as the host would, for up to 10 minutes."""
+def _run_installs(running: Services, as_json: bool, out: TextIO) -> list[AuditRecord]:
+    """--wait: run the queued installs here, as the host would, for up to 10 minutes.
+    Returns the records they wrote."""
     from remediation import service  # noqa: PLC0415
     from remediation.queues import drain  # noqa: PLC0415
+
+    records: list[AuditRecord] = []
+
+    def show(record: AuditRecord | None) -> None:
+        if record is not None:
+            records.append(record)
+        _print(record, as_json, out)
 
     try:
         drain(
             running.queue,
-            lambda text, count: _print(service.handle_install(running, text, count), as_json, out),
-            lambda text: _print(service.handle_poison(running, text), as_json, out),
+            lambda text, count: show(service.handle_install(running, text, count)),
+            lambda text: show(service.handle_poison(running, text)),
         )
     except TimeoutError:
         print(
@@ -71,6 +119,7 @@ def _run_installs(running: Services, as_json: bool, out: TextIO) -> None:
             "on the install queue for the app (or the next --wait)",
             file=sys.stderr,
         )
+    return records
 
 
 def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
@@ -78,6 +127,11 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
     from remediation.bootstrap import services  # noqa: PLC0415
 
     running = services()
+    if args.abandon:
+        if args.subscription or args.mode or args.wait:
+            print("error: --abandon takes no other option", file=sys.stderr)
+            return 2
+        return _abandon(running, args.abandon, out)
     body: dict[str, Any] = {}
     if args.subscription:
         body["subscriptions"] = args.subscription
@@ -91,17 +145,62 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return 2
     except sweep.SweepRunning as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(
+            f"error: {error}; if its worker died: sweep --abandon {error.run_id}", file=sys.stderr
+        )
         return 3
-    finished = _sweep_batches(running, run, args.json, out)
-    if args.wait:
-        _run_installs(running, args.json, out)
+    try:
+        finished = _sweep_batches(running, run, args.json, out)
+    except BaseException as error:  # Ctrl-C, or Azure unreachable: free the subscriptions
+        why = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{error}"[:300]
+        sweep.RunStore(running.audit.table).abandon(run.run_id, f"the CLI sweep stopped: {why}")
+        if not isinstance(error, Exception):
+            raise
+        print(f"error: sweep {run.run_id} failed and was closed: {why}", file=sys.stderr)
+        return 1
     summary = {"summary": True, "run_id": run.run_id, "mode": run.mode, **finished.summary}
+    if args.wait:
+        summary["after_installs"] = _after_installs(
+            finished.summary, _run_installs(running, args.json, out), run.run_id
+        )
     if args.json:
         out.write(json.dumps(summary) + "\n")
     else:
         _summary_table(summary, out)
     return 0
+
+
+def _abandon(running: Services, run_id: str, out: TextIO) -> int:
+    from remediation import sweep  # noqa: PLC0415
+
+    if not sweep.RUN_ID.match(run_id):
+        print(f"error: not a sweep run id: {run_id[:60]!r}", file=sys.stderr)
+        return 2
+    closed = sweep.RunStore(running.audit.table).abandon(run_id, "abandoned by hand (CLI)")
+    if closed is None:
+        print(f"error: no running sweep {run_id} (unknown, or already finished)", file=sys.stderr)
+        return 2
+    out.write(f"sweep {run_id} closed as failed; its subscriptions are free\n")
+    return 0
+
+
+def _after_installs(
+    summary: dict[str, Any], records: list[AuditRecord], run_id: str
+) -> dict[str, Any]:
+    """Coverage once the installs this sweep queued ran (--wait): the sweep's own
+    figure is taken when it decides, before any install."""
+    mine = {r.vm.lower(): r for r in records if r.run_id == run_id}
+    installed = sum(1 for r in mine.values() if r.outcome == "succeeded")
+    failed = sum(1 for r in mine.values() if r.outcome in {"failed", "poisoned"})
+    eligible = int(summary.get("eligible_running", 0))
+    covered = min(int(summary.get("covered", 0)) + installed, eligible)
+    percent = round(100.0 * covered / eligible, 2) if eligible else 100.0
+    return {
+        "installed": installed,
+        "failed": failed,
+        "covered": covered,
+        "coverage_percent": percent,
+    }
 
 
 def _sweep_batches(running: Any, run: Any, as_json: bool, out: TextIO) -> Any:
@@ -134,17 +233,28 @@ def _summary_table(summary: dict[str, Any], out: TextIO) -> None:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    table = Table(title=f"sweep {summary['run_id']} ({summary['mode']})")
-    table.add_column("")
-    table.add_column("", justify="right")
+    table = Table(title=f"sweep {summary['run_id']} ({summary['mode']})", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
     for decision, count in summary["decisions"].items():
-        table.add_row(decision, str(count))
+        table.add_row(f"decision: {decision}", str(count))
     table.add_section()
     table.add_row("VMs", str(summary["vms"]))
-    table.add_row("coverage of eligible running VMs", f"{summary['coverage_percent']}%")
+    table.add_row(
+        "coverage of eligible running VMs, at decision time",
+        f"{summary['coverage_percent']}% ({summary['covered']} of {summary['eligible_running']})",
+    )
+    after = summary.get("after_installs")
+    if after:
+        table.add_row(
+            "coverage after the installs it waited for",
+            f"{after['coverage_percent']}% ({after['installed']} installed, "
+            f"{after['failed']} failed)",
+        )
     table.add_row("actions", str(summary["actions"]))
     table.add_row("blocked by the cap", str(summary["capped"]))
     table.add_row("errors", str(summary["errors"]))
+    table.add_row("Azure did not answer (unavailable)", str(summary.get("unavailable", 0)))
     table.add_row(
         "ARM / Resource Graph requests", f"{summary['arm_requests']} / {summary['graph_requests']}"
     )
@@ -201,8 +311,16 @@ def write_report(args: argparse.Namespace, out: TextIO) -> int:
     from remediation.bootstrap import services  # noqa: PLC0415
 
     coverage = report.gather(services())
-    with open(args.html, "w", encoding="utf-8") as page:
-        page.write(report.render(coverage))
+    page = report.render(coverage)
+    if args.html == "-":
+        out.write(page)
+        return 0
+    try:
+        with open(args.html, "w", encoding="utf-8") as file:
+            file.write(page)
+    except OSError as error:  # a missing folder, a directory, a full disk, no permission
+        print(f"error: cannot write {args.html}: {error.strerror or error}", file=sys.stderr)
+        return 2
     needs = len(coverage.human())
     out.write(f"coverage report: {args.html} ({len(coverage.latest)} VMs, {needs} need a human)\n")
     return 0
@@ -228,21 +346,74 @@ def run_doctor(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if all(check.ok for check in checks) else 1
 
 
+def _command(
+    commands: Any, name: str, summary: str, description: str, examples: Sequence[str]
+) -> argparse.ArgumentParser:
+    return commands.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=summary,
+        description=textwrap.fill(description, 88),
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m remediation", description=__doc__)
-    commands = root.add_subparsers(dest="command", required=True)
-    event = commands.add_parser(
-        "handle-event", help="run the Event Grid handler on events from a file or stdin"
+    root = argparse.ArgumentParser(
+        prog="python -m remediation",
+        description=__doc__,
+        epilog="Settings come from the environment (see README, Settings). "
+        "Exit codes: 0 done, 1 failed, 2 bad input or settings, 3 a sweep is already running.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    event = _command(
+        commands,
+        "handle-event",
+        "run the Event Grid handler on events from a file or stdin",
+        "Decide for each event as the on_vm_event function would: re-read the VM, decide, "
+        "and (in enforce mode) queue its install. One record per event, printed and written "
+        "to the remediation log. Repeated event ids are handled once.",
+        [
+            "python -m remediation handle-event event.json",
+            "az eventgrid ... | python -m remediation handle-event --json -",
+            "python -m remediation handle-event --wait burst.json   # and run the installs",
+        ],
     )
     event.add_argument(
-        "file", metavar="FILE|-", help="Event Grid or CloudEvents JSON: one event or an array"
+        "file",
+        metavar="FILE|-",
+        help=f"Event Grid or CloudEvents JSON, one event or an array, at most "
+        f"{MAX_EVENT_INPUT // 1024} KiB; - reads stdin",
     )
-    event.add_argument("--json", action="store_true", help="one JSON object per decision")
-    event.add_argument("--wait", action="store_true", help="also run the installs it queued")
+    event.add_argument("--json", action="store_true", help="print one JSON object per decision")
+    event.add_argument(
+        "--wait", action="store_true", help="also run the installs it queued, here, and print them"
+    )
     event.set_defaults(run=handle_event)
-    sweep = commands.add_parser("sweep", help="sweep every VM in scope now, in-process")
+
+    sweep = _command(
+        commands,
+        "sweep",
+        "sweep every VM in scope now, in-process",
+        "Sweep the subscriptions in scope as the nightly timer would, in this process, with "
+        "a progress bar and a summary. The run locks its subscriptions; Ctrl-C closes it and "
+        "frees them. A run whose worker died is closed by the next run after 30 minutes of "
+        "silence, or at once with --abandon.",
+        [
+            "python -m remediation sweep",
+            "python -m remediation sweep --subscription 11111111-2222-4333-8444-555555555555",
+            "python -m remediation sweep --mode report --json > sweep.jsonl",
+            "python -m remediation sweep --wait      # and run the installs it queued",
+            "python -m remediation sweep --abandon 20261129T020000Z-1a2b3c4d",
+        ],
+    )
     sweep.add_argument(
-        "--subscription", action="append", metavar="ID", help="only this subscription (repeatable)"
+        "--subscription",
+        action="append",
+        metavar="ID",
+        help="only this subscription, which must be in scope (repeatable)",
     )
     sweep.add_argument(
         "--mode",
@@ -250,30 +421,74 @@ def parser() -> argparse.ArgumentParser:
         help="report can be asked for in enforce mode, never the reverse",
     )
     sweep.add_argument(
-        "--json", action="store_true", help="one JSON object per VM, then a summary object"
+        "--json", action="store_true", help="print one JSON object per VM, then a summary object"
     )
-    sweep.add_argument("--wait", action="store_true", help="also run the installs it queued")
+    sweep.add_argument(
+        "--wait",
+        action="store_true",
+        help="also run the installs it queued, and give coverage after them",
+    )
+    sweep.add_argument(
+        "--abandon",
+        metavar="RUN_ID",
+        help="close a running sweep as failed and free its subscriptions (sweeps nothing)",
+    )
     sweep.set_defaults(run=run_sweep)
-    log = commands.add_parser("log", help="read the remediation log, newest first")
-    log.add_argument(
-        "--since", default="24h", help="24h, 7d, 30m or an ISO 8601 time (default 24h)"
+
+    log = _command(
+        commands,
+        "log",
+        "read the remediation log, newest first",
+        "Print the remediation log: one row per decision, newest first, with the reason and "
+        "what to do. Filters combine. The window is bounded by the log's retention.",
+        [
+            "python -m remediation log",
+            "python -m remediation log --since 7d --decision blocked",
+            "python -m remediation log --vm web-01          # a VM name, if unique",
+            "python -m remediation log --json --limit 1000 > log.jsonl",
+        ],
     )
-    log.add_argument("--vm", help="one VM's resource id")
-    log.add_argument("--subscription", help="one subscription id")
+    log.add_argument(
+        "--since", default="24h", help="30m, 24h, 7d or an ISO 8601 time (default: 24h)"
+    )
+    log.add_argument("--vm", metavar="ID|NAME", help="one VM: its resource id, or its name")
+    log.add_argument("--subscription", metavar="ID", help="one subscription id")
     log.add_argument(
         "--decision",
-        help="compliant, install, defer, exclude, unsupported, blocked, error, ignored",
+        help="one of compliant, install, defer, exclude, unsupported, blocked, error, "
+        "undecided, ignored",
     )
-    log.add_argument("--limit", type=int, default=200)
-    log.add_argument("--json", action="store_true", help="one JSON object per record")
+    log.add_argument(
+        "--limit", type=int, default=200, help="at most this many records (1-1000, default 200)"
+    )
+    log.add_argument("--json", action="store_true", help="print one JSON object per record")
     log.set_defaults(run=show_log)
-    html = commands.add_parser("report", help="write the coverage report as one HTML page")
-    html.add_argument("--html", required=True, metavar="FILE")
-    html.set_defaults(run=write_report)
-    doctor = commands.add_parser(
-        "doctor", help="check, read-only, that the deployed app can do its job (exit 1 if not)"
+
+    html = _command(
+        commands,
+        "report",
+        "write the coverage report as one HTML page",
+        "Write the coverage report (the page GET /api/report serves): coverage by "
+        "subscription and platform, its trend, and the VMs that need a human.",
+        [
+            "python -m remediation report --html coverage.html",
+            "python -m remediation report --html - | less",
+        ],
     )
-    doctor.add_argument("--json", action="store_true", help="one JSON object per check")
+    html.add_argument(
+        "--html", required=True, metavar="FILE|-", help="the file to write; - writes to stdout"
+    )
+    html.set_defaults(run=write_report)
+
+    doctor = _command(
+        commands,
+        "doctor",
+        "check, read-only, that the deployed app can do its job (exit 1 if not)",
+        "Check storage, the app's effective permissions in each subscription, the event "
+        "wiring and the onboarding packages, reading only. Exit 1 when a check fails.",
+        ["python -m remediation doctor", "python -m remediation doctor --json"],
+    )
+    doctor.add_argument("--json", action="store_true", help="print one JSON object per check")
     doctor.set_defaults(run=run_doctor)
     return root
 
@@ -288,6 +503,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

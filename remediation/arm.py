@@ -564,6 +564,10 @@ class ArmGateway:
         except (TransientError, PermanentError):
             raise
         except ClientAuthenticationError as error:
+            if error.response is None:  # the token authority did not answer at all
+                raise TransientError(
+                    f"{what}: the token authority did not answer ({_error_message(error)})"
+                ) from None
             raise PermanentError(
                 f"{what}: authentication failed ({_error_message(error)})",
                 hint="check the app's managed identity or AZURE_CLIENT_ID/AZURE_TENANT_ID",

@@ -5,6 +5,7 @@ event or sweep row -> VmFacts -> Classification (classify.py) -> Decision (polic
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -154,6 +155,12 @@ class Outcome(StrEnum):
     ERROR = "error"
 
 
+# The log's decision when none could be made (ARM or the token authority did not answer),
+# and its outcome then: an outage, not a fault of the VM (that is "error").
+UNDECIDED = "undecided"
+UNAVAILABLE = "unavailable"
+
+
 class ActionKind(StrEnum):
     ENABLE_PLAN = "enable-plan"
     ENABLE_SETTING = "enable-setting"
@@ -235,3 +242,38 @@ class BlockedByExtension(PermanentError):
     def __init__(self, message: str, extension: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.extension = extension
+
+
+# --- Untrusted JSON ----------------------------------------------------------------------------
+MAX_JSON_DEPTH = 32  # an Event Grid event nests about 6 deep; a sweep body 2
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+class InvalidJson(ValueError):
+    """Input that is not JSON we accept; the message is safe to show and names the limit."""
+
+
+def load_json(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads for untrusted input, with a size cap checked first and a nesting cap
+    checked before parsing: json recurses once per level and raises RecursionError
+    (not ValueError) somewhere near a thousand levels."""
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) > max_bytes:
+        raise InvalidJson(f"larger than {max_bytes:,} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidJson("not UTF-8 text") from None
+    depth = deepest = 0
+    for char in _STRINGS.sub('""', text):  # brackets inside strings do not nest
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > max_depth:
+                raise InvalidJson(f"nested deeper than {max_depth} levels")
+        elif char in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise InvalidJson(f"not JSON ({error})") from None

@@ -21,6 +21,8 @@ from remediation.classify import MDE_PUBLISHER, Classification, Protection, clas
 from remediation.config import Settings
 from remediation.events import Ignored, parse
 from remediation.model import (
+    UNAVAILABLE,
+    UNDECIDED,
     ActionKind,
     BlockedByExtension,
     Decision,
@@ -160,6 +162,16 @@ class Context:
         reason = f"Reading the VM failed: {error}"
         return self.record("error", reason, "failed", hint=error.hint)
 
+    def unavailable(
+        self, error: TransientError, then: str, assessment: Assessment | None = None
+    ) -> AuditRecord:
+        """ARM or the token authority did not answer: an outage, recorded as such with the
+        decision made before it (or none), never as the VM's fault."""
+        decision = assessment.decision.outcome.value if assessment else UNDECIDED
+        reason = f"Azure did not answer ({error}); {then}"
+        hint = "nothing to do on the VM; if it lasts, check ARM's status and the app's network"
+        return self.record(decision, reason, UNAVAILABLE, assessment, hint=hint)
+
     def install_request(self) -> InstallRequest:
         """What the install queue needs to act on this VM later; it never holds a secret."""
         return InstallRequest(
@@ -183,6 +195,9 @@ def handle_event(services: Services, delivery: Any, trigger: str = "event") -> A
     with services.arm.budget(settings.event_budget_seconds):
         try:
             parsed = parse(delivery, settings.subscriptions, services.arm.principal_id)
+        except TransientError as error:
+            record = context.unavailable(error, "the next event or sweep checks this VM again.")
+            return services.audit.write(record)
         except RemediationError as error:  # cannot learn our own identity: say so, do nothing
             reason = f"The app cannot tell its own identity: {error}"
             return services.audit.write(context.record("error", reason, "failed", hint=error.hint))
@@ -239,8 +254,7 @@ def _requeue(context: Context, error: TransientError) -> AuditRecord:
         services.queue.send(context.install_request())
         reason = f"ARM was unavailable ({error}); the install queue checks this VM again."
         return context.record(Outcome.DEFER.value, reason, "queued")
-    reason = f"ARM was unavailable ({error}); the next event or sweep checks this VM again."
-    return context.record(Outcome.ERROR.value, reason, "failed")
+    return context.unavailable(error, "the next event or sweep checks this VM again.")
 
 
 # --- The install queue -----------------------------------------------------------------------

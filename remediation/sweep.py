@@ -2,7 +2,10 @@
 decide/apply/audit pipeline as events, inventoried through Resource Graph.
 
 A run is started by the timer, the HTTP API or the CLI. It locks its subscriptions
-(a second run for one of them gets 409), splits them into batches of
+(a second run for one of them gets 409) for as long as it shows signs of life: every
+batch beats the run's heartbeat, and a run silent for STALE_AFTER (its worker died) is
+closed as failed by the next run that needs its subscriptions, or by hand with
+``sweep --abandon RUN_ID``. It splits them into batches of
 REMEDIATION_SWEEP_BATCH_SIZE, and each batch is one queue message (so many instances
 share a large tenant) or, from the CLI, one loop. A batch streams its VMs from Resource
 Graph, reads each subscription's posture once, applies subscription actions once per
@@ -19,6 +22,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -36,13 +40,26 @@ from azure.data.tables import TableClient, UpdateMode
 from remediation.audit import AuditRecord, replace_if_unchanged
 from remediation.classify import Support
 from remediation.config import GUID, Mode, Settings
-from remediation.model import ActionKind, Outcome, PermanentError, Power, TransientError, VmFacts
+from remediation.model import (
+    ActionKind,
+    InvalidJson,
+    Outcome,
+    PermanentError,
+    Power,
+    TransientError,
+    VmFacts,
+    load_json,
+)
 from remediation.service import Assessment, Context, Services, apply_subscription_actions, assess
 
 SCHEMA = "sweep-batch/1"
 RUN_PARTITION = "run"
 LOCK_PARTITION = "sweeplock"
-LOCK_TTL = timedelta(hours=6)  # a run that died frees its subscriptions after this
+# A run that beat no heartbeat for this long is taken for dead. Longer than the queue's
+# visibility timeout (a batch on a worker that died becomes visible again after it)
+# and than the gap between two beats of a working batch (HEARTBEAT_EVERY).
+STALE_AFTER = timedelta(minutes=30)
+HEARTBEAT_EVERY = timedelta(minutes=1)
 MAX_BODY = 64 * 1024
 CAP_BLOCK = 50  # actions a batch takes from the run's cap at a time
 
@@ -74,13 +91,11 @@ def parse_request(body: bytes, settings: Settings, trigger: str = "http") -> Swe
     narrow the scope and make the run more conservative, never widen or escalate."""
     problems: list[str] = []
     value: Any = {}
-    if len(body) > MAX_BODY:
-        raise InvalidSweepRequest([f"the body is larger than {MAX_BODY} bytes"])
     if body.strip():
         try:
-            value = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidSweepRequest(["the body is not JSON"]) from None
+            value = load_json(body, max_bytes=MAX_BODY)
+        except InvalidJson as error:
+            raise InvalidSweepRequest([f"the body is {error}"]) from None
     if not isinstance(value, dict):
         raise InvalidSweepRequest(["the body must be a JSON object"])
     unknown = sorted(set(value) - {"subscriptions", "mode"})
@@ -95,7 +110,7 @@ def parse_request(body: bytes, settings: Settings, trigger: str = "http") -> Swe
             chosen = []
             for item in given[:1000]:
                 if not isinstance(item, str) or not GUID.match(item):
-                    problems.append(f"not a subscription id: {str(item)[:60]!r}")
+                    problems.append(f"not a subscription id: {json.dumps(item)[:60]}")
                 elif not settings.in_scope(item):
                     problems.append(f"subscription {item} is not in REMEDIATION_SUBSCRIPTIONS")
                 else:
@@ -125,14 +140,21 @@ class Run:
     subscriptions: list[str]
     batches: int
     started: datetime
-    status: str = "running"  # running, done
+    status: str = "running"  # running, done, failed (abandoned: interrupted or silent)
     finished: datetime | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    heartbeat: datetime | None = None
+
+    def stale(self, now: datetime) -> bool:
+        """Running, and silent for longer than any working batch stays silent."""
+        last = self.heartbeat or self.started
+        return self.status == "running" and now - last > STALE_AFTER
 
     def to_json(self) -> dict[str, Any]:
         value = asdict(self)
         value["started"] = self.started.isoformat()
         value["finished"] = self.finished.isoformat() if self.finished else None
+        value["heartbeat"] = self.heartbeat.isoformat() if self.heartbeat else None
         return value
 
 
@@ -146,6 +168,7 @@ class BatchResult:
     actions: int = 0  # actions taken (enforce) or planned (report)
     capped: int = 0  # VMs blocked by the cap
     errors: int = 0
+    unavailable: int = 0  # VMs Azure did not answer for (an outage, not an error)
     arm_requests: int = 0
     graph_requests: int = 0
     failed: str = ""  # why the batch gave up, for a poisoned batch
@@ -176,6 +199,7 @@ class RunStore:
                 "subscriptions": ",".join(run.subscriptions),
                 "batches": batches,
                 "started": started,
+                "heartbeat": started,
                 "status": "running",
                 "actions_used": 0,
                 "summary": "{}",
@@ -195,22 +219,26 @@ class RunStore:
             raise
 
     def _take_lock(self, subscription: str, run: Run) -> None:
-        entity = {
-            "PartitionKey": LOCK_PARTITION,
-            "RowKey": subscription,
-            "run_id": run.run_id,
-            "expires": run.started + LOCK_TTL,
-        }
-        try:
+        entity = {"PartitionKey": LOCK_PARTITION, "RowKey": subscription, "run_id": run.run_id}
+        with contextlib.suppress(ResourceExistsError):
             self._table.create_entity(entity)
             return
+        with contextlib.suppress(ResourceNotFoundError):
+            current = self._table.get_entity(LOCK_PARTITION, subscription)
+            holder = self.get(str(current["run_id"]))
+            if holder is not None and holder.stale(run.started):
+                last = f"{holder.heartbeat or holder.started:%Y-%m-%d %H:%M:%S} UTC"
+                why = f"no sign of life since {last}; {run.run_id} took over"
+                self.abandon(holder.run_id, why)  # which frees this lock too
+            elif holder is not None and holder.status == "running":
+                raise SweepRunning(holder.run_id, subscription)
+            elif replace_if_unchanged(self._table, entity, current.metadata["etag"]):
+                return  # a finished run's lock, left behind
+        try:  # the lock was freed meanwhile: take it, unless another run was quicker
+            self._table.create_entity(entity)
         except ResourceExistsError:
             current = self._table.get_entity(LOCK_PARTITION, subscription)
-        holder = self.get(str(current["run_id"]))
-        if current["expires"] > run.started and holder is not None and holder.status == "running":
-            raise SweepRunning(str(current["run_id"]), subscription)
-        if not replace_if_unchanged(self._table, entity, current.metadata["etag"]):
-            raise SweepRunning(str(current["run_id"]), subscription)
+            raise SweepRunning(str(current["run_id"]), subscription) from None
 
     def _release_lock(self, subscription: str, run_id: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):
@@ -238,7 +266,35 @@ class RunStore:
             status=entity["status"],
             finished=entity.get("finished"),
             summary=json.loads(entity.get("summary") or "{}"),
+            heartbeat=entity.get("heartbeat"),
         )
+
+    def beat(self, run_id: str, now: datetime | None = None) -> None:
+        """A sign of life from a batch at work (a merge of one field: no ETag needed)."""
+        self._table.update_entity(
+            {"PartitionKey": RUN_PARTITION, "RowKey": run_id, "heartbeat": now or _utcnow()},
+            mode=UpdateMode.MERGE,
+        )
+
+    def abandon(self, run_id: str, why: str) -> Run | None:
+        """Close a running run as failed and free its subscriptions. Returns the run as
+        closed, or None when it is unknown or already finished (nothing to do)."""
+        while True:
+            try:
+                entity = self._table.get_entity(RUN_PARTITION, run_id)
+            except ResourceNotFoundError:
+                return None
+            if entity["status"] != "running":
+                return None
+            finished = _utcnow()
+            summary = {"abandoned": why[:500]}
+            entity.update(status="failed", finished=finished, summary=json.dumps(summary))
+            if replace_if_unchanged(self._table, entity, entity.metadata["etag"]):
+                break
+        for subscription in filter(None, entity["subscriptions"].split(",")):
+            self._release_lock(subscription, run_id)
+        log.warning("sweep %s closed as failed: %s", run_id, why)
+        return self.get(run_id)
 
     def runs_since(self, moment: datetime) -> list[Run]:
         """Runs started since ``moment``, newest first (a few a day: one small partition)."""
@@ -314,6 +370,10 @@ class RunStore:
         return run
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 def _result_json(result: BatchResult) -> str:
     # Not asdict(): it rebuilds a Counter from (key, value) pairs and counts the pairs.
     return json.dumps({item.name: getattr(result, item.name) for item in fields(result)})
@@ -346,6 +406,7 @@ def summarize(
         "actions": sum(r.actions for r in results),
         "capped": sum(r.capped for r in results),
         "errors": sum(r.errors for r in results),
+        "unavailable": sum(r.unavailable for r in results),
         "failed_batches": [r.failed for r in results if r.failed],
         "arm_requests": sum(r.arm_requests for r in results),
         "graph_requests": sum(r.graph_requests for r in results),
@@ -412,7 +473,12 @@ def run_batch(
     run = store.get(message.run_id)
     if run is None:
         raise ValueError(f"unknown sweep run {message.run_id}")
+    if run.status != "running":  # closed as failed meanwhile: its subscriptions moved on
+        log.warning("sweep %s is %s: batch %s skipped", run.run_id, run.status, message.batch)
+        return None
     batch = _Batch(services, run, store)
+    store.beat(run.run_id)
+    last_beat = time.monotonic()
     with services.arm.counter.counting() as used:
         for subscription in message.subscriptions:  # drift: read the posture afresh
             services.arm.forget_posture(subscription)
@@ -421,6 +487,9 @@ def run_batch(
                 record = batch.handle(facts)
                 if on_record is not None:
                     on_record(record)
+                if time.monotonic() - last_beat > HEARTBEAT_EVERY.total_seconds():
+                    store.beat(run.run_id)
+                    last_beat = time.monotonic()
         finally:
             store.give_back(run.run_id, batch.budget)  # what this batch took but did not use
     services.audit.write_many(batch.records)
@@ -474,7 +543,10 @@ class _Batch:
         try:
             assessment = assess(self.services, facts)
             record = self._act(context, assessment)
-        except (PermanentError, TransientError) as error:
+        except TransientError as error:
+            self.result.unavailable += 1
+            record = context.unavailable(error, "the next sweep checks this VM again.", assessment)
+        except PermanentError as error:
             self.result.errors += 1
             reason = f"The sweep could not handle this VM: {error}"
             record = context.record(Outcome.ERROR.value, reason, "failed", hint=error.hint)
@@ -581,7 +653,7 @@ def http_start(services: Services, body: bytes, status_base: str) -> tuple[int, 
     try:
         run = start(services, request, services.sweeps.send_text)
     except SweepRunning as error:
-        return 409, {"error": str(error), "run_id": error.run_id}
+        return 409, {"errors": [str(error)], "run_id": error.run_id}
     return 202, {
         "run_id": run.run_id,
         "status_url": f"{status_base.rstrip('/')}/{run.run_id}",
@@ -598,7 +670,7 @@ def http_status(services: Services, run_id: str) -> tuple[int, dict[str, Any]]:
     store = RunStore(services.audit.table)
     run = store.get(run_id)
     if run is None:
-        return 404, {"error": f"no sweep run {run_id}"}
+        return 404, {"errors": [f"no sweep run {run_id}"]}
     value = run.to_json()
     value["batches_done"] = store.batches_done(run_id)
     return 200, value

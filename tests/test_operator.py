@@ -1,0 +1,305 @@
+"""The operator's day: sweeps that never stay stuck, input that never traces back, and
+records that tell an outage from a fault. Each test drives the CLI or the HTTP API as
+an operator would, against the local Azure and Azurite."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from remediation import sweep
+from remediation.config import Mode
+from remediation.model import MAX_JSON_DEPTH, InvalidJson, load_json
+from tests.conftest import generated_estate
+from tests.test_service import ENFORCE, estate, new_vm
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str) -> tuple[int, str]:
+    from remediation.__main__ import main
+
+    out = io.StringIO()
+    code = main(list(args), out=out)
+    return code, out.getvalue()
+
+
+def locks(world) -> list[dict]:
+    return list(
+        world.services.audit.table.query_entities(f"PartitionKey eq '{sweep.LOCK_PARTITION}'")
+    )
+
+
+def run_of(world, run_id: str) -> sweep.Run:
+    run = sweep.RunStore(world.services.audit.table).get(run_id)
+    assert run is not None
+    return run
+
+
+# --- Untrusted JSON, as plain values ------------------------------------------------------
+def test_json_nested_past_the_cap_is_refused_before_parsing():
+    with pytest.raises(InvalidJson, match=f"deeper than {MAX_JSON_DEPTH}"):
+        load_json("[" * 100_000, max_bytes=10**6)
+    with pytest.raises(InvalidJson, match="deeper than 3"):
+        load_json('{"a": [[{"b": 1}]]}', max_bytes=100, max_depth=3)
+
+
+def test_json_exactly_at_the_cap_and_brackets_inside_strings_are_fine():
+    assert load_json("[[[1]]]", max_bytes=100, max_depth=3) == [[[1]]]
+    assert load_json('{"a": "[[[[{{{{", "b": "\\"[["}', max_bytes=100, max_depth=1) == {
+        "a": "[[[[{{{{",
+        "b": '"[[',
+    }
+
+
+def test_json_over_the_size_cap_or_not_utf8_or_not_json_is_refused():
+    with pytest.raises(InvalidJson, match="larger than 10 bytes"):
+        load_json(b"[1, 2, 3, 4, 5]", max_bytes=10)
+    assert load_json(b"[1, 2, 3]", max_bytes=9) == [1, 2, 3]
+    with pytest.raises(InvalidJson, match="not UTF-8"):
+        load_json(b"\xff\xfe", max_bytes=10)
+    with pytest.raises(InvalidJson, match="not JSON"):
+        load_json("[1,", max_bytes=10)
+
+
+# --- Sweeps never stay stuck ----------------------------------------------------------------
+def test_a_cli_sweep_that_loses_azure_frees_its_subscriptions_and_says_so(world_factory, capsys):
+    world = world_factory(generated_estate(20, 2, seed=31), REMEDIATION_RETRY_BUDGET_SECONDS="1")
+    world.plane.stop()  # ARM and the token authority stop answering
+    code, _ = cli("sweep")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "failed and was closed" in err
+    assert "Traceback" not in err
+    runs = sweep.RunStore(world.services.audit.table).runs_since(
+        datetime.now(UTC) - timedelta(hours=1)
+    )
+    assert [run.status for run in runs] == ["failed"]
+    assert "the CLI sweep stopped" in runs[0].summary["abandoned"]
+    assert locks(world) == []
+    assert world.post("sweep").status_code == 202  # the nightly run or an operator is not refused
+
+
+@pytest.mark.integration
+def test_ctrl_c_during_a_cli_sweep_closes_the_run_and_frees_its_subscriptions(world_factory):
+    world = world_factory(generated_estate(60, 3, seed=32), plane_options={"latency": 0.05})
+    process = subprocess.Popen(  # a real terminal's Ctrl-C is SIGINT to the process
+        [sys.executable, "-m", "remediation", "sweep", "--json"],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = process.stdout.readline()  # one VM decided: the run is under way
+    assert json.loads(first)["vm"]
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    runs = sweep.RunStore(world.services.audit.table).runs_since(
+        datetime.now(UTC) - timedelta(hours=1)
+    )
+    assert [(run.status, run.summary.get("abandoned")) for run in runs] == [
+        ("failed", "the CLI sweep stopped: interrupted")
+    ]
+    assert locks(world) == []
+
+
+def test_a_run_silent_past_the_limit_is_closed_and_taken_over(world_factory):
+    world = world_factory(generated_estate(20, 2, seed=33))
+    store = sweep.RunStore(world.services.audit.table)
+    request = sweep.SweepRequest(tuple(world.services.settings.subscriptions), Mode.REPORT, "sweep")
+    silent_since = datetime.now(UTC) - sweep.STALE_AFTER - timedelta(minutes=1)
+    dead = store.new_run(request, 1, now=silent_since)  # its worker died: no beat since
+    response = world.post("sweep")
+    assert response.status_code == 202
+    closed = run_of(world, dead.run_id)
+    assert closed.status == "failed"
+    assert "no sign of life since" in closed.summary["abandoned"]
+    assert json.loads(response.get_body())["run_id"] in closed.summary["abandoned"]
+    assert {lock["run_id"] for lock in locks(world)} == {json.loads(response.get_body())["run_id"]}
+
+
+def test_a_run_that_beats_its_heartbeat_keeps_its_subscriptions(world_factory):
+    world = world_factory(generated_estate(20, 2, seed=34))
+    store = sweep.RunStore(world.services.audit.table)
+    request = sweep.SweepRequest(tuple(world.services.settings.subscriptions), Mode.REPORT, "sweep")
+    old = store.new_run(request, 1, now=datetime.now(UTC) - timedelta(hours=5))
+    store.beat(old.run_id)  # started long ago, but a batch is at work now
+    response = world.post("sweep")
+    assert response.status_code == 409
+    assert json.loads(response.get_body()) == {
+        "errors": [
+            f"a sweep ({old.run_id}) is already running for subscription "
+            f"{sorted(world.services.settings.subscriptions)[0]}"
+        ],
+        "run_id": old.run_id,
+    }
+    assert run_of(world, old.run_id).status == "running"
+
+
+def test_sweep_abandon_closes_a_run_by_hand_and_its_batches_then_do_nothing(world_factory):
+    world = world_factory(generated_estate(20, 2, seed=35))
+    run_id = json.loads(world.post("sweep").get_body())["run_id"]
+    assert world.post("sweep").status_code == 409
+    code, output = cli("sweep", "--abandon", run_id)
+    assert (code, output) == (0, f"sweep {run_id} closed as failed; its subscriptions are free\n")
+    assert run_of(world, run_id).status == "failed"
+    assert locks(world) == []
+    world.run_sweeps()  # the abandoned run's queued batch arrives late
+    assert [r for r in world.audit_records() if r.run_id == run_id] == []
+    assert run_of(world, run_id).status == "failed"
+    assert world.post("sweep").status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("run_id", "error"),
+    [("20261129T010203Z-0123abcd", "no running sweep"), ("../x", "not a sweep run id")],
+)
+def test_sweep_abandon_of_an_unknown_or_odd_run_is_an_error(world_factory, capsys, run_id, error):
+    world_factory(generated_estate(10, 1, seed=36))
+    assert cli("sweep", "--abandon", run_id) == (2, "")
+    assert error in capsys.readouterr().err
+
+
+# --- Input that never traces back ----------------------------------------------------------
+def test_a_deeply_nested_sweep_body_is_a_400(world_factory):
+    world = world_factory(estate("ready"))
+    response = world.post("sweep", b"[" * 60_000)
+    assert response.status_code == 400
+    assert json.loads(response.get_body()) == {
+        "errors": [f"the body is nested deeper than {MAX_JSON_DEPTH} levels"]
+    }
+
+
+def test_a_null_subscription_is_named_as_json_not_as_python(world_factory):
+    world = world_factory(estate("ready"))
+    response = world.post("sweep", b'{"subscriptions": [null, 7]}')
+    assert json.loads(response.get_body())["errors"] == [
+        "not a subscription id: null",
+        "not a subscription id: 7",
+    ]
+
+
+def test_an_unknown_run_is_a_404_in_the_same_error_shape(world_factory):
+    world = world_factory(estate("ready"))
+    response = world.get_status("20261129T010203Z-0123abcd")
+    assert (response.status_code, json.loads(response.get_body())) == (
+        404,
+        {"errors": ["no sweep run 20261129T010203Z-0123abcd"]},
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ("[" * 100_000, "nested deeper than"),
+        ("42", "it is not an event"),
+        ('"text"', "it is not an event"),
+        ("{}", "it is not an event"),
+        ("[]", "holds no event"),
+        ('[{"id": "a"}, 3]', "item 1 is not an event"),
+        ("{not json", "not JSON"),
+    ],
+)
+def test_handle_event_refuses_input_that_holds_no_event(
+    world_factory, tmp_path, capsys, content, error
+):
+    world = world_factory(estate("ready"))
+    path = tmp_path / "events.json"
+    path.write_text(content)
+    assert cli("handle-event", str(path)) == (2, "")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert error in err
+    assert "Traceback" not in err
+    assert world.audit_records() == []
+
+
+def test_handle_event_refuses_input_larger_than_an_event_grid_delivery(
+    world_factory, tmp_path, capsys
+):
+    world = world_factory(estate("ready"))
+    one = world.plane.create_vm(new_vm("big-1"))[0]
+    path = tmp_path / "events.json"
+    path.write_text(json.dumps([one] * 2000))  # about 2 MB
+    assert path.stat().st_size > 1024 * 1024
+    assert cli("handle-event", str(path)) == (2, "")
+    assert "larger than 1,048,576 bytes" in capsys.readouterr().err
+    assert world.audit_records() == []
+
+
+def test_handle_event_handles_a_repeated_event_once(world_factory, tmp_path, capsys):
+    world = world_factory(estate("ready"))
+    event = world.plane.create_vm(new_vm("repeat-1"))[0]
+    path = tmp_path / "events.json"
+    path.write_text(json.dumps([event] * 50))
+    code, output = cli("handle-event", "--json", str(path))
+    assert code == 0
+    assert len(output.splitlines()) == 1
+    assert len(world.audit_records()) == 1
+    assert "49 repeated deliveries" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["missing/dir/page.html", ".", "/dev/full"])
+def test_report_to_a_path_that_cannot_be_written_is_one_line_and_exit_2(
+    world_factory, tmp_path, capsys, target
+):
+    world_factory(estate("ready"))
+    path = target if target.startswith("/") else str(tmp_path / target)
+    assert cli("report", "--html", path) == (2, "")
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {path}: ")
+    assert err.count("\n") == 1
+
+
+def test_report_to_stdout(world_factory):
+    world_factory(estate("ready"))
+    code, output = cli("report", "--html", "-")
+    assert code == 0
+    assert output.startswith("<!DOCTYPE html>")
+    assert output.rstrip().endswith("</html>")
+
+
+# --- Honest records --------------------------------------------------------------------------
+def test_an_event_while_azure_does_not_answer_is_unavailable_not_an_error(world_factory):
+    world = world_factory(estate("ready"), REMEDIATION_RETRY_BUDGET_SECONDS="1")
+    event = world.plane.create_vm(new_vm("outage-1"))[0]
+    world.plane.faults.add("GET", "/virtualMachines/outage-1$", 503, count=1000)
+    (record,) = world.deliver(event)
+    assert (record.decision, record.outcome) == ("undecided", "unavailable")
+    assert "Azure did not answer" in record.reason
+    assert world.services.queue.queue.get_queue_properties().approximate_message_count == 0
+
+
+def test_a_sweep_while_a_subscription_posture_does_not_answer_records_unavailable(
+    world_factory,
+):
+    world = world_factory(generated_estate(12, 1, seed=37), REMEDIATION_RETRY_BUDGET_SECONDS="1")
+    world.plane.faults.add("GET", "/providers/Microsoft.Security/pricings", 503, count=10_000)
+    code, output = cli("sweep", "--json")
+    assert code == 0
+    *lines, summary = [json.loads(line) for line in output.splitlines()]
+    assert {(line["decision"], line["outcome"]) for line in lines} == {("undecided", "unavailable")}
+    assert (summary["unavailable"], summary["errors"], summary["vms"]) == (12, 0, 12)
+
+
+def test_sweep_wait_gives_coverage_before_and_after_its_installs(world_factory):
+    world_factory(generated_estate(30, 1, seed=38), **ENFORCE)
+    code, output = cli("sweep", "--json", "--wait")
+    assert code == 0
+    summary = json.loads(output.splitlines()[-1])
+    lines = [json.loads(line) for line in output.splitlines()[:-1]]
+    installed = [line for line in lines if line["outcome"] == "succeeded"]
+    after = summary["after_installs"]
+    assert after["installed"] == len({line["vm"] for line in installed}) > 0
+    assert after["covered"] == summary["covered"] + after["installed"]
+    assert after["coverage_percent"] > summary["coverage_percent"]
