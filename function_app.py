@@ -6,11 +6,19 @@ trigger's first call, not when the host indexes the app: that keeps cold start s
 """
 
 import json
+import os
 from typing import Any
 
 import azure.functions as func
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+# The pages people open (report, log, status) sit behind App Service sign-in when the
+# deployment turns it on (infra/app.bicep sets REMEDIATION_PAGES_SIGN_IN=entra along with
+# authsettingsV2); then the Functions host asks no key for them. Otherwise, and for the
+# automation routes always, a function key.
+SIGN_IN = os.environ.get("REMEDIATION_PAGES_SIGN_IN", "").strip().lower() == "entra"
+PAGES = func.AuthLevel.ANONYMOUS if SIGN_IN else func.AuthLevel.FUNCTION
 
 
 @app.function_name("on_vm_event")
@@ -107,24 +115,37 @@ def sweep_batch_poison(message: func.QueueMessage) -> None:
 
 
 @app.function_name("remediations")
-@app.route(route="remediations", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="remediations", methods=["GET"], auth_level=PAGES)
 def remediations(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/remediations?vm=&subscription=&decision=&since=&until=&limit=&continuation="""
     from remediation import ops  # noqa: PLC0415 - cold start
     from remediation.bootstrap import services  # noqa: PLC0415
 
-    return _json(*ops.http_remediations(services(), dict(req.params)))
+    return _signed_in(req) or _json(*ops.http_remediations(services(), dict(req.params)))
 
 
 @app.function_name("coverage_report")
-@app.route(route="report", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="report", methods=["GET"], auth_level=PAGES)
 def coverage_report(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/report: the coverage report, one self-contained HTML page."""
     from remediation import report  # noqa: PLC0415 - cold start
     from remediation.bootstrap import services  # noqa: PLC0415
 
+    refused = _signed_in(req)
+    if refused:
+        return refused
     page = report.render(report.gather(services()))
-    return func.HttpResponse(page, mimetype="text/html", charset="utf-8")
+    return func.HttpResponse(page, mimetype="text/html", charset="utf-8", headers=report.HEADERS)
+
+
+@app.function_name("coverage_status")
+@app.route(route="status", methods=["GET"], auth_level=PAGES)
+def coverage_status(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/status?subscription=: what is uncovered right now, read-only."""
+    from remediation import status  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    return _signed_in(req) or _json(*status.http_status(services(), dict(req.params)))
 
 
 @app.function_name("health")
@@ -135,6 +156,15 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     from remediation.bootstrap import services  # noqa: PLC0415
 
     return _json(*doctor.http_health(services()))
+
+
+def _signed_in(req: func.HttpRequest) -> func.HttpResponse | None:
+    """With sign-in on, a page answers only requests App Service authentication let
+    through: it sets X-MS-CLIENT-PRINCIPAL-ID and drops any a client sends (Microsoft
+    Learn, app-service/configure-authentication-user-identities)."""
+    if SIGN_IN and not req.headers.get("x-ms-client-principal-id"):
+        return _json(401, {"errors": ["sign in: this page is behind App Service authentication"]})
+    return None
 
 
 def _json(status: int, body: dict[str, Any]) -> func.HttpResponse:

@@ -34,9 +34,15 @@ def http_request(
     body: bytes = b"",
     params: dict[str, str] | None = None,
     route: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> func.HttpRequest:
     return func.HttpRequest(
-        method, f"{BASE_URL}/{path}", body=body, params=params or {}, route_params=route or {}
+        method,
+        f"{BASE_URL}/{path}",
+        body=body,
+        params=params or {},
+        route_params=route or {},
+        headers=headers or {},
     )
 
 

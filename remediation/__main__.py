@@ -326,6 +326,25 @@ def write_report(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def show_status(args: argparse.Namespace, out: TextIO) -> int:
+    from remediation import bootstrap, status  # noqa: PLC0415 - keep --help fast
+
+    running = bootstrap.build(os.environ, create=False)  # reads only: creates nothing
+    params = {"subscription": ",".join(args.subscription)} if args.subscription else {}
+    try:
+        chosen = status.parse_params(params, running.settings)
+    except status.InvalidStatusRequest as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    result = status.gather(running, chosen)
+    if args.json:
+        out.write(json.dumps(result.to_json()) + "\n")
+    else:
+        status.render_table(result, out)
+    return 1 if result.unavailable else 0
+
+
 def run_doctor(args: argparse.Namespace, out: TextIO) -> int:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
@@ -463,6 +482,29 @@ def parser() -> argparse.ArgumentParser:
     )
     log.add_argument("--json", action="store_true", help="print one JSON object per record")
     log.set_defaults(run=show_log)
+
+    now = _command(
+        commands,
+        "status",
+        "what is uncovered right now, read-only, straight from Resource Graph",
+        "Classify every VM in scope now and count, per subscription and platform: covered, "
+        "to install, deferred, excluded, unsupported, blocked; then the VMs that need a "
+        "human. Takes no lock, writes no log row, changes nothing in Azure: the first thing "
+        "to run after deploying in report mode. Exit 1 when a subscription could not be read.",
+        [
+            "python -m remediation status",
+            "python -m remediation status --subscription 11111111-2222-4333-8444-555555555555",
+            "python -m remediation status --json | jq .coverage_percent",
+        ],
+    )
+    now.add_argument(
+        "--subscription",
+        action="append",
+        metavar="ID",
+        help="only this subscription, which must be in scope (repeatable)",
+    )
+    now.add_argument("--json", action="store_true", help="print one JSON object")
+    now.set_defaults(run=show_status)
 
     html = _command(
         commands,

@@ -89,6 +89,7 @@ class Settings:
     audit_retention_days: int
     notify_endpoint: str
     notify_key: str = field(repr=False)
+    pages_sign_in: bool = False  # the report and log pages sit behind App Service sign-in
     app_name: str = ""  # WEBSITE_SITE_NAME, which Azure sets: the doctor's "this app"
 
     @property
@@ -126,7 +127,7 @@ class Settings:
 T = TypeVar("T")
 
 
-def load(environ: Mapping[str, str]) -> Settings:
+def load(environ: Mapping[str, str]) -> Settings:  # noqa: PLR0915 - one line a setting
     """Read and check every setting; raise SettingsError naming each bad one."""
     problems: list[str] = []
 
@@ -181,6 +182,7 @@ def load(environ: Mapping[str, str]) -> Settings:
     retention = parse("REMEDIATION_AUDIT_RETENTION_DAYS", "400", _bounded_int(1, 3_650))
     notify_endpoint = parse("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", "", _optional_topic_url)
     notify_key = get("REMEDIATION_NOTIFY_TOPIC_KEY", "")
+    pages_sign_in = parse("REMEDIATION_PAGES_SIGN_IN", "", _sign_in)
     if notify_key and not get("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", ""):
         problems.append(
             "REMEDIATION_NOTIFY_TOPIC_KEY: set without REMEDIATION_NOTIFY_TOPIC_ENDPOINT"
@@ -234,6 +236,7 @@ def load(environ: Mapping[str, str]) -> Settings:
         audit_retention_days=retention,
         notify_endpoint=notify_endpoint,
         notify_key=notify_key,
+        pages_sign_in=pages_sign_in,
         app_name=get("WEBSITE_SITE_NAME", ""),
     )
 
@@ -243,6 +246,13 @@ def _mode(raw: str) -> Mode:
         return Mode(raw.lower())
     except ValueError:
         raise ValueError("must be 'report' or 'enforce'") from None
+
+
+def _sign_in(raw: str) -> bool:
+    """'entra' when App Service authentication (Microsoft Entra) guards the pages."""
+    if raw.lower() not in {"", "entra"}:
+        raise ValueError("must be empty (function keys) or 'entra' (App Service sign-in)")
+    return raw.lower() == "entra"
 
 
 def _boolean(raw: str) -> bool:

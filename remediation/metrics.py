@@ -145,6 +145,11 @@ def _mde_failed(record: AuditRecord) -> bool:
     )
 
 
+def enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this app sends metrics: Application Insights is set up for it."""
+    return bool((os.environ if environ is None else environ).get(CONNECTION_SETTING, "").strip())
+
+
 def publish(
     figures: Sequence[SubscriptionFigures],
     *,

@@ -37,7 +37,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, UpdateMode
 
-from remediation.audit import AuditRecord, replace_if_unchanged
+from remediation.audit import AuditRecord, Query, replace_if_unchanged
 from remediation.classify import Support
 from remediation.config import GUID, Mode, Settings
 from remediation.model import (
@@ -503,11 +503,32 @@ def _finished(services: Services, run: Run | None) -> Run | None:
         return None
     if services.notifier is not None:
         services.notifier.sweep_completed(run.run_id, run.mode, run.summary)
+    _publish_metrics(services, run)
     cutoff = datetime.now(UTC) - timedelta(days=services.settings.audit_retention_days)
     purged = services.audit.purge(cutoff)
     if purged:
         log.info("retention: %s records older than %s deleted", purged, cutoff.date())
     return run
+
+
+def _publish_metrics(services: Services, run: Run) -> None:
+    """Per-subscription figures to Azure Monitor, where Application Insights is set up
+    (only then are the run's rows read back: a page per 1,000 VMs)."""
+    from remediation import metrics  # noqa: PLC0415 - cold start: OpenTelemetry is heavy
+
+    if not metrics.enabled():
+        return
+    records: list[AuditRecord] = []
+    token = ""
+    while True:  # a sweep's rows all carry the run's start time: one narrow window
+        query = Query(run.started, run.started, run_id=run.run_id, limit=1000, continuation=token)
+        page, token = services.audit.search(query)
+        records += page
+        if not token:
+            break
+    duration = float(run.summary.get("duration_seconds", 0))
+    figures = metrics.figures_from_records(records)
+    metrics.publish(figures, run_id=run.run_id, mode=run.mode, duration_seconds=duration)
 
 
 def fail_batch(services: Services, message: BatchMessage, why: str) -> Run | None:

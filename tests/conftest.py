@@ -240,13 +240,15 @@ class World:
 
         return function_app.forced_sweep(http_request("POST", route, body))
 
-    def get(self, route: str, params=None):
+    def get(self, route: str, params=None, headers=None):
         import function_app
         from localazure.host import http_request
 
-        return {"remediations": function_app.remediations, "report": function_app.coverage_report}[
-            route
-        ](http_request("GET", route, params=params))
+        return {
+            "remediations": function_app.remediations,
+            "report": function_app.coverage_report,
+            "status": function_app.coverage_status,
+        }[route](http_request("GET", route, params=params, headers=headers))
 
     def get_status(self, run_id: str):
         import function_app

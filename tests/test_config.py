@@ -52,6 +52,7 @@ def test_every_default_is_safe_and_written_here():
         "audit_retention_days": 400,
         "notify_endpoint": "",
         "notify_key": "",
+        "pages_sign_in": False,
         "app_name": "",
     }
 
@@ -98,6 +99,7 @@ def test_every_setting_is_read():
             "REMEDIATION_AUDIT_RETENTION_DAYS": "30",
             "REMEDIATION_NOTIFY_TOPIC_ENDPOINT": "https://t.westeurope-1.eventgrid.azure.net/api/events",
             "REMEDIATION_NOTIFY_TOPIC_KEY": " key== ",
+            "REMEDIATION_PAGES_SIGN_IN": "entra",
             "WEBSITE_SITE_NAME": "func-remediate",
         }
     )
@@ -131,6 +133,7 @@ def test_every_setting_is_read():
         "audit_retention_days": 30,
         "notify_endpoint": "https://t.westeurope-1.eventgrid.azure.net/api/events",
         "notify_key": "key==",
+        "pages_sign_in": True,
         "app_name": "func-remediate",
     }
     assert settings.enforce is True
@@ -227,6 +230,8 @@ BAD_VALUES = [
     ("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", "https://t.eventgrid.azure.net/api/events?key=1", "REMEDIATION_NOTIFY_TOPIC_ENDPOINT='https://t.eventgrid.azure.net/api/events?key=1': must be the topic's https:// endpoint, e.g. https://<topic>.<region>-1.eventgrid.azure.net/api/events"),
     ("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", "https://t.eventgrid.azure.net/api/events#x", "REMEDIATION_NOTIFY_TOPIC_ENDPOINT='https://t.eventgrid.azure.net/api/events#x': must be the topic's https:// endpoint, e.g. https://<topic>.<region>-1.eventgrid.azure.net/api/events"),
     ("REMEDIATION_NOTIFY_TOPIC_KEY", "key==", "REMEDIATION_NOTIFY_TOPIC_KEY: set without REMEDIATION_NOTIFY_TOPIC_ENDPOINT"),
+    ("REMEDIATION_PAGES_SIGN_IN", "yes", "REMEDIATION_PAGES_SIGN_IN='yes': must be empty (function keys) or 'entra' (App Service sign-in)"),
+    ("REMEDIATION_PAGES_SIGN_IN", "aad", "REMEDIATION_PAGES_SIGN_IN='aad': must be empty (function keys) or 'entra' (App Service sign-in)"),
 ]
 # fmt: on
 
@@ -469,6 +474,7 @@ REMEDIATION_NAMES = (
     "AUDIT_RETENTION_DAYS",
     "NOTIFY_TOPIC_ENDPOINT",
     "NOTIFY_TOPIC_KEY",
+    "PAGES_SIGN_IN",
 )
 
 
@@ -509,3 +515,9 @@ def test_the_example_settings_and_the_readme_name_every_setting():
     assert example["REMEDIATION_MODE"] == "report"
     assert example["REMEDIATION_ALLOW_PLAN_CHANGE"] == "false"
     assert load(example).mode is Mode.REPORT  # the example itself is valid
+
+
+@pytest.mark.parametrize(("value", "on"), [("", False), ("entra", True), (" Entra ", True)])
+def test_pages_sign_in_is_off_unless_entra(value, on):
+    assert load(MINIMAL | {"REMEDIATION_PAGES_SIGN_IN": value}).pages_sign_in is on
+    assert load(MINIMAL).pages_sign_in is False

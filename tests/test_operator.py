@@ -303,3 +303,58 @@ def test_sweep_wait_gives_coverage_before_and_after_its_installs(world_factory):
     assert after["installed"] == len({line["vm"] for line in installed}) > 0
     assert after["covered"] == summary["covered"] + after["installed"]
     assert after["coverage_percent"] > summary["coverage_percent"]
+
+
+# --- The pages: headers, status, sign-in ------------------------------------------------------
+def test_the_report_page_is_served_with_its_security_headers(world_factory):
+    from remediation import report
+
+    world = world_factory(estate("ready"))
+    response = world.get("report")
+    assert response.status_code == 200
+    assert report.HEADERS["Content-Security-Policy"].startswith("default-src 'none'")
+    for name, value in report.HEADERS.items():
+        assert response.headers.get(name) == value, name
+
+
+def test_status_over_http_counts_the_estate_and_refuses_a_bad_filter(world_factory):
+    world = world_factory(generated_estate(25, 2, seed=39))
+    response = world.get("status")
+    assert response.status_code == 200
+    assert json.loads(response.get_body())["vms"] == 25
+    bad = world.get("status", params={"subscription": "nope"})
+    assert bad.status_code == 400
+    assert json.loads(bad.get_body())["errors"]
+    assert world.audit_records() == []
+
+
+@pytest.fixture
+def signed_in_pages(monkeypatch):
+    """The Function App as deployed with App Service sign-in on (read at import)."""
+    import importlib
+
+    import function_app
+
+    monkeypatch.setenv("REMEDIATION_PAGES_SIGN_IN", "entra")
+    yield importlib.reload(function_app)
+    monkeypatch.delenv("REMEDIATION_PAGES_SIGN_IN")
+    importlib.reload(function_app)
+
+
+def test_with_sign_in_the_pages_need_no_key_but_an_app_service_principal(
+    world_factory, signed_in_pages
+):
+    world = world_factory(estate("ready"), REMEDIATION_PAGES_SIGN_IN="entra")
+    levels = {
+        name: function.get_bindings()[0].auth_level
+        for name, function in (
+            (f.get_function_name(), f) for f in signed_in_pages.app.get_functions()
+        )
+        if function.get_bindings()[0].type == "httpTrigger"
+    }
+    anonymous = {name for name, level in levels.items() if level.value == "anonymous"}
+    assert anonymous == {"remediations", "coverage_report", "coverage_status"}
+    for route in ("report", "remediations", "status"):
+        assert world.get(route).status_code == 401, route
+        principal = {"X-MS-CLIENT-PRINCIPAL-ID": "00000000-0000-4000-8000-00000000beef"}
+        assert world.get(route, headers=principal).status_code == 200, route

@@ -372,6 +372,7 @@ def test_http_functions_use_function_keys():
         "sweep_status": ("GET", "sweep/{runId}"),
         "remediations": ("GET", "remediations"),
         "coverage_report": ("GET", "report"),
+        "coverage_status": ("GET", "status"),
         "health": ("GET", "health"),
     }
     assert {
