@@ -1,11 +1,20 @@
 """The remediation log: one record per decision, skips included, in Azure Table Storage.
 
 Each record is stored twice, under two partition keys, so both questions ops ask are
-one partition query, never a table scan:
+one range query within one partition, never a table scan:
 - ``v-<hash of the VM id>``: "what happened to VM X", newest first;
-- ``d-<yyyymmdd>``: "what happened in the last 24 hours", a partition a day.
-Row keys are inverted timestamps, so a partition reads newest first.
-Every record also becomes one operator-readable log line (``vm=... decision=...``).
+- ``log``: "what happened since yesterday" (or in any window), newest first.
+Row keys are inverted timestamps, so a partition reads newest first and a time window
+is one row-key range: any window is one query, paged by the service (1,000 rows or five
+seconds a page). One partition, not one a day: Table Storage may end a page at every
+partition boundary ("Query Timeout and Pagination"), so a window over day partitions
+could cost a request per day; and the day partitions gave writes no spread anyway (all
+of today's rows went to one partition).
+
+The previous version wrote the time rows under ``d-<yyyymmdd>``. Those rows are still
+found through their VM partition and deleted by ``purge``; time-window queries read the
+``log`` partition only, so they see records written since this version.
+Every record also becomes one operator-readable log line (``vm="..." decision="..."``).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import logging
 import re
 import uuid
@@ -20,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from azure.core import MatchConditions
@@ -30,6 +40,9 @@ from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 log = logging.getLogger("remediation")
 
 MAX_TICKS = 10**19  # inverted timestamps stay 19 digits until the year 2286
+LOG_PARTITION = "log"  # every record, newest first (see above)
+LEGACY_DAY_PREFIX = "d-"  # the previous version's day partitions, d-yyyymmdd
+MAX_PAGE = 1000  # Table Storage returns at most 1,000 entities a request
 TRIGGERS = frozenset({"event", "queue", "sweep", "http", "cli"})
 
 
@@ -69,24 +82,35 @@ class AuditRecord:
         return value
 
     def log_line(self) -> str:
+        """logfmt, every value quoted: ``vm="..." sub="..." decision="..."``. A value
+        cannot forge another key (a VM id with `` decision=compliant`` in it stays
+        inside the vm value): ``"`` and ``\\`` are escaped, and line breaks too, so a
+        record is one line."""
         parts = [
-            f"vm={self.vm}",
-            f"sub={self.subscription}",
-            f"trigger={self.trigger}",
-            f"decision={self.decision}",
-            f"outcome={self.outcome}",
-            f"mode={self.mode}",
+            ("vm", self.vm),
+            ("sub", self.subscription),
+            ("trigger", self.trigger),
+            ("decision", self.decision),
+            ("outcome", self.outcome),
+            ("mode", self.mode),
         ]
         if self.platform:
-            parts.append(f"platform={self.platform}")
+            parts.append(("platform", self.platform))
         if self.actions:
-            parts.append(f"actions={','.join(self.actions)}")
+            parts.append(("actions", ",".join(self.actions)))
         if self.install_code is not None:
-            parts.append(f"code={self.install_code}")
-        parts.append(f"reason={self.reason!r}")
+            parts.append(("code", str(self.install_code)))
+        parts.append(("reason", self.reason))
         if self.hint:
-            parts.append(f"hint={self.hint!r}")
-        return " ".join(parts)
+            parts.append(("hint", self.hint))
+        return " ".join(f'{key}="{_logfmt_escape(value)}"' for key, value in parts)
+
+
+_LOGFMT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
+
+
+def _logfmt_escape(value: str) -> str:
+    return value.translate(_LOGFMT_ESCAPES)
 
 
 def replace_if_unchanged(
@@ -111,13 +135,30 @@ def vm_partition(vm: str) -> str:
     return "v-" + hashlib.sha256(vm.lower().encode()).hexdigest()[:40]
 
 
+def vm_name(vm: str) -> str:
+    """The VM's name (the id's last segment), lower-case: what ``vms_named`` matches."""
+    return vm.rsplit("/", 1)[-1].lower()
+
+
 def day_partition(moment: datetime) -> str:
-    return "d-" + moment.astimezone(UTC).strftime("%Y%m%d")
+    """The previous version's day partition (``d-yyyymmdd``): read by ``purge`` only."""
+    return LEGACY_DAY_PREFIX + moment.astimezone(UTC).strftime("%Y%m%d")
+
+
+def _inverted(moment: datetime) -> str:
+    """The row-key prefix of a moment: newer sorts first. Moments before 1970 or after
+    2286 are pinned to the ends, so any window, however wide, is a valid key range."""
+    ticks = int(moment.timestamp() * 1_000_000)
+    return f"{MAX_TICKS - min(max(ticks, 1), MAX_TICKS):019d}"
 
 
 def _row_key(record: AuditRecord) -> str:
-    ticks = int(record.time.timestamp() * 1_000_000)
-    return f"{MAX_TICKS - ticks:019d}-{record.record_id}"
+    return f"{_inverted(record.time)}-{record.record_id}"
+
+
+def _window(since: datetime, until: datetime) -> dict[str, str]:
+    """Row keys from ``until`` (newest, first) back to ``since`` (oldest, inclusive)."""
+    return {"newest": _inverted(until), "oldest": _inverted(since) + "~"}
 
 
 def _entity(record: AuditRecord, partition: str) -> dict[str, Any]:
@@ -129,6 +170,7 @@ def _entity(record: AuditRecord, partition: str) -> dict[str, Any]:
         elif item.name == "install_code":
             value = -1 if value is None else value
         entity[item.name] = value
+    entity["vm_name"] = vm_name(record.vm)  # for vms_named; not a field of the record
     return entity
 
 
@@ -156,28 +198,34 @@ class Query:
     run_id: str = ""
     limit: int = 100
     continuation: str = ""
+    # What parse_query changed in what was asked, for the caller to show (e.g. "since
+    # clamped to the retention period of 400 days").
+    notes: tuple[str, ...] = ()
+
+
+_TOKEN_PARTITION = re.compile(rf"(?:v-[0-9a-f]{{40}}|{LOG_PARTITION})\Z")
+_TOKEN_ROW_KEY = re.compile(r"\d{19}-[0-9a-f]{32}\Z")
 
 
 def _encode_token(partition: str, row_key: str) -> str:
     return base64.urlsafe_b64encode(f"{partition}|{row_key}".encode()).decode()
 
 
-def _decode_token(token: str) -> tuple[str, str, str]:
-    """(partition, '|', row key), or empty strings; a forged token resumes nowhere."""
+def _decode_token(token: str, partition: str) -> str:
+    """The row key to resume after, or "" for a first page. A token from another query
+    (another VM, or the previous version's day partitions) or a forged one is refused."""
     if not token:
-        return "", "", ""
+        return ""
     try:
         text = base64.urlsafe_b64decode(token.encode()).decode()
     except (ValueError, UnicodeDecodeError):
         raise ValueError("the continuation token is not valid") from None
-    partition, bar, row_key = text.partition("|")
-    if (
-        not bar
-        or not re.fullmatch(r"[vd]-[0-9a-f]{8,40}", partition)
-        or not re.fullmatch(r"\d{19}-[0-9a-f]{32}", row_key)
-    ):
+    token_partition, bar, row_key = text.partition("|")
+    if not bar or not _TOKEN_PARTITION.match(token_partition) or not _TOKEN_ROW_KEY.match(row_key):
         raise ValueError("the continuation token is not valid")
-    return partition, bar, row_key
+    if token_partition != partition:
+        raise ValueError("the continuation token belongs to another query")
+    return row_key
 
 
 class AuditLog:
@@ -198,28 +246,25 @@ class AuditLog:
 
     def write(self, record: AuditRecord) -> AuditRecord:
         """Store the record under both keys (upserts: a retried write is harmless)."""
-        for partition in (day_partition(record.time), vm_partition(record.vm)):
+        for partition in (LOG_PARTITION, vm_partition(record.vm)):
             self._table.upsert_entity(_entity(record, partition), mode=UpdateMode.REPLACE)
-        level = logging.WARNING if record.decision in {"error", "blocked"} else logging.INFO
-        log.log(level, record.log_line())
+        # INFO, whatever the decision: one line per VM is the record, not an alert (the
+        # CLI logs warnings only; Application Insights keeps Function.*.User at INFO).
+        log.info(record.log_line())
         if self._on_write is not None:
             self._on_write(record)
         return record
 
     def write_many(self, records: Sequence[AuditRecord]) -> None:
-        """A sweep's records: day rows in transactions of 100, VM rows in parallel."""
-        by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for record in records:
-            partition = day_partition(record.time)
-            by_day[partition].append(_entity(record, partition))
-        for entities in by_day.values():
-            for start in range(0, len(entities), 100):
-                self._table.submit_transaction(
-                    [
-                        ("upsert", entity, {"mode": UpdateMode.REPLACE})
-                        for entity in entities[start : start + 100]
-                    ]
-                )
+        """A sweep's records: log rows in transactions of 100, VM rows in parallel."""
+        entities = [_entity(record, LOG_PARTITION) for record in records]
+        for start in range(0, len(entities), 100):
+            self._table.submit_transaction(
+                [
+                    ("upsert", entity, {"mode": UpdateMode.REPLACE})
+                    for entity in entities[start : start + 100]
+                ]
+            )
         with ThreadPoolExecutor(max_workers=32) as pool:  # one row per VM partition
             list(
                 pool.map(
@@ -230,8 +275,7 @@ class AuditLog:
                 )
             )
         for record in records:
-            level = logging.WARNING if record.decision in {"error", "blocked"} else logging.INFO
-            log.log(level, record.log_line())
+            log.info(record.log_line())
 
     def for_vm(self, vm: str, limit: int = 50) -> list[AuditRecord]:
         """Newest first."""
@@ -246,75 +290,92 @@ class AuditLog:
         return records
 
     def since(self, moment: datetime, until: datetime | None = None) -> Iterator[AuditRecord]:
-        """Every record from ``moment`` on, newest first, one partition query a day."""
-        end = until or _now()
-        day = end
-        newest_key = f"{MAX_TICKS - int(end.timestamp() * 1_000_000):019d}"
-        oldest_key = f"{MAX_TICKS - int(moment.timestamp() * 1_000_000):019d}~"
-        while day_partition(day) >= day_partition(moment):
-            yield from (
-                _record(entity)
-                for entity in self._table.query_entities(
-                    "PartitionKey eq @pk and RowKey ge @newest and RowKey le @oldest",
-                    parameters={
-                        "pk": day_partition(day),
-                        "newest": newest_key,
-                        "oldest": oldest_key,
-                    },
-                )
-            )
-            day -= timedelta(days=1)
+        """Every record from ``moment`` on, newest first: one range query, paged by the
+        service."""
+        entities = self._table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @newest and RowKey le @oldest",
+            parameters={"pk": LOG_PARTITION} | _window(moment, until or _now()),
+            results_per_page=MAX_PAGE,
+        )
+        yield from (_record(entity) for entity in entities)
 
     def search(self, query: Query) -> tuple[list[AuditRecord], str]:
         """Records matching the query, newest first, at most ``query.limit``, and a
-        continuation token for the next page ("" when there is none). A VM's records are
-        one partition; otherwise one partition a day, from ``until`` back to ``since``."""
-        if query.vm:
-            partitions = [vm_partition(query.vm)]
-        else:
-            partitions, day = [], query.until
-            while day_partition(day) >= day_partition(query.since):
-                partitions.append(day_partition(day))
-                day -= timedelta(days=1)
-        resume_partition, _, resume_key = _decode_token(query.continuation)
-        if resume_partition:
-            partitions = (
-                partitions[partitions.index(resume_partition) :]
-                if resume_partition in partitions
-                else []
-            )
+        continuation token for the next page: "" exactly when no further record matches.
+        One range query in one partition (the VM's, or the log's), read until one row
+        past the limit: a single request unless the service ends a page early (1,000
+        rows, five seconds of scanning for a rare filter)."""
+        partition = vm_partition(query.vm) if query.vm else LOG_PARTITION
+        after = _decode_token(query.continuation, partition)
         conditions = ["PartitionKey eq @pk", "RowKey ge @newest", "RowKey le @oldest"]
-        parameters: dict[str, Any] = {
-            "newest": f"{MAX_TICKS - int(query.until.timestamp() * 1_000_000):019d}",
-            "oldest": f"{MAX_TICKS - int(query.since.timestamp() * 1_000_000):019d}~",
-        }
+        parameters: dict[str, Any] = {"pk": partition} | _window(query.since, query.until)
+        if after:
+            conditions.append("RowKey gt @after")
+            parameters["after"] = after
         for name in ("decision", "subscription", "run_id"):
             if getattr(query, name):
                 conditions.append(f"{name} eq @{name}")
                 parameters[name] = getattr(query, name)
+        entities = self._table.query_entities(
+            " and ".join(conditions),
+            parameters=parameters,
+            results_per_page=min(query.limit + 1, MAX_PAGE),
+        )
         records: list[AuditRecord] = []
         last_key = ""
-        for partition in partitions:
-            after = resume_key if partition == resume_partition else ""
-            filter_ = " and ".join([*conditions, "RowKey gt @after"] if after else conditions)
-            entities = self._table.query_entities(
-                filter_,
-                parameters=parameters | {"pk": partition, "after": after},
-                results_per_page=query.limit,
-            )
-            for entity in entities:
-                if len(records) == query.limit:
-                    return records, _encode_token(partition, last_key)
-                records.append(_record(entity))
-                last_key = entity["RowKey"]
+        for entity in entities:
+            if len(records) == query.limit:  # one more matches: there is a next page
+                return records, _encode_token(partition, last_key)
+            records.append(_record(entity))
+            last_key = entity["RowKey"]
         return records, ""
 
+    def vms_named(
+        self, name: str, since: datetime, until: datetime, subscription: str = ""
+    ) -> list[str]:
+        """The distinct VM ids, newest first, whose name (the id's last segment) is
+        ``name`` (any case) in records of the window: one request, reading at most 1,000
+        records (the newest), so a namesake seen only before those is not listed."""
+        conditions = [
+            "PartitionKey eq @pk",
+            "RowKey ge @newest",
+            "RowKey le @oldest",
+            "vm_name eq @name",
+        ]
+        parameters: dict[str, Any] = {"pk": LOG_PARTITION, "name": name.lower()}
+        parameters |= _window(since, until)
+        if subscription:
+            conditions.append("subscription eq @subscription")
+            parameters["subscription"] = subscription
+        pages = self._table.query_entities(
+            " and ".join(conditions),
+            parameters=parameters,
+            select=["vm"],
+            results_per_page=MAX_PAGE,
+        ).by_page()
+        found: dict[str, str] = {}
+        for entity in next(pages, []):
+            vm = entity.get("vm") or ""
+            found.setdefault(vm.lower(), vm)
+        return list(found.values())
+
     def purge(self, before: datetime) -> int:
-        """Delete the records older than ``before`` (both rows of each): retention."""
-        old = self._table.query_entities(
-            "PartitionKey ge @first and PartitionKey lt @cutoff",
-            parameters={"first": "d-", "cutoff": day_partition(before)},
-            select=["PartitionKey", "RowKey", "vm"],
+        """Delete the records older than ``before``, both rows of each: the log's rows
+        and the previous version's day rows (``d-yyyymmdd``, whole days before it), with
+        their VM rows. Retention."""
+        old = itertools.chain(
+            self._table.query_entities(
+                "PartitionKey eq @pk and RowKey gt @oldest",
+                parameters={"pk": LOG_PARTITION, "oldest": _inverted(before) + "~"},
+                select=["PartitionKey", "RowKey", "vm"],
+                results_per_page=MAX_PAGE,
+            ),
+            self._table.query_entities(
+                "PartitionKey ge @first and PartitionKey lt @cutoff",
+                parameters={"first": LEGACY_DAY_PREFIX, "cutoff": day_partition(before)},
+                select=["PartitionKey", "RowKey", "vm"],
+                results_per_page=MAX_PAGE,
+            ),
         )
         deleted = 0
         by_partition: dict[str, list[str]] = defaultdict(list)

@@ -1,13 +1,15 @@
 """The remediation log on real Table Storage (Azurite)."""
 
+import base64
 import logging
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from azure.data.tables import TableServiceClient
+from azure.data.tables import TableClient, TableServiceClient
 
-from remediation.audit import AuditLog, AuditRecord, day_partition, vm_partition
+from remediation.audit import AuditLog, AuditRecord, Query, vm_partition
 
 VM = "/subscriptions/11111111-1111-4111-8111-111111111111/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"
 OTHER = VM[:-1] + "2"
@@ -22,6 +24,38 @@ def audit(azurite):
     log.create()
     log.create()  # idempotent
     return log, table
+
+
+class Requests:
+    """Counts the requests a TableClient sends: its raw_request_hook (azure-core's
+    CustomHookPolicy), on a client the test builds. No patching."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    def __call__(self, request) -> None:
+        self.urls.append(request.http_request.url)
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def __bool__(self) -> bool:  # the policy calls a hook only if it is truthy
+        return True
+
+    def clear(self) -> None:
+        self.urls.clear()
+
+
+@pytest.fixture
+def counted(azurite):
+    requests = Requests()
+    table = TableClient.from_connection_string(
+        azurite, f"audit{uuid.uuid4().hex[:10]}", raw_request_hook=requests
+    )
+    log = AuditLog(table)
+    log.create()
+    requests.clear()
+    return log, table, requests
 
 
 def record(vm=VM, when=None, **changes):
@@ -61,11 +95,11 @@ def test_a_record_round_trips_with_every_field(audit):
     assert read == written
 
 
-def test_each_record_is_stored_under_the_vm_and_the_day(audit):
+def test_each_record_is_stored_under_the_vm_and_the_log(audit):
     log, table = audit
-    written = log.write(record())
+    log.write(record())
     partitions = sorted(entity["PartitionKey"] for entity in table.list_entities())
-    assert partitions == sorted([vm_partition(VM), day_partition(written.time)])
+    assert partitions == sorted([vm_partition(VM), "log"])
 
 
 def test_vm_history_is_newest_first_and_only_that_vm(audit):
@@ -101,15 +135,180 @@ def test_reinstalls_are_counted_since_the_last_success(audit):
     assert log.reinstalls_since_success(OTHER) == 0
 
 
-def test_every_record_is_one_operator_log_line(audit, caplog):
+def test_every_record_is_one_operator_log_line_at_info(audit, caplog):
     log, _ = audit
     with caplog.at_level(logging.INFO, logger="remediation"):
         log.write(record(decision="blocked", outcome="failed", hint="set X=true"))
     [line] = caplog.records
-    assert line.levelno == logging.WARNING
-    assert line.getMessage().startswith(f"vm={VM} sub=")
-    assert "decision=blocked" in line.getMessage()
-    assert "hint='set X=true'" in line.getMessage()
+    assert line.levelno == logging.INFO  # a record per VM, not an alert
+    assert line.getMessage().startswith(f'vm="{VM}" sub="')
+    assert 'decision="blocked"' in line.getMessage()
+    assert 'hint="set X=true"' in line.getMessage()
+
+
+def test_a_sweeps_records_are_logged_at_info_and_written_in_transactions_of_100(counted, caplog):
+    log, _, requests = counted
+    now = datetime.now(UTC)
+    records = [
+        record(
+            vm=f"{VM[:-1]}{index}",
+            when=now - timedelta(days=index % 3, seconds=index),
+            decision=("blocked", "error", "compliant")[index % 3],
+        )
+        for index in range(250)
+    ]
+    with caplog.at_level(logging.INFO, logger="remediation"):
+        log.write_many(records)
+    ours = [line.levelno for line in caplog.records if line.name == "remediation"]
+    assert ours == [logging.INFO] * 250
+    assert sum(url.endswith("$batch") for url in requests.urls) == 3  # 100 + 100 + 50
+    found, token = log.search(Query(since=now - timedelta(days=3), until=now, limit=1000))
+    assert (len(found), token) == (250, "")
+
+
+# logfmt as an operator's tool (or Kusto's parse-kv with quote and escape) reads it.
+PAIR = re.compile(r'([a-z]+)="((?:[^"\\]|\\.)*)"(?: |\Z)')
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    pairs = PAIR.findall(line)
+    assert "".join(f'{k}="{v}" ' for k, v in pairs) == line + " ", "not logfmt"
+    unescape = {"n": "\n", "r": "\r"}
+    return {
+        key: re.sub(r"\\(.)", lambda m: unescape.get(m[1], m[1]), value) for key, value in pairs
+    }
+
+
+def test_the_log_line_is_logfmt_that_a_value_cannot_forge():
+    forged = VM.replace("/rg/", "/rg x decision=compliant outcome=succeeded/")
+    reason = 'Say "no" to C:\\temp\nand then decision=compliant'
+    line = record(
+        vm=forged, decision="blocked", outcome="none", reason=reason, install_code=10
+    ).log_line()
+    assert "\n" not in line  # one record, one line
+    assert parse_logfmt(line) == {
+        "vm": forged,
+        "sub": "11111111-1111-4111-8111-111111111111",
+        "trigger": "event",
+        "decision": "blocked",
+        "outcome": "none",
+        "mode": "enforce",
+        "code": "10",
+        "reason": reason,
+    }
+
+
+def test_any_window_is_one_request_newest_first_across_days(counted):
+    log, _, requests = counted
+    now = datetime.now(UTC)
+    year = Query(since=now - timedelta(days=400), until=now, limit=100)
+    assert log.search(year) == ([], "")
+    assert len(requests) == 1  # the previous version: one query a day, 401
+    for day in (2, 0, 1):
+        for minute in range(5):
+            log.write(
+                record(when=now - timedelta(days=day, minutes=minute), reason=f"{day}{minute}")
+            )
+    newest_first = [f"{day}{minute}" for day in range(3) for minute in range(5)]
+    requests.clear()
+    found, token = log.search(year)
+    assert ([r.reason for r in found], token) == (newest_first, "")
+    assert len(requests) == 1
+    requests.clear()
+    assert [r.reason for r in log.since(now - timedelta(days=400))] == newest_first
+    assert len(requests) == 1
+    # the window's edges are exact, across days
+    inner = Query(since=now - timedelta(days=1, minutes=3), until=now - timedelta(minutes=2))
+    assert [r.reason for r in log.search(inner)[0]] == ["02", "03", "04", "10", "11", "12", "13"]
+
+
+def test_pages_resume_mid_range_across_days_and_end_exactly(counted):
+    log, _, requests = counted
+    now = datetime.now(UTC)
+    for day in range(3):
+        for minute in range(5):
+            log.write(
+                record(when=now - timedelta(days=day, minutes=minute), reason=f"{day}{minute}")
+            )
+    pages, token = [], ""
+    requests.clear()
+    while True:
+        found, token = log.search(
+            Query(since=now - timedelta(days=30), until=now, limit=5, continuation=token)
+        )
+        pages.append([r.reason for r in found])
+        if not token:
+            break
+    assert pages == [
+        ["00", "01", "02", "03", "04"],
+        ["10", "11", "12", "13", "14"],
+        ["20", "21", "22", "23", "24"],
+    ]
+    assert len(requests) == 3  # one a page; the last says there is no more
+    blocked = Query(since=now - timedelta(days=30), until=now, decision="blocked")
+    assert log.search(blocked) == ([], "")
+
+
+def test_a_continuation_token_of_another_query_is_refused(audit):
+    log, _ = audit
+    now = datetime.now(UTC)
+    for minute in range(3):
+        log.write(record(when=now - timedelta(minutes=minute)))
+    window = {"since": now - timedelta(days=1), "until": now, "limit": 1}
+    _, vm_token = log.search(Query(**window, vm=VM))
+    assert vm_token
+    with pytest.raises(ValueError, match="another query"):
+        log.search(Query(**window, continuation=vm_token))
+    with pytest.raises(ValueError, match="another query"):
+        log.search(Query(**window, vm=OTHER, continuation=vm_token))
+    legacy = base64.urlsafe_b64encode(f"d-20260101|{'1' * 19}-{'a' * 32}".encode()).decode()
+    with pytest.raises(ValueError, match="not valid"):
+        log.search(Query(**window, continuation=legacy))
+
+
+def test_vms_are_found_by_name_in_one_request(counted):
+    log, _, requests = counted
+    now = datetime.now(UTC)
+    web = VM.replace("vm1", "web-01")
+    namesake = web.replace("/rg/", "/rg-b/").replace("web-01", "WEB-01")
+    log.write(record(vm=web, when=now - timedelta(hours=3)))
+    log.write(record(vm=web, when=now - timedelta(hours=2)))
+    log.write(record(vm=namesake, when=now - timedelta(hours=1)))
+    log.write(record(vm=web + "0", when=now - timedelta(hours=1)))
+    log.write(record(vm=web.replace("/rg/", "/rg-old/"), when=now - timedelta(days=3)))
+    requests.clear()
+    assert log.vms_named("Web-01", now - timedelta(days=1), now) == [namesake, web]
+    assert len(requests) == 1
+    other = "22222222-2222-4222-8222-222222222222"
+    assert log.vms_named("web-01", now - timedelta(days=1), now, subscription=other) == []
+    assert log.vms_named("web-02", now - timedelta(days=1), now) == []
+
+
+def test_purge_deletes_both_rows_of_old_records_in_both_layouts(audit):
+    log, table = audit
+    now = datetime.now(UTC)
+    log.write(record(when=now - timedelta(days=500), reason="old"))
+    kept = log.write(record(when=now - timedelta(days=10), reason="kept"))
+    # A record of the previous version: its rows under d-yyyymmdd and under the VM.
+    legacy = {
+        "RowKey": f"{10**19 - int((now - timedelta(days=450)).timestamp() * 1_000_000):019d}-{'b' * 32}",
+        "vm": OTHER,
+        "subscription": "11111111-1111-4111-8111-111111111111",
+        "trigger": "sweep",
+        "decision": "compliant",
+        "reason": "legacy",
+        "mode": "report",
+        "outcome": "none",
+        "time": now - timedelta(days=450),
+    }
+    day = (now - timedelta(days=450)).strftime("d-%Y%m%d")
+    table.upsert_entity(legacy | {"PartitionKey": day})
+    table.upsert_entity(legacy | {"PartitionKey": vm_partition(OTHER)})
+    assert [r.reason for r in log.for_vm(OTHER)] == ["legacy"]  # VM queries read both
+    assert log.purge(now - timedelta(days=400)) == 2
+    left = sorted((e["PartitionKey"], e["reason"]) for e in table.list_entities())
+    assert left == sorted([("log", "kept"), (vm_partition(VM), "kept")])
+    assert log.for_vm(VM) == [kept]
 
 
 # What handle-event --json and sweep --json promise for every decision (issue 4).
