@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from remediation.audit import Query
+from remediation.audit import AuditLog, Query
 from remediation.config import GUID, Settings
 from remediation.model import InvalidResourceId, Outcome, VmRef
 from remediation.service import Services
@@ -16,7 +16,13 @@ from remediation.service import Services
 DECISIONS = frozenset({outcome.value for outcome in Outcome} | {"ignored"})
 FILTERS = frozenset({"vm", "subscription", "decision", "since", "until", "limit", "continuation"})
 MAX_LIMIT = 1000
-_RELATIVE = re.compile(r"^(\d{1,5})([mhd])$")
+# ASCII digits only (\d also takes '٣'); any count of them: a huge one means "as far
+# back as possible", which parse_query clamps to the retention period.
+_RELATIVE = re.compile(r"([0-9]+)([mhd])\Z")
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+# A VM's name as model.VM_ID reads it: 1-64 letters, digits, '_', '.', '-'.
+_VM_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?\Z")
 
 
 class InvalidQuery(ValueError):
@@ -26,16 +32,27 @@ class InvalidQuery(ValueError):
 
 
 def moment(text: str, now: datetime) -> datetime:
-    """'24h', '7d', '30m' before now, or an ISO 8601 time (UTC when it names no zone)."""
+    """'24h', '7d', '30m' before now, or an ISO 8601 time (UTC when it names no zone),
+    in UTC. A time before year 1 (``99999999d``) is EARLIEST, never an OverflowError."""
     match = _RELATIVE.match(text)
     if match:
         unit = {"m": "minutes", "h": "hours", "d": "days"}[match[2]]
-        return now - timedelta(**{unit: int(match[1])})
+        if len(match[1]) > 12:  # more minutes than there are since year 1
+            return EARLIEST
+        try:
+            return now - timedelta(**{unit: int(match[1])})
+        except OverflowError:
+            return EARLIEST
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"not a time: {text[:40]!r} (use 24h, 7d or an ISO 8601 time)") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not value.tzinfo:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        return EARLIEST if value.year == 1 else LATEST
 
 
 def parse_query(
@@ -52,8 +69,21 @@ def parse_query(
                 values[name] = moment(params[name], now)
             except ValueError as error:
                 problems.append(f"{name}: {error}")
+    notes: list[str] = []
     if values["since"] > values["until"]:
         problems.append("since is after until")
+    else:
+        # Nothing older is kept, and a wider window would only cost reading.
+        days = settings.audit_retention_days
+        earliest = now - timedelta(days=days)
+        if values["until"] < earliest:
+            problems.append(
+                f"until: before the retention period of {days} days "
+                "(REMEDIATION_AUDIT_RETENTION_DAYS): nothing that old is kept"
+            )
+        elif values["since"] < earliest:
+            values["since"] = earliest
+            notes.append(f"since clamped to the retention period of {days} days")
     if params.get("vm"):
         try:
             vm = VmRef.parse(params["vm"])
@@ -83,7 +113,25 @@ def parse_query(
     values["continuation"] = params.get("continuation", "")[:500]
     if problems:
         raise InvalidQuery(problems)
-    return Query(**values)
+    return Query(**values, notes=tuple(notes))
+
+
+def resolve_vm(audit: AuditLog, name: str, query: Query, settings: Settings) -> list[str]:
+    """The full ids of the VMs named ``name`` (any case) in the log over the query's
+    window (and subscription, if it names one), newest first, in scope only: one
+    request. One id: the VM meant; several: ask which; none: not in the window.
+    Raises InvalidQuery for what is not a VM name."""
+    if not _VM_NAME.match(name):
+        raise InvalidQuery(["vm: not a virtual machine name or resource id"])
+    ids = audit.vms_named(name, query.since, query.until, query.subscription)
+    in_scope = []
+    for vm in ids:
+        try:
+            if settings.in_scope(VmRef.parse(vm).subscription):
+                in_scope.append(vm)
+        except InvalidResourceId:
+            continue
+    return in_scope
 
 
 def http_remediations(services: Services, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
@@ -98,4 +146,9 @@ def http_remediations(services: Services, params: Mapping[str, str]) -> tuple[in
     scoped = [
         r for r in records if not r.subscription or services.settings.in_scope(r.subscription)
     ]
-    return 200, {"records": [r.to_json() for r in scoped], "continuation": token or None}
+    # continuation: non-null exactly when more records match than this page holds.
+    return 200, {
+        "records": [r.to_json() for r in scoped],
+        "continuation": token or None,
+        "notes": list(query.notes),
+    }
