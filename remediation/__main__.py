@@ -94,9 +94,11 @@ def handle_event(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _run_installs(running: Services, as_json: bool, out: TextIO) -> list[AuditRecord]:
+def _run_installs(
+    running: Services, as_json: bool, out: TextIO, quiet: bool = False
+) -> list[AuditRecord]:
     """--wait: run the queued installs here, as the host would, for up to 10 minutes.
-    Returns the records they wrote."""
+    Returns the records they wrote; prints them too, unless ``quiet``."""
     from remediation import service  # noqa: PLC0415
     from remediation.queues import drain  # noqa: PLC0415
 
@@ -105,7 +107,8 @@ def _run_installs(running: Services, as_json: bool, out: TextIO) -> list[AuditRe
     def show(record: AuditRecord | None) -> None:
         if record is not None:
             records.append(record)
-        _print(record, as_json, out)
+        if not quiet:
+            _print(record, as_json, out)
 
     try:
         drain(
@@ -161,7 +164,10 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
     summary = {"summary": True, "run_id": run.run_id, "mode": run.mode, **finished.summary}
     if args.wait:
         summary["after_installs"] = _after_installs(
-            finished.summary, _run_installs(running, args.json, out), run.run_id
+            # the terminal gets the summary; --json gets every record
+            finished.summary,
+            _run_installs(running, args.json, out, quiet=not args.json),
+            run.run_id,
         )
     if args.json:
         out.write(json.dumps(summary) + "\n")

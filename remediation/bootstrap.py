@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from datetime import timedelta
 from functools import lru_cache
 
+import requests
 from azure.core.credentials import TokenCredential
+from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableServiceClient
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
@@ -20,6 +22,19 @@ from remediation.audit import AuditLog
 from remediation.config import Settings, load
 from remediation.queues import Claims, WorkQueue
 from remediation.service import Services
+
+# Connections kept per storage client: as many as threads share one (the log's parallel
+# writes, the CLI's install drain), so that none is opened and dropped per request
+# (urllib3 warns "Connection pool is full" then).
+STORAGE_POOL = 32
+
+
+def _transport() -> RequestsTransport:
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=STORAGE_POOL)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return RequestsTransport(session=session, session_owner=True)
 
 
 def _queue(settings: Settings, name: str, credential: TokenCredential) -> QueueClient:
@@ -31,6 +46,7 @@ def _queue(settings: Settings, name: str, credential: TokenCredential) -> QueueC
             name,
             message_encode_policy=encode,
             message_decode_policy=decode,
+            transport=_transport(),
         )
     return QueueClient(
         f"https://{settings.storage_account}.queue.{settings.storage_suffix}",
@@ -38,14 +54,17 @@ def _queue(settings: Settings, name: str, credential: TokenCredential) -> QueueC
         credential=credential,
         message_encode_policy=encode,
         message_decode_policy=decode,
+        transport=_transport(),
     )
 
 
 def _tables(settings: Settings, credential: TokenCredential) -> TableServiceClient:
     if settings.storage_connection:
-        return TableServiceClient.from_connection_string(settings.storage_connection)
+        return TableServiceClient.from_connection_string(
+            settings.storage_connection, transport=_transport()
+        )
     endpoint = f"https://{settings.storage_account}.table.{settings.storage_suffix}"
-    return TableServiceClient(endpoint, credential=credential)
+    return TableServiceClient(endpoint, credential=credential, transport=_transport())
 
 
 def build(environ: Mapping[str, str], create: bool = True) -> Services:

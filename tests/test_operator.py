@@ -358,3 +358,16 @@ def test_with_sign_in_the_pages_need_no_key_but_an_app_service_principal(
         assert world.get(route).status_code == 401, route
         principal = {"X-MS-CLIENT-PRINCIPAL-ID": "00000000-0000-4000-8000-00000000beef"}
         assert world.get(route, headers=principal).status_code == 200, route
+
+
+def test_a_cli_sweep_with_installs_leaves_the_terminal_to_its_summary(world_factory, caplog):
+    world_factory(generated_estate(80, 2, seed=40), **ENFORCE)
+    caplog.set_level("INFO")
+    code, output = cli("sweep", "--wait")
+    assert code == 0
+    loud = [r for r in caplog.records if r.levelname in {"WARNING", "ERROR"}]
+    assert [f"{r.name}: {r.getMessage()}" for r in loud] == []  # no pool, no per-VM warnings
+    per_vm = [r for r in caplog.records if r.name == "remediation" and "vm=" in r.getMessage()]
+    assert len(per_vm) >= 80  # the per-VM lines are there, at INFO, for Application Insights
+    assert "vm=" not in output
+    assert "coverage after the installs it waited for" in output
