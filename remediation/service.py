@@ -116,6 +116,7 @@ class Context:
     correlation_id: str = ""
     run_id: str = ""
     started: float = field(default_factory=time.monotonic)
+    mode: str = ""  # a sweep's own mode (report can be asked for in enforce); else the app's
 
     def for_vm(self, vm: VmRef) -> Context:
         return dataclasses.replace(self, vm=vm.id, subscription=vm.subscription)
@@ -139,7 +140,7 @@ class Context:
             trigger=self.trigger,
             decision=decision,
             reason=reason,
-            mode=self.services.settings.mode.value,
+            mode=self.mode or self.services.settings.mode.value,
             outcome=outcome,
             event_id=self.event_id,
             correlation_id=self.correlation_id,

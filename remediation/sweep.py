@@ -556,7 +556,7 @@ class _Batch:
         self.result = BatchResult()
         self.budget = 0  # actions taken from the run's cap, not yet used
         trigger = "sweep" if run.trigger == "sweep" else run.trigger
-        self.context = Context(services, trigger, run_id=run.run_id)
+        self.context = Context(services, trigger, run_id=run.run_id, mode=run.mode)
 
     def handle(self, facts: VmFacts) -> AuditRecord:
         context = self.context.for_vm(facts.vm)

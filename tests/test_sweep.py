@@ -330,6 +330,11 @@ def test_enforce_can_be_narrowed_to_report_over_http(world_factory):
     assert json.loads(response.get_body())["mode"] == "report"
     world.run_sweeps()
     assert world.writes() == []
+    records = world.audit_records()
+    assert len(records) == 40
+    assert {(r.mode, r.outcome) for r in records if r.decision == "install"} == {
+        ("report", "reported")
+    }  # the log says what the run was, not what the app could have done
 
 
 def test_the_status_of_an_unknown_or_odd_run_id(world_factory):
