@@ -269,27 +269,71 @@ def _summary_table(summary: dict[str, Any], out: TextIO) -> None:
 
 
 def show_log(args: argparse.Namespace, out: TextIO) -> int:
+    import dataclasses  # noqa: PLC0415
+
     from remediation import ops  # noqa: PLC0415
     from remediation.bootstrap import services  # noqa: PLC0415
 
     running = services()
     params = {"since": args.since, "limit": str(args.limit)}
     params |= {
-        name: value for name in ("vm", "decision", "subscription") if (value := getattr(args, name))
+        name: value
+        for name in ("decision", "subscription", "continuation")
+        if (value := getattr(args, name))
     }
+    by_name = bool(args.vm) and not args.vm.startswith("/")
+    if args.vm and not by_name:
+        params["vm"] = args.vm
     try:
         query = ops.parse_query(params, running.settings)
+        if by_name:
+            query = dataclasses.replace(query, vm=_one_vm(running, args.vm, query))
+        records, token = running.audit.search(query)
     except ops.InvalidQuery as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    records, _ = running.audit.search(query)
+    except ValueError as error:  # a forged or stale continuation token
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for note in query.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         for record in records:
             _print(record, True, out)
+        if token:
+            out.write(json.dumps({"continuation": token}) + "\n")
         return 0
+    _log_table(records, query, out)
+    if token:
+        print(
+            f"more records match: add --continuation {token} for the next {len(records)}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _one_vm(running: Services, name: str, query: Any) -> str:
+    """The VM a short name means: the only one of that name in the log's window."""
+    from remediation import ops  # noqa: PLC0415
+
+    ids = ops.resolve_vm(running.audit, name, query, running.settings)
+    if not ids:
+        raise ops.InvalidQuery(
+            [f"vm: no VM named {name!r} in the log since {query.since:%Y-%m-%d %H:%M} UTC"]
+        )
+    if len(ids) > 1:
+        raise ops.InvalidQuery(
+            [f"vm: {len(ids)} VMs are named {name!r}; give one's resource id:", *ids]
+        )
+    print(f"note: {name} is {ids[0]}", file=sys.stderr)
+    return ids[0]
+
+
+def _log_table(records: list[AuditRecord], query: Any, out: TextIO) -> None:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
 
     table = Table(
         title=f"remediation log since {query.since:%Y-%m-%d %H:%M} UTC ({len(records)} records)"
@@ -299,17 +343,10 @@ def show_log(args: argparse.Namespace, out: TextIO) -> int:
     for record in records:
         name = record.vm.rsplit("/", 1)[-1] if record.vm else "-"
         text = record.reason + (f" Hint: {record.hint}" if record.hint else "")
-        table.add_row(
-            f"{record.time:%m-%d %H:%M:%S}",
-            name,
-            record.trigger,
-            record.decision,
-            record.outcome,
-            record.platform,
-            text,
-        )
+        when = f"{record.time:%m-%d %H:%M:%S}"
+        cells = [when, name, record.trigger, record.decision, record.outcome, record.platform]
+        table.add_row(*(Text(cell) for cell in [*cells, text]))  # plain: reasons quote ARM
     Console(file=out, width=160).print(table)
-    return 0
 
 
 def write_report(args: argparse.Namespace, out: TextIO) -> int:
@@ -486,7 +523,16 @@ def parser() -> argparse.ArgumentParser:
     log.add_argument(
         "--limit", type=int, default=200, help="at most this many records (1-1000, default 200)"
     )
-    log.add_argument("--json", action="store_true", help="print one JSON object per record")
+    log.add_argument(
+        "--continuation",
+        metavar="TOKEN",
+        help="the next page: the token the previous page printed (same filters)",
+    )
+    log.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object per record, then {"continuation": ...} if more match',
+    )
     log.set_defaults(run=show_log)
 
     now = _command(

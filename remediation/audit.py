@@ -103,13 +103,13 @@ class AuditRecord:
         parts.append(("reason", self.reason))
         if self.hint:
             parts.append(("hint", self.hint))
-        return " ".join(f'{key}="{_logfmt_escape(value)}"' for key, value in parts)
+        return " ".join(f'{key}="{logfmt_escape(value)}"' for key, value in parts)
 
 
 _LOGFMT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
 
 
-def _logfmt_escape(value: str) -> str:
+def logfmt_escape(value: str) -> str:
     return value.translate(_LOGFMT_ESCAPES)
 
 

@@ -61,7 +61,9 @@ def parse_query(
     """Strictly: unknown filters, bad values and anything outside the configured scope
     are refused, every problem listed."""
     now = now or datetime.now(UTC)
-    problems = [f"unknown filter {name[:40]!r}" for name in sorted(set(params) - FILTERS)]
+    # 'code' is the function key, which callers pass in the query string (Functions).
+    unknown = sorted(set(params) - FILTERS - {"code"})
+    problems = [f"unknown filter {name[:40]!r}" for name in unknown]
     values: dict[str, Any] = {"since": now - timedelta(hours=24), "until": now}
     for name in ("since", "until"):
         if params.get(name):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from remediation.audit import AuditLog, AuditRecord
+from remediation.audit import AuditLog, AuditRecord, logfmt_escape
 from remediation.classify import MDE_PUBLISHER, Classification, Protection, classify
 from remediation.config import Settings
 from remediation.events import Ignored, parse
@@ -442,10 +442,10 @@ def _check_later(
     if now < first + window:
         again = dataclasses.replace(request, requested_at=request.requested_at or _now())
         context.services.queue.send(again, settings.recheck_seconds)
-        log.info(
-            "vm=%s decision=defer outcome=recheck reason=%r",
-            context.vm,
-            assessment.decision.reason,
+        log.info(  # the log line's logfmt, quoted: the KQL in docs/operations.md reads it
+            'vm="%s" decision="defer" outcome="recheck" reason="%s"',
+            logfmt_escape(context.vm),
+            logfmt_escape(assessment.decision.reason),
         )
         return None
     waited = f"after {settings.recheck_minutes} minutes of checks"

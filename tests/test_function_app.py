@@ -57,13 +57,16 @@ def test_importing_the_app_reads_no_settings_and_declares_every_function(monkeyp
     )
     monkeypatch.setattr(os, "environ", environ)
     importlib.reload(function_app)
-    assert environ.asked == []
+    # One setting only: the pages' auth level is fixed when the host indexes the app.
+    # A bad value there falls back to function keys; load() names it at the first call.
+    assert environ.asked == ["REMEDIATION_PAGES_SIGN_IN"]
     # An app object lists its functions once (azure-functions): list this one's, then
     # leave a fresh one behind for the other tests, whatever order they run in.
     declared = function_app.app.get_functions()
     importlib.reload(function_app)
     assert sorted(f.get_function_name() for f in declared) == [
         "coverage_report",
+        "coverage_status",
         "forced_sweep",
         "health",
         "install_extension",

@@ -371,3 +371,57 @@ def test_a_cli_sweep_with_installs_leaves_the_terminal_to_its_summary(world_fact
     assert len(per_vm) >= 80  # the per-VM lines are there, at INFO, for Application Insights
     assert "vm=" not in output
     assert "coverage after the installs it waited for" in output
+
+
+# --- The log from the command line: names, pages, notes ---------------------------------------
+def _logged(world, *names: str) -> None:
+    for name in names:
+        world.deliver(world.plane.create_vm(new_vm(name))[0])
+
+
+def test_log_takes_a_unique_short_name_and_says_which_vm_it_matched(world_factory, capsys):
+    world = world_factory(estate("ready"))
+    _logged(world, "web-01", "web-02")
+    code, output = cli("log", "--json", "--vm", "WEB-01")
+    assert code == 0
+    assert {json.loads(line)["vm"] for line in output.splitlines()} == {new_vm("web-01").id}
+    assert f"note: WEB-01 is {new_vm('web-01').id}" in capsys.readouterr().err
+
+
+def test_log_refuses_a_name_not_in_the_window(world_factory, capsys):
+    world = world_factory(estate("ready"))
+    _logged(world, "web-01")
+    assert cli("log", "--vm", "web-03") == (2, "")
+    assert "no VM named 'web-03' in the log since" in capsys.readouterr().err
+
+
+def test_log_says_when_more_records_match_and_pages_on(world_factory, capsys):
+    world = world_factory(estate("ready"))
+    _logged(world, "page-1", "page-2", "page-3")
+    code, output = cli("log", "--json", "--limit", "2")
+    *records, last = [json.loads(line) for line in output.splitlines()]
+    assert (code, len(records)) == (0, 2)
+    token = last["continuation"]
+    code, output = cli("log", "--json", "--limit", "2", "--continuation", token)
+    rest = [json.loads(line) for line in output.splitlines()]
+    assert "continuation" not in rest[-1]  # the last page says nothing more
+    names = {r["vm"].rsplit("/", 1)[1] for r in records + rest}
+    assert names == {"page-1", "page-2", "page-3"}
+    assert len(records + rest) == 3
+    code, _ = cli("log", "--limit", "1")
+    assert "more records match: add --continuation" in capsys.readouterr().err
+
+
+def test_log_clamps_a_window_older_than_retention_and_says_so(world_factory, capsys):
+    world = world_factory(estate("ready"), REMEDIATION_AUDIT_RETENTION_DAYS="30")
+    _logged(world, "old-1")
+    code, output = cli("log", "--since", "99999d", "--json")
+    assert code == 0
+    assert len(output.splitlines()) == 1
+    assert "note: since clamped to the retention period of 30 days" in capsys.readouterr().err
+
+
+def test_the_log_over_http_accepts_the_function_key_in_the_query(world_factory):
+    world = world_factory(estate("ready"))
+    response = world.get("remediations", params={"code": "the-function-key", "limit": "5"})
+    assert response.status_code == 200
