@@ -291,20 +291,15 @@ def _burst(azure: LocalAzure, subscriptions: list[str], seed: int) -> Burst:
 def _eligible_running(running: Any, vm_ids: list[str]) -> set[str]:
     """Which of these VMs count as eligible running now, by the app's own reading and
     classification (the sweep's rule: supported OS, not opted out, not managed, running)."""
-    from remediation.classify import Support, classify  # noqa: PLC0415
-    from remediation.model import Power, VmRef  # noqa: PLC0415
+    from remediation.classify import classify  # noqa: PLC0415
+    from remediation.model import VmRef  # noqa: PLC0415
 
-    eligible = set()
-    for vm_id in vm_ids:
-        vm = classify(running.arm.vm_facts(VmRef.parse(vm_id)), running.settings.exclude_tag)
-        if (
-            vm.support in {Support.SUPPORTED, Support.UNIFIED}
-            and not vm.opt_out
-            and not vm.managed
-            and vm.power is Power.RUNNING
-        ):
-            eligible.add(vm_id.lower())
-    return eligible
+    tag = running.settings.exclude_tag
+    return {
+        vm_id.lower()
+        for vm_id in vm_ids
+        if classify(running.arm.vm_facts(VmRef.parse(vm_id)), tag).eligible_running
+    }
 
 
 def _drain(function_app: Any, running: Any, which: str) -> int:

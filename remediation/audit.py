@@ -62,6 +62,7 @@ class AuditRecord:
     mode: str  # report or enforce
     outcome: str  # what happened: reported, queued, applied, succeeded, failed, ...
     applied: bool = False
+    eligible_running: bool = False  # counted in coverage (classify: Classification)
     os: str = ""
     platform: str = ""
     actions: tuple[str, ...] = ()
@@ -181,7 +182,12 @@ def _record(entity: dict[str, Any]) -> AuditRecord:
     values["install_code"] = None if code is None or code == -1 else int(code)
     moment = values["time"]
     values["time"] = moment if isinstance(moment, datetime) else _now()
-    defaults: dict[str, Any] = {"applied": False, "duration_ms": 0, "install_code": None}
+    defaults: dict[str, Any] = {
+        "applied": False,
+        "eligible_running": False,  # rows written before the field existed
+        "duration_ms": 0,
+        "install_code": None,
+    }
     for key, value in values.items():
         if value is None:
             values[key] = defaults.get(key, "")

@@ -199,6 +199,16 @@ class Classification:
     failed_extensions: tuple[str, ...]  # other extensions in Failed state
     opt_out: str  # why the VM is opted out, or ""
 
+    @property
+    def eligible_running(self) -> bool:
+        """Counted in coverage: a supported OS, neither opted out nor managed, running."""
+        return (
+            self.support in {Support.SUPPORTED, Support.UNIFIED}
+            and not self.opt_out
+            and not self.managed
+            and self.power is Power.RUNNING
+        )
+
 
 def classify(facts: VmFacts, exclude_tag: str) -> Classification:
     os_family, platform, support, note, builtin_av = _operating_system(facts)

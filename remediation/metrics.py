@@ -84,11 +84,9 @@ def figures_from_records(records: Iterable[AuditRecord]) -> list[SubscriptionFig
     """Per-subscription figures from the audit records of one run, sorted by subscription.
 
     Each VM counts once, with its latest record (a queued install's result, when the
-    caller passes it, replaces the sweep's row). Records carry no power state, so
-    "eligible" here means a decision that says the VM should run MDE now: compliant,
-    install, blocked or error (defer, exclude and unsupported are not). That differs
-    from the run summary's eligible_running, which counts running VMs only: a stopped VM
-    whose MDE is Succeeded counts here and not there.
+    caller passes it, replaces the sweep's row). Coverage is the run summary's: covered
+    among the records marked ``eligible_running``; to install, blocked and errors count
+    every VM with that decision.
     """
     latest: dict[str, AuditRecord] = {}
     for record in records:
@@ -101,9 +99,11 @@ def figures_from_records(records: Iterable[AuditRecord]) -> list[SubscriptionFig
     for record in latest.values():
         tally = tallies.setdefault(record.subscription.lower(), dict.fromkeys(_FIELDS, 0))
         tally["vms"] += 1
+        if record.eligible_running:
+            tally["eligible_running"] += 1
+            tally["covered"] += record.decision == "compliant"
         column = _COLUMN.get(record.decision)
         if column is not None:
-            tally["eligible_running"] += 1
             tally[column] += 1
         if _mde_failed(record):
             tally["install_failures"] += 1
@@ -131,7 +131,7 @@ _FIELDS = (
     "errors",
     "install_failures",
 )
-_COLUMN = {"compliant": "covered", "install": "to_install", "blocked": "blocked", "error": "errors"}
+_COLUMN = {"install": "to_install", "blocked": "blocked", "error": "errors"}
 
 
 def _mde_failed(record: AuditRecord) -> bool:

@@ -7,14 +7,10 @@ What the page shows, and the choices behind it:
   install since; a partial sweep (``sweep --subscription X``) moves only X's "as of".
   A subscription that no finished sweep of the last 30 days covered is shown as "not
   swept yet" and is not counted.
-- The headline is the whole estate's latest state: eligible running VMs covered, the
-  sweep's definition (``sweep._count``) read back from each VM's latest record. The
-  records do not carry the power state, so a VM counts as eligible running when its
-  latest decision is one that a running VM of a supported OS gets (compliant, install,
-  blocked, error) and as not eligible otherwise (exclude, unsupported, defer). This
-  differs from the sweep's count in two cases: a stopped VM that is compliant, blocked or
-  in error counts here, and a running VM whose MDE extension is mid-operation (defer)
-  does not.
+- The headline is the whole estate's latest state: eligible running VMs covered, each
+  VM counted as its latest record says (``eligible_running``, the sweep's own test:
+  ``Classification.eligible_running``). Rows written before that field existed count as
+  not eligible until the next sweep rewrites them.
 - The trend has one point per full-scope sweep of the last 30 days, not one line per
   subscription: a run's summary holds its numbers for all its subscriptions together,
   so only a run that covered the whole scope is comparable with the next. A run is
@@ -53,7 +49,6 @@ CATEGORIES = {
 NEEDS_A_HUMAN = ("error", "blocked", "unsupported")
 # Decisions only a running VM of a supported OS, not opted out and not managed, can get
 # (see the module docstring for where this and the sweep's count differ).
-ELIGIBLE_RUNNING = frozenset({"compliant", "install", "blocked", "error"})
 
 
 @dataclass(frozen=True)
@@ -91,19 +86,13 @@ class Coverage:
         records = [
             r for r in self.latest.values() if not subscription or r.subscription == subscription
         ]
-        eligible = [r for r in records if eligible_running(r)]
+        eligible = [r for r in records if r.eligible_running]
         return sum(r.decision == "compliant" for r in eligible), len(eligible)
 
     def human(self) -> list[AuditRecord]:
         order = {decision: index for index, decision in enumerate(NEEDS_A_HUMAN)}
         items = [r for r in self.latest.values() if r.decision in order]
         return sorted(items, key=lambda r: (order[r.decision], r.subscription, r.vm.lower()))
-
-
-def eligible_running(record: AuditRecord) -> bool:
-    """Would the sweep count this VM as eligible and running? Read from its decision;
-    a record without a platform (the VM could not be read) is not counted, as in a sweep."""
-    return record.decision in ELIGIBLE_RUNNING and bool(record.platform)
 
 
 def percent(covered: int, eligible: int) -> float:

@@ -132,6 +132,7 @@ class Context:
         if assessment is not None:
             extra.setdefault("os", assessment.vm.os.value)
             extra.setdefault("platform", assessment.vm.platform)
+            extra.setdefault("eligible_running", assessment.vm.eligible_running)
             extra.setdefault("actions", tuple(assessment.decision.action_names))
             extra.setdefault("hint", assessment.decision.hint)
         return AuditRecord(

@@ -20,12 +20,11 @@ from typing import Any, TextIO
 
 from azure.core.exceptions import AzureError
 
-from remediation.classify import Classification, Support, classify
+from remediation.classify import classify
 from remediation.config import GUID, Settings
 from remediation.model import (
     InvalidResourceId,
     Outcome,
-    Power,
     RemediationError,
     VmFacts,
     VmRef,
@@ -163,16 +162,6 @@ class Status:
 
 
 # --- Gathering ---------------------------------------------------------------------------
-def eligible(vm: Classification) -> bool:
-    """Counted in the coverage: the same test as the sweep's summary."""
-    return (
-        vm.support in {Support.SUPPORTED, Support.UNIFIED}
-        and not vm.opt_out
-        and not vm.managed
-        and vm.power is Power.RUNNING
-    )
-
-
 class _Gathered:
     """What one or more subscriptions' inventory came to, kept apart until the whole
     query stream succeeded (a failed stream counts nothing)."""
@@ -198,7 +187,7 @@ class _Gathered:
         vm, decision = assessment.vm, assessment.decision
         tally = self._tally(subscription, vm.platform or "unknown")
         tally.categories[CATEGORIES[decision.outcome.value]] += 1
-        if eligible(vm):
+        if vm.eligible_running:
             tally.eligible_running += 1
             if decision.outcome is Outcome.COMPLIANT:
                 tally.covered += 1

@@ -38,14 +38,12 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, UpdateMode
 
 from remediation.audit import AuditRecord, Query, replace_if_unchanged
-from remediation.classify import Support
 from remediation.config import GUID, Mode, Settings
 from remediation.model import (
     ActionKind,
     InvalidJson,
     Outcome,
     PermanentError,
-    Power,
     TransientError,
     VmFacts,
     load_json,
@@ -642,14 +640,7 @@ def _count(result: BatchResult, assessment: Assessment | None, record: AuditReco
     result.platforms[record.platform or "unknown"] += 1
     if assessment is None:
         return
-    vm = assessment.vm
-    eligible = (
-        vm.support in {Support.SUPPORTED, Support.UNIFIED}
-        and not vm.opt_out
-        and not vm.managed
-        and vm.power is Power.RUNNING
-    )
-    if eligible:
+    if assessment.vm.eligible_running:
         result.eligible_running += 1
         if assessment.decision.outcome is Outcome.COMPLIANT:
             result.covered += 1

@@ -985,3 +985,25 @@ def test_both_readers_order_extensions_by_name_whatever_the_case():
     ]
     for facts_ in (facts_from_arm(vm), facts_from_graph(row)):
         assert [ext.name for ext in facts_.extensions] == ["a_b", "aB", "alpha", "Zeta"]
+
+
+# fmt: off
+ELIGIBLE = [
+    ("a running supported Linux", lin("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2"), True),
+    ("a running Windows Server 2012 R2 (the unified solution)", win("WindowsServer", "2012-R2-Datacenter"), True),
+    ("a stopped supported Linux", lin("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2", power=Power.STOPPED), False),
+    ("a deallocated Windows Server", win("WindowsServer", "2022-datacenter", power=Power.DEALLOCATED), False),
+    ("an unsupported OS", win("Windows-10", "win10-22h2-pro", publisher="MicrosoftWindowsDesktop"), False),
+    ("opted out by tag", lin("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2", tags={TAG: "true"}), False),
+    ("a managed service's VM", lin("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2", group="MC_rg_aks_westeurope"), False),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("facts_", "eligible"), [row[1:] for row in ELIGIBLE], ids=[row[0] for row in ELIGIBLE]
+)
+def test_coverage_counts_running_supported_vms_that_are_neither_opted_out_nor_managed(
+    facts_, eligible
+):
+    assert classify(facts_, TAG).eligible_running is eligible

@@ -271,7 +271,8 @@ def test_the_workbook_queries_every_metric_the_code_emits_and_no_other(templates
 
 
 # --- Entra sign-in for the human pages (authsettingsV2 in infra/app.bicep) -----------------
-HUMAN_PAGES = {"report", "remediations", "status"}  # behind sign-in; every other HTTP route keeps keys
+# Behind sign-in; every other HTTP route keeps its function key.
+HUMAN_PAGES = {"report", "remediations", "status"}
 
 
 def _excluded(path: str, excluded_paths: list[str]) -> bool:

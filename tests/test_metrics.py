@@ -44,7 +44,10 @@ def _vm(subscription: str, name: str) -> str:
     )
 
 
-def _record(subscription, name, decision, outcome="none", minutes=0, **extra) -> AuditRecord:
+def _record(
+    subscription, name, decision, outcome="none", eligible=False, minutes=0, **extra
+) -> AuditRecord:
+    extra.setdefault("eligible_running", eligible)
     return AuditRecord(
         vm=_vm(subscription, name),
         subscription=subscription,
@@ -75,17 +78,18 @@ def _points(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict, object]]
 # --- Figures from a run's records ---------------------------------------------------------
 def test_each_decision_lands_in_its_column_and_each_vm_counts_once():
     records = [
-        _record(SUB_A, "web-01", "compliant"),
-        _record(SUB_A, "web-02", "compliant"),
-        _record(SUB_A, "web-03", "install", "queued", actions=("install:MDE.Linux",)),
-        _record(SUB_A, "web-04", "install", "queued", actions=("reinstall:MDE.Linux",)),
-        _record(SUB_A, "web-05", "blocked"),
-        _record(SUB_A, "web-06", "error", "none"),  # Failed after the reinstalls allowed
+        _record(SUB_A, "web-01", "compliant", eligible_running=True),
+        _record(SUB_A, "web-02", "compliant", eligible_running=True),
+        _record(SUB_A, "web-03", "install", "queued", True, actions=("install:MDE.Linux",)),
+        _record(SUB_A, "web-04", "install", "queued", True, actions=("reinstall:MDE.Linux",)),
+        _record(SUB_A, "web-05", "blocked", eligible_running=True),
+        _record(SUB_A, "web-06", "error", "none", True),  # Failed after the reinstalls allowed
         _record(SUB_A, "web-07", "error", "failed"),  # the sweep could not read it
         _record(SUB_A, "web-08", "defer"),
         _record(SUB_A, "web-09", "exclude"),
         _record(SUB_A, "web-10", "unsupported"),
         _record(SUB_A, "", "ignored", "ignored"),
+        # defer: a stopped VM, not counted in coverage (eligible_running False).
         # web-03's queued install, later, ended Failed: its latest record counts.
         _record(
             SUB_A,
@@ -93,17 +97,18 @@ def test_each_decision_lands_in_its_column_and_each_vm_counts_once():
             "error",
             "failed",
             minutes=30,
+            eligible_running=True,
             trigger="queue",
             install_state="Failed",
             install_code=4,
         ),
-        _record(SUB_B, "db-01", "install", "reported", actions=("install:MDE.Windows",)),
+        _record(SUB_B, "db-01", "install", "reported", True, actions=("install:MDE.Windows",)),
     ]
     assert metrics.figures_from_records(records) == [
         SubscriptionFigures(
             SUB_A,
             vms=10,
-            eligible_running=7,
+            eligible_running=6,  # web-01 to web-06, as their records say
             covered=2,
             to_install=1,
             blocked=1,
@@ -124,8 +129,8 @@ def test_each_decision_lands_in_its_column_and_each_vm_counts_once():
 
 
 def test_an_older_record_does_not_replace_a_newer_one():
-    newer = _record(SUB_A, "web-01", "compliant", minutes=10)
-    older = _record(SUB_A, "web-01", "install", "queued", minutes=0)
+    newer = _record(SUB_A, "web-01", "compliant", eligible=True, minutes=10)
+    older = _record(SUB_A, "web-01", "install", "queued", eligible=True, minutes=0)
     assert metrics.figures_from_records([newer, older]) == [
         SubscriptionFigures(SUB_A, vms=1, eligible_running=1, covered=1)
     ]
