@@ -10,10 +10,10 @@ from typing import Any
 
 from remediation.audit import AuditLog, Query
 from remediation.config import GUID, Settings
-from remediation.model import InvalidResourceId, Outcome, VmRef
+from remediation.model import UNDECIDED, InvalidResourceId, Outcome, VmRef
 from remediation.service import Services
 
-DECISIONS = frozenset({outcome.value for outcome in Outcome} | {"ignored"})
+DECISIONS = frozenset({outcome.value for outcome in Outcome} | {"ignored", UNDECIDED})
 FILTERS = frozenset({"vm", "subscription", "decision", "since", "until", "limit", "continuation"})
 MAX_LIMIT = 1000
 # ASCII digits only (\d also takes '٣'); any count of them: a huge one means "as far

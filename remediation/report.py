@@ -45,10 +45,9 @@ CATEGORIES = {
     "unsupported": "unsupported",
     "blocked": "blocked",
     "error": "error",
+    "undecided": "unavailable",  # Azure did not answer: an outage, the next check decides
 }
 NEEDS_A_HUMAN = ("error", "blocked", "unsupported")
-# Decisions only a running VM of a supported OS, not opted out and not managed, can get
-# (see the module docstring for where this and the sweep's count differ).
 
 
 @dataclass(frozen=True)

@@ -278,6 +278,9 @@ def test_an_event_while_azure_does_not_answer_is_unavailable_not_an_error(world_
     assert (record.decision, record.outcome) == ("undecided", "unavailable")
     assert "Azure did not answer" in record.reason
     assert world.services.queue.queue.get_queue_properties().approximate_message_count == 0
+    code, output = cli("log", "--decision", "undecided", "--json")
+    assert code == 0
+    assert [json.loads(line)["vm"] for line in output.splitlines()] == [record.vm]
 
 
 def test_a_sweep_while_a_subscription_posture_does_not_answer_records_unavailable(
@@ -425,3 +428,25 @@ def test_the_log_over_http_accepts_the_function_key_in_the_query(world_factory):
     world = world_factory(estate("ready"))
     response = world.get("remediations", params={"code": "the-function-key", "limit": "5"})
     assert response.status_code == 200
+
+
+def test_the_summary_table_has_no_empty_header_row(world_factory):
+    world_factory(generated_estate(15, 1, seed=41))
+    code, output = cli("sweep")
+    assert code == 0
+    lines = output.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("┌"))
+    assert "decision:" in lines[top + 1]  # the first row is data, not a blank header
+
+
+def test_handle_event_prints_a_blocked_decision_once(world_factory, tmp_path, capsys, caplog):
+    world = world_factory(estate("bare"))  # the plan is off and may not be turned on
+    caplog.set_level("INFO")
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(world.plane.create_vm(new_vm("blocked-1"))[0]))
+    code, output = cli("handle-event", str(path))
+    assert code == 0
+    assert output.count("blocked-1") == 1
+    assert 'decision="blocked"' in output
+    assert capsys.readouterr().err == ""
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
