@@ -364,10 +364,10 @@ def cells(text: str, first: str) -> list[str]:
 def test_the_table_has_the_categories_and_coverage_per_platform():
     text = rendered(hand_built(2))
     assert "75.0% of eligible running VMs (3 of 4), 4 VMs" in text
-    # platform, the seven categories, VMs, coverage
+    # platform, the eight categories, VMs, coverage
     assert cells(text, "ubuntu-22.04") == [
         "ubuntu-22.04",
-        *("3", "1", "0", "0", "0", "0", "0"),
+        *("3", "1", "0", "0", "0", "0", "0", "0"),
         "4",
         "75.0%",
     ]
