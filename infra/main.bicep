@@ -42,7 +42,7 @@ param coverageThreshold int = 95
 @description('Mail the coverage alert to this address; empty: the alert shows in the portal only.')
 param alertEmail string = ''
 
-@description('Entra sign-in for GET /api/report and /api/remediations: the app registration\'s client id. Empty (with reportReaderGroupId empty): no sign-in, function keys for every route.')
+@description('Entra sign-in for GET /api/report, /api/remediations and /api/status: the app registration\'s client id. Empty (with reportReaderGroupId empty): no sign-in, function keys for every route.')
 param signInClientId string = ''
 
 @description('Entra sign-in: the object id of the group allowed to read the pages.')

@@ -131,7 +131,7 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
 
     running = services()
     if args.abandon:
-        if args.subscription or args.mode or args.wait:
+        if args.subscription or args.mode or args.wait or args.json:
             print("error: --abandon takes no other option", file=sys.stderr)
             return 2
         return _abandon(running, args.abandon, out)

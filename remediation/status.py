@@ -343,7 +343,8 @@ def render_table(status: Status, out: TextIO, shown: int = SHOWN) -> None:
                 platform,
                 *(str(tally.categories.get(word, 0)) for word in words),
                 str(tally.vms),
-                f"{tally.coverage_percent}%",
+                # nothing eligible: no coverage to speak of ("100%" would read as all good)
+                f"{tally.coverage_percent}%" if tally.eligible_running else "-",
             )
         console.print(table)
     human = status.human

@@ -394,3 +394,11 @@ def test_the_table_shows_at_most_20_that_need_a_human():
 
 def test_nothing_needs_a_human():
     assert "Needs a human: nothing." in rendered(hand_built(0))
+
+
+def test_a_platform_with_nothing_eligible_shows_no_coverage_figure():
+    value = hand_built(0)
+    stopped = status.Tally(Counter({"blocked": 1}), eligible_running=0)
+    value.subscriptions[0].platforms["windows-server-2022"] = stopped
+    assert cells(rendered(value), "windows-server-2022")[-2:] == ["1", "-"]
+    assert value.to_json()["subscriptions"][0]["platforms"][1]["coverage_percent"] == 100.0
