@@ -520,3 +520,22 @@ def test_a_finished_sweep_publishes_its_figures_per_subscription(world_factory, 
     covered = sum(sent[("remediation.covered", s)] for s in per_subscription)
     assert (eligible, covered) == (summary["eligible_running"], summary["covered"])
     assert sent[("remediation.sweep_duration", "")] == summary["duration_seconds"]
+
+
+def test_every_command_and_option_says_what_it_does_and_the_readme_shows_its_usage(
+    monkeypatch,
+):
+    import argparse
+
+    from remediation.__main__ import parser
+
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps usage lines at the terminal width
+    root = parser()
+    [commands] = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)]
+    readme = (ROOT / "README.md").read_text()
+    assert set(commands.choices) == {"handle-event", "sweep", "status", "log", "report", "doctor"}
+    for name, command in commands.choices.items():
+        assert command.description, name
+        assert "examples:\n  python -m remediation " + name in command.epilog, name
+        assert all(action.help for action in command._actions), name
+        assert command.format_usage().strip() in readme, name
