@@ -19,7 +19,16 @@ from tests.test_service import estate, new_vm
 SUB2 = "22222222-2222-4222-8222-222222222222"
 OUTSIDE = "33333333-3333-4333-8333-333333333333"
 GRAPH = "Microsoft.ResourceGraph/resources/read"
-WORDS = ("covered", "to install", "deferred", "excluded", "unsupported", "blocked", "error")
+WORDS = (
+    "covered",
+    "to install",
+    "deferred",
+    "excluded",
+    "unsupported",
+    "blocked",
+    "error",
+    "unavailable",
+)
 
 
 def two_subscriptions():
