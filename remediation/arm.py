@@ -564,7 +564,7 @@ class ArmGateway:
         except (TransientError, PermanentError):
             raise
         except ClientAuthenticationError as error:
-            if error.response is None:  # the token authority did not answer at all
+            if _unanswered(error):  # the token authority did not answer at all
                 raise TransientError(
                     f"{what}: the token authority did not answer ({_error_message(error)})"
                 ) from None
@@ -576,6 +576,21 @@ class ArmGateway:
             raise _translate(error, what) from None
         except (ServiceRequestError, ServiceResponseError) as error:
             raise TransientError(f"{what}: {type(error).__name__}: {error}") from None
+
+
+# azure-identity reports a token request that got no answer as a ClientAuthenticationError
+# with no response and urllib3's words in its text (DefaultAzureCredential wraps it, so
+# no exception chain says more); an answer from Entra ID carries an AADSTS code.
+_NO_ANSWER = re.compile(
+    r"Failed to establish a new connection|Connection (refused|aborted|reset)|timed out|"
+    r"Max retries exceeded|Failed to resolve|RemoteDisconnected",
+    re.IGNORECASE,
+)
+
+
+def _unanswered(error: ClientAuthenticationError) -> bool:
+    text = str(error)
+    return error.response is None and "AADSTS" not in text and bool(_NO_ANSWER.search(text))
 
 
 def _error_message(error: HttpResponseError | ClientAuthenticationError) -> str:

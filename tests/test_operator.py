@@ -283,6 +283,22 @@ def test_an_event_while_azure_does_not_answer_is_unavailable_not_an_error(world_
     assert [json.loads(line)["vm"] for line in output.splitlines()] == [record.vm]
 
 
+def test_an_event_while_the_token_authority_does_not_answer_is_unavailable(world_factory):
+    world = world_factory(estate("ready"), REMEDIATION_RETRY_BUDGET_SECONDS="1")
+    event = world.plane.create_vm(new_vm("outage-2"))[0]
+    world.plane.stop()  # the token endpoint and ARM with it
+    (record,) = world.deliver(event)
+    assert (record.decision, record.outcome) == ("undecided", "unavailable")
+    assert "the token authority did not answer" in record.reason
+
+
+def test_a_wrong_client_secret_stays_an_error_not_an_outage(world_factory):
+    world = world_factory(estate("ready"), AZURE_CLIENT_SECRET="not-the-secret")
+    (record,) = world.deliver(world.plane.create_vm(new_vm("secret-1"))[0])
+    assert (record.decision, record.outcome) == ("error", "failed")
+    assert "authentication failed" in record.reason
+
+
 def test_a_sweep_while_a_subscription_posture_does_not_answer_records_unavailable(
     world_factory,
 ):
