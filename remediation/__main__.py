@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -155,8 +156,13 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
     try:
         finished = _sweep_batches(running, run, args.json, out)
     except BaseException as error:  # Ctrl-C, or Azure unreachable: free the subscriptions
-        why = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{error}"[:300]
-        sweep.RunStore(running.audit.table).abandon(run.run_id, f"the CLI sweep stopped: {why}")
+        why = "interrupted" if isinstance(error, KeyboardInterrupt) else _safe(error)
+        try:
+            sweep.RunStore(running.audit.table).abandon(run.run_id, f"the CLI sweep stopped: {why}")
+        except Exception as closing:  # storage is gone too: the run goes stale, then is closed
+            print(
+                f"error: sweep {run.run_id} could not be closed: {_safe(closing)}", file=sys.stderr
+            )
         if not isinstance(error, Exception):
             raise
         print(f"error: sweep {run.run_id} failed and was closed: {why}", file=sys.stderr)
@@ -174,6 +180,12 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
     else:
         _summary_table(summary, out)
     return 0
+
+
+def _safe(error: BaseException) -> str:
+    """An exception's first line, without URL query strings (a SAS signature hides there)."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return re.sub(r"\?[^\s'\")]*", "?…", text)[:300]
 
 
 def _abandon(running: Services, run_id: str, out: TextIO) -> int:

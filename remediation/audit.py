@@ -43,6 +43,7 @@ MAX_TICKS = 10**19  # inverted timestamps stay 19 digits until the year 2286
 LOG_PARTITION = "log"  # every record, newest first (see above)
 LEGACY_DAY_PREFIX = "d-"  # the previous version's day partitions, d-yyyymmdd
 MAX_PAGE = 1000  # Table Storage returns at most 1,000 entities a request
+NAME_PAGES = 20  # pages a short-name lookup reads at most
 TRIGGERS = frozenset({"event", "queue", "sweep", "http", "cli"})
 
 
@@ -340,8 +341,9 @@ class AuditLog:
         self, name: str, since: datetime, until: datetime, subscription: str = ""
     ) -> list[str]:
         """The distinct VM ids, newest first, whose name (the id's last segment) is
-        ``name`` (any case) in records of the window: one request, reading at most 1,000
-        records (the newest), so a namesake seen only before those is not listed."""
+        ``name`` (any case) in records of the window. Pages are followed (Table Storage
+        may end one after 5 s of scanning, even empty) until two ids are known (enough
+        to say "ambiguous") or NAME_PAGES pages were read."""
         conditions = [
             "PartitionKey eq @pk",
             "RowKey ge @newest",
@@ -360,9 +362,12 @@ class AuditLog:
             results_per_page=MAX_PAGE,
         ).by_page()
         found: dict[str, str] = {}
-        for entity in next(pages, []):
-            vm = entity.get("vm") or ""
-            found.setdefault(vm.lower(), vm)
+        for page in itertools.islice(pages, NAME_PAGES):
+            for entity in page:
+                vm = entity.get("vm") or ""
+                found.setdefault(vm.lower(), vm)
+            if len(found) > 1:
+                break
         return list(found.values())
 
     def purge(self, before: datetime) -> int:
@@ -384,20 +389,28 @@ class AuditLog:
             ),
         )
         deleted = 0
-        by_partition: dict[str, list[str]] = defaultdict(list)
+        by_vm: dict[str, list[str]] = defaultdict(list)
+        by_time: dict[str, list[str]] = defaultdict(list)
         for entity in old:
-            by_partition[entity["PartitionKey"]].append(entity["RowKey"])
-            by_partition[vm_partition(entity.get("vm") or "")].append(entity["RowKey"])
+            by_time[entity["PartitionKey"]].append(entity["RowKey"])
+            by_vm[vm_partition(entity.get("vm") or "")].append(entity["RowKey"])
             deleted += 1
-        for partition, keys in by_partition.items():
+        # VM rows first: a time row is how an old VM row is found, so it goes last.
+        for partition, keys in [*by_vm.items(), *by_time.items()]:
             for start in range(0, len(keys), 100):
-                operations = [
-                    ("delete", {"PartitionKey": partition, "RowKey": key})
-                    for key in keys[start : start + 100]
-                ]
-                with contextlib.suppress(TableTransactionError):  # a row already gone
-                    self._table.submit_transaction(operations)
+                self._delete(partition, keys[start : start + 100])
         return deleted
+
+    def _delete(self, partition: str, keys: list[str]) -> None:
+        """One transaction; if it fails (a row already gone fails all of it), row by row."""
+        try:
+            self._table.submit_transaction(
+                [("delete", {"PartitionKey": partition, "RowKey": key}) for key in keys]
+            )
+        except TableTransactionError:
+            for key in keys:
+                with contextlib.suppress(ResourceNotFoundError):
+                    self._table.delete_entity(partition, key)
 
     def reinstalls_since_success(self, vm: str) -> int:
         """How many MDE installs on this VM failed since the last one that succeeded."""

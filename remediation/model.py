@@ -246,7 +246,6 @@ class BlockedByExtension(PermanentError):
 
 # --- Untrusted JSON ----------------------------------------------------------------------------
 MAX_JSON_DEPTH = 32  # an Event Grid event nests about 6 deep; a sweep body 2
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 class InvalidJson(ValueError):
@@ -254,26 +253,33 @@ class InvalidJson(ValueError):
 
 
 def load_json(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """json.loads for untrusted input, with a size cap checked first and a nesting cap
-    checked before parsing: json recurses once per level and raises RecursionError
-    (not ValueError) somewhere near a thousand levels."""
+    """json.loads for untrusted input: a size cap checked first, then a nesting cap.
+    Both passes are linear: json's C scanner raises RecursionError (not ValueError)
+    somewhere near a thousand levels, and what it parses is walked without recursion."""
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) > max_bytes:
         raise InvalidJson(f"larger than {max_bytes:,} bytes")
     try:
-        text = raw.decode("utf-8")
+        value = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidJson("not UTF-8 text") from None
-    depth = deepest = 0
-    for char in _STRINGS.sub('""', text):  # brackets inside strings do not nest
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > max_depth:
-                raise InvalidJson(f"nested deeper than {max_depth} levels")
-        elif char in "]}":
-            depth -= 1
-    try:
-        return json.loads(text)
+    except RecursionError:
+        raise InvalidJson(f"nested deeper than {max_depth} levels") from None
     except ValueError as error:
         raise InvalidJson(f"not JSON ({error})") from None
+    if _depth(value) > max_depth:
+        raise InvalidJson(f"nested deeper than {max_depth} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest

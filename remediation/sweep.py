@@ -217,13 +217,22 @@ class RunStore:
             raise
 
     def _take_lock(self, subscription: str, run: Run) -> None:
-        entity = {"PartitionKey": LOCK_PARTITION, "RowKey": subscription, "run_id": run.run_id}
+        entity = {
+            "PartitionKey": LOCK_PARTITION,
+            "RowKey": subscription,
+            "run_id": run.run_id,
+            "taken": run.started,
+        }
         with contextlib.suppress(ResourceExistsError):
             self._table.create_entity(entity)
             return
         with contextlib.suppress(ResourceNotFoundError):
             current = self._table.get_entity(LOCK_PARTITION, subscription)
             holder = self.get(str(current["run_id"]))
+            taken = current.get("taken") or run.started - STALE_AFTER - STALE_AFTER
+            if holder is None and run.started - taken <= STALE_AFTER:
+                # its run is being recorded (runs lock first, then write their row)
+                raise SweepRunning(str(current["run_id"]), subscription)
             if holder is not None and holder.stale(run.started):
                 last = f"{holder.heartbeat or holder.started:%Y-%m-%d %H:%M:%S} UTC"
                 why = f"no sign of life since {last}; {run.run_id} took over"
@@ -267,12 +276,15 @@ class RunStore:
             heartbeat=entity.get("heartbeat"),
         )
 
-    def beat(self, run_id: str, now: datetime | None = None) -> None:
-        """A sign of life from a batch at work (a merge of one field: no ETag needed)."""
-        self._table.update_entity(
-            {"PartitionKey": RUN_PARTITION, "RowKey": run_id, "heartbeat": now or _utcnow()},
-            mode=UpdateMode.MERGE,
-        )
+    def beat(self, run_id: str, now: datetime | None = None) -> bool:
+        """A sign of life from a batch at work. False, and no beat, when the run was
+        closed meanwhile (abandoned, or taken over): the batch should stop."""
+        entity = self._table.get_entity(RUN_PARTITION, run_id)
+        if entity["status"] != "running":
+            return False
+        entity["heartbeat"] = now or _utcnow()
+        # ETag-conditional: a beat never reopens a run closed since it was read.
+        return replace_if_unchanged(self._table, entity, entity.metadata["etag"], UpdateMode.MERGE)
 
     def abandon(self, run_id: str, why: str) -> Run | None:
         """Close a running run as failed and free its subscriptions. Returns the run as
@@ -354,14 +366,15 @@ class RunStore:
         ]
         if len(results) < run.batches:
             return None
-        entity = self._table.get_entity(RUN_PARTITION, run.run_id)
-        if entity["status"] != "running":
-            return None
-        finished = datetime.now(UTC)
-        summary = summarize(results, run.started, finished)
-        entity.update(status="done", finished=finished, summary=json.dumps(summary))
-        if not replace_if_unchanged(self._table, entity, entity.metadata["etag"]):
-            return None  # another batch finished the run at the same moment
+        while True:  # a heartbeat may change the row between the read and the write
+            entity = self._table.get_entity(RUN_PARTITION, run.run_id)
+            if entity["status"] != "running":
+                return None  # another batch finished it, or it was closed as failed
+            finished = datetime.now(UTC)
+            summary = summarize(results, run.started, finished)
+            entity.update(status="done", finished=finished, summary=json.dumps(summary))
+            if replace_if_unchanged(self._table, entity, entity.metadata["etag"]):
+                break
         for subscription in run.subscriptions:
             self._release_lock(subscription, run.run_id)
         run.status, run.finished, run.summary = "done", finished, summary
@@ -475,7 +488,8 @@ def run_batch(
         log.warning("sweep %s is %s: batch %s skipped", run.run_id, run.status, message.batch)
         return None
     batch = _Batch(services, run, store)
-    store.beat(run.run_id)
+    if not store.beat(run.run_id):
+        return None
     last_beat = time.monotonic()
     with services.arm.counter.counting() as used:
         for subscription in message.subscriptions:  # drift: read the posture afresh
@@ -486,7 +500,11 @@ def run_batch(
                 if on_record is not None:
                     on_record(record)
                 if time.monotonic() - last_beat > HEARTBEAT_EVERY.total_seconds():
-                    store.beat(run.run_id)
+                    if not store.beat(run.run_id):
+                        log.warning(
+                            "sweep %s was closed: batch %s stops", run.run_id, message.batch
+                        )
+                        break
                     last_beat = time.monotonic()
         finally:
             store.give_back(run.run_id, batch.budget)  # what this batch took but did not use
@@ -501,17 +519,20 @@ def _finished(services: Services, run: Run | None) -> Run | None:
         return None
     if services.notifier is not None:
         services.notifier.sweep_completed(run.run_id, run.mode, run.summary)
-    _publish_metrics(services, run)
     cutoff = datetime.now(UTC) - timedelta(days=services.settings.audit_retention_days)
     purged = services.audit.purge(cutoff)
     if purged:
         log.info("retention: %s records older than %s deleted", purged, cutoff.date())
+    try:
+        _publish_metrics(services, run)
+    except Exception as error:  # telemetry is best effort: the run is done and recorded
+        log.warning("metrics: run=%s not published: %s", run.run_id, error)
     return run
 
 
 def _publish_metrics(services: Services, run: Run) -> None:
     """Per-subscription figures to Azure Monitor, where Application Insights is set up
-    (only then are the run's rows read back: a page per 1,000 VMs)."""
+    (only then are the run's rows read back)."""
     from remediation import metrics  # noqa: PLC0415 - cold start: OpenTelemetry is heavy
 
     if not metrics.enabled():

@@ -311,6 +311,23 @@ def test_purge_deletes_both_rows_of_old_records_in_both_layouts(audit):
     assert log.for_vm(VM) == [kept]
 
 
+def test_purge_deletes_the_rest_when_one_row_is_already_gone(audit):
+    log, table = audit
+    now = datetime.now(UTC)
+    log.write(record(when=now - timedelta(days=500), reason="gone"))
+    for index in range(3):
+        log.write(record(when=now - timedelta(days=500, minutes=index + 1), reason=f"old{index}"))
+    kept = log.write(record(when=now - timedelta(days=1), reason="kept"))
+    # One VM row lost (a write that stored the log row, then failed): its transaction fails.
+    [lost] = [
+        e for e in table.list_entities() if e["reason"] == "gone" and e["PartitionKey"] != "log"
+    ]
+    table.delete_entity(lost["PartitionKey"], lost["RowKey"])
+    assert log.purge(now - timedelta(days=400)) == 4
+    assert sorted(e["reason"] for e in table.list_entities()) == ["kept", "kept"]
+    assert log.for_vm(VM) == [kept]
+
+
 # What handle-event --json and sweep --json promise for every decision (issue 4).
 PROMISED_FIELDS = {
     "vm",
