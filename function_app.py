@@ -161,8 +161,12 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 def _signed_in(req: func.HttpRequest) -> func.HttpResponse | None:
     """With sign-in on, a page answers only requests App Service authentication let
     through: it sets X-MS-CLIENT-PRINCIPAL-ID and drops any a client sends (Microsoft
-    Learn, app-service/configure-authentication-user-identities)."""
-    if SIGN_IN and not req.headers.get("x-ms-client-principal-id"):
+    Learn, app-service/configure-authentication-user-identities). Without App Service
+    authentication in front, that header is the client's word: set the setting only
+    with the deployment's sign-in (infra/app.bicep sets both)."""
+    from remediation.bootstrap import services  # noqa: PLC0415 - cold start
+
+    if services().settings.pages_sign_in and not req.headers.get("x-ms-client-principal-id"):
         return _json(401, {"errors": ["sign in: this page is behind App Service authentication"]})
     return None
 

@@ -89,7 +89,7 @@ class Settings:
     audit_retention_days: int
     notify_endpoint: str
     notify_key: str = field(repr=False)
-    pages_sign_in: bool = False  # the report and log pages sit behind App Service sign-in
+    pages_sign_in: bool = False  # the report, log and status pages: App Service sign-in
     app_name: str = ""  # WEBSITE_SITE_NAME, which Azure sets: the doctor's "this app"
 
     @property

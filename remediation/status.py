@@ -23,9 +23,11 @@ from azure.core.exceptions import AzureError
 from remediation.classify import classify
 from remediation.config import GUID, Settings
 from remediation.model import (
+    UNDECIDED,
     InvalidResourceId,
     Outcome,
     RemediationError,
+    TransientError,
     VmFacts,
     VmRef,
 )
@@ -174,8 +176,12 @@ class _Gathered:
         subscription = facts.vm.subscription
         try:
             assessment = assess(services, facts)
+        except TransientError:  # Azure did not answer: an outage, as the sweep records it
+            platform = classify(facts, services.settings.exclude_tag).platform or "unknown"
+            self._tally(subscription, platform).categories[CATEGORIES[UNDECIDED]] += 1
+            return
         except (RemediationError, AzureError) as error:  # e.g. the log's history unreadable
-            # Counted as the sweep counts it: an error, not in the coverage either way.
+            # An error, kept out of the coverage: a human should look.
             hint = getattr(error, "hint", "") or "run the status again; the sweep reads it too"
             platform = classify(facts, services.settings.exclude_tag).platform or "unknown"
             self._tally(subscription, platform).categories[CATEGORIES[Outcome.ERROR.value]] += 1

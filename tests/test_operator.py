@@ -555,3 +555,37 @@ def test_every_command_and_option_says_what_it_does_and_the_readme_shows_its_usa
         assert "examples:\n  python -m remediation " + name in command.epilog, name
         assert all(action.help for action in command._actions), name
         assert command.format_usage().strip() in readme, name
+
+
+def test_an_outage_leaves_the_reports_last_known_state_of_a_vm(world_factory):
+    from remediation import report
+
+    world = world_factory(estate("ready"), REMEDIATION_RETRY_BUDGET_SECONDS="1")
+    event = world.plane.create_vm(new_vm("known-1"))[0]
+    assert cli("sweep", "--json")[0] == 0
+    world.plane.faults.add("GET", "/virtualMachines/known-1$", 503, count=1000)
+    (record,) = world.deliver(event)
+    assert record.outcome == "unavailable"
+    latest = report.gather(world.services).latest[new_vm("known-1").id.lower()]
+    assert (latest.decision, latest.trigger) == ("install", "cli")
+
+
+def test_a_working_batch_beats_and_stops_once_its_run_is_closed(world_factory, monkeypatch):
+    world = world_factory(generated_estate(30, 1, seed=43))
+    monkeypatch.setattr(sweep, "HEARTBEAT_EVERY", timedelta(0))  # a beat after every VM
+    services = world.services
+    store = sweep.RunStore(services.audit.table)
+    request = sweep.SweepRequest(tuple(services.settings.subscriptions), Mode.REPORT, "cli")
+    run = sweep.start(services, request, send=None)
+    beats = []
+
+    def on_record(record):
+        beats.append(store.get(run.run_id).heartbeat)
+        if len(beats) == 5:
+            store.abandon(run.run_id, "closed by hand mid-batch")
+
+    message = sweep.BatchMessage(run.run_id, 0, request.subscriptions)
+    assert sweep.run_batch(services, message, on_record) is None  # it did not finish the run
+    assert beats[1] > beats[0] > run.started  # signs of life while it works
+    assert len(beats) == 5  # the beat right after the fifth VM found the run closed: stop
+    assert run_of(world, run.run_id).status == "failed"
