@@ -4,7 +4,7 @@ param location string
 @description('REMEDIATION_* app settings.')
 param settings object
 
-@description('Entra sign-in for GET /api/report and /api/remediations: the app registration\'s client id; empty: no sign-in (function keys for every route).')
+@description('Entra sign-in for GET /api/report, /api/remediations and /api/status: the app registration\'s client id; empty: no sign-in (function keys for every route).')
 param signInClientId string = ''
 
 @description('Entra sign-in: the object id of the group whose members may read the pages; empty: no sign-in.')

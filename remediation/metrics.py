@@ -47,10 +47,10 @@ SWEEP_DURATION = "remediation.sweep_duration"
 
 GAUGES: Mapping[str, tuple[str, str, str]] = {
     # name: (SubscriptionFigures field, unit, description)
-    COVERAGE: ("coverage_percent", "%", "Eligible running VMs with MDE Succeeded, in percent"),
+    COVERAGE: ("coverage_percent", "%", "Eligible running VMs decided compliant, in percent"),
     VMS: ("vms", "{vm}", "VMs the sweep looked at"),
     ELIGIBLE_RUNNING: ("eligible_running", "{vm}", "VMs that should run MDE now"),
-    COVERED: ("covered", "{vm}", "VMs with MDE Succeeded"),
+    COVERED: ("covered", "{vm}", "Eligible running VMs decided compliant"),
     TO_INSTALL: ("to_install", "{vm}", "VMs the sweep decided to install MDE on"),
     BLOCKED: ("blocked", "{vm}", "VMs blocked by settings, the cap or a Failed extension"),
     ERRORS: ("errors", "{vm}", "VMs whose decision is error"),
@@ -83,8 +83,8 @@ class SubscriptionFigures:
 def figures_from_records(records: Iterable[AuditRecord]) -> list[SubscriptionFigures]:
     """Per-subscription figures from the audit records of one run, sorted by subscription.
 
-    Each VM counts once, with its latest record (a queued install's result, when the
-    caller passes it, replaces the sweep's row). Coverage is the run summary's: covered
+    Each VM counts once, with its latest record (should records of later installs be
+    passed too, they replace the sweep's row). Coverage is the run summary's: covered
     among the records marked ``eligible_running``; to install, blocked and errors count
     every VM with that decision.
     """
