@@ -36,6 +36,7 @@ from localazure.__main__ import DEMO_APP  # noqa: E402
 from localazure.azurite import Azurite  # noqa: E402
 from localazure.estate import RHEL_92, UBUNTU_2204, WIN11_ENT, WS2022  # noqa: E402
 from localazure.host import event_grid_event, http_request, run_queue  # noqa: E402
+from remediation.report import NEEDS_A_HUMAN  # noqa: E402 - in the order they are listed
 
 console = Console(width=120)
 
@@ -48,6 +49,7 @@ DECISIONS = {
     "unsupported": "an OS the MDE extension cannot onboard: needs a human",
     "blocked": "the app may not act (a setting, a Failed extension): needs a human",
     "error": "installs kept failing: needs a human",
+    "undecided": "Azure did not answer (an outage): the next check decides",
 }
 # The same decisions as counted words: "1 already covered, 29 excluded".
 COUNTED = {
@@ -58,7 +60,6 @@ COUNTED = {
     "error": "failed for good",
     "ignored": "ignored (not about a VM)",
 }
-NEEDS_A_HUMAN = ("error", "blocked", "unsupported")  # in the order they are listed
 SHOWN_PER_KIND = 4
 # What a record's outcome says, when the app did something (outcome "none": its decision).
 OUTCOMES = {

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from remediation.audit import AuditRecord
 from remediation.config import SettingsError
-from remediation.model import load_json
+from remediation.model import coverage_percent, load_json
 
 if TYPE_CHECKING:
     from remediation.service import Services
@@ -212,7 +212,7 @@ def _after_installs(
     failed = sum(1 for r in mine.values() if r.outcome in {"failed", "poisoned"})
     eligible = int(summary.get("eligible_running", 0))
     covered = min(int(summary.get("covered", 0)) + installed, eligible)
-    percent = round(100.0 * covered / eligible, 2) if eligible else 100.0
+    percent = coverage_percent(covered, eligible)
     return {
         "installed": installed,
         "failed": failed,

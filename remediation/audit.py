@@ -105,14 +105,15 @@ class AuditRecord:
         parts.append(("reason", self.reason))
         if self.hint:
             parts.append(("hint", self.hint))
-        return " ".join(f'{key}="{logfmt_escape(value)}"' for key, value in parts)
+        return logfmt(parts)
 
 
 _LOGFMT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
 
 
-def logfmt_escape(value: str) -> str:
-    return value.translate(_LOGFMT_ESCAPES)
+def logfmt(pairs: Sequence[tuple[str, str]]) -> str:
+    """``key="value" ...``, every value quoted and escaped: one line no value can forge."""
+    return " ".join(f'{key}="{value.translate(_LOGFMT_ESCAPES)}"' for key, value in pairs)
 
 
 def replace_if_unchanged(

@@ -74,10 +74,9 @@ class SubscriptionFigures:
 
     @property
     def coverage_percent(self) -> float:
-        """As the run's summary computes it: 100 when nothing is eligible."""
-        if not self.eligible_running:
-            return 100.0
-        return round(100.0 * self.covered / self.eligible_running, 2)
+        from remediation.model import coverage_percent  # noqa: PLC0415 - a light module
+
+        return coverage_percent(self.covered, self.eligible_running)
 
 
 def figures_from_records(records: Iterable[AuditRecord]) -> list[SubscriptionFigures]:

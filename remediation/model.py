@@ -244,6 +244,12 @@ class BlockedByExtension(PermanentError):
         self.extension = extension
 
 
+def coverage_percent(covered: int, eligible: int) -> float:
+    """Covered of eligible running VMs, in percent to two decimals; 100 when none is
+    eligible (nothing is missing). The sweep, status, report and metrics all say this."""
+    return round(100.0 * covered / eligible, 2) if eligible else 100.0
+
+
 # --- Untrusted JSON ----------------------------------------------------------------------------
 MAX_JSON_DEPTH = 32  # an Event Grid event nests about 6 deep; a sweep body 2
 

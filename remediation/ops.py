@@ -15,6 +15,9 @@ from remediation.service import Services
 
 DECISIONS = frozenset({outcome.value for outcome in Outcome} | {"ignored", UNDECIDED})
 FILTERS = frozenset({"vm", "subscription", "decision", "since", "until", "limit", "continuation"})
+# Azure Functions takes a function key as ?code=...; the host checks it, and the worker
+# still sees it among the parameters: it is no unknown parameter.
+FUNCTION_KEY = frozenset({"code"})
 MAX_LIMIT = 1000
 # ASCII digits only (\d also takes '٣'); any count of them: a huge one means "as far
 # back as possible", which parse_query clamps to the retention period.
@@ -61,8 +64,7 @@ def parse_query(
     """Strictly: unknown filters, bad values and anything outside the configured scope
     are refused, every problem listed."""
     now = now or datetime.now(UTC)
-    # 'code' is the function key, which callers pass in the query string (Functions).
-    unknown = sorted(set(params) - FILTERS - {"code"})
+    unknown = sorted(set(params) - FILTERS - FUNCTION_KEY)
     problems = [f"unknown filter {name[:40]!r}" for name in unknown]
     values: dict[str, Any] = {"since": now - timedelta(hours=24), "until": now}
     for name in ("since", "until"):

@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 
 from remediation.audit import AuditRecord, Query
-from remediation.model import UNAVAILABLE
+from remediation.model import UNAVAILABLE, coverage_percent
 from remediation.service import Services
 from remediation.sweep import Run, RunStore
 
@@ -93,10 +93,6 @@ class Coverage:
         order = {decision: index for index, decision in enumerate(NEEDS_A_HUMAN)}
         items = [r for r in self.latest.values() if r.decision in order]
         return sorted(items, key=lambda r: (order[r.decision], r.subscription, r.vm.lower()))
-
-
-def percent(covered: int, eligible: int) -> float:
-    return round(100.0 * covered / eligible, 2) if eligible else 100.0
 
 
 # --- Gathering: the shell -------------------------------------------------------------
@@ -233,7 +229,7 @@ def render(coverage: Coverage, human_rows: int = HUMAN_ROWS) -> str:
     swept = len(coverage.scope) - len(coverage.not_swept)
     parts += [
         " from each subscription's latest finished sweep and the events since.</p>",
-        f'<p><span class="big" id="coverage">{_percent(percent(covered, eligible))}</span> '
+        f'<p><span class="big" id="coverage">{_percent(coverage_percent(covered, eligible))}</span> '
         f'of eligible running VMs are covered (<span id="covered">{covered}</span> of '
         f'<span id="eligible">{eligible}</span>) in the {swept} swept subscription'
         f"{'' if swept == 1 else 's'} of {len(coverage.scope)} in scope.</p>",
@@ -269,7 +265,7 @@ def _subscriptions(coverage: Coverage) -> str:
             continue
         row = counts.get(subscription, Counter())
         cells = "".join(f'<td data-category="{escape(c)}">{row.get(c, 0)}</td>' for c in columns)
-        share = _percent(percent(*coverage.headline(subscription)))
+        share = _percent(coverage_percent(*coverage.headline(subscription)))
         body.append(
             f'{key}<td title="sweep {escape(run.run_id)}">{_when(run.started)}</td>{cells}'
             f"<td>{sum(row.values())}</td><td data-coverage>{share}</td></tr>"

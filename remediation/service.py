@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from remediation.audit import AuditLog, AuditRecord, logfmt_escape
+from remediation.audit import AuditLog, AuditRecord, logfmt
 from remediation.classify import MDE_PUBLISHER, Classification, Protection, classify
 from remediation.config import Settings
 from remediation.events import Ignored, parse
@@ -443,11 +443,9 @@ def _check_later(
     if now < first + window:
         again = dataclasses.replace(request, requested_at=request.requested_at or _now())
         context.services.queue.send(again, settings.recheck_seconds)
-        log.info(  # the log line's logfmt, quoted: the KQL in docs/operations.md reads it
-            'vm="%s" decision="defer" outcome="recheck" reason="%s"',
-            logfmt_escape(context.vm),
-            logfmt_escape(assessment.decision.reason),
-        )
+        reason = assessment.decision.reason
+        pairs = [("vm", context.vm), ("decision", "defer"), ("outcome", "recheck")]
+        log.info(logfmt([*pairs, ("reason", reason)]))  # the KQL in docs/operations.md reads it
         return None
     waited = f"after {settings.recheck_minutes} minutes of checks"
     if request.install_started:

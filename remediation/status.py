@@ -30,14 +30,13 @@ from remediation.model import (
     TransientError,
     VmFacts,
     VmRef,
+    coverage_percent,
 )
+from remediation.ops import FUNCTION_KEY
 from remediation.report import CATEGORIES, NEEDS_A_HUMAN
 from remediation.service import Services, assess
 
 PARAMETERS = frozenset({"subscription"})
-# Azure Functions takes a function key as ?code=...; the host checks it, and the
-# worker still sees it among the parameters: it is no unknown parameter.
-IGNORED = frozenset({"code"})
 MAX_SUBSCRIPTIONS = 1000
 SHOWN = 20  # "needs a human" rows in the table; the JSON has them all
 
@@ -63,10 +62,7 @@ class Tally:
 
     @property
     def coverage_percent(self) -> float:
-        """As the sweep's summary computes it: covered of eligible running VMs."""
-        if not self.eligible_running:
-            return 100.0
-        return round(100.0 * self.covered / self.eligible_running, 2)
+        return coverage_percent(self.covered, self.eligible_running)
 
     def add(self, other: Tally) -> None:
         self.categories.update(other.categories)
@@ -279,7 +275,8 @@ def parse_params(params: Mapping[str, str], settings: Settings) -> list[str]:
     every subscription in scope without it). Strict: unknown parameters, ids that are
     not subscription ids and subscriptions out of scope are refused, every one listed."""
     problems = [
-        f"unknown parameter {name[:40]!r}" for name in sorted(set(params) - PARAMETERS - IGNORED)
+        f"unknown parameter {name[:40]!r}"
+        for name in sorted(set(params) - PARAMETERS - FUNCTION_KEY)
     ]
     chosen: list[str] = []
     if "subscription" in params:

@@ -46,6 +46,7 @@ from remediation.model import (
     PermanentError,
     TransientError,
     VmFacts,
+    coverage_percent,
     load_json,
 )
 from remediation.service import Assessment, Context, Services, apply_subscription_actions, assess
@@ -413,7 +414,7 @@ def summarize(
         "platforms": dict(sorted(platforms.items())),
         "eligible_running": eligible,
         "covered": covered,
-        "coverage_percent": round(100.0 * covered / eligible, 2) if eligible else 100.0,
+        "coverage_percent": coverage_percent(covered, eligible),
         "actions": sum(r.actions for r in results),
         "capped": sum(r.capped for r in results),
         "errors": sum(r.errors for r in results),
