@@ -280,12 +280,14 @@ class RunStore:
     def beat(self, run_id: str, now: datetime | None = None) -> bool:
         """A sign of life from a batch at work. False, and no beat, when the run was
         closed meanwhile (abandoned, or taken over): the batch should stop."""
-        entity = self._table.get_entity(RUN_PARTITION, run_id)
-        if entity["status"] != "running":
-            return False
-        entity["heartbeat"] = now or _utcnow()
-        # ETag-conditional: a beat never reopens a run closed since it was read.
-        return replace_if_unchanged(self._table, entity, entity.metadata["etag"], UpdateMode.MERGE)
+        while True:  # other batches beat too: on a lost race, read again
+            entity = self._table.get_entity(RUN_PARTITION, run_id)
+            if entity["status"] != "running":
+                return False
+            entity["heartbeat"] = now or _utcnow()
+            # ETag-conditional: a beat never reopens a run closed since it was read.
+            if replace_if_unchanged(self._table, entity, entity.metadata["etag"], UpdateMode.MERGE):
+                return True
 
     def abandon(self, run_id: str, why: str) -> Run | None:
         """Close a running run as failed and free its subscriptions. Returns the run as

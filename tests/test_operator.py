@@ -589,3 +589,17 @@ def test_a_working_batch_beats_and_stops_once_its_run_is_closed(world_factory, m
     assert beats[1] > beats[0] > run.started  # signs of life while it works
     assert len(beats) == 5  # the beat right after the fifth VM found the run closed: stop
     assert run_of(world, run.run_id).status == "failed"
+
+
+def test_batches_beating_at_once_all_keep_working(world_factory):
+    from concurrent.futures import ThreadPoolExecutor
+
+    world = world_factory(generated_estate(10, 1, seed=44))
+    services = world.services
+    store = sweep.RunStore(services.audit.table)
+    request = sweep.SweepRequest(tuple(services.settings.subscriptions), Mode.REPORT, "cli")
+    run = sweep.start(services, request, send=None)
+    with ThreadPoolExecutor(8) as pool:  # eight batches on eight workers, beating together
+        beats = list(pool.map(lambda _: store.beat(run.run_id), range(160)))
+    assert beats.count(False) == 0  # a lost race is no reason to stop
+    assert run_of(world, run.run_id).status == "running"
