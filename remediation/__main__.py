@@ -167,6 +167,9 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
             raise
         print(f"error: sweep {run.run_id} failed and was closed: {why}", file=sys.stderr)
         return 1
+    if finished is None:  # every batch found the run closed: abandoned or taken over
+        print(f"error: sweep {run.run_id} was closed while it ran", file=sys.stderr)
+        return 1
     summary = {"summary": True, "run_id": run.run_id, "mode": run.mode, **finished.summary}
     if args.wait:
         summary["after_installs"] = _after_installs(
@@ -397,7 +400,7 @@ def show_status(args: argparse.Namespace, out: TextIO) -> int:
         out.write(json.dumps(result.to_json()) + "\n")
     else:
         status.render_table(result, out)
-    return 1 if result.unavailable else 0
+    return 0 if result.complete else 1
 
 
 def run_doctor(args: argparse.Namespace, out: TextIO) -> int:
@@ -554,7 +557,8 @@ def parser() -> argparse.ArgumentParser:
         "Classify every VM in scope now and count, per subscription and platform: covered, "
         "to install, deferred, excluded, unsupported, blocked; then the VMs that need a "
         "human. Takes no lock, writes no log row, changes nothing in Azure: the first thing "
-        "to run after deploying in report mode. Exit 1 when a subscription could not be read.",
+        "to run after deploying in report mode. Exit 1 when a subscription or a VM could not "
+        "be read.",
         [
             "python -m remediation status",
             "python -m remediation status --subscription 11111111-2222-4333-8444-555555555555",

@@ -583,7 +583,8 @@ class ArmGateway:
 # no exception chain says more); an answer from Entra ID carries an AADSTS code.
 _NO_ANSWER = re.compile(
     r"Failed to establish a new connection|Connection (refused|aborted|reset)|timed out|"
-    r"Max retries exceeded|Failed to resolve|RemoteDisconnected",
+    r"Max retries exceeded|Failed to resolve|RemoteDisconnected|no response|"
+    r"EOF occurred|IncompleteRead|Connection broken",
     re.IGNORECASE,
 )
 

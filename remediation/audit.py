@@ -339,12 +339,18 @@ class AuditLog:
         return records, ""
 
     def vms_named(
-        self, name: str, since: datetime, until: datetime, subscription: str = ""
+        self,
+        name: str,
+        since: datetime,
+        until: datetime,
+        subscription: str = "",
+        keep: Callable[[str], bool] = lambda vm: True,
     ) -> list[str]:
         """The distinct VM ids, newest first, whose name (the id's last segment) is
         ``name`` (any case) in records of the window. Pages are followed (Table Storage
         may end one after 5 s of scanning, even empty) until two ids are known (enough
-        to say "ambiguous") or NAME_PAGES pages were read."""
+        to say "ambiguous") or NAME_PAGES pages were read. Only ids ``keep`` accepts
+        (the caller's scope) count."""
         conditions = [
             "PartitionKey eq @pk",
             "RowKey ge @newest",
@@ -366,7 +372,8 @@ class AuditLog:
         for page in itertools.islice(pages, NAME_PAGES):
             for entity in page:
                 vm = entity.get("vm") or ""
-                found.setdefault(vm.lower(), vm)
+                if keep(vm):
+                    found.setdefault(vm.lower(), vm)
             if len(found) > 1:
                 break
         return list(found.values())

@@ -122,20 +122,19 @@ def parse_query(
 
 def resolve_vm(audit: AuditLog, name: str, query: Query, settings: Settings) -> list[str]:
     """The full ids of the VMs named ``name`` (any case) in the log over the query's
-    window (and subscription, if it names one), newest first, in scope only: one
-    request. One id: the VM meant; several: ask which; none: not in the window.
-    Raises InvalidQuery for what is not a VM name."""
+    window (and subscription, if it names one), newest first, in scope only. One id:
+    the VM meant; several: ask which; none: not in the window. Raises InvalidQuery for
+    what is not a VM name."""
     if not _VM_NAME.match(name):
         raise InvalidQuery(["vm: not a virtual machine name or resource id"])
-    ids = audit.vms_named(name, query.since, query.until, query.subscription)
-    in_scope = []
-    for vm in ids:
+
+    def in_scope(vm: str) -> bool:
         try:
-            if settings.in_scope(VmRef.parse(vm).subscription):
-                in_scope.append(vm)
+            return settings.in_scope(VmRef.parse(vm).subscription)
         except InvalidResourceId:
-            continue
-    return in_scope
+            return False
+
+    return audit.vms_named(name, query.since, query.until, query.subscription, keep=in_scope)
 
 
 def http_remediations(services: Services, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:

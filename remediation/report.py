@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 
 from remediation.audit import AuditRecord, Query
-from remediation.model import UNAVAILABLE, coverage_percent
+from remediation.model import UNDECIDED, coverage_percent
 from remediation.service import Services
 from remediation.sweep import Run, RunStore
 
@@ -169,8 +169,8 @@ def latest_state(records: Iterable[AuditRecord], as_of: dict[str, Run]) -> dict[
             continue  # another sweep's row (a sweep's rows carry its run id; installs too)
         if record.trigger == "queue" and record.outcome in {"skipped", "deferred"}:
             continue  # the VM's state is what the sweep or an event said
-        if record.outcome == UNAVAILABLE and record.vm.lower() in latest:
-            continue  # an outage changes nothing about the VM: its last known state stands
+        if record.decision == UNDECIDED and record.vm.lower() in latest:
+            continue  # an outage decided nothing: the VM's last known state stands
         state = _covered(record) if record.outcome == "succeeded" else record
         latest[record.vm.lower()] = state
     return latest

@@ -148,11 +148,17 @@ class Status:
     def unavailable(self) -> list[SubscriptionStatus]:
         return [s for s in self.subscriptions if not s.available]
 
+    @property
+    def complete(self) -> bool:
+        """Every subscription read, and every VM in it assessed (none unanswered)."""
+        unanswered = self.total.categories.get(CATEGORIES[UNDECIDED], 0)
+        return not self.unavailable and not unanswered
+
     def to_json(self) -> dict[str, Any]:
         return {
             "generated": self.generated.isoformat(),
             "mode": self.mode,
-            "complete": not self.unavailable,
+            "complete": self.complete,
             **self.total.to_json(),
             "subscriptions": [s.to_json() for s in self.subscriptions],
             "needs_a_human": [item.to_json() for item in self.human],

@@ -33,6 +33,7 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     ResourceExistsError,
+    ResourceModifiedError,
     ResourceNotFoundError,
 )
 from azure.data.tables import TableClient, UpdateMode
@@ -189,22 +190,30 @@ class RunStore:
             started,
         )
         self._lock(run)
+        try:
+            self._record_run(run)
+        except BaseException:
+            for subscription in run.subscriptions:
+                self._release_lock(subscription, run.run_id)
+            raise
+        return run
+
+    def _record_run(self, run: Run) -> None:
         self._table.create_entity(
             {
                 "PartitionKey": RUN_PARTITION,
-                "RowKey": run_id,
+                "RowKey": run.run_id,
                 "mode": run.mode,
                 "trigger": run.trigger,
                 "subscriptions": ",".join(run.subscriptions),
-                "batches": batches,
-                "started": started,
-                "heartbeat": started,
+                "batches": run.batches,
+                "started": run.started,
+                "heartbeat": run.started,
                 "status": "running",
                 "actions_used": 0,
                 "summary": "{}",
             }
         )
-        return run
 
     def _lock(self, run: Run) -> None:
         taken: list[str] = []
@@ -212,7 +221,7 @@ class RunStore:
             for subscription in run.subscriptions:
                 self._take_lock(subscription, run)
                 taken.append(subscription)
-        except SweepRunning:
+        except BaseException:  # refused, or storage failed, or Ctrl-C: leave no lock behind
             for subscription in taken:
                 self._release_lock(subscription, run.run_id)
             raise
@@ -249,7 +258,8 @@ class RunStore:
             raise SweepRunning(str(current["run_id"]), subscription) from None
 
     def _release_lock(self, subscription: str, run_id: str) -> None:
-        with contextlib.suppress(ResourceNotFoundError):
+        # gone, or replaced meanwhile by a run that took over: not ours to delete
+        with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
             current = self._table.get_entity(LOCK_PARTITION, subscription)
             if current["run_id"] == run_id:
                 self._table.delete_entity(
@@ -281,7 +291,10 @@ class RunStore:
         """A sign of life from a batch at work. False, and no beat, when the run was
         closed meanwhile (abandoned, or taken over): the batch should stop."""
         while True:  # other batches beat too: on a lost race, read again
-            entity = self._table.get_entity(RUN_PARTITION, run_id)
+            try:
+                entity = self._table.get_entity(RUN_PARTITION, run_id)
+            except ResourceNotFoundError:
+                return False
             if entity["status"] != "running":
                 return False
             entity["heartbeat"] = now or _utcnow()

@@ -43,7 +43,7 @@ def run_of(world, run_id: str) -> sweep.Run:
 
 
 # --- Untrusted JSON, as plain values ------------------------------------------------------
-def test_json_nested_past_the_cap_is_refused_before_parsing():
+def test_json_nested_past_the_cap_is_refused():
     with pytest.raises(InvalidJson, match=f"deeper than {MAX_JSON_DEPTH}"):
         load_json("[" * 100_000, max_bytes=10**6)
     with pytest.raises(InvalidJson, match="deeper than 3"):
@@ -603,3 +603,26 @@ def test_batches_beating_at_once_all_keep_working(world_factory):
         beats = list(pool.map(lambda _: store.beat(run.run_id), range(160)))
     assert beats.count(False) == 0  # a lost race is no reason to stop
     assert run_of(world, run.run_id).status == "running"
+
+
+def test_a_cli_sweep_whose_run_is_closed_from_elsewhere_says_so(world_factory, monkeypatch, capsys):
+    import threading
+    import time
+
+    world = world_factory(generated_estate(40, 1, seed=45), plane_options={"latency": 0.05})
+    monkeypatch.setattr(sweep, "HEARTBEAT_EVERY", timedelta(0))  # a beat after every VM
+    store = sweep.RunStore(world.services.audit.table)
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(cli=cli("sweep")))
+    worker.start()
+    runs: list = []
+    for _ in range(600):  # until the run has started beating, at most about a minute
+        runs = store.runs_since(datetime.now(UTC) - timedelta(hours=1))
+        if runs and runs[0].heartbeat and runs[0].heartbeat > runs[0].started:
+            break
+        time.sleep(0.1)
+    assert store.abandon(runs[0].run_id, "closed from another terminal") is not None
+    worker.join(timeout=120)
+    assert result["cli"] == (1, "")
+    assert f"error: sweep {runs[0].run_id} was closed while it ran" in capsys.readouterr().err
+    assert locks(world) == []
