@@ -270,39 +270,14 @@ def test_importing_the_module_or_publishing_without_a_connection_string_loads_no
 
 
 LOOPBACK_INGESTION = """
-    import gzip, json, threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import json
 
-    received = []
+    from tests.ingestion import serve
 
-    class Ingestion(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
-            items = json.loads(body)
-            received.extend(items)
-            answer = json.dumps(
-                {"itemsReceived": len(items), "itemsAccepted": len(items), "errors": []}
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Ingestion)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, received, connection = serve()
 
     from remediation import metrics
 
-    connection = (
-        "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
-        f"IngestionEndpoint=http://127.0.0.1:{server.server_port}/"
-    )
     published = metrics.publish(
         [metrics.SubscriptionFigures("SUB", vms=3, eligible_running=2, covered=1, to_install=1)],
         run_id="run-9", mode="enforce", duration_seconds=7.5,

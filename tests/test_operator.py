@@ -472,37 +472,9 @@ def test_handle_event_prints_a_blocked_decision_once(world_factory, tmp_path, ca
 @pytest.fixture
 def ingestion():
     """Application Insights' ingestion endpoint, on loopback: what the exporter sends."""
-    import gzip
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from tests.ingestion import serve
 
-    received: list[dict] = []
-
-    class Ingestion(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
-            items = json.loads(body)
-            received.extend(items)
-            answer = json.dumps(
-                {"itemsReceived": len(items), "itemsAccepted": len(items), "errors": []}
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Ingestion)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    connection = (
-        "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
-        f"IngestionEndpoint=http://127.0.0.1:{server.server_port}/"
-    )
+    server, received, connection = serve()
     yield connection, received
     server.shutdown()
 
