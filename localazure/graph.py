@@ -41,6 +41,7 @@ resources
     imageReference = properties.storageProfile.imageReference,
     osType = tostring(properties.storageProfile.osDisk.osType),
     licenseType = tostring(properties.licenseType),
+    vmId = tostring(properties.vmId),
     instanceView = properties.extended.instanceView,
     extensions
 | order by id asc
@@ -68,6 +69,7 @@ def graph_row(vm: Vm) -> dict[str, Any]:
         "imageReference": dict(vm.image),
         "osType": vm.os_type,
         "licenseType": vm.license_type,
+        "vmId": vm.vm_id,
         "instanceView": view,
         "extensions": [
             {

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
 
+from azure.core import PipelineClient
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -33,7 +34,14 @@ from azure.core.exceptions import (
     ServiceResponseTimeoutError,
 )
 from azure.core.pipeline import PipelineRequest, PipelineResponse
-from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy
+from azure.core.pipeline.policies import (
+    BearerTokenCredentialPolicy,
+    ContentDecodePolicy,
+    HeadersPolicy,
+    RetryPolicy,
+    SansIOHTTPPolicy,
+    UserAgentPolicy,
+)
 from azure.core.rest import HttpRequest
 from azure.identity import DefaultAzureCredential
 from azure.mgmt.compute import ComputeManagementClient
@@ -80,6 +88,7 @@ resources
     imageReference = properties.storageProfile.imageReference,
     osType = tostring(properties.storageProfile.osDisk.osType),
     licenseType = tostring(properties.licenseType),
+    vmId = tostring(properties.vmId),
     instanceView = properties.extended.instanceView,
     extensions
 | order by id asc
@@ -89,6 +98,12 @@ SETTINGS = ("WDATP", "WDATP_UNIFIED_SOLUTION", "WDATP_EXCLUDE_LINUX_PUBLIC_PREVI
 # Event Grid waits 30 s for an answer, then delivers again (delivery-and-retry docs).
 _DEADLINE: ContextVar[float | None] = ContextVar("deadline", default=None)
 _EVENTGRID_API = "2025-02-15"
+# Defender for Endpoint's API: the WindowsDefenderATP app's audience for every regional
+# host (exposed-apis-create-app-webapp docs; MicrosoftDocs/microsoft-365-docs#9246), pages
+# of at most 10,000 devices paged with $top/$skip (get-machines docs; the nextLink it
+# sometimes sends is unreliable: MicrosoftDocs/microsoft-365-docs#8316, #8489).
+MDE_SCOPE = "https://api.securitycenter.microsoft.com/.default"
+MDE_PAGE = 10_000
 _RETRYABLE_READS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
 
 
@@ -111,7 +126,11 @@ class RequestCounter(SansIOHTTPPolicy[Any, Any]):
 
     def on_request(self, request: PipelineRequest[Any]) -> None:
         url = request.http_request.url
-        kind = "graph" if "/providers/Microsoft.ResourceGraph/" in url else "arm"
+        kind = "arm"
+        if "/providers/Microsoft.ResourceGraph/" in url:
+            kind = "graph"
+        elif "/api/machines" in url:
+            kind = "mde"  # Defender for Endpoint's API: its own limits, not ARM's
         with self._lock:
             self.total[kind] += 1
         for counter in getattr(self._local, "counters", ()):
@@ -229,6 +248,7 @@ class ArmGateway:
         self._compute: dict[str, ComputeManagementClient] = {}
         self._security: dict[str, SecurityCenter] = {}
         self._graph: ResourceGraphClient | None = None
+        self._mde: PipelineClient[Any, Any] | None = None
         self._postures: dict[str, tuple[float, Posture]] = {}
         self._packages: dict[str, dict[str, Any]] = {}  # mdeOnboardings properties
         self._principal_id = settings.principal_id
@@ -281,6 +301,25 @@ class ArmGateway:
             if self._graph is None:
                 self._graph = ResourceGraphClient(self._credential, **self._client_options())
             return self._graph
+
+    def _mde_client(self) -> PipelineClient[Any, Any]:
+        """A plain azure-core pipeline for Defender for Endpoint's API: the worker's
+        credential (its own audience), retries that honour Retry-After, and counting."""
+        with self._lock:
+            if self._mde is None:
+                options = self._client_options()
+                self._mde = PipelineClient(
+                    base_url=self._settings.mde_api,
+                    policies=[
+                        HeadersPolicy(),
+                        UserAgentPolicy("defender-coverage-remediator"),
+                        ContentDecodePolicy(),
+                        options["retry_policy"],
+                        BearerTokenCredentialPolicy(self._credential, MDE_SCOPE),
+                        self.counter,
+                    ],
+                )
+            return self._mde
 
     # --- Identity -------------------------------------------------------------------------
     @property
@@ -461,6 +500,30 @@ class ArmGateway:
             ]
             wiring.append((str(topic["id"]), functions))
         return wiring
+
+    def defender_devices(self) -> Iterator[dict[str, Any]]:
+        """Every device of Defender for Endpoint's inventory (GET /api/machines), a page
+        of 10,000 at a time: one request per 10,000 devices, far inside the API's 100
+        calls a minute and 1,500 an hour; a 429 is retried after its Retry-After."""
+        client = self._mde_client()
+        what = "reading Defender for Endpoint's device list"
+        skip = 0
+        while True:
+            request = HttpRequest(
+                "GET", f"{self._settings.mde_api}/api/machines?$top={MDE_PAGE}&$skip={skip}"
+            )
+            response = self._call(what, partial(client.send_request, request))
+            if response.status_code == 404 and skip == 0:
+                return  # "404 Not Found if no recent machines" (get-machines docs)
+            try:
+                response.raise_for_status()
+            except HttpResponseError as error:
+                raise _translate(error, what) from None
+            page = response.json().get("value") or []
+            yield from page
+            if len(page) < MDE_PAGE:
+                return
+            skip += len(page)
 
     def _list(self, subscription: str, path: str, api_version: str, what: str) -> list[Any]:
         """A GET of an ARM list, following nextLink, through the worker's pipeline
@@ -676,6 +739,11 @@ def _forbidden_hint(what: str, message: str) -> str:
     action = re.search(r"perform action '([^']+)'", message)
     where = scope[1] if scope else "the subscription"
     needs = action[1] if action else "the operation"
+    if "Defender for Endpoint" in what:
+        return (
+            "grant the app's identity the WindowsDefenderATP application permission "
+            "Machine.Read.All (README: Verification), or empty REMEDIATION_MDE_API"
+        )
     if "Microsoft.Security" in needs or "Defender" in what or "setting" in what:
         return (
             f"grant the app's identity {needs} on {where}: the deployment's custom role has "

@@ -20,6 +20,18 @@ MDE_PUBLISHER = "Microsoft.Azure.AzureDefenderForServers"
 MDE_WINDOWS = "MDE.Windows"
 MDE_LINUX = "MDE.Linux"
 OPT_OUT_TAG = "ExcludeMdeAutoProvisioning"  # honoured as MDC's own opt-out convention
+# Monitoring agents: the Azure Monitor Agent, or the retired Log Analytics agent
+# (publisher, type). Defender for Cloud's antimalware alerts need one of them.
+MONITORING_AGENTS = frozenset(
+    {
+        ("microsoft.azure.monitor", "azuremonitorwindowsagent"),
+        ("microsoft.azure.monitor", "azuremonitorlinuxagent"),
+        ("microsoft.enterprisecloud.monitoring", "microsoftmonitoringagent"),
+        ("microsoft.enterprisecloud.monitoring", "omsagentforlinux"),
+    }
+)
+NO_MONITORING_AGENT = "no-monitoring-agent"
+FINDINGS = (NO_MONITORING_AGENT,)
 
 
 class OsFamily(StrEnum):
@@ -198,6 +210,7 @@ class Classification:
     failure_code: int | None  # of a Failed MDE extension, when the instance view says
     failed_extensions: tuple[str, ...]  # other extensions in Failed state
     opt_out: str  # why the VM is opted out, or ""
+    findings: tuple[str, ...] = ()  # informational, never acted on: FINDINGS
 
     @property
     def eligible_running(self) -> bool:
@@ -221,6 +234,7 @@ def classify(facts: VmFacts, exclude_tag: str) -> Classification:
             if ext.state.lower() == "failed" and not _is_mde(ext)
         )
     )
+    managed = _managed(facts)
     return Classification(
         vm=facts.vm,
         os=os_family,
@@ -228,7 +242,7 @@ def classify(facts: VmFacts, exclude_tag: str) -> Classification:
         support=support,
         support_note=note,
         builtin_av=builtin_av,
-        managed=_managed(facts),
+        managed=managed,
         power=facts.power,
         agent_ready=facts.agent_ready,
         protection=protection,
@@ -236,7 +250,17 @@ def classify(facts: VmFacts, exclude_tag: str) -> Classification:
         failure_code=code,
         failed_extensions=failed,
         opt_out=_opt_out(facts, exclude_tag),
+        findings=_findings(facts, managed),
     )
+
+
+def _findings(facts: VmFacts, managed: str) -> tuple[str, ...]:
+    """A running VM of ours with neither monitoring agent: Defender for Cloud's
+    antimalware alerts ("Antimalware Action Taken") will not reach it."""
+    if facts.power is not Power.RUNNING or managed:
+        return ()
+    agents = {(ext.publisher.lower(), ext.type.lower()) for ext in facts.extensions}
+    return () if agents & MONITORING_AGENTS else (NO_MONITORING_AGENT,)
 
 
 # --- Operating system ------------------------------------------------------------------
@@ -587,6 +611,7 @@ def facts_from_arm(vm: Mapping[str, Any], vm_pricing: str | None = None) -> VmFa
         tags=_tags(vm.get("tags")),
         extensions=tuple(sorted(extensions, key=lambda ext: ext.name.lower())),
         vm_pricing=vm_pricing,
+        vm_id=as_text(dig(properties, "vmId")),
     )
 
 
@@ -613,4 +638,5 @@ def facts_from_graph(row: Mapping[str, Any]) -> VmFacts:
         power=_power(dig(view, "powerState", "code")),
         tags=_tags(row.get("tags")),
         extensions=tuple(sorted(extensions, key=lambda ext: ext.name.lower())),
+        vm_id=as_text(row.get("vmId")),
     )

@@ -90,6 +90,12 @@ class Settings:
     notify_endpoint: str
     notify_key: str = field(repr=False)
     pages_sign_in: bool = False  # the report, log and status pages: App Service sign-in
+    mde_api: str = ""  # Defender for Endpoint's API base URL; "" = verification off
+    verify_grace_hours: int = 24
+    allow_test_alert: bool = False
+    test_alert_queue: str = "mde-test-alerts"
+    test_alert_timeout_minutes: int = 60
+    dismiss_test_alerts: bool = False
     app_name: str = ""  # WEBSITE_SITE_NAME, which Azure sets: the doctor's "this app"
 
     @property
@@ -103,6 +109,10 @@ class Settings:
     @property
     def sweep_poison_queue(self) -> str:
         return f"{self.sweep_queue}-poison"
+
+    @property
+    def test_alert_poison_queue(self) -> str:
+        return f"{self.test_alert_queue}-poison"
 
     @property
     def disable_instance_discovery(self) -> bool:
@@ -183,6 +193,15 @@ def load(environ: Mapping[str, str]) -> Settings:  # noqa: PLR0915 - one line a 
     notify_endpoint = parse("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", "", _optional_topic_url)
     notify_key = get("REMEDIATION_NOTIFY_TOPIC_KEY", "")
     pages_sign_in = parse("REMEDIATION_PAGES_SIGN_IN", "", _sign_in)
+    # Verified protection: Defender for Endpoint's device list, and the test alert.
+    mde_api = parse("REMEDIATION_MDE_API", "", _optional_https_url)
+    verify_grace = parse("REMEDIATION_VERIFY_GRACE_HOURS", "24", _bounded_int(1, 720))
+    allow_test_alert = parse("REMEDIATION_ALLOW_TEST_ALERT", "false", _boolean)
+    test_alert_queue = parse("REMEDIATION_TEST_ALERT_QUEUE", "mde-test-alerts", _queue_name)
+    test_alert_timeout = parse(
+        "REMEDIATION_TEST_ALERT_TIMEOUT_MINUTES", "60", _bounded_int(5, 1_440)
+    )
+    dismiss_test_alerts = parse("REMEDIATION_DISMISS_TEST_ALERTS", "false", _boolean)
     if notify_key and not get("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", ""):
         problems.append(
             "REMEDIATION_NOTIFY_TOPIC_KEY: set without REMEDIATION_NOTIFY_TOPIC_ENDPOINT"
@@ -237,6 +256,12 @@ def load(environ: Mapping[str, str]) -> Settings:  # noqa: PLR0915 - one line a 
         notify_endpoint=notify_endpoint,
         notify_key=notify_key,
         pages_sign_in=pages_sign_in,
+        mde_api=mde_api,
+        verify_grace_hours=verify_grace,
+        allow_test_alert=allow_test_alert,
+        test_alert_queue=test_alert_queue,
+        test_alert_timeout_minutes=test_alert_timeout,
+        dismiss_test_alerts=dismiss_test_alerts,
         app_name=get("WEBSITE_SITE_NAME", ""),
     )
 

@@ -118,6 +118,7 @@ class VmFacts:
     tags: Mapping[str, str] = field(default_factory=dict)
     extensions: tuple[ExtensionFacts, ...] = ()
     vm_pricing: str | None = None  # VM-level Defender pricing tier, when read
+    vm_id: str = ""  # ARM's properties.vmId (a GUID): how Defender for Endpoint may know it
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,34 @@ class History:
     """What earlier runs did to this VM, read from the audit log."""
 
     reinstalls: int = 0  # MDE reinstalls already attempted after a Failed extension
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A machine as Defender for Endpoint's device inventory lists it (GET /api/machines)."""
+
+    device_id: str
+    name: str = ""  # computerDnsName
+    health: str = ""  # healthStatus: Active, Inactive, ImpairedCommunication, NoSensorData, ...
+    onboarding: str = ""  # onboardingStatus: Onboarded, CanBeOnboarded, Unsupported, ...
+    last_seen: str = ""
+
+
+class Verification(StrEnum):
+    """Does Defender for Endpoint see a VM whose MDE extension is Succeeded?"""
+
+    VERIFIED = "verified"  # seen, onboarded, Active
+    UNHEALTHY = "unhealthy"  # seen, with another health or onboarding status
+    NOT_SEEN = "not-seen"  # not seen, past the grace period
+    PENDING = "pending"  # not seen, within the grace period
+    UNCHECKED = "unchecked"  # verification is off, or the device list could not be read
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    value: Verification
+    reason: str
+    hint: str = ""
 
 
 class Outcome(StrEnum):

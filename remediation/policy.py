@@ -9,10 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from remediation.classify import Classification, OsFamily, Protection, Support
 from remediation.config import Settings
-from remediation.model import Action, ActionKind, Decision, History, Outcome, Posture, Power
+from remediation.model import (
+    Action,
+    ActionKind,
+    Decision,
+    Device,
+    History,
+    Outcome,
+    Posture,
+    Power,
+    Verification,
+    Verified,
+)
 
 WDATP = "WDATP"
 WDATP_UNIFIED = "WDATP_UNIFIED_SOLUTION"
@@ -243,3 +255,66 @@ def decide(vm: Classification, posture: Posture, settings: Settings, history: Hi
         if decision is not None:
             return decision
     raise AssertionError("the last rule always decides")  # pragma: no cover
+
+
+# --- Verification: does Defender for Endpoint see a VM whose extension is Succeeded? ----
+# Hints per health status (Defender for Endpoint's "device health status" docs and its
+# troubleshooting pages for onboarding and connectivity).
+SENSOR = "the sensor service (Windows: `sc query sense`; Linux: `mdatp health`)"
+MDE_URLS = "the proxy or firewall lets the Defender for Endpoint service URLs through"
+HEALTH_HINTS: dict[str, str] = {
+    "inactive": f"the device stopped reporting (7 days or more): check that the VM runs and {SENSOR} runs",
+    "impairedcommunication": f"the sensor cannot reach the service: check that {MDE_URLS}",
+    "nosensordata": f"the sensor sends no data: check {SENSOR} and that the device was not offboarded",
+    "nosensordataimpairedcommunication": f"no data and no connection: check {SENSOR} and that {MDE_URLS}",
+}
+NOT_SEEN_HINT = (
+    "check that the onboarding package is this tenant's (the extension used the "
+    f"subscription's mdeOnboardings package), that {SENSOR} runs, and that {MDE_URLS}"
+)
+
+
+def verify(
+    vm: Classification,
+    device: Device | None,
+    *,
+    checked: str,
+    since: datetime | None,
+    now: datetime,
+    grace_hours: int,
+) -> Verified | None:
+    """The verification of a VM: None unless its MDE extension is Succeeded.
+    ``checked`` is "" when the device list was read, else why it was not (verification
+    off, or the API refused); ``since`` is when the extension was first seen Succeeded."""
+    if vm.protection is not Protection.SUCCEEDED:
+        return None
+    if checked:
+        return Verified(Verification.UNCHECKED, checked)
+    if device is not None:
+        seen = f"Defender for Endpoint lists device {device.name or device.device_id}"
+        health, onboarding = device.health or "Unknown", device.onboarding or "Unknown"
+        if health.lower() == "active" and onboarding.lower() == "onboarded":
+            return Verified(Verification.VERIFIED, f"{seen}: onboarded and Active.")
+        hint = HEALTH_HINTS.get(health.lower(), f"check the device in the Defender portal ({SENSOR})")
+        if onboarding.lower() != "onboarded":
+            hint = f"onboarding status is {onboarding}: run the extension again or onboard by hand"
+        return Verified(
+            Verification.UNHEALTHY,
+            f"{seen} with health {health} and onboarding status {onboarding}.",
+            hint,
+        )
+    start = since or now
+    hours = max(0.0, (now - start).total_seconds() / 3600)
+    if hours > grace_hours:
+        return Verified(
+            Verification.NOT_SEEN,
+            f"{vm.extension} has been Succeeded for {hours:.0f} h (since {start:%Y-%m-%d %H:%M} "
+            f"UTC), longer than the {grace_hours} h grace, and Defender for Endpoint lists "
+            "no device for this VM.",
+            NOT_SEEN_HINT,
+        )
+    return Verified(
+        Verification.PENDING,
+        f"{vm.extension} has been Succeeded for {hours:.0f} h; Defender for Endpoint may take "
+        f"up to {grace_hours} h (REMEDIATION_VERIFY_GRACE_HOURS) to list the device.",
+    )

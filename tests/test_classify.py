@@ -690,6 +690,7 @@ def graph_row():
         "imageReference": copy.deepcopy(PROPERTIES["storageProfile"]["imageReference"]),
         "osType": "Linux",
         "licenseType": "",
+        "vmId": PROPERTIES["vmId"],
         "instanceView": {
             "computerName": "app-7",
             "osName": "redhat",
@@ -819,6 +820,7 @@ def test_the_arm_reader_reads_every_fact():
             ExtensionFacts("MDE.Linux", MDE_PUBLISHER, "MDE.Linux", "Failed", 10),
         ),
         vm_pricing="Standard",
+        vm_id="0f0e0d0c-0000-4000-8000-000000000007",
     )
 
 
@@ -850,6 +852,7 @@ def test_the_resource_graph_reader_reads_every_fact():
             ExtensionFacts("MDE.Linux", MDE_PUBLISHER, "MDE.Linux", "Failed"),
         ),
         vm_pricing=None,
+        vm_id="0f0e0d0c-0000-4000-8000-000000000007",
     )
 
 
