@@ -114,6 +114,55 @@ def sweep_batch_poison(message: func.QueueMessage) -> None:
     sweep.handle_batch_poison(services(), message.get_body().decode())
 
 
+@app.function_name("test_alert")
+@app.route(route="test-alert", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def test_alert(req: func.HttpRequest) -> func.HttpResponse:
+    """POST /api/test-alert {"vm": "<id>"}: run the harmless MDE test alert (opt-in)."""
+    from remediation import testalert  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    status_base = req.url.split("?", 1)[0]
+    return _json(*testalert.http_start(services(), req.get_body(), status_base))
+
+
+@app.function_name("test_alert_status")
+@app.route(route="test-alert/{testId}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def test_alert_status(req: func.HttpRequest) -> func.HttpResponse:
+    """GET /api/test-alert/{testId}: a test alert's progress and result."""
+    from remediation import testalert  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    return _json(*testalert.http_status(services(), req.route_params.get("testId", "")))
+
+
+@app.function_name("test_alert_step")
+@app.queue_trigger(
+    arg_name="message",
+    queue_name="%REMEDIATION_TEST_ALERT_QUEUE%",
+    connection="AzureWebJobsStorage",
+)
+def test_alert_step(message: func.QueueMessage) -> None:
+    """One step of a test alert: run the detection test, or look for its alert."""
+    from remediation import testalert  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    testalert.handle(services(), message.get_body().decode())
+
+
+@app.function_name("test_alert_poison")
+@app.queue_trigger(
+    arg_name="message",
+    queue_name="%REMEDIATION_TEST_ALERT_QUEUE%-poison",
+    connection="AzureWebJobsStorage",
+)
+def test_alert_poison(message: func.QueueMessage) -> None:
+    """A test-alert step that failed every try: the test ends as failed, recorded."""
+    from remediation import testalert  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    testalert.handle_poison(services(), message.get_body().decode())
+
+
 @app.function_name("remediations")
 @app.route(route="remediations", methods=["GET"], auth_level=PAGES)
 def remediations(req: func.HttpRequest) -> func.HttpResponse:

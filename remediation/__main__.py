@@ -293,7 +293,7 @@ def show_log(args: argparse.Namespace, out: TextIO) -> int:
     params = {"since": args.since, "limit": str(args.limit)}
     params |= {
         name: value
-        for name in ("decision", "subscription", "continuation")
+        for name in ("decision", "subscription", "verification", "finding", "continuation")
         if (value := getattr(args, name))
     }
     by_name = bool(args.vm) and not args.vm.startswith("/")
@@ -358,10 +358,59 @@ def _log_table(records: list[AuditRecord], query: Any, out: TextIO) -> None:
     for record in records:
         name = record.vm.rsplit("/", 1)[-1] if record.vm else "-"
         text = record.reason + (f" Hint: {record.hint}" if record.hint else "")
+        if record.verification:
+            text += f" Verification: {record.verification}: {record.verification_reason}"
+            text += f" Check: {record.verification_hint}" if record.verification_hint else ""
+        if record.findings:
+            text += f" Findings: {', '.join(record.findings)}."
         when = f"{record.time:%m-%d %H:%M:%S}"
         cells = [when, name, record.trigger, record.decision, record.outcome, record.platform]
         table.add_row(*(Text(cell) for cell in [*cells, text]))  # plain: reasons quote ARM
     Console(file=out, width=160).print(table)
+
+
+def run_test_alert(args: argparse.Namespace, out: TextIO) -> int:
+    """Exit 0 verified (or queued, without --wait), 1 not verified or failed, 2 refused,
+    3 a test is already running on the VM."""
+    from remediation import testalert  # noqa: PLC0415
+    from remediation.bootstrap import services  # noqa: PLC0415
+    from remediation.queues import drain  # noqa: PLC0415
+
+    running = services()
+    try:
+        test = testalert.begin(running, args.vm, "cli")
+    except testalert.Refused as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 3 if error.status == 409 else 2
+    if not args.wait:
+        if args.json:
+            out.write(json.dumps(test.to_json()) + "\n")
+        else:
+            print(
+                f"test alert {test.test_id} queued for {test.vm}: the app's test-alert queue "
+                f"runs it; `python -m remediation log --vm {test.vm}` shows its result",
+                file=out,
+            )
+        return 0
+    minutes = running.settings.test_alert_timeout_minutes
+    print(f"test alert {test.test_id}: waiting up to {minutes} minutes", file=sys.stderr)
+    ended: list[AuditRecord] = []
+
+    def keep(record: AuditRecord | None) -> None:
+        if record is not None:
+            ended.append(record)
+
+    drain(
+        running.tests,
+        lambda text, count: keep(testalert.handle(running, text)),
+        lambda text: keep(testalert.handle_poison(running, text)),
+        deadline_seconds=minutes * 60 + 600,
+        visibility_seconds=30,
+    )
+    for record in ended:
+        _print(record, args.json, out)
+    return 0 if any(record.test_alert == "verified" for record in ended) else 1
 
 
 def write_report(args: argparse.Namespace, out: TextIO) -> int:
@@ -521,6 +570,7 @@ def parser() -> argparse.ArgumentParser:
         [
             "python -m remediation log",
             "python -m remediation log --since 7d --decision blocked",
+            "python -m remediation log --verification not-seen",
             "python -m remediation log --vm web-01          # a VM name, if unique",
             "python -m remediation log --json --limit 1000 > log.jsonl",
         ],
@@ -535,6 +585,12 @@ def parser() -> argparse.ArgumentParser:
         help="one of compliant, install, defer, exclude, unsupported, blocked, error, "
         "undecided, ignored",
     )
+    log.add_argument(
+        "--verification",
+        help="one of verified, unhealthy, not-seen, pending, unchecked "
+        "(what Defender for Endpoint sees of VMs whose extension is Succeeded)",
+    )
+    log.add_argument("--finding", help="an informational finding: no-monitoring-agent")
     log.add_argument(
         "--limit", type=int, default=200, help="at most this many records (1-1000, default 200)"
     )
@@ -589,6 +645,30 @@ def parser() -> argparse.ArgumentParser:
         "--html", required=True, metavar="FILE|-", help="the file to write; - writes to stdout"
     )
     html.set_defaults(run=write_report)
+
+    alert = _command(
+        commands,
+        "test-alert",
+        "prove a VM reports to Defender: run the harmless MDE test alert (opt-in)",
+        "Run Microsoft's documented detection test on one VM through Run Command, then watch "
+        "Defender for Cloud's alerts until the test alert appears (or "
+        "REMEDIATION_TEST_ALERT_TIMEOUT_MINUTES pass). Refused unless "
+        "REMEDIATION_ALLOW_TEST_ALERT=true and REMEDIATION_MODE=enforce, and for a VM out of "
+        "scope, excluded, not running or without a Succeeded MDE extension. Exit 0 verified "
+        "(or queued), 1 not verified or failed, 2 refused, 3 a test already runs on the VM.",
+        [
+            "python -m remediation test-alert /subscriptions/.../virtualMachines/web-01",
+            "python -m remediation test-alert --wait \"$VM_ID\"",
+        ],
+    )
+    alert.add_argument("vm", metavar="VM_ID", help="the VM's resource id")
+    alert.add_argument(
+        "--wait",
+        action="store_true",
+        help="run the test here and wait for its alert (else the app's queue runs it)",
+    )
+    alert.add_argument("--json", action="store_true", help="print JSON")
+    alert.set_defaults(run=run_test_alert)
 
     doctor = _command(
         commands,

@@ -45,7 +45,11 @@ from azure.core.pipeline.policies import (
 from azure.core.rest import HttpRequest
 from azure.identity import DefaultAzureCredential
 from azure.mgmt.compute import ComputeManagementClient
-from azure.mgmt.compute.models import VirtualMachineExtension, VirtualMachineExtensionProperties
+from azure.mgmt.compute.models import (
+    RunCommandInput,
+    VirtualMachineExtension,
+    VirtualMachineExtensionProperties,
+)
 from azure.mgmt.resourcegraph import ResourceGraphClient
 from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
 from azure.mgmt.security import SecurityCenter
@@ -103,6 +107,8 @@ _EVENTGRID_API = "2025-02-15"
 # of at most 10,000 devices paged with $top/$skip (get-machines docs; the nextLink it
 # sometimes sends is unreliable: MicrosoftDocs/microsoft-365-docs#8316, #8489).
 MDE_SCOPE = "https://api.securitycenter.microsoft.com/.default"
+ALERTS_API = "2022-01-01"  # Microsoft.Security alerts (azure-rest-api-specs, stable/2022-01-01)
+RUN_COMMAND_WAIT = 300.0  # seconds a worker waits for the detection test's Run Command
 MDE_PAGE = 10_000
 _RETRYABLE_READS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
 
@@ -543,7 +549,60 @@ class ArmGateway:
             url = page.get("nextLink")
         return items
 
+    def security_alerts(self, vm: VmRef) -> list[dict[str, Any]]:
+        """Defender for Cloud's alerts in the VM's resource group (Alerts_ListByResourceGroup,
+        api 2022-01-01, paged by nextLink)."""
+        path = (
+            f"/subscriptions/{vm.subscription}/resourceGroups/{vm.resource_group}"
+            "/providers/Microsoft.Security/alerts"
+        )
+        what = f"reading Defender for Cloud's alerts of resource group {vm.resource_group}"
+        return [
+            a for a in self._list(vm.subscription, path, ALERTS_API, what) if isinstance(a, dict)
+        ]
+
     # --- Writes ---------------------------------------------------------------------------
+    def run_command(self, vm: VmRef, windows: bool, script: list[str]) -> tuple[str, str] | None:
+        """Run a script through VM Run Command (one at a time per VM; the output is its
+        last 4,096 bytes). (stdout, stderr), or None when it still runs after
+        RUN_COMMAND_WAIT seconds (it goes on: a Run Command cannot be cancelled)."""
+        compute = self._compute_client(vm.subscription)
+        command = RunCommandInput(
+            command_id="RunPowerShellScript" if windows else "RunShellScript", script=script
+        )
+        what = f"running the detection test on {vm}"
+        poller = self._call(
+            what,
+            lambda: compute.virtual_machines.begin_run_command(
+                vm.resource_group,
+                vm.name,
+                command,
+                polling_interval=self._settings.lro_poll_seconds,
+            ),
+        )
+        self._call(what, partial(poller.wait, RUN_COMMAND_WAIT))
+        if not poller.done():
+            return None
+        result = self._call(what, poller.result)
+        out = {"stdout": "", "stderr": ""}
+        for status in getattr(result, "value", None) or []:
+            code = str(getattr(status, "code", "") or "").lower()
+            stream = "stderr" if "stderr" in code else "stdout"
+            out[stream] += str(getattr(status, "message", "") or "")
+        return out["stdout"], out["stderr"]
+
+    def dismiss_alert(self, vm: VmRef, alert_id: str) -> None:
+        """Dismiss one alert (POST .../alerts/{name}/dismiss, 204)."""
+        client = self._compute_client(vm.subscription)
+        url = f"{self._settings.arm_endpoint}{alert_id}/dismiss?api-version={ALERTS_API}"
+        response = self._call(
+            "dismissing the test alert", partial(client.send_request, HttpRequest("POST", url))
+        )
+        try:
+            response.raise_for_status()
+        except HttpResponseError as error:
+            raise _translate(error, "dismissing the test alert") from None
+
     def enable_plan(self, subscription: str, plan: str) -> None:
         client = self._security_client(subscription)
         self._call(
@@ -708,7 +767,9 @@ def _conflict(what: str, code: str, inner: str, message: str) -> TransientError 
     in progress. Anything else is retried by the queue."""
     text = f"{what}: {message}"
     lowered = message.lower()
-    if inner == "CannotModifyExtensionsWhenVMNotRunning" or "vm is not running" in lowered:
+    # "The operation requires the VM to be running (or set to run)." (Run Command)
+    not_running = "vm is not running" in lowered or "requires the vm to be running" in lowered
+    if inner == "CannotModifyExtensionsWhenVMNotRunning" or not_running:
         return VmNotRunning(text, status=409, code=code)
     failed = _failed_extension(message)
     if failed:

@@ -44,6 +44,7 @@ LOG_PARTITION = "log"  # every record, newest first (see above)
 LEGACY_DAY_PREFIX = "d-"  # the previous version's day partitions, d-yyyymmdd
 MAX_PAGE = 1000  # Table Storage returns at most 1,000 entities a request
 NAME_PAGES = 20  # pages a short-name lookup reads at most
+LIST_FIELDS = ("actions", "findings")  # tuples, stored comma-joined
 TRIGGERS = frozenset({"event", "queue", "sweep", "http", "cli"})
 
 
@@ -74,12 +75,20 @@ class AuditRecord:
     install_state: str = ""
     install_code: int | None = None
     duration_ms: int = 0
+    # Verified protection (extension Succeeded only): verified, unhealthy, not-seen,
+    # pending or unchecked, why, and what to check.
+    verification: str = ""
+    verification_reason: str = ""
+    verification_hint: str = ""
+    findings: tuple[str, ...] = ()  # informational: no-monitoring-agent
+    test_alert: str = ""  # a test alert's result: verified, not-verified, failed
     time: datetime = field(default_factory=_now)
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_json(self) -> dict[str, Any]:
         value = asdict(self)
         value["actions"] = list(self.actions)
+        value["findings"] = list(self.findings)
         value["time"] = self.time.isoformat()
         return value
 
@@ -102,6 +111,12 @@ class AuditRecord:
             parts.append(("actions", ",".join(self.actions)))
         if self.install_code is not None:
             parts.append(("code", str(self.install_code)))
+        if self.verification:
+            parts.append(("verification", self.verification))
+        if self.findings:
+            parts.append(("findings", ",".join(self.findings)))
+        if self.test_alert:
+            parts.append(("test_alert", self.test_alert))
         parts.append(("reason", self.reason))
         if self.hint:
             parts.append(("hint", self.hint))
@@ -168,7 +183,7 @@ def _entity(record: AuditRecord, partition: str) -> dict[str, Any]:
     entity: dict[str, Any] = {"PartitionKey": partition, "RowKey": _row_key(record)}
     for item in fields(record):
         value = getattr(record, item.name)
-        if item.name == "actions":
+        if item.name in LIST_FIELDS:
             value = ",".join(value)
         elif item.name == "install_code":
             value = -1 if value is None else value
@@ -179,7 +194,8 @@ def _entity(record: AuditRecord, partition: str) -> dict[str, Any]:
 
 def _record(entity: dict[str, Any]) -> AuditRecord:
     values: dict[str, Any] = {item.name: entity.get(item.name) for item in fields(AuditRecord)}
-    values["actions"] = tuple(a for a in (values["actions"] or "").split(",") if a)
+    for name in LIST_FIELDS:
+        values[name] = tuple(a for a in (values[name] or "").split(",") if a)
     code = values["install_code"]
     values["install_code"] = None if code is None or code == -1 else int(code)
     moment = values["time"]
@@ -204,6 +220,8 @@ class Query:
     subscription: str = ""
     decision: str = ""
     run_id: str = ""
+    verification: str = ""
+    finding: str = ""
     limit: int = 100
     continuation: str = ""
     # What parse_query changed in what was asked, for the caller to show (e.g. "since
@@ -320,10 +338,13 @@ class AuditLog:
         if after:
             conditions.append("RowKey gt @after")
             parameters["after"] = after
-        for name in ("decision", "subscription", "run_id"):
+        for name in ("decision", "subscription", "run_id", "verification"):
             if getattr(query, name):
                 conditions.append(f"{name} eq @{name}")
                 parameters[name] = getattr(query, name)
+        if query.finding:  # one finding exists so far: the joined column equals it
+            conditions.append("findings eq @finding")
+            parameters["finding"] = query.finding
         entities = self._table.query_entities(
             " and ".join(conditions),
             parameters=parameters,

@@ -20,6 +20,7 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64E
 
 from remediation.audit import AuditLog
 from remediation.config import Settings, load
+from remediation.defender import States
 from remediation.queues import Claims, WorkQueue
 from remediation.service import Services
 
@@ -102,11 +103,17 @@ def build(environ: Mapping[str, str], create: bool = True) -> Services:
             _queue(settings, settings.sweep_queue, credential),
             _queue(settings, settings.sweep_poison_queue, credential),
         ),
+        tests=WorkQueue(
+            _queue(settings, settings.test_alert_queue, credential),
+            _queue(settings, settings.test_alert_poison_queue, credential),
+        ),
+        states=States(table),
     )
     if create:
         services.audit.create()
         services.queue.create()
         services.sweeps.create()
+        services.tests.create()
     return services
 
 

@@ -3,7 +3,10 @@ events on an Event Grid custom topic, for the alerting ops already have.
 
 - ``Remediation.InstallFailed``: an install ended Failed, or gave up after every retry;
 - ``Remediation.Blocked``: an event or install could not proceed (settings, permissions);
-- ``Remediation.SweepCompleted``: a sweep run finished, with its summary.
+- ``Remediation.SweepCompleted``: a sweep run finished, with its summary;
+- ``Remediation.NotVerified``: a sweep found that a VM turned ``not-seen`` or
+  ``unhealthy`` (its extension is Succeeded, Defender for Endpoint disagrees);
+- ``Remediation.TestAlert``: a test alert ended (verified, not-verified or failed).
 
 Sweeps report their blocked VMs in SweepCompleted's counts rather than one event each.
 Payloads carry ids, decisions, codes and hints: never a package, key or token. A failed
@@ -41,6 +44,19 @@ class Notifier:
         elif record.decision == "blocked" and record.trigger in {"event", "queue", "cli"}:
             self._publish("Remediation.Blocked", record.vm, _compact(record))
 
+    def not_verified(self, record: AuditRecord) -> None:
+        data = _compact(record) | {
+            "verification": record.verification,
+            "verificationReason": record.verification_reason[:500],
+            "verificationHint": record.verification_hint[:500],
+        }
+        self._publish("Remediation.NotVerified", record.vm, data)
+
+    def test_alert(self, record: AuditRecord) -> None:
+        self._publish(
+            "Remediation.TestAlert", record.vm, _compact(record) | {"testAlert": record.test_alert}
+        )
+
     def sweep_completed(self, run_id: str, mode: str, summary: dict[str, Any]) -> None:
         data = {"runId": run_id, "mode": mode} | {
             key: summary.get(key)
@@ -53,6 +69,8 @@ class Notifier:
                 "actions",
                 "capped",
                 "errors",
+                "verification",
+                "findings",
                 "duration_seconds",
             )
         }

@@ -9,12 +9,26 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from remediation.audit import AuditLog, Query
+from remediation.classify import FINDINGS
 from remediation.config import GUID, Settings
-from remediation.model import UNDECIDED, InvalidResourceId, Outcome, VmRef
+from remediation.model import UNDECIDED, InvalidResourceId, Outcome, Verification, VmRef
 from remediation.service import Services
 
 DECISIONS = frozenset({outcome.value for outcome in Outcome} | {"ignored", UNDECIDED})
-FILTERS = frozenset({"vm", "subscription", "decision", "since", "until", "limit", "continuation"})
+FILTERS = frozenset(
+    {
+        "vm",
+        "subscription",
+        "decision",
+        "verification",
+        "finding",
+        "since",
+        "until",
+        "limit",
+        "continuation",
+    }
+)
+VERIFICATIONS = frozenset(value.value for value in Verification)
 # Azure Functions takes a function key as ?code=...; the host checks it, and the worker
 # still sees it among the parameters: it is no unknown parameter.
 FUNCTION_KEY = frozenset({"code"})
@@ -58,7 +72,7 @@ def moment(text: str, now: datetime) -> datetime:
         return EARLIEST if value.year == 1 else LATEST
 
 
-def parse_query(
+def parse_query(  # noqa: PLR0915 - one check a filter
     params: Mapping[str, str], settings: Settings, now: datetime | None = None
 ) -> Query:
     """Strictly: unknown filters, bad values and anything outside the configured scope
@@ -108,6 +122,16 @@ def parse_query(
         if decision not in DECISIONS:
             problems.append(f"decision: one of {', '.join(sorted(DECISIONS))}")
         values["decision"] = decision
+    verification = params.get("verification", "")
+    if verification:
+        if verification not in VERIFICATIONS:
+            problems.append(f"verification: one of {', '.join(sorted(VERIFICATIONS))}")
+        values["verification"] = verification
+    finding = params.get("finding", "")
+    if finding:
+        if finding not in FINDINGS:
+            problems.append(f"finding: one of {', '.join(FINDINGS)}")
+        values["finding"] = finding
     limit = params.get("limit", "100")
     # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
     if not re.fullmatch(r"[0-9]{1,6}", limit) or not 1 <= int(limit) <= MAX_LIMIT:

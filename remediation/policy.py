@@ -263,10 +263,13 @@ def decide(vm: Classification, posture: Posture, settings: Settings, history: Hi
 SENSOR = "the sensor service (Windows: `sc query sense`; Linux: `mdatp health`)"
 MDE_URLS = "the proxy or firewall lets the Defender for Endpoint service URLs through"
 HEALTH_HINTS: dict[str, str] = {
-    "inactive": f"the device stopped reporting (7 days or more): check that the VM runs and {SENSOR} runs",
+    "inactive": "the device stopped reporting (7 days or more): check that the VM runs "
+    f"and {SENSOR} runs",
     "impairedcommunication": f"the sensor cannot reach the service: check that {MDE_URLS}",
-    "nosensordata": f"the sensor sends no data: check {SENSOR} and that the device was not offboarded",
-    "nosensordataimpairedcommunication": f"no data and no connection: check {SENSOR} and that {MDE_URLS}",
+    "nosensordata": f"the sensor sends no data: check {SENSOR} and that the device was "
+    "not offboarded",
+    "nosensordataimpairedcommunication": f"no data and no connection: check {SENSOR} and "
+    f"that {MDE_URLS}",
 }
 NOT_SEEN_HINT = (
     "check that the onboarding package is this tenant's (the extension used the "
@@ -295,7 +298,9 @@ def verify(
         health, onboarding = device.health or "Unknown", device.onboarding or "Unknown"
         if health.lower() == "active" and onboarding.lower() == "onboarded":
             return Verified(Verification.VERIFIED, f"{seen}: onboarded and Active.")
-        hint = HEALTH_HINTS.get(health.lower(), f"check the device in the Defender portal ({SENSOR})")
+        hint = HEALTH_HINTS.get(
+            health.lower(), f"check the device in the Defender portal ({SENSOR})"
+        )
         if onboarding.lower() != "onboarded":
             hint = f"onboarding status is {onboarding}: run the extension again or onboard by hand"
         return Verified(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from remediation.audit import AuditLog, AuditRecord, logfmt
 from remediation.classify import MDE_PUBLISHER, Classification, Protection, classify
 from remediation.config import Settings
+from remediation.defender import OFF, State, States
 from remediation.events import Ignored, parse
 from remediation.model import (
     UNAVAILABLE,
@@ -33,6 +34,8 @@ from remediation.model import (
     Power,
     RemediationError,
     TransientError,
+    Verification,
+    Verified,
     VmFacts,
     VmNotRunning,
     VmRef,
@@ -57,6 +60,8 @@ class Services:
     queue: WorkQueue  # install requests
     claims: Claims
     sweeps: WorkQueue  # sweep batches
+    tests: WorkQueue  # test alerts: run the test, then watch for its alert
+    states: States  # each VM's verification between sweeps
     notifier: Notifier | None = None
 
 
@@ -65,18 +70,62 @@ class Assessment:
     facts: VmFacts
     vm: Classification
     decision: Decision
+    verified: Verified | None = None  # for a Succeeded extension only
 
 
 # --- Gather and decide -------------------------------------------------------------------
-def assess(services: Services, facts: VmFacts) -> Assessment:
+def assess(services: Services, facts: VmFacts, last_known: bool = True) -> Assessment:
     """Classify and decide for facts already read; reads the (cached) posture and,
-    for a Failed extension only, the VM's history from the audit log."""
+    for a Failed extension only, the VM's history from the audit log. For a Succeeded
+    extension, ``last_known`` adds the verification the last sweep made (one read; the
+    sweep, which reads Defender for Endpoint's list, makes its own)."""
     vm = classify(facts, services.settings.exclude_tag)
     posture = services.arm.posture(facts.vm.subscription)
     history = History()
     if vm.protection is Protection.FAILED:
         history = History(reinstalls=services.audit.reinstalls_since_success(facts.vm.id))
-    return Assessment(facts, vm, decide(vm, posture, services.settings, history))
+    decision = decide(vm, posture, services.settings, history)
+    verified = None
+    if last_known and vm.protection is Protection.SUCCEEDED:
+        verified = last_verification(services, facts.vm)
+    return Assessment(facts, vm, decision, verified)
+
+
+def last_verification(services: Services, vm: VmRef) -> Verified:
+    """Between sweeps: what the last one found, or "pending" for a VM it has not seen."""
+    if not services.settings.mde_api:
+        return Verified(Verification.UNCHECKED, OFF)
+    state = services.states.get(vm.id, vm.subscription)
+    if state is None:
+        return Verified(
+            Verification.PENDING,
+            "Defender for Endpoint's device list is checked by the next sweep.",
+        )
+    found = state.verified
+    return Verified(found.value, f"As of the last sweep: {found.reason}", found.hint)
+
+
+def just_installed(services: Services, vm: VmRef) -> Verified:
+    """Our install Succeeded: the grace period for Defender for Endpoint starts now."""
+    if not services.settings.mde_api:
+        return Verified(Verification.UNCHECKED, OFF)
+    verified = Verified(
+        Verification.PENDING,
+        "The extension was just installed; Defender for Endpoint may take up to "
+        f"{services.settings.verify_grace_hours} h to list the device.",
+    )
+    services.states.write(vm.subscription, {vm.id: State(datetime.now(UTC), verified)})
+    return verified
+
+
+def verification_fields(verified: Verified | None) -> dict[str, str]:
+    if verified is None:
+        return {}
+    return {
+        "verification": verified.value.value,
+        "verification_reason": verified.reason,
+        "verification_hint": verified.hint,
+    }
 
 
 def assess_with_pricing(services: Services, facts: VmFacts) -> Assessment:
@@ -135,6 +184,9 @@ class Context:
             extra.setdefault("eligible_running", assessment.vm.eligible_running)
             extra.setdefault("actions", tuple(assessment.decision.action_names))
             extra.setdefault("hint", assessment.decision.hint)
+            extra.setdefault("findings", assessment.vm.findings)
+            for name, value in verification_fields(assessment.verified).items():
+                extra.setdefault(name, value)
         return AuditRecord(
             vm=self.vm,
             subscription=self.subscription,
@@ -337,7 +389,13 @@ def _install(context: Context, vm: VmRef, request: InstallRequest) -> AuditRecor
         started = dataclasses.replace(request, install_started=_now())
         return _check_later(context, started, assessment)
     if result.state == "Succeeded":
-        return context.decided(assessment, "succeeded", applied=True, install_state="Succeeded")
+        return context.decided(
+            assessment,
+            "succeeded",
+            applied=True,
+            install_state="Succeeded",
+            **verification_fields(just_installed(services, vm)),
+        )
     return _failed_install(context, assessment, result)
 
 
@@ -411,6 +469,7 @@ def _install_outcome(
             assessment,
             applied=True,
             install_state="Succeeded",
+            **verification_fields(just_installed(context.services, vm.vm)),
         )
     code = vm.failure_code
     with_code = f" with code {code}" if code is not None else ""

@@ -38,7 +38,9 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, UpdateMode
 
+from remediation import defender
 from remediation.audit import AuditRecord, Query, replace_if_unchanged
+from remediation.classify import Protection
 from remediation.config import GUID, Mode, Settings
 from remediation.model import (
     ActionKind,
@@ -46,10 +48,12 @@ from remediation.model import (
     Outcome,
     PermanentError,
     TransientError,
+    Verification,
     VmFacts,
     coverage_percent,
     load_json,
 )
+from remediation.policy import verify
 from remediation.service import Assessment, Context, Services, apply_subscription_actions, assess
 
 SCHEMA = "sweep-batch/1"
@@ -169,6 +173,8 @@ class BatchResult:
     capped: int = 0  # VMs blocked by the cap
     errors: int = 0
     unavailable: int = 0  # VMs Azure did not answer for (an outage, not an error)
+    verification: Counter[str] = field(default_factory=Counter)  # Succeeded VMs only
+    findings: Counter[str] = field(default_factory=Counter)
     arm_requests: int = 0
     graph_requests: int = 0
     failed: str = ""  # why the batch gave up, for a poisoned batch
@@ -408,8 +414,8 @@ def _result_json(result: BatchResult) -> str:
 
 def _result_from_json(text: str) -> BatchResult:
     value = json.loads(text)
-    value["decisions"] = Counter(value["decisions"])
-    value["platforms"] = Counter(value["platforms"])
+    for name in ("decisions", "platforms", "verification", "findings"):
+        value[name] = Counter(value.get(name) or {})
     return BatchResult(**value)
 
 
@@ -418,9 +424,13 @@ def summarize(
 ) -> dict[str, Any]:
     decisions: Counter[str] = Counter()
     platforms: Counter[str] = Counter()
+    verification: Counter[str] = Counter()
+    findings: Counter[str] = Counter()
     for result in results:
         decisions.update(result.decisions)
         platforms.update(result.platforms)
+        verification.update(result.verification)
+        findings.update(result.findings)
     eligible = sum(r.eligible_running for r in results)
     covered = sum(r.covered for r in results)
     return {
@@ -434,6 +444,8 @@ def summarize(
         "capped": sum(r.capped for r in results),
         "errors": sum(r.errors for r in results),
         "unavailable": sum(r.unavailable for r in results),
+        "verification": dict(sorted(verification.items())),
+        "findings": dict(sorted(findings.items())),
         "failed_batches": [r.failed for r in results if r.failed],
         "arm_requests": sum(r.arm_requests for r in results),
         "graph_requests": sum(r.graph_requests for r in results),
@@ -483,10 +495,28 @@ def start(services: Services, request: SweepRequest, send: Callable[[str], Any] 
     sweep queue) -- or, with ``send=None``, leave them for the caller to run inline."""
     batches = batches_of(request.subscriptions, services.settings.sweep_batch_size)
     run = RunStore(services.audit.table).new_run(request, len(batches))
+    if services.settings.mde_api:
+        read_devices(services, run.run_id)
     if send is not None:
         for index, subscriptions in enumerate(batches):
             send(BatchMessage(run.run_id, index, subscriptions).to_text())
     return run
+
+
+def read_devices(services: Services, run_id: str) -> None:
+    """Defender for Endpoint's device list, read once per run and kept with it for its
+    batches. Reading it is best effort: if it fails, the run's VMs are "unchecked", and
+    their records say why."""
+    table = services.audit.table
+    try:
+        count = defender.snapshot(table, run_id, services.arm.defender_devices())
+        log.info("sweep %s: %s Azure VM devices read from Defender for Endpoint", run_id, count)
+    except Exception as error:
+        hint = getattr(error, "hint", "")
+        why = f"Defender for Endpoint's device list could not be read: {error}"
+        log.warning("sweep %s: %s", run_id, why)
+        with contextlib.suppress(Exception):
+            defender.snapshot_failed(table, run_id, why + (f" Check: {hint}" if hint else ""))
 
 
 def run_batch(
@@ -503,7 +533,8 @@ def run_batch(
     if run.status != "running":  # closed as failed meanwhile: its subscriptions moved on
         log.warning("sweep %s is %s: batch %s skipped", run.run_id, run.status, message.batch)
         return None
-    batch = _Batch(services, run, store)
+    index = defender.load(services.audit.table, run.run_id, message.subscriptions)
+    batch = _Batch(services, run, store, index)
     if not store.beat(run.run_id):
         return None
     last_beat = time.monotonic()
@@ -525,6 +556,7 @@ def run_batch(
         finally:
             store.give_back(run.run_id, batch.budget)  # what this batch took but did not use
     services.audit.write_many(batch.records)
+    batch.save_states()
     batch.result.arm_requests, batch.result.graph_requests = used["arm"], used["graph"]
     return _finished(services, store.finish_batch(run, message.batch, batch.result))
 
@@ -533,6 +565,8 @@ def _finished(services: Services, run: Run | None) -> Run | None:
     """The batch that finished the run: notify, and apply the log's retention."""
     if run is None:
         return None
+    with contextlib.suppress(Exception):  # a leftover copy costs storage only
+        defender.forget(services.audit.table, run.run_id)
     if services.notifier is not None:
         services.notifier.sweep_completed(run.run_id, run.mode, run.summary)
     cutoff = datetime.now(UTC) - timedelta(days=services.settings.audit_retention_days)
@@ -580,10 +614,16 @@ def fail_batch(services: Services, message: BatchMessage, why: str) -> Run | Non
 class _Batch:
     """One batch's VMs through assess -> act, with the run's cap and mode."""
 
-    def __init__(self, services: Services, run: Run, store: RunStore) -> None:
+    def __init__(
+        self, services: Services, run: Run, store: RunStore, index: defender.DeviceIndex
+    ) -> None:
         self.services = services
         self.run = run
         self.store = store
+        self.index = index
+        self.states: dict[str, dict[str, defender.State]] = {}  # per subscription, read once
+        self.changes: dict[str, dict[str, defender.State | None]] = {}
+        self.turned: list[AuditRecord] = []  # turned not-seen or unhealthy: notify
         self.enforce = run.mode == Mode.ENFORCE.value
         self.cap = services.settings.max_actions_per_sweep
         self.applied: dict[str, set[str]] = {}  # subscription -> actions taken this batch
@@ -596,8 +636,9 @@ class _Batch:
     def handle(self, facts: VmFacts) -> AuditRecord:
         context = self.context.for_vm(facts.vm)
         assessment: Assessment | None = None
+        turned = False
         try:
-            assessment = assess(self.services, facts)
+            assessment, turned = self._verify(assess(self.services, facts, last_known=False))
             record = self._act(context, assessment)
         except TransientError as error:
             self.result.unavailable += 1
@@ -609,7 +650,49 @@ class _Batch:
         record = _stable(record, self.run)
         _count(self.result, assessment, record)
         self.records.append(record)
+        if turned:
+            self.turned.append(record)
         return record
+
+    def _verify(self, assessment: Assessment) -> tuple[Assessment, bool]:
+        """Add what Defender for Endpoint sees of a VM whose extension is Succeeded, and
+        keep its state: since when Succeeded (the grace period) and its last value.
+        True when it turned not-seen or unhealthy (a notification)."""
+        vm = assessment.vm
+        now, grace = self.run.started, self.services.settings.verify_grace_hours
+        if self.index.problem:  # off, or the list could not be read: no state kept
+            verified = verify(
+                vm, None, checked=self.index.problem, since=None, now=now, grace_hours=grace
+            )
+            return dataclasses.replace(assessment, verified=verified), False
+        subscription, key = vm.vm.subscription.lower(), vm.vm.id.lower()
+        if subscription not in self.states:
+            self.states[subscription] = self.services.states.read(subscription)
+        before = self.states[subscription].get(key)
+        changes = self.changes.setdefault(subscription, {})
+        if vm.protection is not Protection.SUCCEEDED:
+            if before is not None:  # uninstalled or failed: a new install starts afresh
+                changes[vm.vm.id] = None
+            return assessment, False
+        since = before.since if before else now
+        device = self.index.find(assessment.facts)
+        verified = verify(vm, device, checked="", since=since, now=now, grace_hours=grace)
+        assert verified is not None  # the extension is Succeeded
+        changed = before is None or before.verified.value is not verified.value
+        if changed:
+            changes[vm.vm.id] = defender.State(since, verified)
+        bad = verified.value in {Verification.NOT_SEEN, Verification.UNHEALTHY}
+        return dataclasses.replace(assessment, verified=verified), changed and bad
+
+    def save_states(self) -> None:
+        """Write the states that changed (transactions of 100), then notify the VMs
+        that turned not-seen or unhealthy."""
+        for subscription, changes in self.changes.items():
+            if changes:
+                self.services.states.write(subscription, changes)
+        if self.services.notifier is not None:
+            for record in self.turned:
+                self.services.notifier.not_verified(record)
 
     def _take(self, actions: int) -> bool:
         """Spend from the batch's share of the cap, taking more in blocks (one table
@@ -675,6 +758,9 @@ def _count(result: BatchResult, assessment: Assessment | None, record: AuditReco
     result.vms += 1
     result.decisions[record.decision] += 1
     result.platforms[record.platform or "unknown"] += 1
+    if record.verification:
+        result.verification[record.verification] += 1
+    result.findings.update(record.findings)
     if assessment is None:
         return
     if assessment.vm.eligible_running:

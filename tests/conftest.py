@@ -297,6 +297,7 @@ def world_factory(azurite, monkeypatch):
                 "REMEDIATION_SUBSCRIPTIONS": ",".join(estate.subscriptions),
                 "REMEDIATION_INSTALL_QUEUE": f"installs-{suffix}",
                 "REMEDIATION_SWEEP_QUEUE": f"sweeps-{suffix}",
+                "REMEDIATION_TEST_ALERT_QUEUE": f"tests-{suffix}",
                 "REMEDIATION_AUDIT_TABLE": f"audit{suffix}",
                 "REMEDIATION_LRO_POLL_SECONDS": "0.02",
                 "REMEDIATION_RETRY_BUDGET_SECONDS": "3",

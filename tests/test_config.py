@@ -53,6 +53,12 @@ def test_every_default_is_safe_and_written_here():
         "notify_endpoint": "",
         "notify_key": "",
         "pages_sign_in": False,
+        "mde_api": "",  # verification off
+        "verify_grace_hours": 24,
+        "allow_test_alert": False,  # the test alert runs a command: opt-in
+        "test_alert_queue": "mde-test-alerts",
+        "test_alert_timeout_minutes": 60,
+        "dismiss_test_alerts": False,
         "app_name": "",
     }
 
@@ -100,6 +106,12 @@ def test_every_setting_is_read():
             "REMEDIATION_NOTIFY_TOPIC_ENDPOINT": "https://t.westeurope-1.eventgrid.azure.net/api/events",
             "REMEDIATION_NOTIFY_TOPIC_KEY": " key== ",
             "REMEDIATION_PAGES_SIGN_IN": "entra",
+            "REMEDIATION_MDE_API": "https://api-eu.securitycenter.microsoft.com/",
+            "REMEDIATION_VERIFY_GRACE_HOURS": "6",
+            "REMEDIATION_ALLOW_TEST_ALERT": "yes",
+            "REMEDIATION_TEST_ALERT_QUEUE": "probes",
+            "REMEDIATION_TEST_ALERT_TIMEOUT_MINUTES": "30",
+            "REMEDIATION_DISMISS_TEST_ALERTS": "1",
             "WEBSITE_SITE_NAME": "func-remediate",
         }
     )
@@ -134,6 +146,12 @@ def test_every_setting_is_read():
         "notify_endpoint": "https://t.westeurope-1.eventgrid.azure.net/api/events",
         "notify_key": "key==",
         "pages_sign_in": True,
+        "mde_api": "https://api-eu.securitycenter.microsoft.com",
+        "verify_grace_hours": 6,
+        "allow_test_alert": True,
+        "test_alert_queue": "probes",
+        "test_alert_timeout_minutes": 30,
+        "dismiss_test_alerts": True,
         "app_name": "func-remediate",
     }
     assert settings.enforce is True
@@ -232,6 +250,13 @@ BAD_VALUES = [
     ("REMEDIATION_NOTIFY_TOPIC_KEY", "key==", "REMEDIATION_NOTIFY_TOPIC_KEY: set without REMEDIATION_NOTIFY_TOPIC_ENDPOINT"),
     ("REMEDIATION_PAGES_SIGN_IN", "yes", "REMEDIATION_PAGES_SIGN_IN='yes': must be empty (function keys) or 'entra' (App Service sign-in)"),
     ("REMEDIATION_PAGES_SIGN_IN", "aad", "REMEDIATION_PAGES_SIGN_IN='aad': must be empty (function keys) or 'entra' (App Service sign-in)"),
+    ("REMEDIATION_MDE_API", "http://api.securitycenter.microsoft.com", "REMEDIATION_MDE_API='http://api.securitycenter.microsoft.com': must be an https:// URL (bearer tokens are refused over http)"),
+    ("REMEDIATION_MDE_API", "https://api.securitycenter.microsoft.com/api/machines", "REMEDIATION_MDE_API='https://api.securitycenter.microsoft.com/api/machines': must be a bare endpoint such as https://management.azure.com"),
+    ("REMEDIATION_VERIFY_GRACE_HOURS", "0", "REMEDIATION_VERIFY_GRACE_HOURS='0': must be between 1 and 720"),
+    ("REMEDIATION_ALLOW_TEST_ALERT", "sure", "REMEDIATION_ALLOW_TEST_ALERT='sure': must be 'true' or 'false'"),
+    ("REMEDIATION_TEST_ALERT_QUEUE", "Tests", "REMEDIATION_TEST_ALERT_QUEUE='Tests': must be a queue name: 3-56 lowercase letters, digits and single hyphens"),
+    ("REMEDIATION_TEST_ALERT_TIMEOUT_MINUTES", "4", "REMEDIATION_TEST_ALERT_TIMEOUT_MINUTES='4': must be between 5 and 1440"),
+    ("REMEDIATION_DISMISS_TEST_ALERTS", "y", "REMEDIATION_DISMISS_TEST_ALERTS='y': must be 'true' or 'false'"),
 ]
 # fmt: on
 
@@ -475,6 +500,12 @@ REMEDIATION_NAMES = (
     "NOTIFY_TOPIC_ENDPOINT",
     "NOTIFY_TOPIC_KEY",
     "PAGES_SIGN_IN",
+    "MDE_API",
+    "VERIFY_GRACE_HOURS",
+    "ALLOW_TEST_ALERT",
+    "TEST_ALERT_QUEUE",
+    "TEST_ALERT_TIMEOUT_MINUTES",
+    "DISMISS_TEST_ALERTS",
 )
 
 

@@ -77,6 +77,10 @@ def test_importing_the_app_reads_no_settings_and_declares_every_function(monkeyp
         "sweep_batch",
         "sweep_batch_poison",
         "sweep_status",
+        "test_alert",
+        "test_alert_poison",
+        "test_alert_status",
+        "test_alert_step",
     ]
 
 

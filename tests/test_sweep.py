@@ -379,6 +379,8 @@ def test_http_functions_use_function_keys():
         "coverage_report": ("GET", "report"),
         "coverage_status": ("GET", "status"),
         "health": ("GET", "health"),
+        "test_alert": ("POST", "test-alert"),
+        "test_alert_status": ("GET", "test-alert/{testId}"),
     }
     assert {
         name: (next(m.value for m in b["methods"]), b["route"]) for name, b in http.items()
@@ -386,6 +388,8 @@ def test_http_functions_use_function_keys():
     assert {b["authLevel"].value for b in http.values()} == {"function"}
     assert routes["nightly_sweep"]["schedule"] == "%REMEDIATION_SWEEP_SCHEDULE%"
     assert routes["sweep_batch"]["queueName"] == "%REMEDIATION_SWEEP_QUEUE%"
+    assert routes["test_alert_step"]["queueName"] == "%REMEDIATION_TEST_ALERT_QUEUE%"
+    assert routes["test_alert_poison"]["queueName"] == "%REMEDIATION_TEST_ALERT_QUEUE%-poison"
 
 
 def test_a_forbidden_subscription_change_in_a_sweep_is_blocked(world_factory):

@@ -1,0 +1,467 @@
+"""The harmless test alert, on demand (opt-in): proof that Defender for Endpoint on a VM
+reports to Defender for Cloud, the last step of Defender for Cloud's own onboarding
+guidance ("Validate alerts", learn.microsoft.com/azure/defender-for-cloud/alert-validation).
+
+``begin`` refuses, writing nothing, unless REMEDIATION_ALLOW_TEST_ALERT is true and the
+app enforces (the test runs a command on the VM: report mode runs nothing), and unless
+the VM is in scope, not excluded, running and its MDE extension Succeeded. It then
+records the test and queues it. The test-alert queue runs it in two steps:
+- ``run``: Microsoft's documented detection test through VM Run Command (PowerShell on
+  Windows, the EICAR test file on Linux);
+- ``watch``: Defender for Cloud's alerts in the VM's resource group, from delayed queue
+  messages every REMEDIATION_RECHECK_SECONDS, until the test alert shows up or
+  REMEDIATION_TEST_ALERT_TIMEOUT_MINUTES pass.
+The test ends in one remediation-log record: ``test_alert`` verified (alert id, name,
+minutes from the command to the alert), not-verified (what to check) or failed (the
+Run Command's output, trimmed and scrubbed of anything secret-looking).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+from remediation.audit import AuditRecord, vm_partition
+from remediation.classify import OsFamily, Protection, classify
+from remediation.model import (
+    InvalidJson,
+    InvalidResourceId,
+    Outcome,
+    PermanentError,
+    Power,
+    RemediationError,
+    TransientError,
+    VmNotRunning,
+    VmRef,
+    load_json,
+)
+from remediation.service import Context, Services
+
+log = logging.getLogger("remediation")
+
+SCHEMA = "mde-test-alert/1"
+PARTITION = "testalert"
+LOCK_PARTITION = "testalert-vm"
+TEST_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+MAX_BODY = 4 * 1024
+OUTPUT_CHARS = 1000  # of the Run Command's output kept in the record
+CLOCK_SKEW = timedelta(minutes=5)  # an alert stamped a little before the command still counts
+
+# Microsoft's detection tests. Windows: the documented command (run-detection-test docs,
+# alert-validation docs), started detached: it runs "powershell.exe -NoExit", which would
+# otherwise hold Run Command for its 90 minutes. Linux: the documented EICAR download.
+WINDOWS_TEST = (
+    "powershell.exe -NoExit -ExecutionPolicy Bypass -WindowStyle Hidden "
+    "$ErrorActionPreference = 'silentlycontinue';(New-Object System.Net.WebClient)"
+    ".DownloadFile('http://127.0.0.1/1.exe', 'C:\\\\test-MDATP-test\\\\invoice.exe');"
+    "Start-Process 'C:\\\\test-MDATP-test\\\\invoice.exe'"
+)
+SCRIPTS = {
+    OsFamily.WINDOWS: [
+        "New-Item -ItemType Directory -Force -Path 'C:\\test-MDATP-test' | Out-Null",
+        f"Start-Process cmd.exe -WindowStyle Hidden -ArgumentList '/c start \"\" {WINDOWS_TEST}'",
+        "Write-Output 'detection test started'",
+    ],
+    OsFamily.LINUX: [
+        "curl -sS -o /tmp/eicar.com.txt https://secure.eicar.org/eicar.com.txt "
+        "|| echo 'the EICAR test file could not be downloaded'",
+        "mdatp health --field real_time_protection_enabled 2>&1 || true",
+    ],
+}
+# How the test alert is named in Defender for Cloud (matched case-insensitively in the
+# display name): Windows "[Test Alert] Suspicious Powershell commandline"; Linux, MDE's
+# EICAR detection ("'EICAR_Test_File' malware was prevented"). Both are seen in public
+# alert samples, not in Microsoft's docs (docs/fidelity.md).
+ALERT_MARKERS = {OsFamily.WINDOWS: "[test alert]", OsFamily.LINUX: "eicar"}
+CHECK = (
+    "check the device in the Defender portal (is it Active?), that the VM reaches the MDE "
+    "service URLs, that Defender for Servers and the MDE integration are on for the "
+    "subscription, and that real-time protection is on; then run the test again"
+)
+# What may never reach a record: tokens, SAS signatures, keys, long base64 (a package).
+_SECRETS = re.compile(
+    r"eyJ[\w-]{10,}\.[\w-]{10,}\.[\w-]*"  # a JWT
+    r"|\b(?:sig|se|sv|skoid|key|password|pwd|secret|token)=[^\s&\"']+"  # SAS / key=value
+    r"|[A-Za-z0-9+/]{40,}={0,2}",  # base64 runs (onboarding packages, keys)
+    re.IGNORECASE,
+)
+
+
+class Refused(ValueError):
+    """A test that must not run: every problem, and the HTTP status (400, or 409 when a
+    test is already running on the VM)."""
+
+    def __init__(self, problems: list[str], status: int = 400) -> None:
+        super().__init__("; ".join(problems))
+        self.problems, self.status = problems, status
+
+
+@dataclass(frozen=True)
+class Test:
+    test_id: str
+    vm: str
+    os: str
+    trigger: str
+    status: str  # running, verified, not-verified, failed
+    started: datetime
+    deadline: datetime
+    command_at: datetime | None = None
+    result: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "test_id": self.test_id,
+            "vm": self.vm,
+            "os": self.os,
+            "trigger": self.trigger,
+            "status": self.status,
+            "started": self.started.isoformat(),
+            "deadline": self.deadline.isoformat(),
+            "command_at": self.command_at.isoformat() if self.command_at else None,
+            "result": self.result,
+        }
+
+
+def scrub(text: str) -> str:
+    """The output's tail, with anything secret-looking replaced."""
+    return _SECRETS.sub("[redacted]", text)[-OUTPUT_CHARS:]
+
+
+def parse_body(body: bytes) -> str:
+    """POST /api/test-alert's body: {"vm": "<id>"}; returns the VM id."""
+    try:
+        value = load_json(body, max_bytes=MAX_BODY)
+    except InvalidJson as error:
+        raise Refused([f"the body is {error}"]) from None
+    if not isinstance(value, dict):
+        raise Refused(['the body must be a JSON object: {"vm": "<VM resource id>"}'])
+    unknown = sorted(set(value) - {"vm"})
+    problems = (
+        [f"unknown fields: {', '.join(repr(k)[:60] for k in unknown[:10])}"] if unknown else []
+    )
+    if not isinstance(value.get("vm"), str):
+        problems.append("vm: required, a VM resource id")
+    if problems:
+        raise Refused(problems)
+    return str(value["vm"])
+
+
+# --- Starting ---------------------------------------------------------------------------
+def begin(services: Services, vm_id: str, trigger: str, now: datetime | None = None) -> Test:
+    """Check everything, then record and queue the test. Raises Refused, writing nothing."""
+    settings = services.settings
+    problems = []
+    if not settings.allow_test_alert:
+        problems.append(
+            "the test alert is off: set REMEDIATION_ALLOW_TEST_ALERT=true (it runs "
+            "Microsoft's harmless detection test on the VM)"
+        )
+    if not settings.enforce:
+        problems.append("REMEDIATION_MODE is report: the test runs a command on the VM")
+    try:
+        vm = VmRef.parse(vm_id)
+    except InvalidResourceId:
+        raise Refused([*problems, "vm: not a virtual machine resource id"]) from None
+    if not settings.in_scope(vm.subscription):
+        problems.append("vm: its subscription is not in REMEDIATION_SUBSCRIPTIONS")
+    if problems:
+        raise Refused(problems)
+    try:
+        facts = services.arm.vm_facts(vm)
+    except RemediationError as error:
+        if error.status == 404:
+            raise Refused([f"vm: {vm} does not exist"]) from None
+        raise
+    found = classify(facts, settings.exclude_tag)
+    if found.opt_out or found.managed:
+        problems.append(f"the VM is excluded: {found.opt_out or found.managed}")
+    if found.os is OsFamily.UNKNOWN:
+        problems.append("the VM's operating system is unknown: no detection test applies")
+    if found.power is not Power.RUNNING:
+        problems.append(f"the VM is {found.power}: Run Command needs it running")
+    if found.protection is not Protection.SUCCEEDED:
+        problems.append(
+            f"{found.extension or 'MDE'} is {found.protection} on the VM, not Succeeded"
+        )
+    if problems:
+        raise Refused(problems)
+    started = now or datetime.now(UTC)
+    test = Test(
+        test_id=started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8],
+        vm=vm.id,
+        os=found.os.value,
+        trigger=trigger,
+        status="running",
+        started=started,
+        deadline=started + timedelta(minutes=settings.test_alert_timeout_minutes),
+    )
+    _lock(services, test)
+    table = services.audit.table
+    table.create_entity(_entity(test))
+    services.tests.send_text(_message(test.test_id, "run"))
+    return test
+
+
+def _lock(services: Services, test: Test) -> None:
+    """One test at a time per VM: an entity per VM until the test ends (or its deadline)."""
+    table = services.audit.table
+    entity = {
+        "PartitionKey": LOCK_PARTITION,
+        "RowKey": vm_partition(test.vm),
+        "test_id": test.test_id,
+        "expires": test.deadline + timedelta(minutes=15),
+    }
+    try:
+        table.create_entity(entity)
+        return
+    except ResourceExistsError:
+        pass
+    current = table.get_entity(LOCK_PARTITION, vm_partition(test.vm))
+    if current["expires"] > test.started:
+        raise Refused([f"a test alert ({current['test_id']}) is already running on this VM"], 409)
+    table.update_entity(
+        entity, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
+    )
+
+
+def _unlock(services: Services, test: Test) -> None:
+    with contextlib.suppress(ResourceNotFoundError):
+        current = services.audit.table.get_entity(LOCK_PARTITION, vm_partition(test.vm))
+        if current["test_id"] == test.test_id:
+            services.audit.table.delete_entity(LOCK_PARTITION, vm_partition(test.vm))
+
+
+# --- Storing ----------------------------------------------------------------------------
+def _entity(test: Test) -> dict[str, Any]:
+    return {
+        "PartitionKey": PARTITION,
+        "RowKey": test.test_id,
+        "vm": test.vm,
+        "os": test.os,
+        "trigger": test.trigger,
+        "status": test.status,
+        "started": test.started,
+        "deadline": test.deadline,
+        "command_at": test.command_at,
+        "result": json.dumps(test.result) if test.result is not None else "",
+    }
+
+
+def get(services: Services, test_id: str) -> Test | None:
+    try:
+        entity = services.audit.table.get_entity(PARTITION, test_id)
+    except ResourceNotFoundError:
+        return None
+    return Test(
+        test_id=test_id,
+        vm=entity["vm"],
+        os=entity["os"],
+        trigger=entity["trigger"],
+        status=entity["status"],
+        started=entity["started"],
+        deadline=entity["deadline"],
+        command_at=entity.get("command_at"),
+        result=json.loads(entity["result"]) if entity.get("result") else None,
+    )
+
+
+def _save(services: Services, test: Test) -> None:
+    services.audit.table.upsert_entity(_entity(test))
+
+
+def _message(test_id: str, step: str) -> str:
+    return json.dumps({"schema": SCHEMA, "test_id": test_id, "step": step})
+
+
+# --- The queue: run, then watch ----------------------------------------------------------
+def handle(services: Services, text: str, now: datetime | None = None) -> AuditRecord | None:
+    """One step of a test. Raises TransientError for the host to retry; returns the
+    record once the test ended, None while it goes on."""
+    try:
+        value = json.loads(text)
+        test_id, step = str(value["test_id"]), str(value["step"])
+        if (
+            value.get("schema") != SCHEMA
+            or not TEST_ID.match(test_id)
+            or step not in {"run", "watch"}
+        ):
+            raise ValueError(step)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("a malformed test-alert message was dropped: %r", text[:200])
+        return None
+    test = get(services, test_id)
+    if test is None or test.status != "running":
+        return None  # unknown, or ended already (a repeated delivery)
+    now = now or datetime.now(UTC)
+    if step == "run":
+        return _run(services, test, now)
+    return _watch(services, test, now)
+
+
+def _run(services: Services, test: Test, now: datetime) -> AuditRecord | None:
+    vm = VmRef.parse(test.vm)
+    family = OsFamily(test.os)
+    try:
+        output = services.arm.run_command(vm, family is OsFamily.WINDOWS, SCRIPTS[family])
+    except VmNotRunning as error:
+        return _end(services, test, "failed", f"The VM stopped before the test ran: {error}", CHECK)
+    except TransientError:
+        raise  # the host retries; the poison handler ends the test
+    except PermanentError as error:
+        reason = f"Run Command refused the detection test: {error}"
+        return _end(services, test, "failed", reason, error.hint or CHECK)
+    stdout, stderr = output if output is not None else ("(still running)", "")
+    ran = {"stdout": scrub(stdout), "stderr": scrub(stderr)}
+    test = _replace(test, command_at=now, result={"output": ran})
+    _save(services, test)
+    services.tests.queue.send_message(
+        _message(test.test_id, "watch"), visibility_timeout=services.settings.recheck_seconds
+    )
+    return None
+
+
+def _watch(services: Services, test: Test, now: datetime) -> AuditRecord | None:
+    vm = VmRef.parse(test.vm)
+    since = (test.command_at or test.started) - CLOCK_SKEW
+    marker = ALERT_MARKERS[OsFamily(test.os)]
+    alert = next(
+        (a for a in services.arm.security_alerts(vm) if _is_test_alert(a, vm, marker, since)),
+        None,
+    )
+    if alert is not None:
+        return _verified(services, test, vm, alert)
+    if now >= test.deadline:
+        minutes = services.settings.test_alert_timeout_minutes
+        reason = (
+            f"No test alert reached Defender for Cloud within {minutes} minutes of the "
+            "detection test."
+        )
+        return _end(services, test, "not-verified", reason, CHECK)
+    delay = min(services.settings.recheck_seconds, int((test.deadline - now).total_seconds()) + 1)
+    services.tests.queue.send_message(_message(test.test_id, "watch"), visibility_timeout=delay)
+    return None
+
+
+def _is_test_alert(alert: dict[str, Any], vm: VmRef, marker: str, since: datetime) -> bool:
+    properties = alert.get("properties") or {}
+    name = str(properties.get("alertDisplayName") or "").lower()
+    ids = {
+        str(item.get("azureResourceId") or "").lower()
+        for item in properties.get("resourceIdentifiers") or []
+        if isinstance(item, dict)
+    }
+    when = _time(properties.get("timeGeneratedUtc"))
+    return marker in name and vm.id.lower() in ids and when is not None and when >= since
+
+
+def _verified(services: Services, test: Test, vm: VmRef, alert: dict[str, Any]) -> AuditRecord:
+    properties = alert.get("properties") or {}
+    name = str(properties.get("alertDisplayName") or "")
+    when = _time(properties.get("timeGeneratedUtc")) or datetime.now(UTC)
+    minutes = max(0.0, (when - (test.command_at or test.started)).total_seconds() / 60)
+    reason = (
+        f"Test alert '{name}' ({alert.get('id')}) reached Defender for Cloud {minutes:.0f} "
+        "minutes after the detection test."
+    )
+    result = {"alert_id": alert.get("id"), "alert_name": name, "minutes": round(minutes, 1)}
+    if services.settings.dismiss_test_alerts:
+        try:
+            services.arm.dismiss_alert(vm, str(alert.get("id")))
+            reason += " It was dismissed (REMEDIATION_DISMISS_TEST_ALERTS)."
+            result["dismissed"] = True
+        except RemediationError as error:
+            reason += f" Dismissing it failed: {error}"
+            result["dismissed"] = False
+    return _end(services, test, "verified", reason, "", extra=result)
+
+
+def _end(
+    services: Services,
+    test: Test,
+    status: str,
+    reason: str,
+    hint: str,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """The test's one record, its final row, its lock freed, its notification."""
+    result = (test.result or {}) | (extra or {}) | {"reason": reason, "hint": hint}
+    _save(services, _replace(test, status=status, result=result))
+    output = (test.result or {}).get("output") or {}
+    if status == "failed" and output:
+        reason += f" Output: {output.get('stdout', '')} {output.get('stderr', '')}".rstrip()
+    vm = VmRef.parse(test.vm)
+    context = Context(services, test.trigger, run_id=test.test_id).for_vm(vm)
+    record = context.record(
+        Outcome.COMPLIANT.value,
+        reason,
+        "succeeded" if status == "verified" else "failed",
+        hint=hint,
+        test_alert=status,
+        applied=True,
+    )
+    record = services.audit.write(record)
+    _unlock(services, test)
+    if services.notifier is not None:
+        services.notifier.test_alert(record)
+    return record
+
+
+def handle_poison(services: Services, text: str) -> AuditRecord | None:
+    """A step that failed every try: the test ends as failed, with a record."""
+    try:
+        test = get(services, str(json.loads(text)["test_id"]))
+    except (ValueError, KeyError, TypeError):
+        log.warning("a malformed message reached the test-alert poison queue: %r", text[:200])
+        return None
+    if test is None or test.status != "running":
+        return None
+    reason = "The test gave up after every retry: Azure kept failing (see the function's logs)."
+    return _end(services, test, "failed", reason, "run the test again later")
+
+
+def _replace(test: Test, **changes: Any) -> Test:
+    return dataclasses.replace(test, **changes)
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+def http_start(services: Services, body: bytes, status_base: str) -> tuple[int, dict[str, Any]]:
+    """POST /api/test-alert {"vm": id}: 202 with a status URL; 400 or 409, writing nothing."""
+    try:
+        test = begin(services, parse_body(body), "http")
+    except Refused as error:
+        return error.status, {"errors": error.problems}
+    return 202, {
+        "test_id": test.test_id,
+        "status_url": f"{status_base.rstrip('/')}/{test.test_id}",
+        "vm": test.vm,
+        "deadline": test.deadline.isoformat(),
+    }
+
+
+def http_status(services: Services, test_id: str) -> tuple[int, dict[str, Any]]:
+    """GET /api/test-alert/{testId}: the test, and its result once it ended."""
+    if not TEST_ID.match(test_id):
+        return 400, {"errors": ["not a test id"]}
+    test = get(services, test_id)
+    if test is None:
+        return 404, {"errors": [f"no test alert {test_id}"]}
+    return 200, test.to_json()
