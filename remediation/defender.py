@@ -147,17 +147,18 @@ def forget(table: TableClient, run_id: str) -> None:
 
 
 def _chunks(rows: list[list[str]]) -> Iterator[str]:
-    chunk: list[list[str]] = []
-    size = 2
+    """The rows as JSON arrays of at most CHUNK_CHARS characters each."""
+    texts: list[str] = []
+    size = 1  # "[" ... "]": one bracket here, the other stands in for the last comma
     for row in rows:
-        text = json.dumps(row)
-        if chunk and size + len(text) + 1 > CHUNK_CHARS:
-            yield json.dumps(chunk)
-            chunk, size = [], 2
-        chunk.append(row)
+        text = json.dumps(row, separators=(",", ":"))
+        if texts and size + len(text) + 1 > CHUNK_CHARS:
+            yield "[" + ",".join(texts) + "]"
+            texts, size = [], 1
+        texts.append(text)
         size += len(text) + 1
-    if chunk:
-        yield json.dumps(chunk)
+    if texts:
+        yield "[" + ",".join(texts) + "]"
 
 
 def _transact(table: TableClient, operations: list[tuple[str, dict[str, Any]]]) -> None:

@@ -1010,3 +1010,36 @@ def test_coverage_counts_running_supported_vms_that_are_neither_opted_out_nor_ma
     facts_, eligible
 ):
     assert classify(facts_, TAG).eligible_running is eligible
+
+
+def agent_ext(publisher, type_, state="Succeeded"):
+    return ExtensionFacts(type_, publisher, type_, state)
+
+
+# (case, extensions, power, image publisher, findings)
+# fmt: off
+FINDINGS_TABLE = [
+    ("no extension at all", (), Power.RUNNING, "Canonical", ("no-monitoring-agent",)),
+    ("only MDE", (mde("Succeeded"),), Power.RUNNING, "Canonical", ("no-monitoring-agent",)),
+    ("AMA for Linux", (agent_ext("Microsoft.Azure.Monitor", "AzureMonitorLinuxAgent"),), Power.RUNNING, "Canonical", ()),
+    ("AMA for Windows", (agent_ext("Microsoft.Azure.Monitor", "AzureMonitorWindowsAgent"),), Power.RUNNING, "Canonical", ()),
+    ("legacy Log Analytics agent, Windows", (agent_ext("Microsoft.EnterpriseCloud.Monitoring", "MicrosoftMonitoringAgent"),), Power.RUNNING, "Canonical", ()),
+    ("legacy Log Analytics agent, Linux", (agent_ext("Microsoft.EnterpriseCloud.Monitoring", "OmsAgentForLinux"),), Power.RUNNING, "Canonical", ()),
+    ("any case", (agent_ext("microsoft.azure.monitor", "azuremonitorlinuxagent"),), Power.RUNNING, "Canonical", ()),
+    ("the agent's type from another publisher", (agent_ext("Contoso", "AzureMonitorLinuxAgent"),), Power.RUNNING, "Canonical", ("no-monitoring-agent",)),
+    ("the agent's publisher, another type", (agent_ext("Microsoft.Azure.Monitor", "DependencyAgentLinux"),), Power.RUNNING, "Canonical", ("no-monitoring-agent",)),
+    ("deallocated: not a finding", (), Power.DEALLOCATED, "Canonical", ()),
+    ("stopped: not a finding", (), Power.STOPPED, "Canonical", ()),
+    ("an appliance: not ours", (), Power.RUNNING, "fortinet", ()),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("extensions", "power", "publisher", "findings"),
+    [row[1:] for row in FINDINGS_TABLE],
+    ids=[row[0] for row in FINDINGS_TABLE],
+)
+def test_the_monitoring_agent_finding(extensions, power, publisher, findings):
+    vm = lin(publisher, "UbuntuServer", "22_04-lts", extensions=extensions, power=power)
+    assert classify(vm, TAG).findings == findings

@@ -1,11 +1,12 @@
 import dataclasses
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from remediation.classify import Classification, OsFamily, Protection, Support
 from remediation.config import load
-from remediation.model import History, Outcome, Posture, Power, VmRef
-from remediation.policy import decide, failure_hint
+from remediation.model import Device, History, Outcome, Posture, Power, Verification, VmRef
+from remediation.policy import decide, failure_hint, verify
 
 SUB = "11111111-1111-1111-1111-111111111111"
 BASE_SETTINGS = {
@@ -319,3 +320,71 @@ def test_every_rule_says_what_it_decided_and_why(
 ):
     decision = decide(classification, posture, settings, history)
     assert (decision.outcome, decision.reason, decision.hint) == (outcome, reason, hint)
+
+
+# --- Verification: what Defender for Endpoint sees of a Succeeded extension --------------
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+SUCCEEDED = vm(protection=Protection.SUCCEEDED)
+
+
+def device(health="Active", onboarding="Onboarded", name="vm1.contoso.com"):
+    return Device("a" * 40, name, health, onboarding, "2026-11-29T10:00:00Z")
+
+
+def check(classification=SUCCEEDED, found=None, *, checked="", since=None, grace=24):
+    return verify(classification, found, checked=checked, since=since, now=NOW, grace_hours=grace)
+
+
+@pytest.mark.parametrize(
+    "protection", [Protection.ABSENT, Protection.FAILED, Protection.IN_PROGRESS]
+)
+def test_only_a_succeeded_extension_is_verified(protection):
+    assert check(vm(protection=protection), device()) is None
+    assert check(vm(protection=protection), None, checked="off") is None
+
+
+# (case, device, since, grace, value, words in the reason, words in the hint)
+# fmt: off
+VERIFY_TABLE = [
+    ("onboarded and active", device(), None, 24, Verification.VERIFIED, ["vm1.contoso.com", "onboarded and Active"], []),
+    ("case of the states", device("active", "onboarded"), None, 24, Verification.VERIFIED, ["onboarded and Active"], []),
+    ("no name: the device id", device(name=""), None, 24, Verification.VERIFIED, ["a" * 40], []),
+    ("inactive", device("Inactive"), None, 24, Verification.UNHEALTHY, ["health Inactive", "onboarding status Onboarded"], ["stopped reporting", "mdatp health"]),
+    ("impaired", device("ImpairedCommunication"), None, 24, Verification.UNHEALTHY, ["ImpairedCommunication"], ["service URLs"]),
+    ("no sensor data", device("NoSensorData"), None, 24, Verification.UNHEALTHY, ["NoSensorData"], ["offboarded"]),
+    ("both", device("NoSensorDataImpairedCommunication"), None, 24, Verification.UNHEALTHY, ["NoSensorDataImpairedCommunication"], ["no data and no connection"]),
+    ("unknown health", device(""), None, 24, Verification.UNHEALTHY, ["health Unknown"], ["Defender portal"]),
+    ("active, not onboarded", device("Active", "CanBeOnboarded"), None, 24, Verification.UNHEALTHY, ["onboarding status CanBeOnboarded"], ["onboarding status is CanBeOnboarded"]),
+    ("active, no onboarding status", device("Active", ""), None, 24, Verification.UNHEALTHY, ["onboarding status Unknown"], ["onboarding status is Unknown"]),
+    ("not seen, first sweep", None, None, 24, Verification.PENDING, ["0 h", "24 h"], []),
+    ("not seen, within grace", None, NOW - timedelta(hours=23), 24, Verification.PENDING, ["23 h", "REMEDIATION_VERIFY_GRACE_HOURS"], []),
+    ("not seen, exactly at grace", None, NOW - timedelta(hours=24), 24, Verification.PENDING, ["24 h"], []),
+    ("not seen, past grace", None, NOW - timedelta(hours=25), 24, Verification.NOT_SEEN, ["25 h", "since 2026-11-28 11:00", "24 h grace", "no device"], ["onboarding package", "mdatp health", "proxy"]),
+    ("not seen, short grace", None, NOW - timedelta(hours=2), 1, Verification.NOT_SEEN, ["2 h", "1 h grace"], ["onboarding package"]),
+    ("since in the future", None, NOW + timedelta(hours=5), 1, Verification.PENDING, ["0 h"], []),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("case", "found", "since", "grace", "value", "reason", "hint"),
+    VERIFY_TABLE,
+    ids=[row[0] for row in VERIFY_TABLE],
+)
+def test_verification(case, found, since, grace, value, reason, hint):
+    result = check(SUCCEEDED, found, since=since, grace=grace)
+    assert result.value is value
+    assert all(words in result.reason for words in reason), result.reason
+    assert all(words in result.hint for words in hint), result.hint
+    if not hint:
+        assert result.hint == ""
+
+
+def test_verification_off_or_unreadable_is_unchecked_whatever_the_device():
+    for found in (None, device(), device("Inactive")):
+        result = check(SUCCEEDED, found, checked="the list could not be read: 403")
+        assert (result.value, result.reason, result.hint) == (
+            Verification.UNCHECKED,
+            "the list could not be read: 403",
+            "",
+        )
