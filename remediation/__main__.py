@@ -658,7 +658,7 @@ def parser() -> argparse.ArgumentParser:
         "(or queued), 1 not verified or failed, 2 refused, 3 a test already runs on the VM.",
         [
             "python -m remediation test-alert /subscriptions/.../virtualMachines/web-01",
-            "python -m remediation test-alert --wait \"$VM_ID\"",
+            'python -m remediation test-alert --wait "$VM_ID"',
         ],
     )
     alert.add_argument("vm", metavar="VM_ID", help="the VM's resource id")

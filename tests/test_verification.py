@@ -88,7 +88,8 @@ def test_scrub_removes_what_looks_secret_and_keeps_the_tail():
     cleaned = scrub(text)
     for secret in (package, "abcDEF", token, "hunter2", "2022-11-02"):
         assert secret not in cleaned
-    assert cleaned.startswith("start [redacted] then") and cleaned.endswith(" end")
+    assert cleaned.startswith("start [redacted] then")
+    assert cleaned.endswith(" end")
     assert scrub("start " + "ok. " * 300) == ("ok. " * 300)[-1000:]  # the last 1,000
 
 
