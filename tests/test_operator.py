@@ -521,7 +521,15 @@ def test_every_command_and_option_says_what_it_does_and_the_readme_shows_its_usa
     root = parser()
     [commands] = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)]
     readme = (ROOT / "README.md").read_text()
-    assert set(commands.choices) == {"handle-event", "sweep", "status", "log", "report", "doctor"}
+    assert set(commands.choices) == {
+        "handle-event",
+        "sweep",
+        "status",
+        "log",
+        "report",
+        "test-alert",
+        "doctor",
+    }
     for name, command in commands.choices.items():
         assert command.description, name
         assert "examples:\n  python -m remediation " + name in command.epilog, name
