@@ -9,6 +9,7 @@ param principalId string
 param enableIntegration bool
 param useSecurityAdmin bool
 param allowPlanChange bool
+param allowTestAlert bool
 
 // Keep in step with the app: tests compare this list with the operations the code
 // performs against the local control plane.
@@ -30,7 +31,14 @@ var readAndInstall = [
 // asked for (it would grant all of Microsoft.Security/*, pricings/write included).
 var planActions = allowPlanChange ? ['Microsoft.Security/pricings/write'] : []
 var settingsActions = (enableIntegration && !useSecurityAdmin) ? ['Microsoft.Security/settings/write'] : []
-var actions = concat(readAndInstall, planActions, settingsActions)
+// The test alert (opt-in): the detection test through Run Command, and Defender for
+// Cloud's alerts to find (and optionally dismiss) its alert.
+var testAlertActions = allowTestAlert ? [
+  'Microsoft.Compute/virtualMachines/runCommand/action'
+  'Microsoft.Security/locations/alerts/read'
+  'Microsoft.Security/locations/alerts/dismiss/action'
+] : []
+var actions = concat(readAndInstall, planActions, settingsActions, testAlertActions)
 var securityAdmin = 'fb1c8493-542b-48eb-b624-b4c8fea62acd'
 
 resource eventsGroup 'Microsoft.Resources/resourceGroups@2024-03-01' = {

@@ -30,6 +30,12 @@ param enableIntegration bool = true
 @description('Grant the built-in Security Admin role for the settings instead of the narrower custom role. Security Admin includes Microsoft.Security/*, so pricings/write too, whatever allowPlanChange says.')
 param useSecurityAdmin bool = false
 
+@description('Defender for Endpoint API base URL for verification (e.g. https://api.securitycenter.microsoft.com); empty = off. The app identity then needs the WindowsDefenderATP Machine.Read.All app role (README, Verification).')
+param mdeApi string = ''
+
+@description('Allow the on-demand test alert: grants Run Command and alert read/dismiss in the custom role.')
+param allowTestAlert bool = false
+
 param excludeTag string = 'defender-remediation-exclude'
 param maxActionsPerSweep int = 500
 param sweepSchedule string = '0 0 2 * * *'
@@ -76,6 +82,8 @@ module app 'app.bicep' = {
       REMEDIATION_MAX_ACTIONS_PER_SWEEP: string(maxActionsPerSweep)
       REMEDIATION_SWEEP_SCHEDULE: sweepSchedule
       REMEDIATION_ARM_ENDPOINT: environment().resourceManager
+      REMEDIATION_MDE_API: mdeApi
+      REMEDIATION_ALLOW_TEST_ALERT: string(allowTestAlert)
     }
   }
 }
@@ -102,6 +110,7 @@ module access 'access.bicep' = [for id in subscriptionIds: {
     enableIntegration: enableIntegration
     useSecurityAdmin: useSecurityAdmin
     allowPlanChange: allowPlanChange == 'true' || contains(toLower(allowPlanChange), toLower(id))
+    allowTestAlert: allowTestAlert
   }
 }]
 

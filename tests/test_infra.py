@@ -91,8 +91,16 @@ def test_the_custom_role_holds_the_operations_the_app_performs():
         "Microsoft.Authorization/roleAssignments",
         "Microsoft.Resources/resourceGroups",
     }
-    assert granted - resource_types == performed
+    # Only with allowTestAlert: what the test alert calls (test_verification.py reads the
+    # operations from the request log).
+    test_alert = {
+        "Microsoft.Compute/virtualMachines/runCommand/action",
+        "Microsoft.Security/locations/alerts/read",
+        "Microsoft.Security/locations/alerts/dismiss/action",
+    }
+    assert granted - resource_types == performed | test_alert
     assert set(REMEDIATOR_ROLE) == performed  # the local plane's principals hold this role
+    assert "allowTestAlert ? [" in access
 
 
 # --- The deployment rules, on the parsed templates (pycep, checkov's Bicep parser) ------
