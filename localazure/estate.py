@@ -35,6 +35,19 @@ REMEDIATOR_ROLE = (
     "Microsoft.EventGrid/systemTopics/eventSubscriptions/read",
     "Microsoft.Authorization/permissions/read",
 )
+# What the optional test-alert verification needs besides the custom role: Run Command,
+# and reading and dismissing Defender for Cloud's alerts. The operation names are those of
+# Azure's resource-provider operations reference (learn.microsoft.com/azure/
+# role-based-access-control/permissions/compute and .../permissions/security; the Run
+# Command article's "Limiting access to Run Command" names runCommand/action too).
+TEST_ALERT_ROLE = (
+    "Microsoft.Compute/virtualMachines/runCommand/action",
+    "Microsoft.Security/locations/alerts/read",
+    "Microsoft.Security/locations/alerts/dismiss/action",
+)
+# How Defender for Endpoint sees a VM once its MDE extension has Succeeded (defender.py):
+# listed with resourceId, listed with vmId only, listed Inactive, or never listed.
+MDE_DEVICE_STATES = ("active", "vmid-only", "inactive", "never")
 SECURITY_SETTINGS = ("WDATP", "WDATP_UNIFIED_SOLUTION", "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW")
 
 
@@ -69,6 +82,12 @@ class Vm:
     mde_failure: int | None = None  # how an MDE install on this VM ends; None = Succeeded
     agent_ready_at: float = 0.0  # epoch seconds when the guest agent first reports (new VMs)
     vm_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # How Defender for Endpoint lists the VM once its MDE extension is Succeeded: "active",
+    # "vmid-only" (vmMetadata.resourceId null), "inactive" (healthStatus Inactive) or
+    # "never" (not listed: a foreign package's tenant, a stopped sensor, a proxy).
+    mde_device: str = "active"
+    # What a Run Command script prints here (stdout); None: empty stdout and stderr.
+    run_command_output: str | None = None
 
     @property
     def id(self) -> str:
@@ -109,6 +128,9 @@ class Principal:
     # What its role assignments grant besides Security Admin: by default the custom role
     # infra/access.bicep deploys (tests/test_infra.py keeps the two equal).
     actions: list[str] = field(default_factory=lambda: list(REMEDIATOR_ROLE))
+    # The WindowsDefenderATP application permissions granted (admin-consented) to it: the
+    # ``roles`` claim of its tokens for https://api.securitycenter.microsoft.com.
+    app_roles: list[str] = field(default_factory=lambda: ["Machine.Read.All"])
 
 
 @dataclass
@@ -117,6 +139,9 @@ class Estate:
     vms: dict[str, Vm] = field(default_factory=dict)  # by lower-case id
     principals: dict[str, Principal] = field(default_factory=dict)  # by client id
     tenant: str = TENANT
+    # Devices in Defender for Endpoint's inventory that are not Azure VMs (workstations,
+    # on-premises servers): listed by GET /api/machines without vmMetadata.
+    other_devices: int = 0
 
     def add_subscription(self, subscription: Subscription) -> Subscription:
         if not subscription.onboarding_windows:
@@ -148,6 +173,7 @@ class Estate:
     def to_json(self) -> dict[str, Any]:
         return {
             "tenant": self.tenant,
+            "other_devices": self.other_devices,
             "subscriptions": [asdict(s) for s in self.subscriptions.values()],
             "principals": [asdict(p) for p in self.principals.values()],
             "vms": [asdict(vm) for vm in self.vms.values()],
@@ -155,7 +181,7 @@ class Estate:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Estate:
-        estate = cls(tenant=data.get("tenant", TENANT))
+        estate = cls(tenant=data.get("tenant", TENANT), other_devices=data.get("other_devices", 0))
         for item in data.get("subscriptions", []):
             estate.add_subscription(Subscription(**item))
         for item in data.get("principals", []):
@@ -292,7 +318,12 @@ _LOCATIONS = ("westeurope", "northeurope", "eastus2", "swedencentral")
 def generate(vms: int, subscriptions: int, seed: int = 7) -> Estate:
     """A realistic estate: the catalogue's mix of images, power states, MDE extensions
     (some Failed), other extensions, opt-out tags, and subscriptions whose Defender plan
-    and settings are in various states. The same seed gives the same estate."""
+    and settings are in various states. The same seed gives the same estate.
+
+    Of the VMs whose MDE extension Succeeded, Defender for Endpoint never lists about one
+    in twelve and lists another one in twelve as Inactive; one in forty is listed by vmId
+    only. These come from a second generator seeded apart, so the rest of the estate is
+    what it was before they were modelled."""
     rng = random.Random(seed)  # test data, not crypto
     estate = Estate()
     subs = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(subscriptions)]
@@ -349,7 +380,28 @@ def generate(vms: int, subscriptions: int, seed: int = 7) -> Estate:
         elif rng.random() < 0.01:
             vm.tags["ExcludeMdeAutoProvisioning"] = "true"
         estate.add_vm(vm)
+    _device_states(estate, seed)
     return estate
+
+
+def _device_states(estate: Estate, seed: int) -> None:
+    """Defender for Endpoint's view of the VMs that have a Succeeded MDE extension."""
+    onboarded = [
+        vm
+        for vm in estate.vms.values()
+        if any(
+            e.publisher == MDE_PUBLISHER and e.state == "Succeeded" for e in vm.extensions.values()
+        )
+    ]
+    rng = random.Random(f"{seed}:mde-devices")  # test data, not crypto
+    rng.shuffle(onboarded)
+    for index, vm in enumerate(onboarded):
+        if index % 40 == 5:
+            vm.mde_device = "vmid-only"
+        elif index % 12 == 3:
+            vm.mde_device = "never"
+        elif index % 12 == 7:
+            vm.mde_device = "inactive"
 
 
 def _reference(image: Image, subscription: str) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """The token endpoint: OIDC metadata and client-credentials tokens (``oid``, ``appid``,
-``tid``), signed with the plane's key."""
+``tid``; ``roles`` for Defender for Endpoint's API), signed with the plane's key."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import jwt
 
+from localazure.defender import MDE_AUDIENCE
 from localazure.machinery import Params, Query, Response, json_response, route
 
 if TYPE_CHECKING:
@@ -45,21 +46,25 @@ def _token(plane: LocalAzure, p: Params, q: Query, form: Any, who: str) -> Respo
     scope = form.get("scope", "")
     audience = scope.split(" ")[0].removesuffix("/.default")
     now = int(time.time())
-    token = jwt.encode(
-        {
-            "aud": audience,
-            "iss": f"{plane.url}/{p['tenant']}/",
-            "iat": now,
-            "nbf": now,
-            "exp": now + 3600,
-            "oid": principal.object_id,
-            "appid": principal.client_id,
-            "tid": p["tenant"],
-            "sub": principal.object_id,
-        },
-        plane._signing_key,
-        algorithm="HS256",
-    )
+    claims: dict[str, Any] = {
+        "aud": audience,
+        "iss": f"{plane.url}/{p['tenant']}/",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "oid": principal.object_id,
+        "appid": principal.client_id,
+        "tid": p["tenant"],
+        "sub": principal.object_id,
+    }
+    if audience == MDE_AUDIENCE and principal.app_roles:
+        # An app-only token carries the application permissions granted to the app for
+        # that API in its ``roles`` claim (Microsoft identity platform access-token
+        # claims reference; the WindowsDefenderATP permissions of
+        # learn.microsoft.com/defender-endpoint/api/exposed-apis-create-app-webapp). With
+        # none granted the claim is absent (unconfirmed: Entra may refuse the token).
+        claims["roles"] = list(principal.app_roles)
+    token = jwt.encode(claims, plane._signing_key, algorithm="HS256")
     return json_response(
         200,
         {"token_type": "Bearer", "expires_in": 3600, "ext_expires_in": 3600, "access_token": token},

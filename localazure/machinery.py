@@ -26,11 +26,15 @@ class ArmError(Exception):
         message: str,
         headers: dict[str, str] | None = None,
         inner: str = "",
+        target: str = "",
     ):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
         self.inner = inner  # Compute's error.innererror.internalErrorCode, when it sends one
+        # Defender for Endpoint's error.target: a correlation id per error response
+        # (learn.microsoft.com/defender-endpoint/api/common-errors, "Correlation request ID").
+        self.target = target
 
 
 # --- Realism knobs --------------------------------------------------------------------
@@ -158,6 +162,9 @@ class Operation:
     error: dict[str, str] | None = None
     started: str = ""
     finished: bool = False
+    kind: str = ""  # "runCommand" for Run Command; "" for extension and VM operations
+    # What a Location-polled operation answers with once done (Run Command's result).
+    result: Any = None
 
 
 def utc_now() -> str:
@@ -172,10 +179,12 @@ class Response:
     headers: dict[str, str]
 
 
-def error_body(code: str, message: str, inner: str = "") -> dict[str, Any]:
+def error_body(code: str, message: str, inner: str = "", target: str = "") -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if inner:
         error["innererror"] = {"internalErrorCode": inner}
+    if target:
+        error["target"] = target
     return {"error": error}
 
 

@@ -1,12 +1,17 @@
 """Microsoft.Security: the VirtualMachines pricing at subscription and VM scope, the
-``WDATP*`` data-export settings and ``mdeOnboardings``; writes the caller's roles do not grant are 403 (authorization.py)."""
+``WDATP*`` data-export settings, ``mdeOnboardings``, and Defender for Cloud's alerts (list,
+get, dismiss; the detection tests' alerts); writes the caller's roles do not grant are 403
+(authorization.py), as are alert reads and dismissals."""
 
 from __future__ import annotations
 
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from localazure.authorization import require
-from localazure.estate import SECURITY_SETTINGS
+from localazure.estate import SECURITY_SETTINGS, Vm
 from localazure.machinery import (
     SUB,
     ArmError,
@@ -25,6 +30,7 @@ API_VERSIONS = {
     "pricings": {"2024-01-01"},
     "settings": {"2022-05-01"},
     "mdeOnboardings": {"2021-10-01-preview"},
+    "alerts": {"2022-01-01"},
 }
 
 
@@ -163,6 +169,161 @@ def _onboardings(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) ->
     return json_response(200, {"value": [_onboarding_json(subscription)]})
 
 
+# --- Alerts -------------------------------------------------------------------------------
+# azure-rest-api-specs specification/security/resource-manager/Microsoft.Security/stable/
+# 2022-01-01/alerts.json (Alerts_List, Alerts_ListByResourceGroup,
+# Alerts_GetResourceGroupLevel, Alerts_UpdateResourceGroupLevelStateToDismiss) and its
+# examples GetAlertsResourceGroup_example.json, UpdateAlertResourceGroupLocation_dismiss_
+# example.json. RBAC operations: learn.microsoft.com/azure/role-based-access-control/
+# permissions/security (Microsoft.Security/locations/alerts/read, …/dismiss/action).
+ALERTS_READ = "Microsoft.Security/locations/alerts/read"
+ALERTS_DISMISS = "Microsoft.Security/locations/alerts/dismiss/action"
+_ALERTS_API = "2022-01-01"
+# .NET's DateTime.MaxValue.Ticks: a systemAlertId starts with it minus the alert's ticks,
+# which is why the spec's examples (2020) start 2518… (unconfirmed: inferred from them).
+_MAX_TICKS = 3155378975999999999
+_EPOCH_TICKS = 621355968000000000
+# The display names are from third-party samples, not Microsoft's documentation
+# (unconfirmed, docs/fidelity.md).
+_TEST_ALERTS = {
+    "Windows": (
+        "WindowsDefenderAtp_TestAlert",
+        "[Test Alert] Suspicious Powershell commandline",
+        "This is a test alert, raised by the Microsoft Defender for Endpoint detection "
+        "test: a PowerShell command line downloaded and started C:\\test-MDATP-test\\invoice.exe.",
+    ),
+    "Linux": (
+        "WindowsDefenderAtp_EICAR",
+        "'EICAR_Test_File' malware was prevented",
+        "The EICAR anti-malware test file was detected and prevented by Microsoft Defender "
+        "for Endpoint.",
+    ),
+}
+
+
+def _system_alert_id(moment: datetime) -> str:
+    ticks = _EPOCH_TICKS + int(moment.timestamp() * 10_000_000)
+    return f"{_MAX_TICKS - ticks}_{str(uuid.uuid4()).upper()}"
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+
+
+def test_alert(vm: Vm, moment: datetime) -> dict[str, Any]:
+    """The Defender for Cloud alert a VM's detection test raises."""
+    alert_type, display, description = _TEST_ALERTS[
+        "Windows" if vm.os_type == "Windows" else "Linux"
+    ]
+    name = _system_alert_id(moment)
+    scope = f"/subscriptions/{vm.subscription}/resourceGroups/{vm.resource_group}"
+    started = moment - timedelta(minutes=1)
+    return {
+        "id": f"{scope}/providers/Microsoft.Security/locations/{vm.location}/alerts/{name}",
+        "name": name,
+        "type": "Microsoft.Security/Locations/alerts",
+        "properties": {
+            "version": _ALERTS_API,
+            "alertType": alert_type,
+            "systemAlertId": name,
+            "productComponentName": "Servers",
+            "alertDisplayName": display,
+            "description": description,
+            "severity": "Informational",
+            "intent": "Execution",
+            "startTimeUtc": _stamp(started),
+            "endTimeUtc": _stamp(started),
+            "resourceIdentifiers": [{"type": "AzureResource", "azureResourceId": vm.id}],
+            "remediationSteps": ["No further action is needed: this is a test alert."],
+            "vendorName": "Microsoft",
+            "status": "Active",
+            "extendedLinks": [],
+            "alertUri": "https://portal.azure.com/#blade/Microsoft_Azure_Security/AlertBlade/"
+            f"alertId/{name}/subscriptionId/{vm.subscription}/resourceGroup/"
+            f"{vm.resource_group}/referencedFrom/alertDeepLink/location/{vm.location}",
+            "timeGeneratedUtc": _stamp(moment),
+            "productName": "Microsoft Defender for Endpoint",
+            "processingEndTimeUtc": _stamp(moment),
+            "entities": [],
+            "isIncident": False,
+            "extendedProperties": {},
+            "compromisedEntity": vm.name,
+        },
+    }
+
+
+def schedule_test_alert(plane: LocalAzure, vm: Vm) -> None:
+    """A detection test ran on an onboarded, healthy VM: its alert is raised
+    ``plane.test_alert_seconds`` later ("about 10 minutes": learn.microsoft.com/azure/
+    defender-for-cloud/alert-validation)."""
+    due = time.monotonic() + plane.test_alert_seconds
+    plane.pending_alerts.append((due, test_alert(vm, datetime.now(UTC))))
+
+
+def raise_due_alerts(plane: LocalAzure, everything: bool = False) -> None:
+    with plane.lock:
+        now = time.monotonic()
+        due = [alert for at, alert in plane.pending_alerts if everything or at <= now]
+        plane.pending_alerts = [
+            (at, alert) for at, alert in plane.pending_alerts if not (everything or at <= now)
+        ]
+        plane.alerts.extend(due)
+
+
+def _alerts_page(plane: LocalAzure, items: list[dict[str, Any]], q: Query, path: str) -> Response:
+    start = int(q.get("$skiptoken", "0") or 0)
+    page = items[start : start + plane.list_page_size]
+    value: dict[str, Any] = {"value": page}
+    if start + plane.list_page_size < len(items):
+        value["nextLink"] = (
+            f"{plane.url}{path}?api-version={_ALERTS_API}&$skiptoken={start + plane.list_page_size}"
+        )
+    return json_response(200, value)
+
+
+def _list_alerts(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    subscription = _subscription(plane, p["sub"])
+    scope = f"/subscriptions/{subscription.id}"
+    if p.get("rg"):
+        scope += f"/resourceGroups/{p['rg']}"
+    require(plane, who, ALERTS_READ, scope)
+    plane._advance_all()
+    raise_due_alerts(plane)
+    prefix = scope.lower() + "/"
+    items = [alert for alert in plane.alerts if alert["id"].lower().startswith(prefix)]
+    return _alerts_page(plane, items, q, f"{scope}/providers/Microsoft.Security/alerts")
+
+
+def _alert(plane: LocalAzure, p: Params) -> dict[str, Any]:
+    alert_id = (
+        f"/subscriptions/{p['sub']}/resourceGroups/{p['rg']}/providers/Microsoft.Security"
+        f"/locations/{p['loc']}/alerts/{p['name']}"
+    ).lower()
+    for alert in plane.alerts:
+        if alert["id"].lower() == alert_id:
+            return alert
+    raise ArmError(404, "NotFound", f"Alert '{p['name']}' was not found.")
+
+
+def _get_alert(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    _subscription(plane, p["sub"])
+    require(plane, who, ALERTS_READ, f"/subscriptions/{p['sub']}/resourceGroups/{p['rg']}")
+    plane._advance_all()
+    raise_due_alerts(plane)
+    return json_response(200, _alert(plane, p))
+
+
+def _dismiss_alert(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    _subscription(plane, p["sub"])
+    require(plane, who, ALERTS_DISMISS, f"/subscriptions/{p['sub']}/resourceGroups/{p['rg']}")
+    raise_due_alerts(plane)
+    _alert(plane, p)["properties"]["status"] = "Dismissed"
+    return Response(204, b"", {})
+
+
+_RG = SUB + r"/resourceGroups/(?P<rg>[^/]+)"
+_ALERT = _RG + r"/providers/Microsoft\.Security/locations/(?P<loc>[^/]+)/alerts/(?P<name>[^/]+)"
+
 _SCOPE = r"/(?P<scope>subscriptions/[^/]+(?:/resourceGroups/[^/]+/providers/Microsoft\.Compute/virtualMachines/[^/]+)?)"
 
 ROUTES = (
@@ -174,4 +335,8 @@ ROUTES = (
     route("PUT", SUB + r"/providers/Microsoft\.Security/settings/(?P<name>[^/]+)", with_method(_setting, "PUT"), "Microsoft.Security/settings/write", "settings"),
     route("GET", SUB + r"/providers/Microsoft\.Security/mdeOnboardings", _onboardings, "Microsoft.Security/mdeOnboardings/read", "mdeOnboardings"),
     route("GET", SUB + r"/providers/Microsoft\.Security/mdeOnboardings/(?P<name>[^/]+)", _onboardings, "Microsoft.Security/mdeOnboardings/read", "mdeOnboardings"),
+    route("GET", SUB + r"/providers/Microsoft\.Security/alerts", _list_alerts, ALERTS_READ, "alerts"),
+    route("GET", _RG + r"/providers/Microsoft\.Security/alerts", _list_alerts, ALERTS_READ, "alerts"),
+    route("GET", _ALERT, _get_alert, ALERTS_READ, "alerts"),
+    route("POST", _ALERT + r"/dismiss", _dismiss_alert, ALERTS_DISMISS, "alerts"),
 )  # fmt: skip

@@ -1,7 +1,8 @@
 """A local Azure control plane on 127.0.0.1 over HTTPS: the HTTP server, the router
 (authentication, api-versions, latency, injected faults, ARM's token buckets, the request
 log) and the state the services share. What each service answers lives in its module:
-identity, compute, security, graph and eventgrid. Runs in a thread (tests) or as
+identity, compute, security, defender (Defender for Endpoint's device inventory), graph and
+eventgrid. Runs in a thread (tests) or as
 ``python -m localazure``.
 """
 
@@ -26,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 import trustme
 
-from localazure import authorization, compute, eventgrid, graph, identity, security
+from localazure import authorization, compute, defender, eventgrid, graph, identity, security
 from localazure.estate import Estate, Principal, Vm
 from localazure.eventgrid import record_event
 from localazure.machinery import (
@@ -51,6 +52,7 @@ ROUTES: tuple[Route, ...] = (
     identity.ROUTES
     + compute.ROUTES
     + security.ROUTES
+    + defender.ROUTES
     + graph.ROUTES
     + eventgrid.ROUTES
     + authorization.ROUTES
@@ -79,6 +81,8 @@ class LocalAzure:
         agent_report_seconds: float = 0.0,
         graph_lag_seconds: float = 0.0,
         list_page_size: int = 50,
+        mde_limits: tuple[tuple[int, float], ...] = defender.MDE_LIMITS,
+        test_alert_seconds: float = 600.0,
         reads: tuple[int, float] = READS,
         writes: tuple[int, float] = WRITES,
         faults: Faults | None = None,
@@ -107,6 +111,16 @@ class LocalAzure:
         self.events: list[dict[str, Any]] = []
         # Whole PUT bodies as received, protected settings included, for contract tests.
         self.extension_puts: list[tuple[str, dict[str, Any]]] = []
+        # Defender for Endpoint's API limits per caller: (calls, window seconds) each.
+        self.mde_limits = mde_limits
+        self._mde_calls: dict[str, deque[float]] = {}
+        # Run Command: each run as received (VM id, body), for tests.
+        self.run_commands: list[tuple[str, dict[str, Any]]] = []
+        # Defender for Cloud alerts: raised (``alerts``), and detection-test alerts due
+        # ``test_alert_seconds`` after the run ("about 10 minutes": alert-validation docs).
+        self.test_alert_seconds = test_alert_seconds
+        self.alerts: list[dict[str, Any]] = []
+        self.pending_alerts: list[tuple[float, dict[str, Any]]] = []
         # An Event Grid custom topic at {url}/api/events, for the app's notifications.
         self.topic_key = base64.b64encode(uuid.uuid4().bytes).decode()
         self.published: list[dict[str, Any]] = []
@@ -192,13 +206,15 @@ class LocalAzure:
             return events
 
     def settle(self, *, now: bool = False) -> None:
-        """Finish every long-running operation that is due, or, with ``now``, every one
-        (their time has passed: tests wait on this, not on the clock)."""
+        """Finish every long-running operation that is due, and raise the alerts that are
+        due; with ``now``, every one (their time has passed: tests wait on this, not on
+        the clock)."""
         with self.lock:
             for operation in list(self.operations.values()):
                 if now:
                     operation.done_at = min(operation.done_at, time.monotonic())
                 self._advance(operation)
+            security.raise_due_alerts(self, everything=now)
 
     # --- Request handling ---------------------------------------------------------------
     def handle(self, method: str, target: str, headers: Any, body: bytes) -> Response:
@@ -234,17 +250,22 @@ class LocalAzure:
                         401, "Unauthorized", "the aeg-sas-key header is missing or wrong"
                     )
                 self._check_api_version(route.api, query)
+            elif route.api == "mde":
+                # Defender for Endpoint's API: its own audience and roles, no api-version,
+                # its own limits; latency and faults as for ARM.
+                caller, roles = defender.authenticate(self, headers)
+                principal = caller.object_id
+                defender.authorize(roles)
+                if self._fault(method, path):
+                    status = 0
+                    return Response(0, b"", {})
+                limits = defender.limit(self, principal)
             elif route.api:
                 principal = self._authenticate(headers).object_id
                 self._check_api_version(route.api, query)
-                if self.latency:
-                    time.sleep(self.latency)
-                fault = self.faults.pick(method, path)
-                if fault == "drop" or (isinstance(fault, FaultRule) and fault.status == 0):
+                if self._fault(method, path):
                     status = 0
                     return Response(0, b"", {})
-                if isinstance(fault, FaultRule):
-                    raise ArmError(fault.status, "InjectedFault", "injected fault", fault.headers)
                 limits = self._limit(route, subscription, principal)
             else:
                 limits = {}
@@ -257,7 +278,9 @@ class LocalAzure:
         except ArmError as error:
             status, code = error.status, error.code
             return json_response(
-                error.status, error_body(error.code, error.message, error.inner), error.headers
+                error.status,
+                error_body(error.code, error.message, error.inner, error.target),
+                error.headers,
             )
         except json.JSONDecodeError:
             status = 400
@@ -276,6 +299,18 @@ class LocalAzure:
                 )
             )
 
+    def _fault(self, method: str, path: str) -> bool:
+        """The configured latency, then an injected fault: True to drop the connection,
+        an ArmError for an injected status."""
+        if self.latency:
+            time.sleep(self.latency)
+        fault = self.faults.pick(method, path)
+        if fault == "drop" or (isinstance(fault, FaultRule) and fault.status == 0):
+            return True
+        if isinstance(fault, FaultRule):
+            raise ArmError(fault.status, "InjectedFault", "injected fault", fault.headers)
+        return False
+
     def _authenticate(self, headers: Any) -> Principal:
         auth = headers.get("Authorization", "")
         challenge = {"WWW-Authenticate": f'Bearer authorization_uri="{self.url}"'}
@@ -293,6 +328,7 @@ class LocalAzure:
         raise ArmError(401, "InvalidAuthenticationToken", "unknown principal", challenge)
 
     def _audiences(self) -> list[str]:
+        """ARM's audiences; never Defender for Endpoint's (defender.MDE_AUDIENCE)."""
         return [
             self.url,
             self.url + "/",
@@ -350,7 +386,11 @@ class LocalAzure:
         return next((p for p in self.estate.principals.values() if p.object_id == object_id), None)
 
     def _start_operation(
-        self, vm: Vm, finish: Callable[[], None], error: dict[str, str] | None = None
+        self,
+        vm: Vm,
+        finish: Callable[[], None],
+        error: dict[str, str] | None = None,
+        kind: str = "",
     ) -> Operation:
         operation = Operation(
             id=str(uuid.uuid4()),
@@ -359,6 +399,7 @@ class LocalAzure:
             finish=finish,
             error=error,
             started=utc_now(),
+            kind=kind,
         )
         self.operations[operation.id] = operation
         return operation
@@ -367,6 +408,11 @@ class LocalAzure:
         if not operation.finished and time.monotonic() >= operation.done_at:
             operation.finished = True
             operation.finish()
+
+    def _advance_all(self) -> None:
+        with self.lock:
+            for operation in list(self.operations.values()):
+                self._advance(operation)
 
     def _in_flight(self, vm: Vm) -> bool:
         for operation in self.operations.values():
