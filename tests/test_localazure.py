@@ -421,6 +421,7 @@ def test_resource_graph_pages_with_skip_tokens(use_identity):
             "imageReference",
             "osType",
             "licenseType",
+            "vmId",
             "instanceView",
             "extensions",
         }

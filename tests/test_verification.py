@@ -148,3 +148,309 @@ SINCE = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 )
 def test_the_test_alert_is_the_vms_named_alert_since_the_test(candidate, marker, matches):
     assert _is_test_alert(candidate, VM, marker, SINCE) is matches
+
+
+# --- End to end on the local Azure ------------------------------------------------------
+def _estate():
+    from localazure.estate import MDE_PUBLISHER, Extension
+    from tests.test_service import estate, new_vm
+
+    world_estate = estate("ready")
+    for name, image, device in [
+        ("seen", "ubuntu", "active"),
+        ("inactive", "ubuntu", "inactive"),
+        ("never", "ubuntu", "never"),
+        ("by-vmid", "ws2022", "vmid-only"),
+        ("bare", "ubuntu", "active"),
+    ]:
+        vm = new_vm(name, image, mde_device=device)
+        if name != "bare":
+            kind = "MDE.Windows" if image == "ws2022" else "MDE.Linux"
+            vm.extensions[kind.lower()] = Extension(kind, MDE_PUBLISHER, kind)
+        world_estate.add_vm(vm)
+    return world_estate
+
+
+def _by_name(records):
+    return {r.vm.rsplit("/", 1)[-1]: r for r in records if r.vm}
+
+
+def _sweep(world):
+    from tests.test_sweep import sweep_cli
+
+    code, output = sweep_cli("--json")
+    assert code == 0, output
+    lines = [json.loads(line) for line in output.splitlines()]
+    return {r["vm"].rsplit("/", 1)[-1]: r for r in lines[:-1]}, lines[-1]
+
+
+def set_env(world, monkeypatch, **values):
+    """Settings that name the plane itself (known once it runs)."""
+    from remediation import bootstrap
+
+    for name, value in values.items():
+        world.environment[name] = value
+        monkeypatch.setenv(name, value)
+    bootstrap.services.cache_clear()
+
+
+def verify_world(world_factory, monkeypatch, **settings):
+    world = world_factory(_estate(), **settings)
+    set_env(world, monkeypatch, REMEDIATION_MDE_API=world.plane.url)
+    return world
+
+
+def test_a_sweep_verifies_each_succeeded_vm_against_defender_for_endpoint(
+    world_factory, monkeypatch
+):
+    world = verify_world(world_factory, monkeypatch)
+    records, summary = _sweep(world)
+    assert {name: r["verification"] for name, r in records.items()} == {
+        "seen": "verified",
+        "inactive": "unhealthy",
+        "never": "pending",  # first seen Succeeded now: within the grace period
+        "by-vmid": "verified",  # matched by vmMetadata.vmId
+        "bare": "",  # no extension: nothing to verify
+    }
+    assert "Inactive" in records["inactive"]["verification_reason"]
+    assert "mdatp health" in records["inactive"]["verification_hint"]
+    assert summary["verification"] == {"pending": 1, "unhealthy": 1, "verified": 2}
+    # The device list is read once per run, whatever the batches.
+    assert world.plane.log.count("WindowsDefenderATP/machines/read") == 1
+
+
+def test_past_the_grace_period_a_vm_never_seen_turns_not_seen_and_notifies_once(
+    world_factory, monkeypatch
+):
+    from datetime import timedelta
+
+    from remediation import bootstrap
+    from remediation.defender import State
+
+    world = verify_world(world_factory, monkeypatch)
+    set_env(
+        world,
+        monkeypatch,
+        REMEDIATION_NOTIFY_TOPIC_ENDPOINT=f"{world.plane.url}/api/events",
+        REMEDIATION_NOTIFY_TOPIC_KEY=world.plane.topic_key,
+    )
+    records, _ = _sweep(world)
+    assert records["never"]["verification"] == "pending"
+    services = bootstrap.services()
+    vm_id = records["never"]["vm"]
+    sub = records["never"]["subscription"]
+    state = services.states.get(vm_id, sub)
+    old = state.since - timedelta(hours=25)
+    services.states.write(sub, {vm_id: State(old, state.verified)})
+    records, summary = _sweep(world)
+    assert records["never"]["verification"] == "not-seen"
+    assert "onboarding package" in records["never"]["verification_hint"]
+    assert records["seen"]["verification"] == "verified"
+    _sweep(world)  # still not seen: no second notification
+    turned = [e for e in world.plane.published if e["eventType"] == "Remediation.NotVerified"]
+    # Each VM once, when it turned: "inactive" at the first sweep, "never" at the second.
+    assert [(e["subject"].rsplit("/", 1)[-1], e["data"]["verification"]) for e in turned] == [
+        ("inactive", "unhealthy"),
+        ("never", "not-seen"),
+    ]
+    # Between sweeps, an event says what the last sweep found.
+    found = services.states.get(vm_id, sub)
+    assert found.verified.value.value == "not-seen"
+
+
+def test_verification_off_or_refused_is_unchecked_and_says_why(world_factory, monkeypatch):
+    from tests.conftest import APP
+
+    world = world_factory(_estate())
+    records, summary = _sweep(world)
+    assert records["seen"]["verification"] == "unchecked"
+    assert "REMEDIATION_MDE_API is empty" in records["seen"]["verification_reason"]
+    assert world.plane.log.count("WindowsDefenderATP/machines/read") == 0
+    # With the API on but no Machine.Read.All: still a full sweep, every VM unchecked.
+    for principal in world.plane.estate.principals.values():
+        if principal.client_id == APP.client_id:
+            principal.app_roles = []
+    set_env(world, monkeypatch, REMEDIATION_MDE_API=world.plane.url)
+    records, summary = _sweep(world)
+    assert {r["verification"] for r in records.values() if r["verification"]} == {"unchecked"}
+    assert "Machine.Read.All" in records["seen"]["verification_reason"]
+    assert summary["vms"] == 5
+
+
+def test_many_devices_are_read_in_pages_of_ten_thousand_within_the_api_limits(
+    world_factory, monkeypatch
+):
+    world = verify_world(world_factory, monkeypatch)
+    world.plane.estate.other_devices = 10_500  # workstations: no vmMetadata
+    world.plane.mde_limits = ((1, 1.0),)  # one call a second: the second page waits
+    records, _ = _sweep(world)
+    assert records["seen"]["verification"] == "verified"
+    reads = [
+        i for i in world.plane.log.items() if i.operation == "WindowsDefenderATP/machines/read"
+    ]
+    assert [i.status for i in reads if i.status == 200] == [200, 200]  # two pages
+    assert 429 in {i.status for i in reads}  # throttled, retried after Retry-After
+
+
+def test_the_log_filters_on_verification_and_findings(world_factory, monkeypatch):
+    world = verify_world(world_factory, monkeypatch)
+    _sweep(world)
+    body = json.loads(world.get("remediations", {"verification": "unhealthy"}).get_body())
+    assert [r["vm"].rsplit("/", 1)[-1] for r in body["records"]] == ["inactive"]
+    body = json.loads(world.get("remediations", {"finding": "no-monitoring-agent"}).get_body())
+    assert len(body["records"]) == 5  # none of these VMs has a monitoring agent
+    assert all(r["findings"] == ["no-monitoring-agent"] for r in body["records"])
+    bad = world.get("remediations", {"verification": "maybe"})
+    assert bad.status_code == 400
+
+
+# --- The test alert, end to end ------------------------------------------------------------
+TEST_ON = {"REMEDIATION_MODE": "enforce", "REMEDIATION_ALLOW_TEST_ALERT": "true"}
+
+
+def grant_test_alert(world):
+    """What the deployment's custom role adds with allowTestAlert=true."""
+    from localazure.estate import TEST_ALERT_ROLE
+
+    for principal in world.plane.estate.principals.values():
+        principal.actions = [*principal.actions, *TEST_ALERT_ROLE]
+
+
+def test_alert_cli(*args):
+    import io
+
+    from remediation.__main__ import main
+
+    out = io.StringIO()
+    return main(["test-alert", *args], out=out), out.getvalue()
+
+
+def _table_rows(world):
+    return sorted(
+        (e["PartitionKey"], e["RowKey"]) for e in world.services.audit.table.list_entities()
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "vm", "words"),
+    [
+        ({"REMEDIATION_MODE": "enforce"}, "seen", "REMEDIATION_ALLOW_TEST_ALERT"),
+        ({"REMEDIATION_ALLOW_TEST_ALERT": "true"}, "seen", "REMEDIATION_MODE is report"),
+        (TEST_ON, "bare", "MDE.Linux is absent"),
+        (TEST_ON, "stopped", "the VM is deallocated"),
+        (TEST_ON, "excluded", "the VM is excluded"),
+        (
+            TEST_ON,
+            "/subscriptions/22222222-2222-4222-8222-222222222222/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/x",
+            "not in REMEDIATION_SUBSCRIPTIONS",
+        ),
+        (TEST_ON, "/subscriptions/x/../../virtualMachines/y", "not a virtual machine resource id"),
+    ],
+)
+def test_a_refused_test_alert_says_why_and_writes_nothing(world_factory, settings, vm, words):
+    from localazure.estate import MDE_PUBLISHER, Extension
+    from tests.test_service import new_vm
+
+    world_estate = _estate()
+    for name, changes in [
+        ("stopped", {"power": "deallocated"}),
+        ("excluded", {"tags": {"defender-remediation-exclude": "true"}}),
+    ]:
+        extra = new_vm(name, **changes)
+        extra.extensions["mde.linux"] = Extension("MDE.Linux", MDE_PUBLISHER, "MDE.Linux")
+        world_estate.add_vm(extra)
+    world = world_factory(world_estate, **settings)
+    vm_id = vm if vm.startswith("/") else new_vm(vm).id
+    world.services.audit.create()
+    before = _table_rows(world)
+    code, _ = test_alert_cli(vm_id)
+    assert code == 2
+    import function_app
+    from localazure.host import http_request
+
+    response = function_app.test_alert(
+        http_request("POST", "test-alert", json.dumps({"vm": vm_id}).encode())
+    )
+    assert response.status_code == 400
+    assert any(words in problem for problem in json.loads(response.get_body())["errors"])
+    assert _table_rows(world) == before
+    assert world.services.tests.queue.peek_messages() == []
+    assert world.plane.run_commands == []
+
+
+def test_a_test_alert_without_the_run_command_permission_fails_with_the_grant(world_factory):
+    from tests.test_service import new_vm
+
+    world = world_factory(_estate(), **TEST_ON)
+    code, output = test_alert_cli("--wait", "--json", new_vm("seen").id)
+    assert code == 1
+    [record] = [json.loads(line) for line in output.splitlines()]
+    assert record["test_alert"] == "failed"
+    assert "Microsoft.Compute/virtualMachines/runCommand/action" in record["hint"]
+
+
+def test_the_test_alert_runs_the_detection_test_and_finds_its_alert(world_factory):
+    from tests.test_service import new_vm
+
+    world = world_factory(_estate(), **TEST_ON, REMEDIATION_DISMISS_TEST_ALERTS="true")
+    grant_test_alert(world)
+    world.plane.test_alert_seconds = 0
+    vm = world.plane.estate.vm(new_vm("seen").id)
+    package = world.plane.estate.subscriptions[vm.subscription].onboarding_linux
+    vm.run_command_output = f"downloaded; key={package}; sig=abc%2Bdef ok"
+    code, output = test_alert_cli("--wait", "--json", vm.id)
+    assert code == 0, output
+    [record] = [json.loads(line) for line in output.splitlines()]
+    assert (record["test_alert"], record["outcome"], record["trigger"]) == (
+        "verified",
+        "succeeded",
+        "cli",
+    )
+    assert "EICAR" in record["reason"] and "dismissed" in record["reason"]
+    [(ran_on, body)] = world.plane.run_commands
+    assert ran_on.lower() == vm.id.lower()
+    assert body["commandId"] == "RunShellScript"
+    assert any("eicar" in line for line in body["script"])
+    assert [a["properties"]["status"] for a in world.plane.alerts] == ["Dismissed"]
+    # The output is kept, scrubbed: no package, no signature, anywhere.
+    from remediation import testalert
+
+    [row] = world.services.audit.table.query_entities(f"PartitionKey eq '{testalert.PARTITION}'")
+    stored = json.dumps(dict(row), default=str) + json.dumps(record)
+    assert "ok" in json.loads(row["result"])["output"]["stdout"]
+    assert package not in stored
+    assert "abc%2Bdef" not in stored
+    # The operations it used are the ones the deployment grants with allowTestAlert.
+    used = {i.operation for i in world.plane.log.items() if i.status < 400}
+    assert {
+        "Microsoft.Compute/virtualMachines/runCommand/action",
+        "Microsoft.Security/locations/alerts/read",
+        "Microsoft.Security/locations/alerts/dismiss/action",
+    } <= used
+
+
+def test_a_test_alert_that_never_comes_is_not_verified_at_its_deadline(world_factory):
+    from datetime import timedelta
+
+    from remediation import testalert
+    from tests.test_service import new_vm
+
+    world = world_factory(_estate(), **TEST_ON)
+    grant_test_alert(world)
+    vm_id = new_vm("inactive").id  # Succeeded, but its sensor does not report
+    test = testalert.begin(world.services, vm_id, "cli")
+    services = world.services
+    [message] = services.tests.queue.receive_messages()
+    services.tests.queue.delete_message(message)
+    assert testalert.handle(services, message.content) is None  # ran the test; watching
+    world.plane.settle(now=True)
+    watch = json.dumps({"schema": testalert.SCHEMA, "test_id": test.test_id, "step": "watch"})
+    assert testalert.handle(services, watch) is None  # no alert yet: looks again later
+    record = testalert.handle(services, watch, now=test.deadline + timedelta(seconds=1))
+    assert (record.test_alert, record.outcome) == ("not-verified", "failed")
+    assert "within 60 minutes" in record.reason
+    assert "Defender portal" in record.hint
+    assert world.plane.alerts == []
+    assert testalert.handle(services, watch) is None  # ended: a late message does nothing
+    code, _ = test_alert_cli(vm_id)  # the VM is free again
+    assert code == 0
