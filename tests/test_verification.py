@@ -242,7 +242,7 @@ def test_past_the_grace_period_a_vm_never_seen_turns_not_seen_and_notifies_once(
     state = services.states.get(vm_id, sub)
     old = state.since - timedelta(hours=25)
     services.states.write(sub, {vm_id: State(old, state.verified)})
-    records, summary = _sweep(world)
+    records, _summary = _sweep(world)
     assert records["never"]["verification"] == "not-seen"
     assert "onboarding package" in records["never"]["verification_hint"]
     assert records["seen"]["verification"] == "verified"
@@ -381,7 +381,7 @@ def test_a_refused_test_alert_says_why_and_writes_nothing(world_factory, setting
 def test_a_test_alert_without_the_run_command_permission_fails_with_the_grant(world_factory):
     from tests.test_service import new_vm
 
-    world = world_factory(_estate(), **TEST_ON)
+    world_factory(_estate(), **TEST_ON)
     code, output = test_alert_cli("--wait", "--json", new_vm("seen").id)
     assert code == 1
     [record] = [json.loads(line) for line in output.splitlines()]
@@ -406,7 +406,8 @@ def test_the_test_alert_runs_the_detection_test_and_finds_its_alert(world_factor
         "succeeded",
         "cli",
     )
-    assert "EICAR" in record["reason"] and "dismissed" in record["reason"]
+    assert "EICAR" in record["reason"]
+    assert "dismissed" in record["reason"]
     [(ran_on, body)] = world.plane.run_commands
     assert ran_on.lower() == vm.id.lower()
     assert body["commandId"] == "RunShellScript"
