@@ -177,7 +177,7 @@ class _Gathered:
     def count(self, services: Services, facts: VmFacts) -> None:
         subscription = facts.vm.subscription
         try:
-            assessment = assess(services, facts)
+            assessment = assess(services, facts, last_known=False)  # read-only: no log reads
         except TransientError:  # Azure did not answer: an outage, as the sweep records it
             platform = classify(facts, services.settings.exclude_tag).platform or "unknown"
             self._tally(subscription, platform).categories[CATEGORIES[UNDECIDED]] += 1
