@@ -316,7 +316,7 @@ def grant_test_alert(world):
         principal.actions = [*principal.actions, *TEST_ALERT_ROLE]
 
 
-def test_alert_cli(*args):
+def alert_cli(*args):
     import io
 
     from remediation.__main__ import main
@@ -363,7 +363,7 @@ def test_a_refused_test_alert_says_why_and_writes_nothing(world_factory, setting
     vm_id = vm if vm.startswith("/") else new_vm(vm).id
     world.services.audit.create()
     before = _table_rows(world)
-    code, _ = test_alert_cli(vm_id)
+    code, _ = alert_cli(vm_id)
     assert code == 2
     import function_app
     from localazure.host import http_request
@@ -382,7 +382,7 @@ def test_a_test_alert_without_the_run_command_permission_fails_with_the_grant(wo
     from tests.test_service import new_vm
 
     world_factory(_estate(), **TEST_ON)
-    code, output = test_alert_cli("--wait", "--json", new_vm("seen").id)
+    code, output = alert_cli("--wait", "--json", new_vm("seen").id)
     assert code == 1
     [record] = [json.loads(line) for line in output.splitlines()]
     assert record["test_alert"] == "failed"
@@ -398,7 +398,7 @@ def test_the_test_alert_runs_the_detection_test_and_finds_its_alert(world_factor
     vm = world.plane.estate.vm(new_vm("seen").id)
     package = world.plane.estate.subscriptions[vm.subscription].onboarding_linux
     vm.run_command_output = f"downloaded; key={package}; sig=abc%2Bdef ok"
-    code, output = test_alert_cli("--wait", "--json", vm.id)
+    code, output = alert_cli("--wait", "--json", vm.id)
     assert code == 0, output
     [record] = [json.loads(line) for line in output.splitlines()]
     assert (record["test_alert"], record["outcome"], record["trigger"]) == (
@@ -453,5 +453,5 @@ def test_a_test_alert_that_never_comes_is_not_verified_at_its_deadline(world_fac
     assert "Defender portal" in record.hint
     assert world.plane.alerts == []
     assert testalert.handle(services, watch) is None  # ended: a late message does nothing
-    code, _ = test_alert_cli(vm_id)  # the VM is free again
+    code, _ = alert_cli(vm_id)  # the VM is free again
     assert code == 0
