@@ -16,6 +16,10 @@ What the page shows, and the choices behind it:
   so only a run that covered the whole scope is comparable with the next. A run is
   full-scope when the nightly timer started it (it always sweeps the whole scope of its
   time) or when it covered every subscription in scope now.
+- Next to extension coverage, "verified by Defender for Endpoint": eligible running VMs
+  whose latest record is covered and ``verification`` verified (README, Verification).
+  VMs Defender for Endpoint does not see (``not-seen``) or sees unhealthy need a human,
+  and "Needs a human" shows each VM's last test alert.
 - The page sends nothing and loads nothing; ``HEADERS`` are the response headers any
   server of it sends (a CSP that allows only its own stylesheet, by hash).
 """
@@ -48,7 +52,8 @@ CATEGORIES = {
     "error": "error",
     "undecided": "unavailable",  # Azure did not answer: an outage, the next check decides
 }
-NEEDS_A_HUMAN = ("error", "blocked", "unsupported")
+NEEDS_A_HUMAN = ("error", "blocked", "unsupported")  # decisions
+NOT_VERIFIED = ("not-seen", "unhealthy")  # verifications of covered VMs
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Coverage:
     as_of: dict[str, Run] = field(default_factory=dict)  # subscription -> its latest sweep
     latest: dict[str, AuditRecord] = field(default_factory=dict)  # VM id -> its latest state
     trend: list[Point] = field(default_factory=list)
+    tests: dict[str, AuditRecord] = field(default_factory=dict)  # VM id -> its last test alert
 
     @property
     def not_swept(self) -> list[str]:
@@ -89,10 +95,41 @@ class Coverage:
         eligible = [r for r in records if r.eligible_running]
         return sum(r.decision == "compliant" for r in eligible), len(eligible)
 
+    def verified(self, subscription: str = "") -> tuple[int, int]:
+        """(verified by Defender for Endpoint, eligible running), like ``headline``."""
+        records = [
+            r
+            for r in self.latest.values()
+            if r.eligible_running and (not subscription or r.subscription == subscription)
+        ]
+        seen = sum(r.decision == "compliant" and r.verification == "verified" for r in records)
+        return seen, len(records)
+
+    def verified_by(self, by: str) -> dict[str, int]:
+        table: Counter[str] = Counter()
+        for r in self.latest.values():
+            key = r.subscription if by == "subscription" else (r.platform or "unknown")
+            table[key] += r.decision == "compliant" and r.verification == "verified"
+        return dict(table)
+
+    @property
+    def verifying(self) -> bool:
+        """Did the sweeps shown read Defender for Endpoint's device list?"""
+        return any(r.verification not in {"", "unchecked"} for r in self.latest.values())
+
     def human(self) -> list[AuditRecord]:
-        order = {decision: index for index, decision in enumerate(NEEDS_A_HUMAN)}
-        items = [r for r in self.latest.values() if r.decision in order]
-        return sorted(items, key=lambda r: (order[r.decision], r.subscription, r.vm.lower()))
+        order = {need: index for index, need in enumerate(NEEDS_A_HUMAN + NOT_VERIFIED)}
+        items = [r for r in self.latest.values() if need(r)]
+        return sorted(items, key=lambda r: (order[need(r)], r.subscription, r.vm.lower()))
+
+
+def need(record: AuditRecord) -> str:
+    """Why a VM needs a human: its decision, or, covered, what Defender for Endpoint says."""
+    if record.decision in NEEDS_A_HUMAN:
+        return record.decision
+    if record.decision == "compliant" and record.verification in NOT_VERIFIED:
+        return record.verification
+    return ""
 
 
 # --- Gathering: the shell -------------------------------------------------------------
@@ -106,7 +143,9 @@ def gather(services: Services, now: datetime | None = None) -> Coverage:
     coverage = Coverage(now, scope, latest_sweeps(done, scope), trend=trend(done, scope))
     if coverage.as_of:
         oldest = min(run.started for run in coverage.as_of.values())
-        coverage.latest = latest_state(_records(services, oldest, now), coverage.as_of)
+        records = _records(services, oldest, now)
+        coverage.latest = latest_state(records, coverage.as_of)
+        coverage.tests = last_tests(records)
     return coverage
 
 
@@ -176,6 +215,15 @@ def latest_state(records: Iterable[AuditRecord], as_of: dict[str, Run]) -> dict[
     return latest
 
 
+def last_tests(records: Iterable[AuditRecord]) -> dict[str, AuditRecord]:
+    """VM id -> the record that ended its latest test alert."""
+    tests: dict[str, AuditRecord] = {}
+    for record in sorted(records, key=lambda r: r.time):
+        if record.test_alert and record.vm:
+            tests[record.vm.lower()] = record
+    return tests
+
+
 def _covered(record: AuditRecord) -> AuditRecord:
     return replace(record, decision="compliant", reason="MDE was installed and is Succeeded.")
 
@@ -234,13 +282,28 @@ def render(coverage: Coverage, human_rows: int = HUMAN_ROWS) -> str:
         f'<span id="eligible">{eligible}</span>) in the {swept} swept subscription'
         f"{'' if swept == 1 else 's'} of {len(coverage.scope)} in scope.</p>",
     ]
+    if coverage.verifying:
+        seen, _ = coverage.verified()
+        parts.append(
+            f'<p><span class="big" id="verified">{_percent(coverage_percent(seen, eligible))}'
+            f'</span> verified by Defender for Endpoint (<span id="verified-count">{seen}'
+            "</span> of them onboarded and Active in its device list).</p>"
+        )
+    else:
+        parts.append(
+            '<p id="verification-off" class="muted">Not verified by Defender for Endpoint: '
+            "set REMEDIATION_MDE_API to check each covered VM against its device list.</p>"
+        )
     if coverage.not_swept:
         parts.append(
             f'<p id="not-swept">Not swept yet, so not counted: {len(coverage.not_swept)} '
             "subscription(s) (no finished sweep covered them in the last 30 days).</p>"
         )
     parts += ["<h2>By subscription</h2>", _subscriptions(coverage)]
-    parts += ["<h2>By platform</h2>", _table(coverage.counts("platform"), "platform")]
+    parts += [
+        "<h2>By platform</h2>",
+        _table(coverage.counts("platform"), "platform", coverage.verified_by("platform")),
+    ]
     parts += [
         "<h2>Coverage of full sweeps, last 30 days</h2>",
         _chart(coverage.trend, coverage.generated),
@@ -254,38 +317,46 @@ def _subscriptions(coverage: Coverage) -> str:
     columns = list(CATEGORIES.values())
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     counts = coverage.counts("subscription")
+    verified = coverage.verified_by("subscription")
     body = []
     for subscription in coverage.scope:
         run = coverage.as_of.get(subscription)
         key = f'<tr data-subscription="{escape(subscription)}"><td>{escape(subscription)}</td>'
         if run is None:
             body.append(
-                f'{key}<td class="none" colspan="{len(columns) + 3}">not swept yet</td></tr>'
+                f'{key}<td class="none" colspan="{len(columns) + 4}">not swept yet</td></tr>'
             )
             continue
         row = counts.get(subscription, Counter())
         cells = "".join(f'<td data-category="{escape(c)}">{row.get(c, 0)}</td>' for c in columns)
         share = _percent(coverage_percent(*coverage.headline(subscription)))
+        seen = _percent(coverage_percent(*coverage.verified(subscription)))
         body.append(
             f'{key}<td title="sweep {escape(run.run_id)}">{_when(run.started)}</td>{cells}'
-            f"<td>{sum(row.values())}</td><td data-coverage>{share}</td></tr>"
+            f"<td>{sum(row.values())}</td><td data-coverage>{share}</td>"
+            f'<td data-verified="{verified.get(subscription, 0)}">{seen}</td></tr>'
         )
     return (
         f'<table id="by-subscription"><tr><th>subscription</th><th>as of</th>{head}'
-        f"<th>VMs</th><th>coverage</th></tr>{''.join(body)}</table>"
+        f"<th>VMs</th><th>coverage</th><th>verified by MDE</th></tr>{''.join(body)}</table>"
     )
 
 
-def _table(rows: dict[str, Counter[str]], by: str) -> str:
+def _table(rows: dict[str, Counter[str]], by: str, verified: dict[str, int]) -> str:
     columns = list(CATEGORIES.values())
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     body = []
     for key, counts in rows.items():
         cells = "".join(f'<td data-category="{escape(c)}">{counts.get(c, 0)}</td>' for c in columns)
+        seen = verified.get(key, 0)
         body.append(
-            f'<tr data-{by}="{escape(key)}"><td>{escape(key)}</td>{cells}<td>{sum(counts.values())}</td></tr>'
+            f'<tr data-{by}="{escape(key)}"><td>{escape(key)}</td>{cells}<td>{sum(counts.values())}</td>'
+            f'<td data-verified="{seen}">{seen}</td></tr>'
         )
-    return f'<table id="by-{by}"><tr><th>{by}</th>{head}<th>VMs</th></tr>{"".join(body)}</table>'
+    return (
+        f'<table id="by-{by}"><tr><th>{by}</th>{head}<th>VMs</th><th>verified by MDE</th></tr>'
+        f"{''.join(body)}</table>"
+    )
 
 
 def _human(coverage: Coverage, limit: int) -> list[str]:
@@ -293,19 +364,18 @@ def _human(coverage: Coverage, limit: int) -> list[str]:
     parts = [f'<h2>Needs a human (<span id="human-count">{len(human)}</span>)</h2>']
     if not human:
         return [*parts, "<p>Nothing: every VM is covered, excluded or on its way.</p>"]
-    by_decision = Counter(r.decision for r in human)
-    parts.append(
-        "<p>" + ", ".join(f"{by_decision[d]} {d}" for d in NEEDS_A_HUMAN if by_decision[d]) + "</p>"
-    )
+    by_need = Counter(need(r) for r in human)
+    needs = [n for n in NEEDS_A_HUMAN + NOT_VERIFIED if by_need[n]]
+    parts.append("<p>" + ", ".join(f"{by_need[n]} {n}" for n in needs) + "</p>")
     if len(human) > limit:
         oldest = min(run.started for run in coverage.as_of.values())
         days = max(1, math.ceil((coverage.generated - oldest) / timedelta(days=1)))
         commands = "".join(
-            f"<li><code>python -m remediation log --decision {d} --since {days}d --limit 1000"
-            f"</code> or <code>GET /api/remediations?decision={d}&amp;since={days}d</code> "
+            f"<li><code>python -m remediation log --{f} {n} --since {days}d --limit 1000"
+            f"</code> or <code>GET /api/remediations?{f}={n}&amp;since={days}d</code> "
             "(paged)</li>"
-            for d in NEEDS_A_HUMAN
-            if by_decision[d]
+            for n in needs
+            for f in ["decision" if n in NEEDS_A_HUMAN else "verification"]
         )
         parts.append(
             f'<p id="human-shown">{limit} of {len(human)} shown. To see all, read the log '
@@ -314,12 +384,18 @@ def _human(coverage: Coverage, limit: int) -> list[str]:
         )
     parts.append(
         '<table id="human"><tr><th>VM</th><th>decision</th><th>platform</th><th>why</th>'
-        "<th>what to do</th></tr>"
+        "<th>what to do</th><th>last test alert</th></tr>"
     )
     for record in human[:limit]:
+        why, what = record.reason, record.hint
+        if need(record) in NOT_VERIFIED:
+            why, what = record.verification_reason, record.verification_hint
+        test = coverage.tests.get(record.vm.lower())
+        tested = f"{escape(test.test_alert)}, {_when(test.time)}" if test else "none"
         parts.append(
-            f"<tr><td>{escape(record.vm)}</td><td>{escape(record.decision)}</td><td>{escape(record.platform)}</td>"
-            f'<td class="text">{escape(record.reason)}</td><td class="text">{escape(record.hint)}</td></tr>'
+            f"<tr><td>{escape(record.vm)}</td><td>{escape(need(record))}</td><td>{escape(record.platform)}</td>"
+            f'<td class="text">{escape(why)}</td><td class="text">{escape(what)}</td>'
+            f'<td class="text" data-test-alert>{tested}</td></tr>'
         )
     parts.append("</table>")
     return parts

@@ -343,12 +343,13 @@ def test_after_a_partial_sweep_the_report_shows_every_subscription_as_of_its_lat
 ):
     world, html, full, partial = swept_fully_then_partly(world_factory)
     # subscription, as of, covered, to install, deferred, excluded, unsupported, blocked,
-    # error, VMs, coverage
+    # error, unavailable, VMs, coverage, verified by MDE (off here: none)
     assert subscription_rows(html) == {
-        A: [A, started(world, partial), "3", "0", "0", "0", "0", "0", "0", "0", "3", "100%"],
-        B: [B, started(world, full), "2", "1", "1", "0", "0", "0", "0", "0", "4", "66.67%"],
-        C: [C, started(world, full), "2", "0", "0", "0", "1", "0", "0", "0", "3", "100%"],
+        A: [A, started(world, partial), "3", "0", "0", "0", "0", "0", "0", "0", "3", "100%", "0%"],
+        B: [B, started(world, full), "2", "1", "1", "0", "0", "0", "0", "0", "4", "66.67%", "0%"],
+        C: [C, started(world, full), "2", "0", "0", "0", "1", "0", "0", "0", "3", "100%", "0%"],
     }
+    assert 'id="verification-off"' in html
     # The headline is the estate's: A 3 of 3, B 2 of 3 (the event since its sweep), C 2 of 2.
     assert '<span class="big" id="coverage">87.5%</span>' in html
     assert '<span id="covered">7</span> of <span id="eligible">8</span>' in html

@@ -455,3 +455,36 @@ def test_a_test_alert_that_never_comes_is_not_verified_at_its_deadline(world_fac
     assert testalert.handle(services, watch) is None  # ended: a late message does nothing
     code, _ = alert_cli(vm_id)  # the VM is free again
     assert code == 0
+
+
+def test_the_report_shows_verified_coverage_and_the_last_test_alert_of_who_needs_a_human(
+    world_factory, monkeypatch
+):
+    from datetime import timedelta
+
+    from remediation import testalert
+    from tests.test_service import new_vm
+
+    world = verify_world(world_factory, monkeypatch)
+    _sweep(world)
+    set_env(world, monkeypatch, **TEST_ON)
+    grant_test_alert(world)
+    services = world.services
+    test = testalert.begin(services, new_vm("inactive").id, "http")
+    [message] = services.tests.queue.receive_messages()
+    testalert.handle(services, message.content)
+    watch = json.dumps({"schema": testalert.SCHEMA, "test_id": test.test_id, "step": "watch"})
+    testalert.handle(services, watch, now=test.deadline + timedelta(seconds=1))
+    html = world.get("report").get_body().decode()
+    # 5 eligible running VMs; "seen" and "by-vmid" are onboarded and Active.
+    assert '<span class="big" id="verified">40%</span>' in html
+    assert '<span id="verified-count">2</span>' in html
+    assert '<span class="big" id="coverage">80%</span>' in html  # 4 Succeeded of 5
+    human = html[
+        html.index('<table id="human">') : html.index("</table>", html.index('id="human"'))
+    ]
+    assert human.count("<tr>") == 2  # the header, and the unhealthy VM
+    assert "virtualMachines/inactive" in human
+    assert "health Inactive" in human
+    assert "not-verified, <time" in human  # its last test alert
+    assert "1 unhealthy" in html
