@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from remediation.defender import CHUNK_CHARS, DeviceIndex, _chunks, compact
-from remediation.model import Device, VmFacts, VmRef
+from remediation.model import Device, TransientError, VmFacts, VmRef
 from remediation.testalert import Refused, _is_test_alert, parse_body, scrub
 
 SUB = "11111111-1111-1111-1111-111111111111"
@@ -488,3 +488,82 @@ def test_the_report_shows_verified_coverage_and_the_last_test_alert_of_who_needs
     assert "health Inactive" in human
     assert "not-verified, <time" in human  # its last test alert
     assert "1 unhealthy" in html
+
+
+def test_between_sweeps_an_event_carries_the_last_sweeps_verification(world_factory, monkeypatch):
+    from tests.test_service import new_vm
+
+    world = verify_world(world_factory, monkeypatch)
+    [before] = world.deliver(world.plane.set_power(new_vm("inactive").id, "running"))
+    assert before.verification == "pending"  # no sweep has read the device list yet
+    assert "next sweep" in before.verification_reason
+    _sweep(world)
+    [after] = world.deliver(world.plane.set_power(new_vm("inactive").id, "running"))
+    assert after.verification == "unhealthy"
+    assert after.verification_reason.startswith("As of the last sweep:")
+    assert world.plane.log.count("WindowsDefenderATP/machines/read") == 1  # the sweep's only
+
+
+def test_an_install_starts_the_grace_period(world_factory, monkeypatch):
+    from tests.test_service import ENFORCE, new_vm
+
+    world = verify_world(world_factory, monkeypatch, **ENFORCE)
+    events = world.plane.create_vm(new_vm("fresh"))
+    world.deliver(*events)
+    world.run_queue()
+    [installed] = [r for r in world.audit_records() if r.outcome == "succeeded"]
+    assert installed.verification == "pending"
+    state = world.services.states.get(installed.vm, installed.subscription)
+    assert state.verified.value.value == "pending"
+    assert abs((state.since - installed.time).total_seconds()) < 60
+
+
+def test_a_second_test_on_a_running_test_is_409_and_the_status_route_follows_it(world_factory):
+    import function_app
+    from localazure.host import http_request
+    from tests.test_service import new_vm
+
+    world = world_factory(_estate(), **TEST_ON)
+    grant_test_alert(world)
+    body = json.dumps({"vm": new_vm("seen").id}).encode()
+    first = function_app.test_alert(http_request("POST", "test-alert", body))
+    assert first.status_code == 202
+    started = json.loads(first.get_body())
+    assert started["status_url"].endswith(f"/test-alert/{started['test_id']}")
+    second = function_app.test_alert(http_request("POST", "test-alert", body))
+    assert second.status_code == 409
+    assert started["test_id"] in json.loads(second.get_body())["errors"][0]
+
+    def status(test_id):
+        return function_app.test_alert_status(
+            http_request("GET", f"test-alert/{test_id}", route={"testId": test_id})
+        )
+
+    shown = json.loads(status(started["test_id"]).get_body())
+    assert (shown["status"], shown["vm"], shown["trigger"]) == (
+        "running",
+        new_vm("seen").id,
+        "http",
+    )
+    assert status("20261129T000000Z-00000000").status_code == 404
+    assert status("../x").status_code == 400
+
+
+def test_a_test_step_that_fails_every_try_ends_the_test_as_failed(world_factory):
+    from remediation import testalert
+    from tests.test_service import new_vm
+
+    world = world_factory(_estate(), **TEST_ON)
+    grant_test_alert(world)
+    world.plane.faults.add("POST", "runCommand", 503, count=1000)
+    services = world.services
+    test = testalert.begin(services, new_vm("seen").id, "cli")
+    run = json.dumps({"schema": testalert.SCHEMA, "test_id": test.test_id, "step": "run"})
+    with pytest.raises(TransientError):
+        testalert.handle(services, run)
+    record = testalert.handle_poison(services, run)
+    assert (record.test_alert, record.outcome) == ("failed", "failed")
+    assert "gave up after every retry" in record.reason
+    assert testalert.get(services, test.test_id).status == "failed"
+    assert testalert.handle_poison(services, run) is None  # ended: nothing twice
+    assert testalert.handle(services, "not json") is None  # dropped, with a warning
