@@ -584,12 +584,10 @@ class ArmGateway:
         if not poller.done():
             return None
         result = self._call(what, poller.result)
-        out = {"stdout": "", "stderr": ""}
-        for status in getattr(result, "value", None) or []:
-            code = str(getattr(status, "code", "") or "").lower()
-            stream = "stderr" if "stderr" in code else "stdout"
-            out[stream] += str(getattr(status, "message", "") or "")
-        return out["stdout"], out["stderr"]
+        return run_output(
+            (str(getattr(x, "code", "") or ""), str(getattr(x, "message", "") or ""))
+            for x in getattr(result, "value", None) or []
+        )
 
     def dismiss_alert(self, vm: VmRef, alert_id: str) -> None:
         """Dismiss one alert (POST .../alerts/{name}/dismiss, 204)."""
@@ -709,6 +707,25 @@ _NO_ANSWER = re.compile(
     r"EOF occurred|IncompleteRead|Connection broken",
     re.IGNORECASE,
 )
+
+
+def run_output(statuses: Iterable[tuple[str, str]]) -> tuple[str, str]:
+    """(stdout, stderr) of a Run Command result. Windows answers one status per stream
+    (``ComponentStatus/StdOut/succeeded``, ``.../StdErr/...``: the spec's example); Linux
+    one ``ProvisioningState/...`` status whose message holds ``[stdout]`` and ``[stderr]``
+    sections (Azure/run-command-extension-linux; Azure/azure-cli#14425)."""
+    out, err = [], []
+    for code, message in statuses:
+        if "/stderr/" in code.lower():
+            err.append(message)
+        elif "[stdout]" in message:
+            rest = message.partition("[stdout]")[2]
+            stdout, _, stderr = rest.partition("[stderr]")
+            out.append(stdout.strip("\n"))
+            err.append(stderr.strip("\n"))
+        else:
+            out.append(message)
+    return "\n".join(filter(None, out)), "\n".join(filter(None, err))
 
 
 def _unanswered(error: ClientAuthenticationError) -> bool:

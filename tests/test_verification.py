@@ -567,3 +567,39 @@ def test_a_test_step_that_fails_every_try_ends_the_test_as_failed(world_factory)
     assert testalert.get(services, test.test_id).status == "failed"
     assert testalert.handle_poison(services, run) is None  # ended: nothing twice
     assert testalert.handle(services, "not json") is None  # dropped, with a warning
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        (  # Windows: one status per stream (the spec's example)
+            [
+                ("ComponentStatus/StdOut/succeeded", "started"),
+                ("ComponentStatus/StdErr/succeeded", ""),
+            ],
+            ("started", ""),
+        ),
+        (
+            [
+                ("ComponentStatus/StdOut/succeeded", ""),
+                ("ComponentStatus/StdErr/succeeded", "denied"),
+            ],
+            ("", "denied"),
+        ),
+        (  # Linux: one status, both streams in its message
+            [
+                (
+                    "ProvisioningState/succeeded",
+                    "Enable succeeded: \n[stdout]\nfetched\n\n[stderr]\ncurl: (6)\n",
+                )
+            ],
+            ("fetched", "curl: (6)"),
+        ),
+        ([("ProvisioningState/succeeded", "Enable succeeded")], ("Enable succeeded", "")),
+        ([], ("", "")),
+    ],
+)
+def test_run_command_output_of_either_os(statuses, expected):
+    from remediation.arm import run_output
+
+    assert run_output(statuses) == expected
