@@ -5,6 +5,9 @@ subscriptions), points the app at them through its settings, and drives the real
 function objects of ``function_app.app`` as the Functions host would: Event Grid
 deliveries for a burst of VM creations and starts, the queued installs, then a forced
 sweep, in enforce mode, with the plan opt-in on for one subscription and off for another.
+Then verification: what Defender for Endpoint's device list says of the covered VMs
+(one VM's sensor never reports, one went Inactive), and the harmless test alert run on
+one VM end to end.
 
 Coverage is measured before and after by report-mode sweeps (they change nothing); what
 the app did is read from its remediation log without those measurements.
@@ -34,7 +37,14 @@ sys.path.insert(0, str(ROOT))
 from localazure import LocalAzure, generate  # noqa: E402
 from localazure.__main__ import DEMO_APP  # noqa: E402
 from localazure.azurite import Azurite  # noqa: E402
-from localazure.estate import RHEL_92, UBUNTU_2204, WIN11_ENT, WS2022  # noqa: E402
+from localazure.estate import (  # noqa: E402
+    MDE_PUBLISHER,
+    RHEL_92,
+    TEST_ALERT_ROLE,
+    UBUNTU_2204,
+    WIN11_ENT,
+    WS2022,
+)
 from localazure.host import event_grid_event, http_request, run_queue  # noqa: E402
 from remediation.report import NEEDS_A_HUMAN  # noqa: E402 - in the order they are listed
 
@@ -105,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
 
     estate = generate(args.vms, args.subscriptions, args.seed)
     estate.add_principal(DEMO_APP)
+    # As deployed with allowTestAlert=true: Run Command and alert read/dismiss too.
+    app_principal = estate.principals[DEMO_APP.client_id]
+    app_principal.actions = [*app_principal.actions, *TEST_ALERT_ROLE]
+    never, inactive = _unhealthy_sensors(estate)
     subscriptions = sorted(estate.subscriptions)
     ready, opted_in, not_opted = (estate.subscriptions[s] for s in subscriptions[:3])
     ready.pricing_tier, ready.sub_plan = "Standard", "P2"
@@ -120,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             "WDATP_UNIFIED_SOLUTION": False,
             "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW": True,
         }
-    with Azurite() as storage, LocalAzure(estate, latency=0.002, lro_seconds=0.3) as azure:
+    with (
+        Azurite() as storage,
+        LocalAzure(estate, latency=0.002, lro_seconds=0.3, test_alert_seconds=3.0) as azure,
+    ):
         # The app's settings, as the Function App's app settings would hold them.
         os.environ.update(
             azure.environment(DEMO_APP)
@@ -132,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                 "REMEDIATION_MAX_ACTIONS_PER_SWEEP": "1000",
                 "REMEDIATION_LRO_POLL_SECONDS": "0.2",
                 "REMEDIATION_SWEEP_BATCH_SIZE": "1",
+                "REMEDIATION_MDE_API": azure.url,  # Defender for Endpoint's API, locally
+                "REMEDIATION_ALLOW_TEST_ALERT": "true",
+                "REMEDIATION_RECHECK_SECONDS": "1",
             }
         )
         import function_app  # noqa: PLC0415 - after the settings, as the host loads it
@@ -154,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
                 may = "; the app may not turn the plan on"
             console.print(f"  subscription {subscription}: {plans_before[subscription]}{may}")
 
+        seeded = _seed_history(services(), estate)
+        console.print(
+            f"  History: the app's earlier sweeps first saw MDE Succeeded on {seeded} VMs two "
+            "days ago (seeded into its storage), so the 24 h grace for Defender for Endpoint "
+            "to list them is over."
+        )
         before = _coverage_sweep(function_app)
         console.print(
             f"\ncoverage before: [bold]{before['covered']} of {before['eligible_running']}[/] "
@@ -229,15 +255,109 @@ def main(argv: list[str] | None = None) -> int:
             records=records,
             out=args.out,
         )
+        _verification(function_app, after, never, inactive)
+        records = list(services().audit.since(datetime.now(UTC) - timedelta(hours=1)))
+        log_file = args.out / "remediation-log.jsonl"  # again, with the test alert's record
+        log_file.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
         page = args.out / "coverage.html"
         page.write_text(
             function_app.coverage_report(http_request("GET", "report")).get_body().decode()
         )
-        console.print(f"coverage report page (GET /api/report): {page}")
+        console.print(f"\ncoverage report page (GET /api/report): {page}")
     console.print(
         f"\ndone in {time.monotonic() - started:.1f} s; Azurite and the local Azure are stopped"
     )
     return 0
+
+
+def _unhealthy_sensors(estate: Any) -> tuple[str, str]:
+    """Two covered Linux VMs Defender for Endpoint does not vouch for: one whose sensor
+    never reports (as with another tenant's onboarding package), one gone Inactive."""
+    covered = sorted(
+        vm.id
+        for vm in estate.vms.values()
+        if vm.power == "running"
+        and vm.os_type == "Linux"
+        and any(
+            e.publisher == MDE_PUBLISHER and e.state == "Succeeded" for e in vm.extensions.values()
+        )
+    )
+    never, inactive = covered[0], covered[1]
+    estate.vm(never).mde_device = "never"
+    estate.vm(inactive).mde_device = "inactive"
+    return never, inactive
+
+
+def _seed_history(running: Any, estate: Any) -> int:
+    """What the app's earlier sweeps would have stored: each VM with MDE Succeeded was
+    first seen so two days ago."""
+    from remediation.defender import State  # noqa: PLC0415
+    from remediation.model import Verification, Verified  # noqa: PLC0415
+
+    since = datetime.now(UTC) - timedelta(days=2)
+    earlier = Verified(Verification.PENDING, "seen Succeeded by an earlier sweep")
+    by_subscription: dict[str, dict[str, Any]] = {}
+    for vm in estate.vms.values():
+        if any(
+            e.publisher == MDE_PUBLISHER and e.state == "Succeeded" for e in vm.extensions.values()
+        ):
+            by_subscription.setdefault(vm.subscription, {})[vm.id] = State(since, earlier)
+    for subscription, states in by_subscription.items():
+        running.states.write(subscription, states)
+    return sum(len(states) for states in by_subscription.values())
+
+
+def _verification(function_app: Any, after: dict[str, Any], never: str, inactive: str) -> None:
+    """Step 3: what Defender for Endpoint says of the covered VMs, and a test alert."""
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    running = services()
+    counts = after.get("verification", {})
+    console.print(
+        "\n[bold]3. Verification[/]: each sweep reads Defender for Endpoint's device list once "
+        "(GET /api/machines) and checks every VM whose MDE extension is Succeeded:"
+    )
+    console.print(f"   {_counted(Counter(counts))}")
+    records = {
+        r.vm.lower(): r
+        for r in running.audit.since(datetime.now(UTC) - timedelta(hours=1))
+        if r.run_id == after["run_id"]
+    }
+    for vm in (never, inactive):
+        record = records[vm.lower()]
+        console.print(
+            f"   {vm.rsplit('/', 1)[-1]}: [bold]{record.verification}[/]: "
+            f"{record.verification_reason} Hint: {record.verification_hint}"
+        )
+    findings = after.get("findings", {}).get("no-monitoring-agent", 0)
+    console.print(
+        f"   {findings} running VMs have no monitoring agent (finding no-monitoring-agent): "
+        "Defender for Cloud's antimalware alerts need one; the app only reports it"
+    )
+    target = next(
+        r.vm
+        for r in sorted(records.values(), key=lambda r: r.vm)
+        if r.verification == "verified" and r.platform.startswith("ubuntu")
+    )
+    body = json.dumps({"vm": target}).encode()
+    response = function_app.test_alert(http_request("POST", "test-alert", body))
+    started = json.loads(response.get_body())
+    console.print(
+        f"\n[bold]4. Test alert[/] (REMEDIATION_ALLOW_TEST_ALERT=true): POST /api/test-alert on "
+        f"{target.rsplit('/', 1)[-1]} answered {response.status_code}; the test-alert queue runs "
+        "Microsoft's detection test through Run Command, then watches Defender for Cloud's alerts"
+    )
+    run_queue(running.tests, function_app.test_alert_step, function_app.test_alert_poison)
+    test_id = started["test_id"]
+    status = json.loads(
+        function_app.test_alert_status(
+            http_request("GET", f"test-alert/{test_id}", route={"testId": test_id})
+        ).get_body()
+    )
+    result = status["result"] or {}
+    console.print(
+        f"   GET /api/test-alert/{test_id}: [bold]{status['status']}[/]: {result.get('reason', '')}"
+    )
 
 
 def _plan(subscription: Any) -> str:

@@ -360,7 +360,7 @@ def _log_table(records: list[AuditRecord], query: Any, out: TextIO) -> None:
         text = record.reason + (f" Hint: {record.hint}" if record.hint else "")
         if record.verification:
             text += f" Verification: {record.verification}: {record.verification_reason}"
-            text += f" Check: {record.verification_hint}" if record.verification_hint else ""
+            text += f" Hint: {record.verification_hint}" if record.verification_hint else ""
         if record.findings:
             text += f" Findings: {', '.join(record.findings)}."
         when = f"{record.time:%m-%d %H:%M:%S}"

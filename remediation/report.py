@@ -200,8 +200,8 @@ def latest_state(records: Iterable[AuditRecord], as_of: dict[str, Run]) -> dict[
     latest: dict[str, AuditRecord] = {}
     for record in sorted(records, key=lambda r: r.time):
         run = as_of.get(record.subscription.lower())
-        if run is None or not record.vm or record.decision == "ignored":
-            continue
+        if run is None or not record.vm or record.decision == "ignored" or record.test_alert:
+            continue  # a test alert's record says nothing new of the VM's coverage
         if record.time < run.started:
             continue
         if record.run_id and record.trigger != "queue" and record.run_id != run.run_id:

@@ -370,7 +370,7 @@ def _verified(services: Services, test: Test, vm: VmRef, alert: dict[str, Any]) 
     when = _time(properties.get("timeGeneratedUtc")) or datetime.now(UTC)
     minutes = max(0.0, (when - (test.command_at or test.started)).total_seconds() / 60)
     reason = (
-        f"Test alert '{name}' ({alert.get('id')}) reached Defender for Cloud {minutes:.0f} "
+        f'Test alert "{name}" ({alert.get("id")}) reached Defender for Cloud {minutes:.1f} '
         "minutes after the detection test."
     )
     result = {"alert_id": alert.get("id"), "alert_name": name, "minutes": round(minutes, 1)}
@@ -401,7 +401,7 @@ def _end(
     if status == "failed" and output:
         reason += f" Output: {output.get('stdout', '')} {output.get('stderr', '')}".rstrip()
     vm = VmRef.parse(test.vm)
-    context = Context(services, test.trigger, run_id=test.test_id).for_vm(vm)
+    context = Context(services, test.trigger, correlation_id=test.test_id).for_vm(vm)
     record = context.record(
         Outcome.COMPLIANT.value,
         reason,

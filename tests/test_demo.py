@@ -104,7 +104,8 @@ def test_what_the_app_did_leaves_out_the_demos_measurement_sweeps(demo):
     runs = sweeps_in_order(log)
     assert len(runs) == 3
     measurements = {runs[0], runs[-1]}
-    acted = [r for r in log if r["run_id"] not in measurements]
+    # Steps 1 and 2; the test alert of step 4 is shown on its own.
+    acted = [r for r in log if r["run_id"] not in measurements and not r["test_alert"]]
 
     section = paragraph(out, "what the app did")
     counted = sorted(
@@ -147,3 +148,33 @@ def test_the_change_in_eligible_running_vms_is_explained(demo):
     assert f"{touched - not_eligible} of those {touched} are eligible" in explained
     assert change == touched - not_eligible  # nothing else moved, so nothing else is said
     assert "other VMs" not in explained
+
+
+def test_the_demo_verifies_coverage_with_defender_for_endpoint_and_runs_a_test_alert(demo):
+    out, log, _ = demo
+    step = paragraph(out, "3. Verification")
+    # The demo made one covered VM's sensor never report and another go Inactive; each is
+    # explained with what to check.
+    assert re.search(r": not-seen: MDE\.Linux has been Succeeded for 48 h", step.replace("\n", " "))
+    assert "onboarding package" in step
+    assert re.search(
+        r": unhealthy: Defender for Endpoint lists device \S+ with health Inactive",
+        step.replace("\n", " "),
+    )
+    # The counts it prints are the last measurement sweep's, read from the log.
+    last = sweeps_in_order(log)[-1]
+    counted = Counter(r["verification"] for r in log if r["run_id"] == last and r["verification"])
+    shown = dict(
+        (word, int(n))
+        for n, word in re.findall(r"(\d+) (verified|not-seen|unhealthy|pending)", step)
+    )
+    assert shown == dict(counted)
+    test = paragraph(out, "4. Test alert")
+    assert "answered 202" in test
+    assert re.search(r": verified: Test alert \"[^\"]*EICAR", test.replace("\n", ""))
+    [ended] = [r for r in log if r["test_alert"]]
+    assert (ended["test_alert"], ended["outcome"], ended["trigger"]) == (
+        "verified",
+        "succeeded",
+        "http",
+    )
