@@ -276,6 +276,10 @@ def _summary_table(summary: dict[str, Any], out: TextIO) -> None:
     table.add_row("blocked by the cap", str(summary["capped"]))
     table.add_row("errors", str(summary["errors"]))
     table.add_row("Azure did not answer (unavailable)", str(summary.get("unavailable", 0)))
+    for value, count in (summary.get("verification") or {}).items():
+        table.add_row(f"verification: {value}", str(count))
+    for finding, count in (summary.get("findings") or {}).items():
+        table.add_row(f"finding: {finding}", str(count))
     table.add_row(
         "ARM / Resource Graph requests", f"{summary['arm_requests']} / {summary['graph_requests']}"
     )
@@ -374,6 +378,7 @@ def run_test_alert(args: argparse.Namespace, out: TextIO) -> int:
     3 a test is already running on the VM."""
     from remediation import testalert  # noqa: PLC0415
     from remediation.bootstrap import services  # noqa: PLC0415
+    from remediation.model import RemediationError  # noqa: PLC0415
     from remediation.queues import drain  # noqa: PLC0415
 
     running = services()
@@ -383,6 +388,9 @@ def run_test_alert(args: argparse.Namespace, out: TextIO) -> int:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 3 if error.status == 409 else 2
+    except RemediationError as error:  # ARM did not answer, or refused to read the VM
+        print(f"error: the VM could not be read: {error}", file=sys.stderr)
+        return 1
     if not args.wait:
         if args.json:
             out.write(json.dumps(test.to_json()) + "\n")

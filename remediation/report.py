@@ -294,6 +294,14 @@ def render(coverage: Coverage, human_rows: int = HUMAN_ROWS) -> str:
             '<p id="verification-off" class="muted">Not verified by Defender for Endpoint: '
             "set REMEDIATION_MDE_API to check each covered VM against its device list.</p>"
         )
+    agentless = sum("no-monitoring-agent" in r.findings for r in coverage.latest.values())
+    if agentless:
+        parts.append(
+            f'<p id="no-monitoring-agent"><span>{agentless}</span> running VMs have no monitoring '
+            "agent (Azure Monitor Agent or Log Analytics agent), which Defender for Cloud's "
+            "antimalware alerts need: <code>python -m remediation log --finding "
+            "no-monitoring-agent</code>.</p>"
+        )
     if coverage.not_swept:
         parts.append(
             f'<p id="not-swept">Not swept yet, so not counted: {len(coverage.not_swept)} '

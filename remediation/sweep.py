@@ -325,6 +325,8 @@ class RunStore:
                 break
         for subscription in filter(None, entity["subscriptions"].split(",")):
             self._release_lock(subscription, run_id)
+        with contextlib.suppress(Exception):  # its copy of the device list, if any
+            defender.forget(self._table, run_id)
         log.warning("sweep %s closed as failed: %s", run_id, why)
         return self.get(run_id)
 

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
-from remediation.audit import AuditRecord, vm_partition
+from remediation.audit import AuditRecord, replace_if_unchanged, vm_partition
 from remediation.classify import OsFamily, Protection, classify
 from remediation.model import (
     InvalidJson,
@@ -229,9 +228,8 @@ def _lock(services: Services, test: Test) -> None:
     current = table.get_entity(LOCK_PARTITION, vm_partition(test.vm))
     if current["expires"] > test.started:
         raise Refused([f"a test alert ({current['test_id']}) is already running on this VM"], 409)
-    table.update_entity(
-        entity, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
-    )
+    if not replace_if_unchanged(table, entity, current.metadata["etag"]):
+        raise Refused(["another test alert took this VM a moment ago"], 409)
 
 
 def _unlock(services: Services, test: Test) -> None:
@@ -449,6 +447,8 @@ def http_start(services: Services, body: bytes, status_base: str) -> tuple[int, 
         test = begin(services, parse_body(body), "http")
     except Refused as error:
         return error.status, {"errors": error.problems}
+    except RemediationError as error:  # ARM did not answer, or refused to read the VM
+        return 503, {"errors": [f"the VM could not be read: {error}"]}
     return 202, {
         "test_id": test.test_id,
         "status_url": f"{status_base.rstrip('/')}/{test.test_id}",

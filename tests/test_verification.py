@@ -2,6 +2,7 @@
 alert's input and output handling (plain values), then end to end on the local Azure."""
 
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -215,8 +216,17 @@ def test_a_sweep_verifies_each_succeeded_vm_against_defender_for_endpoint(
     assert "Inactive" in records["inactive"]["verification_reason"]
     assert "mdatp health" in records["inactive"]["verification_hint"]
     assert summary["verification"] == {"pending": 1, "unhealthy": 1, "verified": 2}
-    # The device list is read once per run, whatever the batches.
+    # The device list is read once per run, whatever the batches, and its copy goes with it.
     assert world.plane.log.count("WindowsDefenderATP/machines/read") == 1
+    table = world.services.audit.table
+    assert list(table.query_entities("PartitionKey ge 'mde-' and PartitionKey lt 'mde.'")) == []
+    # The CLI's summary table counts them too.
+    from tests.test_sweep import sweep_cli
+
+    code, output = sweep_cli()
+    assert code == 0
+    assert re.search(r"verification: verified\s+│\s+2", output), output
+    assert re.search(r"finding: no-monitoring-agent\s+│\s+5", output), output
 
 
 def test_past_the_grace_period_a_vm_never_seen_turns_not_seen_and_notifies_once(
@@ -488,6 +498,7 @@ def test_the_report_shows_verified_coverage_and_the_last_test_alert_of_who_needs
     assert "health Inactive" in human
     assert "not-verified, <time" in human  # its last test alert
     assert "1 unhealthy" in html
+    assert '<p id="no-monitoring-agent"><span>5</span> running VMs' in html
 
 
 def test_between_sweeps_an_event_carries_the_last_sweeps_verification(world_factory, monkeypatch):
@@ -603,3 +614,23 @@ def test_run_command_output_of_either_os(statuses, expected):
     from remediation.arm import run_output
 
     assert run_output(statuses) == expected
+
+
+def test_a_test_alert_on_a_vm_azure_cannot_read_is_503_and_writes_nothing(world_factory):
+    import function_app
+    from localazure.host import http_request
+    from tests.test_service import new_vm
+
+    world = world_factory(_estate(), **TEST_ON)
+    world.services.audit.create()
+    before = _table_rows(world)
+    world.plane.faults.add("GET", "virtualMachines/seen$", 404, count=1)
+    body = json.dumps({"vm": new_vm("seen").id}).encode()
+    gone = function_app.test_alert(http_request("POST", "test-alert", body))
+    assert gone.status_code == 400  # a 404: "does not exist"
+    world.plane.faults.add("GET", "virtualMachines/seen$", 403, count=1)
+    refused = function_app.test_alert(http_request("POST", "test-alert", body))
+    assert refused.status_code == 503
+    assert "could not be read" in json.loads(refused.get_body())["errors"][0]
+    assert _table_rows(world) == before
+    assert world.plane.run_commands == []
