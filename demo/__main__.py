@@ -44,6 +44,7 @@ from localazure.estate import (  # noqa: E402
     UBUNTU_2204,
     WIN11_ENT,
     WS2022,
+    Extension,
 )
 from localazure.host import event_grid_event, http_request, run_queue  # noqa: E402
 from remediation.report import NEEDS_A_HUMAN  # noqa: E402 - in the order they are listed
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     # As deployed with allowTestAlert=true: Run Command and alert read/dismiss too.
     app_principal = estate.principals[DEMO_APP.client_id]
     app_principal.actions = [*app_principal.actions, *TEST_ALERT_ROLE]
-    never, inactive = _unhealthy_sensors(estate)
+    never, inactive = _unhealthy_sensors(estate, sorted(estate.subscriptions)[0])
     subscriptions = sorted(estate.subscriptions)
     ready, opted_in, not_opted = (estate.subscriptions[s] for s in subscriptions[:3])
     ready.pricing_tier, ready.sub_plan = "Standard", "P2"
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         console.rule("[bold]Defender coverage remediator: demo on a local Azure")
         console.print(
             f"A local Azure control plane (a stand-in for Azure Resource Manager) at {azure.url} and Azurite (the "
-            f"Azure Storage emulator) on 127.0.0.1 hold {args.vms} VMs in {len(subscriptions)} "
+            f"Azure Storage emulator) on 127.0.0.1 hold {len(estate.vms)} VMs in {len(subscriptions)} "
             "subscriptions. The app runs in enforce mode: it installs Microsoft Defender for "
             "Endpoint (MDE) on VMs itself."
         )
@@ -270,22 +271,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _unhealthy_sensors(estate: Any) -> tuple[str, str]:
-    """Two covered Linux VMs Defender for Endpoint does not vouch for: one whose sensor
+def _unhealthy_sensors(estate: Any, subscription: str) -> tuple[str, str]:
+    """Two covered Ubuntu VMs Defender for Endpoint does not vouch for: one whose sensor
     never reports (as with another tenant's onboarding package), one gone Inactive."""
-    covered = sorted(
-        vm.id
-        for vm in estate.vms.values()
-        if vm.power == "running"
-        and vm.os_type == "Linux"
-        and any(
-            e.publisher == MDE_PUBLISHER and e.state == "Succeeded" for e in vm.extensions.values()
-        )
-    )
-    never, inactive = covered[0], covered[1]
-    estate.vm(never).mde_device = "never"
-    estate.vm(inactive).mde_device = "inactive"
-    return never, inactive
+    names = []
+    for name, device in (("sensor-never", "never"), ("sensor-inactive", "inactive")):
+        vm = UBUNTU_2204.vm(subscription, "rg-app", name, mde_device=device)
+        vm.extensions["mde.linux"] = Extension("MDE.Linux", MDE_PUBLISHER, "MDE.Linux")
+        estate.add_vm(vm)
+        names.append(vm.id)
+    return names[0], names[1]
 
 
 def _seed_history(running: Any, estate: Any) -> int:

@@ -377,6 +377,7 @@ def run_test_alert(args: argparse.Namespace, out: TextIO) -> int:
     """Exit 0 verified (or queued, without --wait), 1 not verified or failed, 2 refused,
     3 a test is already running on the VM."""
     from remediation import testalert  # noqa: PLC0415
+    from remediation.arm import RUN_COMMAND_WAIT  # noqa: PLC0415
     from remediation.bootstrap import services  # noqa: PLC0415
     from remediation.model import RemediationError  # noqa: PLC0415
     from remediation.queues import drain  # noqa: PLC0415
@@ -406,16 +407,23 @@ def run_test_alert(args: argparse.Namespace, out: TextIO) -> int:
     ended: list[AuditRecord] = []
 
     def keep(record: AuditRecord | None) -> None:
-        if record is not None:
+        if record is not None and record.correlation_id == test.test_id:
             ended.append(record)
 
-    drain(
-        running.tests,
-        lambda text, count: keep(testalert.handle(running, text)),
-        lambda text: keep(testalert.handle_poison(running, text)),
-        deadline_seconds=minutes * 60 + 600,
-        visibility_seconds=30,
-    )
+    try:
+        drain(
+            running.tests,
+            lambda text, count: keep(testalert.handle(running, text)),
+            lambda text: keep(testalert.handle_poison(running, text)),
+            deadline_seconds=minutes * 60 + 600,
+            # A step holds its message while Run Command runs (up to RUN_COMMAND_WAIT):
+            # it must not become visible to a second thread meanwhile.
+            visibility_seconds=int(RUN_COMMAND_WAIT) + 60,
+        )
+    except TimeoutError:
+        print(
+            f"note: test {test.test_id} is still running; the app's queue goes on", file=sys.stderr
+        )
     for record in ended:
         _print(record, args.json, out)
     return 0 if any(record.test_alert == "verified" for record in ended) else 1

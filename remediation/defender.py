@@ -55,12 +55,18 @@ class DeviceIndex:
         return device
 
     def add(self, row: Sequence[str]) -> None:
+        """Keep, per VM, its best device: a VM onboarded again is listed twice, the old
+        device Inactive and the new one Active; else the one seen last."""
         resource, vm_id, *rest = row
         device = Device(*rest)
-        if resource:
-            self.by_resource[resource] = device
-        if vm_id:
-            self.by_vm_id[vm_id] = device
+        for table, key in ((self.by_resource, resource), (self.by_vm_id, vm_id)):
+            if key and (key not in table or _rank(device) > _rank(table[key])):
+                table[key] = device
+
+
+def _rank(device: Device) -> tuple[bool, bool, str]:
+    active = device.health.lower() == "active"
+    return active, device.onboarding.lower() == "onboarded", device.last_seen
 
 
 def compact(raw: Any) -> tuple[str, list[str]] | None:
@@ -172,6 +178,7 @@ def _transact(table: TableClient, operations: list[tuple[str, dict[str, Any]]]) 
 class State:
     since: datetime  # when the extension was first seen Succeeded (or installed)
     verified: Verified
+    checked: datetime | None = None  # when this value was found
 
 
 class States:
@@ -209,6 +216,7 @@ class States:
                 "vm": vm,
                 "since": state.since,
                 "verification": state.verified.value.value,
+                "checked": state.checked or state.since,
                 "reason": state.verified.reason,
                 "hint": state.verified.hint,
             }
@@ -236,6 +244,7 @@ def _key(vm: str) -> str:
 def _state(entity: dict[str, Any]) -> State:
     return State(
         since=entity["since"],
+        checked=entity.get("checked"),
         verified=Verified(
             Verification(entity["verification"]),
             str(entity.get("reason") or ""),

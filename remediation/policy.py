@@ -291,6 +291,15 @@ def verify(
     off, or the API refused); ``since`` is when the extension was first seen Succeeded."""
     if vm.protection is not Protection.SUCCEEDED:
         return None
+    if vm.power is not Power.RUNNING:  # a stopped sensor reports nothing: not a finding
+        return Verified(
+            Verification.UNCHECKED,
+            f"The VM is {vm.power}: Defender for Endpoint hears from it again once it runs.",
+        )
+    if vm.opt_out or vm.managed:
+        return Verified(
+            Verification.UNCHECKED, f"Not verified: {vm.opt_out or vm.managed} (excluded)."
+        )
     if checked:
         return Verified(Verification.UNCHECKED, checked)
     if device is not None:

@@ -102,14 +102,13 @@ class Coverage:
             for r in self.latest.values()
             if r.eligible_running and (not subscription or r.subscription == subscription)
         ]
-        seen = sum(r.decision == "compliant" and r.verification == "verified" for r in records)
-        return seen, len(records)
+        return sum(_verified(r) for r in records), len(records)
 
     def verified_by(self, by: str) -> dict[str, int]:
         table: Counter[str] = Counter()
         for r in self.latest.values():
             key = r.subscription if by == "subscription" else (r.platform or "unknown")
-            table[key] += r.decision == "compliant" and r.verification == "verified"
+            table[key] += _verified(r)
         return dict(table)
 
     @property
@@ -123,13 +122,22 @@ class Coverage:
         return sorted(items, key=lambda r: (order[need(r)], r.subscription, r.vm.lower()))
 
 
+def _verified(record: AuditRecord) -> bool:
+    """Counted as verified: eligible running, covered, and seen onboarded and Active."""
+    return (
+        record.eligible_running
+        and record.decision == "compliant"
+        and record.verification == "verified"
+    )
+
+
 def need(record: AuditRecord) -> str:
-    """Why a VM needs a human: its decision, or, covered, what Defender for Endpoint says."""
+    """Why a VM needs a human: its decision, or, covered and eligible running, what
+    Defender for Endpoint says of it."""
     if record.decision in NEEDS_A_HUMAN:
         return record.decision
-    if record.decision == "compliant" and record.verification in NOT_VERIFIED:
-        return record.verification
-    return ""
+    covered = record.decision == "compliant" and record.eligible_running
+    return record.verification if covered and record.verification in NOT_VERIFIED else ""
 
 
 # --- Gathering: the shell -------------------------------------------------------------

@@ -101,8 +101,8 @@ def last_verification(services: Services, vm: VmRef) -> Verified:
             Verification.PENDING,
             "Defender for Endpoint's device list is checked by the next sweep.",
         )
-    found = state.verified
-    return Verified(found.value, f"As of the last sweep: {found.reason}", found.hint)
+    found, when = state.verified, state.checked or state.since
+    return Verified(found.value, f"As of {when:%Y-%m-%d %H:%M} UTC: {found.reason}", found.hint)
 
 
 def just_installed(services: Services, vm: VmRef) -> Verified:
@@ -114,7 +114,8 @@ def just_installed(services: Services, vm: VmRef) -> Verified:
         "The extension was just installed; Defender for Endpoint may take up to "
         f"{services.settings.verify_grace_hours} h to list the device.",
     )
-    services.states.write(vm.subscription, {vm.id: State(datetime.now(UTC), verified)})
+    now = datetime.now(UTC)
+    services.states.write(vm.subscription, {vm.id: State(now, verified, checked=now)})
     return verified
 
 

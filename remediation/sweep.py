@@ -543,6 +543,7 @@ def run_batch(
     with services.arm.counter.counting() as used:
         for subscription in message.subscriptions:  # drift: read the posture afresh
             services.arm.forget_posture(subscription)
+        complete = False
         try:
             for facts in services.arm.inventory(message.subscriptions, on_total=on_total):
                 record = batch.handle(facts)
@@ -555,10 +556,12 @@ def run_batch(
                         )
                         break
                     last_beat = time.monotonic()
+            else:
+                complete = True
         finally:
             store.give_back(run.run_id, batch.budget)  # what this batch took but did not use
     services.audit.write_many(batch.records)
-    batch.save_states()
+    batch.save_states(complete)
     batch.result.arm_requests, batch.result.graph_requests = used["arm"], used["graph"]
     return _finished(services, store.finish_batch(run, message.batch, batch.result))
 
@@ -625,6 +628,7 @@ class _Batch:
         self.index = index
         self.states: dict[str, dict[str, defender.State]] = {}  # per subscription, read once
         self.changes: dict[str, dict[str, defender.State | None]] = {}
+        self.seen: dict[str, set[str]] = {}  # per subscription: the VMs the inventory listed
         self.turned: list[AuditRecord] = []  # turned not-seen or unhealthy: notify
         self.enforce = run.mode == Mode.ENFORCE.value
         self.cap = services.settings.max_actions_per_sweep
@@ -652,14 +656,14 @@ class _Batch:
         record = _stable(record, self.run)
         _count(self.result, assessment, record)
         self.records.append(record)
-        if turned:
+        if turned and record.eligible_running:
             self.turned.append(record)
         return record
 
     def _verify(self, assessment: Assessment) -> tuple[Assessment, bool]:
         """Add what Defender for Endpoint sees of a VM whose extension is Succeeded, and
         keep its state: since when Succeeded (the grace period) and its last value.
-        True when it turned not-seen or unhealthy (a notification)."""
+        True when an eligible running VM turned not-seen or unhealthy (a notification)."""
         vm = assessment.vm
         now, grace = self.run.started, self.services.settings.verify_grace_hours
         if self.index.problem:  # off, or the list could not be read: no state kept
@@ -670,26 +674,41 @@ class _Batch:
         subscription, key = vm.vm.subscription.lower(), vm.vm.id.lower()
         if subscription not in self.states:
             self.states[subscription] = self.services.states.read(subscription)
+            self.seen[subscription] = set()
+        self.seen[subscription].add(key)
         before = self.states[subscription].get(key)
         changes = self.changes.setdefault(subscription, {})
-        if vm.protection is not Protection.SUCCEEDED:
-            if before is not None:  # uninstalled or failed: a new install starts afresh
-                changes[vm.vm.id] = None
+        if vm.protection in {Protection.ABSENT, Protection.FAILED}:
+            if before is not None:  # removed or failed: a new install starts afresh
+                changes[key] = None
+            return assessment, False
+        if vm.protection is not Protection.SUCCEEDED:  # an update under way: state kept
             return assessment, False
         since = before.since if before else now
         device = self.index.find(assessment.facts)
         verified = verify(vm, device, checked="", since=since, now=now, grace_hours=grace)
         assert verified is not None  # the extension is Succeeded
-        changed = before is None or before.verified.value is not verified.value
+        if verified.value is Verification.UNCHECKED:  # stopped or excluded: state kept
+            return dataclasses.replace(assessment, verified=verified), False
+        changed = before is None or (before.verified.value, before.verified.hint) != (
+            verified.value,
+            verified.hint,
+        )
         if changed:
-            changes[vm.vm.id] = defender.State(since, verified)
+            changes[key] = defender.State(since, verified, checked=now)
+        turned = before is None or before.verified.value is not verified.value
         bad = verified.value in {Verification.NOT_SEEN, Verification.UNHEALTHY}
-        return dataclasses.replace(assessment, verified=verified), changed and bad
+        return dataclasses.replace(assessment, verified=verified), turned and bad
 
-    def save_states(self) -> None:
-        """Write the states that changed (transactions of 100), then notify the VMs
-        that turned not-seen or unhealthy."""
-        for subscription, changes in self.changes.items():
+    def save_states(self, complete: bool) -> None:
+        """Write the states that changed (transactions of 100) and, after a complete
+        inventory, drop those of VMs that are gone; then notify the VMs that turned
+        not-seen or unhealthy."""
+        for subscription, states in self.states.items():
+            changes = self.changes.setdefault(subscription, {})
+            if complete:
+                for gone in set(states) - self.seen[subscription]:
+                    changes[gone] = None
             if changes:
                 self.services.states.write(subscription, changes)
         if self.services.notifier is not None:

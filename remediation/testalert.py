@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
 
 from remediation.audit import AuditRecord, replace_if_unchanged, vm_partition
 from remediation.classify import OsFamily, Protection, classify
@@ -55,20 +57,32 @@ TEST_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 MAX_BODY = 4 * 1024
 OUTPUT_CHARS = 1000  # of the Run Command's output kept in the record
 CLOCK_SKEW = timedelta(minutes=5)  # an alert stamped a little before the command still counts
+# A test holds its VM until it ends, or until its deadline (which moves to the detection
+# test's time plus the timeout once it ran) and this margin: a queue that lost it.
+LOCK_MARGIN = timedelta(minutes=15)
 
-# Microsoft's detection tests. Windows: the documented command (run-detection-test docs,
-# alert-validation docs), started detached: it runs "powershell.exe -NoExit", which would
-# otherwise hold Run Command for its 90 minutes. Linux: the documented EICAR download.
-WINDOWS_TEST = (
-    "powershell.exe -NoExit -ExecutionPolicy Bypass -WindowStyle Hidden "
+# Microsoft's detection tests. Windows: the documented command line (run-detection-test
+# and alert-validation docs), "powershell.exe <ARGS>", started by Start-Process so that
+# its "-NoExit" does not hold Run Command for its 90 minutes; ARGS goes in a single-quoted
+# PowerShell string, its own quotes doubled. Linux: the documented EICAR download.
+WINDOWS_TEST_ARGS = (
+    "-NoExit -ExecutionPolicy Bypass -WindowStyle Hidden "
     "$ErrorActionPreference = 'silentlycontinue';(New-Object System.Net.WebClient)"
-    ".DownloadFile('http://127.0.0.1/1.exe', 'C:\\\\test-MDATP-test\\\\invoice.exe');"
-    "Start-Process 'C:\\\\test-MDATP-test\\\\invoice.exe'"
+    ".DownloadFile('http://127.0.0.1/1.exe', 'C:\\test-MDATP-test\\invoice.exe');"
+    "Start-Process 'C:\\test-MDATP-test\\invoice.exe'"
 )
+
+
+def _quoted(text: str) -> str:
+    """A PowerShell single-quoted string literal: quotes doubled, nothing expanded."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 SCRIPTS = {
     OsFamily.WINDOWS: [
         "New-Item -ItemType Directory -Force -Path 'C:\\test-MDATP-test' | Out-Null",
-        f"Start-Process cmd.exe -WindowStyle Hidden -ArgumentList '/c start \"\" {WINDOWS_TEST}'",
+        "Start-Process powershell.exe -WindowStyle Hidden -ArgumentList "
+        + _quoted(WINDOWS_TEST_ARGS),
         "Write-Output 'detection test started'",
     ],
     OsFamily.LINUX: [
@@ -91,6 +105,7 @@ CHECK = (
 _SECRETS = re.compile(
     r"eyJ[\w-]{10,}\.[\w-]{10,}\.[\w-]*"  # a JWT
     r"|\b(?:sig|se|sv|skoid|key|password|pwd|secret|token)=[^\s&\"']+"  # SAS / key=value
+    r"|[\"']?\b(?:\w*key|password|pwd|secret|token)[\"']?\s*:\s*[\"']?[^\s&\"',;}]+"  # key: v
     r"|[A-Za-z0-9+/]{40,}={0,2}",  # base64 runs (onboarding packages, keys)
     re.IGNORECASE,
 )
@@ -116,6 +131,8 @@ class Test:
     deadline: datetime
     command_at: datetime | None = None
     result: dict[str, Any] | None = None
+    recorded: bool = False  # its one record is written (set after the record)
+    etag: str = field(default="", compare=False)  # of the row as read: steps change it in turn
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -202,12 +219,19 @@ def begin(services: Services, vm_id: str, trigger: str, now: datetime | None = N
         trigger=trigger,
         status="running",
         started=started,
+        # Until the detection test runs (then from it): the queue may hold the run step.
         deadline=started + timedelta(minutes=settings.test_alert_timeout_minutes),
     )
     _lock(services, test)
-    table = services.audit.table
-    table.create_entity(_entity(test))
-    services.tests.send_text(_message(test.test_id, "run"))
+    try:
+        services.audit.table.create_entity(_entity(test))
+        services.tests.send_text(_message(test.test_id, "run"))
+    except BaseException:  # storage failed: leave no half-started test holding the VM
+        with contextlib.suppress(Exception):
+            services.audit.table.delete_entity(PARTITION, test.test_id)
+        with contextlib.suppress(Exception):
+            _unlock(services, test)
+        raise
     return test
 
 
@@ -218,7 +242,7 @@ def _lock(services: Services, test: Test) -> None:
         "PartitionKey": LOCK_PARTITION,
         "RowKey": vm_partition(test.vm),
         "test_id": test.test_id,
-        "expires": test.deadline + timedelta(minutes=15),
+        "expires": test.deadline + LOCK_MARGIN,
     }
     try:
         table.create_entity(entity)
@@ -230,6 +254,15 @@ def _lock(services: Services, test: Test) -> None:
         raise Refused([f"a test alert ({current['test_id']}) is already running on this VM"], 409)
     if not replace_if_unchanged(table, entity, current.metadata["etag"]):
         raise Refused(["another test alert took this VM a moment ago"], 409)
+
+
+def _extend_lock(services: Services, test: Test) -> None:
+    """The deadline moved to the detection test's time: the VM stays held until then."""
+    with contextlib.suppress(ResourceNotFoundError):
+        current = services.audit.table.get_entity(LOCK_PARTITION, vm_partition(test.vm))
+        if current["test_id"] == test.test_id:
+            current["expires"] = test.deadline + LOCK_MARGIN
+            replace_if_unchanged(services.audit.table, current, current.metadata["etag"])
 
 
 def _unlock(services: Services, test: Test) -> None:
@@ -252,6 +285,7 @@ def _entity(test: Test) -> dict[str, Any]:
         "deadline": test.deadline,
         "command_at": test.command_at,
         "result": json.dumps(test.result) if test.result is not None else "",
+        "recorded": test.recorded,
     }
 
 
@@ -270,11 +304,15 @@ def get(services: Services, test_id: str) -> Test | None:
         deadline=entity["deadline"],
         command_at=entity.get("command_at"),
         result=json.loads(entity["result"]) if entity.get("result") else None,
+        recorded=bool(entity.get("recorded")),
+        etag=str(entity.metadata["etag"]),
     )
 
 
-def _save(services: Services, test: Test) -> None:
-    services.audit.table.upsert_entity(_entity(test))
+def _save(services: Services, test: Test) -> bool:
+    """Write the test's row if nobody changed it since it was read (its ETag): steps of
+    one test (a redelivery, the poison handler) never overwrite each other."""
+    return replace_if_unchanged(services.audit.table, _entity(test), test.etag)
 
 
 def _message(test_id: str, step: str) -> str:
@@ -298,8 +336,18 @@ def handle(services: Services, text: str, now: datetime | None = None) -> AuditR
         log.warning("a malformed test-alert message was dropped: %r", text[:200])
         return None
     test = get(services, test_id)
-    if test is None or test.status != "running":
-        return None  # unknown, or ended already (a repeated delivery)
+    if test is None:
+        return None
+    if test.status != "running":  # ended: a repeated delivery, or a record still to write
+        return None if test.recorded else _record(services, test)
+    settings = services.settings
+    if not settings.allow_test_alert or not settings.enforce:  # changed since it was queued
+        why = (
+            "REMEDIATION_ALLOW_TEST_ALERT is off"
+            if settings.enforce
+            else "the app is in report mode"
+        )
+        return _end(services, test, "failed", f"Not run: {why} since the test was queued.", "")
     now = now or datetime.now(UTC)
     if step == "run":
         return _run(services, test, now)
@@ -307,35 +355,50 @@ def handle(services: Services, text: str, now: datetime | None = None) -> AuditR
 
 
 def _run(services: Services, test: Test, now: datetime) -> AuditRecord | None:
+    if test.command_at is not None:  # a repeated delivery: the test ran; keep watching
+        _watch_later(services, test, now)
+        return None
     vm = VmRef.parse(test.vm)
     family = OsFamily(test.os)
     try:
         output = services.arm.run_command(vm, family is OsFamily.WINDOWS, SCRIPTS[family])
     except VmNotRunning as error:
-        return _end(services, test, "failed", f"The VM stopped before the test ran: {error}", CHECK)
+        reason = f"The VM stopped before the test ran: {scrub(str(error))}"
+        return _end(services, test, "failed", reason, CHECK)
     except TransientError:
         raise  # the host retries; the poison handler ends the test
     except PermanentError as error:
-        reason = f"Run Command refused the detection test: {error}"
+        reason = f"Run Command refused the detection test: {scrub(str(error))}"
         return _end(services, test, "failed", reason, error.hint or CHECK)
     stdout, stderr = output if output is not None else ("(still running)", "")
     ran = {"stdout": scrub(stdout), "stderr": scrub(stderr)}
-    test = _replace(test, command_at=now, result={"output": ran})
-    _save(services, test)
-    services.tests.queue.send_message(
-        _message(test.test_id, "watch"), visibility_timeout=services.settings.recheck_seconds
-    )
+    timeout = timedelta(minutes=services.settings.test_alert_timeout_minutes)
+    test = _replace(test, command_at=now, deadline=now + timeout, result={"output": ran})
+    if not _save(services, test):
+        return None  # another delivery of this step got there first: it watches
+    _extend_lock(services, test)
+    _watch_later(services, test, now)
     return None
+
+
+def _watch_later(services: Services, test: Test, now: datetime) -> None:
+    remaining = int((test.deadline - now).total_seconds()) + 1
+    delay = max(1, min(services.settings.recheck_seconds, remaining))
+    services.tests.queue.send_message(_message(test.test_id, "watch"), visibility_timeout=delay)
 
 
 def _watch(services: Services, test: Test, now: datetime) -> AuditRecord | None:
     vm = VmRef.parse(test.vm)
     since = (test.command_at or test.started) - CLOCK_SKEW
     marker = ALERT_MARKERS[OsFamily(test.os)]
-    alert = next(
-        (a for a in services.arm.security_alerts(vm) if _is_test_alert(a, vm, marker, since)),
-        None,
-    )
+    try:
+        alerts = services.arm.security_alerts(vm)
+    except TransientError:
+        raise  # the host retries; the poison handler ends the test
+    except PermanentError as error:
+        reason = f"Defender for Cloud's alerts could not be read: {scrub(str(error))}"
+        return _end(services, test, "failed", reason, error.hint or CHECK)
+    alert = next((a for a in alerts if _is_test_alert(a, vm, marker, since)), None)
     if alert is not None:
         return _verified(services, test, vm, alert)
     if now >= test.deadline:
@@ -345,8 +408,7 @@ def _watch(services: Services, test: Test, now: datetime) -> AuditRecord | None:
             "detection test."
         )
         return _end(services, test, "not-verified", reason, CHECK)
-    delay = min(services.settings.recheck_seconds, int((test.deadline - now).total_seconds()) + 1)
-    services.tests.queue.send_message(_message(test.test_id, "watch"), visibility_timeout=delay)
+    _watch_later(services, test, now)
     return None
 
 
@@ -362,7 +424,9 @@ def _is_test_alert(alert: dict[str, Any], vm: VmRef, marker: str, since: datetim
     return marker in name and vm.id.lower() in ids and when is not None and when >= since
 
 
-def _verified(services: Services, test: Test, vm: VmRef, alert: dict[str, Any]) -> AuditRecord:
+def _verified(
+    services: Services, test: Test, vm: VmRef, alert: dict[str, Any]
+) -> AuditRecord | None:
     properties = alert.get("properties") or {}
     name = str(properties.get("alertDisplayName") or "")
     when = _time(properties.get("timeGeneratedUtc")) or datetime.now(UTC)
@@ -378,7 +442,7 @@ def _verified(services: Services, test: Test, vm: VmRef, alert: dict[str, Any]) 
             reason += " It was dismissed (REMEDIATION_DISMISS_TEST_ALERTS)."
             result["dismissed"] = True
         except RemediationError as error:
-            reason += f" Dismissing it failed: {error}"
+            reason += f" Dismissing it failed: {scrub(str(error))}"
             result["dismissed"] = False
     return _end(services, test, "verified", reason, "", extra=result)
 
@@ -391,24 +455,41 @@ def _end(
     hint: str,
     *,
     extra: dict[str, Any] | None = None,
-) -> AuditRecord:
-    """The test's one record, its final row, its lock freed, its notification."""
+) -> AuditRecord | None:
+    """End the test once: its row moves from running to ``status`` under its ETag, so of
+    two steps ending it (a redelivery, the poison handler) one wins; the winner writes
+    the one record. None for the loser."""
     result = (test.result or {}) | (extra or {}) | {"reason": reason, "hint": hint}
-    _save(services, _replace(test, status=status, result=result))
-    output = (test.result or {}).get("output") or {}
-    if status == "failed" and output:
+    ended = _replace(test, status=status, result=result)
+    if not _save(services, ended):
+        return None
+    return _record(services, get(services, test.test_id) or ended)
+
+
+def _record(services: Services, test: Test) -> AuditRecord:
+    """The ended test's record. Its id and time derive from the test, so writing it again
+    (a retry after a failure between the row and the record) rewrites the same rows."""
+    result = test.result or {}
+    reason, hint = str(result.get("reason") or ""), str(result.get("hint") or "")
+    output = result.get("output") or {}
+    if test.status == "failed" and output:
         reason += f" Output: {output.get('stdout', '')} {output.get('stderr', '')}".rstrip()
     vm = VmRef.parse(test.vm)
     context = Context(services, test.trigger, correlation_id=test.test_id).for_vm(vm)
     record = context.record(
         Outcome.COMPLIANT.value,
         reason,
-        "succeeded" if status == "verified" else "failed",
+        "succeeded" if test.status == "verified" else "failed",
         hint=hint,
-        test_alert=status,
+        test_alert=test.status,
         applied=True,
     )
-    record = services.audit.write(record)
+    digest = hashlib.sha256(f"test-alert|{test.test_id}".encode()).hexdigest()[:32]
+    record = services.audit.write(dataclasses.replace(record, time=test.started, record_id=digest))
+    services.audit.table.update_entity(
+        {"PartitionKey": PARTITION, "RowKey": test.test_id, "recorded": True},
+        mode=UpdateMode.MERGE,
+    )
     _unlock(services, test)
     if services.notifier is not None:
         services.notifier.test_alert(record)
@@ -422,8 +503,10 @@ def handle_poison(services: Services, text: str) -> AuditRecord | None:
     except (ValueError, KeyError, TypeError):
         log.warning("a malformed message reached the test-alert poison queue: %r", text[:200])
         return None
-    if test is None or test.status != "running":
+    if test is None:
         return None
+    if test.status != "running":
+        return None if test.recorded else _record(services, test)
     reason = "The test gave up after every retry: Azure kept failing (see the function's logs)."
     return _end(services, test, "failed", reason, "run the test again later")
 
@@ -447,8 +530,10 @@ def http_start(services: Services, body: bytes, status_base: str) -> tuple[int, 
         test = begin(services, parse_body(body), "http")
     except Refused as error:
         return error.status, {"errors": error.problems}
-    except RemediationError as error:  # ARM did not answer, or refused to read the VM
+    except TransientError as error:  # ARM did not answer: try again later
         return 503, {"errors": [f"the VM could not be read: {error}"]}
+    except RemediationError as error:  # ARM refused (the app's permissions): not the caller's
+        return 502, {"errors": [f"the VM could not be read: {error}", error.hint]}
     return 202, {
         "test_id": test.test_id,
         "status_url": f"{status_base.rstrip('/')}/{test.test_id}",

@@ -166,7 +166,7 @@ def test_the_demo_verifies_coverage_with_defender_for_endpoint_and_runs_a_test_a
     counted = Counter(r["verification"] for r in log if r["run_id"] == last and r["verification"])
     shown = dict(
         (word, int(n))
-        for n, word in re.findall(r"(\d+) (verified|not-seen|unhealthy|pending)", step)
+        for n, word in re.findall(r"(\d+) (verified|not-seen|unhealthy|pending|unchecked)", step)
     )
     assert shown == dict(counted)
     test = paragraph(out, "4. Test alert")

@@ -381,6 +381,25 @@ def test_verification(case, found, since, grace, value, reason, hint):
         assert result.hint == ""
 
 
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"power": Power.DEALLOCATED}, "The VM is deallocated: Defender for Endpoint hears"),
+        ({"power": Power.STOPPED}, "The VM is stopped"),
+        ({"opt_out": "tag x=true"}, "Not verified: tag x=true (excluded)."),
+        ({"managed": "in an AKS node resource group"}, "in an AKS node resource group (excluded)"),
+    ],
+)
+def test_a_stopped_or_excluded_vm_is_unchecked_whatever_the_device(changes, words):
+    for found in (None, device(), device("Inactive")):
+        result = check(
+            vm(protection=Protection.SUCCEEDED, **changes), found, since=NOW - timedelta(days=9)
+        )
+        assert result.value is Verification.UNCHECKED
+        assert words in result.reason
+        assert result.hint == ""
+
+
 def test_verification_off_or_unreadable_is_unchecked_whatever_the_device():
     for found in (None, device(), device("Inactive")):
         result = check(SUCCEEDED, found, checked="the list could not be read: 403")

@@ -263,7 +263,7 @@ def test_past_the_grace_period_a_vm_never_seen_turns_not_seen_and_notifies_once(
         ("inactive", "unhealthy"),
         ("never", "not-seen"),
     ]
-    # Between sweeps, an event says what the last sweep found.
+    # Between sweeps, events read what the last sweep found from this state.
     found = services.states.get(vm_id, sub)
     assert found.verified.value.value == "not-seen"
 
@@ -295,6 +295,8 @@ def test_many_devices_are_read_in_pages_of_ten_thousand_within_the_api_limits(
     world.plane.mde_limits = ((1, 1.0),)  # one call a second: the second page waits
     records, _ = _sweep(world)
     assert records["seen"]["verification"] == "verified"
+    # by-vmid's device sorts 10,327th of 10,503 (ids are stable): only page 2 holds it.
+    assert records["by-vmid"]["verification"] == "verified"
     reads = [
         i for i in world.plane.log.items() if i.operation == "WindowsDefenderATP/machines/read"
     ]
@@ -456,7 +458,10 @@ def test_a_test_alert_that_never_comes_is_not_verified_at_its_deadline(world_fac
     assert testalert.handle(services, message.content) is None  # ran the test; watching
     world.plane.settle(now=True)
     watch = json.dumps({"schema": testalert.SCHEMA, "test_id": test.test_id, "step": "watch"})
+    before = services.tests.queue.get_queue_properties().approximate_message_count
     assert testalert.handle(services, watch) is None  # no alert yet: looks again later
+    after = services.tests.queue.get_queue_properties().approximate_message_count
+    assert after == before + 1  # the next look, a delayed message
     record = testalert.handle(services, watch, now=test.deadline + timedelta(seconds=1))
     assert (record.test_alert, record.outcome) == ("not-verified", "failed")
     assert "within 60 minutes" in record.reason
@@ -508,10 +513,14 @@ def test_between_sweeps_an_event_carries_the_last_sweeps_verification(world_fact
     [before] = world.deliver(world.plane.set_power(new_vm("inactive").id, "running"))
     assert before.verification == "pending"  # no sweep has read the device list yet
     assert "next sweep" in before.verification_reason
-    _sweep(world)
+    _, summary = _sweep(world)
+    run = json.loads(world.get_status(summary["run_id"]).get_body())
     [after] = world.deliver(world.plane.set_power(new_vm("inactive").id, "running"))
     assert after.verification == "unhealthy"
-    assert after.verification_reason.startswith("As of the last sweep:")
+    # Said with the time it was found: the sweep's start.
+    swept = datetime.fromisoformat(run["started"])
+    assert after.verification_reason.startswith(f"As of {swept:%Y-%m-%d %H:%M} UTC: ")
+    assert "health Inactive" in after.verification_reason
     assert world.plane.log.count("WindowsDefenderATP/machines/read") == 1  # the sweep's only
 
 
@@ -577,6 +586,10 @@ def test_a_test_step_that_fails_every_try_ends_the_test_as_failed(world_factory)
     assert "gave up after every retry" in record.reason
     assert testalert.get(services, test.test_id).status == "failed"
     assert testalert.handle_poison(services, run) is None  # ended: nothing twice
+    assert (
+        list(services.audit.table.query_entities(f"PartitionKey eq '{testalert.LOCK_PARTITION}'"))
+        == []
+    )
     assert testalert.handle(services, "not json") is None  # dropped, with a warning
 
 
@@ -616,7 +629,7 @@ def test_run_command_output_of_either_os(statuses, expected):
     assert run_output(statuses) == expected
 
 
-def test_a_test_alert_on_a_vm_azure_cannot_read_is_503_and_writes_nothing(world_factory):
+def test_a_test_alert_on_a_vm_azure_cannot_read_says_so_and_writes_nothing(world_factory):
     import function_app
     from localazure.host import http_request
     from tests.test_service import new_vm
@@ -630,7 +643,99 @@ def test_a_test_alert_on_a_vm_azure_cannot_read_is_503_and_writes_nothing(world_
     assert gone.status_code == 400  # a 404: "does not exist"
     world.plane.faults.add("GET", "virtualMachines/seen$", 403, count=1)
     refused = function_app.test_alert(http_request("POST", "test-alert", body))
-    assert refused.status_code == 503
-    assert "could not be read" in json.loads(refused.get_body())["errors"][0]
+    assert refused.status_code == 502  # the app's identity may not: not the caller's fault
+    errors = json.loads(refused.get_body())["errors"]
+    assert "could not be read" in errors[0]
+    assert "grant the app's identity" in errors[1]
+    world.plane.faults.add("GET", "virtualMachines/seen$", 503, count=1000)
+    unanswered = function_app.test_alert(http_request("POST", "test-alert", body))
+    assert unanswered.status_code == 503  # Azure did not answer: try again later
     assert _table_rows(world) == before
     assert world.plane.run_commands == []
+
+
+def test_the_windows_detection_test_is_microsofts_command_line_quoted_for_powershell():
+    from remediation.testalert import SCRIPTS, WINDOWS_TEST_ARGS, OsFamily
+
+    documented = (  # learn.microsoft.com/defender-endpoint/run-detection-test
+        "powershell.exe -NoExit -ExecutionPolicy Bypass -WindowStyle Hidden "
+        "$ErrorActionPreference = 'silentlycontinue';(New-Object System.Net.WebClient)"
+        ".DownloadFile('http://127.0.0.1/1.exe', 'C:\\test-MDATP-test\\invoice.exe');"
+        "Start-Process 'C:\\test-MDATP-test\\invoice.exe'"
+    )
+    [line] = [x for x in SCRIPTS[OsFamily.WINDOWS] if "-ArgumentList" in x]
+    match = re.fullmatch(
+        r"Start-Process (\S+) -WindowStyle Hidden -ArgumentList '((?:[^']|'')*)'", line
+    )
+    assert match, line  # one single-quoted literal: every inner quote doubled
+    assert f"{match[1]} {match[2].replace(chr(39) * 2, chr(39))}" == documented
+    assert WINDOWS_TEST_ARGS in documented
+
+
+def test_a_vm_listed_twice_matches_its_active_device():
+    index = DeviceIndex(problem="")
+    old = raw_device(health="Inactive", lastSeen="2026-11-01T00:00:00Z")
+    new = raw_device(health="Active", lastSeen="2026-11-29T00:00:00Z", id="e" * 40)
+    older_active = raw_device(health="Active", lastSeen="2026-11-20T00:00:00Z", id="f" * 40)
+    for raw in (new, old, older_active):  # any order
+        index.add(compact(raw)[1])
+    found = index.find(VmFacts(vm=VM, vm_id=VM_GUID))
+    assert (found.device_id, found.health) == ("e" * 40, "Active")
+
+
+def test_scrub_also_takes_key_colon_value_forms():
+    cleaned = scrub('{"accountKey": "abc123"} password: hunter2 keep /subscriptions/1/x')
+    assert "abc123" not in cleaned
+    assert "hunter2" not in cleaned
+    assert cleaned.endswith("keep /subscriptions/1/x")
+
+
+def test_a_redelivered_run_step_runs_the_test_once_and_keeps_watching(world_factory):
+    from remediation import testalert
+    from tests.test_service import new_vm
+
+    world = world_factory(_estate(), **TEST_ON)
+    grant_test_alert(world)
+    services = world.services
+    test = testalert.begin(services, new_vm("seen").id, "cli")
+    run = json.dumps({"schema": testalert.SCHEMA, "test_id": test.test_id, "step": "run"})
+    assert testalert.handle(services, run) is None
+    assert testalert.handle(services, run) is None  # at-least-once delivery
+    assert len(world.plane.run_commands) == 1
+    ran = testalert.get(services, test.test_id)
+    assert ran.deadline > test.deadline  # counted from the detection test
+
+
+def test_a_test_queued_before_it_was_turned_off_does_not_run(world_factory, monkeypatch):
+    from remediation import testalert
+    from tests.test_service import new_vm
+
+    world = world_factory(_estate(), **TEST_ON)
+    grant_test_alert(world)
+    test = testalert.begin(world.services, new_vm("seen").id, "cli")
+    set_env(world, monkeypatch, REMEDIATION_MODE="report")
+    run = json.dumps({"schema": testalert.SCHEMA, "test_id": test.test_id, "step": "run"})
+    record = testalert.handle(world.services, run)
+    assert (record.test_alert, record.mode) == ("failed", "report")
+    assert "report mode" in record.reason
+    assert world.plane.run_commands == []
+
+
+def test_a_stopped_or_excluded_vm_is_unchecked_and_needs_no_human(world_factory, monkeypatch):
+    from tests.test_service import new_vm
+
+    world = verify_world(
+        world_factory,
+        monkeypatch,
+        REMEDIATION_EXCLUDE_TAG="no-mde",
+        REMEDIATION_NOTIFY_TOPIC_KEY="",
+    )
+    world.plane.estate.vm(new_vm("inactive").id).power = "deallocated"
+    world.plane.estate.vm(new_vm("never").id).tags["no-mde"] = "true"
+    records, _ = _sweep(world)
+    assert records["inactive"]["verification"] == "unchecked"
+    assert "deallocated" in records["inactive"]["verification_reason"]
+    assert records["never"]["verification"] == "unchecked"
+    assert "excluded" in records["never"]["verification_reason"]
+    html = world.get("report").get_body().decode()
+    assert '<span id="human-count">0</span>' in html
