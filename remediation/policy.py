@@ -277,6 +277,20 @@ NOT_SEEN_HINT = (
 )
 
 
+def not_checkable(vm: Classification) -> Verified | None:
+    """A stopped VM (its sensor reports nothing: no alarm) or an excluded one."""
+    if vm.power is not Power.RUNNING:
+        return Verified(
+            Verification.UNCHECKED,
+            f"The VM is {vm.power}: Defender for Endpoint hears from it again once it runs.",
+        )
+    if vm.opt_out or vm.managed:
+        return Verified(
+            Verification.UNCHECKED, f"Not verified: {vm.opt_out or vm.managed} (excluded)."
+        )
+    return None
+
+
 def verify(
     vm: Classification,
     device: Device | None,
@@ -291,15 +305,9 @@ def verify(
     off, or the API refused); ``since`` is when the extension was first seen Succeeded."""
     if vm.protection is not Protection.SUCCEEDED:
         return None
-    if vm.power is not Power.RUNNING:  # a stopped sensor reports nothing: not a finding
-        return Verified(
-            Verification.UNCHECKED,
-            f"The VM is {vm.power}: Defender for Endpoint hears from it again once it runs.",
-        )
-    if vm.opt_out or vm.managed:
-        return Verified(
-            Verification.UNCHECKED, f"Not verified: {vm.opt_out or vm.managed} (excluded)."
-        )
+    unverifiable = not_checkable(vm)
+    if unverifiable is not None:
+        return unverifiable
     if checked:
         return Verified(Verification.UNCHECKED, checked)
     if device is not None:

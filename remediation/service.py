@@ -40,7 +40,7 @@ from remediation.model import (
     VmNotRunning,
     VmRef,
 )
-from remediation.policy import decide, failure_hint
+from remediation.policy import decide, failure_hint, not_checkable
 from remediation.queues import BadMessage, Claims, InstallRequest, WorkQueue
 
 if TYPE_CHECKING:  # the gateway imports azure.mgmt: keep it off this module's import
@@ -87,7 +87,7 @@ def assess(services: Services, facts: VmFacts, last_known: bool = True) -> Asses
     decision = decide(vm, posture, services.settings, history)
     verified = None
     if last_known and vm.protection is Protection.SUCCEEDED:
-        verified = last_verification(services, facts.vm)
+        verified = not_checkable(vm) or last_verification(services, facts.vm)
     return Assessment(facts, vm, decision, verified)
 
 
@@ -102,7 +102,8 @@ def last_verification(services: Services, vm: VmRef) -> Verified:
             "Defender for Endpoint's device list is checked by the next sweep.",
         )
     found, when = state.verified, state.checked or state.since
-    return Verified(found.value, f"As of {when:%Y-%m-%d %H:%M} UTC: {found.reason}", found.hint)
+    said = f"Found by the sweep of {when:%Y-%m-%d %H:%M} UTC: {found.reason}"
+    return Verified(found.value, said, found.hint)
 
 
 def just_installed(services: Services, vm: VmRef) -> Verified:

@@ -641,6 +641,8 @@ class _Batch:
 
     def handle(self, facts: VmFacts) -> AuditRecord:
         context = self.context.for_vm(facts.vm)
+        # Listed by the inventory, whatever happens next: its state is kept.
+        self.seen.setdefault(facts.vm.subscription.lower(), set()).add(facts.vm.id.lower())
         assessment: Assessment | None = None
         turned = False
         try:
@@ -674,8 +676,6 @@ class _Batch:
         subscription, key = vm.vm.subscription.lower(), vm.vm.id.lower()
         if subscription not in self.states:
             self.states[subscription] = self.services.states.read(subscription)
-            self.seen[subscription] = set()
-        self.seen[subscription].add(key)
         before = self.states[subscription].get(key)
         changes = self.changes.setdefault(subscription, {})
         if vm.protection in {Protection.ABSENT, Protection.FAILED}:
@@ -704,10 +704,14 @@ class _Batch:
         """Write the states that changed (transactions of 100) and, after a complete
         inventory, drop those of VMs that are gone; then notify the VMs that turned
         not-seen or unhealthy."""
-        for subscription, states in self.states.items():
+        if self.index.problem:
+            return  # verification off, or the list unread: no state was kept or changed
+        for subscription in sorted(set(self.states) | (set(self.seen) if complete else set())):
             changes = self.changes.setdefault(subscription, {})
             if complete:
-                for gone in set(states) - self.seen[subscription]:
+                if subscription not in self.states:
+                    self.states[subscription] = self.services.states.read(subscription)
+                for gone in set(self.states[subscription]) - self.seen.get(subscription, set()):
                     changes[gone] = None
             if changes:
                 self.services.states.write(subscription, changes)

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from remediation.audit import AuditRecord, replace_if_unchanged, vm_partition
@@ -266,10 +267,16 @@ def _extend_lock(services: Services, test: Test) -> None:
 
 
 def _unlock(services: Services, test: Test) -> None:
-    with contextlib.suppress(ResourceNotFoundError):
+    """Free the VM, if this test still holds it (never a lock another test took since)."""
+    with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
         current = services.audit.table.get_entity(LOCK_PARTITION, vm_partition(test.vm))
         if current["test_id"] == test.test_id:
-            services.audit.table.delete_entity(LOCK_PARTITION, vm_partition(test.vm))
+            services.audit.table.delete_entity(
+                LOCK_PARTITION,
+                vm_partition(test.vm),
+                etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
 
 
 # --- Storing ----------------------------------------------------------------------------
@@ -347,7 +354,8 @@ def handle(services: Services, text: str, now: datetime | None = None) -> AuditR
             if settings.enforce
             else "the app is in report mode"
         )
-        return _end(services, test, "failed", f"Not run: {why} since the test was queued.", "")
+        done = "Stopped watching" if test.command_at else "Not run"
+        return _end(services, test, "failed", f"{done}: {why} since the test was queued.", "")
     now = now or datetime.now(UTC)
     if step == "run":
         return _run(services, test, now)
@@ -375,7 +383,14 @@ def _run(services: Services, test: Test, now: datetime) -> AuditRecord | None:
     timeout = timedelta(minutes=services.settings.test_alert_timeout_minutes)
     test = _replace(test, command_at=now, deadline=now + timeout, result={"output": ran})
     if not _save(services, test):
-        return None  # another delivery of this step got there first: it watches
+        # Another step changed the row meanwhile, or a retried write of ours was applied:
+        # read it again and go on from what it says.
+        current = get(services, test.test_id)
+        if current is None or current.command_at is None:
+            raise TransientError(f"test alert {test.test_id} changed meanwhile: retrying")
+        if current.status != "running":
+            return None if current.recorded else _record(services, current)
+        test = current
     _extend_lock(services, test)
     _watch_later(services, test, now)
     return None
@@ -457,13 +472,16 @@ def _end(
     extra: dict[str, Any] | None = None,
 ) -> AuditRecord | None:
     """End the test once: its row moves from running to ``status`` under its ETag, so of
-    two steps ending it (a redelivery, the poison handler) one wins; the winner writes
-    the one record. None for the loser."""
+    two steps ending it (a redelivery, the poison handler) one wins; then the row as read
+    back gets its one record (a repeat rewrites the same rows). None once recorded."""
     result = (test.result or {}) | (extra or {}) | {"reason": reason, "hint": hint}
-    ended = _replace(test, status=status, result=result)
-    if not _save(services, ended):
-        return None
-    return _record(services, get(services, test.test_id) or ended)
+    # Whether this write wins or not (another step ended it, or a retried write of ours
+    # was applied), the row read back says what to do.
+    _save(services, _replace(test, status=status, result=result))
+    current = get(services, test.test_id)
+    if current is None or current.status == "running":
+        raise TransientError(f"test alert {test.test_id} changed meanwhile: retrying")
+    return None if current.recorded else _record(services, current)
 
 
 def _record(services: Services, test: Test) -> AuditRecord:
@@ -486,13 +504,19 @@ def _record(services: Services, test: Test) -> AuditRecord:
     )
     digest = hashlib.sha256(f"test-alert|{test.test_id}".encode()).hexdigest()[:32]
     record = services.audit.write(dataclasses.replace(record, time=test.started, record_id=digest))
-    services.audit.table.update_entity(
+    # The write above rewrites the same rows whoever repeats it; of those who get here,
+    # the one that marks the row recorded (its ETag) frees the VM and notifies.
+    marked = replace_if_unchanged(
+        services.audit.table,
         {"PartitionKey": PARTITION, "RowKey": test.test_id, "recorded": True},
-        mode=UpdateMode.MERGE,
+        test.etag,
+        UpdateMode.MERGE,
     )
-    _unlock(services, test)
-    if services.notifier is not None:
-        services.notifier.test_alert(record)
+    if marked:
+        with contextlib.suppress(Exception):  # the lock expires anyway
+            _unlock(services, test)
+        if services.notifier is not None:
+            services.notifier.test_alert(record)
     return record
 
 
@@ -533,7 +557,7 @@ def http_start(services: Services, body: bytes, status_base: str) -> tuple[int, 
     except TransientError as error:  # ARM did not answer: try again later
         return 503, {"errors": [f"the VM could not be read: {error}"]}
     except RemediationError as error:  # ARM refused (the app's permissions): not the caller's
-        return 502, {"errors": [f"the VM could not be read: {error}", error.hint]}
+        return 502, {"errors": [f"the VM could not be read: {error}", *filter(None, [error.hint])]}
     return 202, {
         "test_id": test.test_id,
         "status_url": f"{status_base.rstrip('/')}/{test.test_id}",

@@ -1,9 +1,10 @@
 """Verified protection: matching Defender for Endpoint's devices to VMs, the test
 alert's input and output handling (plain values), then end to end on the local Azure."""
 
+import itertools
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -519,7 +520,9 @@ def test_between_sweeps_an_event_carries_the_last_sweeps_verification(world_fact
     assert after.verification == "unhealthy"
     # Said with the time it was found: the sweep's start.
     swept = datetime.fromisoformat(run["started"])
-    assert after.verification_reason.startswith(f"As of {swept:%Y-%m-%d %H:%M} UTC: ")
+    assert after.verification_reason.startswith(
+        f"Found by the sweep of {swept:%Y-%m-%d %H:%M} UTC: "
+    )
     assert "health Inactive" in after.verification_reason
     assert world.plane.log.count("WindowsDefenderATP/machines/read") == 1  # the sweep's only
 
@@ -672,15 +675,24 @@ def test_the_windows_detection_test_is_microsofts_command_line_quoted_for_powers
     assert WINDOWS_TEST_ARGS in documented
 
 
-def test_a_vm_listed_twice_matches_its_active_device():
+@pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
+def test_a_vm_listed_twice_matches_its_active_onboarded_device_seen_last(order):
+    candidates = [
+        raw_device(health="Inactive", lastSeen="2026-11-29T09:00:00Z", id="a" * 40),
+        raw_device(health="Active", lastSeen="2026-11-29T00:00:00Z", id="e" * 40),
+        raw_device(health="Active", lastSeen="2026-11-20T00:00:00Z", id="f" * 40),
+        raw_device(
+            health="Active",
+            onboardingStatus="CanBeOnboarded",
+            lastSeen="2026-11-29T10:00:00Z",
+            id="c" * 40,
+        ),
+    ]
     index = DeviceIndex(problem="")
-    old = raw_device(health="Inactive", lastSeen="2026-11-01T00:00:00Z")
-    new = raw_device(health="Active", lastSeen="2026-11-29T00:00:00Z", id="e" * 40)
-    older_active = raw_device(health="Active", lastSeen="2026-11-20T00:00:00Z", id="f" * 40)
-    for raw in (new, old, older_active):  # any order
-        index.add(compact(raw)[1])
-    found = index.find(VmFacts(vm=VM, vm_id=VM_GUID))
-    assert (found.device_id, found.health) == ("e" * 40, "Active")
+    for position in order:
+        index.add(compact(candidates[position])[1])
+    for facts in (VmFacts(vm=VM), VmFacts(vm=VmRef(SUB, "rg-app", "other"), vm_id=VM_GUID)):
+        assert index.find(facts).device_id == "e" * 40
 
 
 def test_scrub_also_takes_key_colon_value_forms():
@@ -698,12 +710,16 @@ def test_a_redelivered_run_step_runs_the_test_once_and_keeps_watching(world_fact
     grant_test_alert(world)
     services = world.services
     test = testalert.begin(services, new_vm("seen").id, "cli")
-    run = json.dumps({"schema": testalert.SCHEMA, "test_id": test.test_id, "step": "run"})
-    assert testalert.handle(services, run) is None
-    assert testalert.handle(services, run) is None  # at-least-once delivery
+    [message] = services.tests.queue.receive_messages()
+    services.tests.queue.delete_message(message)
+    later = test.started + timedelta(minutes=7)
+    assert testalert.handle(services, message.content, now=later) is None
+    assert testalert.handle(services, message.content, now=later) is None  # delivered again
     assert len(world.plane.run_commands) == 1
     ran = testalert.get(services, test.test_id)
-    assert ran.deadline > test.deadline  # counted from the detection test
+    assert ran.deadline == later + timedelta(minutes=60)  # counted from the detection test
+    watches = services.tests.queue.get_queue_properties().approximate_message_count
+    assert watches == 2  # each delivery leaves a watch: the test goes on either way
 
 
 def test_a_test_queued_before_it_was_turned_off_does_not_run(world_factory, monkeypatch):
@@ -739,3 +755,68 @@ def test_a_stopped_or_excluded_vm_is_unchecked_and_needs_no_human(world_factory,
     assert "excluded" in records["never"]["verification_reason"]
     html = world.get("report").get_body().decode()
     assert '<span id="human-count">0</span>' in html
+
+
+def test_states_of_vms_gone_are_dropped_and_those_azure_did_not_answer_for_kept(
+    world_factory, monkeypatch
+):
+    from tests.test_service import new_vm
+
+    world = verify_world(world_factory, monkeypatch)
+    _sweep(world)
+    services = world.services
+    sub = new_vm("seen").subscription
+    assert set(services.states.read(sub)) >= {new_vm("seen").id.lower(), new_vm("never").id.lower()}
+    del world.plane.estate.vms[new_vm("never").id.lower()]  # deleted
+    world.plane.faults.add(
+        "GET", "pricings", 503, count=1000
+    )  # posture unreadable: all unavailable
+    records, _ = _sweep(world)
+    assert records["seen"]["outcome"] == "unavailable"
+    kept = set(services.states.read(sub))
+    assert new_vm("seen").id.lower() in kept  # listed, only unanswered: its grace goes on
+    assert new_vm("never").id.lower() not in kept
+
+
+def test_an_ended_test_whose_record_was_not_written_gets_it_on_the_next_delivery(world_factory):
+    from remediation import testalert
+    from tests.test_service import new_vm
+
+    world = world_factory(_estate(), **TEST_ON)
+    grant_test_alert(world)
+    services = world.services
+    test = testalert.begin(services, new_vm("seen").id, "http")
+    # A worker ended the row, then died before the record: the row says so.
+    ended = testalert.get(services, test.test_id)
+    entity = dict(services.audit.table.get_entity(testalert.PARTITION, test.test_id))
+    entity.update(status="failed", result=json.dumps({"reason": "died", "hint": ""}))
+    services.audit.table.update_entity(entity)
+    run = json.dumps({"schema": testalert.SCHEMA, "test_id": ended.test_id, "step": "run"})
+    first = testalert.handle(services, run)
+    assert (first.test_alert, first.correlation_id) == ("failed", test.test_id)
+    assert testalert.handle(services, run) is None  # recorded now: nothing more
+    assert testalert.handle_poison(services, run) is None
+    records = [r for r in world.audit_records() if r.correlation_id == test.test_id]
+    assert len(records) == 1
+    locks = services.audit.table.query_entities(f"PartitionKey eq '{testalert.LOCK_PARTITION}'")
+    assert list(locks) == []
+    assert world.plane.run_commands == []
+
+
+def test_an_event_on_a_stopped_vm_says_unchecked_whatever_the_last_sweep_found(
+    world_factory, monkeypatch
+):
+    from tests.test_service import new_vm
+
+    world = verify_world(world_factory, monkeypatch)
+    _sweep(world)
+    from localazure.eventgrid import record_event
+
+    vm_id = new_vm("inactive").id
+    world.plane.estate.vm(vm_id).power = "deallocated"
+    write = record_event(
+        world.plane, "Write", "Microsoft.Compute/virtualMachines/write", vm_id, None
+    )
+    [stopped] = world.deliver(write)
+    assert stopped.verification == "unchecked"
+    assert "deallocated" in stopped.verification_reason
