@@ -255,6 +255,17 @@ def _lock(services: Services, test: Test) -> None:
         raise Refused([f"a test alert ({current['test_id']}) is already running on this VM"], 409)
     if not replace_if_unchanged(table, entity, current.metadata["etag"]):
         raise Refused(["another test alert took this VM a moment ago"], 409)
+    _end_lost(services, str(current["test_id"]))
+
+
+def _end_lost(services: Services, test_id: str) -> None:
+    """A test whose lock expired while it still says running lost its queue messages
+    (a queue cleared by hand, say): end it, so it too has its one record."""
+    lost = get(services, test_id)
+    if lost is not None and lost.status == "running":
+        with contextlib.suppress(RemediationError):
+            reason = "The test was lost: no step of it ran before its deadline."
+            _end(services, lost, "failed", reason, "run the test again")
 
 
 def _extend_lock(services: Services, test: Test) -> None:

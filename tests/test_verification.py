@@ -820,3 +820,25 @@ def test_an_event_on_a_stopped_vm_says_unchecked_whatever_the_last_sweep_found(
     [stopped] = world.deliver(write)
     assert stopped.verification == "unchecked"
     assert "deallocated" in stopped.verification_reason
+
+
+def test_a_test_whose_queue_lost_it_is_ended_when_the_vm_is_tested_again(world_factory):
+    from remediation import testalert
+    from tests.test_service import new_vm
+
+    world = world_factory(_estate(), **TEST_ON)
+    grant_test_alert(world)
+    services = world.services
+    lost = testalert.begin(services, new_vm("seen").id, "cli")
+    services.tests.queue.clear_messages()  # its steps are gone
+    again_at = lost.deadline + testalert.LOCK_MARGIN + timedelta(minutes=1)
+    fresh = testalert.begin(services, new_vm("seen").id, "cli", now=again_at)
+    assert testalert.get(services, lost.test_id).status == "failed"
+    [record] = [r for r in world.audit_records() if r.correlation_id == lost.test_id]
+    assert (record.test_alert, record.reason) == (
+        "failed",
+        "The test was lost: no step of it ran before its deadline.",
+    )
+    assert testalert.get(services, fresh.test_id).status == "running"
+    locks = services.audit.table.query_entities(f"PartitionKey eq '{testalert.LOCK_PARTITION}'")
+    assert [lock["test_id"] for lock in locks] == [fresh.test_id]  # the old test freed nothing
