@@ -168,6 +168,8 @@ resource pagesAuth 'Microsoft.Web/sites/config@2024-04-01' = if (pagesSignIn) {
         '/runtime/webhooks/eventgrid/*'
         '/api/sweep'
         '/api/sweep/*'
+        '/api/test-alert'
+        '/api/test-alert/*'
         '/api/health'
         '/admin/*'
       ]

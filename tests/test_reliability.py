@@ -100,6 +100,7 @@ def test_the_custom_role_equals_what_the_app_does(world_factory):
         *world.plane.create_vm(new_vm("s-free", vm_pricing="Free"))
     )  # the VM-level pricing read
     world.run_queue()
+    _test_alert(world)  # what allowTestAlert adds: Run Command, alert read and dismiss
     performed = {
         item.operation
         for item in world.plane.log.arm()
@@ -110,6 +111,37 @@ def test_the_custom_role_equals_what_the_app_does(world_factory):
     # The custom role grants the settings writes too (enableIntegration, the default);
     # the doctor's Event Grid and permission reads are test_deploy.py's.
     assert performed == granted
+
+
+def _test_alert(world):
+    """A test alert run to its end with dismissal, as deployed with allowTestAlert=true."""
+    from localazure.estate import TEST_ALERT_ROLE
+    from localazure.host import run_queue
+    from remediation import testalert
+
+    for principal in world.plane.estate.principals.values():
+        principal.actions = [*principal.actions, *TEST_ALERT_ROLE]
+    world.plane.test_alert_seconds = 0
+    for name, value in {
+        "REMEDIATION_ALLOW_TEST_ALERT": "true",
+        "REMEDIATION_DISMISS_TEST_ALERTS": "true",
+    }.items():
+        world.environment[name] = value
+    services = world.worker()
+    vm = next(
+        vm
+        for vm in world.plane.estate.vms.values()
+        if vm.power == "running"
+        and vm.mde_device == "active"
+        and any(e.type == "MDE.Linux" and e.state == "Succeeded" for e in vm.extensions.values())
+    )
+    test = testalert.begin(services, vm.id, "cli")
+    run_queue(
+        services.tests,
+        lambda message: testalert.handle(services, message.get_body().decode()),
+        lambda message: testalert.handle_poison(services, message.get_body().decode()),
+    )
+    assert testalert.get(services, test.test_id).status == "verified"
 
 
 def _eligible(plane, settings):
