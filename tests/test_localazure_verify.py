@@ -283,14 +283,15 @@ def test_pages_of_top_and_skip_over_workstations_and_vms(use_identity):
 
 
 def test_past_the_call_limit_it_is_429_with_retry_after(verify_plane):
-    verify_plane.mde_limits = ((2, 1.0),)
+    verify_plane.mde_limits = ((2, 30.0),)  # wide: three calls always fall in one window
     bearer = token(verify_plane, TESTER)
     answers = [machines(verify_plane, bearer) for _ in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 429]
     assert answers[2].json()["error"]["code"] == "TooManyRequests"
-    assert answers[2].headers["Retry-After"] == "1"
+    assert 1 <= int(answers[2].headers["Retry-After"]) <= 30
     assert machines(verify_plane, token(verify_plane, APP)).status_code == 200  # per caller
-    time.sleep(1.05)
+    verify_plane.mde_limits = ((2, 0.5),)  # the window passes: calls are granted again
+    time.sleep(0.6)
     assert machines(verify_plane, bearer).status_code == 200
 
 

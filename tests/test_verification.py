@@ -291,9 +291,11 @@ def test_verification_off_or_refused_is_unchecked_and_says_why(world_factory, mo
 def test_many_devices_are_read_in_pages_of_ten_thousand_within_the_api_limits(
     world_factory, monkeypatch
 ):
-    world = verify_world(world_factory, monkeypatch)
+    # One call per 10 s: the second page is refused with a Retry-After of up to 10 s,
+    # within a retry budget of 20 s; reading a page takes far less than 10 s.
+    world = verify_world(world_factory, monkeypatch, REMEDIATION_RETRY_BUDGET_SECONDS="20")
     world.plane.estate.other_devices = 10_500  # workstations: no vmMetadata
-    world.plane.mde_limits = ((1, 1.0),)  # one call a second: the second page waits
+    world.plane.mde_limits = ((1, 10.0),)
     records, _ = _sweep(world)
     assert records["seen"]["verification"] == "verified"
     # by-vmid's device sorts 10,327th of 10,503 (ids are stable): only page 2 holds it.
