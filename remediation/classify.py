@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from remediation.model import ExtensionFacts, Power, VmFacts, VmRef, as_text, dig
+from remediation.model import ExtensionFacts, Kind, Power, VmFacts, VmRef, as_text, dig
 
 MDE_PUBLISHER = "Microsoft.Azure.AzureDefenderForServers"
 MDE_WINDOWS = "MDE.Windows"
@@ -487,7 +487,14 @@ def _protection(
     return Protection.IN_PROGRESS, None
 
 
+ARC_ON_AZURE = (
+    "an Arc agent on an Azure VM (Azure blocks Arc there: the VM itself is covered as an Azure VM)"
+)
+
+
 def _managed(facts: VmFacts) -> str:
+    if facts.vm.kind is Kind.ARC and facts.cloud_provider.lower() == "azure":
+        return ARC_ON_AZURE
     publisher = facts.publisher.lower()
     if publisher in MANAGED_PUBLISHERS:
         return f"the image ({facts.publisher}) makes it {MANAGED_PUBLISHERS[publisher]}"
@@ -616,7 +623,11 @@ def facts_from_arm(vm: Mapping[str, Any], vm_pricing: str | None = None) -> VmFa
 
 
 def facts_from_graph(row: Mapping[str, Any]) -> VmFacts:
-    """A row of the sweep's Resource Graph query (see arm.SWEEP_QUERY)."""
+    """A row of the sweep's Resource Graph query (see arm.SWEEP_QUERY): a VM, or an Arc
+    machine (its own columns: status, osName, osSku, osVersion, arcOsType, cloudProvider)."""
+    vm = VmRef.parse(as_text(row.get("id")))
+    if vm.kind is Kind.ARC:
+        return _arc_facts(vm, row, row.get("extensions") or [], flat=True)
     view = row.get("instanceView") or {}
     extensions = tuple(
         ExtensionFacts(
@@ -629,7 +640,7 @@ def facts_from_graph(row: Mapping[str, Any]) -> VmFacts:
         if isinstance(ext, Mapping)
     )
     return VmFacts(
-        vm=VmRef.parse(as_text(row.get("id"))),
+        vm=vm,
         location=as_text(row.get("location")),
         **_image(row.get("imageReference"), row.get("osType"), row.get("licenseType")),
         os_name=as_text(dig(view, "osName")),
@@ -640,3 +651,82 @@ def facts_from_graph(row: Mapping[str, Any]) -> VmFacts:
         extensions=tuple(sorted(extensions, key=lambda ext: ext.name.lower())),
         vm_id=as_text(row.get("vmId")),
     )
+
+
+# --- Arc-enabled servers: no image, no power state; the agent reports the OS -------------
+# Microsoft.HybridCompute/machines (azure-rest-api-specs, hybridcompute stable 2024-07-10,
+# Machines_Get example): properties.status Connected | Disconnected | Error | Expired,
+# osName "windows" | "linux", osSku the OS's own name ("Windows Server 2022 Datacenter",
+# "Ubuntu 22.04.3 LTS"), osVersion the Windows build or the Linux kernel.
+ARC_POWER = {
+    "connected": Power.RUNNING,
+    "disconnected": Power.DISCONNECTED,
+    "expired": Power.EXPIRED,
+}
+
+
+def _arc_os(os_type: str, os_name: str, os_sku: str, os_version: str) -> dict[str, str]:
+    """The guest-OS fields classify reads, from what the Arc agent reports. A Linux
+    osVersion is the kernel's, so the distro's version comes from osSku."""
+    family = (os_type or os_name).strip().lower()
+    name = os_sku or ("" if os_name.lower() in {"windows", "linux"} else os_name)
+    if family == "linux" or (name and not name.lower().startswith("windows")):
+        match = re.search(r"\b(\d+(?:\.\d+)?)", os_sku)
+        return {"os_type": "Linux", "os_name": name, "os_version": match[1] if match else ""}
+    if family == "windows" or name.lower().startswith("windows"):
+        return {"os_type": "Windows", "os_name": name, "os_version": os_version}
+    return {"os_type": "", "os_name": name, "os_version": os_version}
+
+
+def _arc_facts(vm: VmRef, source: Mapping[str, Any], extensions: Any, *, flat: bool) -> VmFacts:
+    """An Arc machine from a Resource Graph row (``flat``: projected columns) or from
+    its ARM GET (properties) with its extensions listed (GET .../extensions)."""
+    properties = source.get("properties") or {}
+
+    def get(column: str, path: str) -> str:
+        return as_text(source.get(column) if flat else dig(properties, *path.split(".")))
+
+    status = get("status", "status").lower()
+    return VmFacts(
+        vm=vm,
+        location=as_text(source.get("location")),
+        **_arc_os(
+            get("arcOsType", "osType"),
+            get("osName", "osName"),
+            get("osSku", "osSku"),
+            get("osVersion", "osVersion"),
+        ),
+        power=ARC_POWER.get(status, Power.UNKNOWN),
+        tags=_tags(source.get("tags")),
+        extensions=_arc_extensions(extensions, flat),
+        vm_id=get("vmId", "vmId"),
+        cloud_provider=get("cloudProvider", "cloudMetadata.provider"),
+    )
+
+
+def _arc_extensions(items: Any, flat: bool) -> tuple[ExtensionFacts, ...]:
+    extensions = []
+    for ext in items if isinstance(items, list) else []:
+        if not isinstance(ext, Mapping):
+            continue
+        properties = ext if flat else (ext.get("properties") or {})
+        state = as_text(properties.get("provisioningState"))
+        # An Arc extension's instance view holds one status: its message carries the
+        # handler's exit code, as on VMs ("... exit code 10").
+        view = dig(properties, "instanceView", "status")
+        code = _failure_code([view]) if state.lower() == "failed" and view else None
+        extensions.append(
+            ExtensionFacts(
+                name=as_text(ext.get("name")).rsplit("/", 1)[-1],
+                publisher=as_text(properties.get("publisher")),
+                type=as_text(properties.get("type")),
+                state=state,
+                code=code,
+            )
+        )
+    return tuple(sorted(extensions, key=lambda ext: ext.name.lower()))
+
+
+def facts_from_arc(machine: Mapping[str, Any], extensions: Any) -> VmFacts:
+    """An Arc machine as ARM returns it (GET machine, GET its extensions' list)."""
+    return _arc_facts(VmRef.parse(as_text(machine.get("id"))), machine, extensions, flat=False)

@@ -61,7 +61,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     mode: Mode
-    subscriptions: frozenset[str]
+    subscriptions: frozenset[str]  # listed; with management_groups, the scope is resolved
     allow_plan_change: bool | frozenset[str]  # everywhere, nowhere, or these subscriptions
     servers_plan: str
     enable_integration: bool
@@ -96,6 +96,7 @@ class Settings:
     test_alert_queue: str = "mde-test-alerts"
     test_alert_timeout_minutes: int = 60
     dismiss_test_alerts: bool = False
+    management_groups: frozenset[str] = frozenset()  # every subscription under them is in scope
     app_name: str = ""  # WEBSITE_SITE_NAME, which Azure sets: the doctor's "this app"
 
     @property
@@ -130,9 +131,6 @@ class Settings:
             return subscription_id.lower() in self.allow_plan_change
         return self.allow_plan_change
 
-    def in_scope(self, subscription_id: str) -> bool:
-        return subscription_id.lower() in self.subscriptions
-
 
 T = TypeVar("T")
 
@@ -153,11 +151,20 @@ def load(environ: Mapping[str, str]) -> Settings:  # noqa: PLR0915 - one line a 
             return cast(T, None)  # never used: load raises once a problem is recorded
 
     mode = parse("REMEDIATION_MODE", "report", _mode)
-    subscriptions = parse("REMEDIATION_SUBSCRIPTIONS", "", _subscriptions)
+    subscriptions = parse("REMEDIATION_SUBSCRIPTIONS", "", _listed_subscriptions)
+    management_groups = parse("REMEDIATION_MANAGEMENT_GROUPS", "", _management_groups)
+    if subscriptions == frozenset() and management_groups == frozenset():
+        listed = get("REMEDIATION_SUBSCRIPTIONS", "")
+        problems.append(
+            f"REMEDIATION_SUBSCRIPTIONS={listed!r}: required: a comma-separated list of "
+            "subscription ids (or set REMEDIATION_MANAGEMENT_GROUPS)"
+        )
     allow_plan_change = parse("REMEDIATION_ALLOW_PLAN_CHANGE", "false", _plan_change)
+    # Under management groups the scope is known only when resolved: not checked here.
     if (
         isinstance(allow_plan_change, frozenset)
         and subscriptions is not None
+        and not management_groups
         and not allow_plan_change <= subscriptions
     ):
         outside = ", ".join(sorted(allow_plan_change - subscriptions))
@@ -262,6 +269,7 @@ def load(environ: Mapping[str, str]) -> Settings:  # noqa: PLR0915 - one line a 
         test_alert_queue=test_alert_queue,
         test_alert_timeout_minutes=test_alert_timeout,
         dismiss_test_alerts=dismiss_test_alerts,
+        management_groups=management_groups,
         app_name=get("WEBSITE_SITE_NAME", ""),
     )
 
@@ -317,6 +325,24 @@ def _subscriptions(raw: str) -> frozenset[str]:
     bad = [value for value in ids if not GUID.match(value)]
     if bad:
         raise ValueError(f"not subscription ids (GUIDs): {', '.join(bad)}")
+    return frozenset(value.lower() for value in ids)
+
+
+def _listed_subscriptions(raw: str) -> frozenset[str]:
+    """REMEDIATION_SUBSCRIPTIONS: empty is allowed when management groups give the scope."""
+    return _subscriptions(raw) if raw.strip(" ,") else frozenset()
+
+
+# A management group id (ARM naming rules): 1-90 letters, digits, '-', '_', '.', '(', ')',
+# not ending in '.'.
+MANAGEMENT_GROUP = re.compile(r"^[-\w.()]{0,89}[-\w()]\Z", re.ASCII)
+
+
+def _management_groups(raw: str) -> frozenset[str]:
+    ids = [part.strip() for part in raw.split(",") if part.strip()]
+    bad = [value for value in ids if not MANAGEMENT_GROUP.match(value)]
+    if bad:
+        raise ValueError(f"not management group ids: {', '.join(bad)}")
     return frozenset(value.lower() for value in ids)
 
 

@@ -26,7 +26,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 
 from remediation.audit import vm_partition
-from remediation.model import VM_ID, Device, Verification, Verified, VmFacts
+from remediation.model import MACHINE_ID, Device, Verification, Verified, VmFacts
 
 log = logging.getLogger("remediation")
 
@@ -82,7 +82,7 @@ def compact(raw: Any) -> tuple[str, list[str]] | None:
     if not resource and not vm_id:
         return None
     subscription = str(meta.get("subscriptionId") or "").lower()
-    match = VM_ID.fullmatch(resource) if resource else None
+    match = MACHINE_ID.fullmatch(resource) if resource else None
     if not subscription:
         subscription = match["sub"].lower() if match else UNKNOWN_SUBSCRIPTION
     fields = ("id", "computerDnsName", "healthStatus", "onboardingStatus", "lastSeen")

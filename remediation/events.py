@@ -11,18 +11,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from remediation.model import InvalidResourceId, VmRef, as_text, dig
+from remediation.model import InvalidResourceId, Kind, VmRef, as_text, dig
 
 WRITE_SUCCESS = "Microsoft.Resources.ResourceWriteSuccess"
 ACTION_SUCCESS = "Microsoft.Resources.ResourceActionSuccess"
 VM_WRITE = "Microsoft.Compute/virtualMachines/write"
 VM_START = "Microsoft.Compute/virtualMachines/start/action"
 EXTENSION_WRITE = "Microsoft.Compute/virtualMachines/extensions/write"
+# An Arc machine connected, reconnected or changed: the agent's PUT of the machine
+# resource (Arc's resource provider operations; subscription events carry it as a
+# ResourceWriteSuccess like any ARM write).
+ARC_WRITE = "Microsoft.HybridCompute/machines/write"
 
 # What we subscribe to: the deployment's Event Grid filters must equal this.
-ACCEPTED: dict[tuple[str, str], str] = {
-    (WRITE_SUCCESS, VM_WRITE): "write",
-    (ACTION_SUCCESS, VM_START): "start",
+# (event type, operation) -> (what happened, the kind of machine the subject must be)
+ACCEPTED: dict[tuple[str, str], tuple[str, Kind]] = {
+    (WRITE_SUCCESS, VM_WRITE): ("write", Kind.VM),
+    (ACTION_SUCCESS, VM_START): ("start", Kind.VM),
+    (WRITE_SUCCESS, ARC_WRITE): ("write", Kind.ARC),
 }
 OBJECT_ID_CLAIM = "http://schemas.microsoft.com/identity/claims/objectidentifier"
 _MAX_ECHO = 300  # how much of a hostile field an Ignored reason may repeat
@@ -62,11 +68,10 @@ def parse(
     if not isinstance(data, Mapping):
         return ignored("the event has no data object")
     operation = as_text(data.get("operationName"))
-    kind = ACCEPTED.get((event_type, operation))
-    if kind is None:
-        kind = _case_insensitive(event_type, operation)
-    if kind is None:
+    accepted = ACCEPTED.get((event_type, operation)) or _case_insensitive(event_type, operation)
+    if accepted is None:
         return ignored(_why_not_accepted(event_type, operation))
+    kind, machine = accepted
     status = as_text(data.get("status"))
     if status and status.lower() != "succeeded":
         return ignored(f"the operation's status is {_echo(status)}, not Succeeded")
@@ -74,7 +79,9 @@ def parse(
     try:
         vm = VmRef.parse(subject)
     except InvalidResourceId:
-        return ignored(f"the subject is not a valid VM id: {_echo(subject)}")
+        return ignored(f"the subject is not a valid VM or Arc machine id: {_echo(subject)}")
+    if vm.kind is not machine:
+        return ignored(f"operation {_echo(operation)} is not about an {vm.noun}")
     resource_uri = as_text(data.get("resourceUri"))
     if resource_uri.lower() != vm.id.lower():
         return ignored("the subject and data.resourceUri name different resources")
@@ -89,7 +96,8 @@ def parse(
         return ignored("the topic is not the VM's subscription")
     if vm.subscription not in subscriptions:
         return Ignored(
-            f"subscription {vm.subscription} is not in REMEDIATION_SUBSCRIPTIONS",
+            f"subscription {vm.subscription} is not in scope (REMEDIATION_SUBSCRIPTIONS or "
+            "REMEDIATION_MANAGEMENT_GROUPS)",
             _clip(event_id),
             vm.id,
             vm.subscription,
@@ -165,12 +173,12 @@ def _envelope(delivery: Any) -> _Envelope | None:
     return None
 
 
-def _case_insensitive(event_type: str, operation: str) -> str | None:
-    for (accepted_type, accepted_operation), kind in ACCEPTED.items():
+def _case_insensitive(event_type: str, operation: str) -> tuple[str, Kind] | None:
+    for (accepted_type, accepted_operation), accepted in ACCEPTED.items():
         if event_type.lower() == accepted_type.lower() and (
             operation.lower() == accepted_operation.lower()
         ):
-            return kind
+            return accepted
     return None
 
 
@@ -183,8 +191,8 @@ def _why_not_accepted(event_type: str, operation: str) -> str:
     if event_type.startswith("Microsoft.Resources.ResourceDelete"):
         return "a delete needs no remediation"
     if event_type not in {WRITE_SUCCESS, ACTION_SUCCESS}:
-        return f"event type {_echo(event_type)} is not a VM write or start"
-    return f"operation {_echo(operation)} is not a VM write or start"
+        return f"event type {_echo(event_type)} is not a VM write or start, or an Arc write"
+    return f"operation {_echo(operation)} is not a VM write or start, or an Arc write"
 
 
 def _ignorer(event_id: str, subject: str) -> Callable[[str], Ignored]:

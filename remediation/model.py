@@ -14,17 +14,33 @@ from typing import Any
 
 # ARM's grammar for the ids we accept, strictly: a GUID subscription, a resource group
 # of 1-90 word characters, hyphens, periods and parentheses (not ending in a period), a
-# VM name of 1-64 letters, digits, '_', '.', '-' starting with a letter or digit and not
-# ending in '.' or '-'. Anything else (a '..', '%', '?', '#', whitespace, extra
-# segments, another resource type) is not a VM id.
+# machine name of letters, digits, '_', '.', '-' starting with a letter or digit and not
+# ending in '.' or '-': 1-64 for a VM, 1-54 for an Arc machine (ARM's naming rules for
+# Microsoft.Compute and Microsoft.HybridCompute). Anything else (a '..', '%', '?', '#',
+# whitespace, extra segments, another resource type) is not a machine id.
 _GUID = r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}"
 _GROUP = r"[-\w.()]{0,89}[-\w()]"
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?"
-VM_ID = re.compile(
-    rf"/subscriptions/(?P<sub>{_GUID})/resourceGroups/(?P<group>{_GROUP})"
-    rf"/providers/Microsoft\.Compute/virtualMachines/(?P<name>{_NAME})",
+_ARC_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,52}[A-Za-z0-9_])?"
+MACHINE_ID = re.compile(
+    rf"/subscriptions/(?P<sub>{_GUID})/resourceGroups/(?P<group>{_GROUP})/providers/"
+    rf"(?:Microsoft\.Compute/virtualMachines/(?P<name>{_NAME})"
+    rf"|Microsoft\.HybridCompute/machines/(?P<arc>{_ARC_NAME}))",
     re.IGNORECASE | re.ASCII,
 )
+
+
+class Kind(StrEnum):
+    """What a machine is: an Azure VM, or an Azure Arc-enabled server."""
+
+    VM = "vm"
+    ARC = "arc"
+
+
+PROVIDERS = {
+    Kind.VM: "Microsoft.Compute/virtualMachines",
+    Kind.ARC: "Microsoft.HybridCompute/machines",
+}
 
 
 class InvalidResourceId(ValueError):
@@ -33,32 +49,51 @@ class InvalidResourceId(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class VmRef:
-    """A VM's identity. ARM ids are case-insensitive: compare and key on ``key``."""
+    """A machine's identity (a VM, or an Arc machine). ARM ids are case-insensitive:
+    compare and key on ``key``."""
 
     subscription: str
     resource_group: str
     name: str
+    kind: Kind = Kind.VM
 
     @classmethod
     def parse(cls, resource_id: str) -> VmRef:
-        match = VM_ID.fullmatch(resource_id) if isinstance(resource_id, str) else None
+        match = MACHINE_ID.fullmatch(resource_id) if isinstance(resource_id, str) else None
         if match is None or ".." in resource_id:
-            raise InvalidResourceId(f"not a virtual machine id: {_shorten(resource_id)}")
+            raise InvalidResourceId(
+                f"not a virtual machine or Arc machine id: {_shorten(resource_id)}"
+            )
+        if match["arc"] is not None:
+            return cls(match["sub"].lower(), match["group"], match["arc"], Kind.ARC)
         return cls(match["sub"].lower(), match["group"], match["name"])
 
     @property
     def id(self) -> str:
         return (
             f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
-            f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
+            f"/providers/{PROVIDERS[self.kind]}/{self.name}"
         )
 
     @property
     def key(self) -> str:
         return self.id.lower()
 
+    @property
+    def noun(self) -> str:
+        """How the log names it: "VM" or "Arc machine"."""
+        return "Arc machine" if self.kind is Kind.ARC else "VM"
+
     def __str__(self) -> str:
         return self.id
+
+
+def kind_of(resource_id: str) -> str:
+    """ "vm", "arc", or "" for what is not a machine id (an ignored delivery's subject)."""
+    try:
+        return VmRef.parse(resource_id).kind.value
+    except InvalidResourceId:
+        return ""
 
 
 def _shorten(value: object, limit: int = 200) -> str:
@@ -87,6 +122,9 @@ class Power(StrEnum):
     STOPPED = "stopped"
     DEALLOCATING = "deallocating"
     DEALLOCATED = "deallocated"
+    # An Arc machine's agent status (properties.status) other than Connected.
+    DISCONNECTED = "disconnected"
+    EXPIRED = "expired"
     UNKNOWN = "unknown"
 
 
@@ -119,6 +157,9 @@ class VmFacts:
     extensions: tuple[ExtensionFacts, ...] = ()
     vm_pricing: str | None = None  # VM-level Defender pricing tier, when read
     vm_id: str = ""  # ARM's properties.vmId (a GUID): how Defender for Endpoint may know it
+    # An Arc machine's cloudMetadata.provider ("Azure", "AWS", "GCP", "N/A"): "Azure"
+    # is an Arc agent on an Azure VM, which Azure blocks and this app leaves alone.
+    cloud_provider: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ MAX_LIMIT = 1000
 _RELATIVE = re.compile(r"([0-9]+)([mhd])\Z")
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 LATEST = datetime.max.replace(tzinfo=UTC)
-# A VM's name as model.VM_ID reads it: 1-64 letters, digits, '_', '.', '-'.
+# A machine name as model.MACHINE_ID reads it: 1-64 letters, digits, '_', '.', '-'.
 _VM_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?\Z")
 
 

@@ -19,6 +19,7 @@ from remediation.model import (
     Decision,
     Device,
     History,
+    Kind,
     Outcome,
     Posture,
     Power,
@@ -198,9 +199,22 @@ def _failed_too_often(s: Situation) -> Decision | None:
     )
 
 
+ARC_AGENT_HINT = (
+    "check the Connected Machine agent on the machine (`azcmagent show`); an Expired "
+    "machine must be connected again (`azcmagent connect`)"
+)
+
+
 def _not_running(s: Situation) -> Decision | None:
     if s.vm.power is Power.RUNNING:
         return None
+    if s.vm.vm.kind is Kind.ARC:
+        return Decision(
+            Outcome.DEFER,
+            f"The Arc machine is {s.vm.power}, not Connected; {s.vm.extension} is installed "
+            "when it reconnects.",
+            hint=ARC_AGENT_HINT,
+        )
     return Decision(
         Outcome.DEFER,
         f"The VM is {s.vm.power}; {s.vm.extension} is installed when it next starts.",
@@ -280,9 +294,11 @@ NOT_SEEN_HINT = (
 def not_checkable(vm: Classification) -> Verified | None:
     """A stopped VM (its sensor reports nothing: no alarm) or an excluded one."""
     if vm.power is not Power.RUNNING:
+        again = "it reconnects" if vm.vm.kind is Kind.ARC else "it runs"
         return Verified(
             Verification.UNCHECKED,
-            f"The VM is {vm.power}: Defender for Endpoint hears from it again once it runs.",
+            f"The {vm.vm.noun} is {vm.power}: Defender for Endpoint hears from it again "
+            f"once {again}.",
         )
     if vm.opt_out or vm.managed:
         return Verified(

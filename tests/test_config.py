@@ -60,6 +60,7 @@ def test_every_default_is_safe_and_written_here():
         "test_alert_timeout_minutes": 60,
         "dismiss_test_alerts": False,
         "app_name": "",
+        "management_groups": frozenset(),
     }
 
 
@@ -113,6 +114,7 @@ def test_every_setting_is_read():
             "REMEDIATION_TEST_ALERT_TIMEOUT_MINUTES": "30",
             "REMEDIATION_DISMISS_TEST_ALERTS": "1",
             "WEBSITE_SITE_NAME": "func-remediate",
+            "REMEDIATION_MANAGEMENT_GROUPS": " Contoso-Root , platform(1) ,",
         }
     )
     assert fields_of(settings) == {
@@ -216,12 +218,14 @@ def test_the_poll_interval_refuses_what_is_outside(value):
 # fmt: off
 BAD_VALUES = [
     ("REMEDIATION_MODE", "yolo", "REMEDIATION_MODE='yolo': must be 'report' or 'enforce'"),
-    ("REMEDIATION_SUBSCRIPTIONS", "", "REMEDIATION_SUBSCRIPTIONS='': required: a comma-separated list of subscription ids"),
-    ("REMEDIATION_SUBSCRIPTIONS", " , ", "REMEDIATION_SUBSCRIPTIONS=',': required: a comma-separated list of subscription ids"),
+    ("REMEDIATION_SUBSCRIPTIONS", "", "REMEDIATION_SUBSCRIPTIONS='': required: a comma-separated list of subscription ids (or set REMEDIATION_MANAGEMENT_GROUPS)"),
+    ("REMEDIATION_SUBSCRIPTIONS", " , ", "REMEDIATION_SUBSCRIPTIONS=',': required: a comma-separated list of subscription ids (or set REMEDIATION_MANAGEMENT_GROUPS)"),
     ("REMEDIATION_SUBSCRIPTIONS", f"a,{SUB_A},b", f"REMEDIATION_SUBSCRIPTIONS='a,{SUB_A},b': not subscription ids (GUIDs): a, b"),
     ("REMEDIATION_SUBSCRIPTIONS", f"{SUB_A}0", f"REMEDIATION_SUBSCRIPTIONS='{SUB_A}0': not subscription ids (GUIDs): {SUB_A}0"),
     ("REMEDIATION_SUBSCRIPTIONS", f"{SUB_A}-junk", f"REMEDIATION_SUBSCRIPTIONS='{SUB_A}-junk': not subscription ids (GUIDs): {SUB_A}-junk"),
     ("REMEDIATION_SUBSCRIPTIONS", f"x{SUB_A}", f"REMEDIATION_SUBSCRIPTIONS='x{SUB_A}': not subscription ids (GUIDs): x{SUB_A}"),
+    ("REMEDIATION_MANAGEMENT_GROUPS", "ok,bad group,x.", "REMEDIATION_MANAGEMENT_GROUPS='ok,bad group,x.': not management group ids: bad group, x."),
+    ("REMEDIATION_MANAGEMENT_GROUPS", "a" * 91, f"REMEDIATION_MANAGEMENT_GROUPS='{'a' * 91}': not management group ids: {'a' * 91}"),
     ("REMEDIATION_ALLOW_PLAN_CHANGE", "maybe", "REMEDIATION_ALLOW_PLAN_CHANGE='maybe': must be 'true', 'false' or a comma-separated list of subscription ids"),
     ("REMEDIATION_SERVERS_PLAN", "P3", "REMEDIATION_SERVERS_PLAN='P3': must be 'P1' or 'P2'"),
     ("REMEDIATION_ENABLE_INTEGRATION", "on", "REMEDIATION_ENABLE_INTEGRATION='on': must be 'true' or 'false'"),
@@ -282,7 +286,7 @@ def test_every_problem_is_reported_at_once_one_line_each():
 
 def test_subscriptions_are_required_even_when_absent():
     assert problems_with({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}) == [
-        "REMEDIATION_SUBSCRIPTIONS='': required: a comma-separated list of subscription ids"
+        "REMEDIATION_SUBSCRIPTIONS='': required: a comma-separated list of subscription ids (or set REMEDIATION_MANAGEMENT_GROUPS)"
     ]
 
 
@@ -331,6 +335,22 @@ def test_plan_change_cannot_name_subscriptions_out_of_scope():
     ) == [
         "REMEDIATION_ALLOW_PLAN_CHANGE: names subscriptions outside REMEDIATION_SUBSCRIPTIONS: "
         f"22222222-2222-2222-2222-22222222222b, {SUB_C}"
+    ]
+
+
+def test_management_groups_alone_give_the_scope_and_plan_change_may_name_any_subscription():
+    settings = load(
+        {
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+            "REMEDIATION_MANAGEMENT_GROUPS": "Contoso",
+            "REMEDIATION_ALLOW_PLAN_CHANGE": SUB_C,  # under the group, maybe: known when resolved
+        }
+    )
+    assert (settings.subscriptions, settings.management_groups) == (frozenset(), {"contoso"})
+    assert settings.allow_plan_change == frozenset({SUB_C})
+    assert problems_with({"AzureWebJobsStorage": "x", "REMEDIATION_MANAGEMENT_GROUPS": " , "}) == [
+        "REMEDIATION_SUBSCRIPTIONS='': required: a comma-separated list of subscription ids "
+        "(or set REMEDIATION_MANAGEMENT_GROUPS)"
     ]
 
 

@@ -265,7 +265,8 @@ def test_our_own_writes_are_ignored():
 
 def test_subscriptions_out_of_scope_are_ignored_with_the_subscription_named():
     assert parse(event_grid_write(), frozenset({OTHER_SUB})) == Ignored(
-        f"subscription {SUB} is not in REMEDIATION_SUBSCRIPTIONS",
+        f"subscription {SUB} is not in scope (REMEDIATION_SUBSCRIPTIONS or "
+        "REMEDIATION_MANAGEMENT_GROUPS)",
         "3f3c2a1e-9b8d-4c7e-a6f5-0123456789ab",
         VM_ID,
         SUB,
@@ -331,7 +332,7 @@ VM_PREFIX = (
 
 
 def _not_vm(subject):
-    return f"the subject is not a valid VM id: {subject!r}"
+    return f"the subject is not a valid VM or Arc machine id: {subject!r}"
 
 
 EXTENSION = "an extension write never starts a remediation (ours, MDC's or anyone's)"
@@ -365,21 +366,21 @@ HOSTILE = {
     "delete": (_mutate(("eventType",), "Microsoft.Resources.ResourceDeleteSuccess"), "a delete needs no remediation"),
     "storage event": (
         _mutate(("eventType",), "Microsoft.Storage.BlobCreated"),
-        "event type 'Microsoft.Storage.BlobCreated' is not a VM write or start",
+        "event type 'Microsoft.Storage.BlobCreated' is not a VM write or start, or an Arc write",
     ),
     "other operation": (
         _mutate(("data", "operationName"), "Microsoft.Network/networkInterfaces/write"),
-        "operation 'Microsoft.Network/networkInterfaces/write' is not a VM write or start",
+        "operation 'Microsoft.Network/networkInterfaces/write' is not a VM write or start, or an Arc write",
     ),
     "deallocate action": (
         lambda e: _mutate(("eventType",), "Microsoft.Resources.ResourceActionSuccess")(
             _mutate(("data", "operationName"), "Microsoft.Compute/virtualMachines/deallocate/action")(e)
         ),
-        "operation 'Microsoft.Compute/virtualMachines/deallocate/action' is not a VM write or start",
+        "operation 'Microsoft.Compute/virtualMachines/deallocate/action' is not a VM write or start, or an Arc write",
     ),
     "start with write type": (
         _mutate(("data", "operationName"), "Microsoft.Compute/virtualMachines/start/action"),
-        "operation 'Microsoft.Compute/virtualMachines/start/action' is not a VM write or start",
+        "operation 'Microsoft.Compute/virtualMachines/start/action' is not a VM write or start, or an Arc write",
     ),
     "status failed": (_mutate(("data", "status"), "Failed"), "the operation's status is 'Failed', not Succeeded"),
     "no id": (_mutate(("id",), DELETE), "the event has no id"),
@@ -427,7 +428,7 @@ HOSTILE = {
         _mutate(("data", "subscriptionId"), OTHER_SUB),
         "data.subscriptionId does not match the VM's subscription",
     ),
-    "operation not a string": (_mutate(("data", "operationName"), ["x"]), "operation '' is not a VM write or start"),
+    "operation not a string": (_mutate(("data", "operationName"), ["x"]), "operation '' is not a VM write or start, or an Arc write"),
 }
 # fmt: on
 
@@ -459,7 +460,7 @@ def test_reasons_never_echo_unbounded_or_unprintable_input():
     event = event_grid_write()
     event["eventType"] = "X\x00\x1b[31m" + "y" * 5000
     assert parse(event, SCOPE).reason == (
-        "event type 'X??[31m" + "y" * 293 + "' is not a VM write or start"
+        "event type 'X??[31m" + "y" * 293 + "' is not a VM write or start, or an Arc write"
     )
 
 
