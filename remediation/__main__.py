@@ -142,7 +142,9 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
     if args.mode:
         body["mode"] = args.mode
     try:
-        request = sweep.parse_request(json.dumps(body).encode(), running.settings, trigger="cli")
+        request = sweep.parse_request(
+            json.dumps(body).encode(), running.settings, running.scope().ids, trigger="cli"
+        )
         run = sweep.start(running, request, send=None)
     except sweep.InvalidSweepRequest as error:
         for problem in error.problems:
@@ -304,7 +306,7 @@ def show_log(args: argparse.Namespace, out: TextIO) -> int:
     if args.vm and not by_name:
         params["vm"] = args.vm
     try:
-        query = ops.parse_query(params, running.settings)
+        query = ops.parse_query(params, running.settings, scope=running.scope().ids)
         if by_name:
             query = dataclasses.replace(query, vm=_one_vm(running, args.vm, query))
         records, token = running.audit.search(query)
@@ -336,7 +338,7 @@ def _one_vm(running: Services, name: str, query: Any) -> str:
     """The VM a short name means: the only one of that name in the log's window."""
     from remediation import ops  # noqa: PLC0415
 
-    ids = ops.resolve_vm(running.audit, name, query, running.settings)
+    ids = ops.resolve_vm(running.audit, name, query, running.scope().ids)
     if not ids:
         raise ops.InvalidQuery(
             [f"vm: no VM named {name!r} in the log since {query.since:%Y-%m-%d %H:%M} UTC"]
@@ -461,7 +463,7 @@ def show_status(args: argparse.Namespace, out: TextIO) -> int:
     running = bootstrap.build(os.environ, create=False)  # reads only: creates nothing
     params = {"subscription": ",".join(args.subscription)} if args.subscription else {}
     try:
-        chosen = status.parse_params(params, running.settings)
+        chosen = status.parse_params(params, running.scope().ids)
     except status.InvalidStatusRequest as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from azure.core import PipelineClient
 from azure.core.credentials import TokenCredential
@@ -56,10 +56,20 @@ from azure.mgmt.security import SecurityCenter
 from azure.mgmt.security.v2022_05_01.models import DataExportSettings
 from azure.mgmt.security.v2024_01_01.models import Pricing
 
-from remediation.classify import MDE_PUBLISHER, MDE_WINDOWS, facts_from_arm, facts_from_graph
+if TYPE_CHECKING:
+    from azure.mgmt.hybridcompute import HybridComputeManagementClient
+
+from remediation.classify import (
+    MDE_PUBLISHER,
+    MDE_WINDOWS,
+    facts_from_arc,
+    facts_from_arm,
+    facts_from_graph,
+)
 from remediation.config import Settings
 from remediation.model import (
     BlockedByExtension,
+    Kind,
     OperationInProgress,
     PermanentError,
     Posture,
@@ -74,34 +84,65 @@ from remediation.model import (
 log = logging.getLogger(__name__)
 
 GRAPH_PAGE = 1000  # Resource Graph's largest page
-# The sweep's inventory: every VM with its extensions, one row each, in id order so
-# that $skipToken paging works. Resource Graph has no extension instance view, so a
-# Failed extension's error code comes from ARM when an install re-reads the VM.
+# The sweep's inventory: every VM and Arc machine with its extensions, one row each, in id
+# order so that $skipToken paging works. Both machine types and both extension types are in
+# the resources table (Resource Graph's Arc sample queries: "List all extensions installed
+# on an Azure Arc-enabled server"). Resource Graph has no extension instance view, so a
+# Failed extension's error code comes from ARM when an install re-reads the machine.
 SWEEP_QUERY = """
 resources
-| where type =~ 'microsoft.compute/virtualmachines'
-| extend vmKey = tolower(id)
+| where type in~ ('microsoft.compute/virtualmachines', 'microsoft.hybridcompute/machines')
+| extend machineKey = tolower(id)
 | join kind=leftouter (
     resources
-    | where type =~ 'microsoft.compute/virtualmachines/extensions'
-    | extend vmKey = tolower(substring(id, 0, indexof(id, '/extensions/')))
+    | where type in~ ('microsoft.compute/virtualmachines/extensions',
+        'microsoft.hybridcompute/machines/extensions')
+    | extend machineKey = tolower(substring(id, 0, indexof(id, '/extensions/')))
     | summarize extensions = make_list(pack('name', name, 'publisher', properties.publisher,
-        'type', properties.type, 'provisioningState', properties.provisioningState)) by vmKey
-  ) on vmKey
+        'type', properties.type, 'provisioningState', properties.provisioningState)) by machineKey
+  ) on machineKey
 | project id, location, tags,
     imageReference = properties.storageProfile.imageReference,
     osType = tostring(properties.storageProfile.osDisk.osType),
     licenseType = tostring(properties.licenseType),
     vmId = tostring(properties.vmId),
     instanceView = properties.extended.instanceView,
+    status = tostring(properties.status),
+    osName = tostring(properties.osName),
+    osSku = tostring(properties.osSku),
+    osVersion = tostring(properties.osVersion),
+    arcOsType = tostring(properties.osType),
+    cloudProvider = tostring(properties.cloudMetadata.provider),
     extensions
 | order by id asc
+"""
+# The subscriptions of a scope with their display names and management groups: the
+# resourcecontainers table ("name" is the display name; properties.managementGroupAncestorsChain
+# lists {name, displayName} from the parent up: Resource Graph's management-group samples).
+CONTAINERS_QUERY = """
+resourcecontainers
+| where type =~ 'microsoft.resources/subscriptions'
+| project subscriptionId, name, state = tostring(properties.state),
+    managementGroups = properties.managementGroupAncestorsChain
+| order by subscriptionId asc
+"""
+# Uniform scale sets: their instances take extensions from the scale set's model, not this
+# app's. An old scale set may carry no orchestrationMode: it is Uniform.
+SCALE_SETS_QUERY = """
+resources
+| where type =~ 'microsoft.compute/virtualmachinescalesets'
+| where tostring(properties.orchestrationMode) !~ 'Flexible'
+| summarize scaleSets = count(), instances = sum(toint(sku.capacity)) by subscriptionId
+| order by subscriptionId asc
 """
 SETTINGS = ("WDATP", "WDATP_UNIFIED_SOLUTION", "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW")
 # A deadline for all the ARM calls of one handler, shorter than the worker's budget:
 # Event Grid waits 30 s for an answer, then delivers again (delivery-and-retry docs).
 _DEADLINE: ContextVar[float | None] = ContextVar("deadline", default=None)
 _EVENTGRID_API = "2025-02-15"
+# Microsoft.HybridCompute: machine and extension reads go through the pipeline raw;
+# installs through azure-mgmt-hybridcompute (its default api-version, 2026-07-15).
+HYBRID_API = "2026-07-15"
 # Defender for Endpoint's API: the WindowsDefenderATP app's audience for every regional
 # host (exposed-apis-create-app-webapp docs; MicrosoftDocs/microsoft-365-docs#9246), pages
 # of at most 10,000 devices paged with $top/$skip (get-machines docs; the nextLink it
@@ -252,6 +293,7 @@ class ArmGateway:
         self._clock = clock
         self._lock = threading.Lock()
         self._compute: dict[str, ComputeManagementClient] = {}
+        self._hybrid: dict[str, HybridComputeManagementClient] = {}
         self._security: dict[str, SecurityCenter] = {}
         self._graph: ResourceGraphClient | None = None
         self._mde: PipelineClient[Any, Any] | None = None
@@ -293,6 +335,17 @@ class ArmGateway:
                     self._credential, subscription, **self._client_options()
                 )
             return self._compute[subscription]
+
+    def _hybrid_client(self, subscription: str) -> HybridComputeManagementClient:
+        # Imported when an Arc machine is first installed, not at cold start.
+        from azure.mgmt.hybridcompute import HybridComputeManagementClient  # noqa: PLC0415
+
+        with self._lock:
+            if subscription not in self._hybrid:
+                self._hybrid[subscription] = HybridComputeManagementClient(
+                    self._credential, subscription, **self._client_options()
+                )
+            return self._hybrid[subscription]
 
     def _security_client(self, subscription: str) -> SecurityCenter:
         with self._lock:
@@ -341,7 +394,13 @@ class ArmGateway:
 
     # --- Reads ----------------------------------------------------------------------------
     def vm_facts(self, vm: VmRef) -> VmFacts:
-        """One request: GET the VM with its instance view."""
+        """A VM: one request, GET with its instance view. An Arc machine: two, GET the
+        machine and list its extensions (an Arc GET does not carry them)."""
+        if vm.kind is Kind.ARC:
+            what = f"reading Arc machine {vm}"
+            machine = self._get(vm.subscription, vm.id, HYBRID_API, what)
+            extensions = self._list(vm.subscription, f"{vm.id}/extensions", HYBRID_API, what)
+            return facts_from_arc(machine, extensions)
         raw = self._call(
             f"reading VM {vm}",
             lambda: self._compute_client(vm.subscription).virtual_machines.get(
@@ -353,14 +412,45 @@ class ArmGateway:
     def inventory(
         self, subscriptions: Iterable[str], on_total: Callable[[int], None] | None = None
     ) -> Iterator[VmFacts]:
-        """Every VM of the subscriptions through Resource Graph: one request per 1000
-        VMs, streamed page by page, never loaded whole."""
-        scope = sorted(subscriptions)
+        """Every VM and Arc machine of the subscriptions through Resource Graph: one
+        request per 1000 machines, streamed page by page, never loaded whole."""
+        for row in self._graph_rows(SWEEP_QUERY, on_total, subscriptions=sorted(subscriptions)):
+            yield facts_from_graph(row)
+
+    def subscription_containers(
+        self, management_groups: Iterable[str] = (), subscriptions: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """The subscriptions under the management groups, and the listed ones, with their
+        display names, states and management-group chains: one query per scope and 1000
+        subscriptions (a request names management groups or subscriptions, not both)."""
+        rows: list[dict[str, Any]] = []
+        if management_groups:
+            scope = {"management_groups": sorted(management_groups)}
+            rows += self._graph_rows(CONTAINERS_QUERY, None, **scope)
+        if subscriptions:
+            rows += self._graph_rows(CONTAINERS_QUERY, None, subscriptions=sorted(subscriptions))
+        return rows
+
+    def uniform_scale_sets(self, subscriptions: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """Per subscription: (uniform scale sets, their instances), from one query."""
+        rows = self._graph_rows(SCALE_SETS_QUERY, None, subscriptions=sorted(subscriptions))
+        return {
+            str(row.get("subscriptionId") or "").lower(): (
+                int(row.get("scaleSets") or 0),
+                int(row.get("instances") or 0),
+            )
+            for row in rows
+        }
+
+    def _graph_rows(
+        self, query: str, on_total: Callable[[int], None] | None, **scope: list[str]
+    ) -> Iterator[dict[str, Any]]:
         skip_token: str | None = None
         while True:
             request = QueryRequest(
-                subscriptions=scope,
-                query=SWEEP_QUERY,
+                query=query,
+                subscriptions=scope.get("subscriptions"),
+                management_groups=scope.get("management_groups"),
                 options=QueryRequestOptions(
                     top=GRAPH_PAGE, skip_token=skip_token, result_format="objectArray"
                 ),
@@ -370,8 +460,7 @@ class ArmGateway:
             )
             if on_total is not None and skip_token is None:
                 on_total(int(page.get("totalRecords") or 0))
-            for row in page.get("data") or []:
-                yield facts_from_graph(row)
+            yield from page.get("data") or []
             skip_token = page.get("$skipToken")
             if not skip_token:
                 return
@@ -531,6 +620,17 @@ class ArmGateway:
                 return
             skip += len(page)
 
+    def _get(self, subscription: str, path: str, api_version: str, what: str) -> dict[str, Any]:
+        """One ARM GET, raw, through the worker's pipeline."""
+        url = f"{self._settings.arm_endpoint}{path}?api-version={api_version}"
+        client = self._compute_client(subscription)
+        response = self._call(what, partial(client.send_request, HttpRequest("GET", url)))
+        try:
+            response.raise_for_status()
+        except HttpResponseError as error:
+            raise _translate(error, what) from None
+        return cast(dict[str, Any], response.json())
+
     def _list(self, subscription: str, path: str, api_version: str, what: str) -> list[Any]:
         """A GET of an ARM list, following nextLink, through the worker's pipeline
         (credential, retries, counting) without one more SDK to import."""
@@ -642,27 +742,17 @@ class ArmGateway:
         settings: dict[str, str] = {"azureResourceId": vm.id}
         if extension_type == MDE_WINDOWS:
             settings["vNextEnabled"] = "true"
-        body = VirtualMachineExtension(
-            location=facts.location,
-            properties=VirtualMachineExtensionProperties(
-                publisher=MDE_PUBLISHER,
-                type=extension_type,
-                type_handler_version="1.0",
-                auto_upgrade_minor_version=True,
-                settings=settings,
-                protected_settings={"defenderForEndpointOnboardingScript": package},
-            ),
-        )
-        compute = self._compute_client(vm.subscription)
+        properties: dict[str, Any] = {
+            "publisher": MDE_PUBLISHER,
+            "type": extension_type,
+            "type_handler_version": "1.0",
+            "auto_upgrade_minor_version": True,
+            "settings": settings,
+            "protected_settings": {"defenderForEndpointOnboardingScript": package},
+        }
         poller = self._call(
             f"installing {extension_type} on {vm}",
-            lambda: compute.virtual_machine_extensions.begin_create_or_update(
-                vm.resource_group,
-                vm.name,
-                name,
-                body,
-                polling_interval=self._settings.lro_poll_seconds,
-            ),
+            partial(self._begin_install, facts, name, properties),
         )
         try:
             poller.result(timeout=self._settings.install_timeout_seconds)
@@ -676,6 +766,35 @@ class ArmGateway:
         if not poller.done():
             return InstallResult("InProgress", extension=name)
         return InstallResult("Succeeded", extension=name)
+
+    def _begin_install(self, facts: VmFacts, name: str, properties: dict[str, Any]) -> Any:
+        """PUT the extension: Compute's API for a VM, HybridCompute's for an Arc machine
+        (the built-in "Deploy MDE on Arc machines" policies send the same properties)."""
+        vm, poll = facts.vm, self._settings.lro_poll_seconds
+        if vm.kind is Kind.ARC:
+            from azure.mgmt.hybridcompute.models import (  # noqa: PLC0415 - see _hybrid_client
+                MachineExtension,
+                MachineExtensionProperties,
+            )
+
+            hybrid = self._hybrid_client(vm.subscription).machine_extensions
+            body = MachineExtension(
+                location=facts.location, properties=MachineExtensionProperties(**properties)
+            )
+            return hybrid.begin_create_or_update(
+                vm.resource_group, vm.name, name, body, polling_interval=poll
+            )
+        compute = self._compute_client(vm.subscription).virtual_machine_extensions
+        return compute.begin_create_or_update(
+            vm.resource_group,
+            vm.name,
+            name,
+            VirtualMachineExtension(
+                location=facts.location,
+                properties=VirtualMachineExtensionProperties(**properties),
+            ),
+            polling_interval=poll,
+        )
 
     # --- Error translation ----------------------------------------------------------------
     def _call(self, what: str, call: Callable[[], T]) -> T:

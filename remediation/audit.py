@@ -37,6 +37,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
+from remediation.model import kind_of
+
 log = logging.getLogger("remediation")
 
 MAX_TICKS = 10**19  # inverted timestamps stay 19 digits until the year 2286
@@ -82,11 +84,18 @@ class AuditRecord:
     verification_hint: str = ""
     findings: tuple[str, ...] = ()  # informational: no-monitoring-agent
     test_alert: str = ""  # a test alert's result: verified, not-verified, failed
+    subscription_name: str = ""  # its display name when the record was written
     time: datetime = field(default_factory=_now)
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
+    @property
+    def kind(self) -> str:
+        """ "vm" or "arc" for a machine's record; "" for an ignored delivery or a scope change."""
+        return kind_of(self.vm)
+
     def to_json(self) -> dict[str, Any]:
         value = asdict(self)
+        value["kind"] = self.kind
         value["actions"] = list(self.actions)
         value["findings"] = list(self.findings)
         value["time"] = self.time.isoformat()
@@ -100,6 +109,7 @@ class AuditRecord:
         parts = [
             ("vm", self.vm),
             ("sub", self.subscription),
+            *([("sub_name", self.subscription_name)] if self.subscription_name else []),
             ("trigger", self.trigger),
             ("decision", self.decision),
             ("outcome", self.outcome),

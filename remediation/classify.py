@@ -665,17 +665,17 @@ ARC_POWER = {
 }
 
 
-def _arc_os(os_type: str, os_name: str, os_sku: str, os_version: str) -> dict[str, str]:
+def _arc_os(os_type: str, os_name: str, os_sku: str, os_version: str) -> tuple[str, str, str]:
     """The guest-OS fields classify reads, from what the Arc agent reports. A Linux
     osVersion is the kernel's, so the distro's version comes from osSku."""
     family = (os_type or os_name).strip().lower()
     name = os_sku or ("" if os_name.lower() in {"windows", "linux"} else os_name)
     if family == "linux" or (name and not name.lower().startswith("windows")):
         match = re.search(r"\b(\d+(?:\.\d+)?)", os_sku)
-        return {"os_type": "Linux", "os_name": name, "os_version": match[1] if match else ""}
+        return ("Linux", name, match[1] if match else "")
     if family == "windows" or name.lower().startswith("windows"):
-        return {"os_type": "Windows", "os_name": name, "os_version": os_version}
-    return {"os_type": "", "os_name": name, "os_version": os_version}
+        return ("Windows", name, os_version)
+    return ("", name, os_version)
 
 
 def _arc_facts(vm: VmRef, source: Mapping[str, Any], extensions: Any, *, flat: bool) -> VmFacts:
@@ -687,15 +687,18 @@ def _arc_facts(vm: VmRef, source: Mapping[str, Any], extensions: Any, *, flat: b
         return as_text(source.get(column) if flat else dig(properties, *path.split(".")))
 
     status = get("status", "status").lower()
+    os_type, os_name, os_version = _arc_os(
+        get("arcOsType", "osType"),
+        get("osName", "osName"),
+        get("osSku", "osSku"),
+        get("osVersion", "osVersion"),
+    )
     return VmFacts(
         vm=vm,
         location=as_text(source.get("location")),
-        **_arc_os(
-            get("arcOsType", "osType"),
-            get("osName", "osName"),
-            get("osSku", "osSku"),
-            get("osVersion", "osVersion"),
-        ),
+        os_type=os_type,
+        os_name=os_name,
+        os_version=os_version,
         power=ARC_POWER.get(status, Power.UNKNOWN),
         tags=_tags(source.get("tags")),
         extensions=_arc_extensions(extensions, flat),

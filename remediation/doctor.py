@@ -65,10 +65,10 @@ def allowed(action: str, grants: Iterable[tuple[list[str], list[str]]]) -> bool:
 
 def run(services: Services) -> list[Check]:
     checks = [_storage(services)]
-    for subscription in sorted(services.settings.subscriptions):
+    for subscription in sorted(services.scope().ids):
         for name, check in (
             ("permissions", _permissions),
-            ("events", _events),
+            ("events", events_check),
             ("onboarding", _onboarding),
         ):
             try:
@@ -122,7 +122,7 @@ def _permissions(services: Services, subscription: str) -> Check:
     )
 
 
-def _events(services: Services, subscription: str) -> Check:
+def events_check(services: Services, subscription: str) -> Check:
     app = services.settings.app_name
     wiring = services.arm.event_wiring(subscription)
     fix = "run `azd hooks run postdeploy` (infra/hooks/wire_events.py)"

@@ -73,10 +73,14 @@ def moment(text: str, now: datetime) -> datetime:
 
 
 def parse_query(  # noqa: PLR0915 - one check a filter
-    params: Mapping[str, str], settings: Settings, now: datetime | None = None
+    params: Mapping[str, str],
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    scope: frozenset[str],
 ) -> Query:
-    """Strictly: unknown filters, bad values and anything outside the configured scope
-    are refused, every problem listed."""
+    """Strictly: unknown filters, bad values and anything outside the scope (the
+    subscriptions in it) are refused, every problem listed."""
     now = now or datetime.now(UTC)
     unknown = sorted(set(params) - FILTERS - FUNCTION_KEY)
     problems = [f"unknown filter {name[:40]!r}" for name in unknown]
@@ -105,8 +109,8 @@ def parse_query(  # noqa: PLR0915 - one check a filter
     if params.get("vm"):
         try:
             vm = VmRef.parse(params["vm"])
-            if not settings.in_scope(vm.subscription):
-                problems.append("vm: its subscription is not in REMEDIATION_SUBSCRIPTIONS")
+            if vm.subscription not in scope:
+                problems.append("vm: its subscription is not in scope")
             values["vm"] = vm.id
         except InvalidResourceId:
             problems.append("vm: not a virtual machine resource id")
@@ -114,8 +118,8 @@ def parse_query(  # noqa: PLR0915 - one check a filter
     if subscription:
         if not GUID.match(subscription):
             problems.append("subscription: not a subscription id")
-        elif not settings.in_scope(subscription):
-            problems.append("subscription: not in REMEDIATION_SUBSCRIPTIONS")
+        elif subscription.lower() not in scope:
+            problems.append("subscription: not in scope")
         values["subscription"] = subscription.lower()
     decision = params.get("decision", "")
     if decision:
@@ -144,7 +148,7 @@ def parse_query(  # noqa: PLR0915 - one check a filter
     return Query(**values, notes=tuple(notes))
 
 
-def resolve_vm(audit: AuditLog, name: str, query: Query, settings: Settings) -> list[str]:
+def resolve_vm(audit: AuditLog, name: str, query: Query, scope: frozenset[str]) -> list[str]:
     """The full ids of the VMs named ``name`` (any case) in the log over the query's
     window (and subscription, if it names one), newest first, in scope only. One id:
     the VM meant; several: ask which; none: not in the window. Raises InvalidQuery for
@@ -154,7 +158,7 @@ def resolve_vm(audit: AuditLog, name: str, query: Query, settings: Settings) -> 
 
     def in_scope(vm: str) -> bool:
         try:
-            return settings.in_scope(VmRef.parse(vm).subscription)
+            return VmRef.parse(vm).subscription in scope
         except InvalidResourceId:
             return False
 
@@ -164,15 +168,14 @@ def resolve_vm(audit: AuditLog, name: str, query: Query, settings: Settings) -> 
 def http_remediations(services: Services, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
     """GET /api/remediations: the log, newest first, filtered and paged."""
     try:
-        query = parse_query(params, services.settings)
+        query = parse_query(params, services.settings, scope=services.scope().ids)
         records, token = services.audit.search(query)
     except InvalidQuery as error:
         return 400, {"errors": error.problems}
     except ValueError as error:  # a forged or stale continuation token
         return 400, {"errors": [str(error)]}
-    scoped = [
-        r for r in records if not r.subscription or services.settings.in_scope(r.subscription)
-    ]
+    scope = services.scope()
+    scoped = [r for r in records if not r.subscription or r.subscription in scope]
     # continuation: non-null exactly when more records match than this page holds.
     return 200, {
         "records": [r.to_json() for r in scoped],

@@ -42,12 +42,16 @@ from remediation.model import (
 )
 from remediation.policy import decide, failure_hint, not_checkable
 from remediation.queues import BadMessage, Claims, InstallRequest, WorkQueue
+from remediation.scope import Scope, ScopeStore, listed, reconcile, refresh
 
 if TYPE_CHECKING:  # the gateway imports azure.mgmt: keep it off this module's import
     from remediation.arm import ArmGateway, InstallResult
     from remediation.notify import Notifier
 
 log = logging.getLogger("remediation")
+# How long a worker trusts its copy of the scope: a subscription that joins a management
+# group reaches the event path of other workers within this long after the sweep.
+SCOPE_TTL_SECONDS = 300.0
 
 
 @dataclass
@@ -63,6 +67,46 @@ class Services:
     tests: WorkQueue  # test alerts: run the test, then watch for its alert
     states: States  # each VM's verification between sweeps
     notifier: Notifier | None = None
+    _scope: tuple[float, Scope] | None = field(default=None, repr=False)
+
+    def scope(self) -> Scope:
+        """The subscriptions in scope with their names: the last sweep's resolution (kept
+        in the audit table) under today's settings, cached per worker; resolved here when
+        no sweep has run yet and management groups are set."""
+        now = time.monotonic()
+        if self._scope is not None and now - self._scope[0] < SCOPE_TTL_SECONDS:
+            return self._scope[1]
+        stored = ScopeStore(self.audit.table).load()
+        if stored is not None:
+            scope = reconcile(stored, self.settings)
+        elif self.settings.management_groups:
+            try:
+                scope, _ = self.refresh_scope()
+            except RemediationError as error:
+                log.warning("the management groups could not be resolved: %s", error)
+                scope = listed(self.settings)
+        else:
+            scope = listed(self.settings)
+        self._scope = (now, scope)
+        return scope
+
+    def refresh_scope(self, run_id: str = "") -> tuple[Scope, list[AuditRecord]]:
+        """Resolve the scope now (a sweep starts): the scope, and a record for each
+        subscription that joined or left since the last resolution."""
+        from remediation.doctor import events_check  # noqa: PLC0415 - doctor imports this
+
+        settings = self.settings
+        scope, records = refresh(
+            settings,
+            ScopeStore(self.audit.table),
+            lambda: self.arm.subscription_containers(
+                settings.management_groups, settings.subscriptions
+            ),
+            lambda subscription: events_check(self, subscription).ok,
+            run_id,
+        )
+        self._scope = (time.monotonic(), scope)
+        return scope, records
 
 
 @dataclass(frozen=True)
@@ -189,6 +233,8 @@ class Context:
             extra.setdefault("findings", assessment.vm.findings)
             for name, value in verification_fields(assessment.verified).items():
                 extra.setdefault(name, value)
+        if self.subscription:
+            extra.setdefault("subscription_name", self.services.scope().name(self.subscription))
         return AuditRecord(
             vm=self.vm,
             subscription=self.subscription,
@@ -250,7 +296,7 @@ def handle_event(services: Services, delivery: Any, trigger: str = "event") -> A
     settings = services.settings
     with services.arm.budget(settings.event_budget_seconds):
         try:
-            parsed = parse(delivery, settings.subscriptions, services.arm.principal_id)
+            parsed = parse(delivery, services.scope().ids, services.arm.principal_id)
         except TransientError as error:
             record = context.unavailable(error, "the next event or sweep checks this VM again.")
             return services.audit.write(record)

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from azure.core.exceptions import AzureError
 
 from remediation.classify import classify
-from remediation.config import GUID, Settings
+from remediation.config import GUID
 from remediation.model import (
     UNDECIDED,
     InvalidResourceId,
@@ -220,7 +220,7 @@ def gather(
 ) -> Status:
     """The coverage now of ``subscriptions`` (all in scope by default), read-only."""
     settings = services.settings
-    chosen = settings.subscriptions if subscriptions is None else subscriptions
+    chosen = services.scope().ids if subscriptions is None else subscriptions
     scope = sorted({s.lower() for s in chosen})
     results = {s: SubscriptionStatus(s) for s in scope}
     readable = []
@@ -276,7 +276,7 @@ def _unavailable(result: SubscriptionStatus, error: RemediationError) -> None:
 
 
 # --- HTTP ----------------------------------------------------------------------------------
-def parse_params(params: Mapping[str, str], settings: Settings) -> list[str]:
+def parse_params(params: Mapping[str, str], scope: frozenset[str]) -> list[str]:
     """The subscriptions asked for (``subscription``: one id or a comma-separated list;
     every subscription in scope without it). Strict: unknown parameters, ids that are
     not subscription ids and subscriptions out of scope are refused, every one listed."""
@@ -293,19 +293,19 @@ def parse_params(params: Mapping[str, str], settings: Settings) -> list[str]:
         for item in given:
             if not GUID.match(item):
                 problems.append(f"subscription: not a subscription id: {item[:60]!r}")
-            elif not settings.in_scope(item):
-                problems.append(f"subscription: {item} is not in REMEDIATION_SUBSCRIPTIONS")
+            elif item.lower() not in scope:
+                problems.append(f"subscription: {item} is not in scope")
             else:
                 chosen.append(item.lower())
     if problems:
         raise InvalidStatusRequest(problems)
-    return sorted(set(chosen) or settings.subscriptions)
+    return sorted(set(chosen) or scope)
 
 
 def http_status(services: Services, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
     """GET /api/status: 200 with the coverage now, or 400 with every problem."""
     try:
-        subscriptions = parse_params(params, services.settings)
+        subscriptions = parse_params(params, services.scope().ids)
     except InvalidStatusRequest as error:
         return 400, {"errors": error.problems}
     return 200, gather(services, subscriptions).to_json()

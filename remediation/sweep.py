@@ -85,14 +85,17 @@ class SweepRunning(RuntimeError):
 
 @dataclass(frozen=True)
 class SweepRequest:
-    subscriptions: tuple[str, ...]
+    subscriptions: tuple[str, ...]  # () = the whole scope, as resolved when the run starts
     mode: Mode
     trigger: str  # sweep (timer), http, cli
 
 
-def parse_request(body: bytes, settings: Settings, trigger: str = "http") -> SweepRequest:
+def parse_request(
+    body: bytes, settings: Settings, scope: frozenset[str], trigger: str = "http"
+) -> SweepRequest:
     """Validate a forced sweep's body strictly; every problem is listed. The body can
-    narrow the scope and make the run more conservative, never widen or escalate."""
+    narrow the scope (``scope``: the subscriptions in it) and make the run more
+    conservative, never widen or escalate."""
     problems: list[str] = []
     value: Any = {}
     if body.strip():
@@ -105,7 +108,7 @@ def parse_request(body: bytes, settings: Settings, trigger: str = "http") -> Swe
     unknown = sorted(set(value) - {"subscriptions", "mode"})
     if unknown:
         problems.append(f"unknown fields: {', '.join(repr(k)[:60] for k in unknown[:10])}")
-    subscriptions = sorted(settings.subscriptions)
+    subscriptions: list[str] = []  # the whole scope
     if "subscriptions" in value:
         given = value["subscriptions"]
         if not isinstance(given, list) or not given:
@@ -115,8 +118,11 @@ def parse_request(body: bytes, settings: Settings, trigger: str = "http") -> Swe
             for item in given[:1000]:
                 if not isinstance(item, str) or not GUID.match(item):
                     problems.append(f"not a subscription id: {json.dumps(item)[:60]}")
-                elif not settings.in_scope(item):
-                    problems.append(f"subscription {item} is not in REMEDIATION_SUBSCRIPTIONS")
+                elif item.lower() not in scope:
+                    problems.append(
+                        f"subscription {item} is not in scope (REMEDIATION_SUBSCRIPTIONS or "
+                        "REMEDIATION_MANAGEMENT_GROUPS)"
+                    )
                 else:
                     chosen.append(item.lower())
             if len(given) > 1000:
@@ -148,6 +154,8 @@ class Run:
     finished: datetime | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     heartbeat: datetime | None = None
+    # Uniform scale sets per subscription: [scale sets, instances], counted when it started.
+    scale_sets: dict[str, list[int]] = field(default_factory=dict)
 
     def stale(self, now: datetime) -> bool:
         """Running, and silent for longer than any working batch stays silent."""
@@ -184,7 +192,13 @@ class RunStore:
     def __init__(self, table: TableClient) -> None:
         self._table = table
 
-    def new_run(self, request: SweepRequest, batches: int, now: datetime | None = None) -> Run:
+    def new_run(
+        self,
+        request: SweepRequest,
+        batches: int,
+        now: datetime | None = None,
+        scale_sets: dict[str, list[int]] | None = None,
+    ) -> Run:
         started = now or datetime.now(UTC)
         run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
         run = Run(
@@ -194,6 +208,7 @@ class RunStore:
             list(request.subscriptions),
             batches,
             started,
+            scale_sets=scale_sets or {},
         )
         self._lock(run)
         try:
@@ -218,6 +233,7 @@ class RunStore:
                 "status": "running",
                 "actions_used": 0,
                 "summary": "{}",
+                "scale_sets": json.dumps(run.scale_sets),
             }
         )
 
@@ -291,6 +307,7 @@ class RunStore:
             finished=entity.get("finished"),
             summary=json.loads(entity.get("summary") or "{}"),
             heartbeat=entity.get("heartbeat"),
+            scale_sets=json.loads(entity.get("scale_sets") or "{}"),
         )
 
     def beat(self, run_id: str, now: datetime | None = None) -> bool:
@@ -395,7 +412,7 @@ class RunStore:
             if entity["status"] != "running":
                 return None  # another batch finished it, or it was closed as failed
             finished = datetime.now(UTC)
-            summary = summarize(results, run.started, finished)
+            summary = summarize(results, run.started, finished, run.scale_sets)
             entity.update(status="done", finished=finished, summary=json.dumps(summary))
             if replace_if_unchanged(self._table, entity, entity.metadata["etag"]):
                 break
@@ -422,7 +439,10 @@ def _result_from_json(text: str) -> BatchResult:
 
 
 def summarize(
-    results: Sequence[BatchResult], started: datetime, finished: datetime
+    results: Sequence[BatchResult],
+    started: datetime,
+    finished: datetime,
+    scale_sets: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     decisions: Counter[str] = Counter()
     platforms: Counter[str] = Counter()
@@ -452,6 +472,9 @@ def summarize(
         "arm_requests": sum(r.arm_requests for r in results),
         "graph_requests": sum(r.graph_requests for r in results),
         "duration_seconds": round((finished - started).total_seconds(), 3),
+        # Not this app's to change: instances of uniform scale sets (the report's hint).
+        "uniform_scale_sets": sum(pair[0] for pair in (scale_sets or {}).values()),
+        "uniform_instances": sum(pair[1] for pair in (scale_sets or {}).values()),
     }
 
 
@@ -493,16 +516,40 @@ def batches_of(subscriptions: Sequence[str], size: int) -> list[tuple[str, ...]]
 
 # --- Starting, running ------------------------------------------------------------------
 def start(services: Services, request: SweepRequest, send: Callable[[str], Any] | None) -> Run:
-    """Lock the subscriptions, record the run, and hand its batches to ``send`` (the
-    sweep queue) -- or, with ``send=None``, leave them for the caller to run inline."""
+    """Resolve the scope, lock the subscriptions, record the run, and hand its batches to
+    ``send`` (the sweep queue) -- or, with ``send=None``, leave them for the caller to run
+    inline. The subscriptions that joined or left the scope get a record each."""
+    scope, changes = services.refresh_scope()
+    subscriptions = tuple(sorted(scope.ids))
+    if request.subscriptions:  # narrowed: those still in scope now
+        subscriptions = tuple(s for s in request.subscriptions if s in scope)
+        if not subscriptions:
+            raise InvalidSweepRequest(["none of the subscriptions asked for is in scope now"])
+    request = dataclasses.replace(request, subscriptions=subscriptions)
     batches = batches_of(request.subscriptions, services.settings.sweep_batch_size)
-    run = RunStore(services.audit.table).new_run(request, len(batches))
+    scale_sets = _uniform_scale_sets(services, request.subscriptions)
+    run = RunStore(services.audit.table).new_run(request, len(batches), scale_sets=scale_sets)
+    if changes:
+        services.audit.write_many(
+            [dataclasses.replace(_stable(r, run), run_id=run.run_id) for r in changes]
+        )
     if services.settings.mde_api:
         read_devices(services, run.run_id)
     if send is not None:
-        for index, subscriptions in enumerate(batches):
-            send(BatchMessage(run.run_id, index, subscriptions).to_text())
+        for index, batch in enumerate(batches):
+            send(BatchMessage(run.run_id, index, batch).to_text())
     return run
+
+
+def _uniform_scale_sets(services: Services, subscriptions: Sequence[str]) -> dict[str, list[int]]:
+    """Uniform scale sets and their instances per subscription (one query): counted as
+    "not covered by this app". Best effort: the sweep goes on without the count."""
+    try:
+        counts = services.arm.uniform_scale_sets(subscriptions)
+    except (TransientError, PermanentError) as error:
+        log.warning("uniform scale sets were not counted: %s", error)
+        return {}
+    return {subscription: [sets, instances] for subscription, (sets, instances) in counts.items()}
 
 
 def read_devices(services: Services, run_id: str) -> None:
@@ -799,15 +846,14 @@ RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
 
 def start_nightly(services: Services) -> Run:
-    settings = services.settings
-    request = SweepRequest(tuple(sorted(settings.subscriptions)), settings.mode, "sweep")
+    request = SweepRequest((), services.settings.mode, "sweep")  # the whole scope
     return start(services, request, services.sweeps.send_text)
 
 
 def http_start(services: Services, body: bytes, status_base: str) -> tuple[int, dict[str, Any]]:
     """POST /api/sweep: 202 with the run, 400 with every problem, 409 with the running run."""
     try:
-        request = parse_request(body, services.settings, trigger="http")
+        request = parse_request(body, services.settings, services.scope().ids, trigger="http")
     except InvalidSweepRequest as error:
         return 400, {"errors": error.problems}
     try:

@@ -38,6 +38,7 @@ from remediation.classify import OsFamily, Protection, classify
 from remediation.model import (
     InvalidJson,
     InvalidResourceId,
+    Kind,
     Outcome,
     PermanentError,
     Power,
@@ -189,8 +190,13 @@ def begin(services: Services, vm_id: str, trigger: str, now: datetime | None = N
         vm = VmRef.parse(vm_id)
     except InvalidResourceId:
         raise Refused([*problems, "vm: not a virtual machine resource id"]) from None
-    if not settings.in_scope(vm.subscription):
-        problems.append("vm: its subscription is not in REMEDIATION_SUBSCRIPTIONS")
+    if vm.kind is Kind.ARC:
+        problems.append(
+            "vm: the test alert runs on Azure VMs only (it uses VM Run Command; Arc machines "
+            "have their own Run Command API, not used here)"
+        )
+    if vm.subscription not in services.scope():
+        problems.append("vm: its subscription is not in scope")
     if problems:
         raise Refused(problems)
     try:

@@ -155,9 +155,9 @@ def test_every_setting_is_read():
         "test_alert_timeout_minutes": 30,
         "dismiss_test_alerts": True,
         "app_name": "func-remediate",
+        "management_groups": frozenset({"contoso-root", "platform(1)"}),
     }
     assert settings.enforce is True
-    assert settings.in_scope(SUB_B)
     assert settings.poison_queue == "installs-poison"
     assert settings.sweep_poison_queue == "batches-poison"
 
@@ -495,6 +495,7 @@ def test_the_poison_queues_the_app_reads_are_the_ones_settings_name():
 REMEDIATION_NAMES = (
     "MODE",
     "SUBSCRIPTIONS",
+    "MANAGEMENT_GROUPS",
     "ALLOW_PLAN_CHANGE",
     "SERVERS_PLAN",
     "ENABLE_INTEGRATION",

@@ -32,7 +32,7 @@ FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 @given(st.one_of(json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=300)))
 def test_sweep_bodies_are_accepted_or_refused_with_problems(body):
     try:
-        request = parse_request(body, SETTINGS)
+        request = parse_request(body, SETTINGS, SETTINGS.subscriptions)
     except InvalidSweepRequest as error:
         assert error.problems
         return
@@ -53,7 +53,7 @@ def test_sweep_bodies_are_accepted_or_refused_with_problems(body):
 )
 def test_log_queries_are_accepted_or_refused_with_problems(params):
     try:
-        query = parse_query(params, SETTINGS)
+        query = parse_query(params, SETTINGS, scope=SETTINGS.subscriptions)
     except InvalidQuery as error:
         assert error.problems
         return

@@ -57,14 +57,14 @@ def test_times_out_of_range_are_pinned_not_raised(text, expected):
 
 @pytest.mark.parametrize("since", ["1900-01-01", "99999999d", "0001-01-01T00:00:00+01:00", "401d"])
 def test_since_is_clamped_to_the_retention_period_and_says_so(since):
-    query = parse_query({"since": since}, SETTINGS, NOW)
+    query = parse_query({"since": since}, SETTINGS, NOW, scope=SETTINGS.subscriptions)
     assert query.since == datetime(2025, 10, 25, 12, 0, tzinfo=UTC)  # NOW - 400 days
     assert query.until == NOW
     assert query.notes == ("since clamped to the retention period of 400 days",)
 
 
 def test_a_window_within_the_retention_period_is_kept_as_asked():
-    query = parse_query({"since": "400d", "until": "1d"}, SETTINGS, NOW)
+    query = parse_query({"since": "400d", "until": "1d"}, SETTINGS, NOW, scope=SETTINGS.subscriptions)
     assert (query.since, query.until, query.notes) == (
         datetime(2025, 10, 25, 12, 0, tzinfo=UTC),
         datetime(2026, 11, 28, 12, 0, tzinfo=UTC),
@@ -82,9 +82,9 @@ def test_a_window_within_the_retention_period_is_kept_as_asked():
             {
                 "vm": f"/subscriptions/{OTHER}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/v"
             },
-            "not in REMEDIATION_SUBSCRIPTIONS",
+            "its subscription is not in scope",
         ),
-        ({"subscription": OTHER}, "not in REMEDIATION_SUBSCRIPTIONS"),
+        ({"subscription": OTHER}, "not in scope"),
         ({"subscription": "all"}, "not a subscription id"),
         ({"decision": "yes"}, "decision: one of"),
         ({"limit": "0"}, "limit"),
@@ -101,7 +101,7 @@ def test_a_window_within_the_retention_period_is_kept_as_asked():
 )
 def test_bad_filters_are_refused_by_name(params, problem):
     with pytest.raises(InvalidQuery) as caught:
-        parse_query(params, SETTINGS, NOW)
+        parse_query(params, SETTINGS, NOW, scope=SETTINGS.subscriptions)
     assert any(problem in p for p in caught.value.problems), caught.value.problems
 
 
@@ -226,15 +226,15 @@ def test_a_short_vm_name_resolves_to_the_ids_it_names_in_scope(azurite):
                 time=now - timedelta(minutes=len(vm) % 7),
             )
         )
-    window = parse_query({"since": "1h"}, SETTINGS, now)
-    assert sorted(resolve_vm(audit, "WEB-01", window, SETTINGS)) == sorted([web, namesake])
-    only_sub = parse_query({"since": "1h", "subscription": SUB}, SETTINGS, now)
-    assert len(resolve_vm(audit, "web-011", only_sub, SETTINGS)) == 1
-    assert resolve_vm(audit, "web-02", window, SETTINGS) == []
-    earlier = parse_query({"since": "3h", "until": "2h"}, SETTINGS, now)
-    assert resolve_vm(audit, "web-01", earlier, SETTINGS) == []
+    window = parse_query({"since": "1h"}, SETTINGS, now, scope=SETTINGS.subscriptions)
+    assert sorted(resolve_vm(audit, "WEB-01", window, SETTINGS.subscriptions)) == sorted([web, namesake])
+    only_sub = parse_query({"since": "1h", "subscription": SUB}, SETTINGS, now, scope=SETTINGS.subscriptions)
+    assert len(resolve_vm(audit, "web-011", only_sub, SETTINGS.subscriptions)) == 1
+    assert resolve_vm(audit, "web-02", window, SETTINGS.subscriptions) == []
+    earlier = parse_query({"since": "3h", "until": "2h"}, SETTINGS, now, scope=SETTINGS.subscriptions)
+    assert resolve_vm(audit, "web-01", earlier, SETTINGS.subscriptions) == []
     with pytest.raises(InvalidQuery) as caught:
-        resolve_vm(audit, "web 01/..", window, SETTINGS)
+        resolve_vm(audit, "web 01/..", window, SETTINGS.subscriptions)
     assert caught.value.problems == ["vm: not a virtual machine name or resource id"]
 
 

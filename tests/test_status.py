@@ -300,7 +300,7 @@ SETTINGS = load(
     ],
 )
 def test_parse_params_chooses_subscriptions_in_scope(params, chosen):
-    assert status.parse_params(params, SETTINGS) == chosen
+    assert status.parse_params(params, SETTINGS.subscriptions) == chosen
 
 
 @pytest.mark.parametrize(
@@ -315,7 +315,7 @@ def test_parse_params_chooses_subscriptions_in_scope(params, chosen):
         ({"subscription": f"{{{SUB}}}"}, [f"subscription: not a subscription id: '{{{SUB}}}'"]),
         (
             {"subscription": OUTSIDE},
-            [f"subscription: {OUTSIDE} is not in REMEDIATION_SUBSCRIPTIONS"],
+            [f"subscription: {OUTSIDE} is not in scope"],
         ),
         (
             {"subscription": f"{SUB},x", "vm": "y"},
@@ -329,7 +329,7 @@ def test_parse_params_chooses_subscriptions_in_scope(params, chosen):
 )
 def test_parse_params_refuses_with_every_problem(params, problems):
     with pytest.raises(status.InvalidStatusRequest) as refused:
-        status.parse_params(params, SETTINGS)
+        status.parse_params(params, SETTINGS.subscriptions)
     assert refused.value.problems == problems
 
 

@@ -1,0 +1,250 @@
+"""The subscriptions in scope, with the names people know them by.
+
+Listed subscriptions (REMEDIATION_SUBSCRIPTIONS) are always in scope; so is every enabled
+subscription under a listed management group (REMEDIATION_MANAGEMENT_GROUPS). Every sweep
+resolves the scope afresh through Resource Graph's ``resourcecontainers`` (display names
+and management-group chains), says in the remediation log which subscriptions joined or
+left, and keeps it in the audit table (partition ``scope``) for the event path and the
+other workers, which cache it for REMEDIATION_POSTURE_TTL_SECONDS.
+
+A subscription that joins through a group needs its Event Grid wiring: the app's role
+only reads Event Grid, so the sweep checks the wiring (the doctor's check) and the report
+lists a subscription that is not wired as "not receiving events", with the command that
+wires it. The nightly sweep covers it meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from azure.core.exceptions import ResourceNotFoundError
+
+from remediation.audit import AuditRecord
+from remediation.config import Settings
+from remediation.model import RemediationError, as_text
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+log = logging.getLogger("remediation")
+
+SCOPE_PARTITION = "scope"
+SCOPE_ROW = "current"
+# Subscription states (resourcecontainers properties.state): a Disabled subscription
+# refuses writes and a Deleted one everything (Azure's subscription-states docs).
+INACTIVE_STATES = frozenset({"disabled", "deleted"})
+WIRE_COMMAND = "REMEDIATOR_SUBSCRIPTIONS={subscription} azd hooks run postdeploy"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: str  # lower-case
+    name: str = ""  # display name, "" until Resource Graph has told it
+    group: str = ""  # the listed management group it is in scope through; "" when listed
+    group_name: str = ""
+
+
+@dataclass(frozen=True)
+class Scope:
+    subscriptions: Mapping[str, Subscription] = field(default_factory=dict)  # by id
+    resolved: datetime | None = None  # when Resource Graph last answered
+    unwired: frozenset[str] = frozenset()  # in scope through a group, receiving no events
+
+    @property
+    def ids(self) -> frozenset[str]:
+        return frozenset(self.subscriptions)
+
+    def __contains__(self, subscription: object) -> bool:
+        return isinstance(subscription, str) and subscription.lower() in self.subscriptions
+
+    def name(self, subscription: str) -> str:
+        found = self.subscriptions.get(subscription.lower())
+        return found.name if found else ""
+
+    def label(self, subscription: str) -> str:
+        """ "Contoso Prod (1111...)", or the bare id while the name is unknown."""
+        name = self.name(subscription)
+        return f"{name} ({subscription})" if name else subscription
+
+    def group_of(self, subscription: str) -> tuple[str, str]:
+        """(management group id, its display name), or ("", "") for a listed one."""
+        found = self.subscriptions.get(subscription.lower())
+        return (found.group, found.group_name) if found else ("", "")
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "subscriptions": [
+                    [s.id, s.name, s.group, s.group_name] for s in self.subscriptions.values()
+                ],
+                "resolved": self.resolved.isoformat() if self.resolved else None,
+                "unwired": sorted(self.unwired),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Scope:
+        value = json.loads(text)
+        subscriptions = {row[0]: Subscription(*row) for row in value.get("subscriptions") or []}
+        resolved = value.get("resolved")
+        return cls(
+            subscriptions,
+            datetime.fromisoformat(resolved) if resolved else None,
+            frozenset(value.get("unwired") or ()),
+        )
+
+
+# --- Pure: settings + what Resource Graph lists -> the scope ----------------------------
+def listed(settings: Settings) -> Scope:
+    """The listed subscriptions alone, names unknown: the scope before any resolution."""
+    return Scope({s: Subscription(s) for s in sorted(settings.subscriptions)})
+
+
+def resolve(settings: Settings, rows: Iterable[Mapping[str, Any]], now: datetime) -> Scope:
+    """The scope from resourcecontainers rows (subscriptionId, name, state,
+    managementGroups: [{name, displayName}] from the parent up)."""
+    found: dict[str, Subscription] = {}
+    for row in rows:
+        sid = as_text(row.get("subscriptionId")).lower()
+        if not sid:
+            continue
+        name = as_text(row.get("name"))
+        if sid in settings.subscriptions:
+            found[sid] = Subscription(sid, name)
+            continue
+        if as_text(row.get("state")).lower() in INACTIVE_STATES:
+            continue
+        chain = row.get("managementGroups")
+        for group in chain if isinstance(chain, list) else []:
+            group_id = as_text(group.get("name") if isinstance(group, Mapping) else "").lower()
+            if group_id in settings.management_groups:
+                group_name = as_text(group.get("displayName")) or group_id
+                found[sid] = Subscription(sid, name, group_id, group_name)
+                break
+    for sid in settings.subscriptions - found.keys():  # listed, but not (yet) visible
+        found[sid] = Subscription(sid)
+    return Scope(dict(sorted(found.items())), now)
+
+
+def reconcile(stored: Scope, settings: Settings) -> Scope:
+    """The stored scope under today's settings (they may have changed since it was
+    resolved): listed subscriptions are in; group ones only while their group is listed."""
+    kept = {
+        sid: sub
+        for sid, sub in stored.subscriptions.items()
+        if (sub.group and sub.group in settings.management_groups) or sid in settings.subscriptions
+    }
+    for sid in settings.subscriptions:
+        sub = kept.get(sid) or stored.subscriptions.get(sid) or Subscription(sid)
+        kept[sid] = replace(sub, group="", group_name="")
+    return Scope(dict(sorted(kept.items())), stored.resolved, stored.unwired & kept.keys())
+
+
+def changes(before: Scope, after: Scope) -> tuple[list[Subscription], list[Subscription]]:
+    """(joined, left), each sorted by id."""
+    joined = [after.subscriptions[s] for s in sorted(after.ids - before.ids)]
+    left = [before.subscriptions[s] for s in sorted(before.ids - after.ids)]
+    return joined, left
+
+
+def joined_record(sub: Subscription, run_id: str, settings: Settings) -> AuditRecord:
+    how = f"management group {sub.group_name} ({sub.group})" if sub.group else "the settings"
+    return AuditRecord(
+        vm="",
+        subscription=sub.id,
+        subscription_name=sub.name,
+        trigger="sweep",
+        decision="scope",
+        reason=f"Subscription {sub.name or sub.id} joined the scope through {how}: "
+        "this sweep covers it.",
+        mode=settings.mode.value,
+        outcome="joined",
+        run_id=run_id,
+    )
+
+
+def left_record(sub: Subscription, run_id: str, settings: Settings) -> AuditRecord:
+    where = (
+        f"is no longer under {', '.join(sorted(settings.management_groups))}"
+        if settings.management_groups
+        else "is no longer listed"
+    )
+    return AuditRecord(
+        vm="",
+        subscription=sub.id,
+        subscription_name=sub.name,
+        trigger="sweep",
+        decision="scope",
+        reason=f"Subscription {sub.name or sub.id} left the scope (it {where}, or is "
+        "disabled): nothing in it is remediated any more.",
+        mode=settings.mode.value,
+        outcome="left",
+        run_id=run_id,
+        hint="its Event Grid wiring still delivers events, which are now ignored: remove "
+        "the event subscription if the subscription left for good",
+    )
+
+
+# --- The audit table's copy -------------------------------------------------------------
+class ScopeStore:
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def load(self) -> Scope | None:
+        try:
+            entity = self._table.get_entity(SCOPE_PARTITION, SCOPE_ROW)
+        except ResourceNotFoundError:
+            return None
+        return Scope.from_json(str(entity["scope"]))
+
+    def save(self, scope: Scope) -> None:
+        self._table.upsert_entity(
+            {"PartitionKey": SCOPE_PARTITION, "RowKey": SCOPE_ROW, "scope": scope.to_json()}
+        )
+
+
+def refresh(
+    settings: Settings,
+    store: ScopeStore,
+    containers: Callable[[], list[dict[str, Any]]],
+    wired: Callable[[str], bool],
+    run_id: str = "",
+) -> tuple[Scope, list[AuditRecord]]:
+    """Resolve the scope, compare it with the stored one, check the wiring of the
+    subscriptions that joined through a group (and of those still unwired), store it.
+    Returns the scope and a record per subscription that joined or left. If Resource Graph
+    does not answer, the stored scope stands (or, with no stored scope, the listed
+    subscriptions alone unless groups are set: then the error is raised)."""
+    stored = store.load()
+    before = reconcile(stored, settings) if stored else listed(settings)
+    try:
+        after = resolve(settings, containers(), datetime.now(UTC))
+    except RemediationError as error:
+        if stored is None and settings.management_groups:
+            raise
+        log.warning("the scope could not be resolved (%s): the last known scope stands", error)
+        return before, []
+    # The first resolution has nothing to compare with: every group subscription is new.
+    joined, left = changes(before, after) if stored else ([], [])
+    fresh = joined if stored else list(after.subscriptions.values())
+    to_check = {s.id for s in fresh if s.group} | (before.unwired & after.ids)
+    unwired = set()
+    for sid in sorted(to_check):
+        try:
+            if not wired(sid):
+                unwired.add(sid)
+        except RemediationError as error:  # cannot tell: say so rather than hide it
+            log.warning("subscription %s: its Event Grid wiring could not be read: %s", sid, error)
+            unwired.add(sid)
+    after = replace(after, unwired=frozenset(unwired))
+    store.save(after)
+    records = [joined_record(s, run_id, settings) for s in joined]
+    records += [left_record(s, run_id, settings) for s in left]
+    for record in records:
+        log.info("scope: %s", record.reason)
+    return after, records
