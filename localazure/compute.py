@@ -130,6 +130,12 @@ def vm_json(vm: Vm, instance_view: bool) -> dict[str, Any]:
     }
     if vm.license_type:
         properties["licenseType"] = vm.license_type
+    if vm.scale_set:
+        # A Flexible scale set's member is a standard VM that names its scale set
+        # (learn.microsoft.com/azure/virtual-machine-scale-sets/
+        # virtual-machine-scale-sets-orchestration-modes; Resource Graph's
+        # properties.virtualMachineScaleSet.id in its Flexible sample).
+        properties["virtualMachineScaleSet"] = {"id": vm.scale_set}
     if instance_view:
         view = agent_view(vm)
         if vm.power == "running":
@@ -256,7 +262,7 @@ def _list_extensions(plane: LocalAzure, p: Params, q: Query, body: Any, who: str
     )
 
 
-def _mde_outcome(
+def mde_outcome(
     plane: LocalAzure, vm: Vm, properties: dict[str, Any], protected: Any
 ) -> tuple[int | None, str]:
     """How an MDE install on this VM ends: (None, "") or (code, message)."""
@@ -354,7 +360,7 @@ def _put_extension(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) 
     )
     code, message = (None, "")
     if ext.publisher == MDE_PUBLISHER:
-        code, message = _mde_outcome(plane, vm, properties, properties.get("protectedSettings"))
+        code, message = mde_outcome(plane, vm, properties, properties.get("protectedSettings"))
     existed = key in vm.extensions
     vm.extensions[key] = ext
     resource_id = f"{vm.id}/extensions/{ext.name}"

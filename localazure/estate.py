@@ -1,5 +1,6 @@
-"""The in-memory estate of the local control plane: subscriptions, VMs, extensions,
-Defender plans and settings, principals. Loadable from and savable to JSON.
+"""The in-memory estate of the local control plane: subscriptions (and the management
+groups above them), VMs and Arc-enabled servers, scale sets, extensions, Defender plans
+and settings, principals. Loadable from and savable to JSON.
 
 Each VM also carries what only Azure would know: how an MDE install on it ends
 (``mde_failure``), e.g. code 51 on single-session Windows, 10 on an unsupported distro.
@@ -25,6 +26,15 @@ REMEDIATOR_ROLE = (
     "Microsoft.Compute/virtualMachines/extensions/read",
     "Microsoft.Compute/virtualMachines/extensions/write",
     "Microsoft.Compute/locations/operations/read",
+    "Microsoft.HybridCompute/machines/read",
+    "Microsoft.HybridCompute/machines/extensions/read",
+    "Microsoft.HybridCompute/machines/extensions/write",
+    # An Arc extension PUT is polled at .../locations/{loc}/operationstatus/{id}
+    # (Azure-AsyncOperation) and read at .../operationresults/{id} (Location): the
+    # resource-provider operations reference lists a read action for each
+    # (learn.microsoft.com/azure/role-based-access-control/permissions/hybrid-multicloud).
+    "Microsoft.HybridCompute/locations/operationstatus/read",
+    "Microsoft.HybridCompute/locations/operationresults/read",
     "Microsoft.ResourceGraph/resources/read",
     "Microsoft.Security/pricings/read",
     "Microsoft.Security/pricings/write",
@@ -88,12 +98,29 @@ class Vm:
     mde_device: str = "active"
     # What a Run Command script prints here (stdout); None: empty stdout and stderr.
     run_command_output: str | None = None
+    # "vm": Microsoft.Compute/virtualMachines; "arc": an Arc-enabled server,
+    # Microsoft.HybridCompute/machines. An Arc machine has no image and no power state;
+    # its agent reports status, osName ("windows"/"linux", kept in os_name), osSku (the
+    # OS's own name) and osVersion (the Windows build, or the Linux kernel).
+    kind: str = "vm"
+    arc_status: str = "Connected"  # Connected | Disconnected | Expired | Error
+    last_status_change: str = "2026-01-15T08:00:00.0000000Z"
+    os_sku: str = ""
+    cloud_provider: str = "N/A"  # properties.cloudMetadata.provider
+    agent_version: str = "1.48.02881.1941"
+    # A flexible scale set's member: the scale set's id (properties.virtualMachineScaleSet).
+    scale_set: str = ""
 
     @property
     def id(self) -> str:
+        provider = (
+            "Microsoft.HybridCompute/machines"
+            if self.kind == "arc"
+            else "Microsoft.Compute/virtualMachines"
+        )
         return (
             f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
-            f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
+            f"/providers/{provider}/{self.name}"
         )
 
     @property
@@ -116,6 +143,33 @@ class Subscription:
     # Onboarding packages, base64 as the API returns them. Opaque bytes, never logged.
     onboarding_windows: str = ""
     onboarding_linux: str = ""
+    display_name: str = ""  # "" until added: then "Subscription <first 8 of the id>"
+    management_group: str = ""  # its parent management group's id; "" = the tenant root
+    state: str = "Enabled"  # Enabled | Warned | PastDue | Disabled | Deleted
+
+
+@dataclass
+class ManagementGroup:
+    id: str  # the group's id (its "name" in ARM), not its display name
+    display_name: str
+    parent: str = ""  # the parent group's id; "" = the tenant root group
+
+
+@dataclass
+class ScaleSet:
+    subscription: str
+    resource_group: str
+    name: str
+    orchestration_mode: str = "Uniform"  # Uniform | Flexible | "" (absent on old ones)
+    capacity: int = 2  # sku.capacity
+    location: str = "westeurope"
+
+    @property
+    def id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.Compute/virtualMachineScaleSets/{self.name}"
+        )
 
 
 @dataclass
@@ -142,8 +196,12 @@ class Estate:
     # Devices in Defender for Endpoint's inventory that are not Azure VMs (workstations,
     # on-premises servers): listed by GET /api/machines without vmMetadata.
     other_devices: int = 0
+    management_groups: dict[str, ManagementGroup] = field(default_factory=dict)  # by lower id
+    scale_sets: list[ScaleSet] = field(default_factory=list)
 
     def add_subscription(self, subscription: Subscription) -> Subscription:
+        if not subscription.display_name:
+            subscription.display_name = f"Subscription {subscription.id[:8]}"
         if not subscription.onboarding_windows:
             subscription.onboarding_windows = _package("windows", subscription.id)
         if not subscription.onboarding_linux:
@@ -159,13 +217,60 @@ class Estate:
         self.principals[principal.client_id] = principal
         return principal
 
+    def add_management_group(self, group: ManagementGroup) -> ManagementGroup:
+        self.management_groups[group.id.lower()] = group
+        return group
+
+    def add_scale_set(self, scale_set: ScaleSet) -> ScaleSet:
+        self.scale_sets.append(scale_set)
+        return scale_set
+
+    # --- Management groups ----------------------------------------------------------------
+    # Every tenant has one root management group, "Tenant Root Group", whose id is the
+    # tenant id (learn.microsoft.com/azure/governance/management-groups/overview, "Root
+    # management group for each directory").
+    def root_group(self) -> ManagementGroup:
+        return self.management_groups.get(
+            self.tenant.lower(), ManagementGroup(self.tenant, "Tenant Root Group")
+        )
+
+    def group(self, group_id: str) -> ManagementGroup | None:
+        if group_id.lower() == self.tenant.lower():
+            return self.root_group()
+        return self.management_groups.get(group_id.lower())
+
+    def ancestors(self, subscription: Subscription) -> list[ManagementGroup]:
+        """The subscription's management groups, parent first, the root group last."""
+        chain: list[ManagementGroup] = []
+        current = self.group(subscription.management_group or self.tenant)
+        while current is not None and current not in chain:
+            chain.append(current)
+            if current.id.lower() == self.tenant.lower():
+                break
+            current = self.group(current.parent or self.tenant)
+        return chain
+
+    def subscriptions_under(self, group_id: str) -> list[Subscription]:
+        """Every subscription anywhere below the group (the root: all of them)."""
+        wanted = group_id.lower()
+        return [
+            s
+            for s in self.subscriptions.values()
+            if any(g.id.lower() == wanted for g in self.ancestors(s))
+        ]
+
     def vm(self, resource_id: str) -> Vm | None:
         return self.vms.get(resource_id.lower())
 
-    def vms_in(self, subscription: str) -> list[Vm]:
+    def vms_in(self, subscription: str, kinds: tuple[str, ...] = ("vm",)) -> list[Vm]:
+        """The subscription's VMs (and Arc machines, with ``kinds=("vm", "arc")``)."""
         subscription = subscription.lower()
         return sorted(
-            (vm for vm in self.vms.values() if vm.subscription.lower() == subscription),
+            (
+                vm
+                for vm in self.vms.values()
+                if vm.subscription.lower() == subscription and vm.kind in kinds
+            ),
             key=lambda vm: vm.key,
         )
 
@@ -177,6 +282,8 @@ class Estate:
             "subscriptions": [asdict(s) for s in self.subscriptions.values()],
             "principals": [asdict(p) for p in self.principals.values()],
             "vms": [asdict(vm) for vm in self.vms.values()],
+            "management_groups": [asdict(g) for g in self.management_groups.values()],
+            "scale_sets": [asdict(s) for s in self.scale_sets],
         }
 
     @classmethod
@@ -191,6 +298,10 @@ class Estate:
                 key: Extension(**value) for key, value in item.pop("extensions", {}).items()
             }
             estate.add_vm(Vm(**item, extensions=extensions))
+        for item in data.get("management_groups", []):
+            estate.add_management_group(ManagementGroup(**item))
+        for item in data.get("scale_sets", []):
+            estate.add_scale_set(ScaleSet(**item))
         return estate
 
     def save(self, path: Path) -> None:
@@ -315,10 +426,24 @@ _GROUPS = ("rg-web", "rg-data", "rg-batch", "rg-shared", "rg-legacy")
 _LOCATIONS = ("westeurope", "northeurope", "eastus2", "swedencentral")
 
 
-def generate(vms: int, subscriptions: int, seed: int = 7) -> Estate:
+def generate(
+    vms: int,
+    subscriptions: int,
+    seed: int = 7,
+    *,
+    arc_machines: int = 0,
+    scale_sets: int = 0,
+    management_groups: bool = False,
+) -> Estate:
     """A realistic estate: the catalogue's mix of images, power states, MDE extensions
     (some Failed), other extensions, opt-out tags, and subscriptions whose Defender plan
     and settings are in various states. The same seed gives the same estate.
+
+    ``arc_machines`` Arc-enabled servers (arc-00000...), ``scale_sets`` scale sets (with
+    two or three member VMs fx-00000... for each Flexible one) and, with
+    ``management_groups``, a management-group hierarchy come from generators seeded apart:
+    the VMs and subscriptions of (vms, subscriptions, seed) are the same with or without
+    them.
 
     Of the VMs whose MDE extension Succeeded, Defender for Endpoint never lists about one
     in twelve and lists another one in twelve as Inactive; one in forty is listed by vmId
@@ -381,6 +506,12 @@ def generate(vms: int, subscriptions: int, seed: int = 7) -> Estate:
             vm.tags["ExcludeMdeAutoProvisioning"] = "true"
         estate.add_vm(vm)
     _device_states(estate, seed)
+    if management_groups:
+        _management_groups(estate)
+    if arc_machines and subs:
+        _arc_machines(estate, arc_machines, seed)
+    if scale_sets and subs:
+        _scale_sets(estate, scale_sets, seed)
     return estate
 
 
@@ -413,3 +544,160 @@ def _reference(image: Image, subscription: str) -> dict[str, str]:
         f"/galleries/golden/images/{image.os_type.lower()}-base/versions/1.0.0"
     )
     return {"id": gallery}
+
+
+# --- Management groups, Arc machines, scale sets (each from its own generator) ----------
+# A landing-zone hierarchy in the shape of Microsoft's Cloud Adoption Framework
+# (platform and landing zones under the root; corp under landing zones).
+MANAGEMENT_GROUPS = (
+    ("mg-platform", "Platform", ""),
+    ("mg-landing-zones", "Landing zones", ""),
+    ("mg-corp", "Corp", "mg-landing-zones"),
+)
+# Where the n-th subscription goes (its group, its display name's word); "" = the root.
+_PLACEMENT = (
+    ("mg-corp", "Corp"),
+    ("mg-platform", "Platform"),
+    ("mg-corp", "Corp"),
+    ("mg-landing-zones", "Online"),
+    ("", "Sandbox"),
+)
+
+
+def _management_groups(estate: Estate) -> None:
+    for group_id, name, parent in MANAGEMENT_GROUPS:
+        estate.add_management_group(ManagementGroup(group_id, name, parent))
+    counts: dict[str, int] = {}
+    for index, subscription in enumerate(estate.subscriptions.values()):
+        group, word = _PLACEMENT[index % len(_PLACEMENT)]
+        counts[word] = counts.get(word, 0) + 1
+        subscription.management_group = group
+        subscription.display_name = f"Contoso {word} {counts[word]:02d}"
+
+
+@dataclass(frozen=True)
+class ArcImage:
+    """An OS an Arc-enabled server runs, as its agent reports it, and how MDE installs
+    end there. osSku strings: "Ubuntu 24.04.3 LTS" with kernel "6.8.0-87-generic" (an
+    ``az connectedmachine show`` output), "Windows Server 2025 Standard"/"10.0.26100.4946",
+    "Windows Server 2019 Standard", "Windows Server 2012 R2 Standard" (Resource Graph rows
+    in public test fixtures); the RHEL and SLES strings follow the built-in policies'
+    ``osSku like 'Red Hat Enterprise Linux 8.*'``/``'SUSE Linux Enterprise Server 15*'``
+    and the distributions' own names (unconfirmed as Arc output, docs/fidelity.md)."""
+
+    weight: int
+    os_type: str
+    os_sku: str
+    os_version: str
+    mde_failure: int | None = None
+
+
+ARC_CATALOGUE: tuple[ArcImage, ...] = (
+    ArcImage(4, "Windows", "Windows Server 2025 Standard", "10.0.26100.4946"),
+    ArcImage(10, "Windows", "Windows Server 2022 Datacenter", "10.0.20348.2113"),
+    ArcImage(8, "Windows", "Windows Server 2019 Standard", "10.0.17763.5329"),
+    ArcImage(5, "Windows", "Windows Server 2016 Datacenter", "10.0.14393.6452"),
+    ArcImage(4, "Windows", "Windows Server 2012 R2 Standard", "6.3.9600.21620"),
+    # Windows Server 2012 (not R2) is not onboardable: like 2008 R2 among the VM images.
+    ArcImage(1, "Windows", "Windows Server 2012 Standard", "6.2.9200.24523", mde_failure=11),
+    ArcImage(8, "Linux", "Ubuntu 22.04.3 LTS", "5.15.0-91-generic"),
+    ArcImage(5, "Linux", "Ubuntu 24.04.3 LTS", "6.8.0-87-generic"),
+    ArcImage(4, "Linux", "Red Hat Enterprise Linux 8.9 (Ootpa)", "4.18.0-513.5.1.el8_9.x86_64"),
+    ArcImage(3, "Linux", "Red Hat Enterprise Linux 9.2 (Plow)", "5.14.0-284.11.1.el9_2.x86_64"),
+    ArcImage(2, "Linux", "SUSE Linux Enterprise Server 15 SP5", "5.14.21-150500.55.39-default"),
+    ArcImage(1, "Linux", "Slackware 15.0", "5.15.19", mde_failure=10),  # an unknown distro
+)
+_ARC_GROUPS = ("rg-arc-datacenter", "rg-arc-branches", "rg-arc-factory")
+
+
+def arc_machine(image: ArcImage, subscription: str, group: str, name: str, **changes: Any) -> Vm:
+    """A Connected Arc-enabled server running this OS, as ``azcmagent connect`` makes it."""
+    machine = Vm(
+        subscription,
+        group,
+        name,
+        kind="arc",
+        os_type=image.os_type,
+        os_name=image.os_type.lower(),
+        os_sku=image.os_sku,
+        os_version=image.os_version,
+        mde_failure=image.mde_failure,
+    )
+    for key, value in changes.items():
+        setattr(machine, key, value)
+    return machine
+
+
+def _arc_machines(estate: Estate, count: int, seed: int) -> None:
+    """About 80% Connected, 12% Disconnected, 5% Expired, a few Error; a few in AWS or
+    GCP; one in sixty an Arc agent on an Azure VM (cloudMetadata.provider "Azure":
+    unconfirmed, docs/fidelity.md); a quarter with MDE Succeeded, a few Failed."""
+    rng = random.Random(f"{seed}:arc-machines")  # test data, not crypto
+    subs = [s.id for s in estate.subscriptions.values()]
+    weights = [image.weight for image in ARC_CATALOGUE]
+    for number in range(count):
+        image = rng.choices(ARC_CATALOGUE, weights)[0]
+        machine = arc_machine(
+            image,
+            subs[number % len(subs)],
+            rng.choice(_ARC_GROUPS),
+            f"arc-{number:05d}",
+            location=rng.choice(_LOCATIONS),
+            arc_status=rng.choices(
+                ["Connected", "Disconnected", "Expired", "Error"], [80, 12, 5, 3]
+            )[0],
+            tags={"env": rng.choice(["prod", "dev", "test"]), "site": rng.choice(["hq", "dc2"])},
+            vm_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        )
+        roll = rng.random()
+        if number % 60 == 59:
+            machine.cloud_provider = "Azure"
+        elif roll < 0.02:
+            machine.cloud_provider = rng.choice(["AWS", "GCP"])
+        roll = rng.random()
+        if roll < 0.25:
+            machine.extensions["mde." + machine.os_type.lower()] = mde_extension(machine)
+        elif roll < 0.28:
+            code = 31 if machine.os_type == "Linux" else 1
+            machine.extensions["mde." + machine.os_type.lower()] = mde_extension(
+                machine, "Failed", code
+            )
+        estate.add_vm(machine)
+
+
+def _scale_sets(estate: Estate, count: int, seed: int) -> None:
+    """Mostly Uniform scale sets of 2-20 instances, every fourth one Flexible with two or
+    three member VMs (standard VMs: fx-00000...), and the third one an old scale set
+    without orchestrationMode."""
+    rng = random.Random(f"{seed}:scale-sets")  # test data, not crypto
+    subs = [s.id for s in estate.subscriptions.values()]
+    weights = [image.weight for image in CATALOGUE]
+    members = 0
+    for number in range(count):
+        mode = "Flexible" if number % 4 == 1 else ("" if number == 2 else "Uniform")
+        scale_set = ScaleSet(
+            subs[number % len(subs)],
+            rng.choice(_GROUPS),
+            f"vmss-{number:05d}",
+            orchestration_mode=mode,
+            capacity=rng.randint(2, 20),
+            location=rng.choice(_LOCATIONS),
+        )
+        if mode == "Flexible":
+            scale_set.capacity = rng.randint(2, 3)
+            for _ in range(scale_set.capacity):
+                image = rng.choices(CATALOGUE, weights)[0]
+                estate.add_vm(
+                    image.vm(
+                        scale_set.subscription,
+                        scale_set.resource_group,
+                        f"fx-{members:05d}",
+                        resource_group=scale_set.resource_group,
+                        location=scale_set.location,
+                        scale_set=scale_set.id,
+                        tags={"env": "prod"},
+                        vm_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    )
+                )
+                members += 1
+        estate.add_scale_set(scale_set)

@@ -1,5 +1,7 @@
-"""Resource Graph: the sweep's and the baseline's query shapes (any other is a 400), pages
-of up to 1000 rows with ``$skipToken``, and the user quota the router applies to them."""
+"""Resource Graph: the app's query shapes (the sweep's VMs and Arc machines, the baseline,
+the subscriptions of a scope, the uniform scale-set summary; any other is a 400), scoped
+by ``subscriptions`` or ``managementGroups``, pages of up to 1000 rows with
+``$skipToken``, and the user quota the router applies to them."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from localazure.compute import agent_view, power_status
-from localazure.estate import Vm
+from localazure.estate import Estate, Subscription, Vm
 from localazure.machinery import ArmError, Params, Query, Response, json_response, route
 
 if TYPE_CHECKING:
@@ -28,21 +30,28 @@ GRAPH_MAX_PAGE = 1000
 # until someone teaches the plane what the real service would return for it.
 SWEEP_QUERY = """
 resources
-| where type =~ 'microsoft.compute/virtualmachines'
-| extend vmKey = tolower(id)
+| where type in~ ('microsoft.compute/virtualmachines', 'microsoft.hybridcompute/machines')
+| extend machineKey = tolower(id)
 | join kind=leftouter (
     resources
-    | where type =~ 'microsoft.compute/virtualmachines/extensions'
-    | extend vmKey = tolower(substring(id, 0, indexof(id, '/extensions/')))
+    | where type in~ ('microsoft.compute/virtualmachines/extensions',
+        'microsoft.hybridcompute/machines/extensions')
+    | extend machineKey = tolower(substring(id, 0, indexof(id, '/extensions/')))
     | summarize extensions = make_list(pack('name', name, 'publisher', properties.publisher,
-        'type', properties.type, 'provisioningState', properties.provisioningState)) by vmKey
-  ) on vmKey
+        'type', properties.type, 'provisioningState', properties.provisioningState)) by machineKey
+  ) on machineKey
 | project id, location, tags,
     imageReference = properties.storageProfile.imageReference,
     osType = tostring(properties.storageProfile.osDisk.osType),
     licenseType = tostring(properties.licenseType),
     vmId = tostring(properties.vmId),
     instanceView = properties.extended.instanceView,
+    status = tostring(properties.status),
+    osName = tostring(properties.osName),
+    osSku = tostring(properties.osSku),
+    osVersion = tostring(properties.osVersion),
+    arcOsType = tostring(properties.osType),
+    cloudProvider = tostring(properties.cloudMetadata.provider),
     extensions
 | order by id asc
 """
@@ -52,14 +61,70 @@ resources
 | project id
 | order by id asc
 """
+# The subscriptions of a scope (the request's subscriptions or managementGroups) with
+# display name, state and management-group chain, from the resourcecontainers table.
+CONTAINERS_QUERY = """
+resourcecontainers
+| where type =~ 'microsoft.resources/subscriptions'
+| project subscriptionId, name, state = tostring(properties.state),
+    managementGroups = properties.managementGroupAncestorsChain
+| order by subscriptionId asc
+"""
+# Per subscription, its scale sets that are not Flexible and their instances.
+SCALE_SETS_QUERY = """
+resources
+| where type =~ 'microsoft.compute/virtualmachinescalesets'
+| where tostring(properties.orchestrationMode) !~ 'Flexible'
+| summarize scaleSets = count(), instances = sum(toint(sku.capacity)) by subscriptionId
+| order by subscriptionId asc
+"""
+
+QUERIES = (SWEEP_QUERY, BASELINE_QUERY, CONTAINERS_QUERY, SCALE_SETS_QUERY)
 
 
 def normalise_query(query: str) -> str:
     return " ".join(query.split())
 
 
+def _extensions(vm: Vm) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": ext.name,
+            "publisher": ext.publisher,
+            "type": ext.type,
+            "provisioningState": ext.state,
+        }
+        for ext in vm.extensions.values()
+    ]
+
+
+# The sweep's Arc columns: tostring() of a property a VM does not have is "" (and of an
+# Arc machine's missing storageProfile, likewise), projections of missing objects null.
+_ARC_COLUMNS = ("status", "osName", "osSku", "osVersion", "arcOsType", "cloudProvider")
+
+
 def graph_row(vm: Vm) -> dict[str, Any]:
-    """The sweep query's row for a VM, as Resource Graph would project it."""
+    """The sweep query's row for a VM or an Arc machine, as Resource Graph projects it.
+    Arc machines and their extensions are in the resources table (Resource Graph's
+    sample "List all extensions installed on an Azure Arc-enabled server")."""
+    if vm.kind == "arc":
+        return {
+            "id": vm.id,
+            "location": vm.location,
+            "tags": dict(vm.tags),
+            "imageReference": None,
+            "osType": "",
+            "licenseType": "",
+            "vmId": vm.vm_id,
+            "instanceView": None,
+            "status": vm.arc_status,
+            "osName": vm.os_name,
+            "osSku": vm.os_sku,
+            "osVersion": vm.os_version,
+            "arcOsType": vm.os_type.lower(),
+            "cloudProvider": vm.cloud_provider,
+            "extensions": _extensions(vm),
+        }
     view = agent_view(vm)
     view["powerState"] = power_status(vm)
     row: dict[str, Any] = {
@@ -71,17 +136,27 @@ def graph_row(vm: Vm) -> dict[str, Any]:
         "licenseType": vm.license_type,
         "vmId": vm.vm_id,
         "instanceView": view,
-        "extensions": [
-            {
-                "name": ext.name,
-                "publisher": ext.publisher,
-                "type": ext.type,
-                "provisioningState": ext.state,
-            }
-            for ext in vm.extensions.values()
-        ],
+        **dict.fromkeys(_ARC_COLUMNS, ""),
+        "extensions": _extensions(vm),
     }
     return row
+
+
+def container_row(estate: Estate, subscription: Subscription) -> dict[str, Any]:
+    """A subscription's resourcecontainers row as the query projects it: ``name`` is the
+    display name, ``managementGroups`` its ancestors {name: id, displayName}, parent
+    first, the tenant root group last (Resource Graph's management-group samples take
+    [0] as the parent; ARM's $expand=ancestors lists them in that order:
+    Azure/azure-rest-api-specs#15935)."""
+    return {
+        "subscriptionId": subscription.id,
+        "name": subscription.display_name,
+        "state": subscription.state,
+        "managementGroups": [
+            {"name": group.id, "displayName": group.display_name}
+            for group in estate.ancestors(subscription)
+        ],
+    }
 
 
 def user_quota(plane: LocalAzure, principal: str) -> dict[str, str]:
@@ -109,29 +184,88 @@ def user_quota(plane: LocalAzure, principal: str) -> dict[str, str]:
         }
 
 
+def _scope(plane: LocalAzure, body: dict[str, Any]) -> list[Subscription]:
+    """The subscriptions a request covers: those listed that exist, or every one below
+    the management groups. "managementGroups can't be used at the same time as
+    subscriptions" (Resource Graph's query-language docs, "Query scope"); an id that is
+    not a management group is 400 BadRequest with a ManagementGroupsContainInvalidIds
+    detail (rubrikinc/rubrik-sizing-scripts#87). A request with neither would query the
+    caller's whole tenant: this plane refuses it (400)."""
+    subscriptions = body.get("subscriptions")
+    groups = body.get("managementGroups")
+    if subscriptions and groups:
+        raise ArmError(
+            400,
+            "BadRequest",
+            "Please provide below info when asking for support: the request names both "
+            "subscriptions and managementGroups; use one of them.",
+        )
+    estate = plane.estate
+    if groups:
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise ArmError(400, "BadRequest", "managementGroups must be a list of ids")
+        invalid = [g for g in groups if estate.group(g) is None]
+        if invalid:
+            given = ", ".join(invalid)
+            raise ArmError(
+                400,
+                "BadRequest",
+                "Please provide below info when asking for support: the request's "
+                "management groups are not valid.",
+                details=[
+                    {
+                        "code": "ManagementGroupsContainInvalidIds",
+                        "message": f"The provided management groups must be valid. Given: '{given}'.",
+                    }
+                ],
+            )
+        found = {s.id.lower(): s for g in groups for s in estate.subscriptions_under(g)}
+        return list(found.values())
+    if not isinstance(subscriptions, list) or not subscriptions:
+        raise ArmError(400, "BadRequest", "subscriptions or managementGroups is required")
+    wanted = {str(s).lower() for s in subscriptions}
+    return [s for key, s in estate.subscriptions.items() if key in wanted]
+
+
+def _scale_set_rows(plane: LocalAzure, subscriptions: list[Subscription]) -> list[dict[str, Any]]:
+    """summarize ... by subscriptionId: a row only for subscriptions that have one. An old
+    scale set without orchestrationMode passes ``!~ 'Flexible'`` (tostring of a missing
+    property is "")."""
+    rows = []
+    for subscription in subscriptions:
+        uniform = [
+            s
+            for s in plane.estate.scale_sets
+            if s.subscription.lower() == subscription.id.lower()
+            and s.orchestration_mode.lower() != "flexible"
+        ]
+        if uniform:
+            rows.append(
+                {
+                    "subscriptionId": subscription.id,
+                    "scaleSets": len(uniform),
+                    "instances": sum(s.capacity for s in uniform),
+                }
+            )
+    return rows
+
+
 def _graph(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
     if not isinstance(body, dict) or not isinstance(body.get("query"), str):
         raise ArmError(400, "BadRequest", "query is required")
-    subscriptions = body.get("subscriptions")
-    if not isinstance(subscriptions, list) or not subscriptions:
-        raise ArmError(400, "BadRequest", "subscriptions must be a non-empty list")
     shape = normalise_query(body["query"])
-    project: Callable[[Vm], dict[str, Any]]
-    if shape == normalise_query(SWEEP_QUERY):
-        project = lambda vm: _lagging_row(plane, vm)  # noqa: E731
-    elif shape == normalise_query(BASELINE_QUERY):
-        project = lambda vm: {"id": vm.id}  # noqa: E731
-    else:
+    known = {normalise_query(known) for known in QUERIES}
+    if shape not in known:
         raise ArmError(400, "InvalidQuery", "this query shape is not supported by the local plane")
+    subscriptions = sorted(_scope(plane, body), key=lambda s: s.id.lower())
     options = body.get("options") or {}
     if options.get("resultFormat", "objectArray") != "objectArray":
         raise ArmError(400, "BadRequest", "only resultFormat objectArray is supported")
     top = options.get("$top", 100)
     if not isinstance(top, int) or not 1 <= top <= GRAPH_MAX_PAGE:
         raise ArmError(400, "BadRequest", f"$top must be between 1 and {GRAPH_MAX_PAGE}")
-    fingerprint = hashlib.sha256(json.dumps([shape, sorted(subscriptions)]).encode()).hexdigest()[
-        :16
-    ]
+    scope = sorted(s.id.lower() for s in subscriptions)
+    fingerprint = hashlib.sha256(json.dumps([shape, scope]).encode()).hexdigest()[:16]
     offset = int(options.get("$skip", 0) or 0)
     if options.get("$skipToken"):
         try:
@@ -142,19 +276,35 @@ def _graph(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Respo
             raise ArmError(
                 400, "BadRequest", "the $skipToken is not valid for this query"
             ) from None
-    vms = sorted(
-        (vm for sub in subscriptions for vm in plane.estate.vms_in(str(sub))),
-        key=lambda vm: vm.key,
-    )
-    page = vms[offset : offset + top]
+    rows: list[Any]
+    project: Callable[[Any], dict[str, Any]]
+    if shape == normalise_query(SWEEP_QUERY):
+        rows = sorted(
+            (vm for s in subscriptions for vm in plane.estate.vms_in(s.id, ("vm", "arc"))),
+            key=lambda vm: vm.key,
+        )
+        project = lambda vm: _lagging_row(plane, vm)  # noqa: E731
+    elif shape == normalise_query(BASELINE_QUERY):
+        rows = sorted(
+            (vm for s in subscriptions for vm in plane.estate.vms_in(s.id)),
+            key=lambda vm: vm.key,
+        )
+        project = lambda vm: {"id": vm.id}  # noqa: E731
+    elif shape == normalise_query(CONTAINERS_QUERY):
+        rows = subscriptions
+        project = lambda s: container_row(plane.estate, s)  # noqa: E731
+    else:
+        rows = _scale_set_rows(plane, subscriptions)
+        project = dict
+    page = rows[offset : offset + top]
     value: dict[str, Any] = {
-        "totalRecords": len(vms),
+        "totalRecords": len(rows),
         "count": len(page),
         "resultTruncated": "false",
         "facets": [],
-        "data": [project(vm) for vm in page],
+        "data": [project(row) for row in page],
     }
-    if offset + top < len(vms):
+    if offset + top < len(rows):
         value["$skipToken"] = base64.b64encode(
             json.dumps({"q": fingerprint, "o": offset + top}).encode()
         ).decode()
@@ -164,7 +314,8 @@ def _graph(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Respo
 def _lagging_row(plane: LocalAzure, vm: Vm) -> dict[str, Any]:
     """Resource Graph learns of ARM changes by notification, "95% ... within 1 minute"
     (MicrosoftDocs/azure-docs#19879; Azure/azure-dev#540: "There is no upper bound"):
-    a VM's row is a copy at most ``graph_lag_seconds`` old, not ARM's live state."""
+    a VM's or Arc machine's row is a copy at most ``graph_lag_seconds`` old, not ARM's
+    live state."""
     now = time.monotonic()
     copy = plane.graph_copies.get(vm.key)
     if copy is None or now - copy[0] >= plane.graph_lag_seconds:

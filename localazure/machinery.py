@@ -27,6 +27,7 @@ class ArmError(Exception):
         headers: dict[str, str] | None = None,
         inner: str = "",
         target: str = "",
+        details: list[dict[str, str]] | None = None,
     ):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
@@ -35,6 +36,7 @@ class ArmError(Exception):
         # Defender for Endpoint's error.target: a correlation id per error response
         # (learn.microsoft.com/defender-endpoint/api/common-errors, "Correlation request ID").
         self.target = target
+        self.details = details or []  # error.details[]: {code, message} (Resource Graph's)
 
 
 # --- Realism knobs --------------------------------------------------------------------
@@ -179,12 +181,20 @@ class Response:
     headers: dict[str, str]
 
 
-def error_body(code: str, message: str, inner: str = "", target: str = "") -> dict[str, Any]:
+def error_body(
+    code: str,
+    message: str,
+    inner: str = "",
+    target: str = "",
+    details: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if inner:
         error["innererror"] = {"internalErrorCode": inner}
     if target:
         error["target"] = target
+    if details:
+        error["details"] = details
     return {"error": error}
 
 

@@ -1,4 +1,4 @@
-"""Microsoft.Security: the VirtualMachines pricing at subscription and VM scope, the
+"""Microsoft.Security: the VirtualMachines pricing at subscription, VM and Arc machine scope, the
 ``WDATP*`` data-export settings, ``mdeOnboardings``, and Defender for Cloud's alerts (list,
 get, dismiss; the detection tests' alerts); writes the caller's roles do not grant are 403
 (authorization.py), as are alert reads and dismissals."""
@@ -69,7 +69,11 @@ def _pricing(plane: LocalAzure, p: Params, q: Query, body: Any, who: str, method
     subscription = plane.estate.subscriptions.get(_scope_subscription(scope))
     if subscription is None:
         raise ArmError(404, "SubscriptionNotFound", "The subscription could not be found.")
-    vm_scope = "/virtualmachines/" in scope.lower()
+    # Resource level: a VM or an Arc machine ("Supported resources are: VirtualMachines,
+    # VMSS and ARC Machines", Pricings - Update, 2024-01-01; the built-in policy
+    # "Configure Azure Defender for Servers to be enabled (with 'P1' subplan) for all
+    # resources (resource level)" covers Microsoft.HybridCompute/machines).
+    vm_scope = "/providers/" in scope.lower()
     vm = plane._vm(scope) if vm_scope else None
     if method == "PUT":
         require(plane, who, "Microsoft.Security/pricings/write", scope)
@@ -324,7 +328,7 @@ def _dismiss_alert(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) 
 _RG = SUB + r"/resourceGroups/(?P<rg>[^/]+)"
 _ALERT = _RG + r"/providers/Microsoft\.Security/locations/(?P<loc>[^/]+)/alerts/(?P<name>[^/]+)"
 
-_SCOPE = r"/(?P<scope>subscriptions/[^/]+(?:/resourceGroups/[^/]+/providers/Microsoft\.Compute/virtualMachines/[^/]+)?)"
+_SCOPE = r"/(?P<scope>subscriptions/[^/]+(?:/resourceGroups/[^/]+/providers/(?:Microsoft\.Compute/virtualMachines|Microsoft\.HybridCompute/machines)/[^/]+)?)"
 
 ROUTES = (
     route("GET", _SCOPE + r"/providers/Microsoft\.Security/pricings/(?P<name>[^/]+)", with_method(_pricing, "GET"), "Microsoft.Security/pricings/read", "pricings"),

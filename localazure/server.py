@@ -1,8 +1,8 @@
 """A local Azure control plane on 127.0.0.1 over HTTPS: the HTTP server, the router
 (authentication, api-versions, latency, injected faults, ARM's token buckets, the request
 log) and the state the services share. What each service answers lives in its module:
-identity, compute, security, defender (Defender for Endpoint's device inventory), graph and
-eventgrid. Runs in a thread (tests) or as
+identity, compute, hybrid (Arc-enabled servers), security, defender (Defender for
+Endpoint's device inventory), graph and eventgrid. Runs in a thread (tests) or as
 ``python -m localazure``.
 """
 
@@ -27,8 +27,17 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 import trustme
 
-from localazure import authorization, compute, defender, eventgrid, graph, identity, security
-from localazure.estate import Estate, Principal, Vm
+from localazure import (
+    authorization,
+    compute,
+    defender,
+    eventgrid,
+    graph,
+    hybrid,
+    identity,
+    security,
+)
+from localazure.estate import Estate, Principal, Subscription, Vm
 from localazure.eventgrid import record_event
 from localazure.machinery import (
     ArmError,
@@ -51,6 +60,7 @@ WRITES = (200, 10.0)
 ROUTES: tuple[Route, ...] = (
     identity.ROUTES
     + compute.ROUTES
+    + hybrid.ROUTES
     + security.ROUTES
     + defender.ROUTES
     + graph.ROUTES
@@ -59,6 +69,7 @@ ROUTES: tuple[Route, ...] = (
 )
 API_VERSIONS: dict[str, set[str]] = {
     **compute.API_VERSIONS,
+    **hybrid.API_VERSIONS,
     **security.API_VERSIONS,
     **graph.API_VERSIONS,
     **eventgrid.API_VERSIONS,
@@ -173,8 +184,14 @@ class LocalAzure:
 
     # --- Changes made from outside ARM's API (portal users, deployments) --------------
     def create_vm(self, vm: Vm, caller: Principal | None = None) -> list[dict[str, Any]]:
-        """Add a VM as a deployment would; return the events ARM raises for it."""
+        """Add a VM as a deployment would, or an Arc machine (``kind="arc"``) as
+        ``azcmagent connect`` would; return the events ARM raises for it."""
         with self.lock:
+            if vm.kind == "arc":
+                # The agent creates the machine through ARM: one machines/write (the
+                # operation name third-party Event Grid filters on; docs/fidelity.md).
+                self.estate.add_vm(vm)
+                return [record_event(self, "Write", hybrid.MACHINE_WRITE, vm.id, caller)]
             vm.agent_ready_at = time.time() + self.agent_report_seconds
             self.estate.add_vm(vm)
             # One deployment raises several writes: create, then the OS disk attach.
@@ -195,6 +212,46 @@ class LocalAzure:
                 self, "Action", f"Microsoft.Compute/virtualMachines/{action}/action", vm.id, caller
             )
 
+    create_machine = create_vm
+
+    def set_arc_status(
+        self, machine_id: str, status: str, caller: Principal | None = None
+    ) -> dict[str, Any]:
+        """An Arc machine's agent stops or resumes its heartbeats. Reconnected, the
+        extension operations queued while it was away run. Returns the machines/write
+        event raised here (whether Azure raises one for a status change is unconfirmed:
+        docs/fidelity.md)."""
+        with self.lock:
+            machine = self._vm(machine_id)
+            if machine.kind != "arc":
+                raise ValueError(f"{machine_id} is not an Arc machine")
+            machine.arc_status = status
+            machine.last_status_change = utc_now()
+            if status == "Connected":
+                now = time.monotonic()
+                for operation in self.operations.values():
+                    if operation.vm_key == machine.key and not operation.finished:
+                        operation.done_at = min(operation.done_at, now + self.lro_seconds)
+            return record_event(self, "Write", hybrid.MACHINE_WRITE, machine.id, caller)
+
+    def add_subscription(self, subscription: Subscription) -> Subscription:
+        """A subscription created in (or moved into) the tenant."""
+        with self.lock:
+            return self.estate.add_subscription(subscription)
+
+    def move_subscription(self, subscription_id: str, management_group_id: str) -> None:
+        """Move a subscription under a management group ("" or the tenant id: the root
+        group); a group that does not exist is a KeyError."""
+        with self.lock:
+            subscription = self.estate.subscriptions[subscription_id.lower()]
+            if management_group_id.lower() in {"", self.estate.tenant.lower()}:
+                subscription.management_group = ""
+                return
+            group = self.estate.group(management_group_id)
+            if group is None:
+                raise KeyError(f"no management group {management_group_id!r}")
+            subscription.management_group = group.id
+
     def deploy_functions(self, app_id: str, names: Iterable[str]) -> None:
         """What a code deployment does: the app's functions exist from now on."""
         with self.lock:
@@ -211,7 +268,9 @@ class LocalAzure:
         the clock)."""
         with self.lock:
             for operation in list(self.operations.values()):
-                if now:
+                # An operation queued for a disconnected Arc machine (done_at inf) waits
+                # for the machine, not for the clock.
+                if now and math.isfinite(operation.done_at):
                     operation.done_at = min(operation.done_at, time.monotonic())
                 self._advance(operation)
             security.raise_due_alerts(self, everything=now)
@@ -279,7 +338,7 @@ class LocalAzure:
             status, code = error.status, error.code
             return json_response(
                 error.status,
-                error_body(error.code, error.message, error.inner, error.target),
+                error_body(error.code, error.message, error.inner, error.target, error.details),
                 error.headers,
             )
         except json.JSONDecodeError:
@@ -372,13 +431,23 @@ class LocalAzure:
 
     # --- Shared by the services -----------------------------------------------------------
     def _vm(self, vm_id: str) -> Vm:
+        """The VM or Arc machine of this id (its provider is part of the id), else 404."""
         vm = self.estate.vm(vm_id)
         if vm is None:
+            name = vm_id.rsplit("/", 1)[-1]
+            if "/microsoft.hybridcompute/machines/" in vm_id.lower():
+                group = vm_id.split("/")[4] if vm_id.count("/") > 4 else ""
+                raise ArmError(
+                    404,
+                    "ResourceNotFound",
+                    f"The Resource 'Microsoft.HybridCompute/machines/{name}' under resource "
+                    f"group '{group}' was not found. For more details please go to "
+                    "https://aka.ms/ARMResourceNotFoundFix",
+                )
             raise ArmError(
                 404,
                 "ResourceNotFound",
-                f"The Resource 'Microsoft.Compute/virtualMachines/{vm_id.rsplit('/', 1)[-1]}' "
-                "was not found.",
+                f"The Resource 'Microsoft.Compute/virtualMachines/{name}' was not found.",
             )
         return vm
 

@@ -423,8 +423,16 @@ def test_resource_graph_pages_with_skip_tokens(use_identity):
             "licenseType",
             "vmId",
             "instanceView",
+            "status",
+            "osName",
+            "osSku",
+            "osVersion",
+            "arcOsType",
+            "cloudProvider",
             "extensions",
         }
+        # A VM has none of the Arc properties: tostring() of a missing one is "".
+        assert [row[c] for c in ("status", "osSku", "arcOsType", "cloudProvider")] == [""] * 4
 
 
 @pytest.mark.parametrize(
