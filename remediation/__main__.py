@@ -262,7 +262,14 @@ def _summary_table(summary: dict[str, Any], out: TextIO) -> None:
     for decision, count in summary["decisions"].items():
         table.add_row(f"decision: {decision}", str(count))
     table.add_section()
-    table.add_row("VMs", str(summary["vms"]))
+    table.add_row("machines", str(summary["vms"]))
+    for kind, count in (summary.get("kinds") or {}).items():
+        table.add_row(f"kind: {kind}", str(count))
+    if summary.get("uniform_scale_sets"):
+        table.add_row(
+            "not covered by this app: uniform scale set instances",
+            f"{summary['uniform_instances']} (in {summary['uniform_scale_sets']} scale sets)",
+        )
     table.add_row(
         "coverage of eligible running VMs, at decision time",
         f"{summary['coverage_percent']}% ({summary['covered']} of {summary['eligible_running']})",
@@ -359,10 +366,12 @@ def _log_table(records: list[AuditRecord], query: Any, out: TextIO) -> None:
     table = Table(
         title=f"remediation log since {query.since:%Y-%m-%d %H:%M} UTC ({len(records)} records)"
     )
-    for column in ("time", "VM", "trigger", "decision", "outcome", "platform", "reason / hint"):
+    columns = ("time", "machine", "kind", "subscription", "trigger", "decision", "outcome")
+    for column in (*columns, "platform", "reason / hint"):
         table.add_column(column, overflow="fold")
     for record in records:
         name = record.vm.rsplit("/", 1)[-1] if record.vm else "-"
+        where = record.subscription_name or record.subscription[:8]
         text = record.reason + (f" Hint: {record.hint}" if record.hint else "")
         if record.verification:
             text += f" Verification: {record.verification}: {record.verification_reason}"
@@ -370,7 +379,8 @@ def _log_table(records: list[AuditRecord], query: Any, out: TextIO) -> None:
         if record.findings:
             text += f" Findings: {', '.join(record.findings)}."
         when = f"{record.time:%m-%d %H:%M:%S}"
-        cells = [when, name, record.trigger, record.decision, record.outcome, record.platform]
+        cells = [when, name, record.kind, where, record.trigger, record.decision, record.outcome]
+        cells.append(record.platform)
         table.add_row(*(Text(cell) for cell in [*cells, text]))  # plain: reasons quote ARM
     Console(file=out, width=160).print(table)
 

@@ -671,8 +671,10 @@ def _arc_os(os_type: str, os_name: str, os_sku: str, os_version: str) -> tuple[s
     family = (os_type or os_name).strip().lower()
     name = os_sku or ("" if os_name.lower() in {"windows", "linux"} else os_name)
     if family == "linux" or (name and not name.lower().startswith("windows")):
+        # "Red Hat Enterprise Linux 8.9 (Ootpa)": the distro's name, then its version.
         match = re.search(r"\b(\d+(?:\.\d+)?)", os_sku)
-        return ("Linux", name, match[1] if match else "")
+        distro = name[: match.start()].strip() if match and match.start() else name
+        return ("Linux", distro, match[1] if match else "")
     if family == "windows" or name.lower().startswith("windows"):
         return ("Windows", name, os_version)
     return ("", name, os_version)

@@ -94,7 +94,9 @@ class Notifier:
 def _compact(record: AuditRecord) -> dict[str, Any]:
     return {
         "vm": record.vm,
+        "kind": record.kind,
         "subscription": record.subscription,
+        "subscriptionName": record.subscription_name,
         "decision": record.decision,
         "outcome": record.outcome,
         "platform": record.platform,

@@ -102,7 +102,7 @@ class Situation:
 
 def _opted_out(s: Situation) -> Decision | None:
     if s.vm.opt_out:
-        return Decision(Outcome.EXCLUDE, f"The VM is opted out ({s.vm.opt_out}).")
+        return Decision(Outcome.EXCLUDE, f"The {s.vm.vm.noun} is opted out ({s.vm.opt_out}).")
     return None
 
 

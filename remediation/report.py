@@ -2,7 +2,9 @@
 anywhere) built from the remediation log.
 
 What the page shows, and the choices behind it:
-- The estate is every subscription in scope (REMEDIATION_SUBSCRIPTIONS). Each is shown
+- The estate is every subscription in scope (REMEDIATION_SUBSCRIPTIONS and those under
+  REMEDIATION_MANAGEMENT_GROUPS), shown with its display name, and grouped by management
+  group when the scope is given by groups. Each is shown
   as of the start of the latest finished sweep that covered it, plus every event and
   install since; a partial sweep (``sweep --subscription X``) moves only X's "as of".
   A subscription that no finished sweep of the last 30 days covered is shown as "not
@@ -20,6 +22,9 @@ What the page shows, and the choices behind it:
   whose latest record is covered and ``verification`` verified (README, Verification).
   VMs Defender for Endpoint does not see (``not-seen``) or sees unhealthy need a human,
   and "Needs a human" shows each VM's last test alert.
+- Machines are Azure VMs and Arc machines ("kind"). What the app does not cover is said
+  too: subscriptions not receiving events (joined through a group, not wired yet) and
+  uniform scale sets, whose instances take extensions from the scale set's model.
 - The page sends nothing and loads nothing; ``HEADERS`` are the response headers any
   server of it sends (a CSP that allows only its own stylesheet, by hash).
 """
@@ -37,6 +42,7 @@ from html import escape
 
 from remediation.audit import AuditRecord, Query
 from remediation.model import UNDECIDED, coverage_percent
+from remediation.scope import WIRE_COMMAND, Scope
 from remediation.service import Services
 from remediation.sweep import Run, RunStore
 
@@ -75,6 +81,12 @@ class Coverage:
     latest: dict[str, AuditRecord] = field(default_factory=dict)  # VM id -> its latest state
     trend: list[Point] = field(default_factory=list)
     tests: dict[str, AuditRecord] = field(default_factory=dict)  # VM id -> its last test alert
+    names: Scope = field(default_factory=Scope)  # display names, groups, wiring
+
+    def uniform(self) -> tuple[int, int]:
+        """(uniform scale sets, their instances) as each subscription's latest sweep counted."""
+        pairs = [run.scale_sets.get(s, [0, 0]) for s, run in self.as_of.items()]
+        return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
 
     @property
     def not_swept(self) -> list[str]:
@@ -83,8 +95,7 @@ class Coverage:
     def counts(self, by: str) -> dict[str, Counter[str]]:
         table: dict[str, Counter[str]] = defaultdict(Counter)
         for record in self.latest.values():
-            key = record.subscription if by == "subscription" else (record.platform or "unknown")
-            table[key][CATEGORIES.get(record.decision, record.decision)] += 1
+            table[_key(record, by)][CATEGORIES.get(record.decision, record.decision)] += 1
         return dict(sorted(table.items()))
 
     def headline(self, subscription: str = "") -> tuple[int, int]:
@@ -107,8 +118,7 @@ class Coverage:
     def verified_by(self, by: str) -> dict[str, int]:
         table: Counter[str] = Counter()
         for r in self.latest.values():
-            key = r.subscription if by == "subscription" else (r.platform or "unknown")
-            table[key] += _verified(r)
+            table[_key(r, by)] += _verified(r)
         return dict(table)
 
     @property
@@ -120,6 +130,14 @@ class Coverage:
         order = {need: index for index, need in enumerate(NEEDS_A_HUMAN + NOT_VERIFIED)}
         items = [r for r in self.latest.values() if need(r)]
         return sorted(items, key=lambda r: (order[need(r)], r.subscription, r.vm.lower()))
+
+
+def _key(record: AuditRecord, by: str) -> str:
+    if by == "subscription":
+        return record.subscription
+    if by == "kind":
+        return record.kind or "vm"
+    return record.platform or "unknown"
 
 
 def _verified(record: AuditRecord) -> bool:
@@ -145,10 +163,13 @@ def gather(services: Services, now: datetime | None = None) -> Coverage:
     """The runs of the last 30 days, then each swept subscription's records since its
     latest finished sweep, VM by VM."""
     now = now or datetime.now(UTC)
-    scope = tuple(sorted(s.lower() for s in services.settings.subscriptions))
+    names = services.scope()
+    scope = tuple(sorted(names.ids))
     runs = RunStore(services.audit.table).runs_since(now - WINDOW)
     done = sorted((run for run in runs if run.status == "done"), key=lambda run: run.started)
-    coverage = Coverage(now, scope, latest_sweeps(done, scope), trend=trend(done, scope))
+    coverage = Coverage(
+        now, scope, latest_sweeps(done, scope), trend=trend(done, scope), names=names
+    )
     if coverage.as_of:
         oldest = min(run.started for run in coverage.as_of.values())
         records = _records(services, oldest, now)
@@ -317,9 +338,12 @@ def render(coverage: Coverage, human_rows: int = HUMAN_ROWS) -> str:
         )
     parts += ["<h2>By subscription</h2>", _subscriptions(coverage)]
     parts += [
+        "<h2>By kind</h2>",
+        _table(coverage.counts("kind"), "kind", coverage.verified_by("kind")),
         "<h2>By platform</h2>",
         _table(coverage.counts("platform"), "platform", coverage.verified_by("platform")),
     ]
+    parts += _not_covered(coverage)
     parts += [
         "<h2>Coverage of full sweeps, last 30 days</h2>",
         _chart(coverage.trend, coverage.generated),
@@ -335,9 +359,19 @@ def _subscriptions(coverage: Coverage) -> str:
     counts = coverage.counts("subscription")
     verified = coverage.verified_by("subscription")
     body = []
-    for subscription in coverage.scope:
+    group = None
+    for subscription in _grouped(coverage):
+        here = coverage.names.group_of(subscription)
+        if any(coverage.names.group_of(s)[0] for s in coverage.scope) and here != group:
+            group = here
+            title = f"{here[1]} ({here[0]})" if here[0] else "Listed in REMEDIATION_SUBSCRIPTIONS"
+            body.append(
+                f'<tr class="group" data-group="{escape(here[0])}"><th colspan="{len(columns) + 5}">'
+                f"{escape(title)}</th></tr>"
+            )
         run = coverage.as_of.get(subscription)
-        key = f'<tr data-subscription="{escape(subscription)}"><td>{escape(subscription)}</td>'
+        label = escape(coverage.names.label(subscription))
+        key = f'<tr data-subscription="{escape(subscription)}"><td>{label}</td>'
         if run is None:
             body.append(
                 f'{key}<td class="none" colspan="{len(columns) + 4}">not swept yet</td></tr>'
@@ -356,6 +390,46 @@ def _subscriptions(coverage: Coverage) -> str:
         f'<table id="by-subscription"><tr><th>subscription</th><th>as of</th>{head}'
         f"<th>VMs</th><th>coverage</th><th>verified by MDE</th></tr>{''.join(body)}</table>"
     )
+
+
+def _grouped(coverage: Coverage) -> list[str]:
+    """The subscriptions in scope, by management group (listed ones first), then by name."""
+    names = coverage.names
+    return sorted(
+        coverage.scope,
+        key=lambda s: (names.group_of(s)[1].lower(), names.name(s).lower(), s),
+    )
+
+
+def _not_covered(coverage: Coverage) -> list[str]:
+    """What this app does not reach, and what covers it instead."""
+    parts = []
+    unwired = sorted(coverage.names.unwired & set(coverage.scope))
+    if unwired:
+        items = "".join(
+            f"<li>{escape(coverage.names.label(s))}: <code>"
+            f"{escape(WIRE_COMMAND.format(subscription=s))}</code></li>"
+            for s in unwired
+        )
+        parts += [
+            f'<h2>Not receiving events (<span id="unwired-count">{len(unwired)}</span>)</h2>',
+            "<p>These subscriptions joined the scope through a management group, but no Event "
+            "Grid subscription delivers their VM and Arc writes to this app yet: the nightly "
+            "sweep covers them, new machines wait for it. Wire each with:</p>",
+            f'<ul id="unwired">{items}</ul>',
+        ]
+    scale_sets, instances = coverage.uniform()
+    if scale_sets:
+        parts += [
+            "<h2>Not covered by this app</h2>",
+            f'<p id="uniform-scale-sets"><span>{instances}</span> instances of {scale_sets} '
+            "uniform scale set(s). Their instances take extensions from the scale set's model, "
+            "which this app does not change, and Defender for Cloud does not deploy MDE to "
+            "them automatically: add MDE.Windows or MDE.Linux to each scale set's model (or "
+            "assign Azure Policy's MDE definitions for scale sets), then upgrade the "
+            "instances.</p>",
+        ]
+    return parts
 
 
 def _table(rows: dict[str, Counter[str]], by: str, verified: dict[str, int]) -> str:
@@ -399,7 +473,7 @@ def _human(coverage: Coverage, limit: int) -> list[str]:
             f"than once):</p><ul>{commands}</ul>"
         )
     parts.append(
-        '<table id="human"><tr><th>VM</th><th>decision</th><th>platform</th><th>why</th>'
+        '<table id="human"><tr><th>machine</th><th>kind</th><th>decision</th><th>platform</th><th>why</th>'
         "<th>what to do</th><th>last test alert</th></tr>"
     )
     for record in human[:limit]:
@@ -409,7 +483,8 @@ def _human(coverage: Coverage, limit: int) -> list[str]:
         test = coverage.tests.get(record.vm.lower())
         tested = f"{escape(test.test_alert)}, {_when(test.time)}" if test else "none"
         parts.append(
-            f"<tr><td>{escape(record.vm)}</td><td>{escape(need(record))}</td><td>{escape(record.platform)}</td>"
+            f"<tr><td>{escape(record.vm)}</td><td>{escape(record.kind)}</td>"
+            f"<td>{escape(need(record))}</td><td>{escape(record.platform)}</td>"
             f'<td class="text">{escape(why)}</td><td class="text">{escape(what)}</td>'
             f'<td class="text" data-test-alert>{tested}</td></tr>'
         )

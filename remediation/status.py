@@ -100,6 +100,11 @@ class SubscriptionStatus:
     platforms: dict[str, Tally] = field(default_factory=dict)  # platform -> its tally
     error: str = ""  # why the subscription could not be read; "" when it was
     hint: str = ""
+    name: str = ""  # display name, when known
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.subscription})" if self.name else self.subscription
 
     @property
     def available(self) -> bool:
@@ -115,6 +120,7 @@ class SubscriptionStatus:
     def to_json(self) -> dict[str, Any]:
         value: dict[str, Any] = {
             "subscription": self.subscription,
+            "name": self.name,
             "available": self.available,
             "error": self.error,
             "hint": self.hint,
@@ -222,7 +228,8 @@ def gather(
     settings = services.settings
     chosen = services.scope().ids if subscriptions is None else subscriptions
     scope = sorted({s.lower() for s in chosen})
-    results = {s: SubscriptionStatus(s) for s in scope}
+    names = services.scope()
+    results = {s: SubscriptionStatus(s, name=names.name(s)) for s in scope}
     readable = []
     for subscription in scope:  # the posture afresh: the plan may have changed since
         services.arm.forget_posture(subscription)
@@ -334,13 +341,13 @@ def render_table(status: Status, out: TextIO, shown: int = SHOWN) -> None:
     for subscription in status.subscriptions:
         if not subscription.available:
             console.print(
-                f"subscription {subscription.subscription}: unavailable: {subscription.error}"
+                f"subscription {subscription.label}: unavailable: {subscription.error}"
                 f" Hint: {subscription.hint}",
                 markup=False,
                 highlight=False,
             )
             continue
-        table = Table(title=f"subscription {subscription.subscription}")
+        table = Table(title=f"subscription {subscription.label}")
         table.add_column("platform")
         for word in (*words, "VMs", "coverage"):
             table.add_column(word, justify="right")

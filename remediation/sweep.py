@@ -175,6 +175,7 @@ class BatchResult:
     vms: int = 0
     decisions: Counter[str] = field(default_factory=Counter)
     platforms: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)  # vm, arc
     eligible_running: int = 0
     covered: int = 0
     actions: int = 0  # actions taken (enforce) or planned (report)
@@ -433,7 +434,7 @@ def _result_json(result: BatchResult) -> str:
 
 def _result_from_json(text: str) -> BatchResult:
     value = json.loads(text)
-    for name in ("decisions", "platforms", "verification", "findings"):
+    for name in ("decisions", "platforms", "kinds", "verification", "findings"):
         value[name] = Counter(value.get(name) or {})
     return BatchResult(**value)
 
@@ -446,11 +447,13 @@ def summarize(
 ) -> dict[str, Any]:
     decisions: Counter[str] = Counter()
     platforms: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
     verification: Counter[str] = Counter()
     findings: Counter[str] = Counter()
     for result in results:
         decisions.update(result.decisions)
         platforms.update(result.platforms)
+        kinds.update(result.kinds)
         verification.update(result.verification)
         findings.update(result.findings)
     eligible = sum(r.eligible_running for r in results)
@@ -459,6 +462,7 @@ def summarize(
         "vms": sum(r.vms for r in results),
         "decisions": dict(sorted(decisions.items())),
         "platforms": dict(sorted(platforms.items())),
+        "kinds": dict(sorted(kinds.items())),
         "eligible_running": eligible,
         "covered": covered,
         "coverage_percent": coverage_percent(covered, eligible),
@@ -830,6 +834,7 @@ def _count(result: BatchResult, assessment: Assessment | None, record: AuditReco
     result.vms += 1
     result.decisions[record.decision] += 1
     result.platforms[record.platform or "unknown"] += 1
+    result.kinds[record.kind or "vm"] += 1
     if record.verification:
         result.verification[record.verification] += 1
     result.findings.update(record.findings)

@@ -1,0 +1,444 @@
+"""The whole estate, pure: Arc machines (ids, facts, classification, decisions, events)
+and the scope (listed subscriptions, management groups, names, joins and leaves).
+Plain values only; the end-to-end tests are in test_estate_e2e.py."""
+
+import dataclasses
+from datetime import UTC, datetime
+
+import pytest
+
+from remediation.classify import (
+    ARC_ON_AZURE,
+    MDE_PUBLISHER,
+    OsFamily,
+    Protection,
+    Support,
+    classify,
+    facts_from_arc,
+    facts_from_graph,
+)
+from remediation.config import load
+from remediation.events import Ignored, VmEvent, parse
+from remediation.model import (
+    History,
+    InvalidResourceId,
+    Kind,
+    Outcome,
+    Posture,
+    Power,
+    VmRef,
+    kind_of,
+)
+from remediation.policy import decide, not_checkable
+from remediation.scope import Scope, Subscription, changes, listed, reconcile, resolve
+
+SUB = "11111111-1111-1111-1111-111111111111"
+SUB2 = "22222222-2222-2222-2222-222222222222"
+SUB3 = "33333333-3333-3333-3333-333333333333"
+TAG = "defender-remediation-exclude"
+ARC_ID = f"/subscriptions/{SUB}/resourceGroups/rg-onprem/providers/Microsoft.HybridCompute/machines/srv-01"
+VM_ID = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"
+NOW = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
+SETTINGS = load({"REMEDIATION_SUBSCRIPTIONS": SUB, "AzureWebJobsStorage": "x"})
+READY = Posture(SUB, "Standard", "P1", wdatp=True, unified=True, exclude_linux=False)
+
+
+# --- Ids ---------------------------------------------------------------------------------
+def test_an_arc_id_parses_to_an_arc_machine_and_prints_back_in_arms_casing():
+    ref = VmRef.parse(ARC_ID.lower().replace("microsoft.hybridcompute", "MICROSOFT.HybridCompute"))
+    assert (ref.subscription, ref.resource_group, ref.name, ref.kind) == (
+        SUB,
+        "rg-onprem",
+        "srv-01",
+        Kind.ARC,
+    )
+    assert ref.id.endswith("/providers/Microsoft.HybridCompute/machines/srv-01")
+    assert (ref.noun, VmRef.parse(VM_ID).noun) == ("Arc machine", "VM")
+    assert (kind_of(ARC_ID), kind_of(VM_ID), kind_of("/subscriptions/x")) == ("arc", "vm", "")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ARC_ID + "/extensions/MDE.Linux",  # a child resource
+        ARC_ID.replace("srv-01", "a" * 55),  # Arc names are 1-54 characters
+        ARC_ID.replace("srv-01", "srv-"),  # cannot end in a hyphen
+        ARC_ID.replace("machines", "machine"),
+        ARC_ID.replace("Microsoft.HybridCompute", "Microsoft.HybridCompute2"),
+        f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.AzureStackHCI/virtualMachineInstances/default",
+    ],
+)
+def test_odd_arc_ids_are_refused(bad):
+    with pytest.raises(InvalidResourceId):
+        VmRef.parse(bad)
+
+
+def test_the_longest_arc_name_is_accepted():
+    assert VmRef.parse(ARC_ID.replace("srv-01", "a" * 54)).name == "a" * 54
+
+
+# --- Facts: Resource Graph row and ARM GET give the same machine -------------------------
+def arc_row(**changes):
+    """A sweep-query row of an Arc machine (the Arc columns; VM columns empty)."""
+    row = {
+        "id": ARC_ID,
+        "location": "westeurope",
+        "tags": {"site": "paris"},
+        "imageReference": None,
+        "osType": "",
+        "licenseType": "",
+        "vmId": "b7a1f3c2-0000-4000-8000-00000000a001",
+        "instanceView": None,
+        "status": "Connected",
+        "osName": "linux",
+        "osSku": "Ubuntu 22.04.3 LTS",
+        "osVersion": "5.15.0-91-generic",
+        "arcOsType": "linux",
+        "cloudProvider": "N/A",
+        "extensions": [
+            {
+                "name": "AzureMonitorLinuxAgent",
+                "publisher": "Microsoft.Azure.Monitor",
+                "type": "AzureMonitorLinuxAgent",
+                "provisioningState": "Succeeded",
+            }
+        ],
+    }
+    return row | changes
+
+
+def arc_machine(**properties):
+    """The same machine as GET .../machines/srv-01 returns it, and its extension list."""
+    machine = {
+        "id": ARC_ID,
+        "name": "srv-01",
+        "type": "Microsoft.HybridCompute/machines",
+        "location": "westeurope",
+        "tags": {"site": "paris"},
+        "properties": {
+            "status": "Connected",
+            "osName": "linux",
+            "osSku": "Ubuntu 22.04.3 LTS",
+            "osVersion": "5.15.0-91-generic",
+            "osType": "linux",
+            "vmId": "b7a1f3c2-0000-4000-8000-00000000a001",
+            "cloudMetadata": {"provider": "N/A"},
+            "provisioningState": "Succeeded",
+        }
+        | properties,
+    }
+    extensions = [
+        {
+            "id": f"{ARC_ID}/extensions/AzureMonitorLinuxAgent",
+            "name": "AzureMonitorLinuxAgent",
+            "properties": {
+                "publisher": "Microsoft.Azure.Monitor",
+                "type": "AzureMonitorLinuxAgent",
+                "provisioningState": "Succeeded",
+                "instanceView": {"status": {"code": "0", "level": "Information"}},
+            },
+        }
+    ]
+    return machine, extensions
+
+
+def test_an_arc_machine_reads_the_same_from_resource_graph_and_from_arm():
+    from_graph = facts_from_graph(arc_row())
+    from_arm = facts_from_arc(*arc_machine())
+    assert from_graph == from_arm
+    assert (from_arm.os_type, from_arm.os_name, from_arm.os_version) == (
+        "Linux",
+        "Ubuntu",
+        "22.04",  # the distro's version from osSku, not the kernel's
+    )
+    assert (from_arm.power, from_arm.vm_id, from_arm.cloud_provider) == (
+        Power.RUNNING,
+        "b7a1f3c2-0000-4000-8000-00000000a001",
+        "N/A",
+    )
+    assert from_arm.tags == {"site": "paris"}
+
+
+def test_a_failed_arc_extension_carries_its_exit_code_from_its_single_status():
+    machine, _ = arc_machine()
+    extensions = [
+        {
+            "name": "MDE.Linux",
+            "properties": {
+                "publisher": MDE_PUBLISHER,
+                "type": "MDE.Linux",
+                "provisioningState": "Failed",
+                "instanceView": {
+                    "status": {
+                        "code": "1",
+                        "level": "Error",
+                        "message": "Enable failed: the handler exited with code 31",
+                    }
+                },
+            },
+        }
+    ]
+    facts = facts_from_arc(machine, extensions)
+    result = classify(facts, TAG)
+    assert (result.protection, result.failure_code) == (Protection.FAILED, 31)
+
+
+# (case, osName, osSku, osVersion, os family, platform, support)
+# fmt: off
+ARC_OS = [
+    ("ws2025", "windows", "Windows Server 2025 Standard", "10.0.26100.4946", OsFamily.WINDOWS, "windows-server-2025", Support.SUPPORTED),
+    ("ws2022", "windows", "Windows Server 2022 Datacenter", "10.0.20348.2113", OsFamily.WINDOWS, "windows-server-2022", Support.SUPPORTED),
+    ("ws2016", "windows", "Windows Server 2016 Standard", "10.0.14393.6452", OsFamily.WINDOWS, "windows-server-2016", Support.UNIFIED),
+    ("ws2012 r2", "windows", "Windows Server 2012 R2 Standard", "6.3.9600", OsFamily.WINDOWS, "windows-server-2012-r2", Support.UNIFIED),
+    ("ws2012", "windows", "Windows Server 2012 Datacenter", "6.2.9200", OsFamily.WINDOWS, "windows-server-2012", Support.UNSUPPORTED),
+    ("build only", "windows", "", "10.0.17763.5329", OsFamily.WINDOWS, "windows-server-2019", Support.SUPPORTED),
+    ("windows 10", "windows", "Windows 10 Enterprise", "10.0.19045", OsFamily.WINDOWS, "windows-client", Support.UNSUPPORTED),
+    ("ubuntu 24.04", "linux", "Ubuntu 24.04.3 LTS", "6.8.0-87-generic", OsFamily.LINUX, "ubuntu-24.04", Support.SUPPORTED),
+    ("ubuntu 23.10", "linux", "Ubuntu 23.10", "6.5.0-9-generic", OsFamily.LINUX, "ubuntu-23.10", Support.UNSUPPORTED),
+    ("rhel 8.9", "linux", "Red Hat Enterprise Linux 8.9 (Ootpa)", "4.18.0-513.el8.x86_64", OsFamily.LINUX, "rhel-8.9", Support.SUPPORTED),
+    ("sles 15 sp5", "linux", "SUSE Linux Enterprise Server 15 SP5", "5.14.21", OsFamily.LINUX, "sles-15", Support.SUPPORTED),
+    ("an unlisted distro", "linux", "Gentoo Linux 2.14", "6.6.13", OsFamily.LINUX, "gentoo-linux-2.14", Support.UNSUPPORTED),
+    ("linux, no sku yet", "linux", "", "5.15.0", OsFamily.LINUX, "linux-unknown", Support.UNKNOWN),
+    ("nothing reported", "", "", "", OsFamily.UNKNOWN, "unknown", Support.UNKNOWN),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("os_name", "sku", "version", "family", "platform", "support"),
+    [case[1:] for case in ARC_OS],
+    ids=[case[0] for case in ARC_OS],
+)
+def test_the_os_matrix_decides_for_arc_from_the_agents_report(
+    os_name, sku, version, family, platform, support
+):
+    row = arc_row(osName=os_name, arcOsType=os_name, osSku=sku, osVersion=version)
+    result = classify(facts_from_graph(row), TAG)
+    assert (result.os, result.platform, result.support) == (family, platform, support)
+    assert result.extension == {"windows": "MDE.Windows", "linux": "MDE.Linux"}.get(os_name, "")
+
+
+@pytest.mark.parametrize(
+    ("status", "power"),
+    [
+        ("Connected", Power.RUNNING),
+        ("Disconnected", Power.DISCONNECTED),
+        ("Expired", Power.EXPIRED),
+        ("Error", Power.UNKNOWN),
+        ("AwaitingConnection", Power.UNKNOWN),
+    ],
+)
+def test_the_arc_status_is_the_machines_power(status, power):
+    assert facts_from_graph(arc_row(status=status)).power is power
+
+
+# --- Decisions -----------------------------------------------------------------------------
+def decision_for(row):
+    return decide(classify(facts_from_graph(row), TAG), READY, SETTINGS, History())
+
+
+def test_a_connected_arc_machine_without_mde_gets_the_install():
+    decision = decision_for(arc_row())
+    assert (decision.outcome, decision.action_names) == (Outcome.INSTALL, ["install:MDE.Linux"])
+
+
+@pytest.mark.parametrize("status", ["Disconnected", "Expired"])
+def test_an_arc_machine_that_is_not_connected_is_deferred_until_it_reconnects(status):
+    decision = decision_for(arc_row(status=status))
+    assert decision.outcome is Outcome.DEFER
+    assert decision.reason == (
+        f"The Arc machine is {status.lower()}, not Connected; MDE.Linux is installed when it "
+        "reconnects."
+    )
+    assert "azcmagent" in decision.hint
+    assert decision.recheck is False  # a reconnect (its write event) or the sweep: not a timer
+
+
+def test_a_vm_that_is_not_running_keeps_its_own_words():
+    vm = dataclasses.replace(classify(facts_from_graph(arc_row()), TAG), vm=VmRef.parse(VM_ID))
+    stopped = dataclasses.replace(vm, power=Power.DEALLOCATED)
+    decision = decide(stopped, READY, SETTINGS, History())
+    assert decision.reason == "The VM is deallocated; MDE.Linux is installed when it next starts."
+    assert decision.hint == ""
+
+
+def test_a_disconnected_arc_machine_is_not_checked_against_defender_for_endpoint():
+    covered = arc_row(
+        status="Disconnected",
+        extensions=[
+            {
+                "name": "MDE.Linux",
+                "publisher": MDE_PUBLISHER,
+                "type": "MDE.Linux",
+                "provisioningState": "Succeeded",
+            }
+        ],
+    )
+    verified = not_checkable(classify(facts_from_graph(covered), TAG))
+    assert verified is not None
+    assert verified.reason == (
+        "The Arc machine is disconnected: Defender for Endpoint hears from it again once it "
+        "reconnects."
+    )
+
+
+@pytest.mark.parametrize(
+    ("provider", "outcome"),
+    [
+        ("Azure", Outcome.EXCLUDE),
+        ("azure", Outcome.EXCLUDE),
+        ("AWS", Outcome.INSTALL),
+        ("N/A", Outcome.INSTALL),
+    ],
+)
+def test_an_arc_agent_on_an_azure_vm_is_left_alone(provider, outcome):
+    decision = decision_for(arc_row(cloudProvider=provider))
+    assert decision.outcome is outcome
+    if outcome is Outcome.EXCLUDE:
+        assert decision.reason == f"Not ours to touch: {ARC_ON_AZURE}."
+
+
+def test_a_vm_is_never_taken_for_an_arc_agent_on_azure():
+    facts = dataclasses.replace(facts_from_graph(arc_row()), vm=VmRef.parse(VM_ID))
+    assert classify(dataclasses.replace(facts, cloud_provider="Azure"), TAG).managed == ""
+
+
+def test_the_opt_out_tag_holds_for_arc_machines_too():
+    decision = decision_for(arc_row(tags={TAG: "yes"}))
+    assert (decision.outcome, decision.reason) == (
+        Outcome.EXCLUDE,
+        f"The Arc machine is opted out (tag {TAG}=yes).",
+    )
+
+
+# --- Events --------------------------------------------------------------------------------
+def arc_write(subject=ARC_ID, operation="Microsoft.HybridCompute/machines/write"):
+    return {
+        "id": "e-arc-1",
+        "eventType": "Microsoft.Resources.ResourceWriteSuccess",
+        "subject": subject,
+        "topic": f"/subscriptions/{SUB}",
+        "eventTime": "2026-11-29T01:00:00Z",
+        "data": {
+            "operationName": operation,
+            "resourceUri": subject,
+            "subscriptionId": SUB,
+            "status": "Succeeded",
+            "correlationId": "c-1",
+            "claims": {"oid": "aaaaaaaa-0000-0000-0000-000000000001"},
+        },
+    }
+
+
+def test_an_arc_write_is_accepted():
+    event = parse(arc_write(), frozenset({SUB}))
+    assert isinstance(event, VmEvent)
+    assert (event.vm, event.kind) == (VmRef.parse(ARC_ID), "write")
+
+
+@pytest.mark.parametrize(
+    ("subject", "operation", "reason"),
+    [
+        (
+            VM_ID,
+            "Microsoft.HybridCompute/machines/write",
+            "operation 'Microsoft.HybridCompute/machines/write' is not about an VM",
+        ),
+        (
+            ARC_ID,
+            "Microsoft.Compute/virtualMachines/write",
+            "operation 'Microsoft.Compute/virtualMachines/write' is not about an Arc machine",
+        ),
+        (
+            ARC_ID + "/extensions/MDE.Linux",
+            "Microsoft.HybridCompute/machines/extensions/write",
+            "an extension write never starts a remediation (ours, MDC's or anyone's)",
+        ),
+    ],
+)
+def test_an_event_whose_operation_and_subject_disagree_is_ignored(subject, operation, reason):
+    result = parse(arc_write(subject, operation), frozenset({SUB}))
+    assert isinstance(result, Ignored)
+    assert result.reason == reason
+
+
+# --- The scope -----------------------------------------------------------------------------
+GROUPS = load(
+    {
+        "REMEDIATION_SUBSCRIPTIONS": SUB,
+        "REMEDIATION_MANAGEMENT_GROUPS": "mg-corp",
+        "AzureWebJobsStorage": "x",
+    }
+)
+
+
+def container(sid, name, *chain, state="Enabled"):
+    return {
+        "subscriptionId": sid,
+        "name": name,
+        "state": state,
+        "managementGroups": [{"name": g, "displayName": g.upper()} for g in chain],
+    }
+
+
+def test_the_scope_is_the_listed_subscriptions_and_the_enabled_ones_under_the_groups():
+    rows = [
+        container(SUB, "Listed one", "mg-platform", "root"),
+        container(SUB2, "Corp 01", "mg-corp", "mg-landing-zones", "root"),
+        container(SUB3, "Corp 02 (disabled)", "mg-corp", "root", state="Disabled"),
+        container("44444444-4444-4444-4444-444444444444", "Sandbox", "mg-sandbox", "root"),
+    ]
+    scope = resolve(GROUPS, rows, NOW)
+    assert scope.ids == {SUB, SUB2}
+    assert scope.subscriptions[SUB2] == Subscription(SUB2, "Corp 01", "mg-corp", "MG-CORP")
+    assert scope.group_of(SUB) == ("", "")  # listed: in scope whatever its group
+    assert (scope.label(SUB2), scope.resolved) == (f"Corp 01 ({SUB2})", NOW)
+
+
+def test_a_group_deeper_in_the_chain_brings_its_subscriptions_in_too():
+    rows = [container(SUB2, "Deep", "mg-team", "mg-corp", "root")]
+    assert resolve(GROUPS, rows, NOW).group_of(SUB2) == ("mg-corp", "MG-CORP")
+
+
+def test_a_listed_subscription_resource_graph_does_not_show_stays_in_scope_unnamed():
+    scope = resolve(GROUPS, [], NOW)
+    assert scope.ids == {SUB}
+    assert (scope.name(SUB), scope.label(SUB)) == ("", SUB)
+
+
+def test_joined_and_left_compare_two_resolutions():
+    before = resolve(GROUPS, [container(SUB3, "Old", "mg-corp")], NOW)
+    after = resolve(GROUPS, [container(SUB2, "New", "mg-corp")], NOW)
+    joined, left = changes(before, after)
+    assert [s.id for s in joined] == [SUB2]
+    assert [s.id for s in left] == [SUB3]
+
+
+def test_the_stored_scope_follows_todays_settings():
+    stored = Scope(
+        {
+            SUB: Subscription(SUB, "Listed one"),
+            SUB2: Subscription(SUB2, "Corp 01", "mg-corp", "Corp"),
+            SUB3: Subscription(SUB3, "Was listed"),
+        },
+        NOW,
+        frozenset({SUB2}),
+    )
+    now_listed_only = load(
+        {"REMEDIATION_SUBSCRIPTIONS": f"{SUB},{SUB2}", "AzureWebJobsStorage": "x"}
+    )
+    scope = reconcile(stored, now_listed_only)
+    assert scope.ids == {SUB, SUB2}  # SUB3 is no longer listed
+    assert scope.subscriptions[SUB2] == Subscription(SUB2, "Corp 01")  # listed now: no group
+    assert reconcile(stored, GROUPS).ids == {SUB, SUB2}
+    assert reconcile(stored, GROUPS).unwired == {SUB2}
+    assert listed(GROUPS).ids == {SUB}
+
+
+def test_the_scope_survives_its_json():
+    scope = resolve(GROUPS, [container(SUB2, 'Corp, "01"', "mg-corp")], NOW)
+    scope = dataclasses.replace(scope, unwired=frozenset({SUB2}))
+    assert Scope.from_json(scope.to_json()) == scope
+    assert SUB2 in scope
+    assert SUB2.upper() in scope
+    assert 7 not in scope
