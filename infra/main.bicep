@@ -14,6 +14,9 @@ param location string = deployment().location
 @description('Subscriptions to keep covered; the first is where the app runs.')
 param subscriptionIds array = [subscription().subscriptionId]
 
+@description('Management group ids: every enabled subscription under them is in scope too, resolved at each sweep. Their roles come from infra/access-mg.bicep, deployed per group (docs/deploy.md).')
+param managementGroupIds array = []
+
 @description('report (decide and log, change nothing) or enforce.')
 @allowed(['report', 'enforce'])
 param mode string = 'report'
@@ -75,6 +78,7 @@ module app 'app.bicep' = {
     settings: {
       REMEDIATION_MODE: mode
       REMEDIATION_SUBSCRIPTIONS: join(subscriptionIds, ',')
+      REMEDIATION_MANAGEMENT_GROUPS: join(managementGroupIds, ',')
       REMEDIATION_ALLOW_PLAN_CHANGE: allowPlanChange
       REMEDIATION_SERVERS_PLAN: serversPlan
       REMEDIATION_ENABLE_INTEGRATION: string(enableIntegration)
@@ -121,6 +125,7 @@ output REMEDIATOR_PRINCIPAL_ID string = app.outputs.principalId
 // code, and so the on_vm_event function, exists.
 output AZURE_FUNCTION_APP_ID string = app.outputs.functionAppId
 output REMEDIATOR_SUBSCRIPTIONS string = join(subscriptionIds, ',')
+output REMEDIATOR_MANAGEMENT_GROUPS string = join(managementGroupIds, ',')
 output REMEDIATOR_EVENTS_GROUP string = eventsGroupName
 output REMEDIATOR_ARM_ENDPOINT string = environment().resourceManager
 // The Web redirect URI of the sign-in app registration (docs/monitoring.md).

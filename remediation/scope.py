@@ -38,7 +38,11 @@ SCOPE_ROW = "current"
 # Subscription states (resourcecontainers properties.state): a Disabled subscription
 # refuses writes and a Deleted one everything (Azure's subscription-states docs).
 INACTIVE_STATES = frozenset({"disabled", "deleted"})
-WIRE_COMMAND = "REMEDIATOR_SUBSCRIPTIONS={subscription} azd hooks run postdeploy"
+# How to wire subscriptions (comma-separated) from the deployment's azd environment.
+WIRE_COMMAND = (
+    'eval "$(azd env get-values)" && .venv-hooks/bin/python infra/hooks/wire_events.py '
+    "--subscriptions {subscription}"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,7 @@ def test_after_the_deployment_every_subscription_is_wired_and_existing_topics_re
             "values": [
                 "Microsoft.Compute/virtualMachines/start/action",
                 "Microsoft.Compute/virtualMachines/write",
+                "Microsoft.HybridCompute/machines/write",
             ],
         }
     ]

@@ -67,40 +67,42 @@ def test_the_app_settings_default_to_safe_values():
 def test_the_custom_role_holds_the_operations_the_app_performs():
     from localazure.estate import REMEDIATOR_ROLE
 
-    access = _bicep("access.bicep")
-    granted = set(re.findall(r"'(Microsoft\.\w+/[\w/]+)'", access))
+    sets = json.loads((INFRA / "role-actions.json").read_text())
     # What the gateway and the doctor call (the request log names these operations; see
-    # test_arm.py and test_deploy.py), written out by hand.
+    # test_arm.py, test_deploy.py and test_estate_e2e.py), written out by hand.
     performed = {
         "Microsoft.Compute/virtualMachines/read",
         "Microsoft.Compute/virtualMachines/extensions/read",
         "Microsoft.Compute/virtualMachines/extensions/write",
         "Microsoft.Compute/locations/operations/read",
+        "Microsoft.HybridCompute/machines/read",
+        "Microsoft.HybridCompute/machines/extensions/read",
+        "Microsoft.HybridCompute/machines/extensions/write",
         "Microsoft.ResourceGraph/resources/read",
         "Microsoft.Security/pricings/read",
-        "Microsoft.Security/pricings/write",
         "Microsoft.Security/settings/read",
-        "Microsoft.Security/settings/write",
         "Microsoft.Security/mdeOnboardings/read",
         "Microsoft.EventGrid/systemTopics/read",
         "Microsoft.EventGrid/systemTopics/eventSubscriptions/read",
         "Microsoft.Authorization/permissions/read",
     }
-    resource_types = {
-        "Microsoft.Authorization/roleDefinitions",
-        "Microsoft.Authorization/roleAssignments",
-        "Microsoft.Resources/resourceGroups",
-    }
+    assert set(sets["readAndInstall"]) == performed
+    assert sets["plan"] == ["Microsoft.Security/pricings/write"]
+    assert sets["settings"] == ["Microsoft.Security/settings/write"]
     # Only with allowTestAlert: what the test alert calls (test_verification.py reads the
     # operations from the request log).
-    test_alert = {
+    assert set(sets["testAlert"]) == {
         "Microsoft.Compute/virtualMachines/runCommand/action",
         "Microsoft.Security/locations/alerts/read",
         "Microsoft.Security/locations/alerts/dismiss/action",
     }
-    assert granted - resource_types == performed | test_alert
-    assert set(REMEDIATOR_ROLE) == performed  # the local plane's principals hold this role
-    assert "allowTestAlert ? [" in access
+    # the local plane's principals hold the role with plan and settings changes allowed
+    assert set(REMEDIATOR_ROLE) == performed | set(sets["plan"]) | set(sets["settings"])
+    for template in ("access.bicep", "access-mg.bicep"):  # one list, both scopes
+        text = _bicep(template)
+        assert "loadJsonContent('role-actions.json')" in text
+        assert not re.findall(r"'(Microsoft\.\w+/[\w/]+/(?:read|write|action))'", text)
+        assert "allowTestAlert ? actionSets.testAlert : []" in text
 
 
 # --- The deployment rules, on the parsed templates (pycep, checkov's Bicep parser) ------
@@ -163,15 +165,23 @@ def test_custom_role_names_are_unique_in_the_tenant(templates):
         if resource["type"] == "Microsoft.Authorization/roleDefinitions"
     ]
     assert roles
+    scopes = {
+        "subscription": "${subscription().subscriptionId}",
+        "managementGroup": "${managementGroup().name}",
+    }
     for name, resource in roles:
-        assert templates[name]["globals"]["scope"]["value"] == "subscription"
+        scope = templates[name]["globals"]["scope"]["value"]
         role_name = resource["config"]["properties"]["roleName"]
-        assert "${subscription().subscriptionId}" in role_name, role_name
+        assert scopes[scope] in role_name, role_name
         assert "${environmentName}" in role_name, role_name
+    assert {templates[name]["globals"]["scope"]["value"] for name, _ in roles} == set(scopes)
 
 
-def test_security_admin_only_where_asked_and_settings_write_only_with_integration(templates):
-    access = templates["access.bicep"]
+@pytest.mark.parametrize("template", ["access.bicep", "access-mg.bicep"])
+def test_security_admin_only_where_asked_and_settings_write_only_with_integration(
+    templates, template
+):
+    access = templates[template]
     assignment = access["resources"]["settingsAdmin"]["config"]
     assert assignment["condition"] == {
         "operator": {
@@ -180,11 +190,9 @@ def test_security_admin_only_where_asked_and_settings_write_only_with_integratio
         }
     }
     assert access["variables"]["securityAdmin"]["value"] == "fb1c8493-542b-48eb-b624-b4c8fea62acd"
-    assert (
-        "(enableIntegration && !useSecurityAdmin) ? ['Microsoft.Security/settings/write'] : []"
-        in _bicep("access.bicep")
-    )
-    assert "allowPlanChange ? ['Microsoft.Security/pricings/write'] : []" in _bicep("access.bicep")
+    text = _bicep(template)
+    assert "(enableIntegration && !useSecurityAdmin) ? actionSets.settings : []" in text
+    assert "allowPlanChange ? actionSets.plan : []" in text
     assert templates["main.bicep"]["parameters"]["useSecurityAdmin"]["default"] is False
 
 
@@ -197,8 +205,9 @@ def test_the_hook_gets_what_it_reads_from_the_deployment(templates):
         "REMEDIATOR_SUBSCRIPTIONS",
         "REMEDIATOR_EVENTS_GROUP",
         "REMEDIATOR_ARM_ENDPOINT",
+        "AZURE_LOCATION",  # azd's own: the environment's region
     }
-    assert read <= outputs
+    assert read - {"AZURE_LOCATION"} <= outputs
     azure_yaml = (ROOT / "azure.yaml").read_text()
     assert "postdeploy:" in azure_yaml
     assert azure_yaml.count("infra/hooks/wire_events.py") == 2  # posix and windows

@@ -9,26 +9,32 @@ azd provisions before it deploys code. Microsoft's Flex Consumption Event Grid q
 
 Per subscription: reuse its ``Microsoft.Resources.Subscriptions`` system topic if it has
 one (only one is allowed per source), else create one in the subscription's own
-remediator resource group (a system topic must live in its source's subscription); then
+remediator resource group (a system topic must live in its source's subscription; the
+group is created if missing, as in a subscription that joined a management group); then
 create or update the event subscription. Idempotent: run it again after adding a
 subscription (`azd hooks run postdeploy`).
 
 Settings (azd passes the deployment's outputs as environment variables):
 AZURE_FUNCTION_APP_ID, REMEDIATOR_SUBSCRIPTIONS, REMEDIATOR_EVENTS_GROUP,
-REMEDIATOR_ARM_ENDPOINT (default https://management.azure.com).
+REMEDIATOR_ARM_ENDPOINT (default https://management.azure.com), AZURE_LOCATION (where a
+missing events group is created). ``--subscriptions a,b`` wires those instead: the
+report names the subscriptions that joined the scope through a management group and are
+not wired yet (remediation/scope.py WIRE_COMMAND).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 from azure.core.credentials import TokenCredential
+from azure.core.rest import HttpRequest
 from azure.mgmt.eventgrid import EventGridManagementClient
 from azure.mgmt.eventgrid.models import (
     AzureFunctionEventSubscriptionDestination,
@@ -46,6 +52,7 @@ TOPIC_NAME = "remediator-subscription-events"
 SUBSCRIPTION_NAME = "remediator-vm-events"
 LEGACY_SUBSCRIPTION_NAME = "vm-write-and-start"  # what infra/events.bicep used to create
 FUNCTION = "on_vm_event"
+GROUPS_API = "2021-04-01"
 
 
 def event_subscription(function_app_id: str) -> EventSubscription:
@@ -83,6 +90,8 @@ def wire(
     function_app_id: str,
     events_group: str,
     arm_endpoint: str = "https://management.azure.com",
+    *,
+    location: str = "",
     **client_options: Any,
 ) -> list[str]:
     """Wire every subscription; returns one line per subscription saying what was done."""
@@ -109,6 +118,7 @@ def wire(
             group, name, how = _group_of(existing.id), existing.name, "reused"
         else:
             group, name, how = events_group, TOPIC_NAME, "created"
+            _ensure_group(client, arm_endpoint, subscription, group, location)
             client.system_topics.begin_create_or_update(
                 group, name, SystemTopic(location="global", source=source, topic_type=TOPIC_TYPE)
             ).result()
@@ -130,24 +140,42 @@ def wire(
     return done
 
 
-def main(environ: Mapping[str, str]) -> int:
+def _ensure_group(
+    client: EventGridManagementClient, arm: str, subscription: str, group: str, location: str
+) -> None:
+    """Create the events resource group (a PUT is idempotent): a subscription that joined
+    a management group had no access.bicep deployment to create it. A group that exists
+    in another region answers 409 InvalidResourceGroupLocation: it is there, and will do."""
+    url = f"{arm}/subscriptions/{subscription}/resourcegroups/{group}?api-version={GROUPS_API}"
+    body = {"location": location or "global", "tags": {"created-by": "wire_events"}}
+    response = client.send_request(HttpRequest("PUT", url, json=body))
+    if response.status_code == 409 and "InvalidResourceGroupLocation" in response.text():
+        return
+    response.raise_for_status()
+
+
+def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
     from azure.identity import DefaultAzureCredential  # noqa: PLC0415 - azd's login
 
-    missing = [
-        name
-        for name in ("AZURE_FUNCTION_APP_ID", "REMEDIATOR_SUBSCRIPTIONS", "REMEDIATOR_EVENTS_GROUP")
-        if not environ.get(name)
-    ]
+    parser = argparse.ArgumentParser(description="Wire Event Grid to the remediator.")
+    parser.add_argument("--subscriptions", help="comma-separated ids (default: the deployment's)")
+    args = parser.parse_args(argv)
+    needed = ["AZURE_FUNCTION_APP_ID", "REMEDIATOR_EVENTS_GROUP"]
+    if not args.subscriptions:
+        needed.append("REMEDIATOR_SUBSCRIPTIONS")
+    missing = [name for name in needed if not environ.get(name)]
     if missing:
         print(f"error: missing {', '.join(missing)} (run through azd)", file=sys.stderr)
         return 2
-    subscriptions = [s.strip() for s in environ["REMEDIATOR_SUBSCRIPTIONS"].split(",") if s.strip()]
+    listed = args.subscriptions or environ["REMEDIATOR_SUBSCRIPTIONS"]
+    subscriptions = [s.strip() for s in listed.split(",") if s.strip()]
     lines = wire(
         DefaultAzureCredential(),
         subscriptions,
         environ["AZURE_FUNCTION_APP_ID"],
         environ["REMEDIATOR_EVENTS_GROUP"],
         environ.get("REMEDIATOR_ARM_ENDPOINT") or "https://management.azure.com",
+        location=environ.get("AZURE_LOCATION", ""),
     )
     for line in lines:
         print(line)
@@ -155,4 +183,4 @@ def main(environ: Mapping[str, str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(os.environ))
+    sys.exit(main(os.environ, sys.argv[1:]))
