@@ -39,6 +39,9 @@ examples:
   # ... another uses it
   . build/local.env && python -m remediation sweep --mode report
 
+  # Arc-enabled servers, scale sets and management groups besides the VMs
+  python -m localazure --generate 300 --arc-machines 60 --scale-sets 8 --management-groups
+
   # keep an estate, with what the app changed in it, from one run to the next
   python -m localazure --generate 50 --seed 1 --save build/estate.json
   python -m localazure --estate build/estate.json --save build/estate.json --port 8443
@@ -157,6 +160,23 @@ def parser() -> argparse.ArgumentParser:
         help="seed of the generator: the same seed gives the same estate (default 7)",
     )
     parser.add_argument(
+        "--arc-machines",
+        type=_whole(0),
+        metavar="N",
+        help="also generate this many Arc-enabled servers (Microsoft.HybridCompute; default 0)",
+    )
+    parser.add_argument(
+        "--scale-sets",
+        type=_whole(0),
+        metavar="N",
+        help="also generate this many scale sets, the Flexible ones with member VMs (default 0)",
+    )
+    parser.add_argument(
+        "--management-groups",
+        action="store_true",
+        help="place the generated subscriptions in a management-group hierarchy",
+    )
+    parser.add_argument(
         "--port",
         type=_whole(0, 65535, "not a port"),
         default=0,
@@ -237,15 +257,21 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser()
     args = arguments.parse_args(argv)
     if args.estate is not None:
-        for name in ("subscriptions", "seed"):
+        for name in ("subscriptions", "seed", "arc_machines", "scale_sets"):
             if getattr(args, name) is not None:
-                arguments.error(f"argument --{name}: not allowed with argument --estate")
+                option = name.replace("_", "-")
+                arguments.error(f"argument --{option}: not allowed with argument --estate")
+        if args.management_groups:
+            arguments.error("argument --management-groups: not allowed with argument --estate")
         estate = args.estate
     else:
         estate = generate(
             args.generate,
             3 if args.subscriptions is None else args.subscriptions,
             7 if args.seed is None else args.seed,
+            arc_machines=args.arc_machines or 0,
+            scale_sets=args.scale_sets or 0,
+            management_groups=args.management_groups,
         )
     if not estate.principals:
         estate.add_principal(DEMO_APP)

@@ -48,6 +48,18 @@ BAD = [
     ("no subscription", lambda tmp: ["--subscriptions", "0"], "--subscriptions"),
     ("negative subscriptions", lambda tmp: ["--subscriptions", "-1"], "--subscriptions"),
     ("negative VMs", lambda tmp: ["--generate", "-5"], "--generate"),
+    ("negative Arc machines", lambda tmp: ["--arc-machines", "-1"], "--arc-machines"),
+    ("scale sets not a number", lambda tmp: ["--scale-sets", "some"], "--scale-sets"),
+    (
+        "Arc machines with an estate",
+        lambda tmp: [
+            "--estate",
+            estate_file(tmp, '{"subscriptions": [{"id": "s"}]}'),
+            "--arc-machines",
+            "2",
+        ],
+        "--arc-machines",
+    ),
     ("VMs not a number", lambda tmp: ["--generate", "many"], "--generate"),
     ("missing estate", lambda tmp: ["--estate", str(tmp / "missing.json")], "--estate"),
     ("estate is a directory", lambda tmp: ["--estate", str(tmp)], "--estate"),
@@ -118,6 +130,9 @@ def test_every_option_says_what_it_does_and_the_help_shows_examples():
         "--generate",
         "--subscriptions",
         "--seed",
+        "--arc-machines",
+        "--scale-sets",
+        "--management-groups",
         "--port",
         "--latency",
         "--no-throttle",
@@ -273,3 +288,28 @@ def test_without_storage_it_says_so_and_ctrl_c_stops_it_and_saves(tmp_path):
     estate = json.loads(saved.read_text())
     assert len(estate["subscriptions"]) == 2
     assert estate["vms"] == []
+
+
+def test_it_generates_arc_machines_scale_sets_and_management_groups(tmp_path):
+    saved = tmp_path / "estate.json"
+    served = Serving(
+        "--generate", "0", "--subscriptions", "2", "--arc-machines", "3", "--scale-sets", "2",
+        "--management-groups", "--save", str(saved),
+    )  # fmt: skip
+    try:
+        served.ready()
+        assert served.stop(signal.SIGTERM) == 0
+    finally:
+        served.kill()
+    estate = json.loads(saved.read_text())
+    assert sorted(vm["name"] for vm in estate["vms"] if vm["kind"] == "arc") == [
+        "arc-00000",
+        "arc-00001",
+        "arc-00002",
+    ]
+    assert [s["name"] for s in estate["scale_sets"]] == ["vmss-00000", "vmss-00001"]
+    assert {g["id"] for g in estate["management_groups"]} == {
+        "mg-platform",
+        "mg-landing-zones",
+        "mg-corp",
+    }
