@@ -426,7 +426,17 @@ class ArmGateway:
         rows: list[dict[str, Any]] = []
         if management_groups:
             scope = {"management_groups": sorted(management_groups)}
-            rows += self._graph_rows(CONTAINERS_QUERY, None, **scope)
+            try:
+                rows += self._graph_rows(CONTAINERS_QUERY, None, **scope)
+            except PermanentError as error:  # 400 ManagementGroupsContainInvalidIds, 403
+                groups = ", ".join(scope["management_groups"])
+                raise PermanentError(
+                    f"{error} (REMEDIATION_MANAGEMENT_GROUPS: {groups})",
+                    hint="give management group ids, not display names, and grant the app's "
+                    "identity Reader (or infra/access-mg.bicep's role) at each group",
+                    status=error.status,
+                    code=error.code,
+                ) from None
         if subscriptions:
             rows += self._graph_rows(CONTAINERS_QUERY, None, subscriptions=sorted(subscriptions))
         return rows
@@ -859,8 +869,13 @@ def _error_message(error: HttpResponseError | ClientAuthenticationError) -> str:
 
 
 def _error_code(error: HttpResponseError) -> str:
+    """ARM's error code, and the codes of its details where it has some (Resource Graph
+    says 'BadRequest' and puts what is wrong in a detail: ManagementGroupsContainInvalidIds)."""
     inner = getattr(error, "error", None)
-    return str(getattr(inner, "code", "") or "")
+    code = str(getattr(inner, "code", "") or "")
+    details = [str(getattr(d, "code", "") or "") for d in getattr(inner, "details", None) or []]
+    details = [d for d in details if d and d != code]
+    return f"{code}: {', '.join(details)}" if details else code
 
 
 def _failed_extension(message: str) -> str:

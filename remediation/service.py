@@ -70,23 +70,21 @@ class Services:
     _scope: tuple[float, Scope] | None = field(default=None, repr=False)
 
     def scope(self) -> Scope:
-        """The subscriptions in scope with their names: the last sweep's resolution (kept
-        in the audit table) under today's settings, cached per worker; resolved here when
-        no sweep has run yet and management groups are set."""
+        """The subscriptions in scope with their names: the last resolution (kept in the
+        audit table) under today's settings, cached per worker; resolved here when there
+        is none yet."""
         now = time.monotonic()
         if self._scope is not None and now - self._scope[0] < SCOPE_TTL_SECONDS:
             return self._scope[1]
         stored = ScopeStore(self.audit.table).load()
         if stored is not None:
             scope = reconcile(stored, self.settings)
-        elif self.settings.management_groups:
+        else:  # before the first sweep: resolve once, for every worker after this one
             try:
                 scope, _ = self.refresh_scope()
             except RemediationError as error:
-                log.warning("the management groups could not be resolved: %s", error)
+                log.warning("the scope could not be resolved: %s", error)
                 scope = listed(self.settings)
-        else:
-            scope = listed(self.settings)
         self._scope = (now, scope)
         return scope
 

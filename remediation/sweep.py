@@ -865,6 +865,12 @@ def http_start(services: Services, body: bytes, status_base: str) -> tuple[int, 
         run = start(services, request, services.sweeps.send_text)
     except SweepRunning as error:
         return 409, {"errors": [str(error)], "run_id": error.run_id}
+    except InvalidSweepRequest as error:  # what was asked for left the scope meanwhile
+        return 400, {"errors": error.problems}
+    except TransientError as error:  # resolving the scope: Azure did not answer
+        return 503, {"errors": [f"the scope could not be resolved: {error}"]}
+    except PermanentError as error:  # e.g. a management group Azure does not know
+        return 502, {"errors": [f"the scope could not be resolved: {error}"], "hint": error.hint}
     return 202, {
         "run_id": run.run_id,
         "status_url": f"{status_base.rstrip('/')}/{run.run_id}",

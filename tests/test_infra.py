@@ -78,6 +78,8 @@ def test_the_custom_role_holds_the_operations_the_app_performs():
         "Microsoft.HybridCompute/machines/read",
         "Microsoft.HybridCompute/machines/extensions/read",
         "Microsoft.HybridCompute/machines/extensions/write",
+        "Microsoft.HybridCompute/locations/operationstatus/read",
+        "Microsoft.HybridCompute/locations/operationresults/read",
         "Microsoft.ResourceGraph/resources/read",
         "Microsoft.Security/pricings/read",
         "Microsoft.Security/settings/read",
