@@ -133,7 +133,8 @@ def _os_platform(vm: Vm) -> str:
     """osPlatform as the machine entity spells it: WindowsServer2022, Windows11, Linux."""
     if vm.os_type != "Windows":
         return "Linux"
-    name = vm.os_name.replace("Microsoft ", "")
+    # An Arc machine's os_name is "windows"; its OS's own name is the osSku.
+    name = (vm.os_sku if vm.kind == "arc" else vm.os_name).replace("Microsoft ", "")
     for client in ("Windows 11", "Windows 10"):
         if name.startswith(client):
             return client.replace(" ", "")
@@ -143,6 +144,10 @@ def _os_platform(vm: Vm) -> str:
         release = "R2" if len(words) > 3 and words[3] == "R2" else ""
         return f"WindowsServer{year}{release}"
     return "Windows"
+
+
+def _arc_provider(vm: Vm) -> str | None:
+    return None if vm.cloud_provider in {"", "N/A"} else vm.cloud_provider
 
 
 def vm_device(vm: Vm, now: datetime) -> dict[str, Any]:
@@ -168,7 +173,9 @@ def vm_device(vm: Vm, now: datetime) -> dict[str, Any]:
         # is unconfirmed by the machine entity's documentation (docs/fidelity.md).
         "vmMetadata": {
             "vmId": vm.vm_id,
-            "cloudProvider": "Azure",
+            # An Arc machine's: its own cloudMetadata.provider, none on premises
+            # (unconfirmed, docs/fidelity.md).
+            "cloudProvider": "Azure" if vm.kind != "arc" else _arc_provider(vm),
             "resourceId": None if vm.mde_device == "vmid-only" else vm.id,
             "subscriptionId": vm.subscription,
         },

@@ -534,3 +534,13 @@ def test_the_new_fields_round_trip_and_older_json_still_loads():
     assert [s.state for s in loaded.subscriptions.values()] == ["Enabled", "Enabled"]
     assert loaded.management_groups == {}
     assert loaded.scale_sets == []
+
+
+def test_an_onboarded_arc_machine_is_a_defender_for_endpoint_device(arc_plane):
+    from localazure.defender import devices
+
+    install(arc_plane, "arc-win", linux=False).result()
+    [device] = devices(arc_plane)
+    assert device["osPlatform"] == "WindowsServer2022"
+    assert device["vmMetadata"]["resourceId"] == f"{ARC}/arc-win"
+    assert device["vmMetadata"]["cloudProvider"] is None  # on premises
