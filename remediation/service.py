@@ -68,6 +68,7 @@ class Services:
     states: States  # each VM's verification between sweeps
     notifier: Notifier | None = None
     _scope: tuple[float, Scope] | None = field(default=None, repr=False)
+    _just_resolved: bool = field(default=False, repr=False)  # by scope(), not yet by a sweep
 
     def scope(self) -> Scope:
         """The subscriptions in scope with their names: the last resolution (kept in the
@@ -82,6 +83,7 @@ class Services:
         else:  # before the first sweep: resolve once, for every worker after this one
             try:
                 scope, _ = self.refresh_scope()
+                self._just_resolved = True
             except RemediationError as error:
                 log.warning("the scope could not be resolved: %s", error)
                 scope = listed(self.settings)
@@ -90,9 +92,13 @@ class Services:
 
     def refresh_scope(self, run_id: str = "") -> tuple[Scope, list[AuditRecord]]:
         """Resolve the scope now (a sweep starts): the scope, and a record for each
-        subscription that joined or left since the last resolution."""
+        subscription that joined or left since the last resolution. A first resolution
+        that scope() made a moment ago (no records: nothing to compare) is not repeated."""
         from remediation.doctor import events_check  # noqa: PLC0415 - doctor imports this
 
+        if self._just_resolved and self._scope is not None:
+            self._just_resolved = False
+            return self._scope[1], []
         settings = self.settings
         scope, records = refresh(
             settings,

@@ -330,3 +330,37 @@ def test_names_and_groups_in_the_report_and_the_log(world_factory, capsys):
     table = capsys.readouterr().out
     assert "Platform Identity" in table
     assert "Contoso Corp 01" in table
+
+
+# --- What it costs (README, "What the app costs ARM") ------------------------------------------
+def test_what_an_arc_machine_and_the_scope_cost_in_requests(world_factory):
+    from remediation.model import VmRef
+
+    world = world_factory(
+        groups_estate(), REMEDIATION_SUBSCRIPTIONS=SUB, REMEDIATION_MANAGEMENT_GROUPS="mg-corp"
+    )
+    machine = world.plane.estate.add_vm(arc("srv-05", subscription=SUB2))
+    services = world.services
+    before = len(world.plane.log.arm())
+    services.arm.vm_facts(VmRef.parse(machine.id))
+    read = [item.operation for item in world.plane.log.arm()[before:]]
+    assert read == [
+        "Microsoft.HybridCompute/machines/read",
+        "Microsoft.HybridCompute/machines/extensions/read",
+    ]
+    before = len(world.plane.log.arm())
+    sweep(world)
+    graph = [
+        item
+        for item in world.plane.log.arm()[before:]
+        if item.operation.startswith("Microsoft.ResourceGraph")
+    ]
+    # The scope: one query for the groups, one for the listed subscriptions; the uniform
+    # scale sets: one; the inventory of VMs and Arc machines: one per batch and 1000.
+    assert len(graph) == 4
+    wiring = [
+        item
+        for item in world.plane.log.arm()[before:]
+        if item.operation.startswith("Microsoft.EventGrid")
+    ]
+    assert len(wiring) == 1  # the one group subscription, first resolved: no topic to list further
