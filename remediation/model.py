@@ -229,6 +229,8 @@ class Outcome(StrEnum):
 # and its outcome then: an outage, not a fault of the VM (that is "error").
 UNDECIDED = "undecided"
 UNAVAILABLE = "unavailable"
+# The log's decision for a subscription that joined or left the scope (scope.py).
+SCOPE_CHANGE = "scope"
 
 
 class ActionKind(StrEnum):

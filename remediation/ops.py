@@ -11,10 +11,17 @@ from typing import Any
 from remediation.audit import AuditLog, Query
 from remediation.classify import FINDINGS
 from remediation.config import GUID, Settings
-from remediation.model import UNDECIDED, InvalidResourceId, Outcome, Verification, VmRef
+from remediation.model import (
+    SCOPE_CHANGE,
+    UNDECIDED,
+    InvalidResourceId,
+    Outcome,
+    Verification,
+    VmRef,
+)
 from remediation.service import Services
 
-DECISIONS = frozenset({outcome.value for outcome in Outcome} | {"ignored", UNDECIDED})
+DECISIONS = frozenset({outcome.value for outcome in Outcome} | {"ignored", SCOPE_CHANGE, UNDECIDED})
 FILTERS = frozenset(
     {
         "vm",

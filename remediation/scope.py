@@ -26,7 +26,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from remediation.audit import AuditRecord
 from remediation.config import Settings
-from remediation.model import RemediationError, as_text
+from remediation.model import SCOPE_CHANGE, RemediationError, as_text
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -163,7 +163,7 @@ def joined_record(sub: Subscription, run_id: str, settings: Settings) -> AuditRe
         subscription=sub.id,
         subscription_name=sub.name,
         trigger="sweep",
-        decision="scope",
+        decision=SCOPE_CHANGE,
         reason=f"Subscription {sub.name or sub.id} joined the scope through {how}: "
         "this sweep covers it.",
         mode=settings.mode.value,
@@ -183,7 +183,7 @@ def left_record(sub: Subscription, run_id: str, settings: Settings) -> AuditReco
         subscription=sub.id,
         subscription_name=sub.name,
         trigger="sweep",
-        decision="scope",
+        decision=SCOPE_CHANGE,
         reason=f"Subscription {sub.name or sub.id} left the scope (it {where}, or is "
         "disabled): nothing in it is remediated any more.",
         mode=settings.mode.value,
