@@ -1,13 +1,15 @@
 """`make demo`: the whole job on an embedded local Azure, no Azure account needed.
 
-Starts Azurite and the local control plane with a seeded estate (300 VMs over three
-subscriptions), points the app at them through its settings, and drives the real
-function objects of ``function_app.app`` as the Functions host would: Event Grid
-deliveries for a burst of VM creations and starts, the queued installs, then a forced
-sweep, in enforce mode, with the plan opt-in on for one subscription and off for another.
-Then verification: what Defender for Endpoint's device list says of the covered VMs
-(one VM's sensor never reports, one went Inactive), and the harmless test alert run on
-one VM end to end.
+Starts Azurite and the local control plane with a seeded estate (300 VMs, Azure Arc-
+enabled servers and scale sets over three subscriptions, two of them in scope through a
+management group), wires their Event Grid as azd's postdeploy hook would, points the app
+at them through its settings, and drives the real function objects of
+``function_app.app`` as the Functions host would: Event Grid deliveries for a burst of VM
+creations, Arc connections and VM starts, the queued installs, then a forced sweep, in
+enforce mode, with the plan opt-in on for one subscription and off for another. Then
+verification: what Defender for Endpoint's device list says of the covered VMs (one VM's
+sensor never reports, one went Inactive), the harmless test alert run on one VM end to
+end, and a fourth subscription joining the management group.
 
 Coverage is measured before and after by report-mode sweeps (they change nothing); what
 the app did is read from its remediation log without those measurements.
@@ -22,6 +24,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,6 +41,7 @@ from localazure import LocalAzure, generate  # noqa: E402
 from localazure.__main__ import DEMO_APP  # noqa: E402
 from localazure.azurite import Azurite  # noqa: E402
 from localazure.estate import (  # noqa: E402
+    ARC_CATALOGUE,
     MDE_PUBLISHER,
     RHEL_92,
     TEST_ALERT_ROLE,
@@ -45,6 +49,8 @@ from localazure.estate import (  # noqa: E402
     WIN11_ENT,
     WS2022,
     Extension,
+    Subscription,
+    arc_machine,
 )
 from localazure.host import event_grid_event, http_request, run_queue  # noqa: E402
 from remediation.report import NEEDS_A_HUMAN  # noqa: E402 - in the order they are listed
@@ -87,7 +93,13 @@ OUTCOMES = {
 class Burst:
     """What the demo did to the estate, and the Event Grid deliveries it caused."""
 
-    created: list[str] = field(default_factory=list)  # VM ids
+    created: list[str] = field(default_factory=list)  # VM and Arc machine ids
+    connected: int = 0  # of them, Arc machines
+
+    @property
+    def vms(self) -> int:
+        return len(self.created) - self.connected
+
     started: list[str] = field(default_factory=list)  # VM ids, deallocated before
     creation_events: int = 0
     start_events: int = 0
@@ -114,13 +126,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("remediation").setLevel(logging.INFO)
 
-    estate = generate(args.vms, args.subscriptions, args.seed)
+    estate = generate(
+        args.vms,
+        args.subscriptions,
+        args.seed,
+        arc_machines=max(8, args.vms // 8),
+        scale_sets=3,
+        management_groups=True,
+    )
+    # In scope: the subscriptions under "Landing zones", and the platform one, listed.
+    grouped = sorted(s.id for s in estate.subscriptions.values() if s.management_group)
+    listed = [s.id for s in estate.subscriptions.values() if s.management_group == "mg-platform"]
+    joining = _joining_subscription(estate, args.seed)  # at the root: out of scope for now
     estate.add_principal(DEMO_APP)
     # As deployed with allowTestAlert=true: Run Command and alert read/dismiss too.
     app_principal = estate.principals[DEMO_APP.client_id]
     app_principal.actions = [*app_principal.actions, *TEST_ALERT_ROLE]
     never, inactive = _unhealthy_sensors(estate, sorted(estate.subscriptions)[0])
-    subscriptions = sorted(estate.subscriptions)
+    subscriptions = sorted(set(grouped) | set(listed) - {joining})
     ready, opted_in, not_opted = (estate.subscriptions[s] for s in subscriptions[:3])
     ready.pricing_tier, ready.sub_plan = "Standard", "P2"
     ready.settings = {
@@ -144,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             azure.environment(DEMO_APP)
             | {
                 "AzureWebJobsStorage": storage.connection_string,
-                "REMEDIATION_SUBSCRIPTIONS": ",".join(subscriptions),
+                "REMEDIATION_SUBSCRIPTIONS": ",".join(listed),
+                "REMEDIATION_MANAGEMENT_GROUPS": "mg-landing-zones",
+                "WEBSITE_SITE_NAME": "func-demo",
                 "REMEDIATION_MODE": "enforce",
                 "REMEDIATION_ALLOW_PLAN_CHANGE": opted_in.id,
                 "REMEDIATION_MAX_ACTIONS_PER_SWEEP": "1000",
@@ -158,12 +183,17 @@ def main(argv: list[str] | None = None) -> int:
         import function_app  # noqa: PLC0415 - after the settings, as the host loads it
         from remediation.bootstrap import services  # noqa: PLC0415
 
+        _wire_events(azure, subscriptions)
+        kinds = Counter(vm.kind for vm in estate.vms.values() if vm.subscription != joining)
         console.rule("[bold]Defender coverage remediator: demo on a local Azure")
         console.print(
             f"A local Azure control plane (a stand-in for Azure Resource Manager) at {azure.url} and Azurite (the "
-            f"Azure Storage emulator) on 127.0.0.1 hold {len(estate.vms)} VMs in {len(subscriptions)} "
-            "subscriptions. The app runs in enforce mode: it installs Microsoft Defender for "
-            "Endpoint (MDE) on VMs itself."
+            f"Azure Storage emulator) on 127.0.0.1 hold {kinds['vm']} VMs and {kinds['arc']} Azure "
+            f"Arc-enabled servers in {len(subscriptions)} subscriptions: two under the management "
+            "group Landing zones (REMEDIATION_MANAGEMENT_GROUPS), one listed "
+            "(REMEDIATION_SUBSCRIPTIONS); Event Grid is wired as azd's postdeploy hook does. "
+            "The app runs in enforce mode: it installs Microsoft Defender for Endpoint (MDE) on "
+            "VMs and Arc machines itself."
         )
         plans_before = {s: _plan(estate.subscriptions[s]) for s in subscriptions}
         for subscription in subscriptions:
@@ -173,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
                 may = "; the app may turn the plan on (REMEDIATION_ALLOW_PLAN_CHANGE)"
             else:
                 may = "; the app may not turn the plan on"
-            console.print(f"  subscription {subscription}: {plans_before[subscription]}{may}")
+            label = estate.subscriptions[subscription].display_name
+            console.print(
+                f"  subscription {label} ({subscription}): {plans_before[subscription]}{may}"
+            )
 
         seeded = _seed_history(services(), estate)
         console.print(
@@ -197,13 +230,15 @@ def main(argv: list[str] | None = None) -> int:
 
         burst = _burst(azure, subscriptions, args.seed)
         console.print(
-            f"\n[bold]1. Event burst[/]: the demo creates {len(burst.created)} VMs and starts "
-            f"{len(burst.started)} deallocated ones; Event Grid delivers {len(burst.events)} "
-            "events to the app's on_vm_event function"
+            f"\n[bold]1. Event burst[/]: the demo creates {burst.vms} VMs, connects "
+            f"{burst.connected} Arc-enabled servers and starts {len(burst.started)} deallocated "
+            f"VMs; Event Grid delivers {len(burst.events)} events to the app's on_vm_event "
+            "function"
         )
         console.print(
             f"   ({burst.creation_events} writes for the creations, "
-            f"{burst.creation_events // max(len(burst.created), 1)} per new VM; "
+            f"{(burst.creation_events - burst.connected) // max(burst.vms, 1)} per new VM and "
+            "1 per Arc machine; "
             f"{burst.start_events} starts; {burst.redelivered} delivered twice, as Event Grid "
             "delivers at least once)"
         )
@@ -257,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out,
         )
         _verification(function_app, after, never, inactive)
+        _estate_grows(function_app, azure, joining)
         records = list(services().audit.since(datetime.now(UTC) - timedelta(hours=1)))
         log_file = args.out / "remediation-log.jsonl"  # again, with the test alert's record
         log_file.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
@@ -269,6 +305,86 @@ def main(argv: list[str] | None = None) -> int:
         f"\ndone in {time.monotonic() - started:.1f} s; Azurite and the local Azure are stopped"
     )
     return 0
+
+
+def _joining_subscription(estate: Any, seed: int) -> str:
+    """A fourth subscription, at the tenant's root (out of scope) for now, with a few VMs
+    and Arc machines: step 5 moves it under the management group."""
+    rng = random.Random(f"{seed}:joining")  # noqa: S311 - demo data
+    subscription = estate.add_subscription(
+        Subscription(
+            str(uuid.UUID(int=rng.getrandbits(128), version=4)), display_name="Contoso Online 01"
+        )
+    )
+    for number in range(4):
+        image = (UBUNTU_2204, WS2022)[number % 2]
+        estate.add_vm(image.vm(subscription.id, "rg-online", f"online-{number:02d}"))
+    for number, arc_image in enumerate(ARC_CATALOGUE[6:8]):  # Ubuntu 22.04 and 24.04
+        estate.add_vm(arc_machine(arc_image, subscription.id, "rg-branch", f"branch-{number:02d}"))
+    return str(subscription.id)
+
+
+def _wire_events(azure: LocalAzure, subscriptions: list[str]) -> str:
+    """What azd's postdeploy hook does after `azd up`: deliver each subscription's VM
+    and Arc writes to on_vm_event (infra/hooks/wire_events.py, unchanged)."""
+    import importlib.util  # noqa: PLC0415
+
+    from azure.identity import ClientSecretCredential  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location(
+        "wire_events", ROOT / "infra/hooks/wire_events.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    app_id = f"/subscriptions/{subscriptions[0]}/resourceGroups/rg-demo/providers/Microsoft.Web/sites/func-demo"
+    azure.deploy_functions(app_id, ["on_vm_event", "install_extension", "nightly_sweep"])
+    credential = ClientSecretCredential(
+        azure.estate.tenant,
+        DEMO_APP.client_id,
+        DEMO_APP.secret,
+        authority=azure.url,
+        disable_instance_discovery=True,
+    )
+    hook.wire(credential, subscriptions, app_id, "rg-demo-events", azure.url, location="westeurope")
+    return app_id
+
+
+def _estate_grows(function_app: Any, azure: LocalAzure, joining: str) -> None:
+    """Step 5: a subscription moves under the management group; the next sweep covers
+    it, says so in the log, and the report says its events are not wired yet."""
+    name = azure.estate.subscriptions[joining].display_name
+    console.print(
+        f"\n[bold]5. The estate grows[/]: subscription {name} ({joining}) moves under the "
+        "management group Landing zones (REMEDIATION_MANAGEMENT_GROUPS=mg-landing-zones)"
+    )
+    azure.move_subscription(joining, "mg-corp")
+    response = function_app.forced_sweep(http_request("POST", "sweep", b'{"mode": "report"}'))
+    run = json.loads(response.get_body())
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    _drain(function_app, services(), "sweep")
+    records = [
+        r
+        for r in services().audit.since(datetime.now(UTC) - timedelta(hours=1))
+        if r.run_id == run["run_id"]
+    ]
+    joined = [r for r in records if r.outcome == "joined"]
+    for record in joined:
+        console.print(f"   {record.decision}: {record.outcome}: {record.reason}", markup=False)
+    machines = Counter(r.kind for r in records if r.vm and r.subscription == joining)
+    console.print(
+        f"   the sweep (run {run['run_id']}, report mode) read its {machines['vm']} VMs and "
+        f"{machines['arc']} Arc machines with the rest;"
+    )
+    scope = services().scope()
+    for subscription in sorted(scope.unwired):
+        console.print(
+            f"   not receiving events: {scope.label(subscription)}; the report names the "
+            "command that wires it (infra/hooks/wire_events.py --subscriptions ...)",
+            markup=False,
+        )
 
 
 def _unhealthy_sensors(estate: Any, subscription: str) -> tuple[str, str]:
@@ -392,7 +508,18 @@ def _burst(azure: LocalAzure, subscriptions: list[str], seed: int) -> Burst:
         burst.created.append(vm.id)
         burst.creation_events += len(writes)
         burst.events += writes
-    sleeping = [vm for vm in azure.estate.vms.values() if vm.power == "deallocated"]
+    for number, image in enumerate(ARC_CATALOGUE[1:3]):  # Windows Server 2022, 2019
+        machine = arc_machine(
+            image, subscriptions[number % len(subscriptions)], "rg-onprem", f"srv-new-{number:02d}"
+        )
+        writes = azure.create_machine(machine)
+        burst.created.append(machine.id)
+        burst.connected += 1
+        burst.creation_events += len(writes)
+        burst.events += writes
+    sleeping = [
+        vm for vm in azure.estate.vms.values() if vm.kind == "vm" and vm.power == "deallocated"
+    ]
     for vm in rng.sample(sleeping, min(8, len(sleeping))):
         burst.events.append(azure.set_power(vm.id, "running"))
         burst.started.append(vm.id)
@@ -534,7 +661,8 @@ def _eligible_change(
     line = (
         f"Eligible running VMs went from {before['eligible_running']} to "
         f"{after['eligible_running']} ({change:+d}): in step 1 the demo created "
-        f"{len(burst.created)} VMs and started {len(burst.started)} deallocated ones; "
+        f"{len(burst.created)} machines ({burst.vms} VMs, {burst.connected} Arc machines) and "
+        f"started {len(burst.started)} deallocated ones; "
         f"{len(newly_eligible)} of those {touched} are eligible"
     )
     if left_out:

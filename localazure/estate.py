@@ -36,6 +36,9 @@ REMEDIATOR_ROLE = (
     "Microsoft.HybridCompute/locations/operationstatus/read",
     "Microsoft.HybridCompute/locations/operationresults/read",
     "Microsoft.ResourceGraph/resources/read",
+    # Resource Graph lists a subscription's resourcecontainers row (its name, its
+    # management groups) only to who may read the subscription (graph.py).
+    "Microsoft.Resources/subscriptions/read",
     "Microsoft.Security/pricings/read",
     "Microsoft.Security/pricings/write",
     "Microsoft.Security/settings/read",

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 API_VERSIONS = {
     "topic": {"2018-01-01"},
+    # Microsoft.Resources resource groups: the wiring hook's raw PUT sends 2021-04-01.
+    "groups": {"2021-04-01", "2024-03-01"},
     # azure-mgmt-eventgrid 10.4.0 sends 2025-02-15.
     "eventgrid": {"2025-02-15", "2024-06-01-preview"},
 }
@@ -223,8 +225,44 @@ def _delete_subscription(plane: LocalAzure, p: Params, q: Query, body: Any, who:
     return Response(200 if existed else 204, b"", {})
 
 
+def _put_group(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    """ResourceGroups_CreateOrUpdate (azure-rest-api-specs, resources stable 2021-04-01):
+    201 created, 200 when it exists in the same location; in another location, 409
+    InvalidResourceGroupLocation "Invalid resource group location 'x'. The Resource group
+    already exists in location 'y'." (Azure/azure-cli#22242)."""
+    if p["sub"].lower() not in plane.estate.subscriptions:
+        raise ArmError(
+            404, "SubscriptionNotFound", f"The subscription '{p['sub']}' could not be found."
+        )
+    location = str((body or {}).get("location") or "")
+    if not location:
+        raise ArmError(
+            400, "LocationRequired", "The location property is required for this definition."
+        )
+    key = f"/subscriptions/{p['sub']}/resourcegroups/{p['rg']}".lower()
+    existing = plane.resource_groups.get(key)
+    if existing is not None and existing["location"].lower() != location.lower():
+        raise ArmError(
+            409,
+            "InvalidResourceGroupLocation",
+            f"Invalid resource group location '{location}'. The Resource group already exists "
+            f"in location '{existing['location']}'.",
+        )
+    group = {
+        "id": f"/subscriptions/{p['sub']}/resourceGroups/{p['rg']}",
+        "name": p["rg"],
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": location,
+        "tags": (body or {}).get("tags") or {},
+        "properties": {"provisioningState": "Succeeded"},
+    }
+    plane.resource_groups[key] = group
+    return json_response(200 if existing is not None else 201, group)
+
+
 ROUTES = (
     route("POST", r"/api/events", _topic, "eventgrid/publish", "topic"),
+    route("PUT", SUB + r"/resourcegroups/(?P<rg>[^/]+)", _put_group, "Microsoft.Resources/subscriptions/resourceGroups/write", "groups"),
     route("GET", SUB + r"/providers/Microsoft\.EventGrid/systemTopics", _list_topics, "Microsoft.EventGrid/systemTopics/read", "eventgrid"),
     route("GET", _TOPIC, _get_topic, "Microsoft.EventGrid/systemTopics/read", "eventgrid"),
     route("PUT", _TOPIC, _put_topic, "Microsoft.EventGrid/systemTopics/write", "eventgrid"),

@@ -12,8 +12,10 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
+from localazure.authorization import granted
 from localazure.compute import agent_view, power_status
 from localazure.estate import Estate, Subscription, Vm
 from localazure.machinery import ArmError, Params, Query, Response, json_response, route
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from localazure.server import LocalAzure
 
 API_VERSIONS = {"graph": {"2021-03-01", "2022-10-01", "2024-04-01"}}
+SUBSCRIPTION_READ = "Microsoft.Resources/subscriptions/read"
 GRAPH_QUOTA = (15, 5.0)  # queries per window, window seconds, per principal
 GRAPH_MAX_PAGE = 1000
 
@@ -291,7 +294,15 @@ def _graph(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Respo
         )
         project = lambda vm: {"id": vm.id}  # noqa: E731
     elif shape == normalise_query(CONTAINERS_QUERY):
-        rows = subscriptions
+        # Resource Graph returns only what the caller may read ("Resource Graph ... returns
+        # resources the user has at least read access to": the Resource Graph overview's
+        # permissions section): a subscription's row needs Microsoft.Resources/
+        # subscriptions/read (Reader at a group grants it down the hierarchy).
+        reader = any(
+            fnmatchcase(SUBSCRIPTION_READ.lower(), pattern.lower())
+            for pattern in granted(plane._principal_by_oid(who))
+        )
+        rows = subscriptions if reader else []
         project = lambda s: container_row(plane.estate, s)  # noqa: E731
     else:
         rows = _scale_set_rows(plane, subscriptions)

@@ -226,18 +226,22 @@ def _start(plane: LocalAzure, machine: Vm, finish: Any, error: Any = None) -> Op
 def _operation_headers(
     plane: LocalAzure, machine: Vm, operation: Operation, api: str
 ) -> dict[str, str]:
-    """Azure-AsyncOperation and Location, as the live 202 of azure-powershell#12578
-    carries them, and Retry-After (the spec's 202 headers). Retry-After is the plane's
-    operation time in whole seconds (0 in tests); Azure's value is unconfirmed."""
+    """Location and Retry-After: the spec's 202 headers (MachineExtensions_CreateOrUpdate,
+    final-state-via: location), which azure-mgmt-hybridcompute 10.0.0 reads. With
+    ``plane.arc_async_operation`` also Azure-AsyncOperation, as the live 202 of
+    azure-powershell#12578 (2019) carried it: the app must handle both. Retry-After is
+    the plane's operation time in whole seconds (0 in tests); Azure's value is unconfirmed."""
     base = (
         f"{plane.url}/subscriptions/{machine.subscription}/providers/Microsoft.HybridCompute"
         f"/locations/{machine.location}"
     )
-    return {
-        "Azure-AsyncOperation": f"{base}/operationstatus/{operation.id}?api-version={api}",
+    headers = {
         "Location": f"{base}/operationresults/{operation.id}?api-version={api}",
         "Retry-After": str(int(plane.lro_seconds)),
     }
+    if plane.arc_async_operation:
+        headers["Azure-AsyncOperation"] = f"{base}/operationstatus/{operation.id}?api-version={api}"
+    return headers
 
 
 def _put_extension(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:

@@ -111,6 +111,10 @@ class LocalAzure:
         self.graph_copies: dict[str, tuple[float, dict[str, Any]]] = {}
         # Event Grid management state, and the functions deployed per Function App id.
         self.system_topics: dict[str, dict[str, Any]] = {}
+        self.resource_groups: dict[str, dict[str, Any]] = {}  # made by the wiring hook
+        # Arc extension PUTs answer with Location only (the spec); True adds the
+        # Azure-AsyncOperation header an older live trace shows (hybrid.py).
+        self.arc_async_operation = False
         self.event_subscriptions: dict[str, dict[str, Any]] = {}
         self.functions: dict[str, set[str]] = {}
         self.list_page_size = list_page_size
@@ -214,13 +218,11 @@ class LocalAzure:
 
     create_machine = create_vm
 
-    def set_arc_status(
-        self, machine_id: str, status: str, caller: Principal | None = None
-    ) -> dict[str, Any]:
+    def set_arc_status(self, machine_id: str, status: str) -> None:
         """An Arc machine's agent stops or resumes its heartbeats. Reconnected, the
-        extension operations queued while it was away run. Returns the machines/write
-        event raised here (whether Azure raises one for a status change is unconfirmed:
-        docs/fidelity.md)."""
+        extension operations queued while it was away run. No event: the status comes
+        from the agent's heartbeats, not from an ARM write (docs/fidelity.md: unconfirmed;
+        a re-run `azcmagent connect` is create_machine's write)."""
         with self.lock:
             machine = self._vm(machine_id)
             if machine.kind != "arc":
@@ -232,7 +234,6 @@ class LocalAzure:
                 for operation in self.operations.values():
                     if operation.vm_key == machine.key and not operation.finished:
                         operation.done_at = min(operation.done_at, now + self.lro_seconds)
-            return record_event(self, "Write", hybrid.MACHINE_WRITE, machine.id, caller)
 
     def add_subscription(self, subscription: Subscription) -> Subscription:
         """A subscription created in (or moved into) the tenant."""

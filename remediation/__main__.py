@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from remediation.audit import AuditRecord
 from remediation.config import SettingsError
-from remediation.model import coverage_percent, load_json
+from remediation.model import RemediationError, coverage_percent, load_json
 
 if TYPE_CHECKING:
     from remediation.service import Services
@@ -142,9 +142,7 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
     if args.mode:
         body["mode"] = args.mode
     try:
-        request = sweep.parse_request(
-            json.dumps(body).encode(), running.settings, running.scope().ids, trigger="cli"
-        )
+        request = sweep.parse_request(json.dumps(body).encode(), running.settings, trigger="cli")
         run = sweep.start(running, request, send=None)
     except sweep.InvalidSweepRequest as error:
         for problem in error.problems:
@@ -155,6 +153,10 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
             f"error: {error}; if its worker died: sweep --abandon {error.run_id}", file=sys.stderr
         )
         return 3
+    except RemediationError as error:  # the scope could not be resolved: nothing started
+        hint = f" Hint: {error.hint}" if error.hint else ""
+        print(f"error: the scope could not be resolved: {error}{hint}", file=sys.stderr)
+        return 2
     try:
         finished = _sweep_batches(running, run, args.json, out)
     except BaseException as error:  # Ctrl-C, or Azure unreachable: free the subscriptions
@@ -391,7 +393,6 @@ def run_test_alert(args: argparse.Namespace, out: TextIO) -> int:
     from remediation import testalert  # noqa: PLC0415
     from remediation.arm import RUN_COMMAND_WAIT  # noqa: PLC0415
     from remediation.bootstrap import services  # noqa: PLC0415
-    from remediation.model import RemediationError  # noqa: PLC0415
     from remediation.queues import drain  # noqa: PLC0415
 
     running = services()

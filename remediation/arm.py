@@ -765,7 +765,7 @@ class ArmGateway:
             partial(self._begin_install, facts, name, properties),
         )
         try:
-            poller.result(timeout=self._settings.install_timeout_seconds)
+            result = poller.result(timeout=self._settings.install_timeout_seconds)
         except HttpResponseError as error:
             if error.status_code == 200:  # the operation itself ended Failed
                 message = _error_message(error)
@@ -775,6 +775,10 @@ class ArmGateway:
             raise TransientError(f"waiting for {extension_type} on {vm}: {error}") from None
         if not poller.done():
             return InstallResult("InProgress", extension=name)
+        # Location-based polling (Arc's spec) ends with the extension, Failed or not; the
+        # operation-status kind raised above. Read the outcome from the extension itself.
+        if _provisioning_state(result).lower() == "failed":
+            return InstallResult("Failed", f"{extension_type} ended Failed", name)
         return InstallResult("Succeeded", extension=name)
 
     def _begin_install(self, facts: VmFacts, name: str, properties: dict[str, Any]) -> Any:
@@ -855,6 +859,13 @@ def run_output(statuses: Iterable[tuple[str, str]]) -> tuple[str, str]:
         else:
             out.append(message)
     return "\n".join(filter(None, out)), "\n".join(filter(None, err))
+
+
+def _provisioning_state(extension: Any) -> str:
+    """provisioningState of a VM extension model (top level) or an Arc one (properties)."""
+    properties = getattr(extension, "properties", None)
+    state = getattr(properties, "provisioning_state", None)
+    return str(state or getattr(extension, "provisioning_state", None) or "")
 
 
 def _unanswered(error: ClientAuthenticationError) -> bool:

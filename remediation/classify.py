@@ -666,17 +666,20 @@ ARC_POWER = {
 
 
 def _arc_os(os_type: str, os_name: str, os_sku: str, os_version: str) -> tuple[str, str, str]:
-    """The guest-OS fields classify reads, from what the Arc agent reports. A Linux
-    osVersion is the kernel's, so the distro's version comes from osSku."""
-    family = (os_type or os_name).strip().lower()
+    """(os_type, os_name, os_version) as classify reads them, from what the Arc agent
+    reports: osType decides the family (else the OS's name), osSku names the OS. A Linux
+    osVersion is the kernel's, so the distro's version comes from its name."""
     name = os_sku or ("" if os_name.lower() in {"windows", "linux"} else os_name)
-    if family == "linux" or (name and not name.lower().startswith("windows")):
+    family = (os_type or os_name).strip().lower()
+    if family not in {"windows", "linux"}:
+        family = "windows" if name.lower().startswith("windows") else "linux" if name else ""
+    if family == "windows":
+        return ("Windows", name, os_version)
+    if family == "linux":
         # "Red Hat Enterprise Linux 8.9 (Ootpa)": the distro's name, then its version.
-        match = re.search(r"\b(\d+(?:\.\d+)?)", os_sku)
+        match = re.search(r"\b(\d+(?:\.\d+)?)", name)
         distro = name[: match.start()].strip() if match and match.start() else name
         return ("Linux", distro, match[1] if match else "")
-    if family == "windows" or name.lower().startswith("windows"):
-        return ("Windows", name, os_version)
     return ("", name, os_version)
 
 

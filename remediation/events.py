@@ -81,7 +81,8 @@ def parse(
     except InvalidResourceId:
         return ignored(f"the subject is not a valid VM or Arc machine id: {_echo(subject)}")
     if vm.kind is not machine:
-        return ignored(f"operation {_echo(operation)} is not about an {vm.noun}")
+        article = "an" if vm.kind is Kind.ARC else "a"
+        return ignored(f"operation {_echo(operation)} is not about {article} {vm.noun}")
     resource_uri = as_text(data.get("resourceUri"))
     if resource_uri.lower() != vm.id.lower():
         return ignored("the subject and data.resourceUri name different resources")

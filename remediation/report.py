@@ -82,11 +82,7 @@ class Coverage:
     trend: list[Point] = field(default_factory=list)
     tests: dict[str, AuditRecord] = field(default_factory=dict)  # VM id -> its last test alert
     names: Scope = field(default_factory=Scope)  # display names, groups, wiring
-
-    def uniform(self) -> tuple[int, int]:
-        """(uniform scale sets, their instances) as each subscription's latest sweep counted."""
-        pairs = [run.scale_sets.get(s, [0, 0]) for s, run in self.as_of.items()]
-        return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    uniform: tuple[int, int] = (0, 0)  # uniform scale sets, instances: the last full sweep's
 
     @property
     def not_swept(self) -> list[str]:
@@ -167,8 +163,14 @@ def gather(services: Services, now: datetime | None = None) -> Coverage:
     scope = tuple(sorted(names.ids))
     runs = RunStore(services.audit.table).runs_since(now - WINDOW)
     done = sorted((run for run in runs if run.status == "done"), key=lambda run: run.started)
+    full = [run for run in done if full_scope(run, scope)]
     coverage = Coverage(
-        now, scope, latest_sweeps(done, scope), trend=trend(done, scope), names=names
+        now,
+        scope,
+        latest_sweeps(done, scope),
+        trend=trend(done, scope),
+        names=names,
+        uniform=full[-1].uniform if full else (0, 0),
     )
     if coverage.as_of:
         oldest = min(run.started for run in coverage.as_of.values())
@@ -360,9 +362,10 @@ def _subscriptions(coverage: Coverage) -> str:
     verified = coverage.verified_by("subscription")
     body = []
     group = None
+    grouping = any(coverage.names.group_of(s)[0] for s in coverage.scope)
     for subscription in _grouped(coverage):
         here = coverage.names.group_of(subscription)
-        if any(coverage.names.group_of(s)[0] for s in coverage.scope) and here != group:
+        if grouping and here != group:
             group = here
             title = f"{here[1]} ({here[0]})" if here[0] else "Listed in REMEDIATION_SUBSCRIPTIONS"
             body.append(
@@ -397,7 +400,12 @@ def _grouped(coverage: Coverage) -> list[str]:
     names = coverage.names
     return sorted(
         coverage.scope,
-        key=lambda s: (names.group_of(s)[1].lower(), names.name(s).lower(), s),
+        key=lambda s: (
+            names.group_of(s)[1].lower(),
+            names.group_of(s)[0],
+            names.name(s).lower(),
+            s,
+        ),
     )
 
 
@@ -418,7 +426,7 @@ def _not_covered(coverage: Coverage) -> list[str]:
             "sweep covers them, new machines wait for it. Wire each with:</p>",
             f'<ul id="unwired">{items}</ul>',
         ]
-    scale_sets, instances = coverage.uniform()
+    scale_sets, instances = coverage.uniform
     if scale_sets:
         parts += [
             "<h2>Not covered by this app</h2>",

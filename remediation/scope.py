@@ -4,8 +4,9 @@ Listed subscriptions (REMEDIATION_SUBSCRIPTIONS) are always in scope; so is ever
 subscription under a listed management group (REMEDIATION_MANAGEMENT_GROUPS). Every sweep
 resolves the scope afresh through Resource Graph's ``resourcecontainers`` (display names
 and management-group chains), says in the remediation log which subscriptions joined or
-left, and keeps it in the audit table (partition ``scope``) for the event path and the
-other workers, which cache it for REMEDIATION_POSTURE_TTL_SECONDS.
+left, and keeps it in the audit table (partition ``scope``, a row per subscription) for the
+event path and the other workers, which cache it for five minutes. Before the first sweep,
+a worker resolves the groups for itself and stores nothing.
 
 A subscription that joins through a group needs its Event Grid wiring: the app's role
 only reads Event Grid, so the sweep checks the wiring (the doctor's check) and the report
@@ -15,7 +16,6 @@ wires it. The nightly sweep covers it meanwhile.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("remediation")
 
 SCOPE_PARTITION = "scope"
-SCOPE_ROW = "current"
 # Subscription states (resourcecontainers properties.state): a Disabled subscription
 # refuses writes and a Deleted one everything (Azure's subscription-states docs).
 INACTIVE_STATES = frozenset({"disabled", "deleted"})
@@ -79,28 +78,6 @@ class Scope:
         """(management group id, its display name), or ("", "") for a listed one."""
         found = self.subscriptions.get(subscription.lower())
         return (found.group, found.group_name) if found else ("", "")
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "subscriptions": [
-                    [s.id, s.name, s.group, s.group_name] for s in self.subscriptions.values()
-                ],
-                "resolved": self.resolved.isoformat() if self.resolved else None,
-                "unwired": sorted(self.unwired),
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Scope:
-        value = json.loads(text)
-        subscriptions = {row[0]: Subscription(*row) for row in value.get("subscriptions") or []}
-        resolved = value.get("resolved")
-        return cls(
-            subscriptions,
-            datetime.fromisoformat(resolved) if resolved else None,
-            frozenset(value.get("unwired") or ()),
-        )
 
 
 # --- Pure: settings + what Resource Graph lists -> the scope ----------------------------
@@ -194,37 +171,100 @@ def left_record(sub: Subscription, run_id: str, settings: Settings) -> AuditReco
     )
 
 
-# --- The audit table's copy -------------------------------------------------------------
+# --- The audit table's copy: one row per subscription (a long scope outgrows one entity) ---
+TRANSACTION = 100  # Table Storage's largest batch, all in one partition
+META_ROW = "~resolved"  # sorts after every subscription id
+
+
 class ScopeStore:
     def __init__(self, table: TableClient) -> None:
         self._table = table
 
     def load(self) -> Scope | None:
+        """The last resolution a sweep stored, or None before the first (or if the table
+        does not exist yet: a read-only caller creates nothing)."""
+        rows = {}
         try:
-            entity = self._table.get_entity(SCOPE_PARTITION, SCOPE_ROW)
+            for entity in self._table.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": SCOPE_PARTITION}
+            ):
+                rows[str(entity["RowKey"])] = entity
         except ResourceNotFoundError:
             return None
-        return Scope.from_json(str(entity["scope"]))
+        meta = rows.pop(META_ROW, None)
+        if meta is None:
+            return None
+        subscriptions = {
+            key: Subscription(
+                key,
+                str(row.get("name") or ""),
+                str(row.get("group") or ""),
+                str(row.get("group_name") or ""),
+            )
+            for key, row in sorted(rows.items())
+        }
+        unwired = frozenset(key for key, row in rows.items() if row.get("unwired"))
+        return Scope(subscriptions, meta.get("resolved"), unwired)
 
-    def save(self, scope: Scope) -> None:
+    def save(self, scope: Scope, previous: Scope | None) -> None:
+        """Upsert the scope's rows, delete those of subscriptions that left, then the
+        resolution's time (last: a load never sees a half-written scope as complete)."""
+        operations: list[tuple[str, dict[str, Any]]] = [
+            (
+                "upsert",
+                {
+                    "PartitionKey": SCOPE_PARTITION,
+                    "RowKey": sub.id,
+                    "name": sub.name,
+                    "group": sub.group,
+                    "group_name": sub.group_name,
+                    "unwired": sub.id in scope.unwired,
+                },
+            )
+            for sub in scope.subscriptions.values()
+        ]
+        gone = (previous.ids if previous else frozenset()) - scope.ids
+        operations += [
+            ("delete", {"PartitionKey": SCOPE_PARTITION, "RowKey": sid}) for sid in sorted(gone)
+        ]
+        for start in range(0, len(operations), TRANSACTION):
+            self._table.submit_transaction(operations[start : start + TRANSACTION])
         self._table.upsert_entity(
-            {"PartitionKey": SCOPE_PARTITION, "RowKey": SCOPE_ROW, "scope": scope.to_json()}
+            {"PartitionKey": SCOPE_PARTITION, "RowKey": META_ROW, "resolved": scope.resolved}
         )
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a sweep found when it started: the scope, the stored one it replaces (None
+    before the first), and whether it is new (resolved now) or the stored one standing."""
+
+    scope: Scope
+    stored: Scope | None
+    fresh: bool
+
+    def records(self, run_id: str, settings: Settings) -> list[AuditRecord]:
+        """A record per subscription that joined or left since the stored scope."""
+        if not self.fresh or self.stored is None:
+            return []  # nothing new, or nothing to compare with
+        joined, left = changes(self.stored, self.scope)
+        return [joined_record(s, run_id, settings) for s in joined] + [
+            left_record(s, run_id, settings) for s in left
+        ]
 
 
 def refresh(
     settings: Settings,
-    store: ScopeStore,
+    stored: Scope | None,
     containers: Callable[[], list[dict[str, Any]]],
     wired: Callable[[str], bool],
-    run_id: str = "",
-) -> tuple[Scope, list[AuditRecord]]:
-    """Resolve the scope, compare it with the stored one, check the wiring of the
-    subscriptions that joined through a group (and of those still unwired), store it.
-    Returns the scope and a record per subscription that joined or left. If Resource Graph
-    does not answer, the stored scope stands (or, with no stored scope, the listed
-    subscriptions alone unless groups are set: then the error is raised)."""
-    stored = store.load()
+) -> Resolution:
+    """Resolve the scope and check the wiring of the group subscriptions that are new
+    (and of those still unwired). Writes nothing: the sweep stores it once its run holds
+    its subscriptions. If Resource Graph does not answer, the stored scope stands (with
+    none stored, the listed subscriptions alone; with groups set, the error is raised).
+    An answer that lists no subscription under the groups while some were there is taken
+    for a lost Reader role, not for every subscription leaving: the stored scope stands."""
     before = reconcile(stored, settings) if stored else listed(settings)
     try:
         after = resolve(settings, containers(), datetime.now(UTC))
@@ -232,11 +272,17 @@ def refresh(
         if stored is None and settings.management_groups:
             raise
         log.warning("the scope could not be resolved (%s): the last known scope stands", error)
-        return before, []
-    # The first resolution has nothing to compare with: every group subscription is new.
-    joined, left = changes(before, after) if stored else ([], [])
-    fresh = joined if stored else list(after.subscriptions.values())
-    to_check = {s.id for s in fresh if s.group} | (before.unwired & after.ids)
+        return Resolution(before, stored, fresh=False)
+    had_groups = any(sub.group for sub in before.subscriptions.values())
+    if had_groups and not any(sub.group for sub in after.subscriptions.values()):
+        log.warning(
+            "Resource Graph listed no subscription under %s: the last known scope stands "
+            "(check the app's Reader role at each group)",
+            ", ".join(sorted(settings.management_groups)),
+        )
+        return Resolution(before, stored, fresh=False)
+    new = after.ids - (stored.ids if stored else frozenset())
+    to_check = {sid for sid in new if after.subscriptions[sid].group} | (before.unwired & after.ids)
     unwired = set()
     for sid in sorted(to_check):
         try:
@@ -245,10 +291,4 @@ def refresh(
         except RemediationError as error:  # cannot tell: say so rather than hide it
             log.warning("subscription %s: its Event Grid wiring could not be read: %s", sid, error)
             unwired.add(sid)
-    after = replace(after, unwired=frozenset(unwired))
-    store.save(after)
-    records = [joined_record(s, run_id, settings) for s in joined]
-    records += [left_record(s, run_id, settings) for s in left]
-    for record in records:
-        log.info("scope: %s", record.reason)
-    return after, records
+    return Resolution(replace(after, unwired=frozenset(unwired)), stored, fresh=True)

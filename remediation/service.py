@@ -42,7 +42,15 @@ from remediation.model import (
 )
 from remediation.policy import decide, failure_hint, not_checkable
 from remediation.queues import BadMessage, Claims, InstallRequest, WorkQueue
-from remediation.scope import Scope, ScopeStore, listed, reconcile, refresh
+from remediation.scope import (
+    Resolution,
+    Scope,
+    ScopeStore,
+    listed,
+    reconcile,
+    refresh,
+    resolve,
+)
 
 if TYPE_CHECKING:  # the gateway imports azure.mgmt: keep it off this module's import
     from remediation.arm import ArmGateway, InstallResult
@@ -68,49 +76,50 @@ class Services:
     states: States  # each VM's verification between sweeps
     notifier: Notifier | None = None
     _scope: tuple[float, Scope] | None = field(default=None, repr=False)
-    _just_resolved: bool = field(default=False, repr=False)  # by scope(), not yet by a sweep
 
     def scope(self) -> Scope:
-        """The subscriptions in scope with their names: the last resolution (kept in the
-        audit table) under today's settings, cached per worker; resolved here when there
-        is none yet."""
+        """The subscriptions in scope with their names: the last sweep's resolution (kept
+        in the audit table) under today's settings, cached per worker. Before the first
+        sweep: the listed subscriptions, and those under the groups as Resource Graph
+        lists them now (nothing is stored, and names come with the first sweep)."""
         now = time.monotonic()
         if self._scope is not None and now - self._scope[0] < SCOPE_TTL_SECONDS:
             return self._scope[1]
+        settings = self.settings
         stored = ScopeStore(self.audit.table).load()
         if stored is not None:
-            scope = reconcile(stored, self.settings)
-        else:  # before the first sweep: resolve once, for every worker after this one
+            scope = reconcile(stored, settings)
+        elif settings.management_groups:
             try:
-                scope, _ = self.refresh_scope()
-                self._just_resolved = True
+                rows = self.arm.subscription_containers(settings.management_groups)
+                scope = resolve(settings, rows, datetime.now(UTC))
             except RemediationError as error:
-                log.warning("the scope could not be resolved: %s", error)
-                scope = listed(self.settings)
+                log.warning("the management groups could not be resolved: %s", error)
+                scope = listed(settings)
+        else:
+            scope = listed(settings)
         self._scope = (now, scope)
         return scope
 
-    def refresh_scope(self, run_id: str = "") -> tuple[Scope, list[AuditRecord]]:
-        """Resolve the scope now (a sweep starts): the scope, and a record for each
-        subscription that joined or left since the last resolution. A first resolution
-        that scope() made a moment ago (no records: nothing to compare) is not repeated."""
+    def resolve_scope(self) -> Resolution:
+        """A sweep starts: the scope afresh (names, groups, wiring), against the stored
+        one. Writes nothing: ``keep_scope`` stores it once the run holds its subscriptions."""
         from remediation.doctor import events_check  # noqa: PLC0415 - doctor imports this
 
-        if self._just_resolved and self._scope is not None:
-            self._just_resolved = False
-            return self._scope[1], []
         settings = self.settings
-        scope, records = refresh(
+        return refresh(
             settings,
-            ScopeStore(self.audit.table),
+            ScopeStore(self.audit.table).load(),
             lambda: self.arm.subscription_containers(
                 settings.management_groups, settings.subscriptions
             ),
             lambda subscription: events_check(self, subscription).ok,
-            run_id,
         )
-        self._scope = (time.monotonic(), scope)
-        return scope, records
+
+    def keep_scope(self, resolution: Resolution) -> None:
+        if resolution.fresh:
+            ScopeStore(self.audit.table).save(resolution.scope, resolution.stored)
+        self._scope = (time.monotonic(), resolution.scope)
 
 
 @dataclass(frozen=True)

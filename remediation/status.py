@@ -347,7 +347,7 @@ def render_table(status: Status, out: TextIO, shown: int = SHOWN) -> None:
                 highlight=False,
             )
             continue
-        table = Table(title=f"subscription {subscription.label}")
+        table = Table(title=Text(f"subscription {subscription.label}"))
         table.add_column("platform")
         for word in (*words, "VMs", "coverage"):
             table.add_column(word, justify="right")

@@ -90,12 +90,10 @@ class SweepRequest:
     trigger: str  # sweep (timer), http, cli
 
 
-def parse_request(
-    body: bytes, settings: Settings, scope: frozenset[str], trigger: str = "http"
-) -> SweepRequest:
+def parse_request(body: bytes, settings: Settings, trigger: str = "http") -> SweepRequest:
     """Validate a forced sweep's body strictly; every problem is listed. The body can
-    narrow the scope (``scope``: the subscriptions in it) and make the run more
-    conservative, never widen or escalate."""
+    narrow the scope and make the run more conservative, never widen or escalate (the
+    subscriptions asked for are checked against the scope when the run starts)."""
     problems: list[str] = []
     value: Any = {}
     if body.strip():
@@ -118,11 +116,6 @@ def parse_request(
             for item in given[:1000]:
                 if not isinstance(item, str) or not GUID.match(item):
                     problems.append(f"not a subscription id: {json.dumps(item)[:60]}")
-                elif item.lower() not in scope:
-                    problems.append(
-                        f"subscription {item} is not in scope (REMEDIATION_SUBSCRIPTIONS or "
-                        "REMEDIATION_MANAGEMENT_GROUPS)"
-                    )
                 else:
                     chosen.append(item.lower())
             if len(given) > 1000:
@@ -154,8 +147,8 @@ class Run:
     finished: datetime | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     heartbeat: datetime | None = None
-    # Uniform scale sets per subscription: [scale sets, instances], counted when it started.
-    scale_sets: dict[str, list[int]] = field(default_factory=dict)
+    # Uniform scale sets in its subscriptions and their instances, counted when it started.
+    uniform: tuple[int, int] = (0, 0)
 
     def stale(self, now: datetime) -> bool:
         """Running, and silent for longer than any working batch stays silent."""
@@ -198,7 +191,7 @@ class RunStore:
         request: SweepRequest,
         batches: int,
         now: datetime | None = None,
-        scale_sets: dict[str, list[int]] | None = None,
+        uniform: tuple[int, int] = (0, 0),
     ) -> Run:
         started = now or datetime.now(UTC)
         run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
@@ -209,7 +202,7 @@ class RunStore:
             list(request.subscriptions),
             batches,
             started,
-            scale_sets=scale_sets or {},
+            uniform=uniform,
         )
         self._lock(run)
         try:
@@ -234,7 +227,8 @@ class RunStore:
                 "status": "running",
                 "actions_used": 0,
                 "summary": "{}",
-                "scale_sets": json.dumps(run.scale_sets),
+                "uniform_scale_sets": run.uniform[0],
+                "uniform_instances": run.uniform[1],
             }
         )
 
@@ -308,7 +302,10 @@ class RunStore:
             finished=entity.get("finished"),
             summary=json.loads(entity.get("summary") or "{}"),
             heartbeat=entity.get("heartbeat"),
-            scale_sets=json.loads(entity.get("scale_sets") or "{}"),
+            uniform=(
+                int(entity.get("uniform_scale_sets") or 0),
+                int(entity.get("uniform_instances") or 0),
+            ),
         )
 
     def beat(self, run_id: str, now: datetime | None = None) -> bool:
@@ -413,7 +410,7 @@ class RunStore:
             if entity["status"] != "running":
                 return None  # another batch finished it, or it was closed as failed
             finished = datetime.now(UTC)
-            summary = summarize(results, run.started, finished, run.scale_sets)
+            summary = summarize(results, run.started, finished, run.uniform)
             entity.update(status="done", finished=finished, summary=json.dumps(summary))
             if replace_if_unchanged(self._table, entity, entity.metadata["etag"]):
                 break
@@ -443,7 +440,7 @@ def summarize(
     results: Sequence[BatchResult],
     started: datetime,
     finished: datetime,
-    scale_sets: dict[str, list[int]] | None = None,
+    uniform: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
     decisions: Counter[str] = Counter()
     platforms: Counter[str] = Counter()
@@ -477,8 +474,8 @@ def summarize(
         "graph_requests": sum(r.graph_requests for r in results),
         "duration_seconds": round((finished - started).total_seconds(), 3),
         # Not this app's to change: instances of uniform scale sets (the report's hint).
-        "uniform_scale_sets": sum(pair[0] for pair in (scale_sets or {}).values()),
-        "uniform_instances": sum(pair[1] for pair in (scale_sets or {}).values()),
+        "uniform_scale_sets": uniform[0],
+        "uniform_instances": uniform[1],
     }
 
 
@@ -522,21 +519,20 @@ def batches_of(subscriptions: Sequence[str], size: int) -> list[tuple[str, ...]]
 def start(services: Services, request: SweepRequest, send: Callable[[str], Any] | None) -> Run:
     """Resolve the scope, lock the subscriptions, record the run, and hand its batches to
     ``send`` (the sweep queue) -- or, with ``send=None``, leave them for the caller to run
-    inline. The subscriptions that joined or left the scope get a record each."""
-    scope, changes = services.refresh_scope()
-    subscriptions = tuple(sorted(scope.ids))
-    if request.subscriptions:  # narrowed: those still in scope now
-        subscriptions = tuple(s for s in request.subscriptions if s in scope)
-        if not subscriptions:
-            raise InvalidSweepRequest(["none of the subscriptions asked for is in scope now"])
-    request = dataclasses.replace(request, subscriptions=subscriptions)
+    inline. Once the run holds its subscriptions: a record for each subscription that
+    joined or left the scope, then the new scope stored (a run refused writes neither, and
+    the next run finds the same changes)."""
+    resolution = services.resolve_scope()
+    request = dataclasses.replace(request, subscriptions=in_scope(request, resolution.scope.ids))
     batches = batches_of(request.subscriptions, services.settings.sweep_batch_size)
-    scale_sets = _uniform_scale_sets(services, request.subscriptions)
-    run = RunStore(services.audit.table).new_run(request, len(batches), scale_sets=scale_sets)
+    uniform = _uniform_scale_sets(services, request.subscriptions)
+    run = RunStore(services.audit.table).new_run(request, len(batches), uniform=uniform)
+    changes = resolution.records(run.run_id, services.settings)
     if changes:
-        services.audit.write_many(
-            [dataclasses.replace(_stable(r, run), run_id=run.run_id) for r in changes]
-        )
+        services.audit.write_many([_stable(record, run) for record in changes])
+        for record in changes:
+            log.info("scope: %s", record.log_line())
+    services.keep_scope(resolution)
     if services.settings.mde_api:
         read_devices(services, run.run_id)
     if send is not None:
@@ -545,15 +541,36 @@ def start(services: Services, request: SweepRequest, send: Callable[[str], Any] 
     return run
 
 
-def _uniform_scale_sets(services: Services, subscriptions: Sequence[str]) -> dict[str, list[int]]:
-    """Uniform scale sets and their instances per subscription (one query): counted as
-    "not covered by this app". Best effort: the sweep goes on without the count."""
+def in_scope(request: SweepRequest, scope: frozenset[str]) -> tuple[str, ...]:
+    """The subscriptions a run sweeps: those asked for (each must be in scope), or all."""
+    if not scope:
+        raise InvalidSweepRequest(
+            [
+                "no subscription is in scope: check REMEDIATION_SUBSCRIPTIONS and "
+                "REMEDIATION_MANAGEMENT_GROUPS (python -m remediation doctor)"
+            ]
+        )
+    outside = [s for s in request.subscriptions if s not in scope]
+    if outside:
+        raise InvalidSweepRequest(
+            [
+                f"subscription {s} is not in scope (REMEDIATION_SUBSCRIPTIONS or "
+                "REMEDIATION_MANAGEMENT_GROUPS)"
+                for s in outside
+            ]
+        )
+    return request.subscriptions or tuple(sorted(scope))
+
+
+def _uniform_scale_sets(services: Services, subscriptions: Sequence[str]) -> tuple[int, int]:
+    """(uniform scale sets, their instances) in the run's subscriptions: counted as "not
+    covered by this app". Best effort: the sweep goes on without the count."""
     try:
         counts = services.arm.uniform_scale_sets(subscriptions)
     except (TransientError, PermanentError) as error:
         log.warning("uniform scale sets were not counted: %s", error)
-        return {}
-    return {subscription: [sets, instances] for subscription, (sets, instances) in counts.items()}
+        return (0, 0)
+    return (sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values()))
 
 
 def read_devices(services: Services, run_id: str) -> None:
@@ -824,9 +841,10 @@ class _Batch:
 
 
 def _stable(record: AuditRecord, run: Run) -> AuditRecord:
-    """Sweep rows get the run's time and an id from (run, VM): a retried batch
-    rewrites its rows rather than adding a second record for the same VM."""
-    digest = hashlib.sha256(f"{run.run_id}|{record.vm.lower()}".encode()).hexdigest()[:32]
+    """Sweep rows get the run's time and an id from (run, VM), or (run, subscription) for
+    a scope change: a retried batch rewrites its rows rather than adding a second record."""
+    about = record.vm.lower() or f"scope:{record.subscription}"
+    digest = hashlib.sha256(f"{run.run_id}|{about}".encode()).hexdigest()[:32]
     return dataclasses.replace(record, time=run.started, record_id=digest)
 
 
@@ -858,14 +876,14 @@ def start_nightly(services: Services) -> Run:
 def http_start(services: Services, body: bytes, status_base: str) -> tuple[int, dict[str, Any]]:
     """POST /api/sweep: 202 with the run, 400 with every problem, 409 with the running run."""
     try:
-        request = parse_request(body, services.settings, services.scope().ids, trigger="http")
+        request = parse_request(body, services.settings, trigger="http")
     except InvalidSweepRequest as error:
         return 400, {"errors": error.problems}
     try:
         run = start(services, request, services.sweeps.send_text)
     except SweepRunning as error:
         return 409, {"errors": [str(error)], "run_id": error.run_id}
-    except InvalidSweepRequest as error:  # what was asked for left the scope meanwhile
+    except InvalidSweepRequest as error:  # subscriptions out of scope: nothing started
         return 400, {"errors": error.problems}
     except TransientError as error:  # resolving the scope: Azure did not answer
         return 503, {"errors": [f"the scope could not be resolved: {error}"]}

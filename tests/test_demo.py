@@ -143,7 +143,12 @@ def test_the_change_in_eligible_running_vms_is_explained(demo):
     assert table_row is not None
     assert (int(table_row[1]), int(table_row[2])) == (before, after)
     explained = line[0]
-    assert f"created {len(created)} VMs and started {len(started)} deallocated ones" in explained
+    arc = sum("/microsoft.hybridcompute/" in vm for vm in created)
+    assert arc == 2  # two Arc machines connected in the burst
+    assert (
+        f"created {len(created)} machines ({len(created) - arc} VMs, {arc} Arc machines) and "
+        f"started {len(started)} deallocated ones"
+    ) in explained
     touched = len(created) + len(started)
     assert f"{touched - not_eligible} of those {touched} are eligible" in explained
     assert change == touched - not_eligible  # nothing else moved, so nothing else is said

@@ -48,7 +48,9 @@ def two_subscriptions(use_identity):
 
 
 def wire(plane):
-    return hook().wire(operator(plane), [SUB, OTHER], APP_ID, "rg-dev-events", plane.url)
+    return hook().wire(
+        operator(plane), [SUB, OTHER], APP_ID, "rg-dev-events", plane.url, location="westeurope"
+    )
 
 
 def test_before_the_code_is_deployed_event_grid_refuses_the_subscription(two_subscriptions):
@@ -166,7 +168,14 @@ def test_the_doctor_finds_a_deployment_ready(world_factory):
         small_estate(), WEBSITE_SITE_NAME="func-dev", REMEDIATION_ALLOW_PLAN_CHANGE="true"
     )
     world.plane.deploy_functions(APP_ID, FUNCTIONS)
-    hook().wire(operator(world.plane), [SUB], APP_ID, "rg-dev-events", world.plane.url)
+    hook().wire(
+        operator(world.plane),
+        [SUB],
+        APP_ID,
+        "rg-dev-events",
+        world.plane.url,
+        location="westeurope",
+    )
     rows = doctor_rows(world)
     assert {key: row.ok for key, row in rows.items()} == {
         ("storage", "queues and table"): True,
@@ -181,6 +190,7 @@ def test_the_doctor_finds_a_deployment_ready(world_factory):
         if item.method != "GET" and "ResourceGraph" not in item.operation
     ]
     assert [w.operation for w in writes] == [
+        "Microsoft.Resources/subscriptions/resourceGroups/write",  # its events group
         "Microsoft.EventGrid/systemTopics/write",
         "Microsoft.EventGrid/systemTopics/eventSubscriptions/write",
     ]  # the hook's; the doctor wrote nothing
@@ -222,7 +232,14 @@ def test_health_answers_503_until_the_app_can_do_its_job(world_factory):
     assert (response.status_code, body["healthy"]) == (503, False)
     assert [c["check"] for c in body["checks"] if not c["ok"]] == ["events"]
     world.plane.deploy_functions(APP_ID, FUNCTIONS)
-    hook().wire(operator(world.plane), [SUB], APP_ID, "rg-dev-events", world.plane.url)
+    hook().wire(
+        operator(world.plane),
+        [SUB],
+        APP_ID,
+        "rg-dev-events",
+        world.plane.url,
+        location="westeurope",
+    )
     response = function_app.health(http_request("GET", "health"))
     assert (response.status_code, json.loads(response.get_body())["healthy"]) == (200, True)
 

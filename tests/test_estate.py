@@ -30,7 +30,7 @@ from remediation.model import (
     kind_of,
 )
 from remediation.policy import decide, not_checkable
-from remediation.scope import Scope, Subscription, changes, listed, reconcile, resolve
+from remediation.scope import Scope, Subscription, changes, listed, reconcile, refresh, resolve
 
 SUB = "11111111-1111-1111-1111-111111111111"
 SUB2 = "22222222-2222-2222-2222-222222222222"
@@ -170,9 +170,9 @@ def test_a_failed_arc_extension_carries_its_exit_code_from_its_single_status():
                 "provisioningState": "Failed",
                 "instanceView": {
                     "status": {
-                        "code": "1",
+                        "code": "failed",
                         "level": "Error",
-                        "message": "Enable failed: the handler exited with code 31",
+                        "message": "Extension Message: Enable failed: exit code 31: onboarding failed",
                     }
                 },
             },
@@ -342,7 +342,7 @@ def test_an_arc_write_is_accepted():
         (
             VM_ID,
             "Microsoft.HybridCompute/machines/write",
-            "operation 'Microsoft.HybridCompute/machines/write' is not about an VM",
+            "operation 'Microsoft.HybridCompute/machines/write' is not about a VM",
         ),
         (
             ARC_ID,
@@ -435,10 +435,87 @@ def test_the_stored_scope_follows_todays_settings():
     assert listed(GROUPS).ids == {SUB}
 
 
-def test_the_scope_survives_its_json():
-    scope = resolve(GROUPS, [container(SUB2, 'Corp, "01"', "mg-corp")], NOW)
-    scope = dataclasses.replace(scope, unwired=frozenset({SUB2}))
-    assert Scope.from_json(scope.to_json()) == scope
+def stored_scope(*subscriptions, unwired=()):
+    return Scope({s.id: s for s in subscriptions}, NOW, frozenset(unwired))
+
+
+def test_a_first_resolution_records_nothing_and_checks_every_group_subscriptions_wiring():
+    checked = []
+
+    def wired(sid):
+        checked.append(sid)
+        return sid != SUB2
+
+    rows = [container(SUB, "Listed", "root"), container(SUB2, "Corp 01", "mg-corp")]
+    resolution = refresh(GROUPS, None, lambda: rows, wired)
+    assert (resolution.fresh, resolution.scope.ids, resolution.scope.unwired) == (
+        True,
+        {SUB, SUB2},
+        {SUB2},
+    )
+    assert checked == [SUB2]  # listed subscriptions are wired by the deployment
+    assert resolution.records("run-1", GROUPS) == []
+
+
+def test_a_resolution_records_who_joined_and_left_and_rechecks_the_unwired():
+    stored = stored_scope(
+        Subscription(SUB, "Listed"),
+        Subscription(SUB2, "Corp 01", "mg-corp", "Corp"),
+        unwired=[SUB2],
+    )
+    checked = []
+    rows = [container(SUB, "Listed"), container(SUB3, "Corp 02", "mg-corp")]
+    resolution = refresh(GROUPS, stored, lambda: rows, lambda s: checked.append(s) or True)
+    assert checked == [SUB3]  # SUB2 left: not checked again
+    assert resolution.scope.unwired == frozenset()
+    records = resolution.records("run-2", GROUPS)
+    assert [(r.subscription, r.outcome, r.decision, r.run_id) for r in records] == [
+        (SUB3, "joined", "scope", "run-2"),
+        (SUB2, "left", "scope", "run-2"),
+    ]
+    assert records[0].subscription_name == "Corp 02"
+    assert records[1].reason.startswith(
+        "Subscription Corp 01 left the scope (it is no longer under mg-corp"
+    )
+
+
+def test_a_group_dropped_from_the_settings_is_recorded_as_left():
+    stored = stored_scope(
+        Subscription(SUB, "Listed"), Subscription(SUB2, "Corp 01", "mg-corp", "Corp")
+    )
+    resolution = refresh(SETTINGS, stored, lambda: [container(SUB, "Listed")], lambda s: True)
+    [left] = resolution.records("run-3", SETTINGS)
+    assert (left.subscription, left.outcome) == (SUB2, "left")
+    assert "it is no longer listed" in left.reason
+
+
+def test_when_resource_graph_fails_the_stored_scope_stands_or_the_error_is_raised():
+    from remediation.model import TransientError
+
+    def down():
+        raise TransientError("HTTP 503")
+
+    stored = stored_scope(
+        Subscription(SUB, "Listed"), Subscription(SUB2, "Corp 01", "mg-corp", "Corp")
+    )
+    kept = refresh(GROUPS, stored, down, lambda s: True)
+    assert (kept.fresh, kept.scope.ids, kept.records("r", GROUPS)) == (False, {SUB, SUB2}, [])
+    with pytest.raises(TransientError):
+        refresh(GROUPS, None, down, lambda s: True)  # groups, nothing known: cannot start
+    assert refresh(SETTINGS, None, down, lambda s: True).scope.ids == {SUB}
+
+
+def test_an_answer_without_any_group_subscription_is_not_everyone_leaving():
+    stored = stored_scope(
+        Subscription(SUB, "Listed"), Subscription(SUB2, "Corp 01", "mg-corp", "Corp")
+    )
+    resolution = refresh(GROUPS, stored, lambda: [container(SUB, "Listed")], lambda s: True)
+    assert (resolution.fresh, resolution.scope.ids) == (False, {SUB, SUB2})
+    assert resolution.records("r", GROUPS) == []
+
+
+def test_a_scope_knows_its_members_in_any_case():
+    scope = resolve(GROUPS, [container(SUB2, "Corp 01", "mg-corp")], NOW)
     assert SUB2 in scope
     assert SUB2.upper() in scope
     assert 7 not in scope

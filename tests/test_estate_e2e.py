@@ -5,6 +5,8 @@ against the local plane, Azurite for storage."""
 
 import json
 
+import pytest
+
 from localazure import Estate, Principal, Subscription
 from localazure.estate import (
     ARC_CATALOGUE,
@@ -21,6 +23,7 @@ SUB2 = "22222222-2222-4222-8222-222222222222"
 SUB3 = "33333333-3333-4333-8333-333333333333"
 UBUNTU_ARC = next(image for image in ARC_CATALOGUE if image.os_sku.startswith("Ubuntu 22.04"))
 WS2022_ARC = next(image for image in ARC_CATALOGUE if "2022" in image.os_sku)
+WS2016_ARC = next(image for image in ARC_CATALOGUE if "2016" in image.os_sku)
 
 
 def ready(subscription: Subscription) -> Subscription:
@@ -50,14 +53,20 @@ def by_vm(records, name):
 
 
 # --- Arc machines -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("image", "platform"),
+    [(WS2022_ARC, "windows-server-2022"), (WS2016_ARC, "windows-server-2016")],
+    ids=["2022", "2016 (unified solution)"],
+)
 def test_a_connected_arc_machine_is_classified_and_installed_through_hybridcompute(
-    world_factory,
+    world_factory, image, platform
 ):
     world = world_factory(estate(), **ENFORCE)
-    machine = arc("srv-01", WS2022_ARC)
+    sweep(world)  # the first sweep learns the subscriptions' names
+    machine = arc("srv-01", image)
     [record] = world.deliver(*world.plane.create_machine(machine))
     assert (record.kind, record.decision, record.outcome) == ("arc", "install", "queued")
-    assert (record.platform, record.actions) == ("windows-server-2022", ("install:MDE.Windows",))
+    assert (record.platform, record.actions) == (platform, ("install:MDE.Windows",))
     assert record.subscription_name == "Contoso Prod"
     world.run_queue()
     extension = world.plane.estate.vm(machine.id).extensions["mde.windows"]
@@ -78,8 +87,11 @@ def test_a_connected_arc_machine_is_classified_and_installed_through_hybridcompu
     )
 
 
-def test_a_failed_arc_install_names_its_exit_code_and_what_to_do(world_factory):
+@pytest.mark.parametrize("async_header", [False, True], ids=["location", "azure-asyncoperation"])
+def test_a_failed_arc_install_names_its_exit_code_and_what_to_do(world_factory, async_header):
     world = world_factory(estate(), **ENFORCE)
+    # The spec's 202 carries Location only; an older live trace, Azure-AsyncOperation too.
+    world.plane.arc_async_operation = async_header
     machine = arc("srv-bad", mde_failure=31)
     world.deliver(*world.plane.create_machine(machine))
     world.run_queue()
@@ -88,7 +100,7 @@ def test_a_failed_arc_install_names_its_exit_code_and_what_to_do(world_factory):
     assert "onboarding failed" in installed.hint
 
 
-def test_a_disconnected_arc_machine_waits_and_is_installed_when_it_reconnects(world_factory):
+def test_a_disconnected_arc_machine_waits_and_is_installed_once_it_reconnects(world_factory):
     world = world_factory(estate(), **ENFORCE)
     machine = arc("srv-away", arc_status="Disconnected")
     [deferred] = world.deliver(*world.plane.create_machine(machine))
@@ -98,7 +110,12 @@ def test_a_disconnected_arc_machine_waits_and_is_installed_when_it_reconnects(wo
     )
     assert world.run_queue() == 0  # nothing was queued: no PUT to sit queued for 6 hours
     assert world.plane.log.count("Microsoft.HybridCompute/machines/extensions/write") == 0
-    [back] = world.deliver(world.plane.set_arc_status(machine.id, "Connected"))
+    # Its heartbeats resume: no ARM write, so no event; the next sweep sees it Connected.
+    world.plane.drain_events()
+    world.plane.set_arc_status(machine.id, "Connected")
+    assert world.plane.drain_events() == []
+    sweep(world)
+    [back] = [r for r in world.audit_records() if r.trigger == "http"]
     assert (back.decision, back.outcome) == ("install", "queued")
     world.run_queue()
     assert world.plane.estate.vm(machine.id).extensions["mde.linux"].state == "Succeeded"
@@ -300,6 +317,30 @@ def test_an_unknown_management_group_stops_the_sweep_with_the_azure_error(world_
     assert answer["hint"].startswith("give management group ids, not display names")
     assert world.audit_records() == []
     assert not [item for item in world.plane.log.arm() if item.method == "PUT"]
+
+
+def test_without_subscription_read_resource_graph_names_no_subscription(world_factory):
+    from localazure.estate import REMEDIATOR_ROLE
+
+    blind = Principal(
+        **(
+            vars(APP)
+            | {"actions": [a for a in REMEDIATOR_ROLE if not a.startswith("Microsoft.Resources/")]}
+        )
+    )
+    groups = groups_estate()
+    groups.principals.clear()
+    groups.add_principal(blind)
+    world = world_factory(
+        groups, blind, REMEDIATION_SUBSCRIPTIONS="", REMEDIATION_MANAGEMENT_GROUPS="mg-corp"
+    )
+    response = world.post("sweep")
+    assert response.status_code == 400
+    assert json.loads(response.get_body())["errors"] == [
+        "no subscription is in scope: check REMEDIATION_SUBSCRIPTIONS and "
+        "REMEDIATION_MANAGEMENT_GROUPS (python -m remediation doctor)"
+    ]
+    assert world.audit_records() == []
 
 
 def test_names_and_groups_in_the_report_and_the_log(world_factory, capsys):

@@ -32,7 +32,7 @@ FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 @given(st.one_of(json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=300)))
 def test_sweep_bodies_are_accepted_or_refused_with_problems(body):
     try:
-        request = parse_request(body, SETTINGS, SETTINGS.subscriptions)
+        request = parse_request(body, SETTINGS)
     except InvalidSweepRequest as error:
         assert error.problems
         return

@@ -81,6 +81,7 @@ def test_the_custom_role_holds_the_operations_the_app_performs():
         "Microsoft.HybridCompute/locations/operationstatus/read",
         "Microsoft.HybridCompute/locations/operationresults/read",
         "Microsoft.ResourceGraph/resources/read",
+        "Microsoft.Resources/subscriptions/read",
         "Microsoft.Security/pricings/read",
         "Microsoft.Security/settings/read",
         "Microsoft.Security/mdeOnboardings/read",

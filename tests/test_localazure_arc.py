@@ -202,6 +202,10 @@ def test_an_install_on_a_connected_machine_succeeds_through_the_sdk(arc_plane):
 
 
 def test_a_failing_install_ends_failed_with_the_exit_code_in_the_instance_view(arc_plane):
+    # Location polling (the spec's): the operation ends with the extension, Failed.
+    ended = install(arc_plane, "arc-slackware").result()
+    assert ended.properties.provisioning_state == "Failed"
+    arc_plane.arc_async_operation = True  # with the status URL too, the SDK raises
     with pytest.raises(HttpResponseError):
         install(arc_plane, "arc-slackware").result()
     listed = (
@@ -222,8 +226,7 @@ def test_a_foreign_onboarding_package_fails_as_on_a_vm(arc_plane):
     poller = hybrid(arc_plane).machine_extensions.begin_create_or_update(
         GROUP, "arc-ubuntu", "MDE.Linux", body, polling_interval=0.01
     )
-    with pytest.raises(HttpResponseError):
-        poller.result()
+    assert poller.result().properties.provisioning_state == "Failed"
     ext = hybrid(arc_plane).machine_extensions.get(GROUP, "arc-ubuntu", "MDE.Linux")
     assert "exit code 31" in ext.properties.instance_view.status.message
 
@@ -246,7 +249,20 @@ def test_an_install_on_a_disconnected_machine_waits_queued_until_it_reconnects(a
     assert poller.result().properties.provisioning_state == "Succeeded"
 
 
-def test_a_put_answers_202_with_both_operation_urls_and_retry_after(arc_plane):
+def test_a_put_answers_202_with_location_and_retry_after_as_the_spec_says(arc_plane):
+    answer = raw(arc_plane).put(
+        f"{arc_plane.url}{ARC}/arc-ubuntu/extensions/MDE.Linux",
+        params={"api-version": HYBRID_API},
+        json=mde_body(arc_plane, "arc-ubuntu"),
+    )
+    assert answer.status_code == 202
+    assert "Azure-AsyncOperation" not in answer.headers
+    assert "/operationresults/" in answer.headers["Location"]
+    assert answer.headers["Retry-After"].isdigit()
+
+
+def test_a_put_answers_with_both_operation_urls_as_the_older_trace_shows(arc_plane):
+    arc_plane.arc_async_operation = True
     session = raw(arc_plane)
     answer = session.put(
         f"{arc_plane.url}{ARC}/arc-ubuntu/extensions/MDE.Linux",
@@ -288,6 +304,11 @@ def test_an_arc_install_needs_only_what_the_remediator_role_grants(arc_plane):
     install(arc_plane, "arc-ubuntu").result()
     used = {item.operation for item in arc_plane.log.arm()}
     assert used <= set(REMEDIATOR_ROLE)
+    assert "Microsoft.HybridCompute/locations/operationresults/read" in used
+    arc_plane.arc_async_operation = True
+    install(arc_plane, "arc-ubuntu").result()  # again, as an update
+    used = {item.operation for item in arc_plane.log.arm()}
+    assert used <= set(REMEDIATOR_ROLE)
     assert "Microsoft.HybridCompute/locations/operationstatus/read" in used
 
 
@@ -311,9 +332,10 @@ def test_a_connected_machine_raises_a_machines_write_the_app_reads(arc_plane):
     assert (event["subject"], event["topic"]) == (f"{ARC}/arc-new", f"/subscriptions/{SUB}")
     parsed = parse(event, frozenset({SUB}))
     assert isinstance(parsed, VmEvent)
-    reconnect = arc_plane.set_arc_status(f"{ARC}/arc-away", "Connected")
-    assert reconnect["data"]["operationName"] == "Microsoft.HybridCompute/machines/write"
+    arc_plane.drain_events()
+    arc_plane.set_arc_status(f"{ARC}/arc-away", "Connected")
     assert arc_plane.estate.vm(f"{ARC}/arc-away").arc_status == "Connected"
+    assert arc_plane.drain_events() == []  # heartbeats resuming are no ARM write
 
 
 def test_an_arc_extension_install_raises_an_extensions_write(arc_plane):

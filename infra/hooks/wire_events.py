@@ -33,7 +33,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
+from azure.core import PipelineClient
 from azure.core.credentials import TokenCredential
+from azure.core.pipeline.policies import BearerTokenCredentialPolicy
+from azure.core.pipeline.policies import RetryPolicy as HttpRetryPolicy
 from azure.core.rest import HttpRequest
 from azure.mgmt.eventgrid import EventGridManagementClient
 from azure.mgmt.eventgrid.models import (
@@ -118,7 +121,7 @@ def wire(
             group, name, how = _group_of(existing.id), existing.name, "reused"
         else:
             group, name, how = events_group, TOPIC_NAME, "created"
-            _ensure_group(client, arm_endpoint, subscription, group, location)
+            _ensure_group(credential, arm_endpoint, subscription, group, location)
             client.system_topics.begin_create_or_update(
                 group, name, SystemTopic(location="global", source=source, topic_type=TOPIC_TYPE)
             ).result()
@@ -141,13 +144,19 @@ def wire(
 
 
 def _ensure_group(
-    client: EventGridManagementClient, arm: str, subscription: str, group: str, location: str
+    credential: TokenCredential, arm: str, subscription: str, group: str, location: str
 ) -> None:
     """Create the events resource group (a PUT is idempotent): a subscription that joined
     a management group had no access.bicep deployment to create it. A group that exists
     in another region answers 409 InvalidResourceGroupLocation: it is there, and will do."""
+    if not location:
+        raise SystemExit("error: set AZURE_LOCATION: the events resource group needs a region")
     url = f"{arm}/subscriptions/{subscription}/resourcegroups/{group}?api-version={GROUPS_API}"
-    body = {"location": location or "global", "tags": {"created-by": "wire_events"}}
+    body = {"location": location, "tags": {"created-by": "wire_events"}}
+    client: PipelineClient[Any, Any] = PipelineClient(
+        base_url=arm,
+        policies=[HttpRetryPolicy(), BearerTokenCredentialPolicy(credential, f"{arm}/.default")],
+    )
     response = client.send_request(HttpRequest("PUT", url, json=body))
     if response.status_code == 409 and "InvalidResourceGroupLocation" in response.text():
         return
