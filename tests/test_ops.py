@@ -64,7 +64,9 @@ def test_since_is_clamped_to_the_retention_period_and_says_so(since):
 
 
 def test_a_window_within_the_retention_period_is_kept_as_asked():
-    query = parse_query({"since": "400d", "until": "1d"}, SETTINGS, NOW, scope=SETTINGS.subscriptions)
+    query = parse_query(
+        {"since": "400d", "until": "1d"}, SETTINGS, NOW, scope=SETTINGS.subscriptions
+    )
     assert (query.since, query.until, query.notes) == (
         datetime(2025, 10, 25, 12, 0, tzinfo=UTC),
         datetime(2026, 11, 28, 12, 0, tzinfo=UTC),
@@ -227,11 +229,17 @@ def test_a_short_vm_name_resolves_to_the_ids_it_names_in_scope(azurite):
             )
         )
     window = parse_query({"since": "1h"}, SETTINGS, now, scope=SETTINGS.subscriptions)
-    assert sorted(resolve_vm(audit, "WEB-01", window, SETTINGS.subscriptions)) == sorted([web, namesake])
-    only_sub = parse_query({"since": "1h", "subscription": SUB}, SETTINGS, now, scope=SETTINGS.subscriptions)
+    assert sorted(resolve_vm(audit, "WEB-01", window, SETTINGS.subscriptions)) == sorted(
+        [web, namesake]
+    )
+    only_sub = parse_query(
+        {"since": "1h", "subscription": SUB}, SETTINGS, now, scope=SETTINGS.subscriptions
+    )
     assert len(resolve_vm(audit, "web-011", only_sub, SETTINGS.subscriptions)) == 1
     assert resolve_vm(audit, "web-02", window, SETTINGS.subscriptions) == []
-    earlier = parse_query({"since": "3h", "until": "2h"}, SETTINGS, now, scope=SETTINGS.subscriptions)
+    earlier = parse_query(
+        {"since": "3h", "until": "2h"}, SETTINGS, now, scope=SETTINGS.subscriptions
+    )
     assert resolve_vm(audit, "web-01", earlier, SETTINGS.subscriptions) == []
     with pytest.raises(InvalidQuery) as caught:
         resolve_vm(audit, "web 01/..", window, SETTINGS.subscriptions)

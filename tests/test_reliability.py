@@ -4,7 +4,6 @@ code does, and under injected faults nothing is lost and nothing is done twice."
 import json
 import logging
 import os
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from localazure import Faults, Subscription
 from localazure.compute import vm_json
+from localazure.estate import ARC_CATALOGUE, arc_machine
 from remediation.classify import Support, classify, facts_from_arm
 from remediation.config import load
 from remediation.model import Power
@@ -47,6 +47,8 @@ def test_packages_keys_and_tokens_appear_nowhere(world_factory, monkeypatch, cap
     monkeypatch.setenv("REMEDIATION_NOTIFY_TOPIC_KEY", world.plane.topic_key)
     bootstrap.services.cache_clear()
     world.plane.estate.add_subscription(Subscription(SUB))
+    for number, image in enumerate(ARC_CATALOGUE[:8]):  # Arc installs carry packages too
+        world.plane.estate.add_vm(arc_machine(image, SUB, "rg-arc", f"arc-{number}"))
     monkeypatch.setenv("REMEDIATION_SUBSCRIPTIONS", ",".join(world.plane.estate.subscriptions))
     bootstrap.services.cache_clear()
     messages = []
@@ -81,6 +83,7 @@ def test_packages_keys_and_tokens_appear_nowhere(world_factory, monkeypatch, cap
         "settings repr": repr(world.services.settings),
     }
     assert messages, "the scenario queued installs"
+    assert world.plane.log.count("Microsoft.HybridCompute/machines/extensions/write") >= 4
     assert len(caplog.records) > 100
     leaks = [
         (secret, place)
@@ -100,16 +103,30 @@ def test_the_custom_role_equals_what_the_app_does(world_factory):
         *world.plane.create_vm(new_vm("s-free", vm_pricing="Free"))
     )  # the VM-level pricing read
     world.run_queue()
+    # Arc machines: installs followed through Location (the spec), then Azure-AsyncOperation.
+    for name, async_header in (("s-arc", False), ("s-arc-2", True)):
+        world.plane.arc_async_operation = async_header
+        world.deliver(
+            *world.plane.create_machine(arc_machine(ARC_CATALOGUE[6], SUB, "rg-arc", name))
+        )
+        world.run_queue()
     _test_alert(world)  # what allowTestAlert adds: Run Command, alert read and dismiss
     performed = {
         item.operation
         for item in world.plane.log.arm()
         if item.principal == APP.object_id and item.status < 400
     }
-    access = (ROOT / "infra" / "access.bicep").read_text()
-    granted = set(re.findall(r"'(Microsoft\.(?:Compute|ResourceGraph|Security)/[\w/]+)'", access))
-    # The custom role grants the settings writes too (enableIntegration, the default);
-    # the doctor's Event Grid and permission reads are test_deploy.py's.
+    sets = json.loads((ROOT / "infra" / "role-actions.json").read_text())
+    granted = {
+        action
+        for name in ("readAndInstall", "plan", "settings", "testAlert")
+        for action in sets[name]
+        # the doctor's Event Grid and permission reads are test_deploy.py's; Resource
+        # Graph checks subscriptions/read itself (test_estate_e2e.py)
+        if not action.startswith(("Microsoft.EventGrid/", "Microsoft.Authorization/"))
+        and action != "Microsoft.Resources/subscriptions/read"
+    }
+    # The custom role grants the settings writes too (enableIntegration, the default).
     assert performed == granted
 
 

@@ -315,6 +315,10 @@ class Subscriptions(HTMLParser):
             self.row[-1] += data
 
 
+def label(subscription: str) -> str:
+    return f"Subscription {subscription[:8]} ({subscription})"
+
+
 def subscription_rows(html: str) -> dict:
     parser = Subscriptions()
     parser.feed(html)
@@ -344,10 +348,53 @@ def test_after_a_partial_sweep_the_report_shows_every_subscription_as_of_its_lat
     world, html, full, partial = swept_fully_then_partly(world_factory)
     # subscription, as of, covered, to install, deferred, excluded, unsupported, blocked,
     # error, unavailable, VMs, coverage, verified by MDE (off here: none)
+    # Each named as Resource Graph names it (the plane: "Subscription <first 8>").
     assert subscription_rows(html) == {
-        A: [A, started(world, partial), "3", "0", "0", "0", "0", "0", "0", "0", "3", "100%", "0%"],
-        B: [B, started(world, full), "2", "1", "1", "0", "0", "0", "0", "0", "4", "66.67%", "0%"],
-        C: [C, started(world, full), "2", "0", "0", "0", "1", "0", "0", "0", "3", "100%", "0%"],
+        A: [
+            label(A),
+            started(world, partial),
+            "3",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "3",
+            "100%",
+            "0%",
+        ],
+        B: [
+            label(B),
+            started(world, full),
+            "2",
+            "1",
+            "1",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "4",
+            "66.67%",
+            "0%",
+        ],
+        C: [
+            label(C),
+            started(world, full),
+            "2",
+            "0",
+            "0",
+            "0",
+            "1",
+            "0",
+            "0",
+            "0",
+            "3",
+            "100%",
+            "0%",
+        ],
     }
     assert 'id="verification-off"' in html
     # The headline is the estate's: A 3 of 3, B 2 of 3 (the event since its sweep), C 2 of 2.
@@ -361,9 +408,10 @@ def test_a_subscription_no_sweep_has_covered_is_shown_as_not_swept_yet(world_fac
     partial = sweep(A)
     html = world.get("report").get_body().decode()
     rows = subscription_rows(html)
-    assert rows[A][:2] == [A, started(world, partial)]
-    assert rows[B] == [B, "not swept yet"]
-    assert rows[C] == [C, "not swept yet"]
+    assert rows[A][:2] == [label(A), started(world, partial)]
+    # The partial sweep resolved the whole scope: every subscription is named.
+    assert rows[B] == [label(B), "not swept yet"]
+    assert rows[C] == [label(C), "not swept yet"]
     # Only what was swept is counted: A's 2 of 3.
     assert '<span class="big" id="coverage">66.67%</span>' in html
     assert '<span id="covered">2</span> of <span id="eligible">3</span>' in html

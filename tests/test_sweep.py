@@ -121,8 +121,10 @@ def test_a_report_sweep_of_2100_vms_is_three_graph_pages_and_one_record_a_vm(
     assert {line["outcome"] for line in lines} <= {"reported", "none"}
     assert world.writes() == []
     assert world.services.queue.queue.get_queue_properties().approximate_message_count == 0
-    # Inventory: one Resource Graph request per 1000 VMs; a few ARM reads per subscription.
-    assert world.plane.log.count(GRAPH) == 3 == summary["graph_requests"]
+    # Inventory: one Resource Graph request per 1000 VMs (the batch's own count); when the
+    # run starts, one for the scope's names and one for uniform scale sets.
+    assert summary["graph_requests"] == 3
+    assert world.plane.log.count(GRAPH) == 3 + 2
     assert world.plane.log.count("Microsoft.Compute/virtualMachines/read") == 0
     assert summary["arm_requests"] <= 2 * 3 + 3  # posture per subscription (+ a few)
     # One audit record per VM, keyed so that a rerun of the batch would not add rows.
@@ -286,7 +288,7 @@ def test_forced_sweep_over_http_then_status(world_factory):
         (b'{"subscriptions": ["nope"]}', "not a subscription id"),
         (
             b'{"subscriptions": ["99999999-9999-4999-8999-999999999999"]}',
-            "not in REMEDIATION_SUBSCRIPTIONS",
+            "is not in scope (REMEDIATION_SUBSCRIPTIONS or REMEDIATION_MANAGEMENT_GROUPS)",
         ),
         (b'{"mode": "enforce"}', "refused"),
         (b'{"mode": "yolo"}', "mode must be"),
@@ -415,4 +417,7 @@ def test_the_cli_refuses_an_out_of_scope_subscription(world_factory, capsys):
     code, output = sweep_cli("--subscription", "99999999-9999-4999-8999-999999999999")
     assert code == 2
     assert output == ""
-    assert "not in REMEDIATION_SUBSCRIPTIONS" in capsys.readouterr().err
+    assert (
+        "is not in scope (REMEDIATION_SUBSCRIPTIONS or REMEDIATION_MANAGEMENT_GROUPS)"
+        in capsys.readouterr().err
+    )

@@ -357,7 +357,7 @@ def _table_rows(world):
         (
             TEST_ON,
             "/subscriptions/22222222-2222-4222-8222-222222222222/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/x",
-            "not in REMEDIATION_SUBSCRIPTIONS",
+            "its subscription is not in scope",
         ),
         (TEST_ON, "/subscriptions/x/../../virtualMachines/y", "not a virtual machine resource id"),
     ],
