@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"   the install queue then ran {installs} install requests")
 
         console.print(
-            "\n[bold]2. Forced sweep[/]: every VM of every subscription, in enforce mode "
-            "(POST /api/sweep)"
+            "\n[bold]2. Forced sweep[/]: every VM and Arc machine of every subscription, in "
+            "enforce mode (POST /api/sweep)"
         )
         response = function_app.forced_sweep(http_request("POST", "sweep", b"{}"))
         run = json.loads(response.get_body())
@@ -448,8 +448,8 @@ def _verification(function_app: Any, after: dict[str, Any], never: str, inactive
     target = next(
         r.vm
         for r in sorted(records.values(), key=lambda r: r.vm)
-        if r.verification == "verified" and r.platform.startswith("ubuntu")
-    )
+        if r.verification == "verified" and r.platform.startswith("ubuntu") and r.kind == "vm"
+    )  # an Azure VM: the test runs through VM Run Command
     body = json.dumps({"vm": target}).encode()
     response = function_app.test_alert(http_request("POST", "test-alert", body))
     started = json.loads(response.get_body())
@@ -689,7 +689,7 @@ def _needs_a_human(records: list[Any], out: Path) -> None:
         console.print("no VM needs a human")
         return
     table = Table(title=f"{len(human)} VMs need a human: {_counted(kinds)}")
-    for column in ("VM", "decision", "platform", "what to do"):
+    for column in ("machine", "decision", "platform", "what to do"):
         table.add_column(column, overflow="fold")
     shown: Counter[str] = Counter()
     for record in human:

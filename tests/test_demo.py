@@ -79,7 +79,10 @@ def test_the_output_holds_no_python_reprs(demo):
 def test_the_vms_that_need_a_human_are_counted_and_the_rest_pointed_to(demo):
     out, log, _ = demo
     latest = {}
+    join = sweeps_in_order(log)[3]  # step 5, after the table was printed
     for record in sorted(log, key=lambda r: datetime.fromisoformat(r["time"])):
+        if record["run_id"] == join:
+            continue
         latest[record["vm"].lower()] = record["decision"]
     kinds = Counter(d for d in latest.values() if d in NEEDS_A_HUMAN)
     total = sum(kinds.values())
@@ -100,12 +103,13 @@ def test_the_vms_that_need_a_human_are_counted_and_the_rest_pointed_to(demo):
 
 def test_what_the_app_did_leaves_out_the_demos_measurement_sweeps(demo):
     out, log, _ = demo
-    # The demo measures with a sweep before anything happens and another after all.
+    # The demo measures with a sweep before anything happens and another after steps 1
+    # and 2; step 5's sweep comes last.
     runs = sweeps_in_order(log)
-    assert len(runs) == 3
-    measurements = {runs[0], runs[-1]}
-    # Steps 1 and 2; the test alert of step 4 is shown on its own.
-    acted = [r for r in log if r["run_id"] not in measurements and not r["test_alert"]]
+    assert len(runs) == 4
+    measurements = {runs[0], runs[2]}
+    # Steps 1 and 2; the test alert of step 4 and the sweep of step 5 are shown on their own.
+    acted = [r for r in log if r["run_id"] not in measurements | {runs[3]} and not r["test_alert"]]
 
     section = paragraph(out, "what the app did")
     counted = sorted(
@@ -127,7 +131,7 @@ def test_the_change_in_eligible_running_vms_is_explained(demo):
     out, log, _ = demo
     runs = sweeps_in_order(log)
     measured_before = {r["vm"].lower() for r in log if r["run_id"] == runs[0]}
-    last = {r["vm"].lower(): r["decision"] for r in log if r["run_id"] == runs[-1]}
+    last = {r["vm"].lower(): r["decision"] for r in log if r["run_id"] == runs[2]}
     created = set(last) - measured_before
     # The other VMs the event burst was about: deallocated ones the demo started.
     started = {r["vm"].lower() for r in log if r["trigger"] == "event"} - created
@@ -167,7 +171,7 @@ def test_the_demo_verifies_coverage_with_defender_for_endpoint_and_runs_a_test_a
         step.replace("\n", " "),
     )
     # The counts it prints are the last measurement sweep's, read from the log.
-    last = sweeps_in_order(log)[-1]
+    last = sweeps_in_order(log)[2]  # the measurement after steps 1 and 2
     counted = Counter(r["verification"] for r in log if r["run_id"] == last and r["verification"])
     shown = dict(
         (word, int(n))
@@ -183,3 +187,26 @@ def test_the_demo_verifies_coverage_with_defender_for_endpoint_and_runs_a_test_a
         "succeeded",
         "http",
     )
+
+
+def test_a_subscription_joins_the_management_group_and_is_swept_and_named(demo):
+    out, log, out_dir = demo
+    step = " ".join(paragraph(out, "5. The estate grows").split())
+    join = sweeps_in_order(log)[3]
+    [joined] = [r for r in log if r["run_id"] == join and r["decision"] == "scope"]
+    assert (joined["outcome"], joined["subscription_name"]) == ("joined", "Contoso Online 01")
+    assert f"scope: joined: {joined['reason']}" in step
+    swept = Counter(
+        r["kind"]
+        for r in log
+        if r["run_id"] == join and r["subscription"] == joined["subscription"]
+    )
+    assert f"read its {swept['vm']} VMs and {swept['arc']} Arc machines" in step
+    assert swept["arc"] > 0
+    assert f"not receiving events: Contoso Online 01 ({joined['subscription']})" in step
+    page = (out_dir / "coverage.html").read_text()
+    assert f"--subscriptions {joined['subscription']}" in page
+    assert 'data-group="mg-landing-zones"' in page
+    # Arc machines were covered like VMs: the event burst connected two, the sweeps the rest.
+    installed = [r for r in log if r["trigger"] == "queue" and r["outcome"] == "succeeded"]
+    assert {r["kind"] for r in installed} == {"vm", "arc"}
