@@ -84,6 +84,7 @@ from remediation.model import (
 log = logging.getLogger(__name__)
 
 GRAPH_PAGE = 1000  # Resource Graph's largest page
+GRAPH_SUBSCRIPTIONS = 1000  # subscriptions a request names at most (the Azure CLI batches them so)
 # The sweep's inventory: every VM and Arc machine with its extensions, one row each, in id
 # order so that $skipToken paging works. Both machine types and both extension types are in
 # the resources table (Resource Graph's Arc sample queries: "List all extensions installed
@@ -437,19 +438,19 @@ class ArmGateway:
                     status=error.status,
                     code=error.code,
                 ) from None
-        if subscriptions:
-            rows += self._graph_rows(CONTAINERS_QUERY, None, subscriptions=sorted(subscriptions))
+        for chunk in _chunks(sorted(subscriptions)):
+            rows += self._graph_rows(CONTAINERS_QUERY, None, subscriptions=chunk)
         return rows
 
     def uniform_scale_sets(self, subscriptions: Iterable[str]) -> dict[str, tuple[int, int]]:
-        """Per subscription: (uniform scale sets, their instances), from one query."""
-        rows = self._graph_rows(SCALE_SETS_QUERY, None, subscriptions=sorted(subscriptions))
+        """Per subscription: (uniform scale sets, their instances), one query per 1000."""
         return {
             str(row.get("subscriptionId") or "").lower(): (
                 int(row.get("scaleSets") or 0),
                 int(row.get("instances") or 0),
             )
-            for row in rows
+            for chunk in _chunks(sorted(subscriptions))
+            for row in self._graph_rows(SCALE_SETS_QUERY, None, subscriptions=chunk)
         }
 
     def _graph_rows(
@@ -861,6 +862,10 @@ def run_output(statuses: Iterable[tuple[str, str]]) -> tuple[str, str]:
     return "\n".join(filter(None, out)), "\n".join(filter(None, err))
 
 
+def _chunks(subscriptions: list[str], size: int = GRAPH_SUBSCRIPTIONS) -> list[list[str]]:
+    return [subscriptions[i : i + size] for i in range(0, len(subscriptions), size)]
+
+
 def _provisioning_state(extension: Any) -> str:
     """provisioningState of a VM extension model (top level) or an Arc one (properties)."""
     properties = getattr(extension, "properties", None)
@@ -880,13 +885,16 @@ def _error_message(error: HttpResponseError | ClientAuthenticationError) -> str:
 
 
 def _error_code(error: HttpResponseError) -> str:
-    """ARM's error code, and the codes of its details where it has some (Resource Graph
-    says 'BadRequest' and puts what is wrong in a detail: ManagementGroupsContainInvalidIds)."""
     inner = getattr(error, "error", None)
-    code = str(getattr(inner, "code", "") or "")
-    details = [str(getattr(d, "code", "") or "") for d in getattr(inner, "details", None) or []]
-    details = [d for d in details if d and d != code]
-    return f"{code}: {', '.join(details)}" if details else code
+    return str(getattr(inner, "code", "") or "")
+
+
+def _detail_codes(error: HttpResponseError) -> str:
+    """The codes of an error's details, where it has some: Resource Graph says
+    'BadRequest' and puts what is wrong in a detail (ManagementGroupsContainInvalidIds)."""
+    inner = getattr(error, "error", None)
+    codes = [str(getattr(d, "code", "") or "") for d in getattr(inner, "details", None) or []]
+    return ", ".join(code for code in codes if code)
 
 
 def _failed_extension(message: str) -> str:
@@ -907,6 +915,9 @@ def _translate(error: HttpResponseError, what: str) -> TransientError | Permanen
     status = error.status_code or 0
     code = _error_code(error)
     message = _error_message(error)
+    details = _detail_codes(error)
+    if details:
+        message = f"{details}: {message}"
     if status == 403:
         return PermanentError(
             f"{what}: forbidden ({code})",

@@ -120,7 +120,7 @@ def parse_query(  # noqa: PLR0915 - one check a filter
                 problems.append("vm: its subscription is not in scope")
             values["vm"] = vm.id
         except InvalidResourceId:
-            problems.append("vm: not a virtual machine resource id")
+            problems.append("vm: not a VM or Arc machine resource id")
     subscription = params.get("subscription", "")
     if subscription:
         if not GUID.match(subscription):

@@ -79,7 +79,7 @@ def test_a_window_within_the_retention_period_is_kept_as_asked():
     [
         ({"since": "yesterday"}, "since: not a time"),
         ({"since": "1h", "until": "2h"}, "since is after until"),
-        ({"vm": "/subscriptions/x/../y"}, "vm: not a virtual machine"),
+        ({"vm": "/subscriptions/x/../y"}, "vm: not a VM or Arc machine"),
         (
             {
                 "vm": f"/subscriptions/{OTHER}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/v"
