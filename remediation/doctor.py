@@ -122,7 +122,9 @@ def _permissions(services: Services, subscription: str) -> Check:
         "permissions",
         False,
         detail,
-        "run `azd provision` (infra/access.bicep grants them), or turn the setting off",
+        "run `azd provision` (infra/access.bicep grants them; for a subscription under "
+        "REMEDIATION_MANAGEMENT_GROUPS, deploy infra/access-mg.bicep at its group), or turn "
+        "the setting off",
     )
 
 

@@ -211,7 +211,9 @@ def test_the_doctor_names_what_a_deployment_lacks_and_how_to_fix_it(world_factor
         "Microsoft.Security/settings/write (REMEDIATION_ENABLE_INTEGRATION=true)"
     )
     assert permissions.fix == (
-        "run `azd provision` (infra/access.bicep grants them), or turn the setting off"
+        "run `azd provision` (infra/access.bicep grants them; for a subscription under "
+        "REMEDIATION_MANAGEMENT_GROUPS, deploy infra/access-mg.bicep at its group), or turn "
+        "the setting off"
     )
     events = rows[(SUB, "events")]
     assert (events.ok, events.detail, events.fix) == (
