@@ -725,7 +725,7 @@ def _arc_extensions(items: Any, flat: bool) -> tuple[ExtensionFacts, ...]:
         code = _failure_code([view]) if state.lower() == "failed" and view else None
         extensions.append(
             ExtensionFacts(
-                name=as_text(ext.get("name")).rsplit("/", 1)[-1],
+                name=as_text(ext.get("name")),
                 publisher=as_text(properties.get("publisher")),
                 type=as_text(properties.get("type")),
                 state=state,

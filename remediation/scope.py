@@ -20,20 +20,14 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-from azure.core.exceptions import ResourceNotFoundError
+from typing import Any
 
 from remediation.audit import AuditRecord
 from remediation.config import Settings
 from remediation.model import SCOPE_CHANGE, RemediationError, as_text
 
-if TYPE_CHECKING:
-    from azure.data.tables import TableClient
-
 log = logging.getLogger("remediation")
 
-SCOPE_PARTITION = "scope"
 # Subscription states (resourcecontainers properties.state): a Disabled subscription
 # refuses writes and a Deleted one everything (Azure's subscription-states docs).
 INACTIVE_STATES = frozenset({"disabled", "deleted"})
@@ -142,7 +136,7 @@ def joined_record(sub: Subscription, run_id: str, settings: Settings) -> AuditRe
         trigger="sweep",
         decision=SCOPE_CHANGE,
         reason=f"Subscription {sub.name or sub.id} joined the scope through {how}: "
-        "this sweep covers it.",
+        "sweeps cover it from now on.",
         mode=settings.mode.value,
         outcome="joined",
         run_id=run_id,
@@ -169,69 +163,6 @@ def left_record(sub: Subscription, run_id: str, settings: Settings) -> AuditReco
         hint="its Event Grid wiring still delivers events, which are now ignored: remove "
         "the event subscription if the subscription left for good",
     )
-
-
-# --- The audit table's copy: one row per subscription (a long scope outgrows one entity) ---
-TRANSACTION = 100  # Table Storage's largest batch, all in one partition
-META_ROW = "~resolved"  # sorts after every subscription id
-
-
-class ScopeStore:
-    def __init__(self, table: TableClient) -> None:
-        self._table = table
-
-    def load(self) -> Scope | None:
-        """The last resolution a sweep stored, or None before the first (or if the table
-        does not exist yet: a read-only caller creates nothing)."""
-        rows = {}
-        try:
-            for entity in self._table.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": SCOPE_PARTITION}
-            ):
-                rows[str(entity["RowKey"])] = entity
-        except ResourceNotFoundError:
-            return None
-        meta = rows.pop(META_ROW, None)
-        if meta is None:
-            return None
-        subscriptions = {
-            key: Subscription(
-                key,
-                str(row.get("name") or ""),
-                str(row.get("group") or ""),
-                str(row.get("group_name") or ""),
-            )
-            for key, row in sorted(rows.items())
-        }
-        unwired = frozenset(key for key, row in rows.items() if row.get("unwired"))
-        return Scope(subscriptions, meta.get("resolved"), unwired)
-
-    def save(self, scope: Scope, previous: Scope | None) -> None:
-        """Upsert the scope's rows, delete those of subscriptions that left, then the
-        resolution's time (last: a load never sees a half-written scope as complete)."""
-        operations: list[tuple[str, dict[str, Any]]] = [
-            (
-                "upsert",
-                {
-                    "PartitionKey": SCOPE_PARTITION,
-                    "RowKey": sub.id,
-                    "name": sub.name,
-                    "group": sub.group,
-                    "group_name": sub.group_name,
-                    "unwired": sub.id in scope.unwired,
-                },
-            )
-            for sub in scope.subscriptions.values()
-        ]
-        gone = (previous.ids if previous else frozenset()) - scope.ids
-        operations += [
-            ("delete", {"PartitionKey": SCOPE_PARTITION, "RowKey": sid}) for sid in sorted(gone)
-        ]
-        for start in range(0, len(operations), TRANSACTION):
-            self._table.submit_transaction(operations[start : start + TRANSACTION])
-        self._table.upsert_entity(
-            {"PartitionKey": SCOPE_PARTITION, "RowKey": META_ROW, "resolved": scope.resolved}
-        )
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from azure.core.exceptions import ResourceNotFoundError
+
 from remediation.audit import AuditLog, AuditRecord, logfmt
 from remediation.classify import MDE_PUBLISHER, Classification, Protection, classify
 from remediation.config import Settings
-from remediation.defender import OFF, State, States
+from remediation.defender import OFF, TRANSACTION, State, States
 from remediation.events import Ignored, parse
 from remediation.model import (
     UNAVAILABLE,
@@ -45,7 +47,7 @@ from remediation.queues import BadMessage, Claims, InstallRequest, WorkQueue
 from remediation.scope import (
     Resolution,
     Scope,
-    ScopeStore,
+    Subscription,
     listed,
     reconcile,
     refresh,
@@ -53,6 +55,8 @@ from remediation.scope import (
 )
 
 if TYPE_CHECKING:  # the gateway imports azure.mgmt: keep it off this module's import
+    from azure.data.tables import TableClient
+
     from remediation.arm import ArmGateway, InstallResult
     from remediation.notify import Notifier
 
@@ -128,6 +132,70 @@ class Assessment:
     vm: Classification
     decision: Decision
     verified: Verified | None = None  # for a Succeeded extension only
+
+
+# --- The scope's copy in the audit table: a row per subscription (a long scope outgrows one
+# entity), then the time of the resolution -------------------------------------------------
+SCOPE_PARTITION = "scope"
+META_ROW = "~resolved"  # sorts after every subscription id
+
+
+class ScopeStore:
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def load(self) -> Scope | None:
+        """The last resolution a sweep stored, or None before the first (or if the table
+        does not exist yet: a read-only caller creates nothing)."""
+        rows = {}
+        try:
+            for entity in self._table.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": SCOPE_PARTITION}
+            ):
+                rows[str(entity["RowKey"])] = entity
+        except ResourceNotFoundError:
+            return None
+        meta = rows.pop(META_ROW, None)
+        if meta is None:
+            return None
+        subscriptions = {
+            key: Subscription(
+                key,
+                str(row.get("name") or ""),
+                str(row.get("group") or ""),
+                str(row.get("group_name") or ""),
+            )
+            for key, row in sorted(rows.items())
+        }
+        unwired = frozenset(key for key, row in rows.items() if row.get("unwired"))
+        return Scope(subscriptions, meta.get("resolved"), unwired)
+
+    def save(self, scope: Scope, previous: Scope | None) -> None:
+        """Upsert the scope's rows, delete those of subscriptions that left, then the
+        resolution's time (last: a load never sees a half-written scope as complete)."""
+        operations: list[tuple[str, dict[str, Any]]] = [
+            (
+                "upsert",
+                {
+                    "PartitionKey": SCOPE_PARTITION,
+                    "RowKey": sub.id,
+                    "name": sub.name,
+                    "group": sub.group,
+                    "group_name": sub.group_name,
+                    "unwired": sub.id in scope.unwired,
+                },
+            )
+            for sub in scope.subscriptions.values()
+        ]
+        gone = (previous.ids if previous else frozenset()) - scope.ids
+        operations += [
+            ("delete", {"PartitionKey": SCOPE_PARTITION, "RowKey": sid}) for sid in sorted(gone)
+        ]
+        for start in range(0, len(operations), TRANSACTION):
+            self._table.submit_transaction(operations[start : start + TRANSACTION])
+        self._table.upsert_entity(
+            {"PartitionKey": SCOPE_PARTITION, "RowKey": META_ROW, "resolved": scope.resolved}
+        )
 
 
 # --- Gather and decide -------------------------------------------------------------------

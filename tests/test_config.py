@@ -224,6 +224,7 @@ BAD_VALUES = [
     ("REMEDIATION_SUBSCRIPTIONS", f"{SUB_A}0", f"REMEDIATION_SUBSCRIPTIONS='{SUB_A}0': not subscription ids (GUIDs): {SUB_A}0"),
     ("REMEDIATION_SUBSCRIPTIONS", f"{SUB_A}-junk", f"REMEDIATION_SUBSCRIPTIONS='{SUB_A}-junk': not subscription ids (GUIDs): {SUB_A}-junk"),
     ("REMEDIATION_SUBSCRIPTIONS", f"x{SUB_A}", f"REMEDIATION_SUBSCRIPTIONS='x{SUB_A}': not subscription ids (GUIDs): x{SUB_A}"),
+    ("REMEDIATION_SUBSCRIPTIONS", "X", "REMEDIATION_SUBSCRIPTIONS='X': not subscription ids (GUIDs): X"),
     ("REMEDIATION_MANAGEMENT_GROUPS", "ok,bad group,x.", "REMEDIATION_MANAGEMENT_GROUPS='ok,bad group,x.': not management group ids: bad group, x."),
     ("REMEDIATION_MANAGEMENT_GROUPS", "a" * 91, f"REMEDIATION_MANAGEMENT_GROUPS='{'a' * 91}': not management group ids: {'a' * 91}"),
     ("REMEDIATION_ALLOW_PLAN_CHANGE", "maybe", "REMEDIATION_ALLOW_PLAN_CHANGE='maybe': must be 'true', 'false' or a comma-separated list of subscription ids"),

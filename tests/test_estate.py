@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from remediation.audit import AuditRecord
 from remediation.classify import (
     ARC_ON_AZURE,
     MDE_PUBLISHER,
@@ -30,7 +31,17 @@ from remediation.model import (
     kind_of,
 )
 from remediation.policy import decide, not_checkable
-from remediation.scope import Scope, Subscription, changes, listed, reconcile, refresh, resolve
+from remediation.scope import (
+    Scope,
+    Subscription,
+    changes,
+    joined_record,
+    left_record,
+    listed,
+    reconcile,
+    refresh,
+    resolve,
+)
 
 SUB = "11111111-1111-1111-1111-111111111111"
 SUB2 = "22222222-2222-2222-2222-222222222222"
@@ -519,3 +530,199 @@ def test_a_scope_knows_its_members_in_any_case():
     assert SUB2 in scope
     assert SUB2.upper() in scope
     assert 7 not in scope
+
+
+# --- What mutation testing asked for: every field and every branch pinned ------------------
+def test_the_arc_os_comes_from_ostype_first_then_from_the_name():
+    # (osType, osName, osSku, osVersion) -> (os_type, os_name, os_version) classify reads
+    cases = [
+        (("windows", "", "", "10.0.17763.5329"), ("Windows", "", "10.0.17763.5329")),
+        (("", "windows", "", "10.0.17763.5329"), ("Windows", "", "10.0.17763.5329")),
+        (
+            ("", "", "Windows Server 2022 Datacenter", "x"),
+            ("Windows", "Windows Server 2022 Datacenter", "x"),
+        ),
+        (("", "", "Ubuntu 22.04.3 LTS", "5.15"), ("Linux", "Ubuntu", "22.04")),
+        (("", "Ubuntu 20.04", "", "5.4.0"), ("Linux", "Ubuntu", "20.04")),  # no osSku: osName
+        (("linux", "linux", "Gentoo", "6.6"), ("Linux", "Gentoo", "")),  # no version in the name
+        (("", "", "", "6.6"), ("", "", "6.6")),
+    ]
+    for (os_type, os_name, os_sku, os_version), expected in cases:
+        row = arc_row(arcOsType=os_type, osName=os_name, osSku=os_sku, osVersion=os_version)
+        facts = facts_from_graph(row)
+        assert (facts.os_type, facts.os_name, facts.os_version) == expected, row
+        machine, extensions = arc_machine(
+            osType=os_type, osName=os_name, osSku=os_sku, osVersion=os_version
+        )
+        arm = facts_from_arc(machine, extensions)
+        assert (arm.os_type, arm.os_name, arm.os_version) == expected, machine
+
+
+def test_a_windows_arc_machine_reads_the_same_from_both_readers():
+    row = arc_row(
+        location="eastus2",
+        arcOsType="windows",
+        osName="windows",
+        osSku="",
+        osVersion="10.0.20348.2113",
+    )
+    machine, extensions = arc_machine(
+        osType="windows", osName="windows", osSku="", osVersion="10.0.20348.2113"
+    )
+    machine["location"] = "eastus2"
+    from_graph, from_arm = facts_from_graph(row), facts_from_arc(machine, extensions)
+    assert from_graph == from_arm
+    assert (from_arm.location, from_arm.os_type) == ("eastus2", "Windows")
+    assert classify(from_arm, TAG).platform == "windows-server-2022"
+
+
+def test_arc_extensions_are_read_whatever_else_the_list_holds():
+    machine, _ = arc_machine()
+
+    def ext(name, state="Succeeded", message=""):
+        return {
+            "name": name,
+            "properties": {
+                "publisher": "P",
+                "type": name,
+                "provisioningState": state,
+                "instanceView": {"status": {"code": "0", "message": message}},
+            },
+        }
+
+    listed = [
+        "not an extension",
+        ext("zeta"),
+        ext("Alpha", message="exit code 31"),  # Succeeded: its message names no failure
+        ext("beta", "Failed", "Enable failed: exit code 5"),
+        ext("gamma", "Failed"),  # no message: no code
+    ]
+    facts = facts_from_arc(machine, listed)
+    assert [(e.name, e.state, e.code) for e in facts.extensions] == [
+        ("Alpha", "Succeeded", None),
+        ("beta", "Failed", 5),
+        ("gamma", "Failed", None),
+        ("zeta", "Succeeded", None),
+    ]
+    assert facts_from_arc(machine, None).extensions == ()
+    assert facts_from_arc(machine, {"value": listed}).extensions == ()
+
+
+def test_a_stopped_vm_is_not_checked_in_a_vms_words():
+    vm = dataclasses.replace(
+        classify(facts_from_graph(arc_row()), TAG),
+        vm=VmRef.parse(VM_ID),
+        power=Power.DEALLOCATED,
+        protection=Protection.SUCCEEDED,
+    )
+    verified = not_checkable(vm)
+    assert verified is not None
+    assert verified.reason == (
+        "The VM is deallocated: Defender for Endpoint hears from it again once it runs."
+    )
+
+
+def test_the_records_of_a_join_and_a_leave_say_everything_ops_need():
+    settings = GROUPS
+    joined = joined_record(Subscription(SUB2, "Corp 01", "mg-corp", "Corp"), "run-7", settings)
+    listed_one = joined_record(Subscription(SUB3), "run-7", settings)
+    left = left_record(Subscription(SUB3, "Old"), "run-7", settings)
+    assert joined.to_json() | {"time": "", "record_id": ""} == AuditRecord(
+        vm="",
+        subscription=SUB2,
+        subscription_name="Corp 01",
+        trigger="sweep",
+        decision="scope",
+        reason="Subscription Corp 01 joined the scope through management group Corp (mg-corp): "
+        "sweeps cover it from now on.",
+        mode="report",
+        outcome="joined",
+        run_id="run-7",
+    ).to_json() | {"time": "", "record_id": ""}
+    assert listed_one.reason == (
+        f"Subscription {SUB3} joined the scope through the settings: sweeps cover it from now on."
+    )
+    assert left.to_json() | {"time": "", "record_id": ""} == AuditRecord(
+        vm="",
+        subscription=SUB3,
+        subscription_name="Old",
+        trigger="sweep",
+        decision="scope",
+        reason="Subscription Old left the scope (it is no longer under mg-corp, or is disabled): "
+        "nothing in it is remediated any more.",
+        mode="report",
+        outcome="left",
+        run_id="run-7",
+        hint="its Event Grid wiring still delivers events, which are now ignored: remove the "
+        "event subscription if the subscription left for good",
+    ).to_json() | {"time": "", "record_id": ""}
+    two_groups = load(
+        {
+            "REMEDIATION_MANAGEMENT_GROUPS": "b-group,a-group",
+            "AzureWebJobsStorage": "x",
+        }
+    )
+    assert (
+        "it is no longer under a-group, b-group,"
+        in left_record(Subscription(SUB3), "r", two_groups).reason
+    )
+
+
+def test_resolve_reads_every_row_it_can_and_skips_the_rest():
+    rows = [
+        {"name": "no id"},
+        container(SUB.upper(), "Listed, upper-case id"),
+        container(SUB3, "Disabled", "mg-corp", state="Disabled"),
+        {
+            "subscriptionId": SUB2,
+            "name": "Odd chain",
+            "managementGroups": ["mg-corp", {"name": "mg-corp", "displayName": ""}],
+        },
+        container("44444444-4444-4444-4444-444444444444", "No chain") | {"managementGroups": None},
+    ]
+    scope = resolve(GROUPS, rows, NOW)
+    assert dict(scope.subscriptions) == {
+        SUB: Subscription(SUB, "Listed, upper-case id"),
+        SUB2: Subscription(SUB2, "Odd chain", "mg-corp", "mg-corp"),  # no display name: its id
+    }
+    assert listed(GROUPS).subscriptions == {SUB: Subscription(SUB)}
+
+
+def test_reconcile_keeps_names_and_the_time_of_the_resolution():
+    stored = Scope({SUB: Subscription(SUB, "Listed")}, NOW, frozenset())
+    both = load({"REMEDIATION_SUBSCRIPTIONS": f"{SUB},{SUB2}", "AzureWebJobsStorage": "x"})
+    scope = reconcile(stored, both)
+    assert dict(scope.subscriptions) == {SUB: Subscription(SUB, "Listed"), SUB2: Subscription(SUB2)}
+    assert scope.resolved == NOW
+
+
+def test_refresh_warns_in_words_an_operator_can_act_on(caplog):
+    from remediation.model import PermanentError
+
+    stored = stored_scope(
+        Subscription(SUB, "Listed"), Subscription(SUB2, "Corp 01", "mg-corp", "Corp")
+    )
+
+    def down():
+        raise PermanentError("HTTP 400 BadRequest")
+
+    def unreadable(sid):
+        raise PermanentError("forbidden")
+
+    with caplog.at_level("WARNING", logger="remediation"):
+        kept = refresh(GROUPS, stored, down, lambda s: True)
+        empty = refresh(GROUPS, stored, lambda: [container(SUB, "Listed")], lambda s: True)
+        unknown = refresh(GROUPS, None, lambda: [container(SUB3, "New", "mg-corp")], unreadable)
+    assert (kept.stored, empty.stored) == (stored, stored)
+    assert unknown.scope.unwired == {SUB3}  # wiring unknown: listed as not receiving events
+    assert [r.getMessage() for r in caplog.records] == [
+        "the scope could not be resolved (HTTP 400 BadRequest): the last known scope stands",
+        "Resource Graph listed no subscription under mg-corp: the last known scope stands "
+        "(check the app's Reader role at each group)",
+        f"subscription {SUB3}: its Event Grid wiring could not be read: forbidden",
+    ]
+    fresh = refresh(
+        GROUPS, stored, lambda: [container(SUB2, "Corp 01", "mg-corp")], lambda s: False
+    )
+    assert fresh.scope.resolved is not None
+    assert fresh.scope.resolved > NOW

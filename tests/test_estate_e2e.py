@@ -278,7 +278,7 @@ def test_a_subscription_joins_and_leaves_the_scope_of_a_management_group(world_f
     )
     assert joined.reason == (
         "Subscription Contoso Corp 02 joined the scope through management group Landing "
-        "zones (mg-landing-zones): this sweep covers it."
+        "zones (mg-landing-zones): sweeps cover it from now on."
     )
     swept = {r.vm.rsplit("/", 1)[-1] for r in world.audit_records() if r.run_id == second["run_id"]}
     assert swept == {"web-22", "web-33", "new-33", ""}  # "": the scope record
