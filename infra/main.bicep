@@ -125,7 +125,6 @@ output REMEDIATOR_PRINCIPAL_ID string = app.outputs.principalId
 // code, and so the on_vm_event function, exists.
 output AZURE_FUNCTION_APP_ID string = app.outputs.functionAppId
 output REMEDIATOR_SUBSCRIPTIONS string = join(subscriptionIds, ',')
-output REMEDIATOR_MANAGEMENT_GROUPS string = join(managementGroupIds, ',')
 output REMEDIATOR_EVENTS_GROUP string = eventsGroupName
 output REMEDIATOR_ARM_ENDPOINT string = environment().resourceManager
 // The Web redirect URI of the sign-in app registration (docs/monitoring.md).
