@@ -115,7 +115,7 @@ def reconcile(stored: Scope, settings: Settings) -> Scope:
         if (sub.group and sub.group in settings.management_groups) or sid in settings.subscriptions
     }
     for sid in settings.subscriptions:
-        sub = kept.get(sid) or stored.subscriptions.get(sid) or Subscription(sid)
+        sub = kept.get(sid) or Subscription(sid)  # a listed one in the store is kept
         kept[sid] = replace(sub, group="", group_name="")
     return Scope(dict(sorted(kept.items())), stored.resolved, stored.unwired & kept.keys())
 

@@ -726,3 +726,47 @@ def test_refresh_warns_in_words_an_operator_can_act_on(caplog):
     )
     assert fresh.scope.resolved is not None
     assert fresh.scope.resolved > NOW
+
+
+MIXED = "abcdef00-0000-4000-8000-00000000abcd"  # letters: its case can differ
+
+
+def test_a_scope_answers_for_an_id_in_any_case_and_for_unknown_ones():
+    rows = [container(MIXED.upper(), "Mixed", "mg-corp")]
+    scope = resolve(GROUPS, rows, NOW)
+    assert MIXED in scope.ids
+    assert MIXED.upper() in scope
+    assert scope.name(MIXED.upper()) == "Mixed"
+    assert scope.group_of(MIXED.upper()) == ("mg-corp", "MG-CORP")
+    assert (scope.name(SUB3), scope.group_of(SUB3), scope.label(SUB3)) == ("", ("", ""), SUB3)
+    assert scope.subscriptions[SUB] == Subscription(SUB)  # listed, not shown: still in scope
+
+
+def test_a_chain_entry_that_is_not_an_object_matches_no_group():
+    odd = load({"REMEDIATION_MANAGEMENT_GROUPS": "xxxx", "AzureWebJobsStorage": "x"})
+    rows = [{"subscriptionId": SUB2, "name": "Odd", "managementGroups": ["mg-corp", 7]}]
+    assert resolve(odd, rows, NOW).ids == frozenset()
+
+
+def test_a_wired_group_subscription_already_known_is_not_checked_again(caplog):
+    two = load({"REMEDIATION_MANAGEMENT_GROUPS": "mg-corp,mg-b", "AzureWebJobsStorage": "x"})
+    stored = stored_scope(Subscription(SUB2, "Corp 01", "mg-corp", "Corp"))
+    checked = []
+    rows = [container(SUB2, "Corp 01", "mg-corp"), container(SUB3, "B", "mg-b")]
+    refresh(two, stored, lambda: rows, lambda s: checked.append(s) or True)
+    assert checked == [SUB3]
+    with caplog.at_level("WARNING", logger="remediation"):
+        refresh(two, stored, lambda: [], lambda s: True)
+    assert "under mg-b, mg-corp:" in caplog.records[0].getMessage()
+
+
+def test_arc_extensions_sort_by_name_in_any_case():
+    machine, _ = arc_machine()
+    listed = [
+        {
+            "name": name,
+            "properties": {"publisher": "P", "type": "T", "provisioningState": "Succeeded"},
+        }
+        for name in ("a", "_x")
+    ]
+    assert [e.name for e in facts_from_arc(machine, listed).extensions] == ["_x", "a"]
