@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remediation.config import SettingsError, load
+from remediation.config import GUID, SettingsError, load
 from remediation.ops import InvalidQuery, parse_query
 from remediation.queues import BadMessage, InstallRequest
 from remediation.sweep import BatchMessage, InvalidSweepRequest, SweepRequest, parse_request
@@ -37,7 +37,8 @@ def test_sweep_bodies_are_accepted_or_refused_with_problems(body):
         assert error.problems
         return
     assert isinstance(request, SweepRequest)
-    assert set(request.subscriptions) <= SETTINGS.subscriptions
+    # Well-formed ids, lower-cased; whether each is in scope is checked when the run starts.
+    assert all(GUID.match(s) and s == s.lower() for s in request.subscriptions)
     assert request.mode.value == "report"  # a report-mode app never sweeps in enforce
 
 
