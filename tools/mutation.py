@@ -3,8 +3,8 @@
 mutmut (configured in pyproject's [tool.mutmut]) mutates remediation/policy.py, classify.py,
 events.py, config.py and scope.py and runs, for each mutant, the tests of
 tests/test_policy.py, test_classify.py, test_events.py, test_config.py and test_estate.py
-that reach the mutated function (no Azurite, no network). Every run starts from an empty mutants/ so no verdict is carried over
-from older code or older tests.
+that reach the mutated function (no Azurite, no network). Every run starts from an empty
+mutants/ so no verdict is carried over from older code or older tests.
 
 The report gives, per file, killed/total and the percentage, then every surviving mutant
 (its name and a one-line diff) grouped by file. A survivor named in
