@@ -3,6 +3,7 @@ management-group scope (a subscription joins and leaves), display names in the l
 the report, flexible and uniform scale sets. The real function objects, the real SDKs
 against the local plane, Azurite for storage."""
 
+import io
 import json
 
 import pytest
@@ -343,7 +344,7 @@ def test_without_subscription_read_resource_graph_names_no_subscription(world_fa
     assert world.audit_records() == []
 
 
-def test_names_and_groups_in_the_report_and_the_log(world_factory, capsys):
+def test_names_and_groups_in_the_report_and_the_log(world_factory):
     world = world_factory(
         groups_estate(),
         REMEDIATION_SUBSCRIPTIONS=SUB,
@@ -367,8 +368,9 @@ def test_names_and_groups_in_the_report_and_the_log(world_factory, capsys):
     assert {r["kind"] for r in logged} == {"vm"}
     from remediation.__main__ import main
 
-    assert main(["log", "--since", "1h"]) == 0
-    table = capsys.readouterr().out
+    out = io.StringIO()
+    assert main(["log", "--since", "1h"], out) == 0
+    table = out.getvalue()
     assert "Platform Identity" in table
     assert "Contoso Corp 01" in table
 

@@ -263,6 +263,7 @@ def test_a_put_answers_202_with_location_and_retry_after_as_the_spec_says(arc_pl
 
 def test_a_put_answers_with_both_operation_urls_as_the_older_trace_shows(arc_plane):
     arc_plane.arc_async_operation = True
+    arc_plane.lro_seconds = 30  # still running when read below, however slow the machine
     session = raw(arc_plane)
     answer = session.put(
         f"{arc_plane.url}{ARC}/arc-ubuntu/extensions/MDE.Linux",
