@@ -163,10 +163,8 @@ def doctor_rows(world):
     return {(c.scope, c.check): c for c in doctor.run(world.services)}
 
 
-def test_the_doctor_finds_a_deployment_ready(world_factory):
-    world = world_factory(
-        small_estate(), WEBSITE_SITE_NAME="func-dev", REMEDIATION_ALLOW_PLAN_CHANGE="true"
-    )
+def deploy_and_wire(world):
+    """What `azd up` does after provisioning: the code, then the hook for SUB."""
     world.plane.deploy_functions(APP_ID, FUNCTIONS)
     hook().wire(
         operator(world.plane),
@@ -176,6 +174,13 @@ def test_the_doctor_finds_a_deployment_ready(world_factory):
         world.plane.url,
         location="westeurope",
     )
+
+
+def test_the_doctor_finds_a_deployment_ready(world_factory):
+    world = world_factory(
+        small_estate(), WEBSITE_SITE_NAME="func-dev", REMEDIATION_ALLOW_PLAN_CHANGE="true"
+    )
+    deploy_and_wire(world)
     rows = doctor_rows(world)
     assert {key: row.ok for key, row in rows.items()} == {
         ("storage", "queues and table"): True,
@@ -233,15 +238,7 @@ def test_health_answers_503_until_the_app_can_do_its_job(world_factory):
     body = json.loads(response.get_body())
     assert (response.status_code, body["healthy"]) == (503, False)
     assert [c["check"] for c in body["checks"] if not c["ok"]] == ["events"]
-    world.plane.deploy_functions(APP_ID, FUNCTIONS)
-    hook().wire(
-        operator(world.plane),
-        [SUB],
-        APP_ID,
-        "rg-dev-events",
-        world.plane.url,
-        location="westeurope",
-    )
+    deploy_and_wire(world)
     response = function_app.health(http_request("GET", "health"))
     assert (response.status_code, json.loads(response.get_body())["healthy"]) == (200, True)
 
