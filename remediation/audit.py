@@ -1,19 +1,27 @@
 """The remediation log: one record per decision, skips included, in Azure Table Storage.
 
-Each record is stored twice, under two partition keys, so both questions ops ask are
-one range query within one partition, never a table scan:
-- ``v-<hash of the VM id>``: "what happened to VM X", newest first;
-- ``log``: "what happened since yesterday" (or in any window), newest first.
-Row keys are inverted timestamps, so a partition reads newest first and a time window
-is one row-key range: any window is one query, paged by the service (1,000 rows or five
-seconds a page). One partition, not one a day: Table Storage may end a page at every
-partition boundary ("Query Timeout and Pagination"), so a window over day partitions
-could cost a request per day; and the day partitions gave writes no spread anyway (all
-of today's rows went to one partition).
+Each record is stored twice, so both questions ops ask are one range query within one
+partition, never a table scan:
+- ``log``: "what happened since yesterday" (or in any window), newest first;
+- ``vi-NN``, one of ``INDEX_BUCKETS`` partitions chosen by the hash of the VM id, with
+  that hash leading the row key: "what happened to VM X", newest first, is one row-key
+  range of one partition.
+Row keys are inverted timestamps (after the VM's hash in ``vi-NN``), so a partition reads
+newest first and a time window is one row-key range, paged by the service (1,000 rows or
+five seconds a page). One log partition, not one a day: Table Storage may end a page at
+every partition boundary ("Query Timeout and Pagination"), so a window over day
+partitions could cost a request per day.
 
-The previous version wrote the time rows under ``d-<yyyymmdd>``. Those rows are still
-found through their VM partition and deleted by ``purge``; time-window queries read the
-``log`` partition only, so they see records written since this version.
+Why buckets and not a partition per VM: a sweep writes a row per VM, and Table Storage
+takes transactions of up to 100 entities of one partition. With a partition per VM each
+index row was a request of its own; with 32 buckets a batch of 1,000 VMs is about 32
+transactions (BENCHMARKS.md measures it).
+
+Older rows stay readable. The version before this one kept each VM's rows in
+``v-<hash>`` (one partition per VM): VM queries read it after the bucket, and ``purge``
+deletes there the VM rows of log rows without the ``index`` marker. The version before
+that wrote the time rows under ``d-<yyyymmdd>``: still found through their VM partition
+and deleted by ``purge``; time-window queries read the ``log`` partition only.
 Every record also becomes one operator-readable log line (``vm="..." decision="..."``).
 """
 
@@ -44,6 +52,10 @@ log = logging.getLogger("remediation")
 MAX_TICKS = 10**19  # inverted timestamps stay 19 digits until the year 2286
 LOG_PARTITION = "log"  # every record, newest first (see above)
 LEGACY_DAY_PREFIX = "d-"  # the previous version's day partitions, d-yyyymmdd
+INDEX_PREFIX = "vi-"  # the VM index: vi-00 .. vi-31, the VM's hash leading the row key
+INDEX_BUCKETS = 32  # a sweep batch's index rows fall in 32 partitions: ~32 transactions
+INDEX_MARKER = "index"  # on rows written with the bucketed index (purge finds the VM row)
+TRANSACTION = 100  # Table Storage's largest transaction, within one partition
 MAX_PAGE = 1000  # Table Storage returns at most 1,000 entities a request
 NAME_PAGES = 20  # pages a short-name lookup reads at most
 LIST_FIELDS = ("actions", "findings")  # tuples, stored comma-joined
@@ -158,9 +170,20 @@ def replace_if_unchanged(
         return False
 
 
-def vm_partition(vm: str) -> str:
+def vm_key(vm: str) -> str:
     # Table keys cannot hold '/', so VM ids are hashed; ids are case-insensitive.
-    return "v-" + hashlib.sha256(vm.lower().encode()).hexdigest()[:40]
+    return hashlib.sha256(vm.lower().encode()).hexdigest()[:40]
+
+
+def vm_partition(vm: str) -> str:
+    """``v-<hash>``: the previous version's VM partition (read for old rows), and the
+    row key other partitions (claims, test-alert locks, states) use for a VM."""
+    return "v-" + vm_key(vm)
+
+
+def index_partition(vm: str) -> str:
+    """The VM index bucket of a VM: ``vi-NN``, from its hash (stable across versions)."""
+    return f"{INDEX_PREFIX}{int(vm_key(vm)[:8], 16) % INDEX_BUCKETS:02d}"
 
 
 def vm_name(vm: str) -> str:
@@ -184,13 +207,20 @@ def _row_key(record: AuditRecord) -> str:
     return f"{_inverted(record.time)}-{record.record_id}"
 
 
-def _window(since: datetime, until: datetime) -> dict[str, str]:
-    """Row keys from ``until`` (newest, first) back to ``since`` (oldest, inclusive)."""
-    return {"newest": _inverted(until), "oldest": _inverted(since) + "~"}
+def _window(since: datetime, until: datetime, prefix: str = "") -> dict[str, str]:
+    """Row keys from ``until`` (newest, first) back to ``since`` (oldest, inclusive),
+    after ``prefix`` (the VM's hash and "-" in an index bucket)."""
+    return {"newest": prefix + _inverted(until), "oldest": prefix + _inverted(since) + "~"}
 
 
 def _entity(record: AuditRecord, partition: str) -> dict[str, Any]:
-    entity: dict[str, Any] = {"PartitionKey": partition, "RowKey": _row_key(record)}
+    """The log row (``partition`` = ``log``) or the VM's index row (its ``vi-NN``)."""
+    prefix = f"{vm_key(record.vm)}-" if partition.startswith(INDEX_PREFIX) else ""
+    entity: dict[str, Any] = {
+        "PartitionKey": partition,
+        "RowKey": prefix + _row_key(record),
+        INDEX_MARKER: INDEX_PREFIX,  # its VM row is in the bucketed index (purge)
+    }
     for item in fields(record):
         value = getattr(record, item.name)
         if item.name in LIST_FIELDS:
@@ -239,19 +269,20 @@ class Query:
     notes: tuple[str, ...] = ()
 
 
-_TOKEN_PARTITION = re.compile(rf"(?:v-[0-9a-f]{{40}}|{LOG_PARTITION})\Z")
-_TOKEN_ROW_KEY = re.compile(r"\d{19}-[0-9a-f]{32}\Z")
+_TOKEN_PARTITION = re.compile(rf"(?:v-[0-9a-f]{{40}}|{INDEX_PREFIX}\d\d|{LOG_PARTITION})\Z")
+_TOKEN_ROW_KEY = re.compile(r"(?:[0-9a-f]{40}-)?\d{19}-[0-9a-f]{32}\Z")
 
 
 def _encode_token(partition: str, row_key: str) -> str:
     return base64.urlsafe_b64encode(f"{partition}|{row_key}".encode()).decode()
 
 
-def _decode_token(token: str, partition: str) -> str:
-    """The row key to resume after, or "" for a first page. A token from another query
-    (another VM, or the previous version's day partitions) or a forged one is refused."""
+def _decode_token(token: str, partitions: Sequence[tuple[str, str]]) -> tuple[int, str]:
+    """Which of the query's partitions to resume in and the row key to resume after;
+    (0, "") for a first page. A token from another query (another VM, or the previous
+    version's day partitions) or a forged one is refused."""
     if not token:
-        return ""
+        return 0, ""
     try:
         text = base64.urlsafe_b64decode(token.encode()).decode()
     except (ValueError, UnicodeDecodeError):
@@ -259,9 +290,11 @@ def _decode_token(token: str, partition: str) -> str:
     token_partition, bar, row_key = text.partition("|")
     if not bar or not _TOKEN_PARTITION.match(token_partition) or not _TOKEN_ROW_KEY.match(row_key):
         raise ValueError("the continuation token is not valid")
-    if token_partition != partition:
-        raise ValueError("the continuation token belongs to another query")
-    return row_key
+    for index, (partition, prefix) in enumerate(partitions):
+        hashed = len(row_key) > len("0" * 19 + "-" + "0" * 32)  # a VM's hash leads it
+        if token_partition == partition and row_key.startswith(prefix) and hashed == bool(prefix):
+            return index, row_key
+    raise ValueError("the continuation token belongs to another query")
 
 
 class AuditLog:
@@ -282,7 +315,7 @@ class AuditLog:
 
     def write(self, record: AuditRecord) -> AuditRecord:
         """Store the record under both keys (upserts: a retried write is harmless)."""
-        for partition in (LOG_PARTITION, vm_partition(record.vm)):
+        for partition in (LOG_PARTITION, index_partition(record.vm)):
             self._table.upsert_entity(_entity(record, partition), mode=UpdateMode.REPLACE)
         # INFO, whatever the decision: one line per VM is the record, not an alert (the
         # CLI logs warnings only; Application Insights keeps Function.*.User at INFO).
@@ -292,37 +325,53 @@ class AuditLog:
         return record
 
     def write_many(self, records: Sequence[AuditRecord]) -> None:
-        """A sweep's records: log rows in transactions of 100, VM rows in parallel."""
-        entities = [_entity(record, LOG_PARTITION) for record in records]
-        for start in range(0, len(entities), 100):
-            self._table.submit_transaction(
-                [
-                    ("upsert", entity, {"mode": UpdateMode.REPLACE})
-                    for entity in entities[start : start + 100]
-                ]
-            )
-        with ThreadPoolExecutor(max_workers=32) as pool:  # one row per VM partition
-            list(
-                pool.map(
-                    lambda record: self._table.upsert_entity(
-                        _entity(record, vm_partition(record.vm)), mode=UpdateMode.REPLACE
-                    ),
-                    records,
-                )
-            )
+        """A sweep's records: the log rows and the index rows in transactions of up to
+        100 rows of one partition, the index buckets in parallel. Upserts: a batch
+        retried after a failure rewrites the same rows (a sweep's ids are stable)."""
+        by_partition: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in records:
+            for partition in (LOG_PARTITION, index_partition(record.vm)):
+                by_partition[partition].append(_entity(record, partition))
+        transactions = [
+            rows[start : start + TRANSACTION]
+            for rows in by_partition.values()
+            for start in range(0, len(rows), TRANSACTION)
+        ]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(self._upsert_all, transactions))
         for record in records:
             log.info(record.log_line())
 
-    def for_vm(self, vm: str, limit: int = 50) -> list[AuditRecord]:
-        """Newest first."""
-        entities = self._table.query_entities(
-            "PartitionKey eq @pk", parameters={"pk": vm_partition(vm)}, results_per_page=limit
+    def _upsert_all(self, rows: list[dict[str, Any]]) -> None:
+        self._table.submit_transaction(
+            [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows]
         )
-        records = []
-        for entity in entities:
-            records.append(_record(entity))
+
+    @staticmethod
+    def _vm_partitions(vm: str) -> list[tuple[str, str]]:
+        """Where a VM's rows are, newest first: its index bucket (row keys after its
+        hash), then the previous version's partition of its own."""
+        return [(index_partition(vm), f"{vm_key(vm)}-"), (vm_partition(vm), "")]
+
+    def for_vm(self, vm: str, limit: int = 50) -> list[AuditRecord]:
+        """Newest first. The index bucket first; the previous version's rows (all older)
+        only if the bucket holds fewer than ``limit``."""
+        records: list[AuditRecord] = []
+        for partition, prefix in self._vm_partitions(vm):
             if len(records) >= limit:
                 break
+            condition = "PartitionKey eq @pk"
+            parameters = {"pk": partition}
+            if prefix:  # "-" < "." in key order: the range of this VM's rows
+                condition += " and RowKey gt @first and RowKey lt @last"
+                parameters |= {"first": prefix, "last": prefix[:-1] + "."}
+            entities = self._table.query_entities(
+                condition, parameters=parameters, results_per_page=limit - len(records)
+            )
+            for entity in entities:
+                records.append(_record(entity))
+                if len(records) >= limit:
+                    break
         return records
 
     def since(self, moment: datetime, until: datetime | None = None) -> Iterator[AuditRecord]:
@@ -338,35 +387,39 @@ class AuditLog:
     def search(self, query: Query) -> tuple[list[AuditRecord], str]:
         """Records matching the query, newest first, at most ``query.limit``, and a
         continuation token for the next page: "" exactly when no further record matches.
-        One range query in one partition (the VM's, or the log's), read until one row
-        past the limit: a single request unless the service ends a page early (1,000
-        rows, five seconds of scanning for a rare filter)."""
-        partition = vm_partition(query.vm) if query.vm else LOG_PARTITION
-        after = _decode_token(query.continuation, partition)
-        conditions = ["PartitionKey eq @pk", "RowKey ge @newest", "RowKey le @oldest"]
-        parameters: dict[str, Any] = {"pk": partition} | _window(query.since, query.until)
-        if after:
-            conditions.append("RowKey gt @after")
-            parameters["after"] = after
-        for name in ("decision", "subscription", "run_id", "verification"):
-            if getattr(query, name):
-                conditions.append(f"{name} eq @{name}")
-                parameters[name] = getattr(query, name)
-        if query.finding:  # one finding exists so far: the joined column equals it
-            conditions.append("findings eq @finding")
-            parameters["finding"] = query.finding
-        entities = self._table.query_entities(
-            " and ".join(conditions),
-            parameters=parameters,
-            results_per_page=min(query.limit + 1, MAX_PAGE),
-        )
+        One range query in one partition (the log's, or the VM's bucket and then, for
+        rows of the previous version, the VM's old partition), read until one row past
+        the limit: a single request unless the service ends a page early (1,000 rows,
+        five seconds of scanning for a rare filter)."""
+        partitions = self._vm_partitions(query.vm) if query.vm else [(LOG_PARTITION, "")]
+        first, after = _decode_token(query.continuation, partitions)
         records: list[AuditRecord] = []
-        last_key = ""
-        for entity in entities:
-            if len(records) == query.limit:  # one more matches: there is a next page
-                return records, _encode_token(partition, last_key)
-            records.append(_record(entity))
-            last_key = entity["RowKey"]
+        last = ("", "")
+        for partition, prefix in partitions[first:]:
+            conditions = ["PartitionKey eq @pk", "RowKey ge @newest", "RowKey le @oldest"]
+            parameters: dict[str, Any] = {"pk": partition}
+            parameters |= _window(query.since, query.until, prefix)
+            if after:
+                conditions.append("RowKey gt @after")
+                parameters["after"] = after
+                after = ""  # only in the partition the token names
+            for name in ("decision", "subscription", "run_id", "verification"):
+                if getattr(query, name):
+                    conditions.append(f"{name} eq @{name}")
+                    parameters[name] = getattr(query, name)
+            if query.finding:  # one finding exists so far: the joined column equals it
+                conditions.append("findings eq @finding")
+                parameters["finding"] = query.finding
+            entities = self._table.query_entities(
+                " and ".join(conditions),
+                parameters=parameters,
+                results_per_page=min(query.limit + 1 - len(records), MAX_PAGE),
+            )
+            for entity in entities:
+                if len(records) == query.limit:  # one more matches: there is a next page
+                    return records, _encode_token(*last)
+                records.append(_record(entity))
+                last = (partition, entity["RowKey"])
         return records, ""
 
     def vms_named(
@@ -417,7 +470,7 @@ class AuditLog:
             self._table.query_entities(
                 "PartitionKey eq @pk and RowKey gt @oldest",
                 parameters={"pk": LOG_PARTITION, "oldest": _inverted(before) + "~"},
-                select=["PartitionKey", "RowKey", "vm"],
+                select=["PartitionKey", "RowKey", "vm", INDEX_MARKER],
                 results_per_page=MAX_PAGE,
             ),
             self._table.query_entities(
@@ -431,13 +484,17 @@ class AuditLog:
         by_vm: dict[str, list[str]] = defaultdict(list)
         by_time: dict[str, list[str]] = defaultdict(list)
         for entity in old:
-            by_time[entity["PartitionKey"]].append(entity["RowKey"])
-            by_vm[vm_partition(entity.get("vm") or "")].append(entity["RowKey"])
+            vm, key = entity.get("vm") or "", entity["RowKey"]
+            by_time[entity["PartitionKey"]].append(key)
+            if entity.get(INDEX_MARKER) == INDEX_PREFIX:
+                by_vm[index_partition(vm)].append(f"{vm_key(vm)}-{key}")
+            else:  # written by a previous version: its VM row is in the VM's own partition
+                by_vm[vm_partition(vm)].append(key)
             deleted += 1
         # VM rows first: a time row is how an old VM row is found, so it goes last.
         for partition, keys in [*by_vm.items(), *by_time.items()]:
-            for start in range(0, len(keys), 100):
-                self._delete(partition, keys[start : start + 100])
+            for start in range(0, len(keys), TRANSACTION):
+                self._delete(partition, keys[start : start + TRANSACTION])
         return deleted
 
     def _delete(self, partition: str, keys: list[str]) -> None:

@@ -63,6 +63,7 @@ LOCK_PARTITION = "sweeplock"
 # visibility timeout (a batch on a worker that died becomes visible again after it)
 # and than the gap between two beats of a working batch (HEARTBEAT_EVERY).
 STALE_AFTER = timedelta(minutes=30)
+WRITE_EVERY = 1000  # a batch writes its records this many at a time (a page of inventory)
 HEARTBEAT_EVERY = timedelta(minutes=1)
 MAX_BODY = 64 * 1024
 CAP_BLOCK = 50  # actions a batch takes from the run's cap at a time
@@ -617,6 +618,9 @@ def run_batch(
                 record = batch.handle(facts)
                 if on_record is not None:
                     on_record(record)
+                if len(batch.records) >= WRITE_EVERY:  # memory stays flat however big
+                    services.audit.write_many(batch.records)
+                    batch.records.clear()
                 if time.monotonic() - last_beat > HEARTBEAT_EVERY.total_seconds():
                     if not store.beat(run.run_id):
                         log.warning(

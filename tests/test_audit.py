@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.data.tables import TableClient, TableServiceClient
 
-from remediation.audit import AuditLog, AuditRecord, Query, vm_partition
+from remediation.audit import AuditLog, AuditRecord, Query, index_partition, vm_partition
 
 VM = "/subscriptions/11111111-1111-4111-8111-111111111111/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"
 OTHER = VM[:-1] + "2"
@@ -99,7 +99,8 @@ def test_each_record_is_stored_under_the_vm_and_the_log(audit):
     log, table = audit
     log.write(record())
     partitions = sorted(entity["PartitionKey"] for entity in table.list_entities())
-    assert partitions == sorted([vm_partition(VM), "log"])
+    assert partitions == sorted([index_partition(VM), "log"])
+    assert re.fullmatch(r"vi-\d\d", index_partition(VM))  # one of a bounded set of buckets
 
 
 def test_vm_history_is_newest_first_and_only_that_vm(audit):
@@ -147,7 +148,7 @@ def test_every_record_is_one_operator_log_line_at_info(audit, caplog):
 
 
 def test_a_sweeps_records_are_logged_at_info_and_written_in_transactions_of_100(counted, caplog):
-    log, _, requests = counted
+    log, table, requests = counted
     now = datetime.now(UTC)
     records = [
         record(
@@ -159,9 +160,19 @@ def test_a_sweeps_records_are_logged_at_info_and_written_in_transactions_of_100(
     ]
     with caplog.at_level(logging.INFO, logger="remediation"):
         log.write_many(records)
+    sent = list(requests.urls)
     ours = [line.levelno for line in caplog.records if line.name == "remediation"]
     assert ours == [logging.INFO] * 250
-    assert sum(url.endswith("$batch") for url in requests.urls) == 3  # 100 + 100 + 50
+    # Every row went in a transaction: none was written alone.
+    assert all(url.endswith("$batch") for url in sent)
+    stored: dict[str, int] = {}
+    for entity in table.list_entities():
+        stored[entity["PartitionKey"]] = stored.get(entity["PartitionKey"], 0) + 1
+    assert stored.pop("log") == 250
+    assert sum(stored.values()) == 250  # one index row per record, in a few buckets
+    assert len(stored) <= 32
+    full = 3 + sum(-(-rows // 100) for rows in stored.values())  # log: 100 + 100 + 50
+    assert len(sent) == full
     found, token = log.search(Query(since=now - timedelta(days=3), until=now, limit=1000))
     assert (len(found), token) == (250, "")
 
@@ -266,6 +277,76 @@ def test_a_continuation_token_of_another_query_is_refused(audit):
         log.search(Query(**window, continuation=legacy))
 
 
+def _previous_version_row(vm, when, reason):
+    """A record as the previous version stored it: the log row and a row in the VM's own
+    partition (v-<hash>), the same row key, no index marker."""
+    key = f"{10**19 - int(when.timestamp() * 1_000_000):019d}-{uuid.uuid4().hex}"
+    row = {
+        "RowKey": key,
+        "vm": vm,
+        "subscription": "11111111-1111-4111-8111-111111111111",
+        "trigger": "sweep",
+        "decision": "compliant",
+        "reason": reason,
+        "mode": "report",
+        "outcome": "none",
+        "time": when,
+    }
+    return [row | {"PartitionKey": "log"}, row | {"PartitionKey": vm_partition(vm)}]
+
+
+def test_a_vms_rows_of_the_previous_version_are_read_after_the_new_ones(audit):
+    log, table = audit
+    now = datetime.now(UTC)
+    for hours in (30, 20):
+        for row in _previous_version_row(VM, now - timedelta(hours=hours), f"old {hours}h"):
+            table.upsert_entity(row)
+    for hours in (2, 1):
+        log.write(record(when=now - timedelta(hours=hours), reason=f"new {hours}h"))
+    log.write(record(vm=OTHER, when=now, reason="other vm"))
+    newest_first = ["new 1h", "new 2h", "old 20h", "old 30h"]
+    assert [r.reason for r in log.for_vm(VM)] == newest_first
+    assert [r.reason for r in log.for_vm(VM, limit=3)] == newest_first[:3]
+    assert [r.reason for r in log.for_vm(VM, limit=1)] == newest_first[:1]
+    # Search by VM pages through both layouts, one record a page, and ends exactly.
+    pages, token = [], ""
+    while True:
+        found, token = log.search(
+            Query(since=now - timedelta(days=2), until=now, vm=VM, limit=1, continuation=token)
+        )
+        pages += [r.reason for r in found]
+        if not token:
+            break
+    assert pages == newest_first
+    found, token = log.search(Query(since=now - timedelta(hours=25), until=now, vm=VM))
+    assert ([r.reason for r in found], token) == (newest_first[:3], "")
+    # Retention deletes both rows of each, wherever the VM row is.
+    assert log.purge(now - timedelta(hours=10)) == 2
+    left = sorted(e["reason"] for e in table.list_entities())
+    assert left == sorted(["new 1h", "new 1h", "new 2h", "new 2h", "other vm", "other vm"])
+
+
+def test_a_forged_token_for_another_vms_rows_in_the_same_bucket_is_refused(audit):
+    log, _ = audit
+    now = datetime.now(UTC)
+    for minute in range(2):
+        log.write(record(when=now - timedelta(minutes=minute)))
+    window = {"since": now - timedelta(days=1), "until": now, "limit": 1}
+    _, token = log.search(Query(**window, vm=VM))
+    partition, _, row_key = base64.urlsafe_b64decode(token).decode().partition("|")
+    assert partition == index_partition(VM)
+    forged = f"{partition}|{'0' * 40}{row_key[40:]}"  # the same bucket, another VM's hash
+    with pytest.raises(ValueError, match="another query"):
+        log.search(
+            Query(**window, vm=VM, continuation=base64.urlsafe_b64encode(forged.encode()).decode())
+        )
+    bare = f"{partition}|{row_key[41:]}"  # a bucket row key without a VM hash
+    with pytest.raises(ValueError, match="another query"):
+        log.search(
+            Query(**window, vm=VM, continuation=base64.urlsafe_b64encode(bare.encode()).decode())
+        )
+
+
 def test_vms_are_found_by_name_in_one_request(counted):
     log, _, requests = counted
     now = datetime.now(UTC)
@@ -307,7 +388,7 @@ def test_purge_deletes_both_rows_of_old_records_in_both_layouts(audit):
     assert [r.reason for r in log.for_vm(OTHER)] == ["legacy"]  # VM queries read both
     assert log.purge(now - timedelta(days=400)) == 2
     left = sorted((e["PartitionKey"], e["reason"]) for e in table.list_entities())
-    assert left == sorted([("log", "kept"), (vm_partition(VM), "kept")])
+    assert left == sorted([("log", "kept"), (index_partition(VM), "kept")])
     assert log.for_vm(VM) == [kept]
 
 
