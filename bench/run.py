@@ -100,44 +100,147 @@ def child(mode: str, settings: dict[str, str], *args: str) -> dict[str, Any]:
 
 
 # --- Measurements, each in its own process ---------------------------------------------
-def measure_sweep(instances: int) -> dict[str, Any]:
-    """A report-mode sweep, batches run by `instances` workers as on several hosts."""
+class Timing:
+    """Where a sweep's time goes, per worker thread, summed: each request's span (from the
+    pipeline's own hook: the counter every ARM client carries), the classification and
+    decision of each machine, the log's writes. Bench-only instrumentation of the real
+    objects: nothing in the app knows it."""
+
+    def __init__(self, running: Any) -> None:
+        import threading
+
+        from remediation import sweep
+
+        self._lock = threading.Lock()
+        self.requests: list[tuple[str, float, float]] = []  # (arm|graph, start, end)
+        self.seconds = {"classify": 0.0, "log": 0.0}
+        counter = running.arm.counter
+        counted = counter.on_request
+
+        def on_request(request: Any) -> None:
+            request.context["bench_started"] = time.monotonic()
+            counted(request)
+
+        def on_response(request: Any, response: Any) -> None:
+            url = request.http_request.url
+            kind = "graph" if "/providers/Microsoft.ResourceGraph/" in url else "arm"
+            with self._lock:
+                self.requests.append((kind, request.context["bench_started"], time.monotonic()))
+
+        counter.on_request = on_request
+        counter.on_response = on_response
+        write_many = running.audit.write_many
+
+        def timed_write_many(records: Any) -> None:
+            started = time.monotonic()
+            write_many(records)
+            self._add("log", time.monotonic() - started)
+
+        running.audit.write_many = timed_write_many
+        handle = sweep._Batch.handle
+
+        def timed_handle(batch: Any, facts: Any) -> Any:
+            started = time.monotonic()
+            try:
+                return handle(batch, facts)
+            finally:
+                self._add("classify", time.monotonic() - started)
+
+        sweep._Batch.handle = timed_handle  # type: ignore[method-assign]
+
+    def _add(self, what: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[what] += seconds
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.seconds = dict.fromkeys(self.seconds, 0.0)
+
+    def figures(self) -> dict[str, float]:
+        """The requests' span (first start to last end), the time at least one was in
+        flight, and per-thread sums by kind."""
+        with self._lock:
+            requests = sorted(self.requests, key=lambda r: r[1])
+            seconds = dict(self.seconds)
+        busy, reach = 0.0, float("-inf")
+        for _, start, end in requests:  # union of the intervals
+            if end > reach:
+                busy += end - max(start, reach)
+                reach = end
+        sums = {
+            kind: sum(end - start for k, start, end in requests if k == kind)
+            for kind in ("graph", "arm")
+        }
+        return {
+            "requests_span_s": round(requests[-1][2] - requests[0][1], 2) if requests else 0.0,
+            "requests_busy_s": round(busy, 2),
+            "graph_s": round(sums["graph"], 2),
+            "arm_s": round(sums["arm"], 2),
+            "classify_s": round(seconds["classify"], 2),
+            "log_s": round(seconds["log"], 2),
+        }
+
+
+def measure_sweep(instances: int, nights: int = 2) -> dict[str, Any]:
+    """Report-mode sweeps, batches run by `instances` workers as on several hosts: the
+    first night, then `nights - 1` nights on the same estate with nothing changed."""
     from remediation import sweep
     from remediation.bootstrap import services
 
     running = services()
+    timing = Timing(running)
     request = sweep.SweepRequest(
         tuple(sorted(running.settings.subscriptions)), running.settings.mode, "cli"
     )
-    before = dict(running.arm.counter.total)  # the whole run: its start's queries too
-    started = time.monotonic()
-    run = sweep.start(running, request, send=None)
-    batches = sweep.batches_of(run.subscriptions, running.settings.sweep_batch_size)
-    with ThreadPoolExecutor(instances) as pool:
-        finished = [
-            r
-            for r in pool.map(
-                lambda item: sweep.run_batch(
-                    running, sweep.BatchMessage(run.run_id, item[0], item[1])
-                ),
-                enumerate(batches),
-            )
-            if r
-        ]
-    wall = time.monotonic() - started
-    summary = finished[0].summary
-    used = {
-        kind: running.arm.counter.total[kind] - before.get(kind, 0) for kind in ("arm", "graph")
-    }
-    return {
-        "wall_s": round(wall, 1),
-        "vms": summary["vms"],  # machines: VMs and Arc machines
-        "kinds": summary.get("kinds", {}),
-        "arm_requests": used["arm"],
-        "graph_requests": used["graph"],
-        "vms_per_s": round(summary["vms"] / wall, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-    }
+    results = []
+    decisions: dict[str, str] = {}  # first night: each VM's decision (to compare peers)
+
+    def keep(record: Any) -> None:
+        if not results and record.kind == "vm":
+            decisions[record.vm.lower()] = f"{record.decision}: {record.reason}"
+
+    for _ in range(nights):
+        timing.reset()
+        before = dict(running.arm.counter.total)  # the whole run: its start's queries too
+        started = time.monotonic()
+        run = sweep.start(running, request, send=None)
+        batches = sweep.batches_of(run.subscriptions, running.settings.sweep_batch_size)
+        with ThreadPoolExecutor(instances) as pool:
+            finished = [
+                r
+                for r in pool.map(
+                    lambda item, run=run: sweep.run_batch(
+                        running, sweep.BatchMessage(run.run_id, item[0], item[1]), keep
+                    ),
+                    enumerate(batches),
+                )
+                if r
+            ]
+        wall = time.monotonic() - started
+        summary = finished[0].summary
+        used = {
+            kind: running.arm.counter.total[kind] - before.get(kind, 0) for kind in ("arm", "graph")
+        }
+        figures = timing.figures()
+        results.append(
+            {
+                "wall_s": round(wall, 1),
+                "vms": summary["vms"],  # machines: VMs and Arc machines
+                "kinds": summary.get("kinds", {}),
+                "flagged": summary.get("decisions", {}).get("install", 0),
+                "arm_requests": used["arm"],
+                "graph_requests": used["graph"],
+                "vms_per_s": round(summary["vms"] / wall, 1),
+                "batches": len(batches),
+                **figures,
+                "wall_to_span": round(wall / max(figures["requests_span_s"], 0.01), 2),
+            }
+        )
+    if os.environ.get("BENCH_DECISIONS"):
+        Path(os.environ["BENCH_DECISIONS"]).write_text(json.dumps(decisions))
+    first, *later = results
+    return first | {"peak_rss_mb": round(peak_rss_mb(), 1), "steady": later[-1] if later else None}
 
 
 def measure_baseline(workers: int) -> dict[str, Any]:

@@ -734,12 +734,16 @@ class ArmGateway:
         )
         self.forget_posture(subscription)
 
-    def install_extension(self, facts: VmFacts, extension_type: str, package: str) -> InstallResult:
+    def install_extension(
+        self, facts: VmFacts, extension_type: str, package: str, *, wait: bool = True
+    ) -> InstallResult:
         """PUT the MDE extension as the built-in policy does and wait for it, at most
         REMEDIATION_INSTALL_TIMEOUT_SECONDS: a longer install is checked again later
-        from a delayed queue message. Idempotent: a second PUT of the same body is
-        harmless. Compute takes one extension per publisher and type, so an MDE
-        extension already on the VM under another name is reinstalled under that name."""
+        from a delayed queue message. ``wait=False`` returns once Azure accepted the PUT
+        (``InProgress``), polling nothing: the event function's way (the queue watches).
+        Idempotent: a second PUT of the same body is harmless. Compute takes one
+        extension per publisher and type, so an MDE extension already on the VM under
+        another name is reinstalled under that name."""
         vm = facts.vm
         name = next(
             (
@@ -763,8 +767,10 @@ class ArmGateway:
         }
         poller = self._call(
             f"installing {extension_type} on {vm}",
-            partial(self._begin_install, facts, name, properties),
+            partial(self._begin_install, facts, name, properties, wait),
         )
+        if not wait:
+            return InstallResult("InProgress", extension=name)
         try:
             result = poller.result(timeout=self._settings.install_timeout_seconds)
         except HttpResponseError as error:
@@ -782,10 +788,16 @@ class ArmGateway:
             return InstallResult("Failed", f"{extension_type} ended Failed", name)
         return InstallResult("Succeeded", extension=name)
 
-    def _begin_install(self, facts: VmFacts, name: str, properties: dict[str, Any]) -> Any:
+    def _begin_install(
+        self, facts: VmFacts, name: str, properties: dict[str, Any], wait: bool
+    ) -> Any:
         """PUT the extension: Compute's API for a VM, HybridCompute's for an Arc machine
-        (the built-in "Deploy MDE on Arc machines" policies send the same properties)."""
-        vm, poll = facts.vm, self._settings.lro_poll_seconds
+        (the built-in "Deploy MDE on Arc machines" policies send the same properties).
+        Without ``wait``, azure-core's NoPolling: the PUT's answer, no polling thread."""
+        vm = facts.vm
+        poll: dict[str, Any] = (
+            {"polling_interval": self._settings.lro_poll_seconds} if wait else {"polling": False}
+        )
         if vm.kind is Kind.ARC:
             from azure.mgmt.hybridcompute.models import (  # noqa: PLC0415 - see _hybrid_client
                 MachineExtension,
@@ -796,9 +808,7 @@ class ArmGateway:
             body = MachineExtension(
                 location=facts.location, properties=MachineExtensionProperties(**properties)
             )
-            return hybrid.begin_create_or_update(
-                vm.resource_group, vm.name, name, body, polling_interval=poll
-            )
+            return hybrid.begin_create_or_update(vm.resource_group, vm.name, name, body, **poll)
         compute = self._compute_client(vm.subscription).virtual_machine_extensions
         return compute.begin_create_or_update(
             vm.resource_group,
@@ -808,7 +818,7 @@ class ArmGateway:
                 location=facts.location,
                 properties=VirtualMachineExtensionProperties(**properties),
             ),
-            polling_interval=poll,
+            **poll,
         )
 
     # --- Error translation ----------------------------------------------------------------

@@ -3,12 +3,14 @@ of function_app.app, the install queue through Azurite, ARM through the local pl
 
 import json
 import threading
+import time
 
 import pytest
 
 from localazure import Estate, Principal, Subscription, Vm
 from localazure.estate import FORTIGATE, UBUNTU_2204, WIN11_ENT, WS2012R2, WS2022, mde_extension
 from remediation import service
+from remediation.queues import InstallRequest
 from tests.conftest import APP, READER, SUB
 
 ENFORCE = {"REMEDIATION_MODE": "enforce", "REMEDIATION_ALLOW_PLAN_CHANGE": "true"}
@@ -82,6 +84,31 @@ def test_a_created_vm_is_covered_end_to_end(world_factory, image, extension):
     assert [r.outcome for r in history] == ["succeeded", "duplicate", "queued"]  # newest first
 
 
+def test_with_the_posture_ready_the_event_function_puts_and_the_queue_watches(world_factory):
+    world = world_factory(estate("ready"), plane_options={"lro_seconds": 1.5}, **ENFORCE)
+    events = world.plane.create_vm(new_vm("fast-1"))
+    records = world.deliver(*events)
+    assert [(r.decision, r.outcome, r.applied) for r in records] == [
+        ("install", "started", True),
+        ("defer", "duplicate", False),  # the second write sees our install in progress
+    ]
+    # The PUT left from the event function, which did not wait for it (no operation poll).
+    assert world.extension_puts() == 1
+    assert mde_state(world, "fast-1") in {"Creating", "InProgress"}
+    assert not [i for i in world.plane.log.items() if "/operations/" in i.path.lower()]
+    world.run_queue()  # the watch message, delayed REMEDIATION_RECHECK_SECONDS
+    assert mde_state(world, "fast-1") == "Succeeded"
+    assert world.extension_puts() == 1  # the watch never PUTs again
+    history = world.services.audit.for_vm(new_vm("fast-1").id)
+    assert [(r.trigger, r.outcome) for r in history] == [
+        ("queue", "succeeded"),
+        ("event", "duplicate"),
+        ("event", "started"),
+    ]
+    assert history[0].event_id == records[0].event_id  # the watch closes the event's story
+    assert history[0].install_state == "Succeeded"
+
+
 def test_windows_server_2012_r2_gets_the_unified_solution_setting(world_factory):
     world = world_factory(estate(), **ENFORCE)
     [record, _] = world.deliver(*world.plane.create_vm(new_vm("legacy-1", "ws2012r2")))
@@ -122,11 +149,14 @@ def test_appliances_managed_and_opted_out_vms_are_excluded(world_factory, vm, me
 
 def test_vm_level_pricing_free_is_honoured_before_any_install(world_factory):
     world = world_factory(estate("ready"), **ENFORCE)
-    [record, _] = world.deliver(*world.plane.create_vm(new_vm("free-1", vm_pricing="Free")))
-    assert record.outcome == "queued"  # the event path does not pay for a pricing read
-    world.run_queue()
-    [install] = [r for r in world.audit_records() if r.trigger == "queue"]
-    assert (install.decision, install.outcome) == ("exclude", "skipped")
+    [record, duplicate] = world.deliver(*world.plane.create_vm(new_vm("free-1", vm_pricing="Free")))
+    # Before it starts an install the event function reads the VM's pricing: Free opts out.
+    assert (record.decision, record.outcome) == ("exclude", "skipped")
+    assert "Free" in record.reason
+    vm_pricing = "/virtualmachines/free-1/providers/microsoft.security/pricings/"
+    assert any(vm_pricing in item.path.lower() for item in world.plane.log.items())
+    assert duplicate.outcome == "duplicate"  # the claim's cooldown, as after a queued skip
+    assert world.run_queue() == 0  # nothing queued
     assert world.extension_puts() == 0
 
 
@@ -137,7 +167,7 @@ def test_a_deallocated_vm_is_deferred_then_its_start_installs(world_factory):
     assert (record.decision, record.outcome) == ("defer", "none")
     assert world.writes() == []
     [started] = world.deliver(world.plane.set_power(vm.id, "running"))
-    assert (started.decision, started.outcome) == ("install", "queued")
+    assert (started.decision, started.outcome) == ("install", "started")
     world.run_queue()
     assert mde_state(world, "sleepy-1") == "Succeeded"
 
@@ -159,8 +189,9 @@ def test_twenty_duplicate_events_on_two_workers_install_once(world_factory):
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(r.outcome for r in records).count("queued") == 1
+    assert sorted(r.outcome for r in records).count("started") == 1
     assert len(records) == 20
+    assert world.extension_puts() == 1  # issued by the event function that won the claim
     world.run_queue()
     assert world.extension_puts() == 1
     assert mde_state(world, "burst-1") == "Succeeded"
@@ -168,10 +199,11 @@ def test_twenty_duplicate_events_on_two_workers_install_once(world_factory):
 
 def test_events_our_own_writes_cause_start_nothing(world_factory):
     world = world_factory(estate("ready"), **ENFORCE)
-    world.deliver(*world.plane.create_vm(new_vm("loop-1")))
-    world.plane.drain_events()  # the deployment's own events, delivered above
+    created = world.plane.create_vm(new_vm("loop-1"))
+    world.deliver(*created)
     world.run_queue()
-    ours = world.plane.drain_events()
+    delivered = {event["id"] for event in created}  # the deployment's own events
+    ours = [e for e in world.plane.drain_events() if e["id"] not in delivered]
     assert any(e["data"]["operationName"].endswith("extensions/write") for e in ours)
     puts_before = world.extension_puts()
     records = world.deliver(*ours)
@@ -244,12 +276,13 @@ def test_a_429_storm_ends_installed_with_nothing_lost(world_factory):
 
 def test_exhausted_retries_reach_the_poison_queue_and_the_audit(world_factory):
     world = world_factory(estate("ready"), **ENFORCE)
-    events = world.plane.create_vm(new_vm("doomed-1"))
-    world.deliver(*events)
     # A 1 ms retry-after: the retries happen at once instead of in real backoff.
     world.plane.faults.add(
         "PUT", "/extensions/MDE.Linux$", 503, count=10_000, **{"x-ms-retry-after-ms": "1"}
     )
+    [first, _] = world.deliver(*world.plane.create_vm(new_vm("doomed-1")))
+    # The event function's PUT failed every retry: the install queue takes it over.
+    assert (first.decision, first.outcome) == ("install", "queued")
     world.run_queue()
     [poisoned] = [r for r in world.audit_records() if r.outcome == "poisoned"]
     assert poisoned.decision == "error"
@@ -270,7 +303,8 @@ def test_a_failed_install_is_audited_with_its_code_and_hint(world_factory):
 def test_an_installer_that_died_mid_operation_is_safe_to_run_again(world_factory):
     world = world_factory(estate("ready"), plane_options={"lro_seconds": 1.5}, **ENFORCE)
     vm = new_vm("crash-1")
-    world.deliver(*world.plane.create_vm(vm))
+    world.plane.create_vm(vm)
+    world.services.queue.send(InstallRequest(vm=vm.id, trigger="cli"))  # a queued install
     message = world.services.queue.queue.receive_messages(visibility_timeout=1).next()
     # The first installer PUT the extension, then died before it could wait or audit.
     facts = world.services.arm.vm_facts(
@@ -344,12 +378,24 @@ def test_the_queue_honours_report_mode_too(world_factory):
 
 def test_queue_messages_never_carry_the_onboarding_package(world_factory):
     world = world_factory(estate("ready"), **ENFORCE)
-    world.deliver(*world.plane.create_vm(new_vm("secret-1")))
-    package = world.plane.estate.subscriptions[SUB].onboarding_linux
-    [message] = list(world.services.queue.queue.peek_messages())
-    assert package not in message.content
+    world.deliver(*world.plane.create_vm(new_vm("secret-1")))  # PUT, then a watch message
+    world.deliver(*world.plane.create_vm(new_vm("secret-2", "ws2022")))
+    world.services.queue.send(InstallRequest(vm=new_vm("secret-3").id, trigger="cli"))
+    world.plane.create_vm(new_vm("secret-3"))
+    subscription = world.plane.estate.subscriptions[SUB]
+    packages = [subscription.onboarding_linux, subscription.onboarding_windows]
+    # Read every message, the delayed watch messages too, and put them back.
+    texts = [m.content for m in world.services.queue.queue.receive_messages(visibility_timeout=1)]
+    deadline = time.monotonic() + 10
+    while len(texts) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        more = world.services.queue.queue.receive_messages(visibility_timeout=1)
+        texts += [m.content for m in more if m.content not in texts]
+    assert len(texts) == 3
+    assert all(package not in text for text in texts for package in packages)
     world.run_queue()
-    assert all(package not in json.dumps(r.to_json()) for r in world.audit_records())
+    records = [json.dumps(r.to_json()) for r in world.audit_records()]
+    assert all(package not in record for record in records for package in packages)
 
 
 def test_enforcing_on_linux_includes_linux_and_reads_the_vm_pricing_before_paying(world_factory):
