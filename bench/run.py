@@ -100,6 +100,41 @@ def child(mode: str, settings: dict[str, str], *args: str) -> dict[str, Any]:
 
 
 # --- Measurements, each in its own process ---------------------------------------------
+class StorageCounter:
+    """Azure Storage transactions the app sends (what storage bills), by service: every
+    request azure-core's requests transport sends to Azurite's table or queue port.
+    Bench-only: wraps the transport class in this process."""
+
+    def __init__(self) -> None:
+        import threading
+        from collections import Counter
+
+        from azure.core.pipeline.transport import RequestsTransport
+
+        ports = {}
+        for part in os.environ["AzureWebJobsStorage"].split(";"):  # noqa: SIM112 - its name
+            name, _, value = part.partition("=")
+            if name in ("TableEndpoint", "QueueEndpoint"):
+                ports[value.rstrip("/").rsplit(":", 1)[1].split("/")[0]] = name[:5].lower()
+        self.counts: Counter[str] = Counter()
+        lock = threading.Lock()
+        send = RequestsTransport.send
+
+        def counted(transport: Any, request: Any, **kwargs: Any) -> Any:
+            port = request.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[-1]
+            if port in ports:
+                with lock:
+                    self.counts[ports[port]] += 1
+            return send(transport, request, **kwargs)
+
+        RequestsTransport.send = counted  # type: ignore[method-assign]
+
+    def take(self) -> dict[str, int]:
+        taken = dict(self.counts)
+        self.counts.clear()
+        return taken
+
+
 class Timing:
     """Where a sweep's time goes, per worker thread, summed: each request's span (from the
     pipeline's own hook: the counter every ARM client carries), the classification and
@@ -182,12 +217,21 @@ class Timing:
         }
 
 
+def _timed(seconds: list[float], function: Any, *args: Any) -> Any:
+    started = time.monotonic()
+    try:
+        return function(*args)
+    finally:
+        seconds.append(time.monotonic() - started)
+
+
 def measure_sweep(instances: int, nights: int = 2) -> dict[str, Any]:
     """Report-mode sweeps, batches run by `instances` workers as on several hosts: the
     first night, then `nights - 1` nights on the same estate with nothing changed."""
     from remediation import sweep
     from remediation.bootstrap import services
 
+    storage = StorageCounter()
     running = services()
     timing = Timing(running)
     request = sweep.SweepRequest(
@@ -202,6 +246,8 @@ def measure_sweep(instances: int, nights: int = 2) -> dict[str, Any]:
 
     for _ in range(nights):
         timing.reset()
+        storage.take()
+        batch_seconds: list[float] = []
         before = dict(running.arm.counter.total)  # the whole run: its start's queries too
         started = time.monotonic()
         run = sweep.start(running, request, send=None)
@@ -210,8 +256,12 @@ def measure_sweep(instances: int, nights: int = 2) -> dict[str, Any]:
             finished = [
                 r
                 for r in pool.map(
-                    lambda item, run=run: sweep.run_batch(
-                        running, sweep.BatchMessage(run.run_id, item[0], item[1]), keep
+                    lambda item, run=run, seconds=batch_seconds: _timed(
+                        seconds,
+                        sweep.run_batch,
+                        running,
+                        sweep.BatchMessage(run.run_id, item[0], item[1]),
+                        keep,
                     ),
                     enumerate(batches),
                 )
@@ -233,6 +283,8 @@ def measure_sweep(instances: int, nights: int = 2) -> dict[str, Any]:
                 "graph_requests": used["graph"],
                 "vms_per_s": round(summary["vms"] / wall, 1),
                 "batches": len(batches),
+                "batch_seconds": round(sum(batch_seconds), 1),  # executions' time, summed
+                "storage": storage.take(),
                 **figures,
                 "wall_to_span": round(wall / max(figures["requests_span_s"], 0.01), 2),
             }
@@ -360,6 +412,260 @@ def _event(vm_id: str, claim: str) -> dict[str, Any]:
     }
 
 
+class HostQueueListener:
+    """The Functions host's queue trigger as azure-webjobs-sdk does it (the storage queues
+    extension v5: QueueListener, RandomizedExponentialBackoffStrategy, QueuesOptions):
+    receive up to batchSize messages and run each; poll again at once while no more than
+    newBatchThreshold are running; on an empty queue wait 100 ms, then about twice as long
+    each time (+-20% of the added part), at most maxPollingInterval; a message found
+    resets the wait. A message sent with azure-storage-queue (as the app sends) does not
+    wake the listener: only the host's own output bindings do (SharedQueueWatcher).
+    Settings from host.json, so the figure moves when host.json does."""
+
+    def __init__(self, queue: Any, function: Any, poison: Any) -> None:
+        import random
+        import threading
+
+        options = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
+        h, m, sec = (int(x) for x in options["maxPollingInterval"].split(":"))
+        self.max_interval = h * 3600 + m * 60 + sec
+        self.batch_size = int(options["batchSize"])
+        self.threshold = int(options.get("newBatchThreshold", self.batch_size // 2))
+        self.max_dequeue = int(options["maxDequeueCount"])
+        self._queue, self._function, self._poison = queue, function, poison
+        self._rng = random.Random(7)
+        self._stop = threading.Event()
+        self._running = threading.Semaphore(self.batch_size + self.threshold)
+        self._pool = ThreadPoolExecutor(self.batch_size + self.threshold)
+        self.picked: list[tuple[str, float]] = []  # (message text, when a function took it)
+        self.polls = 0
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _delays(self) -> Any:
+        minimum, exponent = 0.1, 0
+        while True:
+            added = (2 ** max(exponent - 1, 0)) * minimum * self._rng.uniform(0.8, 1.2)
+            yield min(minimum + (added if exponent else 0), self.max_interval)
+            exponent += 1
+
+    def _listen(self) -> None:
+        delays = self._delays()
+        while not self._stop.is_set():
+            self.polls += 2  # the queue and its poison queue
+            found = [
+                (m, False)
+                for m in self._queue.queue.receive_messages(
+                    max_messages=self.batch_size, visibility_timeout=60
+                )
+            ]
+            found += [
+                (m, True)
+                for m in self._queue.poison.receive_messages(
+                    max_messages=self.batch_size, visibility_timeout=60
+                )
+            ]
+            if not found:
+                self._stop.wait(next(delays))
+                continue
+            delays = self._delays()
+            for message, poison in found:
+                self._running.acquire()
+                self.picked.append((message.content, time.time()))
+                self._pool.submit(self._run, message, poison)
+
+    def _run(self, message: Any, poison: bool) -> None:
+        from azure.functions.queue import QueueMessage
+
+        tries = message.dequeue_count or 1
+        body = QueueMessage(body=message.content.encode(), dequeue_count=tries)
+        queue = self._queue.poison if poison else self._queue.queue
+        try:
+            (self._poison if poison else self._function)(body)
+            queue.delete_message(message)
+        except Exception:  # the host's contract: any exception is a retry
+            if tries >= self.max_dequeue and not poison:
+                self._queue.poison.send_message(message.content)
+                queue.delete_message(message)
+        finally:
+            self._running.release()
+
+    def idle(self) -> bool:
+        return self._queue.queue.get_queue_properties().approximate_message_count == 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._pool.shutdown(wait=True)
+
+
+def measure_latency(single: int, burst: int) -> dict[str, Any]:
+    """Seconds from an Event Grid delivery to the extension PUT being issued, through the
+    real path: function_app's Event Grid function, the queue through Azurite, its queue
+    function under the host's polling (HostQueueListener, host.json's settings).
+    `single` VMs written one at a time, at random intervals; then `burst` VMs written at
+    once, their deliveries run 32 at a time (Event Grid delivers in parallel and the app
+    scales out; one process here). The PUT's time is when the request left (the ARM
+    clients' own hook); per VM, the successful PUTs are counted: one each, or an install
+    was done twice."""
+    import random
+    import threading
+    from collections import Counter
+
+    import function_app
+    from localazure.eventgrid import OBJECT_ID_CLAIM
+    from localazure.host import event_grid_event
+    from remediation.bootstrap import services
+    from remediation.classify import Power
+
+    storage = StorageCounter()
+    running = services()
+    lock = threading.Lock()
+    issued: dict[str, float] = {}  # VM id -> when its first extension PUT left
+    succeeded: Counter[str] = Counter()  # VM id -> 2xx extension PUTs
+    counter = running.arm.counter
+    counted = counter.on_request
+
+    def vm_of(url: str) -> str:
+        path = url.split("?", maxsplit=1)[0]
+        return path[path.index("/subscriptions/") : path.lower().index("/extensions/")].lower()
+
+    def on_request(request: Any) -> None:
+        counted(request)
+        http = request.http_request
+        if http.method == "PUT" and "/extensions/" in http.url.lower():
+            with lock:
+                issued.setdefault(vm_of(http.url), time.time())
+
+    def on_response(request: Any, response: Any) -> None:
+        http = request.http_request
+        ok = 200 <= response.http_response.status_code < 300
+        if ok and http.method == "PUT" and "/extensions/" in http.url.lower():
+            with lock:
+                succeeded[vm_of(http.url)] += 1
+
+    counter.on_request, counter.on_response = on_request, on_response
+    subscriptions = sorted(running.settings.subscriptions)
+    vms = [
+        f.vm.id
+        for f in running.arm.inventory(subscriptions)
+        if f.power is Power.RUNNING and not f.extensions and f.vm.kind.value == "vm"
+    ]
+    rng = random.Random(3)
+    rng.shuffle(vms)
+    for subscription in subscriptions:  # a warm worker: postures cached
+        running.arm.posture(subscription)
+    sent: dict[str, float] = {}
+    outcomes: dict[str, str] = {}  # VM id -> the event function's outcome
+    write = running.audit.write
+
+    def audited(record: Any) -> Any:
+        if record.trigger == "event":
+            with lock:
+                outcomes.setdefault(record.vm.lower(), record.outcome)
+        return write(record)
+
+    running.audit.write = audited
+
+    def deliver(vm: str) -> None:
+        event = _event(vm, OBJECT_ID_CLAIM)
+        with lock:
+            sent[vm.lower()] = time.time()
+        function_app.on_vm_event(event_grid_event(event))
+
+    listener = HostQueueListener(
+        running.queue, function_app.install_extension, function_app.install_poison
+    )
+    executions: list[float] = []  # the install function's runs: the watches
+    install = function_app.install_extension
+
+    def timed_install(message: Any) -> None:
+        _timed(executions, install, message)
+
+    listener._function = timed_install
+    storage.take()
+    polls = listener.polls
+    event_seconds: list[float] = []
+    try:
+        # One VM at a time, as VMs are created on a normal day.
+        for vm in vms[:single]:
+            _timed(event_seconds, deliver, vm)
+            time.sleep(rng.uniform(0.2, 1.5))
+        singles = [v.lower() for v in vms[:single]]
+        deadline = time.time() + 120
+        while time.time() < deadline and not listener.idle():
+            time.sleep(0.2)
+        single_storage, single_polls = storage.take(), listener.polls - polls
+        watch_runs = list(executions)
+        waits = sorted(issued[v] - sent[v] for v in singles if v in issued)
+        # The queue hop: from a watch message turning visible to its function starting.
+        recheck = running.settings.recheck_seconds
+        hops = sorted(
+            max(0.0, when - sent[json.loads(text)["vm"].lower()] - recheck)
+            for text, when in listener.picked
+            if json.loads(text)["vm"].lower() in sent
+        )
+        # A burst: `burst` VMs written at once.
+        targets = vms[single : single + burst]
+        started = time.time()
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(deliver, targets))
+        delivered = time.time() - started
+        # The VMs whose event started or queued an install (not excluded, not opted out).
+        expected = {v.lower() for v in targets if outcomes.get(v.lower()) in {"started", "queued"}}
+        deadline = time.time() + 900
+        while time.time() < deadline and not (expected <= issued.keys() and listener.idle()):
+            time.sleep(0.5)
+    finally:
+        listener.stop()
+    burst_done = max((issued[v] for v in expected if v in issued), default=started) - started
+    per_subscription: Counter[str] = Counter(v.split("/")[2] for v in expected)
+    # ARM's write bucket: 200 at once, then 10 a second, per subscription and principal.
+    bound = max(max(0.0, (n - 200) / 10) for n in per_subscription.values())
+    twice = sorted(v for v, n in succeeded.items() if n > 1)
+    return {
+        "single": {
+            "vms": len(singles),
+            "puts_issued": len(waits),
+            "p50_s": round(statistics.median(waits), 3) if waits else None,
+            "p99_s": round(waits[max(0, int(len(waits) * 0.99) - 1)], 3) if waits else None,
+            "max_s": round(waits[-1], 3) if waits else None,
+            "queue_hop_p50_s": round(statistics.median(hops), 2) if hops else None,
+            "queue_hop_max_s": round(hops[-1], 2) if hops else None,
+            "event_execution_s": round(statistics.mean(event_seconds), 3)
+            if event_seconds
+            else None,
+            "install_executions": len(watch_runs),
+            "install_execution_s": round(statistics.mean(watch_runs), 3) if watch_runs else None,
+            # Storage transactions in this phase, the host's polls apart (they are per
+            # instance and per second, not per event).
+            "storage": {
+                key: value - (single_polls if key == "queue" else 0)
+                for key, value in single_storage.items()
+            },
+            "queue_polls": single_polls,
+        },
+        "burst": {
+            "vms": len(targets),
+            "events_without_record": len({v.lower() for v in targets} - outcomes.keys()),
+            "installs": len(expected),
+            "started_in_event": sum(outcomes.get(v) == "started" for v in expected),
+            "per_subscription": dict(per_subscription),
+            "delivered_s": round(delivered, 1),
+            "all_puts_issued_s": round(burst_done, 1),
+            "write_bucket_bound_s": round(bound, 1),
+            "ratio": round(burst_done / bound, 2) if bound else None,
+            "lost": len(expected - issued.keys()),
+            "installed_twice": len(twice),
+        },
+        "host": {
+            "maxPollingInterval_s": listener.max_interval,
+            "batchSize": listener.batch_size,
+            "newBatchThreshold": listener.threshold,
+        },
+    }
+
+
 def measure_installs(count: int) -> dict[str, Any]:
     """`count` queued installs drained by 8 concurrent workers under write throttling."""
     from remediation import service
@@ -463,6 +769,7 @@ def main() -> int:
             "baseline": measure_baseline,
             "events": measure_events,
             "installs": measure_installs,
+            "latency": measure_latency,
         }
         print(json.dumps(functions[kind](*(int(x) for x in rest))))
         return 0

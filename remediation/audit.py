@@ -42,7 +42,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceResponseError,
+)
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from remediation.model import kind_of
@@ -56,6 +61,7 @@ INDEX_PREFIX = "vi-"  # the VM index: vi-00 .. vi-31, the VM's hash leading the 
 INDEX_BUCKETS = 32  # a sweep batch's index rows fall in 32 partitions: ~32 transactions
 INDEX_MARKER = "index"  # on rows written with the bucketed index (purge finds the VM row)
 TRANSACTION = 100  # Table Storage's largest transaction, within one partition
+LOST_ANSWER_TRIES = 3  # a transaction whose answer was lost is sent this many times
 MAX_PAGE = 1000  # Table Storage returns at most 1,000 entities a request
 NAME_PAGES = 20  # pages a short-name lookup reads at most
 LIST_FIELDS = ("actions", "findings")  # tuples, stored comma-joined
@@ -343,9 +349,17 @@ class AuditLog:
             log.info(record.log_line())
 
     def _upsert_all(self, rows: list[dict[str, Any]]) -> None:
-        self._table.submit_transaction(
-            [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows]
-        )
+        """One transaction, sent again if its answer was lost: azure-core retries a POST
+        only when it could not connect, and a pooled connection the server had closed
+        resets on the read. Upserts of the same rows: sending twice is harmless."""
+        operations = [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows]
+        for attempt in range(1, LOST_ANSWER_TRIES + 1):
+            try:
+                self._table.submit_transaction(operations)
+                return
+            except ServiceResponseError:
+                if attempt == LOST_ANSWER_TRIES:
+                    raise
 
     @staticmethod
     def _vm_partitions(vm: str) -> list[tuple[str, str]]:

@@ -428,3 +428,23 @@ def test_json_form_has_the_fields_the_cli_promises():
     value = record(os="linux", platform="ubuntu-22.04").to_json()
     assert set(value) >= PROMISED_FIELDS
     assert isinstance(value["actions"], list)
+
+
+def test_a_transaction_whose_answer_was_lost_is_sent_again(azurite):
+    from azure.core.exceptions import ServiceResponseError
+
+    lost = []
+
+    def lose_the_first_batch(request) -> None:  # a connection reset on the read, once
+        if request.http_request.url.endswith("$batch") and not lost:
+            lost.append(request.http_request.url)
+            raise ServiceResponseError("Connection aborted: Connection reset by peer")
+
+    table = TableClient.from_connection_string(
+        azurite, f"audit{uuid.uuid4().hex[:10]}", raw_request_hook=lose_the_first_batch
+    )
+    log = AuditLog(table)
+    log.create()
+    log.write_many([record(vm=OTHER, reason="kept")])
+    assert len(lost) == 1
+    assert sorted(e["reason"] for e in table.list_entities()) == ["kept", "kept"]
