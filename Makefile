@@ -69,4 +69,4 @@ mutation: $(STAMP)
 	$(BIN)/python tools/mutation.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(TOOLS) .venv-bench node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -28,7 +28,17 @@ if TYPE_CHECKING:
     from localazure.server import LocalAzure
 
 COMPUTE_API = "2026-04-01"
-API_VERSIONS = {"compute": {COMPUTE_API}}
+# 2024-11-01: what azure-mgmt-compute 34.1.0 (c7n-azure 0.7.52's pin; Cloud Custodian in
+# `make bench`, bench/custodian.py) sends for virtual_machines and
+# virtual_machine_extensions. The stable version of azure-rest-api-specs
+# specification/compute/resource-manager/Microsoft.Compute/ComputeRP/stable/2024-11-01/
+# (virtualMachine.json: VirtualMachines_ListAll, _Get with $expand=instanceView,
+# _InstanceView, VirtualMachineExtensions_List), answered by the same handlers: the
+# properties these read are in both versions. A list's nextLink carries the version
+# asked for, as live ones do (Azure/azure-rest-api-specs#13843: 2020-06-01 in, 2020-06-01
+# in the nextLink; Azure/azure-xplat-cli#2961: 2016-03-30 likewise).
+COMPUTE_API_2024 = "2024-11-01"
+API_VERSIONS = {"compute": {COMPUTE_API, COMPUTE_API_2024}}
 
 
 # --- Resource representations -------------------------------------------------------
@@ -221,7 +231,8 @@ def _list_vms(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Re
             path += f"/resourceGroups/{p['rg']}"
         value["nextLink"] = (
             f"{plane.url}{path}/providers/Microsoft.Compute/virtualMachines"
-            f"?api-version={COMPUTE_API}&$skiptoken={start + plane.list_page_size}"
+            f"?api-version={q.get('api-version') or COMPUTE_API}"
+            f"&$skiptoken={start + plane.list_page_size}"
         )
     return json_response(200, value)
 

@@ -254,8 +254,8 @@ def test_the_log_command_prints_a_table_or_json(world_factory):
     out = io.StringIO()
     assert main(["log", "--json", "--vm", new_vm("cli-log-1").id], out=out) == 0
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [line["outcome"] for line in lines] == ["duplicate", "queued"]
+    assert [line["outcome"] for line in lines] == ["duplicate", "started"]
     out = io.StringIO()
     assert main(["log", "--since", "1h"], out=out) == 0
     assert "cli-log-1" in out.getvalue()
-    assert "queued" in out.getvalue()
+    assert "started" in out.getvalue()

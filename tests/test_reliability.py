@@ -103,12 +103,15 @@ def test_the_custom_role_equals_what_the_app_does(world_factory):
         *world.plane.create_vm(new_vm("s-free", vm_pricing="Free"))
     )  # the VM-level pricing read
     world.run_queue()
-    # Arc machines: installs followed through Location (the spec), then Azure-AsyncOperation.
+    # Arc machines: installs followed through Location (the spec), then Azure-AsyncOperation:
+    # queued installs, which wait for the operation (an event's PUT does not poll it).
+    from remediation.queues import InstallRequest
+
     for name, async_header in (("s-arc", False), ("s-arc-2", True)):
         world.plane.arc_async_operation = async_header
-        world.deliver(
-            *world.plane.create_machine(arc_machine(ARC_CATALOGUE[6], SUB, "rg-arc", name))
-        )
+        machine = arc_machine(ARC_CATALOGUE[6], SUB, "rg-arc", name)
+        world.plane.create_machine(machine)
+        world.services.queue.send(InstallRequest(vm=machine.id, trigger="cli"))
         world.run_queue()
     _test_alert(world)  # what allowTestAlert adds: Run Command, alert read and dismiss
     performed = {
@@ -235,6 +238,8 @@ def test_under_faults_nothing_is_lost_and_nothing_is_done_twice(world_factory):
         "reported",
         "applied",
         "queued",
+        "started",  # an event's PUT; its watch writes the install's own record
+        "unavailable",  # ARM did not answer and no claim could be taken
         "duplicate",
         "succeeded",
         "failed",
