@@ -80,6 +80,7 @@ COUNTED = {
 SHOWN_PER_KIND = 4
 # What a record's outcome says, when the app did something (outcome "none": its decision).
 OUTCOMES = {
+    "started": "install started from the event (the queue watches it)",
     "queued": "queued for install",
     "duplicate": "already queued (repeated deliveries)",
     "succeeded": "installed",
