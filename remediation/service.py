@@ -448,22 +448,31 @@ def _start_install(context: Context, assessment: Assessment) -> AuditRecord | No
     """From the event function: the VM's pricing opt-out read, the PUT issued (not
     waited for), and a delayed queue message that watches it to its end and writes the
     final record, holding the claim until then. None when the PUT did not start (ARM
-    refused, throttled past the budget, the VM busy or stopped): the install queue then
-    takes the whole install as before, with its retries and its answers to each case."""
-    services, vm = context.services, assessment.facts.vm
+    refused, throttled past the budget, the VM busy or stopped, a table read failed):
+    the install queue then takes the whole install as before, with its retries and its
+    answers to each case, and releases the claim."""
+    services, facts = context.services, assessment.facts
+    vm = facts.vm
     try:
-        priced = assess_with_pricing(services, assessment.facts)
+        priced = assess(
+            services, dataclasses.replace(facts, vm_pricing=services.arm.vm_pricing(vm))
+        )
         if priced.decision.outcome is not Outcome.INSTALL:  # the VM's own pricing opt-out
             services.claims.finish(vm.id)
             return context.decided(priced, "skipped")
         extension = priced.vm.extension
         package = services.arm.onboarding_package(vm.subscription, extension)
         services.arm.install_extension(priced.facts, extension, package, wait=False)
-    except RemediationError as error:
+    except Exception as error:  # nothing was installed: the queue's install does it all
         log.info(logfmt([("vm", vm.id), ("outcome", "to-queue"), ("reason", str(error))]))
         return None
     watch = dataclasses.replace(context.install_request(), install_started=_now())
-    services.queue.send(watch, services.settings.recheck_seconds)
+    try:
+        services.queue.send(watch, services.settings.recheck_seconds)
+    except Exception as error:  # the install goes on in Azure; the claim's lease ends it
+        log.warning(logfmt([("vm", vm.id), ("outcome", "unwatched"), ("reason", str(error))]))
+        hint = "the watch could not be queued; the next sweep records how the install ended"
+        return context.decided(priced, "started", applied=True, hint=hint)
     return context.decided(priced, "started", applied=True)
 
 
@@ -639,6 +648,9 @@ def _install_outcome(
             install_state="Succeeded",
             **verification_fields(just_installed(context.services, vm.vm)),
         )
+    if vm.failed_extensions:  # another extension went Failed and Compute refused ours
+        blocker = vm.failed_extensions[0]
+        return _blocked_by(context, assessment, blocker, f"{blocker} is Failed")
     code = vm.failure_code
     with_code = f" with code {code}" if code is not None else ""
     state = "Failed" if vm.protection is Protection.FAILED else "absent"

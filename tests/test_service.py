@@ -109,6 +109,28 @@ def test_with_the_posture_ready_the_event_function_puts_and_the_queue_watches(wo
     assert history[0].install_state == "Succeeded"
 
 
+def test_the_watch_names_an_extension_that_went_failed_while_ours_ran(world_factory):
+    from localazure.estate import Extension
+
+    world = world_factory(estate("ready"), plane_options={"lro_seconds": 1.5}, **ENFORCE)
+    vm = new_vm("blocked-later", mde_failure=10)
+    [first, _] = world.deliver(*world.plane.create_vm(vm))
+    assert first.outcome == "started"
+    # While the install runs, another extension on the VM goes Failed.
+    world.plane.estate.vm(vm.id).extensions["omsagentforlinux"] = Extension(
+        "OmsAgentForLinux",
+        "Microsoft.EnterpriseCloud.Monitoring",
+        "OmsAgentForLinux",
+        state="Failed",
+    )
+    world.run_queue()
+    [watched] = [r for r in world.audit_records() if r.trigger == "queue"]
+    assert (watched.decision, watched.outcome) == ("blocked", "failed")
+    assert "extension 'OmsAgentForLinux' is Failed" in watched.reason
+    assert "repair or remove the extension 'OmsAgentForLinux'" in watched.hint
+    assert world.extension_puts() == 1
+
+
 def test_windows_server_2012_r2_gets_the_unified_solution_setting(world_factory):
     world = world_factory(estate(), **ENFORCE)
     [record, _] = world.deliver(*world.plane.create_vm(new_vm("legacy-1", "ws2012r2")))
