@@ -596,17 +596,94 @@ class HostQueueListener:
         self._pool.shutdown(wait=True)
 
 
+class PutWatch:
+    """Per VM: when its first extension PUT left (the ARM clients' own hook), how many
+    PUTs Azure accepted (2xx: more than one is an install done twice), and the event
+    function's outcome (from the records the app writes). Bench-only instrumentation."""
+
+    def __init__(self, running: Any) -> None:
+        import threading
+        from collections import Counter
+
+        self.lock = threading.Lock()
+        self.issued: dict[str, float] = {}
+        self.succeeded: Counter[str] = Counter()
+        self.outcomes: dict[str, str] = {}
+        counter, counted = running.arm.counter, running.arm.counter.on_request
+
+        def on_request(request: Any) -> None:
+            counted(request)
+            http = request.http_request
+            if http.method == "PUT" and "/extensions/" in http.url.lower():
+                with self.lock:
+                    self.issued.setdefault(_vm_of(http.url), time.time())
+
+        def on_response(request: Any, response: Any) -> None:
+            http = request.http_request
+            ok = 200 <= response.http_response.status_code < 300
+            if ok and http.method == "PUT" and "/extensions/" in http.url.lower():
+                with self.lock:
+                    self.succeeded[_vm_of(http.url)] += 1
+
+        counter.on_request, counter.on_response = on_request, on_response
+        write = running.audit.write
+
+        def audited(record: Any) -> Any:
+            if record.trigger == "event":
+                with self.lock:
+                    self.outcomes.setdefault(record.vm.lower(), record.outcome)
+            return write(record)
+
+        running.audit.write = audited
+
+
+def _vm_of(url: str) -> str:
+    path = url.split("?", maxsplit=1)[0]
+    return path[path.index("/subscriptions/") : path.lower().index("/extensions/")].lower()
+
+
+BURST_PROCESSES = 4  # Event Grid fans a burst out over instances: 4 processes here
+
+
+def burst_worker() -> dict[str, Any]:
+    """One instance's share of a burst: the VM ids on stdin, delivered 8 at a time
+    through function_app's Event Grid function from the moment the parent names."""
+    import function_app
+    from localazure.eventgrid import OBJECT_ID_CLAIM
+    from localazure.host import event_grid_event
+    from remediation.bootstrap import services
+
+    at, *vms = sys.stdin.read().split()
+    running = services()
+    watch = PutWatch(running)
+    for subscription in sorted(running.settings.subscriptions):  # a warm instance
+        running.arm.posture(subscription)
+    time.sleep(max(0.0, float(at) - time.time()))
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda vm: function_app.on_vm_event(event_grid_event(_event(vm, OBJECT_ID_CLAIM))),
+                vms,
+            )
+        )
+    return {
+        "issued": watch.issued,
+        "succeeded": dict(watch.succeeded),
+        "outcomes": watch.outcomes,
+        "done": time.time(),
+    }
+
+
 def measure_latency(single: int, burst: int) -> dict[str, Any]:
     """Seconds from an Event Grid delivery to the extension PUT being issued, through the
     real path: function_app's Event Grid function, the queue through Azurite, its queue
     function under the host's polling (HostQueueListener, host.json's settings).
     `single` VMs written one at a time, at random intervals; then `burst` VMs written at
-    once, their deliveries run 32 at a time (Event Grid delivers in parallel and the app
-    scales out; one process here). The PUT's time is when the request left (the ARM
+    once, their deliveries spread over BURST_PROCESSES instance processes, 8 at a time
+    each (Event Grid delivers in parallel and the app scales out). The PUT's time is when the request left (the ARM
     clients' own hook); per VM, the successful PUTs are counted: one each, or an install
     was done twice."""
     import random
-    import threading
     from collections import Counter
 
     import function_app
@@ -617,31 +694,8 @@ def measure_latency(single: int, burst: int) -> dict[str, Any]:
 
     storage = StorageCounter()
     running = services()
-    lock = threading.Lock()
-    issued: dict[str, float] = {}  # VM id -> when its first extension PUT left
-    succeeded: Counter[str] = Counter()  # VM id -> 2xx extension PUTs
-    counter = running.arm.counter
-    counted = counter.on_request
-
-    def vm_of(url: str) -> str:
-        path = url.split("?", maxsplit=1)[0]
-        return path[path.index("/subscriptions/") : path.lower().index("/extensions/")].lower()
-
-    def on_request(request: Any) -> None:
-        counted(request)
-        http = request.http_request
-        if http.method == "PUT" and "/extensions/" in http.url.lower():
-            with lock:
-                issued.setdefault(vm_of(http.url), time.time())
-
-    def on_response(request: Any, response: Any) -> None:
-        http = request.http_request
-        ok = 200 <= response.http_response.status_code < 300
-        if ok and http.method == "PUT" and "/extensions/" in http.url.lower():
-            with lock:
-                succeeded[vm_of(http.url)] += 1
-
-    counter.on_request, counter.on_response = on_request, on_response
+    watch = PutWatch(running)
+    lock, issued, succeeded, outcomes = watch.lock, watch.issued, watch.succeeded, watch.outcomes
     subscriptions = sorted(running.settings.subscriptions)
     vms = [
         f.vm.id
@@ -653,16 +707,6 @@ def measure_latency(single: int, burst: int) -> dict[str, Any]:
     for subscription in subscriptions:  # a warm worker: postures cached
         running.arm.posture(subscription)
     sent: dict[str, float] = {}
-    outcomes: dict[str, str] = {}  # VM id -> the event function's outcome
-    write = running.audit.write
-
-    def audited(record: Any) -> Any:
-        if record.trigger == "event":
-            with lock:
-                outcomes.setdefault(record.vm.lower(), record.outcome)
-        return write(record)
-
-    running.audit.write = audited
 
     def deliver(vm: str) -> None:
         event = _event(vm, OBJECT_ID_CLAIM)
@@ -702,12 +746,35 @@ def measure_latency(single: int, burst: int) -> dict[str, Any]:
             for text, when in listener.picked
             if json.loads(text)["vm"].lower() in sent
         )
-        # A burst: `burst` VMs written at once.
+        # A burst: `burst` VMs written at once, delivered by BURST_PROCESSES instances.
         targets = vms[single : single + burst]
-        started = time.time()
-        with ThreadPoolExecutor(32) as pool:
-            list(pool.map(deliver, targets))
-        delivered = time.time() - started
+        started = time.time() + 5  # every instance is up and warm by then
+        workers = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--child", "burst-worker"],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for _ in range(BURST_PROCESSES)
+        ]
+        reports = [
+            json.loads(
+                worker.communicate(" ".join([str(started), *targets[index::BURST_PROCESSES]]))[0]
+                .strip()
+                .splitlines()[-1]
+            )
+            for index, worker in enumerate(workers)
+        ]
+        delivered = max(r["done"] for r in reports) - started
+        for report in reports:
+            with lock:
+                for vm, when in report["issued"].items():
+                    issued[vm] = min(when, issued.get(vm, when))
+                succeeded.update(report["succeeded"])
+                outcomes.update(report["outcomes"])
         # The VMs whose event started or queued an install (not excluded, not opted out).
         expected = {v.lower() for v in targets if outcomes.get(v.lower()) in {"started", "queued"}}
         deadline = time.time() + 900
@@ -858,7 +925,15 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="a 2-minute look: 1k VMs, 200 events, no peers"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write BENCHMARKS.md again from bench/results.json (its text changed, not the figures)",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        write_report(json.loads((ROOT / "bench" / "results.json").read_text()))
+        return 0
     if args.child:
         kind, *rest = args.child
         functions = {
@@ -867,6 +942,7 @@ def main() -> int:
             "baseline": measure_baseline,
             "events": measure_events,
             "latency": measure_latency,
+            "burst-worker": burst_worker,
         }
         print(json.dumps(functions[kind](*(int(x) for x in rest))))
         return 0
@@ -930,6 +1006,10 @@ DFC_EXISTING_HOURS = 12  # up to 12 hours for existing ones (learn.microsoft.com
 # defender-for-cloud/integration-defender-for-endpoint, "deployment takes up to 12 hours")
 
 
+def _ratio(wall: float | None, part: float | None) -> float:
+    return round((wall or 0) / part, 1) if part else 99.0
+
+
 def _verdict(met: bool) -> str:
     return "met" if met else "**missed**"
 
@@ -965,13 +1045,15 @@ def write_report(results: dict[str, Any]) -> None:
     big_bound = graph_bound + posture_bound
     targets = [
         (
-            "10k VMs: sweep wall time at most 2x the span of its ARM and Resource Graph requests",
-            f"{app10.get('wall_s')} s against a {app10.get('requests_span_s')} s span: {app10.get('wall_to_span')}x",
-            app10.get("wall_to_span", 99) <= 2,
+            "10k VMs: sweep wall time at most 2x the time its ARM and Resource Graph requests take",
+            f"{app10.get('wall_s')} s against {app10.get('requests_busy_s')} s with a request in flight: "
+            f"{_ratio(app10.get('wall_s'), app10.get('requests_busy_s'))}x (first request to last: "
+            f"{app10.get('requests_span_s')} s, {app10.get('wall_to_span')}x; see below why that span is not the measure)",
+            _ratio(app10.get("wall_s"), app10.get("requests_busy_s")) <= 2,
         ),
         (
             "10k VMs: a steady-state night (nothing changed) faster still",
-            f"{steady10.get('wall_s')} s ({steady10.get('wall_to_span')}x its span) against {app10.get('wall_s')} s",
+            f"{steady10.get('wall_s')} s against {app10.get('wall_s')} s",
             steady10.get("wall_s", 99e9) < app10.get("wall_s", 0),
         ),
     ]
@@ -1118,10 +1200,13 @@ def write_report(results: dict[str, Any]) -> None:
         "",
         "The remediation log is written as transactions of up to 100 rows of one partition: the `log` rows, and",
         "the per-VM index rows in 32 hash buckets (`vi-NN`). Thread-seconds are summed over the workers' threads,",
-        "so they exceed the wall time; the span is from the run's first ARM/ARG request to its last.",
+        'so they exceed the wall time. "A request in flight" is the time at least one ARM or Resource Graph request',
+        "of the run was out (the union of their intervals, retries and the quota's waits apart): what Azure costs",
+        'the sweep. "First to last" stretches with the app\'s own work, since a batch writes its log between its',
+        "pages: it is not the measure.",
         "",
-        "| VMs + Arc | night | wall s | requests span s | wall / span | Resource Graph s | ARM s | classify + decide s | log writes s | table transactions | batches per worker |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| VMs + Arc | night | wall s | a request in flight s | wall / that | first to last request s | Resource Graph s | ARM s | classify + decide s | log writes s | table transactions | batches per worker |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, row in sorted(sweeps.items()):
         for night, figures in (("first", row["sweep"]), ("steady", row["sweep"].get("steady"))):
@@ -1129,7 +1214,7 @@ def write_report(results: dict[str, Any]) -> None:
                 continue
             machines = figures["vms"]
             lines.append(
-                f"| {machines} | {night} | {figures['wall_s']} | {figures['requests_span_s']} | {figures['wall_to_span']} | "
+                f"| {machines} | {night} | {figures['wall_s']} | {figures['requests_busy_s']} | {_ratio(figures['wall_s'], figures['requests_busy_s'])} | {figures['requests_span_s']} | "
                 f"{figures['graph_s']} | {figures['arm_s']} | {figures['classify_s']} | {figures['log_s']} | "
                 f"{figures['storage'].get('table', 0)} | {figures['batches_per_worker']} |"
             )
@@ -1195,8 +1280,9 @@ def write_report(results: dict[str, Any]) -> None:
         f"- **A burst of {burst['vms']} VMs written at once** over {len(burst['per_subscription'])} subscriptions ({burst['installs']} needed MDE; "
         f"{burst['started_in_event']} PUTs from the event function, the rest through the queue): all PUTs issued in {burst['all_puts_issued_s']} s; "
         f"ARM's write bucket allows them in {burst['write_bucket_bound_s']} s (200 at once, then 10 a second per subscription): {burst['ratio']}x.",
-        f"  The deliveries ran 32 at a time in one process: {burst['delivered_s']} s to run them all, which on 2 cores is the event",
-        "  functions' CPU (about 50 ms each: two reads, a PUT, the claim and the record), not ARM.",
+        f"  The deliveries ran over {BURST_PROCESSES} instance processes, 8 at a time each: {burst['delivered_s']} s to run them all. On 2 cores",
+        "  shared with the plane and Azurite, that is mostly the event functions' CPU (two reads, a PUT, the claim,",
+        "  the record and its index row), not ARM's bucket.",
         f"  {burst['lost']} VMs lost, {burst['installed_twice']} installed twice (successful PUTs counted per VM).",
         f"- **Defender for Cloud** documents up to {DFC_NEW_VM_HOURS} hour for a new VM and up to {DFC_EXISTING_HOURS} hours for existing ones before MDE is",
         f"  deployed; the app issues the install {single['p50_s']} s after the VM is written (p50).",
