@@ -1052,9 +1052,9 @@ def write_report(results: dict[str, Any]) -> None:
             _ratio(app10.get("wall_s"), app10.get("requests_busy_s")) <= 2,
         ),
         (
-            "10k VMs: a steady-state night (nothing changed) faster still",
-            f"{steady10.get('wall_s')} s against {app10.get('wall_s')} s",
-            steady10.get("wall_s", 99e9) < app10.get("wall_s", 0),
+            "10k VMs: a steady-state night (nothing changed) faster still (by more than the noise: 10%)",
+            f"{steady10.get('wall_s')} s against {app10.get('wall_s')} s: it writes the same rows (below)",
+            steady10.get("wall_s", 99e9) < 0.9 * app10.get("wall_s", 0),
         ),
     ]
     if base10:
@@ -1081,6 +1081,15 @@ def write_report(results: dict[str, Any]) -> None:
                 "10k VMs: at least 50x less wall time than Cloud Custodian",
                 f"{cust10['wall_s'] / app10['wall_s']:.1f}x ({cust10['wall_s']} s : {app10['wall_s']} s)",
                 cust10["wall_s"] / app10["wall_s"] >= 50,
+            ),
+        ]
+    attempt = results.get("large_attempt")
+    if attempt and not big:
+        targets += [
+            (
+                f"{attempt['vms'] // 1000}k VMs over {attempt['subscriptions']} subscriptions: within 3x of the quota bound; peak RSS under 250 MB",
+                f"not measured to the end: {attempt['why']}",
+                False,
             ),
         ]
     if big:
@@ -1226,8 +1235,8 @@ def write_report(results: dict[str, Any]) -> None:
         "  (before this change: one request per VM for the index rows, plus a transaction per 100 log rows).",
         "- The time left is CPU. azure-data-tables serialises a transaction as a multipart body with Python's",
         "  `email` package and parses the answer the same way: about 1.1 ms of CPU per row, measured (3,000 rows in",
-        "  transactions of 100: 3.4 s of Python CPU), two rows per machine. Classification is about 1 ms more per",
-        "  machine. On 2 cores shared with Azurite and the plane, that is the floor of the wall time, while the",
+        "  transactions of 100: 3.4 s of Python CPU), two rows per machine. Classification and decision add their own",
+        "  CPU. On 2 cores shared with Azurite and the plane, that is the floor of the wall time, while the",
         "  requests, being few, span a few seconds. On Azure, each worker is an instance with its own CPU.",
         "- The steady night writes as much as the first: one record per machine per night is the log's promise",
         '  ("what happened to VM X" lists every night). Writing the index row only when a decision changed would',
@@ -1259,6 +1268,14 @@ def write_report(results: dict[str, Any]) -> None:
             "  1M rows and becomes the bound: a day-per-partition or bucketed log partition would be needed there.",
         ]
 
+    if attempt and not big:
+        lines += [
+            "",
+            f"## {attempt['vms'] // 1000}k VMs over {attempt['subscriptions']} subscriptions",
+            "",
+            *attempt["notes"],
+        ]
+
     # --- Event to install ---------------------------------------------------------------
     host = latency["host"]
     lines += [
@@ -1288,7 +1305,7 @@ def write_report(results: dict[str, Any]) -> None:
         f"  deployed; the app issues the install {single['p50_s']} s after the VM is written (p50).",
         "",
         f"Event handling ({events['events']} deliveries, 30% duplicates, enforce): {events['arm_reads_per_event']} ARM reads per event "
-        f"(the VM, and for the {events['outcomes'].get('started', 0)} that started an install its pricing), p50 {events['p50_ms']} ms, p99 {events['p99_ms']} ms;",
+        f"(the VM; for the {events['outcomes'].get('started', 0)} that started an install, its pricing and, once per subscription and OS, the onboarding package; retries included), p50 {events['p50_ms']} ms, p99 {events['p99_ms']} ms;",
         f"{events['extension_puts_in_events']} extension PUTs from events, {events['final_records']} watches ended ({events['succeeded']} succeeded), "
         f"{events['arm_requests_per_watch']} ARM requests per watch. Outcomes: {events['outcomes']}.",
         "",
