@@ -54,7 +54,7 @@ demo: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m demo
 
 # The app against Cloud Custodian and the baseline, 100k VMs, event latency, cost:
-# writes BENCHMARKS.md and bench/results.json (about 45 minutes).
+# writes BENCHMARKS.md and bench/results.json (about 40 minutes; `--large` adds 100k VMs).
 bench: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python bench/run.py
 
