@@ -464,13 +464,16 @@ def _start_install(context: Context, assessment: Assessment) -> AuditRecord | No
         package = services.arm.onboarding_package(vm.subscription, extension)
         services.arm.install_extension(priced.facts, extension, package, wait=False)
     except Exception as error:  # nothing was installed: the queue's install does it all
-        log.info(logfmt([("vm", vm.id), ("outcome", "to-queue"), ("reason", str(error))]))
+        # Our own errors' text is safe to log; another's may quote a request: its type only.
+        why = str(error) if isinstance(error, RemediationError) else type(error).__name__
+        log.info(logfmt([("vm", vm.id), ("outcome", "to-queue"), ("reason", why)]))
         return None
     watch = dataclasses.replace(context.install_request(), install_started=_now())
     try:
         services.queue.send(watch, services.settings.recheck_seconds)
     except Exception as error:  # the install goes on in Azure; the claim's lease ends it
-        log.warning(logfmt([("vm", vm.id), ("outcome", "unwatched"), ("reason", str(error))]))
+        why = type(error).__name__
+        log.warning(logfmt([("vm", vm.id), ("outcome", "unwatched"), ("reason", why)]))
         hint = "the watch could not be queued; the next sweep records how the install ended"
         return context.decided(priced, "started", applied=True, hint=hint)
     return context.decided(priced, "started", applied=True)
