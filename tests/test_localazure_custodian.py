@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import requests
-from azure.identity import ClientSecretCredential
 
 from localazure import Extension, LocalAzure
 from localazure.compute import COMPUTE_API
 from localazure.estate import mde_extension
-from tests.conftest import APP, SUB, small_estate
+from tests.conftest import SUB, small_estate
+from tests.test_localazure import token
 
 CUSTODIAN_API = "2024-11-01"  # azure-mgmt-compute 34.1.0's virtual_machines and extensions
 VMS = f"/subscriptions/{SUB}/providers/Microsoft.Compute/virtualMachines"
@@ -42,17 +42,9 @@ def custodian_plane(use_identity):
 
 
 def session(plane: LocalAzure) -> requests.Session:
-    credential = ClientSecretCredential(
-        plane.estate.tenant,
-        APP.client_id,
-        APP.secret,
-        authority=plane.url,
-        disable_instance_discovery=True,
-        connection_verify=plane.ca_path,
-    )
     raw = requests.Session()
     raw.verify = plane.ca_path
-    raw.headers["Authorization"] = f"Bearer {credential.get_token(plane.url + '/.default').token}"
+    raw.headers["Authorization"] = f"Bearer {token(plane)}"
     return raw
 
 
