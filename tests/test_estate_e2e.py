@@ -187,7 +187,8 @@ def test_the_remediator_role_suffices_for_arc_and_arc_operations_stay_inside_it(
 
 # --- Scale sets -----------------------------------------------------------------------------
 def test_a_flexible_scale_set_vm_is_classified_and_installed_like_any_vm(world_factory):
-    world = world_factory(estate(), **ENFORCE)
+    # The install takes 3 s here, so the second write's event sees it running (no race).
+    world = world_factory(estate(), plane_options={"lro_seconds": 3}, **ENFORCE)
     scale_set = world.plane.estate.add_scale_set(
         ScaleSet(SUB, "rg-app", "vmss-web", orchestration_mode="Flexible", capacity=2)
     )
@@ -195,9 +196,8 @@ def test_a_flexible_scale_set_vm_is_classified_and_installed_like_any_vm(world_f
     records = world.deliver(*world.plane.create_vm(member))
     first = records[0]
     assert (first.kind, first.decision, first.outcome) == ("vm", "install", "started")
-    # The second write's event reads the extension the first one's PUT made (done at once
-    # on this plane): nothing left to do.
-    assert (records[1].decision, records[1].outcome) == ("compliant", "none")
+    # The second write's event finds our install in progress and the claim held.
+    assert (records[1].decision, records[1].outcome) == ("defer", "duplicate")
     world.run_queue()
     assert member.extensions["mde.linux"].state == "Succeeded"
     assert world.extension_puts() == 1

@@ -249,7 +249,8 @@ def test_a_short_vm_name_resolves_to_the_ids_it_names_in_scope(azurite):
 def test_the_log_command_prints_a_table_or_json(world_factory):
     from remediation.__main__ import main
 
-    world = world_factory(estate("ready"), **ENFORCE)
+    # The install takes 3 s: the second write's event finds it running (duplicate), no race.
+    world = world_factory(estate("ready"), plane_options={"lro_seconds": 3}, **ENFORCE)
     world.deliver(*world.plane.create_vm(new_vm("cli-log-1")))
     out = io.StringIO()
     assert main(["log", "--json", "--vm", new_vm("cli-log-1").id], out=out) == 0
