@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from remediation.audit import AuditRecord
 from remediation.config import SettingsError
-from remediation.model import RemediationError, coverage_percent, load_json
+from remediation.model import RemediationError, coverage_percent, load_json, percent_text
 
 if TYPE_CHECKING:
     from remediation.service import Services
@@ -274,13 +274,14 @@ def _summary_table(summary: dict[str, Any], out: TextIO) -> None:
         )
     table.add_row(
         "coverage of eligible running VMs, at decision time",
-        f"{summary['coverage_percent']}% ({summary['covered']} of {summary['eligible_running']})",
+        f"{percent_text(summary['coverage_percent'])} "
+        f"({summary['covered']} of {summary['eligible_running']})",
     )
     after = summary.get("after_installs")
     if after:
         table.add_row(
             "coverage after the installs it waited for",
-            f"{after['coverage_percent']}% ({after['installed']} installed, "
+            f"{percent_text(after['coverage_percent'])} ({after['installed']} installed, "
             f"{after['failed']} failed)",
         )
     table.add_row("actions", str(summary["actions"]))

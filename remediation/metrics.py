@@ -73,7 +73,7 @@ class SubscriptionFigures:
     install_failures: int = 0
 
     @property
-    def coverage_percent(self) -> float:
+    def coverage_percent(self) -> float | None:
         from remediation.model import coverage_percent  # noqa: PLC0415 - a light module
 
         return coverage_percent(self.covered, self.eligible_running)
@@ -210,8 +210,11 @@ def _record(
         for name, (field, unit, description) in GAUGES.items():
             gauge = meter.create_gauge(name, unit=unit, description=description)
             for figure in figures:
+                value = getattr(figure, field)
+                if value is None:  # 0 of 0: nothing was measured, so no point (never 100)
+                    continue
                 attributes = {"subscription": figure.subscription, "mode": mode, "run_id": run_id}
-                gauge.set(getattr(figure, field), attributes=attributes)
+                gauge.set(value, attributes=attributes)
         duration = meter.create_histogram(
             SWEEP_DURATION, unit="s", description="How long a sweep run took, start to finish"
         )

@@ -225,10 +225,28 @@ class Outcome(StrEnum):
     ERROR = "error"
 
 
-# The log's decision when none could be made (ARM or the token authority did not answer),
-# and its outcome then: an outage, not a fault of the VM (that is "error").
+class RecordOutcome(StrEnum):
+    """What happened after a decision: the remediation log's ``outcome`` column."""
+
+    NONE = "none"  # nothing to do (compliant, excluded, ...) or held back by the cap
+    REPORTED = "reported"  # report mode: what enforce would have done, not done
+    QUEUED = "queued"  # the install queue has it (the VM's claim is held)
+    STARTED = "started"  # the extension PUT was accepted; a queued watch records its end
+    DUPLICATE = "duplicate"  # the VM's claim is held by another install or check
+    APPLIED = "applied"  # subscription settings written, no extension to install
+    SUCCEEDED = "succeeded"  # the extension is Succeeded after our install
+    SKIPPED = "skipped"  # the install queue found nothing to do any more
+    DEFERRED = "deferred"  # not now (stopped, agent not ready): the next event or sweep
+    FAILED = "failed"  # Azure refused, or the install ended Failed: the hint says what to do
+    POISONED = "poisoned"  # every retry failed: the message left the queue, recorded here
+    IGNORED = "ignored"  # not about a machine of ours (a delivery, or a VM deleted)
+    UNAVAILABLE = "unavailable"  # Azure did not answer: an outage, not the VM's fault
+
+
+# The log's decision when none could be made (ARM or the token authority did not answer):
+# an outage, not a fault of the VM (that is "error"). Its outcome is "unavailable".
 UNDECIDED = "undecided"
-UNAVAILABLE = "unavailable"
+UNAVAILABLE = RecordOutcome.UNAVAILABLE
 # The log's decision for a subscription that joined or left the scope (scope.py).
 SCOPE_CHANGE = "scope"
 
@@ -244,6 +262,7 @@ class ActionKind(StrEnum):
 SUBSCRIPTION_ACTIONS = frozenset(
     {ActionKind.ENABLE_PLAN, ActionKind.ENABLE_SETTING, ActionKind.INCLUDE_LINUX}
 )
+EXTENSION_ACTIONS = frozenset({ActionKind.INSTALL, ActionKind.REINSTALL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +294,15 @@ class Decision:
     @property
     def action_names(self) -> list[str]:
         return [str(action) for action in self.actions]
+
+    @property
+    def installs_extension(self) -> bool:
+        """Does acting on this decision PUT the MDE extension (an install or reinstall)?"""
+        return any(a.kind in EXTENSION_ACTIONS for a in self.actions)
+
+    @property
+    def subscription_actions(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.on_subscription)
 
 
 class RemediationError(Exception):
@@ -316,10 +344,23 @@ class BlockedByExtension(PermanentError):
         self.extension = extension
 
 
-def coverage_percent(covered: int, eligible: int) -> float:
-    """Covered of eligible running VMs, in percent to two decimals; 100 when none is
-    eligible (nothing is missing). The sweep, status, report and metrics all say this."""
-    return round(100.0 * covered / eligible, 2) if eligible else 100.0
+def covered(decision: str, eligible_running: bool) -> bool:
+    """The one definition of "covered", for the sweep summary, status, the report and the
+    metrics: an eligible machine, running, whose MDE extension is Succeeded (the policy
+    decides "compliant" for exactly that). A stopped machine with the extension is not
+    counted either way: it is not in the percentage's denominator."""
+    return eligible_running and decision == Outcome.COMPLIANT
+
+
+def coverage_percent(covered: int, eligible: int) -> float | None:
+    """Covered of eligible running machines, in percent to two decimals; None ("n/a")
+    when none was measured: 0 of 0 is never 100."""
+    return round(100.0 * covered / eligible, 2) if eligible else None
+
+
+def percent_text(value: float | None) -> str:
+    """How a coverage figure reads on a screen or a page: "n/a" for what was not measured."""
+    return "n/a" if value is None else f"{value:g}%"
 
 
 # --- Untrusted JSON ----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 
 from remediation.audit import AuditRecord, Query
-from remediation.model import UNDECIDED, coverage_percent
+from remediation.model import UNDECIDED, coverage_percent, percent_text
 from remediation.scope import WIRE_COMMAND, Scope
 from remediation.service import Services
 from remediation.sweep import Run, RunStore
@@ -208,20 +208,22 @@ def full_scope(run: Run, scope: Sequence[str]) -> bool:
 
 
 def trend(done: Sequence[Run], scope: Sequence[str]) -> list[Point]:
-    return sorted(
-        (
-            Point(
-                run.started,
-                float(run.summary.get("coverage_percent", 0)),
-                int(run.summary.get("covered", 0)),
-                int(run.summary.get("eligible_running", 0)),
-                run.run_id,
+    """One point per full-scope run that measured something: a run with no eligible
+    running VM (0 of 0) has no figure to plot, never 100%."""
+    points = []
+    for run in done:
+        percent = run.summary.get("coverage_percent")
+        if full_scope(run, scope) and isinstance(percent, int | float):
+            points.append(
+                Point(
+                    run.started,
+                    float(percent),
+                    int(run.summary.get("covered", 0)),
+                    int(run.summary.get("eligible_running", 0)),
+                    run.run_id,
+                )
             )
-            for run in done
-            if full_scope(run, scope)
-        ),
-        key=lambda point: point.started,
-    )
+    return sorted(points, key=lambda point: point.started)
 
 
 def latest_state(records: Iterable[AuditRecord], as_of: dict[str, Run]) -> dict[str, AuditRecord]:
@@ -286,8 +288,8 @@ def _when(moment: datetime) -> str:
     return f'<time datetime="{moment.isoformat()}">{moment:%Y-%m-%d %H:%M}</time> UTC'
 
 
-def _percent(value: float) -> str:
-    return f"{value:g}%"
+def _percent(value: float | None) -> str:
+    return percent_text(value)
 
 
 def render(coverage: Coverage, human_rows: int = HUMAN_ROWS) -> str:

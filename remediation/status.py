@@ -31,6 +31,7 @@ from remediation.model import (
     VmFacts,
     VmRef,
     coverage_percent,
+    percent_text,
 )
 from remediation.ops import FUNCTION_KEY
 from remediation.report import CATEGORIES, NEEDS_A_HUMAN
@@ -61,7 +62,7 @@ class Tally:
         return sum(self.categories.values())
 
     @property
-    def coverage_percent(self) -> float:
+    def coverage_percent(self) -> float | None:
         return coverage_percent(self.covered, self.eligible_running)
 
     def add(self, other: Tally) -> None:
@@ -330,7 +331,7 @@ def render_table(status: Status, out: TextIO, shown: int = SHOWN) -> None:
     total = status.total
     headline = (
         f"Coverage now ({status.mode} mode, {status.generated:%Y-%m-%d %H:%M} UTC): "
-        f"{total.coverage_percent}% of eligible running VMs "
+        f"{percent_text(total.coverage_percent)} of eligible running VMs "
         f"({total.covered} of {total.eligible_running}), {total.vms} VMs"
     )
     if status.unavailable:
@@ -360,7 +361,7 @@ def render_table(status: Status, out: TextIO, shown: int = SHOWN) -> None:
                 *(str(tally.categories.get(word, 0)) for word in words),
                 str(tally.vms),
                 # nothing eligible: no coverage to speak of ("100%" would read as all good)
-                f"{tally.coverage_percent}%" if tally.eligible_running else "-",
+                percent_text(tally.coverage_percent),
             )
         console.print(table)
     human = status.human

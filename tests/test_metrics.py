@@ -136,13 +136,30 @@ def test_an_older_record_does_not_replace_a_newer_one():
     ]
 
 
-def test_coverage_is_covered_over_eligible_and_full_when_nothing_is_eligible():
+def test_coverage_is_covered_over_eligible_and_none_when_nothing_is_eligible():
     assert SubscriptionFigures(SUB_A, eligible_running=3, covered=2).coverage_percent == 66.67
     assert SubscriptionFigures(SUB_A, eligible_running=4, covered=4).coverage_percent == 100.0
-    assert SubscriptionFigures(SUB_A, vms=5).coverage_percent == 100.0
+    assert SubscriptionFigures(SUB_A, vms=5).coverage_percent is None  # 0 of 0 is n/a
 
 
 # --- Publishing ---------------------------------------------------------------------------
+def test_a_subscription_with_nothing_eligible_emits_no_coverage_point_never_100():
+    reader = InMemoryMetricReader()
+    figures = [SubscriptionFigures(SUB_A, vms=3), SubscriptionFigures(SUB_B, 2, 2, 1)]
+    metrics.publish(figures, run_id="r", mode="report", duration_seconds=1, reader=reader)
+    data = reader.get_metrics_data()
+    assert data is not None
+    coverage = [
+        (dict(point.attributes)["subscription"], point.value)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "remediation.coverage_percent"
+        for point in metric.data.data_points
+    ]
+    assert coverage == [(SUB_B, 50.0)]
+
+
 def test_the_names_are_the_documented_ones():
     assert set(metrics.NAMES) == EXPECTED_NAMES
     assert len(metrics.NAMES) == len(EXPECTED_NAMES)
@@ -197,9 +214,8 @@ def test_the_sweep_duration_is_one_histogram_point_per_run():
 
 def test_units_are_percent_for_coverage_and_seconds_for_the_duration():
     reader = InMemoryMetricReader()
-    metrics.publish(
-        [SubscriptionFigures(SUB_A)], run_id="r", mode="report", duration_seconds=1, reader=reader
-    )
+    figures = [SubscriptionFigures(SUB_A, vms=1, eligible_running=1, covered=1)]
+    metrics.publish(figures, run_id="r", mode="report", duration_seconds=1, reader=reader)
     data = reader.get_metrics_data()
     assert data is not None
     units = {
