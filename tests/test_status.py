@@ -378,7 +378,7 @@ def test_the_table_has_the_categories_and_coverage_per_platform():
         "ubuntu-22.04",
         *("3", "1", "0", "0", "0", "0", "0", "0"),
         "4",
-        "75.0%",
+        "75%",
     ]
     assert f"subscription {SUB2}: unavailable: querying Resource Graph: HTTP 403" in text
     assert "; 1 of 2 subscriptions unavailable" in text
