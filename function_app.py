@@ -25,10 +25,10 @@ PAGES = func.AuthLevel.ANONYMOUS if SIGN_IN else func.AuthLevel.FUNCTION
 @app.event_grid_trigger(arg_name="event")
 def on_vm_event(event: func.EventGridEvent) -> None:
     """A VM was written or started: re-read it, decide, act (or report)."""
-    from remediation import service  # noqa: PLC0415 - cold start
+    from remediation import handlers  # noqa: PLC0415 - cold start
     from remediation.bootstrap import services  # noqa: PLC0415
 
-    service.handle_event(services(), event)
+    handlers.handle_event(services(), event)
 
 
 @app.function_name("install_extension")
@@ -37,10 +37,12 @@ def on_vm_event(event: func.EventGridEvent) -> None:
 )
 def install_extension(message: func.QueueMessage) -> None:
     """Install MDE on one VM. A raised TransientError is the host's cue to retry."""
-    from remediation import service  # noqa: PLC0415 - cold start
+    from remediation import handlers  # noqa: PLC0415 - cold start
     from remediation.bootstrap import services  # noqa: PLC0415
 
-    service.handle_install(services(), message.get_body().decode(), message.dequeue_count or 1)
+    handlers.handle_install(
+        services(), message.get_body(), message.dequeue_count or 1, message.id or ""
+    )
 
 
 @app.function_name("install_poison")
@@ -51,10 +53,10 @@ def install_extension(message: func.QueueMessage) -> None:
 )
 def install_poison(message: func.QueueMessage) -> None:
     """An install that failed every retry: audit it, drop nothing silently."""
-    from remediation import service  # noqa: PLC0415 - cold start
+    from remediation import handlers  # noqa: PLC0415 - cold start
     from remediation.bootstrap import services  # noqa: PLC0415
 
-    service.handle_poison(services(), message.get_body().decode())
+    handlers.handle_poison(services(), message.get_body())
 
 
 @app.function_name("nightly_sweep")
@@ -97,7 +99,7 @@ def sweep_batch(message: func.QueueMessage) -> None:
     from remediation import sweep  # noqa: PLC0415 - cold start
     from remediation.bootstrap import services  # noqa: PLC0415
 
-    sweep.handle_batch(services(), message.get_body().decode())
+    sweep.handle_batch(services(), message.get_body())
 
 
 @app.function_name("sweep_batch_poison")
@@ -111,7 +113,7 @@ def sweep_batch_poison(message: func.QueueMessage) -> None:
     from remediation import sweep  # noqa: PLC0415 - cold start
     from remediation.bootstrap import services  # noqa: PLC0415
 
-    sweep.handle_batch_poison(services(), message.get_body().decode())
+    sweep.handle_batch_poison(services(), message.get_body())
 
 
 @app.function_name("test_alert")
@@ -146,7 +148,7 @@ def test_alert_step(message: func.QueueMessage) -> None:
     from remediation import testalert  # noqa: PLC0415 - cold start
     from remediation.bootstrap import services  # noqa: PLC0415
 
-    testalert.handle(services(), message.get_body().decode())
+    testalert.handle(services(), message.get_body())
 
 
 @app.function_name("test_alert_poison")
@@ -160,7 +162,7 @@ def test_alert_poison(message: func.QueueMessage) -> None:
     from remediation import testalert  # noqa: PLC0415 - cold start
     from remediation.bootstrap import services  # noqa: PLC0415
 
-    testalert.handle_poison(services(), message.get_body().decode())
+    testalert.handle_poison(services(), message.get_body())
 
 
 @app.function_name("remediations")

@@ -426,7 +426,7 @@ def measure_events(count: int) -> dict[str, Any]:
     from collections import Counter
 
     from localazure.eventgrid import OBJECT_ID_CLAIM
-    from remediation import service
+    from remediation import handlers
     from remediation.bootstrap import services
     from remediation.queues import drain
 
@@ -455,15 +455,17 @@ def measure_events(count: int) -> dict[str, Any]:
     outcomes: Counter[str] = Counter()
     for event in events:
         started = time.monotonic()
-        outcomes[service.handle_event(running, event).outcome] += 1
+        outcomes[handlers.handle_event(running, event).outcome] += 1
         durations.append(time.monotonic() - started)
     in_events = dict(methods)
     methods.clear()
     finals = []
     drain(
         running.queue,
-        lambda text, tries: finals.append(service.handle_install(running, text, tries)),
-        lambda text: service.handle_poison(running, text),
+        lambda text, tries, message_id: finals.append(
+            handlers.handle_install(running, text, tries, message_id)
+        ),
+        lambda text: handlers.handle_poison(running, text),
         concurrency=8,
     )
     installs = outcomes["started"] + outcomes["queued"]
@@ -839,10 +841,10 @@ import json, sys
 sys.path.insert(0, "bench")
 from run import _event
 from localazure.eventgrid import OBJECT_ID_CLAIM
-from remediation import service
+from remediation import handlers
 from remediation.bootstrap import services
 vm = next(iter(services().arm.inventory(sorted(services().settings.subscriptions))))
-service.handle_event(services(), _event(vm.vm.id, OBJECT_ID_CLAIM))
+handlers.handle_event(services(), _event(vm.vm.id, OBJECT_ID_CLAIM))
 print(json.dumps({"import_ms": round(imported * 1000, 1), "first_decision_ms": round((time.perf_counter() - started) * 1000, 1)}))
 """
 

@@ -75,7 +75,6 @@ def _unique(deliveries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int
 
 
 def handle_event(args: argparse.Namespace, out: TextIO) -> int:
-    from remediation import service  # noqa: PLC0415 - keep --help fast
     from remediation.bootstrap import services  # noqa: PLC0415
     from remediation.config import load  # noqa: PLC0415
 
@@ -87,9 +86,11 @@ def handle_event(args: argparse.Namespace, out: TextIO) -> int:
         return 2
     if repeats:
         print(f"note: {repeats} repeated deliveries of the same event ids skipped", file=sys.stderr)
+    from remediation import handlers  # noqa: PLC0415
+
     running = services()
     for delivery in deliveries:
-        _print(service.handle_event(running, delivery, trigger="cli"), args.json, out)
+        _print(handlers.handle_event(running, delivery, trigger="cli"), args.json, out)
     if args.wait:
         _run_installs(running, args.json, out)
     return 0
@@ -100,7 +101,7 @@ def _run_installs(
 ) -> list[AuditRecord]:
     """--wait: run the queued installs here, as the host would, for up to 10 minutes.
     Returns the records they wrote; prints them too, unless ``quiet``."""
-    from remediation import service  # noqa: PLC0415
+    from remediation import handlers  # noqa: PLC0415
     from remediation.queues import drain  # noqa: PLC0415
 
     records: list[AuditRecord] = []
@@ -114,8 +115,10 @@ def _run_installs(
     try:
         drain(
             running.queue,
-            lambda text, count: show(service.handle_install(running, text, count)),
-            lambda text: show(service.handle_poison(running, text)),
+            lambda text, count, message_id: show(
+                handlers.handle_install(running, text, count, message_id)
+            ),
+            lambda text: show(handlers.handle_poison(running, text)),
         )
     except TimeoutError:
         print(
@@ -427,7 +430,7 @@ def run_test_alert(args: argparse.Namespace, out: TextIO) -> int:
     try:
         drain(
             running.tests,
-            lambda text, count: keep(testalert.handle(running, text)),
+            lambda text, count, message_id: keep(testalert.handle(running, text)),
             lambda text: keep(testalert.handle_poison(running, text)),
             deadline_seconds=minutes * 60 + 600,
             # A step holds its message while Run Command runs (up to RUN_COMMAND_WAIT):

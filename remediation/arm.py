@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -69,6 +68,7 @@ from remediation.classify import (
 from remediation.config import Settings
 from remediation.model import (
     BlockedByExtension,
+    InstallResult,
     Kind,
     OperationInProgress,
     PermanentError,
@@ -153,13 +153,6 @@ ALERTS_API = "2022-01-01"  # Microsoft.Security alerts (azure-rest-api-specs, st
 RUN_COMMAND_WAIT = 300.0  # seconds a worker waits for the detection test's Run Command
 MDE_PAGE = 10_000
 _RETRYABLE_READS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
-
-
-@dataclass(frozen=True, slots=True)
-class InstallResult:
-    state: str  # Succeeded, Failed, or InProgress (still running when the wait ended)
-    message: str = ""
-    extension: str = ""  # the extension the failure names: ours, or one that blocks it
 
 
 class RequestCounter(SansIOHTTPPolicy[Any, Any]):

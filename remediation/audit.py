@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import itertools
 import logging
 import re
@@ -41,16 +40,15 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import (
     ResourceExistsError,
-    ResourceModifiedError,
     ResourceNotFoundError,
     ServiceResponseError,
 )
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from remediation.model import kind_of
+from remediation.tables import TRANSACTION, vm_key, vm_partition
 
 log = logging.getLogger("remediation")
 
@@ -60,7 +58,6 @@ LEGACY_DAY_PREFIX = "d-"  # the previous version's day partitions, d-yyyymmdd
 INDEX_PREFIX = "vi-"  # the VM index: vi-00 .. vi-31, the VM's hash leading the row key
 INDEX_BUCKETS = 32  # a sweep batch's index rows fall in 32 partitions: ~32 transactions
 INDEX_MARKER = "index"  # on rows written with the bucketed index (purge finds the VM row)
-TRANSACTION = 100  # Table Storage's largest transaction, within one partition
 LOST_ANSWER_TRIES = 3  # a transaction whose answer was lost is sent this many times
 MAX_PAGE = 1000  # Table Storage returns at most 1,000 entities a request
 NAME_PAGES = 20  # pages a short-name lookup reads at most
@@ -157,34 +154,6 @@ _LOGFMT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\
 def logfmt(pairs: Sequence[tuple[str, str]]) -> str:
     """``key="value" ...``, every value quoted and escaped: one line no value can forge."""
     return " ".join(f'{key}="{value.translate(_LOGFMT_ESCAPES)}"' for key, value in pairs)
-
-
-def replace_if_unchanged(
-    table: TableClient,
-    entity: dict[str, Any],
-    etag: str | None,
-    mode: UpdateMode = UpdateMode.REPLACE,
-) -> bool:
-    """Optimistic concurrency: write only if nobody changed the entity since we read it
-    (its ETag). False when another writer got there first, or deleted it."""
-    try:
-        table.update_entity(
-            entity, mode=mode, etag=etag, match_condition=MatchConditions.IfNotModified
-        )
-        return True
-    except (ResourceModifiedError, ResourceNotFoundError):
-        return False
-
-
-def vm_key(vm: str) -> str:
-    # Table keys cannot hold '/', so VM ids are hashed; ids are case-insensitive.
-    return hashlib.sha256(vm.lower().encode()).hexdigest()[:40]
-
-
-def vm_partition(vm: str) -> str:
-    """``v-<hash>``: the previous version's VM partition (read for old rows), and the
-    row key other partitions (claims, test-alert locks, states) use for a VM."""
-    return "v-" + vm_key(vm)
 
 
 def index_partition(vm: str) -> str:

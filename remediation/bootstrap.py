@@ -22,6 +22,7 @@ from remediation.audit import AuditLog
 from remediation.config import Settings, load
 from remediation.defender import States
 from remediation.queues import Claims, WorkQueue
+from remediation.scope import ScopeStore
 from remediation.service import Services
 
 # Connections kept per storage client: as many as threads share one (the log's parallel
@@ -108,6 +109,7 @@ def build(environ: Mapping[str, str], create: bool = True) -> Services:
             _queue(settings, settings.test_alert_poison_queue, credential),
         ),
         states=States(table),
+        scopes=ScopeStore(table),
     )
     if create:
         services.audit.create()

@@ -25,8 +25,8 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 
-from remediation.audit import vm_partition
 from remediation.model import MACHINE_ID, Device, Verification, Verified, VmFacts
+from remediation.tables import TRANSACTION, vm_partition
 
 log = logging.getLogger("remediation")
 
@@ -35,7 +35,6 @@ STATE_PREFIX = "vstate-"
 SUMMARY_ROW = "summary"
 UNKNOWN_SUBSCRIPTION = "_"  # devices whose subscription the API does not say
 CHUNK_CHARS = 30_000  # a string property holds 64 KiB of UTF-16: 32K characters
-TRANSACTION = 100  # Table Storage's largest batch, within one partition
 OFF = "Verification is off (REMEDIATION_MDE_API is empty)."
 
 

@@ -305,6 +305,13 @@ class Decision:
         return tuple(a for a in self.actions if a.on_subscription)
 
 
+@dataclass(frozen=True, slots=True)
+class InstallResult:
+    state: str  # Succeeded, Failed, or InProgress (still running when the wait ended)
+    message: str = ""
+    extension: str = ""  # the extension the failure names: ours, or one that blocks it
+
+
 class RemediationError(Exception):
     """An error the pipeline knows how to handle; its text is safe to audit and log."""
 

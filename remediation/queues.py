@@ -17,18 +17,23 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.data.tables import TableClient, UpdateMode
 from azure.storage.queue import QueueClient, QueueMessage
 
-from remediation.audit import replace_if_unchanged, vm_partition
-from remediation.model import InvalidResourceId, VmRef
+from remediation.model import InvalidJson, InvalidResourceId, VmRef, load_json
+from remediation.tables import CLAIM_PARTITION, replace_if_unchanged, vm_partition
 
 log = logging.getLogger("remediation")
 
 SCHEMA = "mde-install/1"
+MAX_MESSAGE = 64 * 1024  # Azure Queue Storage's largest message
 MAX_DEQUEUE = 5  # host.json extensions.queues.maxDequeueCount; a test keeps them equal
-CLAIM_PARTITION = "claim"
 CLAIM_LEASE = timedelta(hours=1)  # how long a queued install holds its VM, at least
 
 
@@ -50,11 +55,13 @@ class InstallRequest:
         return json.dumps({"schema": SCHEMA, **asdict(self)}, separators=(",", ":"))
 
     @classmethod
-    def parse(cls, text: str) -> InstallRequest:
+    def parse(cls, body: bytes | str) -> InstallRequest:
+        """A queued message, as untrusted input: any bytes (not UTF-8, nested deep, too
+        large) give a BadMessage, never another exception."""
         try:
-            value = json.loads(text)
-        except (ValueError, TypeError):
-            raise BadMessage("the message is not JSON") from None
+            value = load_json(body, max_bytes=MAX_MESSAGE)
+        except InvalidJson as error:
+            raise BadMessage(f"the message is {error}") from None
         if not isinstance(value, dict):
             raise BadMessage("the message is not a JSON object")
         if value.get("schema") != SCHEMA:
@@ -139,6 +146,59 @@ class Claims:
             mode=UpdateMode.REPLACE,
         )
 
+    def release(self, vm: str, holder: str) -> None:
+        """Give the claim back at once, if it is still this holder's: the request it was
+        taken for never reached the queue, so nothing holds the VM any more."""
+        with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
+            current = self._table.get_entity(CLAIM_PARTITION, vm_partition(vm))
+            if current.get("holder") == holder:
+                self._table.delete_entity(
+                    CLAIM_PARTITION,
+                    vm_partition(vm),
+                    etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+
+    def begin_install(self, vm: str, token: str) -> bool:
+        """Mark the claim with the delivery about to PUT the extension. False when another
+        delivery's mark is there: the queue delivered a message twice, and only one PUTs.
+        The same token (a retry of the same message) may PUT again."""
+        try:
+            current = self._table.get_entity(CLAIM_PARTITION, vm_partition(vm))
+        except ResourceNotFoundError:  # its claim ended (poisoned, finished): a fresh one
+            entity: dict[str, Any] = {
+                "PartitionKey": CLAIM_PARTITION,
+                "RowKey": vm_partition(vm),
+                "vm": vm,
+                "holder": token,
+                "expires": datetime.now(UTC) + self._lease,
+                "installing": token,
+                "last_error": "",
+            }
+            try:
+                self._table.create_entity(entity)
+                return True
+            except ResourceExistsError:
+                return self.begin_install(vm, token)
+        mark = str(current.get("installing") or "")
+        if mark:
+            return mark == token
+        current["installing"] = token
+        if replace_if_unchanged(self._table, current, current.metadata["etag"], UpdateMode.MERGE):
+            return True
+        return self.begin_install(vm, token)  # changed meanwhile: look again
+
+    def end_install(self, vm: str, token: str) -> None:
+        """Azure refused the PUT (the VM stopped or busy): the mark goes, so that the
+        re-check that follows may PUT."""
+        with contextlib.suppress(ResourceNotFoundError):
+            current = self._table.get_entity(CLAIM_PARTITION, vm_partition(vm))
+            if current.get("installing") == token:
+                current["installing"] = ""
+                replace_if_unchanged(
+                    self._table, current, current.metadata["etag"], UpdateMode.MERGE
+                )
+
     def note_failure(self, vm: str, error: str) -> None:
         """Remember why the last try failed, for the poison handler's audit record."""
         self._table.upsert_entity(
@@ -160,7 +220,7 @@ class Claims:
             return ""
 
 
-Handler = Callable[[str, int], Any]
+Handler = Callable[[str, int, str], Any]  # (message text, its try, its id)
 
 
 def drain(
@@ -181,7 +241,7 @@ def drain(
     def run(message: QueueMessage) -> None:
         tries = message.dequeue_count or 1
         try:
-            handle(message.content, tries)
+            handle(message.content, tries, message.id)
         except Exception as error:  # the host's contract: any exception is a retry
             log.warning("queued message failed (try %s): %s", tries, error)
             if tries >= max_dequeue:

@@ -20,11 +20,17 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from azure.core.exceptions import ResourceNotFoundError
 
 from remediation.audit import AuditRecord
 from remediation.config import Settings
 from remediation.model import SCOPE_CHANGE, RemediationError, as_text
+from remediation.tables import SCOPE_PARTITION, transactions
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
 
 log = logging.getLogger("remediation")
 
@@ -223,3 +229,65 @@ def refresh(
             log.warning("subscription %s: its Event Grid wiring could not be read: %s", sid, error)
             unwired.add(sid)
     return Resolution(replace(after, unwired=frozenset(unwired)), stored, fresh=True)
+
+
+# --- The scope's copy in the audit table: a row per subscription (a long scope outgrows one
+# entity), then the time of the resolution -------------------------------------------------
+META_ROW = "~resolved"  # sorts after every subscription id
+
+
+class ScopeStore:
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def load(self) -> Scope | None:
+        """The last resolution a sweep stored, or None before the first (or if the table
+        does not exist yet: a read-only caller creates nothing)."""
+        rows = {}
+        try:
+            for entity in self._table.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": SCOPE_PARTITION}
+            ):
+                rows[str(entity["RowKey"])] = entity
+        except ResourceNotFoundError:
+            return None
+        meta = rows.pop(META_ROW, None)
+        if meta is None:
+            return None
+        subscriptions = {
+            key: Subscription(
+                key,
+                str(row.get("name") or ""),
+                str(row.get("group") or ""),
+                str(row.get("group_name") or ""),
+            )
+            for key, row in sorted(rows.items())
+        }
+        unwired = frozenset(key for key, row in rows.items() if row.get("unwired"))
+        return Scope(subscriptions, meta.get("resolved"), unwired)
+
+    def save(self, scope: Scope, previous: Scope | None) -> None:
+        """Upsert the scope's rows, delete those of subscriptions that left, then the
+        resolution's time (last: a load never sees a half-written scope as complete)."""
+        operations: list[tuple[str, dict[str, Any]]] = [
+            (
+                "upsert",
+                {
+                    "PartitionKey": SCOPE_PARTITION,
+                    "RowKey": sub.id,
+                    "name": sub.name,
+                    "group": sub.group,
+                    "group_name": sub.group_name,
+                    "unwired": sub.id in scope.unwired,
+                },
+            )
+            for sub in scope.subscriptions.values()
+        ]
+        gone = (previous.ids if previous else frozenset()) - scope.ids
+        operations += [
+            ("delete", {"PartitionKey": SCOPE_PARTITION, "RowKey": sid}) for sid in sorted(gone)
+        ]
+        transactions(self._table, operations)
+        self._table.upsert_entity(
+            {"PartitionKey": SCOPE_PARTITION, "RowKey": META_ROW, "resolved": scope.resolved}
+        )

@@ -39,14 +39,16 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, UpdateMode
 
 from remediation import defender
-from remediation.audit import AuditRecord, Query, replace_if_unchanged
+from remediation.act import BatchActions, act
+from remediation.audit import AuditRecord, Query
 from remediation.classify import Protection
 from remediation.config import GUID, Mode, Settings
+from remediation.doctor import events_check
 from remediation.model import (
-    ActionKind,
     InvalidJson,
     Outcome,
     PermanentError,
+    RecordOutcome,
     TransientError,
     Verification,
     VmFacts,
@@ -54,11 +56,11 @@ from remediation.model import (
     load_json,
 )
 from remediation.policy import verify
-from remediation.service import Assessment, Context, Services, apply_subscription_actions, assess
+from remediation.scope import Resolution, refresh
+from remediation.service import Assessment, Context, Services, assess, record_dropped
+from remediation.tables import LOCK_PARTITION, RUN_PARTITION, replace_if_unchanged
 
 SCHEMA = "sweep-batch/1"
-RUN_PARTITION = "run"
-LOCK_PARTITION = "sweeplock"
 # A run that beat no heartbeat for this long is taken for dead. Longer than the queue's
 # visibility timeout (a batch on a worker that died becomes visible again after it)
 # and than the gap between two beats of a working batch (HEARTBEAT_EVERY).
@@ -498,9 +500,9 @@ class BatchMessage:
         )
 
     @classmethod
-    def parse(cls, text: str) -> BatchMessage:
+    def parse(cls, text: bytes | str) -> BatchMessage:
         try:
-            value = json.loads(text)
+            value = load_json(text, max_bytes=MAX_BODY)
             subscriptions = tuple(value["subscriptions"])
             valid = value.get("schema") == SCHEMA and all(
                 isinstance(s, str) and GUID.match(s) for s in subscriptions
@@ -523,7 +525,7 @@ def start(services: Services, request: SweepRequest, send: Callable[[str], Any] 
     inline. Once the run holds its subscriptions: a record for each subscription that
     joined or left the scope, then the new scope stored (a run refused writes neither, and
     the next run finds the same changes)."""
-    resolution = services.resolve_scope()
+    resolution = resolve_scope(services)
     request = dataclasses.replace(request, subscriptions=in_scope(request, resolution.scope.ids))
     batches = batches_of(request.subscriptions, services.settings.sweep_batch_size)
     uniform = _uniform_scale_sets(services, request.subscriptions)
@@ -533,13 +535,29 @@ def start(services: Services, request: SweepRequest, send: Callable[[str], Any] 
         services.audit.write_many([_stable(record, run) for record in changes])
         for record in changes:
             log.info("scope: %s", record.log_line())
-    services.keep_scope(resolution)
+    if resolution.fresh:
+        services.scopes.save(resolution.scope, resolution.stored)
+    services.remember_scope(resolution.scope)
     if services.settings.mde_api:
         read_devices(services, run.run_id)
     if send is not None:
         for index, batch in enumerate(batches):
             send(BatchMessage(run.run_id, index, batch).to_text())
     return run
+
+
+def resolve_scope(services: Services) -> Resolution:
+    """A sweep starts: the scope afresh (names, groups, wiring), against the stored one.
+    Writes nothing: ``start`` stores it once the run holds its subscriptions."""
+    settings = services.settings
+    return refresh(
+        settings,
+        services.scopes.load(),
+        lambda: services.arm.subscription_containers(
+            settings.management_groups, settings.subscriptions
+        ),
+        lambda subscription: events_check(services, subscription).ok,
+    )
 
 
 def in_scope(request: SweepRequest, scope: frozenset[str]) -> tuple[str, ...]:
@@ -702,14 +720,13 @@ class _Batch:
         self.changes: dict[str, dict[str, defender.State | None]] = {}
         self.seen: dict[str, set[str]] = {}  # per subscription: the VMs the inventory listed
         self.turned: list[AuditRecord] = []  # turned not-seen or unhealthy: notify
-        self.enforce = run.mode == Mode.ENFORCE.value
         self.cap = services.settings.max_actions_per_sweep
-        self.applied: dict[str, set[str]] = {}  # subscription -> actions taken this batch
+        self.actions = BatchActions()  # subscription writes made (or reported) this batch
         self.records: list[AuditRecord] = []
         self.result = BatchResult()
         self.budget = 0  # actions taken from the run's cap, not yet used
         trigger = "sweep" if run.trigger == "sweep" else run.trigger
-        self.context = Context(services, trigger, run_id=run.run_id, mode=run.mode)
+        self.context = Context(services, trigger, run_id=run.run_id, mode=Mode(run.mode))
 
     def handle(self, facts: VmFacts) -> AuditRecord:
         context = self.context.for_vm(facts.vm)
@@ -726,7 +743,9 @@ class _Batch:
         except PermanentError as error:
             self.result.errors += 1
             reason = f"The sweep could not handle this VM: {error}"
-            record = context.record(Outcome.ERROR.value, reason, "failed", hint=error.hint)
+            record = context.record(
+                Outcome.ERROR.value, reason, RecordOutcome.FAILED, hint=error.hint
+            )
         record = _stable(record, self.run)
         _count(self.result, assessment, record)
         self.records.append(record)
@@ -805,43 +824,30 @@ class _Batch:
         return True
 
     def _act(self, context: Context, assessment: Assessment) -> AuditRecord:
+        """The cap is the sweep's own: the actions this VM would take (a subscription
+        write counts once per batch) come out of the run's cap first, in report mode too,
+        so a report run shows what an enforce run would do."""
         decision = assessment.decision
-        if decision.outcome is not Outcome.INSTALL:
-            return context.decided(assessment, "none")
-        subscription = assessment.facts.vm.subscription
-        done = self.applied.setdefault(subscription, set())
-        # Subscription actions happen once per subscription, not once per VM.
-        new_actions = [a for a in decision.actions if not (a.on_subscription and str(a) in done)]
-        if not self._take(len(new_actions)):
-            self.result.capped += 1
-            reason = (
-                f"{decision.reason} Not acted on: the sweep reached its cap of {self.cap} "
-                "actions (REMEDIATION_MAX_ACTIONS_PER_SWEEP)."
-            )
-            hint = "raise REMEDIATION_MAX_ACTIONS_PER_SWEEP or run another sweep"
-            return context.record(Outcome.BLOCKED.value, reason, "none", assessment, hint=hint)
-        self.result.actions += len(new_actions)
-        subscription_actions = [a for a in new_actions if a.on_subscription]
-        if not self.enforce:
-            done.update(str(a) for a in subscription_actions)
-            return context.decided(assessment, "reported")
-        if subscription_actions:
-            try:
-                apply_subscription_actions(self.services, decision, subscription)
-            except PermanentError as error:
-                self.result.errors += 1
-                reason = f"Changing subscription {subscription} failed: {error}"
-                return context.record(
-                    Outcome.BLOCKED.value, reason, "failed", assessment, hint=error.hint
+        if decision.outcome is Outcome.INSTALL:
+            wanted = len(decision.actions) - len(decision.subscription_actions)
+            wanted += len(self.actions.new(assessment.facts.vm.subscription, decision))
+            if not self._take(wanted):
+                self.result.capped += 1
+                reason = (
+                    f"{decision.reason} Not acted on: the sweep reached its cap of {self.cap} "
+                    "actions (REMEDIATION_MAX_ACTIONS_PER_SWEEP)."
                 )
-            done.update(str(a) for a in subscription_actions)
-        if not any(a.kind in {ActionKind.INSTALL, ActionKind.REINSTALL} for a in decision.actions):
-            return context.decided(assessment, "applied", applied=True)
-        if not self.services.claims.take(context.vm, holder=self.run.run_id):
-            reason = f"{decision.reason} An install is already queued or ran recently."
-            return context.decided(assessment, "duplicate", reason)
-        self.services.queue.send(context.install_request())
-        return context.decided(assessment, "queued", applied=True)
+                hint = "raise REMEDIATION_MAX_ACTIONS_PER_SWEEP or run another sweep"
+                return context.record(
+                    Outcome.BLOCKED.value, reason, RecordOutcome.NONE, assessment, hint=hint
+                )
+            self.result.actions += wanted
+            if not context.enforce:  # what enforce would write, written once per batch
+                self.actions.note(assessment.facts.vm.subscription, decision)
+        record = act(context, assessment, holder=self.run.run_id, batch=self.actions)
+        if record.outcome == RecordOutcome.FAILED:
+            self.result.errors += 1
+        return record
 
 
 def _stable(record: AuditRecord, run: Run) -> AuditRecord:
@@ -915,19 +921,19 @@ def http_status(services: Services, run_id: str) -> tuple[int, dict[str, Any]]:
     return 200, value
 
 
-def handle_batch(services: Services, text: str) -> Run | None:
+def handle_batch(services: Services, text: bytes | str) -> Run | None:
     try:
         message = BatchMessage.parse(text)
-    except ValueError:
-        log.warning("a malformed sweep batch message was dropped: %r", text[:200])
+    except ValueError as error:
+        record_dropped(services, "sweep", "sweep batch", error)
         return None
     return run_batch(services, message)
 
 
-def handle_batch_poison(services: Services, text: str) -> Run | None:
+def handle_batch_poison(services: Services, text: bytes | str) -> Run | None:
     try:
         message = BatchMessage.parse(text)
-    except ValueError:
-        log.warning("a malformed message reached the sweep poison queue: %r", text[:200])
+    except ValueError as error:
+        record_dropped(services, "sweep", "sweep batch (poison queue)", error)
         return None
     return fail_batch(services, message, "the batch failed on every try (see the function's logs)")

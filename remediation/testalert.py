@@ -33,7 +33,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
-from remediation.audit import AuditRecord, replace_if_unchanged, vm_partition
+from remediation.audit import AuditRecord
 from remediation.classify import OsFamily, Protection, classify
 from remediation.model import (
     InvalidJson,
@@ -48,7 +48,8 @@ from remediation.model import (
     VmRef,
     load_json,
 )
-from remediation.service import Context, Services
+from remediation.service import Context, Services, record_dropped
+from remediation.tables import replace_if_unchanged, vm_partition
 
 log = logging.getLogger("remediation")
 
@@ -344,11 +345,13 @@ def _message(test_id: str, step: str) -> str:
 
 
 # --- The queue: run, then watch ----------------------------------------------------------
-def handle(services: Services, text: str, now: datetime | None = None) -> AuditRecord | None:
+def handle(
+    services: Services, text: bytes | str, now: datetime | None = None
+) -> AuditRecord | None:
     """One step of a test. Raises TransientError for the host to retry; returns the
     record once the test ended, None while it goes on."""
     try:
-        value = json.loads(text)
+        value = load_json(text, max_bytes=MAX_BODY)
         test_id, step = str(value["test_id"]), str(value["step"])
         if (
             value.get("schema") != SCHEMA
@@ -356,9 +359,8 @@ def handle(services: Services, text: str, now: datetime | None = None) -> AuditR
             or step not in {"run", "watch"}
         ):
             raise ValueError(step)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        log.warning("a malformed test-alert message was dropped: %r", text[:200])
-        return None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return record_dropped(services, "queue", "test-alert", error)
     test = get(services, test_id)
     if test is None:
         return None
@@ -537,13 +539,12 @@ def _record(services: Services, test: Test) -> AuditRecord:
     return record
 
 
-def handle_poison(services: Services, text: str) -> AuditRecord | None:
+def handle_poison(services: Services, text: bytes | str) -> AuditRecord | None:
     """A step that failed every try: the test ends as failed, with a record."""
     try:
-        test = get(services, str(json.loads(text)["test_id"]))
-    except (ValueError, KeyError, TypeError):
-        log.warning("a malformed message reached the test-alert poison queue: %r", text[:200])
-        return None
+        test = get(services, str(load_json(text, max_bytes=MAX_BODY)["test_id"]))
+    except (ValueError, KeyError, TypeError) as error:
+        return record_dropped(services, "queue", "test-alert (poison queue)", error)
     if test is None:
         return None
     if test.status != "running":

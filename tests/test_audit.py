@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.data.tables import TableClient, TableServiceClient
 
-from remediation.audit import AuditLog, AuditRecord, Query, index_partition, vm_partition
+from remediation.audit import AuditLog, AuditRecord, Query, index_partition
+from remediation.tables import vm_partition
 
 VM = "/subscriptions/11111111-1111-4111-8111-111111111111/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"
 OTHER = VM[:-1] + "2"

@@ -142,7 +142,7 @@ def test_drain_retries_then_poisons_like_the_host(storage):
     queue.send(InstallRequest(vm=VM.replace("vm1", "vm2"), trigger="cli"))
     tries, poisoned = [], []
 
-    def handle(text, count):
+    def handle(text, count, message_id):
         tries.append((InstallRequest.parse(text).vm[-3:], count))
         if InstallRequest.parse(text).vm.endswith("vm1"):
             raise RuntimeError("ARM said no")

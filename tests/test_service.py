@@ -9,7 +9,7 @@ import pytest
 
 from localazure import Estate, Principal, Subscription, Vm
 from localazure.estate import FORTIGATE, UBUNTU_2204, WIN11_ENT, WS2012R2, WS2022, mde_extension
-from remediation import service
+from remediation import handlers
 from remediation.queues import InstallRequest
 from tests.conftest import APP, READER, SUB
 
@@ -202,7 +202,7 @@ def test_twenty_duplicate_events_on_two_workers_install_once(world_factory):
 
     def deliver(worker):
         for _ in range(10):
-            record = service.handle_event(worker, json.loads(json.dumps(event)))
+            record = handlers.handle_event(worker, json.loads(json.dumps(event)))
             with lock:
                 records.append(record)
 

@@ -1,0 +1,148 @@
+"""The event function's and the install queue's handlers: parse what arrived, re-read the
+machine from ARM, assess it, hand it to the act step, and write exactly one record.
+
+Two kinds of error reach the host: a TransientError (the install queue retries it, then
+moves the message to the poison queue; Event Grid delivers the event again), and nothing
+else: permanent problems are recorded with a hint and the function returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from typing import Any
+
+from remediation import act
+from remediation.audit import AuditRecord
+from remediation.events import Ignored, parse
+from remediation.model import (
+    Outcome,
+    PermanentError,
+    RecordOutcome,
+    RemediationError,
+    TransientError,
+    VmRef,
+)
+from remediation.queues import BadMessage, InstallRequest
+from remediation.service import Context, Services, assess
+
+log = logging.getLogger("remediation")
+
+
+def handle_event(services: Services, delivery: Any, trigger: str = "event") -> AuditRecord:
+    """One Event Grid delivery -> exactly one audit record. Event Grid waits 30 s for
+    the answer and then delivers again, so ARM calls give up after
+    REMEDIATION_EVENT_BUDGET_SECONDS. An outage is never the machine's fault, and never
+    loses the event: the install queue checks the machine again, or, when even the queue
+    cannot take it, the function fails and Event Grid delivers the event again."""
+    context = Context(services, trigger)
+    settings = services.settings
+    with services.arm.budget(settings.event_budget_seconds):
+        scope = services.scope().ids
+        parsed = parse(delivery, scope)  # what it is about, before any call to Azure
+        if isinstance(parsed, Ignored):
+            context = dataclasses.replace(
+                context,
+                vm=parsed.subject,
+                subscription=parsed.subscription,
+                event_id=parsed.event_id,
+            )
+            return services.audit.write(
+                context.record("ignored", parsed.reason, RecordOutcome.IGNORED)
+            )
+        context = dataclasses.replace(
+            context.for_vm(parsed.vm),
+            event_id=parsed.event_id,
+            correlation_id=parsed.correlation_id,
+        )
+        return services.audit.write(_remediate(context, delivery, scope, parsed.vm))
+
+
+def _remediate(context: Context, delivery: Any, scope: frozenset[str], vm: VmRef) -> AuditRecord:
+    services = context.services
+    try:
+        own = parse(delivery, scope, services.arm.principal_id)
+    except TransientError as error:
+        return act.queue_retry(context, error)
+    except RemediationError as error:  # cannot learn our own identity: say so, do nothing
+        reason = f"The app cannot tell its own identity: {error}"
+        return context.record("error", reason, RecordOutcome.FAILED, hint=error.hint)
+    if isinstance(own, Ignored):  # our own writes raise events too: not ours to act on
+        return context.record("ignored", own.reason, RecordOutcome.IGNORED)
+    try:
+        assessment = assess(services, services.arm.vm_facts(vm))
+        return act.act(context, assessment, holder=uuid.uuid4().hex)
+    except PermanentError as error:
+        return context.unreadable(error)
+    except TransientError as error:
+        return act.queue_retry(context, error)
+
+
+# --- The install queue -----------------------------------------------------------------------
+def handle_install(
+    services: Services, body: bytes | str, dequeue_count: int, message_id: str
+) -> AuditRecord | None:
+    """Re-read and re-decide (the VM may have changed or stopped), then act: the
+    subscription writes and the install. Raises TransientError for the host to retry;
+    records everything else. Returns None when the work goes on in a delayed re-check
+    (an install still running, a guest agent not ready): that message writes the
+    record, and the claim holds. ``message_id`` is the queue message's id, the same on
+    each retry of one message: it keeps a message delivered twice to one install."""
+    context = Context(services, "queue")
+    try:
+        request = InstallRequest.parse(body)
+    except BadMessage as error:
+        reason = f"A malformed install message was dropped: {error}."
+        return services.audit.write(
+            context.record(Outcome.ERROR.value, reason, RecordOutcome.FAILED)
+        )
+    vm = VmRef.parse(request.vm)
+    context = dataclasses.replace(
+        context.for_vm(vm),
+        event_id=request.event_id,
+        correlation_id=request.correlation_id,
+        run_id=request.run_id,
+    )
+    try:
+        try:
+            assessment = act.priced(services, assess(services, services.arm.vm_facts(vm)))
+        except PermanentError as error:
+            record: AuditRecord | None = context.unreadable(error)
+        else:
+            record = act.install(context, assessment, request, message_id)
+    except TransientError as error:
+        services.claims.note_failure(vm.id, f"try {dequeue_count}: {error}")
+        raise
+    if record is None:
+        return None
+    if record.outcome != RecordOutcome.DUPLICATE:  # another delivery holds the claim
+        services.claims.finish(vm.id)
+    return services.audit.write(record)
+
+
+def handle_poison(services: Services, body: bytes | str) -> AuditRecord:
+    """A message that failed every try: record it with its last failure, drop nothing."""
+    context = Context(services, "queue")
+    try:
+        request = InstallRequest.parse(body)
+    except BadMessage as error:
+        reason = f"A malformed message reached the poison queue: {error}."
+        return services.audit.write(
+            context.record(Outcome.ERROR.value, reason, RecordOutcome.POISONED)
+        )
+    vm = VmRef.parse(request.vm)
+    context = dataclasses.replace(
+        context.for_vm(vm), event_id=request.event_id, correlation_id=request.correlation_id
+    )
+    last = services.claims.last_failure(vm.id) or "unknown"
+    services.claims.finish(vm.id)
+    return services.audit.write(
+        context.record(
+            Outcome.ERROR.value,
+            f"The install gave up after every retry; the last failure: {last}",
+            RecordOutcome.POISONED,
+            hint="the next event or the nightly sweep tries again; if ARM keeps refusing, "
+            "check the app's quota and roles",
+        )
+    )

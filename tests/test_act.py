@@ -1,0 +1,499 @@
+"""The act step in the fast tier: plain in-memory stand-ins for the install queue, the
+claims and the ARM gateway (the same methods the shell calls on the real ones), and real
+decisions from the pure core. What is asserted is what Azure and the queue end up
+holding, and the record ops read."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from remediation import act
+from remediation.classify import MDE_PUBLISHER
+from remediation.config import Mode, load
+from remediation.model import (
+    BlockedByExtension,
+    ExtensionFacts,
+    InstallResult,
+    Kind,
+    OperationInProgress,
+    PermanentError,
+    Posture,
+    Power,
+    TransientError,
+    VmFacts,
+    VmNotRunning,
+    VmRef,
+)
+from remediation.queues import InstallRequest
+from remediation.service import Context, Services, assess
+
+SUB = "11111111-1111-1111-1111-111111111111"
+OTHER = "22222222-2222-2222-2222-222222222222"
+BASE = {
+    "REMEDIATION_SUBSCRIPTIONS": f"{SUB},{OTHER}",
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+    "REMEDIATION_RECHECK_SECONDS": "60",
+    "REMEDIATION_RECHECK_MINUTES": "30",
+}
+READY = Posture(SUB, "Standard", "P1", wdatp=True, unified=True, exclude_linux=False)
+NO_WDATP = dataclasses.replace(READY, wdatp=False)  # the integration is off: a setting to write
+UBUNTU = ("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2")
+
+
+def ubuntu(name: str = "vm1", subscription: str = SUB, **more) -> VmFacts:
+    publisher, offer, sku = UBUNTU
+    return VmFacts(
+        vm=VmRef(subscription, "rg", name, more.pop("kind", Kind.VM)),
+        os_type="Linux",
+        publisher=publisher,
+        offer=offer,
+        sku=sku,
+        agent_ready=more.pop("agent_ready", True),
+        power=more.pop("power", Power.RUNNING),
+        **more,
+    )
+
+
+def mde(state: str) -> ExtensionFacts:
+    return ExtensionFacts("MDE.Linux", MDE_PUBLISHER, "MDE.Linux", state)
+
+
+# --- The stand-ins ---------------------------------------------------------------------------
+class Queue:
+    def __init__(self, fails: bool = False) -> None:
+        self.sent: list[tuple[InstallRequest, int]] = []
+        self.fails = fails
+
+    def send(self, request: InstallRequest, delay_seconds: int = 0) -> None:
+        if self.fails:
+            raise ConnectionError("the storage account did not answer")
+        self.sent.append((request, delay_seconds))
+
+
+class Claims:
+    """One claim per VM, as queues.Claims keeps them (its table behaviour is tested
+    against Azurite): held until finished, then for a cooldown."""
+
+    def __init__(self) -> None:
+        self.holders: dict[str, str] = {}
+        self.installing: dict[str, str] = {}
+        self.finished: list[str] = []
+        self.released: list[str] = []
+
+    def take(self, vm: str, holder: str) -> bool:
+        if vm in self.holders:
+            return False
+        self.holders[vm] = holder
+        return True
+
+    def release(self, vm: str, holder: str) -> None:
+        if self.holders.get(vm) == holder:
+            del self.holders[vm]
+            self.installing.pop(vm, None)
+            self.released.append(vm)
+
+    def finish(self, vm: str) -> None:
+        self.installing.pop(vm, None)
+        self.finished.append(vm)
+
+    def begin_install(self, vm: str, token: str) -> bool:
+        mark = self.installing.setdefault(vm, token)
+        return mark == token
+
+    def end_install(self, vm: str, token: str) -> None:
+        if self.installing.get(vm) == token:
+            del self.installing[vm]
+
+
+class Arm:
+    """The gateway's methods the act step calls; what was written is kept."""
+
+    def __init__(self, facts: VmFacts, posture: Posture = READY) -> None:
+        self.facts = {facts.vm.id: facts}
+        self.postures = {SUB: posture, OTHER: dataclasses.replace(posture, subscription=OTHER)}
+        self.pricing: dict[str, str] = {}  # VM id -> its own pricing tier
+        self.result = InstallResult("Succeeded")
+        self.refusal: Exception | None = None
+        self.puts: list[tuple[str, str, bool]] = []  # (vm, extension, waited)
+        self.writes: list[tuple[str, str]] = []  # (subscription, what)
+        self.setting_refusal: Exception | None = None
+
+    def vm_facts(self, vm: VmRef) -> VmFacts:
+        return self.facts[vm.id]
+
+    def posture(self, subscription: str) -> Posture:
+        return self.postures[subscription]
+
+    def vm_pricing(self, vm: VmRef) -> str | None:
+        return self.pricing.get(vm.id)
+
+    def onboarding_package(self, subscription: str, extension: str) -> str:
+        return "b25ib2FyZGluZw=="
+
+    def install_extension(self, facts: VmFacts, extension: str, package: str, *, wait=True):
+        if self.refusal is not None:
+            raise self.refusal
+        self.puts.append((facts.vm.id, extension, wait))
+        return self.result if wait else InstallResult("InProgress", extension=extension)
+
+    def enable_plan(self, subscription: str, plan: str) -> None:
+        self.writes.append((subscription, f"plan {plan}"))
+
+    def set_setting(self, subscription: str, name: str, enabled: bool) -> None:
+        if self.setting_refusal is not None:
+            raise self.setting_refusal
+        self.writes.append((subscription, f"{name}={enabled}"))
+
+
+class Audit:
+    def reinstalls_since_success(self, vm: str) -> int:
+        return 0
+
+
+class States:
+    def __init__(self) -> None:
+        self.written: list[str] = []
+
+    def get(self, vm: str, subscription: str):
+        return None
+
+    def write(self, subscription: str, changes) -> None:
+        self.written += list(changes)
+
+
+class NoStoredScope:
+    def load(self):
+        return None
+
+
+def services(facts: VmFacts, posture: Posture = READY, mode: str = "enforce", **settings):
+    values = BASE | {"REMEDIATION_MODE": mode} | settings
+    return Services(
+        settings=load(values),
+        arm=Arm(facts, posture),  # type: ignore[arg-type]
+        audit=Audit(),  # type: ignore[arg-type]
+        queue=Queue(),  # type: ignore[arg-type]
+        claims=Claims(),  # type: ignore[arg-type]
+        sweeps=None,  # type: ignore[arg-type]
+        tests=None,  # type: ignore[arg-type]
+        states=States(),  # type: ignore[arg-type]
+        scopes=NoStoredScope(),  # type: ignore[arg-type]
+    )
+
+
+def event(running: Services, facts: VmFacts) -> Context:
+    return Context(running, "event", event_id="e1").for_vm(facts.vm)
+
+
+def assessed(running: Services, facts: VmFacts):
+    return assess(running, facts)
+
+
+# --- act: report mode ------------------------------------------------------------------------
+def test_report_mode_records_what_enforce_would_do_and_writes_nothing():
+    facts = ubuntu()
+    running = services(facts, NO_WDATP, mode="report")
+    record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert (record.decision, record.outcome, record.mode) == ("install", "reported", "report")
+    assert record.actions == ("enable-setting:WDATP", "install:MDE.Linux")
+    assert running.queue.sent == [] and running.claims.holders == {}
+    assert running.arm.puts == [] and running.arm.writes == []
+
+
+def test_a_report_sweep_in_an_enforce_app_writes_nothing_either():
+    facts = ubuntu()
+    running = services(facts, NO_WDATP, mode="enforce")
+    context = dataclasses.replace(event(running, facts), trigger="sweep", mode=Mode.REPORT)
+    batch = act.BatchActions()
+    record = act.act(context, assessed(running, facts), holder="run", batch=batch)
+    assert record.outcome == "reported"
+    assert running.arm.writes == [] and running.queue.sent == []
+    assert running.claims.holders == {}
+
+
+def test_nothing_to_do_takes_no_claim():
+    facts = ubuntu(extensions=(mde("Succeeded"),))
+    running = services(facts)
+    record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert (record.decision, record.outcome) == ("compliant", "none")
+    assert running.claims.holders == {} and running.queue.sent == []
+
+
+# --- act: enforce, from an event ----------------------------------------------------------------
+def test_an_event_starts_an_extension_only_install_and_queues_its_watch():
+    facts = ubuntu()
+    running = services(facts)
+    record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert (record.outcome, record.applied) == ("started", True)
+    assert running.arm.puts == [(facts.vm.id, "MDE.Linux", False)]
+    assert running.claims.holders == {facts.vm.id: "h"}
+    [(watch, delay)] = running.queue.sent
+    assert watch.vm == facts.vm.id and watch.install_started and delay == 60
+
+
+def test_an_event_with_a_setting_to_write_queues_the_whole_install():
+    facts = ubuntu()
+    running = services(facts, NO_WDATP)
+    record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert record.outcome == "queued"
+    assert running.arm.puts == [] and running.arm.writes == []  # the queue writes them
+    [(request, delay)] = running.queue.sent
+    assert (request.vm, request.install_started, delay) == (facts.vm.id, "", 0)
+    assert running.claims.holders == {facts.vm.id: "h"}
+
+
+def test_a_machine_already_claimed_is_a_duplicate_and_nothing_is_sent():
+    facts = ubuntu()
+    running = services(facts)
+    running.claims.take(facts.vm.id, "someone else")
+    record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert record.outcome == "duplicate"
+    assert "already queued" in record.reason
+    assert running.queue.sent == [] and running.arm.puts == []
+
+
+def test_a_send_that_fails_gives_the_claim_back_and_reports_an_outage():
+    facts = ubuntu()
+    running = services(facts, NO_WDATP)
+    running.queue.fails = True
+    with pytest.raises(TransientError, match="claim was given back"):
+        act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert running.claims.holders == {}
+    assert running.claims.released == [facts.vm.id]
+
+
+def test_the_event_honours_the_vms_own_pricing_opt_out_before_any_put():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.pricing[facts.vm.id] = "Free"
+    record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert (record.decision, record.outcome) == ("exclude", "skipped")
+    assert running.arm.puts == [] and running.queue.sent == []
+    assert running.claims.finished == [facts.vm.id]
+
+
+def test_a_put_the_event_cannot_start_goes_to_the_install_queue():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.refusal = OperationInProgress("another operation is running")
+    record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert record.outcome == "queued"
+    [(request, delay)] = running.queue.sent
+    assert (request.install_started, delay) == ("", 0)
+
+
+def test_a_watch_that_cannot_be_queued_still_records_the_started_install():
+    facts = ubuntu()
+    running = services(facts)
+    running.queue.fails = True
+    record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert record.outcome == "started"
+    assert "the watch could not be queued" in record.hint
+    assert running.arm.puts == [(facts.vm.id, "MDE.Linux", False)]
+
+
+def test_an_event_queues_a_recheck_of_an_install_in_progress_and_a_sweep_does_not():
+    facts = ubuntu(extensions=(mde("Creating"),))
+    running = services(facts)
+    record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert (record.decision, record.outcome) == ("defer", "queued")
+    assert [delay for _, delay in running.queue.sent] == [60]
+    swept = services(facts)
+    context = dataclasses.replace(event(swept, facts), trigger="sweep")
+    record = act.act(context, assessed(swept, facts), holder="run", batch=act.BatchActions())
+    assert (record.decision, record.outcome) == ("defer", "none")
+    assert swept.queue.sent == []
+
+
+def test_an_outage_while_assessing_queues_a_retry_under_a_claim():
+    facts = ubuntu()
+    running = services(facts)
+    record = act.queue_retry(event(running, facts), TransientError("ARM answered 503"))
+    assert (record.decision, record.outcome) == ("defer", "queued")
+    assert running.claims.holders == {facts.vm.id: "e1"}
+    assert [r.vm for r, _ in running.queue.sent] == [facts.vm.id]
+
+
+def test_an_outage_with_the_machine_already_claimed_is_recorded_unavailable():
+    facts = ubuntu()
+    running = services(facts)
+    running.claims.take(facts.vm.id, "other")
+    record = act.queue_retry(event(running, facts), TransientError("ARM answered 503"))
+    assert (record.decision, record.outcome) == ("undecided", "unavailable")
+    assert running.queue.sent == []
+
+
+# --- act: enforce, from a sweep batch ---------------------------------------------------------
+def test_a_batch_writes_a_subscription_setting_once_and_queues_each_install():
+    first, second = ubuntu("vm1"), ubuntu("vm2")
+    running = services(first, NO_WDATP)
+    running.arm.facts[second.vm.id] = second
+    batch = act.BatchActions()
+    records = []
+    for facts in (first, second):
+        context = dataclasses.replace(event(running, facts), trigger="sweep")
+        records.append(act.act(context, assessed(running, facts), holder="run", batch=batch))
+    assert [r.outcome for r in records] == ["queued", "queued"]
+    assert running.arm.writes == [(SUB, "WDATP=True")]
+    assert [r.vm for r, _ in running.queue.sent] == [first.vm.id, second.vm.id]
+    assert running.claims.holders == {first.vm.id: "run", second.vm.id: "run"}
+    assert running.arm.puts == []  # the install queue PUTs
+
+
+def test_a_refused_subscription_write_blocks_the_install_and_takes_no_claim():
+    facts = ubuntu()
+    running = services(facts, NO_WDATP)
+    running.arm.setting_refusal = PermanentError("403 AuthorizationFailed", hint="Security Admin")
+    context = dataclasses.replace(event(running, facts), trigger="sweep")
+    record = act.act(context, assessed(running, facts), holder="run", batch=act.BatchActions())
+    assert (record.decision, record.outcome) == ("blocked", "failed")
+    assert record.hint == "Security Admin"
+    assert running.claims.holders == {} and running.queue.sent == []
+
+
+def test_a_batch_whose_send_fails_gives_the_claim_back():
+    facts = ubuntu()
+    running = services(facts)
+    running.queue.fails = True
+    context = dataclasses.replace(event(running, facts), trigger="sweep")
+    with pytest.raises(TransientError):
+        act.act(context, assessed(running, facts), holder="run", batch=act.BatchActions())
+    assert running.claims.holders == {}
+
+
+# --- install: the install queue --------------------------------------------------------------
+def request(facts: VmFacts, **more) -> InstallRequest:
+    now = datetime.now(UTC).isoformat()
+    return InstallRequest(vm=facts.vm.id, trigger="event", requested_at=now, **more)
+
+
+def queued(running: Services, facts: VmFacts) -> Context:
+    return Context(running, "queue").for_vm(facts.vm)
+
+
+def test_the_queue_writes_the_settings_then_installs_and_records_success():
+    facts = ubuntu()
+    running = services(facts, NO_WDATP)
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m1")
+    assert (record.outcome, record.install_state) == ("succeeded", "Succeeded")
+    assert running.arm.writes == [(SUB, "WDATP=True")]
+    assert running.arm.puts == [(facts.vm.id, "MDE.Linux", True)]
+
+
+def test_a_message_delivered_twice_puts_once():
+    facts = ubuntu()
+    running = services(facts)
+    context, assessment = queued(running, facts), assessed(running, facts)
+    first = act.install(context, assessment, request(facts), "message-1")
+    again = act.install(context, assessment, request(facts), "message-1-copy")
+    assert first.outcome == "succeeded"
+    assert again.outcome == "duplicate"
+    assert running.arm.puts == [(facts.vm.id, "MDE.Linux", True)]
+
+
+def test_a_retry_of_the_same_message_may_put_again():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.refusal = TransientError("ARM answered 503")
+    context, assessment = queued(running, facts), assessed(running, facts)
+    with pytest.raises(TransientError):
+        act.install(context, assessment, request(facts), "message-1")
+    running.arm.refusal = None
+    record = act.install(context, assessment, request(facts), "message-1")
+    assert record.outcome == "succeeded"
+
+
+def test_the_queue_in_report_mode_records_and_installs_nothing():
+    facts = ubuntu()
+    running = services(facts, NO_WDATP, mode="report")
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert record.outcome == "reported"
+    assert running.arm.writes == [] and running.arm.puts == []
+
+
+def test_an_install_that_ends_failed_is_recorded_failed_with_its_hint():
+    facts = ubuntu(kind=Kind.ARC)
+    running = services(facts)
+    running.arm.result = InstallResult("Failed", "MDE.Linux ended Failed", "MDE.Linux")
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert (record.decision, record.outcome, record.install_state) == ("error", "failed", "Failed")
+
+
+def test_a_failed_operation_that_names_another_extension_is_blocked_by_it():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.result = InstallResult("Failed", "VM has reported a failure", "CustomScript")
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert (record.decision, record.outcome) == ("blocked", "failed")
+    assert "'CustomScript'" in record.reason and "CustomScript" in record.hint
+
+
+def test_compute_refusing_for_a_failed_extension_names_it():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.refusal = BlockedByExtension("refused", "OmsAgentForLinux")
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert (record.decision, record.outcome) == ("blocked", "failed")
+    assert "'OmsAgentForLinux'" in record.hint
+
+
+def test_a_stopped_vm_defers_and_frees_the_install_mark():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.refusal = VmNotRunning("Cannot modify extensions in the VM when it is not running")
+    running.arm.facts[facts.vm.id] = dataclasses.replace(facts, power=Power.DEALLOCATED)
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert (record.outcome, record.reason) == (
+        "deferred",
+        "The VM is deallocated: MDE.Linux is installed when it next starts.",
+    )
+    assert running.claims.installing == {}
+
+
+def test_an_install_still_running_is_checked_again_later_under_the_claim():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.result = InstallResult("InProgress")
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert record is None
+    [(again, delay)] = running.queue.sent
+    assert again.install_started and delay == 60
+
+
+def test_the_recheck_window_runs_from_the_install_not_the_request():
+    facts = ubuntu(extensions=(mde("Creating"),))
+    running = services(facts)
+    long_ago = (datetime.now(UTC) - timedelta(minutes=45)).isoformat()
+    just_now = datetime.now(UTC).isoformat()
+    late = InstallRequest(facts.vm.id, "event", requested_at=long_ago, install_started=just_now)
+    assert act.install(queued(running, facts), assessed(running, facts), late, "m") is None
+    assert len(running.queue.sent) == 1
+    gone = dataclasses.replace(late, install_started=long_ago)
+    record = act.install(queued(running, facts), assessed(running, facts), gone, "m")
+    assert (record.decision, record.outcome) == ("error", "failed")
+    assert "still not Succeeded after 30 minutes" in record.reason
+
+
+def test_a_refusal_other_than_stopped_or_busy_is_a_failure_with_a_hint():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.refusal = PermanentError("403 AuthorizationFailed", status=403, hint="the role")
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert (record.decision, record.outcome, record.hint) == ("blocked", "failed", "the role")
+
+
+def test_the_watch_of_our_install_records_its_end():
+    facts = ubuntu(extensions=(mde("Succeeded"),))
+    running = services(facts)
+    watch = request(facts, install_started=datetime.now(UTC).isoformat())
+    record = act.install(queued(running, facts), assessed(running, facts), watch, "m")
+    assert (record.decision, record.outcome) == ("install", "succeeded")
+    assert running.arm.puts == []
+    failed = ubuntu(extensions=(dataclasses.replace(mde("Failed"), code=31),))
+    running = services(failed)
+    record = act.install(queued(running, failed), assessed(running, failed), watch, "m")
+    assert (record.outcome, record.install_code) == ("failed", 31)
+
