@@ -63,7 +63,8 @@ lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(pytest|hypothesis|ruff|mypy|trustme|playwright)==' \
 	  | sed '1i # Transitive pins, from pip freeze of requirements-dev.txt; refresh with `make lock`.' > constraints.txt
 
-# Mutation testing (mutmut) of the core -- policy, classify, events, config, scope -- against its
+# Mutation testing (mutmut) of the core -- policy, classify, facts, events, config, scope -- and
+# of the act step, against their
 # unit tests; fails when a file has under 90% of its mutants killed (about 15 minutes).
 .PHONY: mutation
 mutation: $(STAMP)

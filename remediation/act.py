@@ -200,6 +200,7 @@ def _start(context: Context, assessment: Assessment, holder: str) -> AuditRecord
         package = services.arm.onboarding_package(vm.subscription, extension)
         services.arm.install_extension(assessment.facts, extension, package, wait=False)
     except Exception as error:  # nothing was installed: the queue's install does it all
+        services.claims.end_install(vm.id, holder)  # so the queued delivery may PUT
         # Our own errors' text is safe to log; another's may quote a request: its type only.
         why = str(error) if isinstance(error, RemediationError) else type(error).__name__
         log.info(logfmt([("vm", vm.id), ("outcome", "to-queue"), ("reason", why)]))

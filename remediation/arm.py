@@ -58,9 +58,11 @@ from azure.mgmt.security.v2024_01_01.models import Pricing
 if TYPE_CHECKING:
     from azure.mgmt.hybridcompute import HybridComputeManagementClient
 
-from remediation.classify import (
-    MDE_PUBLISHER,
-    MDE_WINDOWS,
+from remediation.classify import MDE_PUBLISHER, MDE_WINDOWS
+from remediation.facts import (
+    CONTAINERS_QUERY,
+    SCALE_SETS_QUERY,
+    SWEEP_QUERY,
     facts_from_arc,
     facts_from_arm,
     facts_from_graph,
@@ -85,57 +87,6 @@ log = logging.getLogger(__name__)
 
 GRAPH_PAGE = 1000  # Resource Graph's largest page
 GRAPH_SUBSCRIPTIONS = 1000  # subscriptions a request names at most (the Azure CLI batches them so)
-# The sweep's inventory: every VM and Arc machine with its extensions, one row each, in id
-# order so that $skipToken paging works. Both machine types and both extension types are in
-# the resources table (Resource Graph's Arc sample queries: "List all extensions installed
-# on an Azure Arc-enabled server"). Resource Graph has no extension instance view, so a
-# Failed extension's error code comes from ARM when an install re-reads the machine.
-SWEEP_QUERY = """
-resources
-| where type in~ ('microsoft.compute/virtualmachines', 'microsoft.hybridcompute/machines')
-| extend machineKey = tolower(id)
-| join kind=leftouter (
-    resources
-    | where type in~ ('microsoft.compute/virtualmachines/extensions',
-        'microsoft.hybridcompute/machines/extensions')
-    | extend machineKey = tolower(substring(id, 0, indexof(id, '/extensions/')))
-    | summarize extensions = make_list(pack('name', name, 'publisher', properties.publisher,
-        'type', properties.type, 'provisioningState', properties.provisioningState)) by machineKey
-  ) on machineKey
-| project id, location, tags,
-    imageReference = properties.storageProfile.imageReference,
-    osType = tostring(properties.storageProfile.osDisk.osType),
-    licenseType = tostring(properties.licenseType),
-    vmId = tostring(properties.vmId),
-    instanceView = properties.extended.instanceView,
-    status = tostring(properties.status),
-    osName = tostring(properties.osName),
-    osSku = tostring(properties.osSku),
-    osVersion = tostring(properties.osVersion),
-    arcOsType = tostring(properties.osType),
-    cloudProvider = tostring(properties.cloudMetadata.provider),
-    extensions
-| order by id asc
-"""
-# The subscriptions of a scope with their display names and management groups: the
-# resourcecontainers table ("name" is the display name; properties.managementGroupAncestorsChain
-# lists {name, displayName} from the parent up: Resource Graph's management-group samples).
-CONTAINERS_QUERY = """
-resourcecontainers
-| where type =~ 'microsoft.resources/subscriptions'
-| project subscriptionId, name, state = tostring(properties.state),
-    managementGroups = properties.managementGroupAncestorsChain
-| order by subscriptionId asc
-"""
-# Uniform scale sets: their instances take extensions from the scale set's model, not this
-# app's. An old scale set may carry no orchestrationMode: it is Uniform.
-SCALE_SETS_QUERY = """
-resources
-| where type =~ 'microsoft.compute/virtualmachinescalesets'
-| where tostring(properties.orchestrationMode) !~ 'Flexible'
-| summarize scaleSets = count(), instances = sum(toint(sku.capacity)) by subscriptionId
-| order by subscriptionId asc
-"""
 SETTINGS = ("WDATP", "WDATP_UNIFIED_SOLUTION", "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW")
 # A deadline for all the ARM calls of one handler, shorter than the worker's budget:
 # Event Grid waits 30 s for an answer, then delivers again (delivery-and-retry docs).

@@ -283,6 +283,11 @@ def test_a_put_the_event_cannot_start_goes_to_the_install_queue():
     assert record.outcome == "queued"
     [(request, delay)] = running.queue.sent
     assert (request.install_started, delay) == ("", 0)
+    running.arm.refusal = None  # the queued delivery may PUT: the event's mark is gone
+    queued_record = act.install(
+        queued(running, facts), assessed(running, facts), request, "queued-message"
+    )
+    assert queued_record.outcome == "succeeded"
 
 
 def test_a_watch_that_cannot_be_queued_still_records_the_started_install():
@@ -496,4 +501,3 @@ def test_the_watch_of_our_install_records_its_end():
     running = services(failed)
     record = act.install(queued(running, failed), assessed(running, failed), watch, "m")
     assert (record.outcome, record.install_code) == ("failed", 31)
-

@@ -6,8 +6,9 @@ import base64
 import pytest
 
 from localazure import LocalAzure
-from remediation.arm import SWEEP_QUERY, ArmGateway, build_credential
-from remediation.classify import facts_from_arm
+from remediation.arm import ArmGateway, build_credential
+from remediation.facts import SWEEP_QUERY
+from remediation.facts import facts_from_arm
 from remediation.model import (
     ExtensionFacts,
     OperationInProgress,

@@ -8,9 +8,8 @@ from remediation.classify import (
     Protection,
     Support,
     classify,
-    facts_from_arm,
-    facts_from_graph,
 )
+from remediation.facts import facts_from_arm, facts_from_graph
 from remediation.model import ExtensionFacts, Power, VmFacts, VmRef
 
 SUB = "11111111-1111-1111-1111-111111111111"
@@ -1043,3 +1042,9 @@ FINDINGS_TABLE = [
 def test_the_monitoring_agent_finding(extensions, power, publisher, findings):
     vm = lin(publisher, "UbuntuServer", "22_04-lts", extensions=extensions, power=power)
     assert classify(vm, TAG).findings == findings
+
+
+def test_no_exclusion_tag_set_excludes_nothing_even_a_tag_with_an_empty_name():
+    tagged = lin("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2", tags={"": "yes"})
+    assert classify(tagged, "").opt_out == ""
+    assert classify(tagged, TAG).opt_out == ""

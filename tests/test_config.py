@@ -574,3 +574,9 @@ def test_the_example_settings_and_the_readme_name_every_setting():
 def test_pages_sign_in_is_off_unless_entra(value, on):
     assert load(MINIMAL | {"REMEDIATION_PAGES_SIGN_IN": value}).pages_sign_in is on
     assert load(MINIMAL).pages_sign_in is False
+
+
+def test_a_list_of_only_separators_and_blanks_is_the_empty_list_it_is():
+    assert problems_with(MINIMAL | {"REMEDIATION_SUBSCRIPTIONS": ",\t,"}) == [
+        "REMEDIATION_SUBSCRIPTIONS=',\\t,': required: a comma-separated list of subscription ids"
+    ]

@@ -15,9 +15,8 @@ from remediation.classify import (
     Protection,
     Support,
     classify,
-    facts_from_arc,
-    facts_from_graph,
 )
+from remediation.facts import facts_from_arc, facts_from_graph
 from remediation.config import load
 from remediation.events import Ignored, VmEvent, parse
 from remediation.model import (

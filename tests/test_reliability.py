@@ -12,7 +12,8 @@ import pytest
 from localazure import Faults, Subscription
 from localazure.compute import vm_json
 from localazure.estate import ARC_CATALOGUE, arc_machine
-from remediation.classify import Support, classify, facts_from_arm
+from remediation.classify import Support, classify
+from remediation.facts import facts_from_arm
 from remediation.config import load
 from remediation.model import Power
 from tests.conftest import APP, SUB, generated_estate
