@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from azure.mgmt.hybridcompute import HybridComputeManagementClient
 
 from remediation.classify import MDE_PUBLISHER, MDE_WINDOWS
+from remediation.config import Settings
 from remediation.facts import (
     CONTAINERS_QUERY,
     SCALE_SETS_QUERY,
@@ -67,7 +68,6 @@ from remediation.facts import (
     facts_from_arm,
     facts_from_graph,
 )
-from remediation.config import Settings
 from remediation.model import (
     BlockedByExtension,
     InstallResult,

@@ -199,8 +199,10 @@ def test_report_mode_records_what_enforce_would_do_and_writes_nothing():
     record = act.act(event(running, facts), assessed(running, facts), holder="h")
     assert (record.decision, record.outcome, record.mode) == ("install", "reported", "report")
     assert record.actions == ("enable-setting:WDATP", "install:MDE.Linux")
-    assert running.queue.sent == [] and running.claims.holders == {}
-    assert running.arm.puts == [] and running.arm.writes == []
+    assert running.queue.sent == []
+    assert running.claims.holders == {}
+    assert running.arm.puts == []
+    assert running.arm.writes == []
 
 
 def test_a_report_sweep_in_an_enforce_app_writes_nothing_either():
@@ -210,7 +212,8 @@ def test_a_report_sweep_in_an_enforce_app_writes_nothing_either():
     batch = act.BatchActions()
     record = act.act(context, assessed(running, facts), holder="run", batch=batch)
     assert record.outcome == "reported"
-    assert running.arm.writes == [] and running.queue.sent == []
+    assert running.arm.writes == []
+    assert running.queue.sent == []
     assert running.claims.holders == {}
 
 
@@ -219,7 +222,8 @@ def test_nothing_to_do_takes_no_claim():
     running = services(facts)
     record = act.act(event(running, facts), assessed(running, facts), holder="h")
     assert (record.decision, record.outcome) == ("compliant", "none")
-    assert running.claims.holders == {} and running.queue.sent == []
+    assert running.claims.holders == {}
+    assert running.queue.sent == []
 
 
 # --- act: enforce, from an event ----------------------------------------------------------------
@@ -231,7 +235,9 @@ def test_an_event_starts_an_extension_only_install_and_queues_its_watch():
     assert running.arm.puts == [(facts.vm.id, "MDE.Linux", False)]
     assert running.claims.holders == {facts.vm.id: "h"}
     [(watch, delay)] = running.queue.sent
-    assert watch.vm == facts.vm.id and watch.install_started and delay == 60
+    assert watch.vm == facts.vm.id
+    assert watch.install_started
+    assert delay == 60
 
 
 def test_an_event_with_a_setting_to_write_queues_the_whole_install():
@@ -239,7 +245,8 @@ def test_an_event_with_a_setting_to_write_queues_the_whole_install():
     running = services(facts, NO_WDATP)
     record = act.act(event(running, facts), assessed(running, facts), holder="h")
     assert record.outcome == "queued"
-    assert running.arm.puts == [] and running.arm.writes == []  # the queue writes them
+    assert running.arm.puts == []
+    assert running.arm.writes == []
     [(request, delay)] = running.queue.sent
     assert (request.vm, request.install_started, delay) == (facts.vm.id, "", 0)
     assert running.claims.holders == {facts.vm.id: "h"}
@@ -252,7 +259,8 @@ def test_a_machine_already_claimed_is_a_duplicate_and_nothing_is_sent():
     record = act.act(event(running, facts), assessed(running, facts), holder="h")
     assert record.outcome == "duplicate"
     assert "already queued" in record.reason
-    assert running.queue.sent == [] and running.arm.puts == []
+    assert running.queue.sent == []
+    assert running.arm.puts == []
 
 
 def test_a_send_that_fails_gives_the_claim_back_and_reports_an_outage():
@@ -271,7 +279,8 @@ def test_the_event_honours_the_vms_own_pricing_opt_out_before_any_put():
     running.arm.pricing[facts.vm.id] = "Free"
     record = act.act(event(running, facts), assessed(running, facts), holder="h")
     assert (record.decision, record.outcome) == ("exclude", "skipped")
-    assert running.arm.puts == [] and running.queue.sent == []
+    assert running.arm.puts == []
+    assert running.queue.sent == []
     assert running.claims.finished == [facts.vm.id]
 
 
@@ -356,7 +365,8 @@ def test_a_refused_subscription_write_blocks_the_install_and_takes_no_claim():
     record = act.act(context, assessed(running, facts), holder="run", batch=act.BatchActions())
     assert (record.decision, record.outcome) == ("blocked", "failed")
     assert record.hint == "Security Admin"
-    assert running.claims.holders == {} and running.queue.sent == []
+    assert running.claims.holders == {}
+    assert running.queue.sent == []
 
 
 def test_a_batch_whose_send_fails_gives_the_claim_back():
@@ -416,7 +426,8 @@ def test_the_queue_in_report_mode_records_and_installs_nothing():
     running = services(facts, NO_WDATP, mode="report")
     record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
     assert record.outcome == "reported"
-    assert running.arm.writes == [] and running.arm.puts == []
+    assert running.arm.writes == []
+    assert running.arm.puts == []
 
 
 def test_an_install_that_ends_failed_is_recorded_failed_with_its_hint():
@@ -433,7 +444,8 @@ def test_a_failed_operation_that_names_another_extension_is_blocked_by_it():
     running.arm.result = InstallResult("Failed", "VM has reported a failure", "CustomScript")
     record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
     assert (record.decision, record.outcome) == ("blocked", "failed")
-    assert "'CustomScript'" in record.reason and "CustomScript" in record.hint
+    assert "'CustomScript'" in record.reason
+    assert "CustomScript" in record.hint
 
 
 def test_compute_refusing_for_a_failed_extension_names_it():
@@ -465,7 +477,8 @@ def test_an_install_still_running_is_checked_again_later_under_the_claim():
     record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
     assert record is None
     [(again, delay)] = running.queue.sent
-    assert again.install_started and delay == 60
+    assert again.install_started
+    assert delay == 60
 
 
 def test_the_recheck_window_runs_from_the_install_not_the_request():

@@ -7,8 +7,7 @@ import pytest
 
 from localazure import LocalAzure
 from remediation.arm import ArmGateway, build_credential
-from remediation.facts import SWEEP_QUERY
-from remediation.facts import facts_from_arm
+from remediation.facts import SWEEP_QUERY, facts_from_arm
 from remediation.model import (
     ExtensionFacts,
     OperationInProgress,

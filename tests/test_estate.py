@@ -16,9 +16,9 @@ from remediation.classify import (
     Support,
     classify,
 )
-from remediation.facts import facts_from_arc, facts_from_graph
 from remediation.config import load
 from remediation.events import Ignored, VmEvent, parse
+from remediation.facts import facts_from_arc, facts_from_graph
 from remediation.model import (
     History,
     InvalidResourceId,

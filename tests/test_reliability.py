@@ -13,8 +13,8 @@ from localazure import Faults, Subscription
 from localazure.compute import vm_json
 from localazure.estate import ARC_CATALOGUE, arc_machine
 from remediation.classify import Support, classify
-from remediation.facts import facts_from_arm
 from remediation.config import load
+from remediation.facts import facts_from_arm
 from remediation.model import Power
 from tests.conftest import APP, SUB, generated_estate
 from tests.test_service import ENFORCE, estate, new_vm
