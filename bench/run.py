@@ -237,13 +237,13 @@ def measure_sweep(instances: int, nights: int = 2) -> dict[str, Any]:
     worker processes, each a Functions instance, run function_app's sweep_batch from that
     queue under the host's polling. The first night, then `nights - 1` nights on the same
     estate with nothing changed."""
-    from remediation import sweep
+    from remediation import runs
     from remediation.bootstrap import services
 
     storage = StorageCounter()
     running = services()
     timing = Timing(running)
-    request = sweep.SweepRequest(
+    request = runs.SweepRequest(
         tuple(sorted(running.settings.subscriptions)), running.settings.mode, "cli"
     )
     results = []
@@ -284,10 +284,10 @@ def _night(
     first: bool,
 ) -> dict[str, Any]:
     """One sweep through the worker processes, and what it cost."""
-    from remediation import sweep
+    from remediation import runs, sweep
     from remediation.audit import Query
 
-    store = sweep.RunStore(running.audit.table)
+    store = runs.RunStore(running.audit.table)
     before = dict(running.arm.counter.total)
     started = time.time()
     run = sweep.start(running, request, send=running.sweeps.send_text)

@@ -42,9 +42,9 @@ from html import escape
 
 from remediation.audit import AuditRecord, Query
 from remediation.model import UNDECIDED, coverage_percent, percent_text
+from remediation.runs import Run, RunStore
 from remediation.scope import WIRE_COMMAND, Scope
 from remediation.service import Services
-from remediation.sweep import Run, RunStore
 
 WINDOW = timedelta(days=30)
 HUMAN_ROWS = 200  # rows of "Needs a human" on the page; the rest are counted

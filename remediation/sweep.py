@@ -23,20 +23,10 @@ import json
 import logging
 import re
 import time
-import uuid
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
-from azure.data.tables import TableClient, UpdateMode
 
 from remediation import defender
 from remediation.act import BatchActions, act
@@ -52,19 +42,21 @@ from remediation.model import (
     TransientError,
     Verification,
     VmFacts,
-    coverage_percent,
+    covered,
     load_json,
 )
 from remediation.policy import verify
+from remediation.runs import (
+    BatchResult,
+    Run,
+    RunStore,
+    SweepRequest,
+    SweepRunning,
+)
 from remediation.scope import Resolution, refresh
 from remediation.service import Assessment, Context, Services, assess, record_dropped
-from remediation.tables import LOCK_PARTITION, RUN_PARTITION, replace_if_unchanged
 
 SCHEMA = "sweep-batch/1"
-# A run that beat no heartbeat for this long is taken for dead. Longer than the queue's
-# visibility timeout (a batch on a worker that died becomes visible again after it)
-# and than the gap between two beats of a working batch (HEARTBEAT_EVERY).
-STALE_AFTER = timedelta(minutes=30)
 WRITE_EVERY = 1000  # a batch writes its records this many at a time (a page of inventory)
 HEARTBEAT_EVERY = timedelta(minutes=1)
 MAX_BODY = 64 * 1024
@@ -77,20 +69,6 @@ class InvalidSweepRequest(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
-
-
-class SweepRunning(RuntimeError):
-    def __init__(self, run_id: str, subscription: str) -> None:
-        super().__init__(f"a sweep ({run_id}) is already running for subscription {subscription}")
-        self.run_id = run_id
-        self.subscription = subscription
-
-
-@dataclass(frozen=True)
-class SweepRequest:
-    subscriptions: tuple[str, ...]  # () = the whole scope, as resolved when the run starts
-    mode: Mode
-    trigger: str  # sweep (timer), http, cli
 
 
 def parse_request(body: bytes, settings: Settings, trigger: str = "http") -> SweepRequest:
@@ -135,351 +113,6 @@ def parse_request(body: bytes, settings: Settings, trigger: str = "http") -> Swe
     if problems:
         raise InvalidSweepRequest(problems)
     return SweepRequest(tuple(subscriptions), mode, trigger)
-
-
-# --- Runs, batches, locks: entities in the audit table --------------------------------
-@dataclass
-class Run:
-    run_id: str
-    mode: str
-    trigger: str
-    subscriptions: list[str]
-    batches: int
-    started: datetime
-    status: str = "running"  # running, done, failed (abandoned: interrupted or silent)
-    finished: datetime | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
-    heartbeat: datetime | None = None
-    # Uniform scale sets in its subscriptions and their instances, counted when it started.
-    uniform: tuple[int, int] = (0, 0)
-
-    def stale(self, now: datetime) -> bool:
-        """Running, and silent for longer than any working batch stays silent."""
-        last = self.heartbeat or self.started
-        return self.status == "running" and now - last > STALE_AFTER
-
-    def to_json(self) -> dict[str, Any]:
-        value = asdict(self)
-        value["started"] = self.started.isoformat()
-        value["finished"] = self.finished.isoformat() if self.finished else None
-        value["heartbeat"] = self.heartbeat.isoformat() if self.heartbeat else None
-        return value
-
-
-@dataclass
-class BatchResult:
-    vms: int = 0
-    decisions: Counter[str] = field(default_factory=Counter)
-    platforms: Counter[str] = field(default_factory=Counter)
-    kinds: Counter[str] = field(default_factory=Counter)  # vm, arc
-    eligible_running: int = 0
-    covered: int = 0
-    actions: int = 0  # actions taken (enforce) or planned (report)
-    capped: int = 0  # VMs blocked by the cap
-    errors: int = 0
-    unavailable: int = 0  # VMs Azure did not answer for (an outage, not an error)
-    verification: Counter[str] = field(default_factory=Counter)  # Succeeded VMs only
-    findings: Counter[str] = field(default_factory=Counter)
-    arm_requests: int = 0
-    graph_requests: int = 0
-    failed: str = ""  # why the batch gave up, for a poisoned batch
-
-
-class RunStore:
-    def __init__(self, table: TableClient) -> None:
-        self._table = table
-
-    def new_run(
-        self,
-        request: SweepRequest,
-        batches: int,
-        now: datetime | None = None,
-        uniform: tuple[int, int] = (0, 0),
-    ) -> Run:
-        started = now or datetime.now(UTC)
-        run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-        run = Run(
-            run_id,
-            request.mode.value,
-            request.trigger,
-            list(request.subscriptions),
-            batches,
-            started,
-            uniform=uniform,
-        )
-        self._lock(run)
-        try:
-            self._record_run(run)
-        except BaseException:
-            for subscription in run.subscriptions:
-                self._release_lock(subscription, run.run_id)
-            raise
-        return run
-
-    def _record_run(self, run: Run) -> None:
-        self._table.create_entity(
-            {
-                "PartitionKey": RUN_PARTITION,
-                "RowKey": run.run_id,
-                "mode": run.mode,
-                "trigger": run.trigger,
-                "subscriptions": ",".join(run.subscriptions),
-                "batches": run.batches,
-                "started": run.started,
-                "heartbeat": run.started,
-                "status": "running",
-                "actions_used": 0,
-                "summary": "{}",
-                "uniform_scale_sets": run.uniform[0],
-                "uniform_instances": run.uniform[1],
-            }
-        )
-
-    def _lock(self, run: Run) -> None:
-        taken: list[str] = []
-        try:
-            for subscription in run.subscriptions:
-                self._take_lock(subscription, run)
-                taken.append(subscription)
-        except BaseException:  # refused, or storage failed, or Ctrl-C: leave no lock behind
-            for subscription in taken:
-                self._release_lock(subscription, run.run_id)
-            raise
-
-    def _take_lock(self, subscription: str, run: Run) -> None:
-        entity = {
-            "PartitionKey": LOCK_PARTITION,
-            "RowKey": subscription,
-            "run_id": run.run_id,
-            "taken": run.started,
-        }
-        with contextlib.suppress(ResourceExistsError):
-            self._table.create_entity(entity)
-            return
-        with contextlib.suppress(ResourceNotFoundError):
-            current = self._table.get_entity(LOCK_PARTITION, subscription)
-            holder = self.get(str(current["run_id"]))
-            taken = current.get("taken") or run.started - STALE_AFTER - STALE_AFTER
-            if holder is None and run.started - taken <= STALE_AFTER:
-                # its run is being recorded (runs lock first, then write their row)
-                raise SweepRunning(str(current["run_id"]), subscription)
-            if holder is not None and holder.stale(run.started):
-                last = f"{holder.heartbeat or holder.started:%Y-%m-%d %H:%M:%S} UTC"
-                why = f"no sign of life since {last}; {run.run_id} took over"
-                self.abandon(holder.run_id, why)  # which frees this lock too
-            elif holder is not None and holder.status == "running":
-                raise SweepRunning(holder.run_id, subscription)
-            elif replace_if_unchanged(self._table, entity, current.metadata["etag"]):
-                return  # a finished run's lock, left behind
-        try:  # the lock was freed meanwhile: take it, unless another run was quicker
-            self._table.create_entity(entity)
-        except ResourceExistsError:
-            current = self._table.get_entity(LOCK_PARTITION, subscription)
-            raise SweepRunning(str(current["run_id"]), subscription) from None
-
-    def _release_lock(self, subscription: str, run_id: str) -> None:
-        # gone, or replaced meanwhile by a run that took over: not ours to delete
-        with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
-            current = self._table.get_entity(LOCK_PARTITION, subscription)
-            if current["run_id"] == run_id:
-                self._table.delete_entity(
-                    LOCK_PARTITION,
-                    subscription,
-                    etag=current.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
-
-    def get(self, run_id: str) -> Run | None:
-        try:
-            entity = self._table.get_entity(RUN_PARTITION, run_id)
-        except ResourceNotFoundError:
-            return None
-        return Run(
-            run_id=run_id,
-            mode=entity["mode"],
-            trigger=entity["trigger"],
-            subscriptions=[s for s in entity["subscriptions"].split(",") if s],
-            batches=int(entity["batches"]),
-            started=entity["started"],
-            status=entity["status"],
-            finished=entity.get("finished"),
-            summary=json.loads(entity.get("summary") or "{}"),
-            heartbeat=entity.get("heartbeat"),
-            uniform=(
-                int(entity.get("uniform_scale_sets") or 0),
-                int(entity.get("uniform_instances") or 0),
-            ),
-        )
-
-    def beat(self, run_id: str, now: datetime | None = None) -> bool:
-        """A sign of life from a batch at work. False, and no beat, when the run was
-        closed meanwhile (abandoned, or taken over): the batch should stop."""
-        while True:  # other batches beat too: on a lost race, read again
-            try:
-                entity = self._table.get_entity(RUN_PARTITION, run_id)
-            except ResourceNotFoundError:
-                return False
-            if entity["status"] != "running":
-                return False
-            entity["heartbeat"] = now or _utcnow()
-            # ETag-conditional: a beat never reopens a run closed since it was read.
-            if replace_if_unchanged(self._table, entity, entity.metadata["etag"], UpdateMode.MERGE):
-                return True
-
-    def abandon(self, run_id: str, why: str) -> Run | None:
-        """Close a running run as failed and free its subscriptions. Returns the run as
-        closed, or None when it is unknown or already finished (nothing to do)."""
-        while True:
-            try:
-                entity = self._table.get_entity(RUN_PARTITION, run_id)
-            except ResourceNotFoundError:
-                return None
-            if entity["status"] != "running":
-                return None
-            finished = _utcnow()
-            summary = {"abandoned": why[:500]}
-            entity.update(status="failed", finished=finished, summary=json.dumps(summary))
-            if replace_if_unchanged(self._table, entity, entity.metadata["etag"]):
-                break
-        for subscription in filter(None, entity["subscriptions"].split(",")):
-            self._release_lock(subscription, run_id)
-        with contextlib.suppress(Exception):  # its copy of the device list, if any
-            defender.forget(self._table, run_id)
-        log.warning("sweep %s closed as failed: %s", run_id, why)
-        return self.get(run_id)
-
-    def runs_since(self, moment: datetime) -> list[Run]:
-        """Runs started since ``moment``, newest first (a few a day: one small partition)."""
-        runs = [
-            run
-            for entity in self._table.query_entities(
-                "PartitionKey eq @pk and RowKey ge @since",
-                parameters={"pk": RUN_PARTITION, "since": moment.strftime("%Y%m%dT%H%M%SZ")},
-            )
-            if (run := self.get(entity["RowKey"])) is not None
-        ]
-        return sorted(runs, key=lambda run: run.run_id, reverse=True)
-
-    def batches_done(self, run_id: str) -> int:
-        partition = f"batch-{run_id}"
-        return sum(
-            1
-            for _ in self._table.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"]
-            )
-        )
-
-    def reserve(self, run_id: str, wanted: int, at_least: int, cap: int) -> int:
-        """Take up to ``wanted`` (and at least ``at_least``, else nothing) actions from
-        the run's cap. ETag concurrency: batches on several instances share one budget."""
-        return self._add_used(
-            run_id, lambda used: min(wanted, cap - used) if cap - used >= at_least else 0
-        )
-
-    def give_back(self, run_id: str, unused: int) -> None:
-        if unused:
-            self._add_used(run_id, lambda used: -min(unused, used))
-
-    def _add_used(self, run_id: str, change: Callable[[int], int]) -> int:
-        while True:
-            entity = self._table.get_entity(RUN_PARTITION, run_id)
-            used = int(entity.get("actions_used") or 0)
-            delta = change(used)
-            if delta == 0:
-                return 0
-            entity["actions_used"] = used + delta
-            if replace_if_unchanged(self._table, entity, entity.metadata["etag"], UpdateMode.MERGE):
-                return delta
-            # another batch changed it first: read again
-
-    def finish_batch(self, run: Run, batch: int, result: BatchResult) -> Run | None:
-        """Store a batch's result (idempotent); the batch that completes the run writes
-        its summary and frees its subscriptions. Returns the finished run, if this did."""
-        partition = f"batch-{run.run_id}"
-        self._table.upsert_entity(
-            {"PartitionKey": partition, "RowKey": f"{batch:05d}", "result": _result_json(result)},
-            mode=UpdateMode.REPLACE,
-        )
-        results = [
-            _result_from_json(entity["result"])
-            for entity in self._table.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": partition}
-            )
-        ]
-        if len(results) < run.batches:
-            return None
-        while True:  # a heartbeat may change the row between the read and the write
-            entity = self._table.get_entity(RUN_PARTITION, run.run_id)
-            if entity["status"] != "running":
-                return None  # another batch finished it, or it was closed as failed
-            finished = datetime.now(UTC)
-            summary = summarize(results, run.started, finished, run.uniform)
-            entity.update(status="done", finished=finished, summary=json.dumps(summary))
-            if replace_if_unchanged(self._table, entity, entity.metadata["etag"]):
-                break
-        for subscription in run.subscriptions:
-            self._release_lock(subscription, run.run_id)
-        run.status, run.finished, run.summary = "done", finished, summary
-        return run
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _result_json(result: BatchResult) -> str:
-    # Not asdict(): it rebuilds a Counter from (key, value) pairs and counts the pairs.
-    return json.dumps({item.name: getattr(result, item.name) for item in fields(result)})
-
-
-def _result_from_json(text: str) -> BatchResult:
-    value = json.loads(text)
-    for name in ("decisions", "platforms", "kinds", "verification", "findings"):
-        value[name] = Counter(value.get(name) or {})
-    return BatchResult(**value)
-
-
-def summarize(
-    results: Sequence[BatchResult],
-    started: datetime,
-    finished: datetime,
-    uniform: tuple[int, int] = (0, 0),
-) -> dict[str, Any]:
-    decisions: Counter[str] = Counter()
-    platforms: Counter[str] = Counter()
-    kinds: Counter[str] = Counter()
-    verification: Counter[str] = Counter()
-    findings: Counter[str] = Counter()
-    for result in results:
-        decisions.update(result.decisions)
-        platforms.update(result.platforms)
-        kinds.update(result.kinds)
-        verification.update(result.verification)
-        findings.update(result.findings)
-    eligible = sum(r.eligible_running for r in results)
-    covered = sum(r.covered for r in results)
-    return {
-        "vms": sum(r.vms for r in results),
-        "decisions": dict(sorted(decisions.items())),
-        "platforms": dict(sorted(platforms.items())),
-        "kinds": dict(sorted(kinds.items())),
-        "eligible_running": eligible,
-        "covered": covered,
-        "coverage_percent": coverage_percent(covered, eligible),
-        "actions": sum(r.actions for r in results),
-        "capped": sum(r.capped for r in results),
-        "errors": sum(r.errors for r in results),
-        "unavailable": sum(r.unavailable for r in results),
-        "verification": dict(sorted(verification.items())),
-        "findings": dict(sorted(findings.items())),
-        "failed_batches": [r.failed for r in results if r.failed],
-        "arm_requests": sum(r.arm_requests for r in results),
-        "graph_requests": sum(r.graph_requests for r in results),
-        "duration_seconds": round((finished - started).total_seconds(), 3),
-        # Not this app's to change: instances of uniform scale sets (the report's hint).
-        "uniform_scale_sets": uniform[0],
-        "uniform_instances": uniform[1],
-    }
 
 
 # --- Batch messages --------------------------------------------------------------------
@@ -636,10 +269,13 @@ def run_batch(
                 record = batch.handle(facts)
                 if on_record is not None:
                     on_record(record)
-                if len(batch.records) >= WRITE_EVERY:  # memory stays flat however big
+                page = len(batch.records) >= WRITE_EVERY
+                if page:  # memory stays flat however big
                     services.audit.write_many(batch.records)
                     batch.records.clear()
-                if time.monotonic() - last_beat > HEARTBEAT_EVERY.total_seconds():
+                # Before the next page, and at least every minute: is the run still ours?
+                # (abandoned, or taken over: stop, take no more claims)
+                if page or time.monotonic() - last_beat > HEARTBEAT_EVERY.total_seconds():
                     if not store.beat(run.run_id):
                         log.warning(
                             "sweep %s was closed: batch %s stops", run.run_id, message.batch
@@ -747,7 +383,7 @@ class _Batch:
                 Outcome.ERROR.value, reason, RecordOutcome.FAILED, hint=error.hint
             )
         record = _stable(record, self.run)
-        _count(self.result, assessment, record)
+        _count(self.result, record)
         self.records.append(record)
         if turned and record.eligible_running:
             self.turned.append(record)
@@ -858,7 +494,7 @@ def _stable(record: AuditRecord, run: Run) -> AuditRecord:
     return dataclasses.replace(record, time=run.started, record_id=digest)
 
 
-def _count(result: BatchResult, assessment: Assessment | None, record: AuditRecord) -> None:
+def _count(result: BatchResult, record: AuditRecord) -> None:
     result.vms += 1
     result.decisions[record.decision] += 1
     result.platforms[record.platform or "unknown"] += 1
@@ -866,12 +502,8 @@ def _count(result: BatchResult, assessment: Assessment | None, record: AuditReco
     if record.verification:
         result.verification[record.verification] += 1
     result.findings.update(record.findings)
-    if assessment is None:
-        return
-    if assessment.vm.eligible_running:
-        result.eligible_running += 1
-        if assessment.decision.outcome is Outcome.COMPLIANT:
-            result.covered += 1
+    result.eligible_running += record.eligible_running
+    result.covered += covered(record.decision, record.eligible_running)
 
 
 # --- Entry points: the timer, the HTTP API, the sweep queue ---------------------------

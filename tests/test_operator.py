@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from remediation import sweep
+from remediation import runs, sweep, tables
 from remediation.config import Mode
 from remediation.model import MAX_JSON_DEPTH, InvalidJson, load_json
 from tests.conftest import generated_estate
@@ -32,12 +32,12 @@ def cli(*args: str) -> tuple[int, str]:
 
 def locks(world) -> list[dict]:
     return list(
-        world.services.audit.table.query_entities(f"PartitionKey eq '{sweep.LOCK_PARTITION}'")
+        world.services.audit.table.query_entities(f"PartitionKey eq '{tables.LOCK_PARTITION}'")
     )
 
 
-def run_of(world, run_id: str) -> sweep.Run:
-    run = sweep.RunStore(world.services.audit.table).get(run_id)
+def run_of(world, run_id: str) -> runs.Run:
+    run = runs.RunStore(world.services.audit.table).get(run_id)
     assert run is not None
     return run
 
@@ -78,11 +78,11 @@ def test_a_cli_sweep_that_loses_azure_frees_its_subscriptions_and_says_so(world_
     assert err.count("\n") == 1
     assert "failed and was closed" in err
     assert "Traceback" not in err
-    runs = sweep.RunStore(world.services.audit.table).runs_since(
+    found = runs.RunStore(world.services.audit.table).runs_since(
         datetime.now(UTC) - timedelta(hours=1)
     )
-    assert [run.status for run in runs] == ["failed"]
-    assert "the CLI sweep stopped" in runs[0].summary["abandoned"]
+    assert [run.status for run in found] == ["failed"]
+    assert "the CLI sweep stopped" in found[0].summary["abandoned"]
     assert locks(world) == []
     assert world.post("sweep").status_code == 202  # the nightly run or an operator is not refused
 
@@ -104,10 +104,10 @@ def test_ctrl_c_during_a_cli_sweep_closes_the_run_and_frees_its_subscriptions(wo
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Traceback" not in err
-    runs = sweep.RunStore(world.services.audit.table).runs_since(
+    found = runs.RunStore(world.services.audit.table).runs_since(
         datetime.now(UTC) - timedelta(hours=1)
     )
-    assert [(run.status, run.summary.get("abandoned")) for run in runs] == [
+    assert [(run.status, run.summary.get("abandoned")) for run in found] == [
         ("failed", "the CLI sweep stopped: interrupted")
     ]
     assert locks(world) == []
@@ -115,9 +115,9 @@ def test_ctrl_c_during_a_cli_sweep_closes_the_run_and_frees_its_subscriptions(wo
 
 def test_a_run_silent_past_the_limit_is_closed_and_taken_over(world_factory):
     world = world_factory(generated_estate(20, 2, seed=33))
-    store = sweep.RunStore(world.services.audit.table)
-    request = sweep.SweepRequest(tuple(world.services.settings.subscriptions), Mode.REPORT, "sweep")
-    silent_since = datetime.now(UTC) - sweep.STALE_AFTER - timedelta(minutes=1)
+    store = runs.RunStore(world.services.audit.table)
+    request = runs.SweepRequest(tuple(world.services.settings.subscriptions), Mode.REPORT, "sweep")
+    silent_since = datetime.now(UTC) - runs.STALE_AFTER - timedelta(minutes=1)
     dead = store.new_run(request, 1, now=silent_since)  # its worker died: no beat since
     response = world.post("sweep")
     assert response.status_code == 202
@@ -130,8 +130,8 @@ def test_a_run_silent_past_the_limit_is_closed_and_taken_over(world_factory):
 
 def test_a_run_that_beats_its_heartbeat_keeps_its_subscriptions(world_factory):
     world = world_factory(generated_estate(20, 2, seed=34))
-    store = sweep.RunStore(world.services.audit.table)
-    request = sweep.SweepRequest(tuple(world.services.settings.subscriptions), Mode.REPORT, "sweep")
+    store = runs.RunStore(world.services.audit.table)
+    request = runs.SweepRequest(tuple(world.services.settings.subscriptions), Mode.REPORT, "sweep")
     old = store.new_run(request, 1, now=datetime.now(UTC) - timedelta(hours=5))
     store.beat(old.run_id)  # started long ago, but a batch is at work now
     response = world.post("sweep")
@@ -554,8 +554,8 @@ def test_a_working_batch_beats_and_stops_once_its_run_is_closed(world_factory, m
     world = world_factory(generated_estate(30, 1, seed=43))
     monkeypatch.setattr(sweep, "HEARTBEAT_EVERY", timedelta(0))  # a beat after every VM
     services = world.services
-    store = sweep.RunStore(services.audit.table)
-    request = sweep.SweepRequest(tuple(services.settings.subscriptions), Mode.REPORT, "cli")
+    store = runs.RunStore(services.audit.table)
+    request = runs.SweepRequest(tuple(services.settings.subscriptions), Mode.REPORT, "cli")
     run = sweep.start(services, request, send=None)
     beats = []
 
@@ -576,8 +576,8 @@ def test_batches_beating_at_once_all_keep_working(world_factory):
 
     world = world_factory(generated_estate(10, 1, seed=44))
     services = world.services
-    store = sweep.RunStore(services.audit.table)
-    request = sweep.SweepRequest(tuple(services.settings.subscriptions), Mode.REPORT, "cli")
+    store = runs.RunStore(services.audit.table)
+    request = runs.SweepRequest(tuple(services.settings.subscriptions), Mode.REPORT, "cli")
     run = sweep.start(services, request, send=None)
     with ThreadPoolExecutor(8) as pool:  # eight batches on eight workers, beating together
         beats = list(pool.map(lambda _: store.beat(run.run_id), range(160)))
@@ -591,17 +591,17 @@ def test_a_cli_sweep_whose_run_is_closed_from_elsewhere_says_so(world_factory, m
 
     world = world_factory(generated_estate(40, 1, seed=45), plane_options={"latency": 0.05})
     monkeypatch.setattr(sweep, "HEARTBEAT_EVERY", timedelta(0))  # a beat after every VM
-    store = sweep.RunStore(world.services.audit.table)
+    store = runs.RunStore(world.services.audit.table)
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(cli=cli("sweep")))
     worker.start()
-    runs: list = []
+    started: list = []
     for _ in range(600):  # until the run has started beating, at most about a minute
-        runs = store.runs_since(datetime.now(UTC) - timedelta(hours=1))
-        if runs and runs[0].heartbeat and runs[0].heartbeat > runs[0].started:
+        started = store.runs_since(datetime.now(UTC) - timedelta(hours=1))
+        if started and started[0].heartbeat and started[0].heartbeat > started[0].started:
             break
         time.sleep(0.1)
-    assert store.abandon(runs[0].run_id, "closed from another terminal") is not None
+    assert store.abandon(started[0].run_id, "closed from another terminal") is not None
     worker.join(timeout=120)
     assert result["cli"] == (1, "")
     assert f"error: sweep {runs[0].run_id} was closed while it ran" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 from localazure import Estate, Principal, Subscription
 from localazure.estate import UBUNTU_2204, WIN11_ENT, mde_extension
 from remediation.audit import AuditRecord
-from remediation.sweep import Run
+from remediation.runs import Run
 from tests.conftest import APP, READER, generated_estate
 from tests.test_service import ENFORCE
 

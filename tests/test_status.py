@@ -11,8 +11,8 @@ from azure.storage.queue import QueueServiceClient
 
 from localazure import Extension, Subscription
 from localazure.estate import UBUNTU_2204, mde_extension
-from remediation import status, sweep
-from remediation.config import load
+from remediation import runs, status, sweep
+from remediation.config import Mode, load
 from tests.conftest import SUB
 from tests.test_service import estate, new_vm
 
@@ -184,7 +184,7 @@ def test_the_status_writes_nothing_anywhere(world_factory):
     services = world.services  # built (table and queues created) before anything is counted
     # A report sweep first: its run, its rows and a Failed extension's history are there
     # to be read (and, if the status wrote, to be changed).
-    run = sweep.start(services, sweep.SweepRequest((SUB, SUB2), sweep.Mode.REPORT, "cli"), None)
+    run = sweep.start(services, runs.SweepRequest((SUB, SUB2), Mode.REPORT, "cli"), None)
     sweep.run_batch(services, sweep.BatchMessage(run.run_id, 0, (SUB, SUB2)))
     before = table_state(world)
     entities, _, messages = before
@@ -207,7 +207,7 @@ def test_the_status_writes_nothing_anywhere(world_factory):
     }
     assert not_reads <= {("POST", GRAPH), ("POST", "login/token")}
     # The report's trend is the finished runs: still just the sweep's.
-    assert [r.run_id for r in sweep.RunStore(services.audit.table).runs_since(run.started)] == [
+    assert [r.run_id for r in runs.RunStore(services.audit.table).runs_since(run.started)] == [
         run.run_id
     ]
 

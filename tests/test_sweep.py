@@ -8,7 +8,8 @@ import pytest
 
 from localazure import Extension, Vm
 from localazure.estate import MDE_PUBLISHER, mde_extension
-from remediation import sweep
+from remediation import runs, sweep
+from remediation.config import Mode
 from tests.conftest import READER, SUB, function_bindings, generated_estate
 from tests.test_service import ENFORCE, estate, new_vm
 
@@ -169,7 +170,7 @@ def test_an_enforce_sweep_installs_everything_it_queued(world_factory, big_estat
 
 def test_a_batch_run_twice_rewrites_its_rows(world_factory):
     world = world_factory(hand_labelled_estate())
-    request = sweep.SweepRequest((SUB,), sweep.Mode.REPORT, "cli")
+    request = runs.SweepRequest((SUB,), Mode.REPORT, "cli")
     run = sweep.start(world.services, request, send=None)
     message = sweep.BatchMessage(run.run_id, 0, (SUB,))
     sweep.run_batch(world.services, message)
@@ -353,7 +354,7 @@ def test_the_nightly_timer_starts_a_run_of_every_subscription(world_factory):
     world = world_factory(generated_estate(50, 3, seed=12), REMEDIATION_SWEEP_BATCH_SIZE="2")
     function_app.nightly_sweep(TimerRequest())
     assert world.run_sweeps() == 2
-    [run] = sweep.RunStore(world.services.audit.table).runs_since(
+    [run] = runs.RunStore(world.services.audit.table).runs_since(
         datetime.now(UTC) - timedelta(hours=1)
     )
     assert (run.status, run.trigger, run.summary["vms"]) == ("done", "sweep", 50)
