@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from remediation.audit import AuditRecord
 from remediation.config import SettingsError
-from remediation.model import RemediationError, coverage_percent, load_json, percent_text
+from remediation.model import (
+    FAILED_OUTCOMES,
+    RecordOutcome,
+    RemediationError,
+    coverage_percent,
+    load_json,
+    percent_text,
+)
 
 if TYPE_CHECKING:
     from remediation.service import Services
@@ -218,8 +225,8 @@ def _after_installs(
     """Coverage once the installs this sweep queued ran (--wait): the sweep's own
     figure is taken when it decides, before any install."""
     mine = {r.vm.lower(): r for r in records if r.run_id == run_id}
-    installed = sum(1 for r in mine.values() if r.outcome == "succeeded")
-    failed = sum(1 for r in mine.values() if r.outcome in {"failed", "poisoned"})
+    installed = sum(1 for r in mine.values() if r.outcome == RecordOutcome.SUCCEEDED)
+    failed = sum(1 for r in mine.values() if r.outcome in FAILED_OUTCOMES)
     eligible = int(summary.get("eligible_running", 0))
     covered = min(int(summary.get("covered", 0)) + installed, eligible)
     percent = coverage_percent(covered, eligible)

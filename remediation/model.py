@@ -243,6 +243,9 @@ class RecordOutcome(StrEnum):
     UNAVAILABLE = "unavailable"  # Azure did not answer: an outage, not the VM's fault
 
 
+# What ops count as a failure: Azure refused, the install ended Failed, or every retry failed.
+FAILED_OUTCOMES = frozenset({RecordOutcome.FAILED, RecordOutcome.POISONED})
+
 # The log's decision when none could be made (ARM or the token authority did not answer):
 # an outage, not a fault of the VM (that is "error"). Its outcome is "unavailable".
 UNDECIDED = "undecided"

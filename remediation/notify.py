@@ -23,6 +23,7 @@ from azure.core.exceptions import AzureError
 from azure.eventgrid import EventGridEvent, EventGridPublisherClient
 
 from remediation.audit import AuditRecord
+from remediation.model import FAILED_OUTCOMES
 
 log = logging.getLogger("remediation")
 DATA_VERSION = "1.0"
@@ -37,7 +38,7 @@ class Notifier:
         """Publish what an audit record calls for, if anything."""
         if (
             record.trigger == "queue"
-            and record.outcome in {"failed", "poisoned"}
+            and record.outcome in FAILED_OUTCOMES
             and record.decision == "error"
         ):
             self._publish("Remediation.InstallFailed", record.vm, _compact(record))

@@ -42,6 +42,7 @@ from remediation.model import (
     Outcome,
     PermanentError,
     Power,
+    RecordOutcome,
     RemediationError,
     TransientError,
     VmNotRunning,
@@ -516,7 +517,7 @@ def _record(services: Services, test: Test) -> AuditRecord:
     record = context.record(
         Outcome.COMPLIANT.value,
         reason,
-        "succeeded" if test.status == "verified" else "failed",
+        RecordOutcome.SUCCEEDED if test.status == "verified" else RecordOutcome.FAILED,
         hint=hint,
         test_alert=test.status,
         applied=True,
