@@ -382,7 +382,7 @@ def measure_baseline(workers: int) -> dict[str, Any]:
     instance view and list its extensions."""
     from azure.mgmt.compute import ComputeManagementClient
 
-    from remediation.arm import RequestCounter, build_credential
+    from remediation.pipeline import RequestCounter, build_credential
     from remediation.config import load
 
     settings = load(os.environ)

@@ -11,38 +11,19 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from azure.core import PipelineClient
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
-    ClientAuthenticationError,
     HttpResponseError,
-    ResourceNotFoundError,
     ServiceRequestError,
-    ServiceRequestTimeoutError,
     ServiceResponseError,
-    ServiceResponseTimeoutError,
-)
-from azure.core.pipeline import PipelineRequest, PipelineResponse
-from azure.core.pipeline.policies import (
-    BearerTokenCredentialPolicy,
-    ContentDecodePolicy,
-    HeadersPolicy,
-    RetryPolicy,
-    SansIOHTTPPolicy,
-    UserAgentPolicy,
 )
 from azure.core.rest import HttpRequest
-from azure.identity import DefaultAzureCredential
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import (
     RunCommandInput,
@@ -58,8 +39,10 @@ from azure.mgmt.security.v2024_01_01.models import Pricing
 if TYPE_CHECKING:
     from azure.mgmt.hybridcompute import HybridComputeManagementClient
 
+from remediation.azure_errors import error_message, failed_extension, sent, translate, translated
 from remediation.classify import MDE_PUBLISHER, MDE_WINDOWS
 from remediation.config import Settings
+from remediation.defender import DeviceApi
 from remediation.facts import (
     CONTAINERS_QUERY,
     SCALE_SETS_QUERY,
@@ -67,20 +50,24 @@ from remediation.facts import (
     facts_from_arc,
     facts_from_arm,
     facts_from_graph,
+    run_output,
 )
 from remediation.model import (
-    BlockedByExtension,
     InstallResult,
     Kind,
-    OperationInProgress,
     PermanentError,
     Posture,
-    ThrottledError,
     TransientError,
     VmFacts,
-    VmNotRunning,
     VmRef,
     dig,
+)
+from remediation.pipeline import (
+    BoundedRetryPolicy,
+    RequestCounter,
+    budget,
+    build_credential,
+    token_object_id,
 )
 
 log = logging.getLogger(__name__)
@@ -90,132 +77,13 @@ GRAPH_SUBSCRIPTIONS = 1000  # subscriptions a request names at most (the Azure C
 SETTINGS = ("WDATP", "WDATP_UNIFIED_SOLUTION", "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW")
 # A deadline for all the ARM calls of one handler, shorter than the worker's budget:
 # Event Grid waits 30 s for an answer, then delivers again (delivery-and-retry docs).
-_DEADLINE: ContextVar[float | None] = ContextVar("deadline", default=None)
 _EVENTGRID_API = "2025-02-15"
 # Microsoft.HybridCompute: machine and extension reads go through the pipeline raw;
 # installs through azure-mgmt-hybridcompute (its default api-version, 2026-07-15).
 HYBRID_API = "2026-07-15"
-# Defender for Endpoint's API: the WindowsDefenderATP app's audience for every regional
-# host (exposed-apis-create-app-webapp docs; MicrosoftDocs/microsoft-365-docs#9246), pages
-# of at most 10,000 devices paged with $top/$skip (get-machines docs; the nextLink it
-# sometimes sends is unreliable: MicrosoftDocs/microsoft-365-docs#8316, #8489).
-MDE_SCOPE = "https://api.securitycenter.microsoft.com/.default"
 ALERTS_API = "2022-01-01"  # Microsoft.Security alerts (azure-rest-api-specs, stable/2022-01-01)
 RUN_COMMAND_WAIT = 300.0  # seconds a worker waits for the detection test's Run Command
-MDE_PAGE = 10_000
 _RETRYABLE_READS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
-
-
-class RequestCounter(SansIOHTTPPolicy[Any, Any]):
-    """Counts the HTTP requests sent (retries included): ``total`` for the worker, and
-    per thread inside ``counting()``: what a sweep batch spent of ARM's and Resource
-    Graph's limits."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self.total: Counter[str] = Counter()
-
-    def on_request(self, request: PipelineRequest[Any]) -> None:
-        url = request.http_request.url
-        kind = "arm"
-        if "/providers/Microsoft.ResourceGraph/" in url:
-            kind = "graph"
-        elif "/api/machines" in url:
-            kind = "mde"  # Defender for Endpoint's API: its own limits, not ARM's
-        with self._lock:
-            self.total[kind] += 1
-        for counter in getattr(self._local, "counters", ()):
-            counter[kind] += 1
-
-    @contextmanager
-    def counting(self) -> Iterator[Counter[str]]:
-        counter: Counter[str] = Counter()
-        stack = self._local.__dict__.setdefault("counters", [])
-        stack.append(counter)
-        try:
-            yield counter
-        finally:
-            stack.remove(counter)
-
-
-class BoundedRetryPolicy(RetryPolicy[Any, Any]):
-    """azure-core's retry, honouring Retry-After and Resource Graph's quota header, but
-    never waiting longer than the budget: a long Retry-After becomes a ThrottledError
-    so the queue retries later instead of the function timing out asleep."""
-
-    def __init__(self, budget: float, **kwargs: Any) -> None:
-        super().__init__(timeout=budget, **kwargs)
-        self._budget = budget
-
-    @property
-    def budget(self) -> float:
-        """The worker's budget, or what is left of a handler's deadline (ArmGateway.budget)."""
-        deadline = _DEADLINE.get()
-        if deadline is None:
-            return self._budget
-        return min(self._budget, max(0.1, deadline - time.monotonic()))
-
-    def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
-        options.setdefault("timeout", self.budget)
-        return super().configure_retries(options)
-
-    def increment(self, settings: dict[str, Any], response: Any = None, error: Any = None) -> bool:
-        if isinstance(response, PipelineResponse):  # remember the last answer for the error
-            status = response.http_response.status_code
-            response.context["last_answer"] = f"HTTP {status} {response.http_response.reason}"
-        elif error is not None and response is not None:
-            response.context["last_answer"] = type(error).__name__
-        return super().increment(settings, response=response, error=error)
-
-    def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
-        try:
-            return super().send(request)
-        except (ServiceRequestTimeoutError, ServiceResponseTimeoutError):
-            last = request.context.get("last_answer", "no answer")
-            raise TransientError(
-                f"gave up after the {self.budget:.0f} s retry budget; the last answer was {last}"
-            ) from None
-
-    def get_retry_after(self, response: PipelineResponse[Any, Any]) -> float | None:
-        wait = super().get_retry_after(response)
-        if wait is None:
-            wait = _quota_reset(response.http_response.headers.get("x-ms-user-quota-resets-after"))
-        if wait is not None and wait > self.budget:
-            raise ThrottledError(
-                f"ARM asked to wait {wait:.0f} s, more than the {self.budget:.0f} s retry "
-                "budget: retrying later"
-            )
-        return wait
-
-
-def _quota_reset(value: str | None) -> float | None:
-    """Resource Graph's 'x-ms-user-quota-resets-after: hh:mm:ss' in seconds."""
-    match = re.fullmatch(r"(\d+):(\d{2}):(\d{2})(?:\.\d+)?", value or "")
-    if match is None:
-        return None
-    hours, minutes, seconds = (int(part) for part in match.groups())
-    return float(max(1, hours * 3600 + minutes * 60 + seconds))
-
-
-def build_credential(settings: Settings) -> TokenCredential:
-    """DefaultAzureCredential limited to what runs unattended: environment (service
-    principal), workload identity and managed identity. Developer-machine credentials
-    (CLI, PowerShell, VS Code, browser) are excluded so nothing spawns or prompts."""
-    kwargs: dict[str, Any] = {}
-    if settings.authority_host:
-        kwargs["authority"] = settings.authority_host
-    if settings.disable_instance_discovery:
-        kwargs["disable_instance_discovery"] = True
-    return DefaultAzureCredential(
-        exclude_cli_credential=True,
-        exclude_developer_cli_credential=True,
-        exclude_powershell_credential=True,
-        exclude_visual_studio_code_credential=True,
-        exclude_shared_token_cache_credential=True,
-        exclude_interactive_browser_credential=True,
-        **kwargs,
-    )
 
 
 T = TypeVar("T")
@@ -241,22 +109,13 @@ class ArmGateway:
         self._hybrid: dict[str, HybridComputeManagementClient] = {}
         self._security: dict[str, SecurityCenter] = {}
         self._graph: ResourceGraphClient | None = None
-        self._mde: PipelineClient[Any, Any] | None = None
+        self._mde: DeviceApi | None = None
         self._postures: dict[str, tuple[float, Posture]] = {}
         self._packages: dict[str, dict[str, Any]] = {}  # mdeOnboardings properties
         self._principal_id = settings.principal_id
         self.counter = RequestCounter()
 
-    @staticmethod
-    @contextmanager
-    def budget(seconds: float) -> Iterator[None]:
-        """Within this block, this thread's ARM calls, retries included, share one
-        deadline ``seconds`` away: each gets what the ones before it left."""
-        token = _DEADLINE.set(time.monotonic() + seconds)
-        try:
-            yield
-        finally:
-            _DEADLINE.reset(token)
+    budget = staticmethod(budget)  # one handler's calls share a deadline (pipeline.py)
 
     # --- Clients, built once per worker -------------------------------------------------
     def _client_options(self) -> dict[str, Any]:
@@ -306,32 +165,13 @@ class ArmGateway:
                 self._graph = ResourceGraphClient(self._credential, **self._client_options())
             return self._graph
 
-    def _mde_client(self) -> PipelineClient[Any, Any]:
-        """A plain azure-core pipeline for Defender for Endpoint's API: the worker's
-        credential (its own audience), retries that honour Retry-After, and counting."""
-        with self._lock:
-            if self._mde is None:
-                options = self._client_options()
-                self._mde = PipelineClient(
-                    base_url=self._settings.mde_api,
-                    policies=[
-                        HeadersPolicy(),
-                        UserAgentPolicy("defender-coverage-remediator"),
-                        ContentDecodePolicy(),
-                        options["retry_policy"],
-                        BearerTokenCredentialPolicy(self._credential, MDE_SCOPE),
-                        self.counter,
-                    ],
-                )
-            return self._mde
-
     # --- Identity -------------------------------------------------------------------------
     @property
     def principal_id(self) -> str:
         """The app's own object id: from settings, else read from its ARM token."""
         if not self._principal_id:
             token = self._call("reading the app's own token", self._token)
-            self._principal_id = _token_object_id(token)
+            self._principal_id = token_object_id(token)
         return self._principal_id
 
     def _token(self) -> str:
@@ -552,38 +392,17 @@ class ArmGateway:
         return wiring
 
     def defender_devices(self) -> Iterator[dict[str, Any]]:
-        """Every device of Defender for Endpoint's inventory (GET /api/machines), a page
-        of 10,000 at a time: one request per 10,000 devices, far inside the API's 100
-        calls a minute and 1,500 an hour; a 429 is retried after its Retry-After."""
-        client = self._mde_client()
-        what = "reading Defender for Endpoint's device list"
-        skip = 0
-        while True:
-            request = HttpRequest(
-                "GET", f"{self._settings.mde_api}/api/machines?$top={MDE_PAGE}&$skip={skip}"
-            )
-            response = self._call(what, partial(client.send_request, request))
-            if response.status_code == 404 and skip == 0:
-                return  # "404 Not Found if no recent machines" (get-machines docs)
-            try:
-                response.raise_for_status()
-            except HttpResponseError as error:
-                raise _translate(error, what) from None
-            page = response.json().get("value") or []
-            yield from page
-            if len(page) < MDE_PAGE:
-                return
-            skip += len(page)
+        """Every device of Defender for Endpoint's inventory (defender.DeviceApi)."""
+        with self._lock:
+            if self._mde is None:
+                retry = self._client_options()["retry_policy"]
+                self._mde = DeviceApi(self._settings.mde_api, self._credential, retry, self.counter)
+        return self._mde.devices()
 
     def _get(self, subscription: str, path: str, api_version: str, what: str) -> dict[str, Any]:
         """One ARM GET, raw, through the worker's pipeline."""
         url = f"{self._settings.arm_endpoint}{path}?api-version={api_version}"
-        client = self._compute_client(subscription)
-        response = self._call(what, partial(client.send_request, HttpRequest("GET", url)))
-        try:
-            response.raise_for_status()
-        except HttpResponseError as error:
-            raise _translate(error, what) from None
+        response = sent(what, self._compute_client(subscription), HttpRequest("GET", url))
         return cast(dict[str, Any], response.json())
 
     def _list(self, subscription: str, path: str, api_version: str, what: str) -> list[Any]:
@@ -593,13 +412,7 @@ class ArmGateway:
         url: str | None = f"{self._settings.arm_endpoint}{path}?api-version={api_version}"
         items: list[Any] = []
         while url:
-            request = HttpRequest("GET", url)
-            response = self._call(what, partial(client.send_request, request))
-            try:
-                response.raise_for_status()
-            except HttpResponseError as error:
-                raise _translate(error, what) from None
-            page = response.json()
+            page = sent(what, client, HttpRequest("GET", url)).json()
             items += page.get("value") or []
             url = page.get("nextLink")
         return items
@@ -654,7 +467,7 @@ class ArmGateway:
         try:
             response.raise_for_status()
         except HttpResponseError as error:
-            raise _translate(error, "dismissing the test alert") from None
+            raise translate(error, "dismissing the test alert") from None
 
     def enable_plan(self, subscription: str, plan: str) -> None:
         client = self._security_client(subscription)
@@ -719,9 +532,9 @@ class ArmGateway:
             result = poller.result(timeout=self._settings.install_timeout_seconds)
         except HttpResponseError as error:
             if error.status_code == 200:  # the operation itself ended Failed
-                message = _error_message(error)
-                return InstallResult("Failed", message, _failed_extension(message) or name)
-            raise _translate(error, f"waiting for {extension_type} on {vm}") from None
+                message = error_message(error)
+                return InstallResult("Failed", message, failed_extension(message) or name)
+            raise translate(error, f"waiting for {extension_type} on {vm}") from None
         except (ServiceRequestError, ServiceResponseError) as error:
             raise TransientError(f"waiting for {extension_type} on {vm}: {error}") from None
         if not poller.done():
@@ -765,55 +578,8 @@ class ArmGateway:
             **poll,
         )
 
-    # --- Error translation ----------------------------------------------------------------
     def _call(self, what: str, call: Callable[[], T]) -> T:
-        try:
-            return call()
-        except (TransientError, PermanentError):
-            raise
-        except ClientAuthenticationError as error:
-            if _unanswered(error):  # the token authority did not answer at all
-                raise TransientError(
-                    f"{what}: the token authority did not answer ({_error_message(error)})"
-                ) from None
-            raise PermanentError(
-                f"{what}: authentication failed ({_error_message(error)})",
-                hint="check the app's managed identity or AZURE_CLIENT_ID/AZURE_TENANT_ID",
-            ) from None
-        except HttpResponseError as error:
-            raise _translate(error, what) from None
-        except (ServiceRequestError, ServiceResponseError) as error:
-            raise TransientError(f"{what}: {type(error).__name__}: {error}") from None
-
-
-# azure-identity reports a token request that got no answer as a ClientAuthenticationError
-# with no response and urllib3's words in its text (DefaultAzureCredential wraps it, so
-# no exception chain says more); an answer from Entra ID carries an AADSTS code.
-_NO_ANSWER = re.compile(
-    r"Failed to establish a new connection|Connection (refused|aborted|reset)|timed out|"
-    r"Max retries exceeded|Failed to resolve|RemoteDisconnected|no response|"
-    r"EOF occurred|IncompleteRead|Connection broken",
-    re.IGNORECASE,
-)
-
-
-def run_output(statuses: Iterable[tuple[str, str]]) -> tuple[str, str]:
-    """(stdout, stderr) of a Run Command result. Windows answers one status per stream
-    (``ComponentStatus/StdOut/succeeded``, ``.../StdErr/...``: the spec's example); Linux
-    one ``ProvisioningState/...`` status whose message holds ``[stdout]`` and ``[stderr]``
-    sections (Azure/run-command-extension-linux; Azure/azure-cli#14425)."""
-    out, err = [], []
-    for code, message in statuses:
-        if "/stderr/" in code.lower():
-            err.append(message)
-        elif "[stdout]" in message:
-            rest = message.partition("[stdout]")[2]
-            stdout, _, stderr = rest.partition("[stderr]")
-            out.append(stdout.strip("\n"))
-            err.append(stderr.strip("\n"))
-        else:
-            out.append(message)
-    return "\n".join(filter(None, out)), "\n".join(filter(None, err))
+        return translated(what, call)
 
 
 def _chunks(subscriptions: list[str], size: int = GRAPH_SUBSCRIPTIONS) -> list[list[str]]:
@@ -825,129 +591,3 @@ def _provisioning_state(extension: Any) -> str:
     properties = getattr(extension, "properties", None)
     state = getattr(properties, "provisioning_state", None)
     return str(state or getattr(extension, "provisioning_state", None) or "")
-
-
-def _unanswered(error: ClientAuthenticationError) -> bool:
-    text = str(error)
-    return error.response is None and "AADSTS" not in text and bool(_NO_ANSWER.search(text))
-
-
-def _error_message(error: HttpResponseError | ClientAuthenticationError) -> str:
-    inner = getattr(error, "error", None)
-    message = getattr(inner, "message", None) or str(error.message or error)
-    return message.splitlines()[0][:500]
-
-
-def _error_code(error: HttpResponseError) -> str:
-    inner = getattr(error, "error", None)
-    return str(getattr(inner, "code", "") or "")
-
-
-def _detail_codes(error: HttpResponseError) -> str:
-    """The codes of an error's details, where it has some: Resource Graph says
-    'BadRequest' and puts what is wrong in a detail (ManagementGroupsContainInvalidIds)."""
-    inner = getattr(error, "error", None)
-    codes = [str(getattr(d, "code", "") or "") for d in getattr(inner, "details", None) or []]
-    return ", ".join(code for code in codes if code)
-
-
-def _failed_extension(message: str) -> str:
-    """The extension Compute names in 'VM has reported a failure when processing
-    extension 'X' (publisher ...)' or '... since VM has extension 'X' in failed state'."""
-    match = re.search(
-        r"processing extension '([^']+)'|has extension '([^']+)' in failed state", message
-    )
-    return (match[1] or match[2]) if match else ""
-
-
-def _inner_code(error: HttpResponseError) -> str:
-    inner = getattr(getattr(error, "error", None), "innererror", None) or {}
-    return str(inner.get("internalErrorCode", "")) if isinstance(inner, dict) else ""
-
-
-def _translate(error: HttpResponseError, what: str) -> TransientError | PermanentError:
-    status = error.status_code or 0
-    code = _error_code(error)
-    message = _error_message(error)
-    details = _detail_codes(error)
-    if details:
-        message = f"{details}: {message}"
-    if status == 403:
-        return PermanentError(
-            f"{what}: forbidden ({code})",
-            hint=_forbidden_hint(what, message),
-            status=status,
-            code=code,
-        )
-    if isinstance(error, ResourceNotFoundError) or status == 404:
-        return PermanentError(f"{what}: not found ({code})", status=404, code=code)
-    if status == 409:
-        return _conflict(what, code, _inner_code(error), message)
-    if status in {408, 429} or status >= 500:
-        return TransientError(f"{what}: HTTP {status} {code}: {message}", status=status, code=code)
-    return PermanentError(f"{what}: HTTP {status} {code}: {message}", status=status, code=code)
-
-
-def _conflict(what: str, code: str, inner: str, message: str) -> TransientError | PermanentError:
-    """Compute's 409s told apart (the Compute error-code reference): the VM is not
-    running; another extension is Failed; the VM is being deleted; a lock; an operation
-    in progress. Anything else is retried by the queue."""
-    text = f"{what}: {message}"
-    lowered = message.lower()
-    # "The operation requires the VM to be running (or set to run)." (Run Command)
-    not_running = "vm is not running" in lowered or "requires the vm to be running" in lowered
-    if inner == "CannotModifyExtensionsWhenVMNotRunning" or not_running:
-        return VmNotRunning(text, status=409, code=code)
-    failed = _failed_extension(message)
-    if failed:
-        return BlockedByExtension(
-            text,
-            failed,
-            hint=f"repair or remove the Failed extension '{failed}' on the VM; the next "
-            "sweep installs MDE then",
-            status=409,
-            code=code,
-        )
-    if "marked for deletion" in lowered:  # the VM (or the extension) is going away
-        return PermanentError(text, hint="the VM is being deleted", status=404, code=code)
-    if code == "ScopeLocked":  # a read-only lock: no retry will get through it
-        return PermanentError(
-            text,
-            hint="remove the ReadOnly lock on the VM or its resource group, or exclude the VM",
-            status=409,
-            code=code,
-        )
-    if "in progress" in lowered:
-        return OperationInProgress(text, status=409, code=code)
-    return TransientError(f"{what}: HTTP 409 {code}: {message}", status=409, code=code)
-
-
-def _forbidden_hint(what: str, message: str) -> str:
-    scope = re.search(r"over scope '([^']+)'", message)
-    action = re.search(r"perform action '([^']+)'", message)
-    where = scope[1] if scope else "the subscription"
-    needs = action[1] if action else "the operation"
-    if "Defender for Endpoint" in what:
-        return (
-            "grant the app's identity the WindowsDefenderATP application permission "
-            "Machine.Read.All (README: Verification), or empty REMEDIATION_MDE_API"
-        )
-    if "Microsoft.Security" in needs or "Defender" in what or "setting" in what:
-        return (
-            f"grant the app's identity {needs} on {where}: the deployment's custom role has "
-            "it with enableIntegration (or allowPlanChange for pricings), as has Security Admin"
-        )
-    return f"grant the app's identity a role with {needs} on {where}"
-
-
-def _token_object_id(token: str) -> str:
-    """The 'oid' claim of a JWT access token. Read, not verified: ARM verifies it."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return str(claims["oid"]).lower()
-    except (IndexError, ValueError, KeyError, TypeError):
-        raise PermanentError(
-            "cannot read the app's object id from its token",
-            hint="set REMEDIATION_PRINCIPAL_ID to the identity's object id",
-        ) from None

@@ -73,7 +73,8 @@ def build(environ: Mapping[str, str], create: bool = True) -> Services:
     """The services for these settings: ARM gateway, audit table, queue, claims. With
     ``create``, the table and the queues are created if missing (the doctor, which only
     reads, builds without)."""
-    from remediation.arm import ArmGateway, build_credential  # noqa: PLC0415 - cold start
+    from remediation.arm import ArmGateway  # noqa: PLC0415 - cold start
+    from remediation.pipeline import build_credential  # noqa: PLC0415
 
     settings = load(environ)
     credential = build_credential(settings)

@@ -9,7 +9,7 @@ extension's error code is known only from ARM (``ExtensionFacts.code``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from remediation.model import ExtensionFacts, Kind, Power, VmFacts, VmRef, as_text, dig
@@ -287,3 +287,23 @@ def _arc_extensions(items: Any, flat: bool) -> tuple[ExtensionFacts, ...]:
 def facts_from_arc(machine: Mapping[str, Any], extensions: Any) -> VmFacts:
     """An Arc machine as ARM returns it (GET machine, GET its extensions' list)."""
     return _arc_facts(VmRef.parse(as_text(machine.get("id"))), machine, extensions, flat=False)
+
+
+# --- Run Command (the test alert's detection test) -----------------------------------
+def run_output(statuses: Iterable[tuple[str, str]]) -> tuple[str, str]:
+    """(stdout, stderr) of a Run Command result. Windows answers one status per stream
+    (``ComponentStatus/StdOut/succeeded``, ``.../StdErr/...``: the spec's example); Linux
+    one ``ProvisioningState/...`` status whose message holds ``[stdout]`` and ``[stderr]``
+    sections (Azure/run-command-extension-linux; Azure/azure-cli#14425)."""
+    out, err = [], []
+    for code, message in statuses:
+        if "/stderr/" in code.lower():
+            err.append(message)
+        elif "[stdout]" in message:
+            rest = message.partition("[stdout]")[2]
+            stdout, _, stderr = rest.partition("[stderr]")
+            out.append(stdout.strip("\n"))
+            err.append(stderr.strip("\n"))
+        else:
+            out.append(message)
+    return "\n".join(filter(None, out)), "\n".join(filter(None, err))

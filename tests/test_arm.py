@@ -6,7 +6,7 @@ import base64
 import pytest
 
 from localazure import LocalAzure
-from remediation.arm import ArmGateway, build_credential
+from remediation.arm import ArmGateway
 from remediation.facts import SWEEP_QUERY, facts_from_arm
 from remediation.model import (
     ExtensionFacts,
@@ -19,6 +19,7 @@ from remediation.model import (
     VmNotRunning,
     VmRef,
 )
+from remediation.pipeline import build_credential
 from tests.conftest import APP, READER, SUB, generated_estate, settings_for
 
 VM_READ = "Microsoft.Compute/virtualMachines/read"
@@ -321,14 +322,15 @@ def test_the_credential_disables_instance_discovery_for_a_private_authority(plan
     ids=["not running", "in progress", "blocked", "being deleted", "locked", "other"],
 )  # fmt: skip
 def test_compute_409s_are_told_apart(code, message, kind, status):
-    from remediation.arm import _conflict
+    from remediation.azure_errors import _conflict
 
     error = _conflict("installing MDE.Linux on v", code, "", message)
     assert (type(error).__name__, error.status) == (kind, status)
 
 
 def test_one_handler_shares_one_deadline_across_its_calls():
-    from remediation.arm import ArmGateway, BoundedRetryPolicy
+    from remediation.arm import ArmGateway
+    from remediation.pipeline import BoundedRetryPolicy
 
     policy = BoundedRetryPolicy(120)
     assert policy.budget == 120

@@ -629,7 +629,7 @@ def test_a_test_step_that_fails_every_try_ends_the_test_as_failed(world_factory)
     ],
 )
 def test_run_command_output_of_either_os(statuses, expected):
-    from remediation.arm import run_output
+    from remediation.facts import run_output
 
     assert run_output(statuses) == expected
 
