@@ -382,8 +382,8 @@ def measure_baseline(workers: int) -> dict[str, Any]:
     instance view and list its extensions."""
     from azure.mgmt.compute import ComputeManagementClient
 
-    from remediation.pipeline import RequestCounter, build_credential
     from remediation.config import load
+    from remediation.pipeline import RequestCounter, build_credential
 
     settings = load(os.environ)
     credential = build_credential(settings)
