@@ -149,6 +149,9 @@ class Subscription:
     display_name: str = ""  # "" until added: then "Subscription <first 8 of the id>"
     management_group: str = ""  # its parent management group's id; "" = the tenant root
     state: str = "Enabled"  # Enabled | Warned | PastDue | Disabled | Deleted
+    # The app's identity holds no role here: ARM answers 403 AuthorizationFailed for
+    # anything under it, and Resource Graph leaves it out (docs/fidelity.md).
+    no_access: bool = False
 
 
 @dataclass

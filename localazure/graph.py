@@ -223,11 +223,33 @@ def _scope(plane: LocalAzure, body: dict[str, Any]) -> list[Subscription]:
                 ],
             )
         found = {s.id.lower(): s for g in groups for s in estate.subscriptions_under(g)}
-        return list(found.values())
+        return [s for s in found.values() if not s.no_access]
     if not isinstance(subscriptions, list) or not subscriptions:
         raise ArmError(400, "BadRequest", "subscriptions or managementGroups is required")
     wanted = {str(s).lower() for s in subscriptions}
-    return [s for key, s in estate.subscriptions.items() if key in wanted]
+    # "the query results are returned for the subscriptions the user has access to ...
+    # without any indication that the result may be partial. If there are no
+    # subscriptions in the subscription list that the user has appropriate rights to,
+    # the response is a 403" (Resource Graph overview, "Permissions in Azure Resource
+    # Graph"; the body as Azure/azure-sdk-for-java#29924 quotes it).
+    readable = [
+        s for key, s in estate.subscriptions.items() if key in wanted and not s.no_access
+    ]
+    if not readable:
+        raise ArmError(
+            403,
+            "AccessDenied",
+            "Please provide below info when asking for support: the caller has access to "
+            "none of the request's subscriptions.",
+            details=[
+                {
+                    "code": "AccessDenied",
+                    "message": "Access is denied to the requested resource. The user might "
+                    "not have enough permission.",
+                }
+            ],
+        )
+    return readable
 
 
 def _scale_set_rows(plane: LocalAzure, subscriptions: list[Subscription]) -> list[dict[str, Any]]:

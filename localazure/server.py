@@ -323,6 +323,8 @@ class LocalAzure:
             elif route.api:
                 principal = self._authenticate(headers).object_id
                 self._check_api_version(route.api, query)
+                if subscription:
+                    self._subscription_access(subscription, principal, route)
                 if self._fault(method, path):
                     status = 0
                     return Response(0, b"", {})
@@ -357,6 +359,31 @@ class LocalAzure:
                     status,
                     code,
                 )
+            )
+
+    def _subscription_access(self, subscription: str, principal: str, route: Route) -> None:
+        """Anything under a subscription the tenant does not have is 404
+        SubscriptionNotFound; under one the caller holds no role in, 403
+        AuthorizationFailed (ARM's texts: Azure/azure-cli#33657 and
+        microsoft/AzureStorageExplorer#5298 quote the 404; Microsoft Learn's
+        "create-azure-rm-service-principal-manual" troubleshooting page the 403)."""
+        known = self.estate.subscriptions.get(subscription)
+        if known is None:
+            raise ArmError(
+                404,
+                "SubscriptionNotFound",
+                f"The subscription '{subscription}' could not be found.",
+            )
+        if known.no_access:
+            who = self._principal_by_oid(principal)
+            raise ArmError(
+                403,
+                "AuthorizationFailed",
+                f"The client '{who.client_id if who else principal}' with object id "
+                f"'{principal}' does not have authorization to perform action "
+                f"'{route.operation or 'Microsoft.Resources/subscriptions/read'}' over scope "
+                f"'/subscriptions/{subscription}' or the scope is invalid. If access was "
+                "recently granted, please refresh your credentials.",
             )
 
     def _fault(self, method: str, path: str) -> bool:

@@ -64,7 +64,10 @@ class Run:
     subscriptions: list[str]
     batches: int
     started: datetime
-    status: str = "running"  # running, done, failed (abandoned: interrupted or silent)
+    # running; done (every subscription assessed); partial (a batch failed, or a
+    # subscription could not be read: those keep their last complete figures); failed
+    # (nothing assessed, or abandoned: interrupted or silent)
+    status: str = "running"
     finished: datetime | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     heartbeat: datetime | None = None
@@ -75,6 +78,16 @@ class Run:
         """Running, and silent for longer than any working batch stays silent."""
         last = self.heartbeat or self.started
         return self.status == "running" and now - last > STALE_AFTER
+
+    @property
+    def assessed(self) -> frozenset[str]:
+        """The subscriptions this run assessed completely: only their figures are its own.
+        A run of the previous version says nothing: done then meant all of them."""
+        listed = self.summary.get("assessed")
+        if isinstance(listed, list):
+            return frozenset(str(s).lower() for s in listed)
+        done = self.status == "done"
+        return frozenset(s.lower() for s in self.subscriptions) if done else frozenset()
 
     def to_json(self) -> dict[str, Any]:
         value = asdict(self)
@@ -101,6 +114,14 @@ class BatchResult:
     arm_requests: int = 0
     graph_requests: int = 0
     failed: str = ""  # why the batch gave up, for a poisoned batch
+    subscriptions: list[str] = field(default_factory=list)  # the batch's
+    complete: bool = False  # every machine of its readable subscriptions was assessed
+    unreadable: dict[str, str] = field(default_factory=dict)  # subscription -> why
+
+    @property
+    def assessed(self) -> list[str]:
+        """The subscriptions this batch assessed completely."""
+        return [s for s in self.subscriptions if self.complete and s not in self.unreadable]
 
 
 class RunStore:
@@ -332,12 +353,13 @@ class RunStore:
                 return None  # another batch finished it, or it was closed as failed
             finished = datetime.now(UTC)
             summary = summarize(results, run.started, finished, run.uniform)
-            entity.update(status="done", finished=finished, summary=json.dumps(summary))
+            status = closing_status(summary, run.subscriptions)
+            entity.update(status=status, finished=finished, summary=json.dumps(summary))
             if replace_if_unchanged(self._table, entity, entity.metadata["etag"]):
                 break
         for subscription in run.subscriptions:
             self._release_lock(subscription, run.run_id)
-        run.status, run.finished, run.summary = "done", finished, summary
+        run.status, run.finished, run.summary = status, finished, summary
         return run
 
 
@@ -354,7 +376,16 @@ def _result_from_json(text: str) -> BatchResult:
     value = json.loads(text)
     for name in ("decisions", "platforms", "kinds", "verification", "findings"):
         value[name] = Counter(value.get(name) or {})
-    return BatchResult(**value)
+    known = {item.name for item in fields(BatchResult)}
+    return BatchResult(**{name: item for name, item in value.items() if name in known})
+
+
+def closing_status(summary: dict[str, Any], subscriptions: Sequence[str]) -> str:
+    """done when every subscription was assessed, failed when none was, else partial."""
+    assessed = set(summary.get("assessed") or ())
+    if assessed >= set(subscriptions):
+        return "done"
+    return "partial" if assessed else "failed"
 
 
 def summarize(
@@ -376,7 +407,12 @@ def summarize(
         findings.update(result.findings)
     eligible = sum(r.eligible_running for r in results)
     covered = sum(r.covered for r in results)
+    unreadable: dict[str, str] = {}
+    for result in results:
+        unreadable.update(result.unreadable)
     return {
+        "assessed": sorted({s for r in results for s in r.assessed}),
+        "unreadable": dict(sorted(unreadable.items())),
         "vms": sum(r.vms for r in results),
         "decisions": dict(sorted(decisions.items())),
         "platforms": dict(sorted(platforms.items())),

@@ -260,12 +260,12 @@ def run_batch(
     if not store.beat(run.run_id):
         return None
     last_beat = time.monotonic()
+    batch.result.subscriptions = list(message.subscriptions)
     with services.arm.counter.counting() as used:
-        for subscription in message.subscriptions:  # drift: read the posture afresh
-            services.arm.forget_posture(subscription)
+        readable = batch.read_postures(message.subscriptions)
         complete = False
         try:
-            for facts in services.arm.inventory(message.subscriptions, on_total=on_total):
+            for facts in services.arm.inventory(readable, on_total=on_total) if readable else ():
                 record = batch.handle(facts)
                 if on_record is not None:
                     on_record(record)
@@ -285,7 +285,8 @@ def run_batch(
             else:
                 complete = True
         finally:
-            store.give_back(run.run_id, batch.budget)  # what this batch took but did not use
+            store.give_back(run.run_id, batch.budget)
+    batch.result.complete = complete  # what this batch took but did not use
     services.audit.write_many(batch.records)
     batch.save_states(complete)
     batch.result.arm_requests, batch.result.graph_requests = used["arm"], used["graph"]
@@ -338,7 +339,9 @@ def fail_batch(services: Services, message: BatchMessage, why: str) -> Run | Non
     if run is None:
         return None
     where = ", ".join(message.subscriptions)
-    result = BatchResult(errors=1, failed=f"batch {message.batch} ({where}): {why}")
+    result = BatchResult(
+        failed=f"batch {message.batch} ({where}): {why}", subscriptions=list(message.subscriptions)
+    )
     return _finished(services, store.finish_batch(run, message.batch, result))
 
 
@@ -358,11 +361,49 @@ class _Batch:
         self.turned: list[AuditRecord] = []  # turned not-seen or unhealthy: notify
         self.cap = services.settings.max_actions_per_sweep
         self.actions = BatchActions()  # subscription writes made (or reported) this batch
+        self.down: dict[str, TransientError] = {}  # subscriptions whose posture got no answer
         self.records: list[AuditRecord] = []
         self.result = BatchResult()
         self.budget = 0  # actions taken from the run's cap, not yet used
         trigger = "sweep" if run.trigger == "sweep" else run.trigger
         self.context = Context(services, trigger, run_id=run.run_id, mode=Mode(run.mode))
+
+    def read_postures(self, subscriptions: Sequence[str]) -> list[str]:
+        """Each subscription's plan and settings, read afresh (drift), before its machines:
+        the subscriptions to inventory. One Azure does not know, or the identity cannot
+        read, is recorded once with its fix and left out (its last complete figures
+        stand). One whose read got no answer is remembered: its machines are recorded
+        unavailable at once, not after a full retry each."""
+        readable = []
+        for subscription in subscriptions:
+            self.services.arm.forget_posture(subscription)
+            try:
+                self.services.arm.posture(subscription)
+            except TransientError as error:
+                self.down[subscription] = error
+                self.result.unreadable[subscription] = f"Azure did not answer: {error}"
+                readable.append(subscription)
+            except PermanentError as error:
+                self.result.unreadable[subscription] = str(error)
+                self.records.append(_stable(self._unreadable(subscription, error), self.run))
+            else:
+                readable.append(subscription)
+        return readable
+
+    def _unreadable(self, subscription: str, error: PermanentError) -> AuditRecord:
+        context = dataclasses.replace(self.context, subscription=subscription)
+        if error.status == 404:
+            hint = (
+                "check the id in REMEDIATION_SUBSCRIPTIONS: Azure does not know this "
+                "subscription (a typo, a subscription of another tenant, or one deleted)"
+            )
+        else:
+            hint = error.hint or "grant the app's identity its role on the subscription"
+        reason = (
+            f"Subscription {subscription} could not be read, so none of its machines was "
+            f"assessed: {error}"
+        )
+        return context.record(Outcome.ERROR.value, reason, RecordOutcome.FAILED, hint=hint)
 
     def handle(self, facts: VmFacts) -> AuditRecord:
         context = self.context.for_vm(facts.vm)
@@ -371,6 +412,9 @@ class _Batch:
         assessment: Assessment | None = None
         turned = False
         try:
+            down = self.down.get(facts.vm.subscription)
+            if down is not None:  # its subscription's posture got no answer this batch
+                raise TransientError(str(down))
             assessment, turned = self._verify(assess(self.services, facts, last_known=False))
             record = self._act(context, assessment)
         except TransientError as error:
@@ -489,7 +533,7 @@ class _Batch:
 def _stable(record: AuditRecord, run: Run) -> AuditRecord:
     """Sweep rows get the run's time and an id from (run, VM), or (run, subscription) for
     a scope change: a retried batch rewrites its rows rather than adding a second record."""
-    about = record.vm.lower() or f"scope:{record.subscription}"
+    about = record.vm.lower() or f"{record.decision}:{record.subscription}"
     digest = hashlib.sha256(f"{run.run_id}|{about}".encode()).hexdigest()[:32]
     return dataclasses.replace(record, time=run.started, record_id=digest)
 
