@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from remediation.model import coverage_percent, covered
+
 if TYPE_CHECKING:  # pragma: no cover - types only; the imports happen in publish()
     from opentelemetry.sdk.metrics.export import MetricReader
 
@@ -74,8 +76,6 @@ class SubscriptionFigures:
 
     @property
     def coverage_percent(self) -> float | None:
-        from remediation.model import coverage_percent  # noqa: PLC0415 - a light module
-
         return coverage_percent(self.covered, self.eligible_running)
 
 
@@ -98,9 +98,8 @@ def figures_from_records(records: Iterable[AuditRecord]) -> list[SubscriptionFig
     for record in latest.values():
         tally = tallies.setdefault(record.subscription.lower(), dict.fromkeys(_FIELDS, 0))
         tally["vms"] += 1
-        if record.eligible_running:
-            tally["eligible_running"] += 1
-            tally["covered"] += record.decision == "compliant"
+        tally["eligible_running"] += record.eligible_running
+        tally["covered"] += covered(record.decision, record.eligible_running)
         column = _COLUMN.get(record.decision)
         if column is not None:
             tally[column] += 1

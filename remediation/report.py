@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 
 from remediation.audit import AuditRecord, Query
-from remediation.model import UNDECIDED, coverage_percent, percent_text
+from remediation.model import UNDECIDED, coverage_percent, covered, percent_text
 from remediation.runs import Run, RunStore
 from remediation.scope import WIRE_COMMAND, Scope
 from remediation.service import Services
@@ -49,7 +49,7 @@ from remediation.service import Services
 WINDOW = timedelta(days=30)
 HUMAN_ROWS = 200  # rows of "Needs a human" on the page; the rest are counted
 CATEGORIES = {
-    "compliant": "covered",
+    "compliant": "has MDE",  # the extension is Succeeded, running or not: not "covered"
     "install": "to install",
     "defer": "deferred",
     "exclude": "excluded",
@@ -83,6 +83,7 @@ class Coverage:
     tests: dict[str, AuditRecord] = field(default_factory=dict)  # VM id -> its last test alert
     names: Scope = field(default_factory=Scope)  # display names, groups, wiring
     uniform: tuple[int, int] = (0, 0)  # uniform scale sets, instances: the last full sweep's
+    incomplete: Run | None = None  # the latest run, when it did not assess everything
 
     @property
     def not_swept(self) -> list[str]:
@@ -100,7 +101,7 @@ class Coverage:
             r for r in self.latest.values() if not subscription or r.subscription == subscription
         ]
         eligible = [r for r in records if r.eligible_running]
-        return sum(r.decision == "compliant" for r in eligible), len(eligible)
+        return sum(covered(r.decision, r.eligible_running) for r in eligible), len(eligible)
 
     def verified(self, subscription: str = "") -> tuple[int, int]:
         """(verified by Defender for Endpoint, eligible running), like ``headline``."""
@@ -138,11 +139,7 @@ def _key(record: AuditRecord, by: str) -> str:
 
 def _verified(record: AuditRecord) -> bool:
     """Counted as verified: eligible running, covered, and seen onboarded and Active."""
-    return (
-        record.eligible_running
-        and record.decision == "compliant"
-        and record.verification == "verified"
-    )
+    return covered(record.decision, record.eligible_running) and (record.verification == "verified")
 
 
 def need(record: AuditRecord) -> str:
@@ -150,8 +147,8 @@ def need(record: AuditRecord) -> str:
     Defender for Endpoint says of it."""
     if record.decision in NEEDS_A_HUMAN:
         return record.decision
-    covered = record.decision == "compliant" and record.eligible_running
-    return record.verification if covered and record.verification in NOT_VERIFIED else ""
+    counted = covered(record.decision, record.eligible_running)
+    return record.verification if counted and record.verification in NOT_VERIFIED else ""
 
 
 # --- Gathering: the shell -------------------------------------------------------------
@@ -162,15 +159,17 @@ def gather(services: Services, now: datetime | None = None) -> Coverage:
     names = services.scope()
     scope = tuple(sorted(names.ids))
     runs = RunStore(services.audit.table).runs_since(now - WINDOW)
-    done = sorted((run for run in runs if run.status == "done"), key=lambda run: run.started)
+    finished = sorted((run for run in runs if run.status != "running"), key=lambda r: r.started)
+    done = [run for run in finished if run.status == "done"]
     full = [run for run in done if full_scope(run, scope)]
     coverage = Coverage(
         now,
         scope,
-        latest_sweeps(done, scope),
+        latest_sweeps(finished, scope),
         trend=trend(done, scope),
         names=names,
         uniform=full[-1].uniform if full else (0, 0),
+        incomplete=finished[-1] if finished and finished[-1].status != "done" else None,
     )
     if coverage.as_of:
         oldest = min(run.started for run in coverage.as_of.values())
@@ -193,13 +192,15 @@ def _records(services: Services, since: datetime, until: datetime) -> list[Audit
 
 
 # --- Deciding what the page shows: pure ------------------------------------------------
-def latest_sweeps(done: Sequence[Run], scope: Sequence[str]) -> dict[str, Run]:
-    """Each subscription in scope -> the finished run that covered it last (by start)."""
+def latest_sweeps(finished: Sequence[Run], scope: Sequence[str]) -> dict[str, Run]:
+    """Each subscription in scope -> the finished run that assessed it completely last
+    (by start). A partial run counts for the subscriptions it assessed: the others keep
+    the figures of the run before, with that run's time."""
     latest: dict[str, Run] = {}
-    for run in sorted(done, key=lambda run: run.started):
-        for subscription in run.subscriptions:
-            if subscription.lower() in scope:
-                latest[subscription.lower()] = run
+    for run in sorted(finished, key=lambda run: run.started):
+        for subscription in run.assessed:
+            if subscription in scope:
+                latest[subscription] = run
     return latest
 
 
@@ -270,6 +271,7 @@ th:first-child,td:first-child{text-align:left}td.text{text-align:left;max-width:
 td.none{text-align:left;color:#666;font-style:italic}
 .big{font-size:2.4em;font-weight:600}.muted{color:#666}
 code{background:#f3f3f3;padding:0 .2em}
+.warn{border-left:4px solid #b35900;padding:0 1em;background:#fff6ec}
 """
 _STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
 HEADERS: dict[str, str] = {
@@ -303,7 +305,10 @@ def render(coverage: Coverage, human_rows: int = HUMAN_ROWS) -> str:
     ]
     if not coverage.as_of:
         parts += [
-            ".</p><p>No sweep has finished yet: start one with POST /api/sweep.</p></body></html>"
+            ".</p><p>No sweep has assessed a subscription yet: start one with "
+            "<code>python -m remediation sweep</code> or POST /api/sweep.</p>",
+            *_incomplete(coverage),
+            "</body></html>",
         ]
         return "\n".join(parts)
     covered, eligible = coverage.headline()
@@ -314,6 +319,7 @@ def render(coverage: Coverage, human_rows: int = HUMAN_ROWS) -> str:
         f'of eligible running VMs are covered (<span id="covered">{covered}</span> of '
         f'<span id="eligible">{eligible}</span>) in the {swept} swept subscription'
         f"{'' if swept == 1 else 's'} of {len(coverage.scope)} in scope.</p>",
+        *_incomplete(coverage),
     ]
     if coverage.verifying:
         seen, _ = coverage.verified()
@@ -340,12 +346,16 @@ def render(coverage: Coverage, human_rows: int = HUMAN_ROWS) -> str:
             f'<p id="not-swept">Not swept yet, so not counted: {len(coverage.not_swept)} '
             "subscription(s) (no finished sweep covered them in the last 30 days).</p>"
         )
+
+    def verified(by: str) -> dict[str, int] | None:
+        return coverage.verified_by(by) if coverage.verifying else None
+
     parts += ["<h2>By subscription</h2>", _subscriptions(coverage)]
     parts += [
         "<h2>By kind</h2>",
-        _table(coverage.counts("kind"), "kind", coverage.verified_by("kind")),
+        _table(coverage.counts("kind"), "kind", verified("kind")),
         "<h2>By platform</h2>",
-        _table(coverage.counts("platform"), "platform", coverage.verified_by("platform")),
+        _table(coverage.counts("platform"), "platform", verified("platform")),
     ]
     parts += _not_covered(coverage)
     parts += [
@@ -386,6 +396,8 @@ def _subscriptions(coverage: Coverage) -> str:
         cells = "".join(f'<td data-category="{escape(c)}">{row.get(c, 0)}</td>' for c in columns)
         share = _percent(coverage_percent(*coverage.headline(subscription)))
         seen = _percent(coverage_percent(*coverage.verified(subscription)))
+        if not coverage.verifying:
+            seen = "off"  # REMEDIATION_MDE_API is empty: nothing was checked, no figure
         body.append(
             f'{key}<td title="sweep {escape(run.run_id)}">{_when(run.started)}</td>{cells}'
             f"<td>{sum(row.values())}</td><td data-coverage>{share}</td>"
@@ -395,6 +407,28 @@ def _subscriptions(coverage: Coverage) -> str:
         f'<table id="by-subscription"><tr><th>subscription</th><th>as of</th>{head}'
         f"<th>VMs</th><th>coverage</th><th>verified by MDE</th></tr>{''.join(body)}</table>"
     )
+
+
+def _incomplete(coverage: Coverage) -> list[str]:
+    """The latest run, when it did not assess everything: what it missed and why. The
+    subscriptions it missed keep the figures of their last complete sweep."""
+    run = coverage.incomplete
+    if run is None:
+        return []
+    missed = [
+        f"<li>subscription {escape(coverage.names.label(sid))}: {escape(why)}</li>"
+        for sid, why in sorted((run.summary.get("unreadable") or {}).items())
+    ]
+    missed += [f"<li>{escape(str(why))}</li>" for why in run.summary.get("failed_batches") or []]
+    if run.summary.get("abandoned"):
+        missed.append(f"<li>closed: {escape(str(run.summary['abandoned']))}</li>")
+    return [
+        f'<div id="incomplete" class="warn"><p>The latest sweep, {escape(run.run_id)} of '
+        f"{_when(run.started)}, is <strong>{escape(run.status)}</strong>: it did not assess "
+        "every subscription. Those it missed show their last complete figures, with the "
+        "time of the sweep they come from.</p>",
+        f"<ul>{''.join(missed)}</ul></div>",
+    ]
 
 
 def _grouped(coverage: Coverage) -> list[str]:
@@ -442,13 +476,14 @@ def _not_covered(coverage: Coverage) -> list[str]:
     return parts
 
 
-def _table(rows: dict[str, Counter[str]], by: str, verified: dict[str, int]) -> str:
+def _table(rows: dict[str, Counter[str]], by: str, verified: dict[str, int] | None) -> str:
+    """Counts by kind or platform; ``verified`` None when verification is off."""
     columns = list(CATEGORIES.values())
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     body = []
     for key, counts in rows.items():
         cells = "".join(f'<td data-category="{escape(c)}">{counts.get(c, 0)}</td>' for c in columns)
-        seen = verified.get(key, 0)
+        seen = "off" if verified is None else str(verified.get(key, 0))
         body.append(
             f'<tr data-{by}="{escape(key)}"><td>{escape(key)}</td>{cells}<td>{sum(counts.values())}</td>'
             f'<td data-verified="{seen}">{seen}</td></tr>'

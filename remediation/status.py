@@ -31,6 +31,7 @@ from remediation.model import (
     VmFacts,
     VmRef,
     coverage_percent,
+    covered,
     percent_text,
 )
 from remediation.ops import FUNCTION_KEY
@@ -202,10 +203,8 @@ class _Gathered:
         vm, decision = assessment.vm, assessment.decision
         tally = self._tally(subscription, vm.platform or "unknown")
         tally.categories[CATEGORIES[decision.outcome.value]] += 1
-        if vm.eligible_running:
-            tally.eligible_running += 1
-            if decision.outcome is Outcome.COMPLIANT:
-                tally.covered += 1
+        tally.eligible_running += vm.eligible_running
+        tally.covered += covered(decision.outcome, vm.eligible_running)
         if decision.outcome.value in NEEDS_A_HUMAN:
             self.human.append(
                 HumanItem(

@@ -328,7 +328,8 @@ def _publish_metrics(services: Services, run: Run) -> None:
         if not token:
             break
     duration = float(run.summary.get("duration_seconds", 0))
-    figures = metrics.figures_from_records(records)
+    # Only what the run measured: a subscription it could not assess emits nothing.
+    figures = [f for f in metrics.figures_from_records(records) if f.subscription in run.assessed]
     metrics.publish(figures, run_id=run.run_id, mode=run.mode, duration_seconds=duration)
 
 

@@ -20,7 +20,7 @@ SUB2 = "22222222-2222-4222-8222-222222222222"
 OUTSIDE = "33333333-3333-4333-8333-333333333333"
 GRAPH = "Microsoft.ResourceGraph/resources/read"
 WORDS = (
-    "covered",
+    "has MDE",
     "to install",
     "deferred",
     "excluded",
@@ -335,7 +335,7 @@ def test_parse_params_refuses_with_every_problem(params, problems):
 
 # --- render_table: a hand-built status ------------------------------------------------------
 def hand_built(human: int) -> status.Status:
-    linux = status.Tally(Counter({"covered": 3, "to install": 1}), eligible_running=4)
+    linux = status.Tally(Counter({"has MDE": 3, "to install": 1}), eligible_running=4)
     linux.covered = 3
     return status.Status(
         generated=datetime(2026, 9, 14, 8, 30, tzinfo=UTC),
