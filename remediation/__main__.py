@@ -185,18 +185,37 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
         print(f"error: sweep {run.run_id} was closed while it ran", file=sys.stderr)
         return 1
     summary = {"summary": True, "run_id": run.run_id, "mode": run.mode, **finished.summary}
+    summary["status"] = finished.status
     if args.wait:
         summary["after_installs"] = _after_installs(
             # the terminal gets the summary; --json gets every record
             finished.summary,
             _run_installs(running, args.json, out, quiet=not args.json),
-            run.run_id,
+            finished.subscriptions,
         )
     if args.json:
         out.write(json.dumps(summary) + "\n")
     else:
         _summary_table(summary, out)
-    return 0
+    return _sweep_exit(summary)
+
+
+def _sweep_exit(summary: dict[str, Any]) -> int:
+    """0 when every subscription was assessed and no waited install failed; else 1, with
+    each reason on stderr (the figures of what was not assessed are not this run's)."""
+    problems = [
+        f"subscription {sid} was not assessed: {why}"
+        for sid, why in (summary.get("unreadable") or {}).items()
+    ]
+    problems += [f"{why}" for why in summary.get("failed_batches") or []]
+    failed = (summary.get("after_installs") or {}).get("failed", 0)
+    if failed:
+        problems.append(
+            f"{failed} of the installs it waited for failed (python -m remediation log)"
+        )
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems or summary.get("status") != "done" else 0
 
 
 def _safe(error: BaseException) -> str:
@@ -220,11 +239,14 @@ def _abandon(running: Services, run_id: str, out: TextIO) -> int:
 
 
 def _after_installs(
-    summary: dict[str, Any], records: list[AuditRecord], run_id: str
+    summary: dict[str, Any], records: list[AuditRecord], subscriptions: list[str]
 ) -> dict[str, Any]:
-    """Coverage once the installs this sweep queued ran (--wait): the sweep's own
-    figure is taken when it decides, before any install."""
-    mine = {r.vm.lower(): r for r in records if r.run_id == run_id}
+    """Coverage once the queued installs ran (--wait): the sweep's own figure is taken
+    when it decides, before any install. Every install that ended during the wait in the
+    run's subscriptions counts, whichever run queued it (after a Ctrl-C'd run, this one
+    finds its VMs claimed, and the earlier run's installs are the ones that run)."""
+    scope = {s.lower() for s in subscriptions}
+    mine = {r.vm.lower(): r for r in records if r.vm and r.subscription.lower() in scope}
     installed = sum(1 for r in mine.values() if r.outcome == RecordOutcome.SUCCEEDED)
     failed = sum(1 for r in mine.values() if r.outcome in FAILED_OUTCOMES)
     eligible = int(summary.get("eligible_running", 0))

@@ -133,7 +133,10 @@ def handle_poison(services: Services, body: bytes | str) -> AuditRecord:
         )
     vm = VmRef.parse(request.vm)
     context = dataclasses.replace(
-        context.for_vm(vm), event_id=request.event_id, correlation_id=request.correlation_id
+        context.for_vm(vm),
+        event_id=request.event_id,
+        correlation_id=request.correlation_id,
+        run_id=request.run_id,
     )
     last = services.claims.last_failure(vm.id) or "unknown"
     services.claims.finish(vm.id)
