@@ -492,9 +492,15 @@ class AuditLog:
                     self._table.delete_entity(partition, key)
 
     def reinstalls_since_success(self, vm: str) -> int:
-        """How many MDE installs on this VM failed since the last one that succeeded."""
+        """How many MDE installs on this VM failed since the last one that succeeded.
+        No table yet (before the first write, read-only callers create none) is no
+        history, not an error."""
         failures = 0
-        for record in self.for_vm(vm, limit=50):
+        try:
+            history = self.for_vm(vm, limit=50)
+        except ResourceNotFoundError:
+            return 0
+        for record in history:
             if record.install_state == "Succeeded":
                 break
             if record.install_state == "Failed":

@@ -198,13 +198,16 @@ class States:
         self._table = table
 
     def read(self, subscription: str) -> dict[str, State]:
-        """Every VM's state in one subscription, by lower-case VM id (one query)."""
-        return {
-            str(entity["vm"]).lower(): _state(entity)
-            for entity in self._table.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": STATE_PREFIX + subscription.lower()}
-            )
-        }
+        """Every VM's state in one subscription, by lower-case VM id (one query); none
+        before the table exists."""
+        with contextlib.suppress(ResourceNotFoundError):
+            return {
+                str(entity["vm"]).lower(): _state(entity)
+                for entity in self._table.query_entities(
+                    "PartitionKey eq @pk", parameters={"pk": STATE_PREFIX + subscription.lower()}
+                )
+            }
+        return {}
 
     def get(self, vm: str, subscription: str) -> State | None:
         try:

@@ -259,3 +259,13 @@ def record_dropped(services: Services, trigger: str, what: str, error: Exception
     reason = f"A malformed {what} message was dropped: {error}."
     record = Context(services, trigger).record("error", reason, RecordOutcome.FAILED)
     return services.audit.write(record)
+
+
+def subscription_hint(error: RemediationError) -> str:
+    """What to do about a subscription that could not be read."""
+    if error.status == 404:  # SubscriptionNotFound: ARM's answer for an id it does not know
+        return (
+            "check the id in REMEDIATION_SUBSCRIPTIONS: Azure does not know this subscription "
+            "(a typo, one of another tenant, or one deleted)"
+        )
+    return error.hint or "check the app's roles in this subscription: python -m remediation doctor"

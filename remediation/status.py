@@ -36,7 +36,7 @@ from remediation.model import (
 )
 from remediation.ops import FUNCTION_KEY
 from remediation.report import CATEGORIES, NEEDS_A_HUMAN
-from remediation.service import Services, assess
+from remediation.service import Services, assess, subscription_hint
 
 PARAMETERS = frozenset({"subscription"})
 MAX_SUBSCRIPTIONS = 1000
@@ -144,6 +144,7 @@ class Status:
     mode: str
     subscriptions: list[SubscriptionStatus]
     human: list[HumanItem]  # ordered as the report orders them
+    unassessed: int = 0  # VMs that could not be assessed: the status is not complete
 
     @property
     def total(self) -> Tally:
@@ -158,9 +159,10 @@ class Status:
 
     @property
     def complete(self) -> bool:
-        """Every subscription read, and every VM in it assessed (none unanswered)."""
+        """Every subscription read, and every VM in it assessed (none unanswered, none
+        that could not be assessed)."""
         unanswered = self.total.categories.get(CATEGORIES[UNDECIDED], 0)
-        return not self.unavailable and not unanswered
+        return not self.unavailable and not unanswered and not self.unassessed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -181,6 +183,7 @@ class _Gathered:
     def __init__(self) -> None:
         self.platforms: dict[str, dict[str, Tally]] = {}  # subscription -> platform -> tally
         self.human: list[HumanItem] = []
+        self.unassessed = 0  # VMs the status could not assess (kept out of the coverage)
 
     def count(self, services: Services, facts: VmFacts) -> None:
         subscription = facts.vm.subscription
@@ -196,6 +199,7 @@ class _Gathered:
             platform = classify(facts, services.settings.exclude_tag).platform or "unknown"
             self._tally(subscription, platform).categories[CATEGORIES[Outcome.ERROR.value]] += 1
             reason = f"The status could not assess this VM: {error}"
+            self.unassessed += 1
             self.human.append(
                 HumanItem(facts.vm.id, subscription, platform, Outcome.ERROR.value, reason, hint)
             )
@@ -240,6 +244,7 @@ def gather(
         else:
             readable.append(subscription)
     human: list[HumanItem] = []
+    unassessed = 0
     size = max(1, settings.sweep_batch_size)
     for start in range(0, len(readable), size):
         batch = readable[start : start + size]
@@ -248,6 +253,7 @@ def gather(
                 if subscription in results:  # Resource Graph answers for what was asked
                     results[subscription].platforms.update(platforms)
             human += gathered.human
+            unassessed += gathered.unassessed
     order = {decision: index for index, decision in enumerate(NEEDS_A_HUMAN)}
     human.sort(key=lambda item: (order[item.decision], item.subscription, item.vm.lower()))
     return Status(
@@ -255,6 +261,7 @@ def gather(
         mode=settings.mode.value,
         subscriptions=list(results.values()),
         human=human,
+        unassessed=unassessed,
     )
 
 
@@ -277,9 +284,7 @@ def _inventory(
 
 def _unavailable(result: SubscriptionStatus, error: RemediationError) -> None:
     result.error = str(error)
-    result.hint = (
-        error.hint or "check the app's roles in this subscription: python -m remediation doctor"
-    )
+    result.hint = subscription_hint(error)
 
 
 # --- HTTP ----------------------------------------------------------------------------------

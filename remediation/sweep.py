@@ -54,7 +54,14 @@ from remediation.runs import (
     SweepRunning,
 )
 from remediation.scope import Resolution, refresh
-from remediation.service import Assessment, Context, Services, assess, record_dropped
+from remediation.service import (
+    Assessment,
+    Context,
+    Services,
+    assess,
+    record_dropped,
+    subscription_hint,
+)
 
 SCHEMA = "sweep-batch/1"
 WRITE_EVERY = 1000  # a batch writes its records this many at a time (a page of inventory)
@@ -393,13 +400,7 @@ class _Batch:
 
     def _unreadable(self, subscription: str, error: PermanentError) -> AuditRecord:
         context = dataclasses.replace(self.context, subscription=subscription)
-        if error.status == 404:
-            hint = (
-                "check the id in REMEDIATION_SUBSCRIPTIONS: Azure does not know this "
-                "subscription (a typo, a subscription of another tenant, or one deleted)"
-            )
-        else:
-            hint = error.hint or "grant the app's identity its role on the subscription"
+        hint = subscription_hint(error)
         reason = (
             f"Subscription {subscription} could not be read, so none of its machines was "
             f"assessed: {error}"
