@@ -16,6 +16,8 @@ import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from azure.core.exceptions import AzureError
+
 from remediation.audit import AuditRecord
 from remediation.config import SettingsError
 from remediation.model import (
@@ -764,6 +766,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head -1`: the reader left; stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's own flush must not fail
+        return 141  # 128 + SIGPIPE, what a shell shows for a tool stopped by a closed pipe
+    except AzureError as error:  # storage unreachable or refusing: one line and its fix
+        first = (str(error).splitlines() or [""])[0][:300]
+        print(
+            f"error: Azure Storage: {type(error).__name__}: {first}; check AzureWebJobsStorage "
+            "and the identity's storage roles (python -m remediation doctor)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

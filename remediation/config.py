@@ -221,6 +221,10 @@ def load(environ: Mapping[str, str]) -> Settings:  # noqa: PLR0915 - one line a 
             "AzureWebJobsStorage: required (a connection string, or "
             "AzureWebJobsStorage__accountName for identity-based access)"
         )
+    if storage_connection and (problem := _connection_string_problem(storage_connection)):
+        problems.append(
+            f"AzureWebJobsStorage: {problem} (the value is not shown: it may hold a key)"
+        )
     arm_host = urlsplit(arm_endpoint or "").hostname or ""
     unknown_cloud = arm_endpoint and arm_host not in STORAGE_SUFFIXES
     if storage_account and not storage_connection and unknown_cloud:
@@ -316,6 +320,30 @@ def _plan(raw: str) -> str:
     if plan not in {"P1", "P2"}:
         raise ValueError("must be 'P1' or 'P2'")
     return plan
+
+
+def _connection_string_problem(value: str) -> str:
+    """What is wrong with a storage connection string, or "". Its shape, from "Configure
+    Azure Storage connection strings" (Microsoft Learn): ``key=value`` pairs joined by
+    ``;``, with UseDevelopmentStorage=true, or an AccountName with an AccountKey, or a
+    SharedAccessSignature, or the service endpoints."""
+    pairs = [part for part in value.strip().split(";") if part.strip()]
+    keys: dict[str, str] = {}
+    for part in pairs:
+        key, sep, item = part.partition("=")
+        if not sep or not key.strip() or not item.strip():
+            return "not a storage connection string (key=value pairs joined by ';')"
+        keys[key.strip().lower()] = item.strip()
+    if keys.get("usedevelopmentstorage", "").lower() == "true":
+        return ""
+    if "accountname" in keys and "accountkey" in keys:
+        return ""
+    if "sharedaccesssignature" in keys or {"queueendpoint", "tableendpoint"} <= keys.keys():
+        return ""
+    return (
+        "a storage connection string needs AccountName and AccountKey, a "
+        "SharedAccessSignature, or UseDevelopmentStorage=true"
+    )
 
 
 def _subscriptions(raw: str) -> frozenset[str]:

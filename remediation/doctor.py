@@ -15,7 +15,7 @@ from typing import Any
 from remediation.classify import MDE_LINUX, MDE_WINDOWS
 from remediation.config import Settings
 from remediation.model import RemediationError
-from remediation.service import Services
+from remediation.service import Services, subscription_hint
 
 # What every deployment needs, whatever its settings (infra/access.bicep grants them).
 ALWAYS = {
@@ -78,9 +78,8 @@ def run(services: Services) -> list[Check]:
             try:
                 checks.append(check(services, subscription))
             except RemediationError as error:
-                checks.append(
-                    Check(subscription, name, False, str(error), error.hint or "see the detail")
-                )
+                fix = subscription_hint(error) if name == "permissions" else error.hint
+                checks.append(Check(subscription, name, False, str(error), fix or "see the detail"))
     return checks
 
 

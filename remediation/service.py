@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from azure.core.exceptions import AzureError
+
 from remediation.audit import AuditLog, AuditRecord
 from remediation.classify import Classification, Protection, classify
 from remediation.config import Mode, Settings
@@ -71,7 +73,11 @@ class Services:
         if self._scope is not None and now - self._scope[0] < SCOPE_TTL_SECONDS:
             return self._scope[1]
         settings = self.settings
-        stored = self.scopes.load()
+        try:
+            stored = self.scopes.load()
+        except AzureError as error:  # storage is down: the settings still give the scope
+            log.warning("the stored scope could not be read (%s)", type(error).__name__)
+            stored = None
         if stored is not None:
             scope = reconcile(stored, settings)
         elif settings.management_groups:

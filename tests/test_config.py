@@ -101,7 +101,7 @@ def test_every_setting_is_read():
             "REMEDIATION_SWEEP_QUEUE": "batches",
             "REMEDIATION_SWEEP_BATCH_SIZE": "7",
             "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.us/",
-            "AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountName=st",
+            "AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountName=st;AccountKey=a2V5",
             "AzureWebJobsStorage__accountName": "st",
             "REMEDIATION_AUDIT_RETENTION_DAYS": "30",
             "REMEDIATION_NOTIFY_TOPIC_ENDPOINT": "https://t.westeurope-1.eventgrid.azure.net/api/events",
@@ -142,7 +142,7 @@ def test_every_setting_is_read():
         "sweep_queue": "batches",
         "sweep_batch_size": 7,
         "authority_host": "https://login.microsoftonline.us",
-        "storage_connection": "DefaultEndpointsProtocol=https;AccountName=st",
+        "storage_connection": "DefaultEndpointsProtocol=https;AccountName=st;AccountKey=a2V5",
         "storage_account": "st",
         "audit_retention_days": 30,
         "notify_endpoint": "https://t.westeurope-1.eventgrid.azure.net/api/events",
@@ -349,7 +349,12 @@ def test_management_groups_alone_give_the_scope_and_plan_change_may_name_any_sub
     )
     assert (settings.subscriptions, settings.management_groups) == (frozenset(), {"contoso"})
     assert settings.allow_plan_change == frozenset({SUB_C})
-    assert problems_with({"AzureWebJobsStorage": "x", "REMEDIATION_MANAGEMENT_GROUPS": " , "}) == [
+    assert problems_with(
+        {
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+            "REMEDIATION_MANAGEMENT_GROUPS": " , ",
+        }
+    ) == [
         "REMEDIATION_SUBSCRIPTIONS='': required: a comma-separated list of subscription ids "
         "(or set REMEDIATION_MANAGEMENT_GROUPS)"
     ]
@@ -580,3 +585,37 @@ def test_a_list_of_only_separators_and_blanks_is_the_empty_list_it_is():
     assert problems_with(MINIMAL | {"REMEDIATION_SUBSCRIPTIONS": ",\t,"}) == [
         "REMEDIATION_SUBSCRIPTIONS=',\\t,': required: a comma-separated list of subscription ids"
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("garbage", "not a storage connection string (key=value pairs joined by ';')"),
+        (
+            "AccountName=st;AccountKey=",
+            "not a storage connection string (key=value pairs joined by ';')",
+        ),
+        (
+            "DefaultEndpointsProtocol=https;AccountName=st",
+            "a storage connection string needs AccountName and AccountKey, a "
+            "SharedAccessSignature, or UseDevelopmentStorage=true",
+        ),
+    ],
+)
+def test_a_malformed_storage_connection_string_is_named_and_never_shown(value, problem):
+    assert problems_with(MINIMAL | {"AzureWebJobsStorage": value}) == [
+        f"AzureWebJobsStorage: {problem} (the value is not shown: it may hold a key)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "UseDevelopmentStorage=true",
+        "DefaultEndpointsProtocol=https;AccountName=st;AccountKey=a2V5;EndpointSuffix=core.windows.net",
+        "QueueEndpoint=https://st.queue.core.windows.net;TableEndpoint=https://st.table.core.windows.net;SharedAccessSignature=sv=1",
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;",
+    ],
+)
+def test_the_documented_connection_string_shapes_pass(value):
+    assert load(MINIMAL | {"AzureWebJobsStorage": value}).storage_connection == value

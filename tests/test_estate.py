@@ -49,7 +49,9 @@ TAG = "defender-remediation-exclude"
 ARC_ID = f"/subscriptions/{SUB}/resourceGroups/rg-onprem/providers/Microsoft.HybridCompute/machines/srv-01"
 VM_ID = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"
 NOW = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
-SETTINGS = load({"REMEDIATION_SUBSCRIPTIONS": SUB, "AzureWebJobsStorage": "x"})
+SETTINGS = load(
+    {"REMEDIATION_SUBSCRIPTIONS": SUB, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+)
 READY = Posture(SUB, "Standard", "P1", wdatp=True, unified=True, exclude_linux=False)
 
 
@@ -377,7 +379,7 @@ GROUPS = load(
     {
         "REMEDIATION_SUBSCRIPTIONS": SUB,
         "REMEDIATION_MANAGEMENT_GROUPS": "mg-corp",
-        "AzureWebJobsStorage": "x",
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
     }
 )
 
@@ -435,7 +437,10 @@ def test_the_stored_scope_follows_todays_settings():
         frozenset({SUB2}),
     )
     now_listed_only = load(
-        {"REMEDIATION_SUBSCRIPTIONS": f"{SUB},{SUB2}", "AzureWebJobsStorage": "x"}
+        {
+            "REMEDIATION_SUBSCRIPTIONS": f"{SUB},{SUB2}",
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        }
     )
     scope = reconcile(stored, now_listed_only)
     assert scope.ids == {SUB, SUB2}  # SUB3 is no longer listed
@@ -658,7 +663,7 @@ def test_the_records_of_a_join_and_a_leave_say_everything_ops_need():
     two_groups = load(
         {
             "REMEDIATION_MANAGEMENT_GROUPS": "b-group,a-group",
-            "AzureWebJobsStorage": "x",
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
         }
     )
     assert (
@@ -689,7 +694,12 @@ def test_resolve_reads_every_row_it_can_and_skips_the_rest():
 
 def test_reconcile_keeps_names_and_the_time_of_the_resolution():
     stored = Scope({SUB: Subscription(SUB, "Listed")}, NOW, frozenset())
-    both = load({"REMEDIATION_SUBSCRIPTIONS": f"{SUB},{SUB2}", "AzureWebJobsStorage": "x"})
+    both = load(
+        {
+            "REMEDIATION_SUBSCRIPTIONS": f"{SUB},{SUB2}",
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        }
+    )
     scope = reconcile(stored, both)
     assert dict(scope.subscriptions) == {SUB: Subscription(SUB, "Listed"), SUB2: Subscription(SUB2)}
     assert scope.resolved == NOW
@@ -742,13 +752,23 @@ def test_a_scope_answers_for_an_id_in_any_case_and_for_unknown_ones():
 
 
 def test_a_chain_entry_that_is_not_an_object_matches_no_group():
-    odd = load({"REMEDIATION_MANAGEMENT_GROUPS": "xxxx", "AzureWebJobsStorage": "x"})
+    odd = load(
+        {
+            "REMEDIATION_MANAGEMENT_GROUPS": "xxxx",
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        }
+    )
     rows = [{"subscriptionId": SUB2, "name": "Odd", "managementGroups": ["mg-corp", 7]}]
     assert resolve(odd, rows, NOW).ids == frozenset()
 
 
 def test_a_wired_group_subscription_already_known_is_not_checked_again(caplog):
-    two = load({"REMEDIATION_MANAGEMENT_GROUPS": "mg-corp,mg-b", "AzureWebJobsStorage": "x"})
+    two = load(
+        {
+            "REMEDIATION_MANAGEMENT_GROUPS": "mg-corp,mg-b",
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        }
+    )
     stored = stored_scope(Subscription(SUB2, "Corp 01", "mg-corp", "Corp"))
     checked = []
     rows = [container(SUB2, "Corp 01", "mg-corp"), container(SUB3, "B", "mg-b")]
