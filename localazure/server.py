@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import jwt
 import trustme
@@ -286,7 +286,10 @@ class LocalAzure:
             match = route.pattern.match(path)
             if match is None:
                 continue
-            return self._dispatch(route, match.groupdict(), method, path, query, headers, body)
+            # Path segments arrive percent-encoded (a resource group's name may hold any
+            # letter: resource-name-rules); routes match the raw path, values are decoded.
+            params = {key: value and unquote(value) for key, value in match.groupdict().items()}
+            return self._dispatch(route, params, method, path, query, headers, body)
         return json_response(404, error_body("NotFound", f"no route for {method} {path}"))
 
     def _dispatch(

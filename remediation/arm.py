@@ -54,10 +54,12 @@ from remediation.facts import (
 )
 from remediation.model import (
     InstallResult,
+    InvalidResourceId,
     Kind,
     PermanentError,
     Posture,
     TransientError,
+    Unparsed,
     VmFacts,
     VmRef,
     dig,
@@ -196,11 +198,15 @@ class ArmGateway:
 
     def inventory(
         self, subscriptions: Iterable[str], on_total: Callable[[int], None] | None = None
-    ) -> Iterator[VmFacts]:
+    ) -> Iterator[VmFacts | Unparsed]:
         """Every VM and Arc machine of the subscriptions through Resource Graph: one
-        request per 1000 machines, streamed page by page, never loaded whole."""
+        request per 1000 machines, streamed page by page, never loaded whole. A machine
+        whose id cannot be read comes as Unparsed: one machine skipped, not the run."""
         for row in self._graph_rows(SWEEP_QUERY, on_total, subscriptions=sorted(subscriptions)):
-            yield facts_from_graph(row)
+            try:
+                yield facts_from_graph(row)
+            except InvalidResourceId as error:
+                yield Unparsed(str(row.get("id")), str(error))
 
     def subscription_containers(
         self, management_groups: Iterable[str] = (), subscriptions: Iterable[str] = ()

@@ -7,27 +7,40 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-# ARM's grammar for the ids we accept, strictly: a GUID subscription, a resource group
-# of 1-90 word characters, hyphens, periods and parentheses (not ending in a period), a
-# machine name of letters, digits, '_', '.', '-' starting with a letter or digit and not
-# ending in '.' or '-': 1-64 for a VM, 1-54 for an Arc machine (ARM's naming rules for
-# Microsoft.Compute and Microsoft.HybridCompute). Anything else (a '..', '%', '?', '#',
-# whitespace, extra segments, another resource type) is not a machine id.
+# ARM's grammar for the ids we accept, strictly: a GUID subscription; a resource group of
+# 1-90 characters, each a letter or digit of any script (.NET's Char.IsLetterOrDigit:
+# Unicode categories Lu, Ll, Lt, Lm, Lo, Nd) or '-', '_', '.', '(', ')', not ending in a
+# period (Microsoft Learn, resource-name-rules, Microsoft.Resources/resourcegroups; the
+# spec's pattern ^[-\w\._\(\)]+$, maxLength 90, in azure-rest-api-specs resources.json);
+# a machine name of ASCII letters, digits, '_', '.', '-' starting with a letter or digit
+# and not ending in '.' or '-': 1-64 for a VM, 1-54 for an Arc machine (the same page for
+# Microsoft.Compute; HybridCompute.json's machineName pattern). Anything else (a '..',
+# '%', '?', '#', whitespace, extra segments, another resource type) is not a machine id.
 _GUID = r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}"
-_GROUP = r"[-\w.()]{0,89}[-\w()]"
-_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?"
-_ARC_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,52}[A-Za-z0-9_])?"
+_NAME = r"(?a:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?)"
+_ARC_NAME = r"(?a:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,52}[A-Za-z0-9_])?)"
 MACHINE_ID = re.compile(
-    rf"/subscriptions/(?P<sub>{_GUID})/resourceGroups/(?P<group>{_GROUP})/providers/"
+    rf"/subscriptions/(?P<sub>{_GUID})/resourceGroups/(?P<group>[^/]{{1,90}})/providers/"
     rf"(?:Microsoft\.Compute/virtualMachines/(?P<name>{_NAME})"
     rf"|Microsoft\.HybridCompute/machines/(?P<arc>{_ARC_NAME}))",
-    re.IGNORECASE | re.ASCII,
+    re.IGNORECASE,
 )
+_GROUP_LETTERS = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nd"})
+
+
+def resource_group_ok(name: str) -> bool:
+    """A resource group name Azure accepts (see MACHINE_ID's comment)."""
+    return (
+        0 < len(name) <= 90
+        and not name.endswith(".")
+        and all(c in "-_.()" or unicodedata.category(c) in _GROUP_LETTERS for c in name)
+    )
 
 
 class Kind(StrEnum):
@@ -60,7 +73,7 @@ class VmRef:
     @classmethod
     def parse(cls, resource_id: str) -> VmRef:
         match = MACHINE_ID.fullmatch(resource_id) if isinstance(resource_id, str) else None
-        if match is None or ".." in resource_id:
+        if match is None or ".." in resource_id or not resource_group_ok(match["group"]):
             raise InvalidResourceId(
                 f"not a virtual machine or Arc machine id: {_shorten(resource_id)}"
             )
@@ -86,6 +99,18 @@ class VmRef:
 
     def __str__(self) -> str:
         return self.id
+
+
+@dataclass(frozen=True, slots=True)
+class Unparsed:
+    """A machine Azure listed whose id this app cannot read: recorded, never acted on."""
+
+    resource_id: str
+    reason: str
+
+    @property
+    def shown(self) -> str:
+        return _shorten(self.resource_id, 300)
 
 
 def kind_of(resource_id: str) -> str:

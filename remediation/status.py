@@ -28,6 +28,7 @@ from remediation.model import (
     Outcome,
     RemediationError,
     TransientError,
+    Unparsed,
     VmFacts,
     VmRef,
     coverage_percent,
@@ -185,7 +186,14 @@ class _Gathered:
         self.human: list[HumanItem] = []
         self.unassessed = 0  # VMs the status could not assess (kept out of the coverage)
 
-    def count(self, services: Services, facts: VmFacts) -> None:
+    def count(self, services: Services, facts: VmFacts | Unparsed) -> None:
+        if isinstance(facts, Unparsed):  # one machine not assessed, not the whole status
+            self.unassessed += 1
+            reason = f"Azure listed a machine whose id this app cannot read: {facts.reason}"
+            hint = "report it with the id: the machine is not assessed until the app reads it"
+            error = Outcome.ERROR.value
+            self.human.append(HumanItem(facts.shown, "", "unknown", error, reason, hint))
+            return
         subscription = facts.vm.subscription
         try:
             assessment = assess(services, facts, last_known=False)  # read-only: no log reads

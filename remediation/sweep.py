@@ -40,6 +40,7 @@ from remediation.model import (
     PermanentError,
     RecordOutcome,
     TransientError,
+    Unparsed,
     Verification,
     VmFacts,
     covered,
@@ -398,6 +399,18 @@ class _Batch:
                 readable.append(subscription)
         return readable
 
+    def _unparsed(self, machine: Unparsed) -> AuditRecord:
+        """A machine whose id cannot be read: one record, nothing done to it."""
+        self.result.errors += 1
+        context = dataclasses.replace(self.context, vm=machine.resource_id[:400])
+        reason = f"Azure listed a machine whose id this app cannot read: {machine.reason}"
+        hint = "report it with the id: the machine is not assessed until the app reads it"
+        record = context.record(Outcome.ERROR.value, reason, RecordOutcome.FAILED, hint=hint)
+        record = _stable(record, self.run)
+        _count(self.result, record)
+        self.records.append(record)
+        return record
+
     def _unreadable(self, subscription: str, error: PermanentError) -> AuditRecord:
         context = dataclasses.replace(self.context, subscription=subscription)
         hint = subscription_hint(error)
@@ -407,7 +420,9 @@ class _Batch:
         )
         return context.record(Outcome.ERROR.value, reason, RecordOutcome.FAILED, hint=hint)
 
-    def handle(self, facts: VmFacts) -> AuditRecord:
+    def handle(self, facts: VmFacts | Unparsed) -> AuditRecord:
+        if isinstance(facts, Unparsed):
+            return self._unparsed(facts)
         context = self.context.for_vm(facts.vm)
         # Listed by the inventory, whatever happens next: its state is kept.
         self.seen.setdefault(facts.vm.subscription.lower(), set()).add(facts.vm.id.lower())

@@ -85,6 +85,41 @@ def test_odd_arc_ids_are_refused(bad):
         VmRef.parse(bad)
 
 
+@pytest.mark.parametrize(
+    "group",
+    [
+        "rg-ünïcödé-日本",
+        "Ресурсы",
+        "rg_(prod).v2",
+        "ǅ",
+        "x" * 90,
+        "٣٤",
+    ],  # letters, digits of any script
+)
+def test_resource_groups_take_the_letters_and_digits_azure_takes(group):
+    vm_id = f"/subscriptions/{SUB}/resourceGroups/{group}/providers/Microsoft.Compute/virtualMachines/vm1"
+    assert VmRef.parse(vm_id).resource_group == group
+    assert VmRef.parse(vm_id).id == vm_id
+
+
+@pytest.mark.parametrize(
+    "group",
+    ["rg.", "x" * 91, "rg name", "rg%20x", "rg\u202ex", "rg²", "rg☃", "rg#1", ""],
+)
+def test_resource_groups_refuse_what_azure_refuses(group):
+    vm_id = f"/subscriptions/{SUB}/resourceGroups/{group}/providers/Microsoft.Compute/virtualMachines/vm1"
+    with pytest.raises(InvalidResourceId):
+        VmRef.parse(vm_id)
+
+
+def test_a_machine_name_stays_ascii_even_under_case_folding():
+    kelvin = (
+        f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/\u212a"
+    )
+    with pytest.raises(InvalidResourceId):
+        VmRef.parse(kelvin)  # the Kelvin sign folds to 'k' in Unicode matching, not in ARM
+
+
 def test_the_longest_arc_name_is_accepted():
     assert VmRef.parse(ARC_ID.replace("srv-01", "a" * 54)).name == "a" * 54
 
