@@ -232,9 +232,7 @@ def _scope(plane: LocalAzure, body: dict[str, Any]) -> list[Subscription]:
     # subscriptions in the subscription list that the user has appropriate rights to,
     # the response is a 403" (Resource Graph overview, "Permissions in Azure Resource
     # Graph"; the body as Azure/azure-sdk-for-java#29924 quotes it).
-    readable = [
-        s for key, s in estate.subscriptions.items() if key in wanted and not s.no_access
-    ]
+    readable = [s for key, s in estate.subscriptions.items() if key in wanted and not s.no_access]
     if not readable:
         raise ArmError(
             403,

@@ -5,6 +5,7 @@ holding, and the record ops read."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
@@ -82,12 +83,19 @@ class Claims:
         self.installing: dict[str, str] = {}
         self.finished: list[str] = []
         self.released: list[str] = []
+        self.failures: dict[str, str] = {}
 
     def take(self, vm: str, holder: str) -> bool:
         if vm in self.holders:
             return False
         self.holders[vm] = holder
         return True
+
+    def note_failure(self, vm: str, error: str) -> None:
+        self.failures[vm] = error
+
+    def last_failure(self, vm: str) -> str:
+        return self.failures.get(vm, "")
 
     def release(self, vm: str, holder: str) -> None:
         if self.holders.get(vm) == holder:
@@ -121,7 +129,23 @@ class Arm:
         self.writes: list[tuple[str, str]] = []  # (subscription, what)
         self.setting_refusal: Exception | None = None
 
+    principal = "00000000-0000-0000-0000-0000000000aa"  # the app's own object id
+    outage: Exception | None = None  # what every read raises while ARM is down
+
+    @property
+    def principal_id(self) -> str:
+        if self.outage is not None:
+            raise self.outage
+        return self.principal
+
+    @staticmethod
+    @contextlib.contextmanager
+    def budget(seconds: float):
+        yield
+
     def vm_facts(self, vm: VmRef) -> VmFacts:
+        if self.outage is not None:
+            raise self.outage
         return self.facts[vm.id]
 
     def posture(self, subscription: str) -> Posture:
@@ -149,8 +173,15 @@ class Arm:
 
 
 class Audit:
+    def __init__(self) -> None:
+        self.written: list = []
+
     def reinstalls_since_success(self, vm: str) -> int:
         return 0
+
+    def write(self, record):
+        self.written.append(record)
+        return record
 
 
 class States:

@@ -1,0 +1,132 @@
+"""The event and install-queue handlers in the fast tier, with test_act's in-memory
+stand-ins: one record per delivery, the claim finished or kept, outages never lost."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from remediation import handlers
+from remediation.model import TransientError
+from remediation.queues import InstallRequest
+from tests.test_act import SUB, ubuntu
+from tests.test_act import services as fake_services
+
+
+def delivery(facts, event_id="e-1", operation="Microsoft.Compute/virtualMachines/write"):
+    """An Event Grid schema event as the trigger hands it over, for one VM."""
+    return {
+        "id": event_id,
+        "topic": f"/subscriptions/{SUB}",
+        "subject": facts.vm.id,
+        "eventType": "Microsoft.Resources.ResourceWriteSuccess",
+        "eventTime": "2026-12-04T08:00:00Z",
+        "dataVersion": "2",
+        "metadataVersion": "1",
+        "data": {
+            "operationName": operation,
+            "resourceUri": facts.vm.id,
+            "subscriptionId": SUB,
+            "status": "Succeeded",
+            "authorization": {"evidence": {"principalId": "someone-else"}},
+            "claims": {"http://schemas.microsoft.com/identity/claims/objectidentifier": "x"},
+        },
+    }
+
+
+def test_an_event_is_one_record_and_starts_the_install():
+    facts = ubuntu()
+    running = fake_services(facts)
+    record = handlers.handle_event(running, delivery(facts))
+    assert (record.vm, record.event_id, record.outcome) == (facts.vm.id, "e-1", "started")
+    assert running.audit.written == [record]
+
+
+def test_the_token_authority_down_loses_no_event_the_install_queue_takes_it():
+    facts = ubuntu()
+    running = fake_services(facts)
+    running.arm.outage = TransientError("the token authority did not answer (503)")
+    record = handlers.handle_event(running, delivery(facts))
+    assert (record.vm, record.event_id) == (facts.vm.id, "e-1")
+    assert (record.decision, record.outcome) == ("defer", "queued")
+    [(request, _)] = running.queue.sent
+    assert request.vm == facts.vm.id
+    assert running.claims.holders == {facts.vm.id: "e-1"}
+
+
+def test_in_report_mode_an_outage_is_recorded_unavailable_with_its_machine():
+    facts = ubuntu()
+    running = fake_services(facts, mode="report")
+    running.arm.outage = TransientError("ARM answered 503")
+    record = handlers.handle_event(running, delivery(facts))
+    assert (record.vm, record.event_id) == (facts.vm.id, "e-1")
+    assert (record.decision, record.outcome) == ("undecided", "unavailable")
+    assert running.queue.sent == []
+
+
+def test_an_outage_with_the_install_queue_down_fails_the_delivery_for_a_redelivery():
+    facts = ubuntu()
+    running = fake_services(facts)
+    running.arm.outage = TransientError("ARM answered 503")
+    running.queue.fails = True
+    with pytest.raises(TransientError):
+        handlers.handle_event(running, delivery(facts))
+    assert running.claims.holders == {}  # given back: the redelivery can take it
+    assert running.audit.written == []
+
+
+def message(facts, **more) -> str:
+    return InstallRequest(vm=facts.vm.id, trigger="event", **more).to_text()
+
+
+def test_a_queued_install_that_ends_frees_the_claim_for_the_cooldown():
+    facts = ubuntu()
+    running = fake_services(facts)
+    running.claims.take(facts.vm.id, "h")
+    record = handlers.handle_install(running, message(facts), 1, "m-1")
+    assert record.outcome == "succeeded"
+    assert running.claims.finished == [facts.vm.id]
+
+
+def test_a_second_delivery_of_one_message_neither_puts_nor_frees_the_claim():
+    facts = ubuntu()
+    running = fake_services(facts)
+    running.claims.begin_install(facts.vm.id, "m-1")  # the first delivery is installing
+    record = handlers.handle_install(running, message(facts), 1, "m-1-again")
+    assert record.outcome == "duplicate"
+    assert running.arm.puts == []
+    assert running.claims.finished == []
+
+
+def test_a_transient_failure_is_noted_for_the_poison_record_and_retried():
+    facts = ubuntu()
+    running = fake_services(facts)
+    running.arm.refusal = TransientError("ARM answered 503")
+    with pytest.raises(TransientError):
+        handlers.handle_install(running, message(facts), 2, "m-1")
+    assert running.claims.failures == {facts.vm.id: "try 2: ARM answered 503"}
+    assert running.claims.finished == []
+    record = handlers.handle_poison(running, message(facts, run_id="run-1"))
+    assert (record.decision, record.outcome, record.run_id) == ("error", "poisoned", "run-1")
+    assert "try 2: ARM answered 503" in record.reason
+    assert running.claims.finished == [facts.vm.id]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"\xff\xfe not utf-8", "not UTF-8 text"),
+        (("[" * 5000 + "]" * 5000).encode(), "nested deeper than 32 levels"),
+        (b"{}", "unknown message schema"),
+        (json.dumps({"schema": "mde-install/1", "vm": "/subscriptions/x"}).encode(), "valid VM id"),
+    ],
+)
+def test_a_malformed_install_message_is_one_record_and_dropped(body, why):
+    running = fake_services(ubuntu())
+    record = handlers.handle_install(running, body, 1, "m-1")
+    assert (record.decision, record.outcome) == ("error", "failed")
+    assert why in record.reason
+    poisoned = handlers.handle_poison(running, body)
+    assert (poisoned.decision, poisoned.outcome) == ("error", "poisoned")
+    assert running.arm.puts == []
