@@ -174,7 +174,7 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
     except BaseException as error:  # Ctrl-C, or Azure unreachable: free the subscriptions
         why = "interrupted" if isinstance(error, KeyboardInterrupt) else _safe(error)
         try:
-            runs.RunStore(running.audit.table).abandon(run.run_id, f"the CLI sweep stopped: {why}")
+            running.runs.abandon(run.run_id, f"the CLI sweep stopped: {why}")
         except Exception as closing:  # storage is gone too: the run goes stale, then is closed
             print(
                 f"error: sweep {run.run_id} could not be closed: {_safe(closing)}", file=sys.stderr
@@ -227,12 +227,12 @@ def _safe(error: BaseException) -> str:
 
 
 def _abandon(running: Services, run_id: str, out: TextIO) -> int:
-    from remediation import runs, sweep  # noqa: PLC0415
+    from remediation import sweep  # noqa: PLC0415
 
     if not sweep.RUN_ID.match(run_id):
         print(f"error: not a sweep run id: {run_id[:60]!r}", file=sys.stderr)
         return 2
-    closed = runs.RunStore(running.audit.table).abandon(run_id, "abandoned by hand (CLI)")
+    closed = running.runs.abandon(run_id, "abandoned by hand (CLI)")
     if closed is None:
         print(f"error: no running sweep {run_id} (unknown, or already finished)", file=sys.stderr)
         return 2

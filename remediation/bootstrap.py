@@ -22,6 +22,7 @@ from remediation.audit import AuditLog
 from remediation.config import Settings, load
 from remediation.defender import States
 from remediation.queues import Claims, WorkQueue
+from remediation.runs import RunStore
 from remediation.scope import ScopeStore
 from remediation.service import Services
 
@@ -111,6 +112,7 @@ def build(environ: Mapping[str, str], create: bool = True) -> Services:
         ),
         states=States(table),
         scopes=ScopeStore(table),
+        runs=RunStore(table),
     )
     if create:
         services.audit.create()

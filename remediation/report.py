@@ -42,7 +42,7 @@ from html import escape
 
 from remediation.audit import AuditRecord, Query
 from remediation.model import UNDECIDED, coverage_percent, covered, percent_text
-from remediation.runs import Run, RunStore
+from remediation.runs import Run
 from remediation.scope import WIRE_COMMAND, Scope
 from remediation.service import Services
 
@@ -158,7 +158,7 @@ def gather(services: Services, now: datetime | None = None) -> Coverage:
     now = now or datetime.now(UTC)
     names = services.scope()
     scope = tuple(sorted(names.ids))
-    runs = RunStore(services.audit.table).runs_since(now - WINDOW)
+    runs = services.runs.runs_since(now - WINDOW)
     finished = sorted((run for run in runs if run.status != "running"), key=lambda r: r.started)
     done = [run for run in finished if run.status == "done"]
     full = [run for run in done if full_scope(run, scope)]

@@ -36,6 +36,7 @@ from remediation.model import (
 )
 from remediation.policy import decide, not_checkable
 from remediation.queues import Claims, InstallRequest, WorkQueue
+from remediation.runs import RunStore
 from remediation.scope import Scope, ScopeStore, listed, reconcile, resolve
 
 if TYPE_CHECKING:  # the gateway imports azure.mgmt: keep it off this module's import
@@ -61,6 +62,7 @@ class Services:
     tests: WorkQueue  # test alerts: run the test, then watch for its alert
     states: States  # each VM's verification between sweeps
     scopes: ScopeStore  # the last sweep's resolution of the scope
+    runs: RunStore  # sweep runs, their locks and their batches' results
     notifier: Notifier | None = None
     _scope: tuple[float, Scope] | None = field(default=None, repr=False)
 

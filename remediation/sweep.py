@@ -170,7 +170,7 @@ def start(services: Services, request: SweepRequest, send: Callable[[str], Any] 
     request = dataclasses.replace(request, subscriptions=in_scope(request, resolution.scope.ids))
     batches = batches_of(request.subscriptions, services.settings.sweep_batch_size)
     uniform = _uniform_scale_sets(services, request.subscriptions)
-    run = RunStore(services.audit.table).new_run(request, len(batches), uniform=uniform)
+    run = services.runs.new_run(request, len(batches), uniform=uniform)
     changes = resolution.records(run.run_id, services.settings)
     if changes:
         services.audit.write_many([_stable(record, run) for record in changes])
@@ -256,7 +256,7 @@ def run_batch(
     on_total: Callable[[int], None] | None = None,
 ) -> Run | None:
     """Sweep one batch of subscriptions. Returns the run when this batch finished it."""
-    store = RunStore(services.audit.table)
+    store = services.runs
     run = store.get(message.run_id)
     if run is None:
         raise ValueError(f"unknown sweep run {message.run_id}")
@@ -343,7 +343,7 @@ def _publish_metrics(services: Services, run: Run) -> None:
 
 def fail_batch(services: Services, message: BatchMessage, why: str) -> Run | None:
     """A batch that failed every try still counts, so the run finishes and says so."""
-    store = RunStore(services.audit.table)
+    store = services.runs
     run = store.get(message.run_id)
     if run is None:
         return None
@@ -605,7 +605,7 @@ def http_status(services: Services, run_id: str) -> tuple[int, dict[str, Any]]:
     """GET /api/sweep/{runId}: progress, and the summary once the run is done."""
     if not RUN_ID.match(run_id):
         return 400, {"errors": ["not a sweep run id"]}
-    store = RunStore(services.audit.table)
+    store = services.runs
     run = store.get(run_id)
     if run is None:
         return 404, {"errors": [f"no sweep run {run_id}"]}

@@ -212,6 +212,7 @@ def services(facts: VmFacts, posture: Posture = READY, mode: str = "enforce", **
         tests=None,  # type: ignore[arg-type]
         states=States(),  # type: ignore[arg-type]
         scopes=NoStoredScope(),  # type: ignore[arg-type]
+        runs=None,  # type: ignore[arg-type]
     )
 
 

@@ -441,3 +441,23 @@ def test_a_transaction_whose_answer_was_lost_is_sent_again(azurite):
     log.write_many([record(vm=OTHER, reason="kept")])
     assert len(lost) == 1
     assert sorted(e["reason"] for e in table.list_entities()) == ["kept", "kept"]
+
+
+def test_a_transaction_lost_on_every_try_fails_the_write_loudly_after_three(azurite):
+    from azure.core.exceptions import ServiceResponseError
+
+    lost = []
+
+    def lose_every_batch(request) -> None:
+        if request.http_request.url.endswith("$batch"):
+            lost.append(request.http_request.url)
+            raise ServiceResponseError("Connection aborted: Connection reset by peer")
+
+    table = TableClient.from_connection_string(
+        azurite, f"audit{uuid.uuid4().hex[:10]}", raw_request_hook=lose_every_batch
+    )
+    log = AuditLog(table)
+    log.create()
+    with pytest.raises(ServiceResponseError):  # the sweep batch fails and is retried
+        log.write_many([record(vm=OTHER, reason="never silently dropped")])
+    assert len(lost) == 2 * 3  # the log row and the index row, three sends each
