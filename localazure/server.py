@@ -332,7 +332,10 @@ class LocalAzure:
                     status = 0
                     return Response(0, b"", {})
                 limits = self._limit(route, subscription, principal)
-            else:
+            else:  # the token endpoint: Entra ID has outages too (faults apply)
+                if self.faults.rules and self._fault(method, path):
+                    status = 0
+                    return Response(0, b"", {})
                 limits = {}
             payload = json.loads(body) if body else None
             with self.lock:

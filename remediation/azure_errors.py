@@ -74,12 +74,17 @@ def translated(what: str, call: Callable[[], T]) -> T:
 _NO_ANSWER = re.compile(
     r"Failed to establish a new connection|Connection (refused|aborted|reset)|timed out|"
     r"Max retries exceeded|Failed to resolve|RemoteDisconnected|no response|"
-    r"EOF occurred|IncompleteRead|Connection broken",
+    r"EOF occurred|IncompleteRead|Connection broken|"
+    # An answer that is an outage, not a refusal: azure-identity words a 5xx, 408 or 429
+    # from the token endpoint "Authentication failed: HTTP Error: 503" (seen here, with
+    # azure-identity 1.27 and the local plane's token endpoint answering 503).
+    r"HTTP Error: (?:5\d\d|408|429)\b",
     re.IGNORECASE,
 )
 
 
 def _unanswered(error: ClientAuthenticationError) -> bool:
+    """The token authority did not answer, or answered with an outage: transient."""
     text = str(error)
     return error.response is None and "AADSTS" not in text and bool(_NO_ANSWER.search(text))
 
