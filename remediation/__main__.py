@@ -289,8 +289,9 @@ def _sweep_batches(running: Any, run: Any, as_json: bool, out: TextIO) -> Any:
 
 
 def _summary_table(summary: dict[str, Any], out: TextIO) -> None:
-    from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
+
+    from remediation.status import terminal  # noqa: PLC0415 - keep --help fast
 
     table = Table(title=f"sweep {summary['run_id']} ({summary['mode']})", show_header=False)
     table.add_column("what")
@@ -330,7 +331,7 @@ def _summary_table(summary: dict[str, Any], out: TextIO) -> None:
         "ARM / Resource Graph requests", f"{summary['arm_requests']} / {summary['graph_requests']}"
     )
     table.add_row("duration", f"{summary['duration_seconds']} s")
-    Console(file=out).print(table)
+    terminal(out).print(table)
 
 
 def show_log(args: argparse.Namespace, out: TextIO) -> int:
@@ -396,9 +397,10 @@ def _one_vm(running: Services, name: str, query: Any) -> str:
 
 
 def _log_table(records: list[AuditRecord], query: Any, out: TextIO) -> None:
-    from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415
+
+    from remediation.status import terminal  # noqa: PLC0415 - keep --help fast
 
     table = Table(
         title=f"remediation log since {query.since:%Y-%m-%d %H:%M} UTC ({len(records)} records)"
@@ -419,7 +421,7 @@ def _log_table(records: list[AuditRecord], query: Any, out: TextIO) -> None:
         cells = [when, name, record.kind, where, record.trigger, record.decision, record.outcome]
         cells.append(record.platform)
         table.add_row(*(Text(cell) for cell in [*cells, text]))  # plain: reasons quote ARM
-    Console(file=out, width=160).print(table)
+    terminal(out, width=160).print(table)
 
 
 def run_test_alert(args: argparse.Namespace, out: TextIO) -> int:
@@ -523,10 +525,10 @@ def show_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_doctor(args: argparse.Namespace, out: TextIO) -> int:
-    from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
     from remediation import bootstrap, doctor  # noqa: PLC0415 - keep --help fast
+    from remediation.status import terminal  # noqa: PLC0415 - keep --help fast
 
     checks = doctor.run(bootstrap.build(os.environ, create=False))  # reads only
     if args.json:
@@ -538,7 +540,7 @@ def run_doctor(args: argparse.Namespace, out: TextIO) -> int:
             table.add_row(
                 check.scope, check.check, "OK" if check.ok else "MISSING", check.detail, check.fix
             )
-        Console(file=out, width=200, soft_wrap=True).print(table)
+        terminal(out, width=200, soft_wrap=True).print(table)
     return 0 if all(check.ok for check in checks) else 1
 
 

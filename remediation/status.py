@@ -332,13 +332,25 @@ def http_status(services: Services, params: Mapping[str, str]) -> tuple[int, dic
 
 
 # --- The terminal ------------------------------------------------------------------------
+def terminal(out: TextIO, **options: Any) -> Any:
+    """A Rich console on ``out`` that lets a closed pipe (``| head``) reach the CLI as
+    BrokenPipeError, for its quiet exit: Rich's own answer is SystemExit(1), which a
+    script would read as a failure."""
+    from rich.console import Console  # noqa: PLC0415 - only the terminal needs it
+
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return PipeConsole(file=out, **options)
+
+
 def render_table(status: Status, out: TextIO, shown: int = SHOWN) -> None:
     """A table per subscription (a row per platform), then what needs a human."""
-    from rich.console import Console  # noqa: PLC0415 - only the terminal needs it
     from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415 - ARM's text is not rich markup
 
-    console = Console(file=out, width=200, soft_wrap=True)
+    console = terminal(out, width=200, soft_wrap=True)
     words = list(CATEGORIES.values())
     total = status.total
     headline = (
