@@ -604,5 +604,5 @@ def test_a_cli_sweep_whose_run_is_closed_from_elsewhere_says_so(world_factory, m
     assert store.abandon(started[0].run_id, "closed from another terminal") is not None
     worker.join(timeout=120)
     assert result["cli"] == (1, "")
-    assert f"error: sweep {runs[0].run_id} was closed while it ran" in capsys.readouterr().err
+    assert f"error: sweep {started[0].run_id} was closed while it ran" in capsys.readouterr().err
     assert locks(world) == []

@@ -595,7 +595,9 @@ def test_a_test_step_that_fails_every_try_ends_the_test_as_failed(world_factory)
         list(services.audit.table.query_entities(f"PartitionKey eq '{testalert.LOCK_PARTITION}'"))
         == []
     )
-    assert testalert.handle(services, "not json") is None  # dropped, with a warning
+    dropped = testalert.handle(services, "not json")  # one record, then dropped
+    assert (dropped.decision, dropped.outcome) == ("error", "failed")
+    assert "A malformed test-alert message was dropped" in dropped.reason
 
 
 @pytest.mark.parametrize(
