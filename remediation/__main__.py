@@ -565,7 +565,17 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _handle_event_command(commands)
+    _sweep_command(commands)
+    _log_command(commands)
+    _status_command(commands)
+    _report_command(commands)
+    _test_alert_command(commands)
+    _doctor_command(commands)
+    return root
 
+
+def _handle_event_command(commands: Any) -> None:
     event = _command(
         commands,
         "handle-event",
@@ -591,6 +601,8 @@ def parser() -> argparse.ArgumentParser:
     )
     event.set_defaults(run=handle_event)
 
+
+def _sweep_command(commands: Any) -> None:
     sweep = _command(
         commands,
         "sweep",
@@ -633,6 +645,8 @@ def parser() -> argparse.ArgumentParser:
     )
     sweep.set_defaults(run=run_sweep)
 
+
+def _log_command(commands: Any) -> None:
     log = _command(
         commands,
         "log",
@@ -678,11 +692,13 @@ def parser() -> argparse.ArgumentParser:
     )
     log.set_defaults(run=show_log)
 
+
+def _status_command(commands: Any) -> None:
     now = _command(
         commands,
         "status",
         "what is uncovered right now, read-only, straight from Resource Graph",
-        "Classify every VM in scope now and count, per subscription and platform: covered, "
+        "Classify every VM in scope now and count, per subscription and platform: has MDE, "
         "to install, deferred, excluded, unsupported, blocked; then the VMs that need a "
         "human. Takes no lock, writes no log row, changes nothing in Azure: the first thing "
         "to run after deploying in report mode. Exit 1 when a subscription or a VM could not "
@@ -702,6 +718,8 @@ def parser() -> argparse.ArgumentParser:
     now.add_argument("--json", action="store_true", help="print one JSON object")
     now.set_defaults(run=show_status)
 
+
+def _report_command(commands: Any) -> None:
     html = _command(
         commands,
         "report",
@@ -718,6 +736,8 @@ def parser() -> argparse.ArgumentParser:
     )
     html.set_defaults(run=write_report)
 
+
+def _test_alert_command(commands: Any) -> None:
     alert = _command(
         commands,
         "test-alert",
@@ -742,6 +762,8 @@ def parser() -> argparse.ArgumentParser:
     alert.add_argument("--json", action="store_true", help="print JSON")
     alert.set_defaults(run=run_test_alert)
 
+
+def _doctor_command(commands: Any) -> None:
     doctor = _command(
         commands,
         "doctor",
@@ -752,7 +774,6 @@ def parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print one JSON object per check")
     doctor.set_defaults(run=run_doctor)
-    return root
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
