@@ -89,21 +89,11 @@ def handle_install(
     (an install still running, a guest agent not ready): that message writes the
     record, and the claim holds. ``message_id`` is the queue message's id, the same on
     each retry of one message: it keeps a message delivered twice to one install."""
-    context = Context(services, "queue")
-    try:
-        request = InstallRequest.parse(body)
-    except BadMessage as error:
-        reason = f"A malformed install message was dropped: {error}."
-        return services.audit.write(
-            context.record(Outcome.ERROR.value, reason, RecordOutcome.FAILED)
-        )
+    parsed = _queued(services, body, "A malformed install message was dropped")
+    if isinstance(parsed, AuditRecord):
+        return parsed
+    context, request = parsed
     vm = VmRef.parse(request.vm)
-    context = dataclasses.replace(
-        context.for_vm(vm),
-        event_id=request.event_id,
-        correlation_id=request.correlation_id,
-        run_id=request.run_id,
-    )
     try:
         try:
             assessment = act.priced(services, assess(services, services.arm.vm_facts(vm)))
@@ -123,21 +113,13 @@ def handle_install(
 
 def handle_poison(services: Services, body: bytes | str) -> AuditRecord:
     """A message that failed every try: record it with its last failure, drop nothing."""
-    context = Context(services, "queue")
-    try:
-        request = InstallRequest.parse(body)
-    except BadMessage as error:
-        reason = f"A malformed message reached the poison queue: {error}."
-        return services.audit.write(
-            context.record(Outcome.ERROR.value, reason, RecordOutcome.POISONED)
-        )
-    vm = VmRef.parse(request.vm)
-    context = dataclasses.replace(
-        context.for_vm(vm),
-        event_id=request.event_id,
-        correlation_id=request.correlation_id,
-        run_id=request.run_id,
+    parsed = _queued(
+        services, body, "A malformed message reached the poison queue", RecordOutcome.POISONED
     )
+    if isinstance(parsed, AuditRecord):
+        return parsed
+    context, request = parsed
+    vm = VmRef.parse(request.vm)
     last = services.claims.last_failure(vm.id) or "unknown"
     services.claims.finish(vm.id)
     return services.audit.write(
@@ -149,3 +131,26 @@ def handle_poison(services: Services, body: bytes | str) -> AuditRecord:
             "check the app's quota and roles",
         )
     )
+
+
+def _queued(
+    services: Services,
+    body: bytes | str,
+    dropped: str,
+    outcome: RecordOutcome = RecordOutcome.FAILED,
+) -> tuple[Context, InstallRequest] | AuditRecord:
+    """A queued install request and the context its record shares with the request that
+    queued it; or, for a message that is not one, its record (written: it is dropped)."""
+    context = Context(services, "queue")
+    try:
+        request = InstallRequest.parse(body)
+    except BadMessage as error:
+        record = context.record(Outcome.ERROR.value, f"{dropped}: {error}.", outcome)
+        return services.audit.write(record)
+    context = dataclasses.replace(
+        context.for_vm(VmRef.parse(request.vm)),
+        event_id=request.event_id,
+        correlation_id=request.correlation_id,
+        run_id=request.run_id,
+    )
+    return context, request

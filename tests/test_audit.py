@@ -423,19 +423,26 @@ def test_json_form_has_the_fields_the_cli_promises():
     assert isinstance(value["actions"], list)
 
 
-def test_a_transaction_whose_answer_was_lost_is_sent_again(azurite):
+def losing_table(azurite, losses: int):
+    """A table client whose first ``losses`` transactions lose their answer (a
+    connection reset on the read), and the list of those lost."""
     from azure.core.exceptions import ServiceResponseError
 
-    lost = []
+    lost: list[str] = []
 
-    def lose_the_first_batch(request) -> None:  # a connection reset on the read, once
-        if request.http_request.url.endswith("$batch") and not lost:
+    def lose(request) -> None:
+        if request.http_request.url.endswith("$batch") and len(lost) < losses:
             lost.append(request.http_request.url)
             raise ServiceResponseError("Connection aborted: Connection reset by peer")
 
     table = TableClient.from_connection_string(
-        azurite, f"audit{uuid.uuid4().hex[:10]}", raw_request_hook=lose_the_first_batch
+        azurite, f"audit{uuid.uuid4().hex[:10]}", raw_request_hook=lose
     )
+    return table, lost
+
+
+def test_a_transaction_whose_answer_was_lost_is_sent_again(azurite):
+    table, lost = losing_table(azurite, losses=1)
     log = AuditLog(table)
     log.create()
     log.write_many([record(vm=OTHER, reason="kept")])
@@ -446,16 +453,7 @@ def test_a_transaction_whose_answer_was_lost_is_sent_again(azurite):
 def test_a_transaction_lost_on_every_try_fails_the_write_loudly_after_three(azurite):
     from azure.core.exceptions import ServiceResponseError
 
-    lost = []
-
-    def lose_every_batch(request) -> None:
-        if request.http_request.url.endswith("$batch"):
-            lost.append(request.http_request.url)
-            raise ServiceResponseError("Connection aborted: Connection reset by peer")
-
-    table = TableClient.from_connection_string(
-        azurite, f"audit{uuid.uuid4().hex[:10]}", raw_request_hook=lose_every_batch
-    )
+    table, lost = losing_table(azurite, losses=10_000)
     log = AuditLog(table)
     log.create()
     with pytest.raises(ServiceResponseError):  # the sweep batch fails and is retried
