@@ -31,7 +31,12 @@ from azure.data.tables import TableClient, UpdateMode
 from remediation import defender
 from remediation.config import Mode
 from remediation.model import coverage_percent
-from remediation.tables import LOCK_PARTITION, RUN_PARTITION, replace_if_unchanged
+from remediation.tables import (
+    LOCK_PARTITION,
+    RUN_PARTITION,
+    replace_if_unchanged,
+    update_entity,
+)
 
 log = logging.getLogger("remediation")
 
@@ -252,34 +257,27 @@ class RunStore:
 
     def beat(self, run_id: str, now: datetime | None = None) -> bool:
         """A sign of life from a batch at work. False, and no beat, when the run was
-        closed meanwhile (abandoned, or taken over): the batch should stop."""
-        while True:  # other batches beat too: on a lost race, read again
-            try:
-                entity = self._table.get_entity(RUN_PARTITION, run_id)
-            except ResourceNotFoundError:
-                return False
-            if entity["status"] != "running":
-                return False
+        closed meanwhile (abandoned, or taken over): the batch should stop. ETag-checked:
+        a beat never reopens a run closed since it was read."""
+
+        def alive(entity: dict[str, Any]) -> bool:
             entity["heartbeat"] = now or _utcnow()
-            # ETag-conditional: a beat never reopens a run closed since it was read.
-            if replace_if_unchanged(self._table, entity, entity.metadata["etag"], UpdateMode.MERGE):
-                return True
+            return bool(entity["status"] == "running")
+
+        return update_entity(self._table, RUN_PARTITION, run_id, alive) is not None
 
     def abandon(self, run_id: str, why: str) -> Run | None:
         """Close a running run as failed and free its subscriptions. Returns the run as
         closed, or None when it is unknown or already finished (nothing to do)."""
-        while True:
-            try:
-                entity = self._table.get_entity(RUN_PARTITION, run_id)
-            except ResourceNotFoundError:
-                return None
-            if entity["status"] != "running":
-                return None
-            finished = _utcnow()
+
+        def close(entity: dict[str, Any]) -> bool:
             summary = {"abandoned": why[:500]}
-            entity.update(status="failed", finished=finished, summary=json.dumps(summary))
-            if replace_if_unchanged(self._table, entity, entity.metadata["etag"]):
-                break
+            entity.update(status="failed", finished=_utcnow(), summary=json.dumps(summary))
+            return True
+
+        entity = update_entity(self._table, RUN_PARTITION, run_id, _while_running(close))
+        if entity is None:
+            return None
         for subscription in filter(None, entity["subscriptions"].split(",")):
             self._release_lock(subscription, run_id)
         with contextlib.suppress(Exception):  # its copy of the device list, if any
@@ -320,16 +318,18 @@ class RunStore:
             self._add_used(run_id, lambda used: -min(unused, used))
 
     def _add_used(self, run_id: str, change: Callable[[int], int]) -> int:
-        while True:
-            entity = self._table.get_entity(RUN_PARTITION, run_id)
+        """Change the run's used actions by ``change(used)``, ETag-checked: batches on
+        several instances share one cap. Returns the change made."""
+        made = 0
+
+        def add(entity: dict[str, Any]) -> bool:
+            nonlocal made
             used = int(entity.get("actions_used") or 0)
-            delta = change(used)
-            if delta == 0:
-                return 0
-            entity["actions_used"] = used + delta
-            if replace_if_unchanged(self._table, entity, entity.metadata["etag"], UpdateMode.MERGE):
-                return delta
-            # another batch changed it first: read again
+            made = change(used)
+            entity["actions_used"] = used + made
+            return made != 0
+
+        return made if update_entity(self._table, RUN_PARTITION, run_id, add) else 0
 
     def finish_batch(self, run: Run, batch: int, result: BatchResult) -> Run | None:
         """Store a batch's result (idempotent); the batch that completes the run writes
@@ -347,20 +347,28 @@ class RunStore:
         ]
         if len(results) < run.batches:
             return None
-        while True:  # a heartbeat may change the row between the read and the write
-            entity = self._table.get_entity(RUN_PARTITION, run.run_id)
-            if entity["status"] != "running":
-                return None  # another batch finished it, or it was closed as failed
+
+        def close(entity: dict[str, Any]) -> bool:
             finished = datetime.now(UTC)
             summary = summarize(results, run.started, finished, run.uniform)
             status = closing_status(summary, run.subscriptions)
             entity.update(status=status, finished=finished, summary=json.dumps(summary))
-            if replace_if_unchanged(self._table, entity, entity.metadata["etag"]):
-                break
+            return True
+
+        # Another batch may have finished it, or it was closed as failed: then not ours.
+        entity = update_entity(self._table, RUN_PARTITION, run.run_id, _while_running(close))
+        if entity is None:
+            return None
         for subscription in run.subscriptions:
             self._release_lock(subscription, run.run_id)
-        run.status, run.finished, run.summary = status, finished, summary
+        run.status, run.finished = entity["status"], entity["finished"]
+        run.summary = json.loads(entity["summary"])
         return run
+
+
+def _while_running(change: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], bool]:
+    """``change``, for a run still running only (a closed run is never reopened)."""
+    return lambda entity: entity["status"] == "running" and change(entity)
 
 
 def _utcnow() -> datetime:

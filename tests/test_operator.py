@@ -305,10 +305,11 @@ def test_a_sweep_while_a_subscription_posture_does_not_answer_records_unavailabl
     world = world_factory(generated_estate(12, 1, seed=37), REMEDIATION_RETRY_BUDGET_SECONDS="1")
     world.plane.faults.add("GET", "/providers/Microsoft.Security/pricings", 503, count=10_000)
     code, output = cli("sweep", "--json")
-    assert code == 0
+    assert code == 1  # nothing was measured: not a done run
     *lines, summary = [json.loads(line) for line in output.splitlines()]
     assert {(line["decision"], line["outcome"]) for line in lines} == {("undecided", "unavailable")}
     assert (summary["unavailable"], summary["errors"], summary["vms"]) == (12, 0, 12)
+    assert (summary["status"], summary["coverage_percent"]) == ("failed", None)
 
 
 def test_sweep_wait_gives_coverage_before_and_after_its_installs(world_factory):

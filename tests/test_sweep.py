@@ -367,8 +367,9 @@ def test_a_batch_that_fails_every_try_still_finishes_the_run(world_factory):
     response = json.loads(world.post("sweep").get_body())
     world.run_sweeps()
     status = json.loads(world.get_status(response["run_id"]).get_body())
-    assert status["status"] == "done"
-    assert status["summary"]["errors"] == 1
+    assert status["status"] == "failed"  # finished, and says it measured nothing
+    assert status["summary"]["coverage_percent"] is None
+    assert status["summary"]["assessed"] == []
     assert status["summary"]["failed_batches"]
 
 
