@@ -203,6 +203,8 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _sweep_exit(summary: dict[str, Any]) -> int:
+    from remediation.runs import RunStatus  # noqa: PLC0415 - keep --help fast
+
     """0 when every subscription was assessed and no waited install failed; else 1, with
     each reason on stderr (the figures of what was not assessed are not this run's)."""
     problems = [
@@ -217,7 +219,7 @@ def _sweep_exit(summary: dict[str, Any]) -> int:
         )
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    return 1 if problems or summary.get("status") != "done" else 0
+    return 1 if problems or summary.get("status") != RunStatus.DONE else 0
 
 
 def _safe(error: BaseException) -> str:

@@ -42,7 +42,7 @@ from html import escape
 
 from remediation.audit import AuditRecord, Query
 from remediation.model import UNDECIDED, coverage_percent, covered, percent_text
-from remediation.runs import Run
+from remediation.runs import Run, RunStatus
 from remediation.scope import WIRE_COMMAND, Scope
 from remediation.service import Services
 
@@ -159,8 +159,8 @@ def gather(services: Services, now: datetime | None = None) -> Coverage:
     names = services.scope()
     scope = tuple(sorted(names.ids))
     runs = services.runs.runs_since(now - WINDOW)
-    finished = sorted((run for run in runs if run.status != "running"), key=lambda r: r.started)
-    done = [run for run in finished if run.status == "done"]
+    finished = sorted((r for r in runs if r.status != RunStatus.RUNNING), key=lambda r: r.started)
+    done = [run for run in finished if run.status == RunStatus.DONE]
     full = [run for run in done if full_scope(run, scope)]
     coverage = Coverage(
         now,
@@ -169,7 +169,7 @@ def gather(services: Services, now: datetime | None = None) -> Coverage:
         trend=trend(done, scope),
         names=names,
         uniform=full[-1].uniform if full else (0, 0),
-        incomplete=finished[-1] if finished and finished[-1].status != "done" else None,
+        incomplete=finished[-1] if finished and finished[-1].status != RunStatus.DONE else None,
     )
     if coverage.as_of:
         oldest = min(run.started for run in coverage.as_of.values())

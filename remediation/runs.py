@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from azure.core import MatchConditions
@@ -61,6 +62,13 @@ class SweepRequest:
 
 
 # --- Runs, batches, locks: entities in the audit table --------------------------------
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    DONE = "done"  # every subscription assessed
+    PARTIAL = "partial"  # some not: a batch failed, or a subscription could not be read
+    FAILED = "failed"  # none assessed, or closed (abandoned: interrupted or silent)
+
+
 @dataclass
 class Run:
     run_id: str
@@ -69,10 +77,7 @@ class Run:
     subscriptions: list[str]
     batches: int
     started: datetime
-    # running; done (every subscription assessed); partial (a batch failed, or a
-    # subscription could not be read: those keep their last complete figures); failed
-    # (nothing assessed, or abandoned: interrupted or silent)
-    status: str = "running"
+    status: str = RunStatus.RUNNING  # what was not assessed keeps its last complete figures
     finished: datetime | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     heartbeat: datetime | None = None
@@ -82,7 +87,7 @@ class Run:
     def stale(self, now: datetime) -> bool:
         """Running, and silent for longer than any working batch stays silent."""
         last = self.heartbeat or self.started
-        return self.status == "running" and now - last > STALE_AFTER
+        return self.status == RunStatus.RUNNING and now - last > STALE_AFTER
 
     @property
     def assessed(self) -> frozenset[str]:
@@ -91,7 +96,7 @@ class Run:
         listed = self.summary.get("assessed")
         if isinstance(listed, list):
             return frozenset(str(s).lower() for s in listed)
-        done = self.status == "done"
+        done = self.status == RunStatus.DONE
         return frozenset(s.lower() for s in self.subscriptions) if done else frozenset()
 
     def to_json(self) -> dict[str, Any]:
@@ -171,7 +176,7 @@ class RunStore:
                 "batches": run.batches,
                 "started": run.started,
                 "heartbeat": run.started,
-                "status": "running",
+                "status": RunStatus.RUNNING.value,
                 "actions_used": 0,
                 "summary": "{}",
                 "uniform_scale_sets": run.uniform[0],
@@ -211,7 +216,7 @@ class RunStore:
                 last = f"{holder.heartbeat or holder.started:%Y-%m-%d %H:%M:%S} UTC"
                 why = f"no sign of life since {last}; {run.run_id} took over"
                 self.abandon(holder.run_id, why)  # which frees this lock too
-            elif holder is not None and holder.status == "running":
+            elif holder is not None and holder.status == RunStatus.RUNNING:
                 raise SweepRunning(holder.run_id, subscription)
             elif replace_if_unchanged(self._table, entity, current.metadata["etag"]):
                 return  # a finished run's lock, left behind
@@ -262,7 +267,7 @@ class RunStore:
 
         def alive(entity: dict[str, Any]) -> bool:
             entity["heartbeat"] = now or _utcnow()
-            return bool(entity["status"] == "running")
+            return bool(entity["status"] == RunStatus.RUNNING)
 
         return update_entity(self._table, RUN_PARTITION, run_id, alive) is not None
 
@@ -272,7 +277,9 @@ class RunStore:
 
         def close(entity: dict[str, Any]) -> bool:
             summary = {"abandoned": why[:500]}
-            entity.update(status="failed", finished=_utcnow(), summary=json.dumps(summary))
+            entity.update(
+                status=RunStatus.FAILED.value, finished=_utcnow(), summary=json.dumps(summary)
+            )
             return True
 
         entity = update_entity(self._table, RUN_PARTITION, run_id, _while_running(close))
@@ -368,7 +375,7 @@ class RunStore:
 
 def _while_running(change: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], bool]:
     """``change``, for a run still running only (a closed run is never reopened)."""
-    return lambda entity: entity["status"] == "running" and change(entity)
+    return lambda entity: entity["status"] == RunStatus.RUNNING and change(entity)
 
 
 def _utcnow() -> datetime:
@@ -388,12 +395,12 @@ def _result_from_json(text: str) -> BatchResult:
     return BatchResult(**{name: item for name, item in value.items() if name in known})
 
 
-def closing_status(summary: dict[str, Any], subscriptions: Sequence[str]) -> str:
+def closing_status(summary: dict[str, Any], subscriptions: Sequence[str]) -> RunStatus:
     """done when every subscription was assessed, failed when none was, else partial."""
     assessed = set(summary.get("assessed") or ())
     if assessed >= set(subscriptions):
-        return "done"
-    return "partial" if assessed else "failed"
+        return RunStatus.DONE
+    return RunStatus.PARTIAL if assessed else RunStatus.FAILED
 
 
 def summarize(

@@ -50,6 +50,7 @@ from remediation.policy import verify
 from remediation.runs import (
     BatchResult,
     Run,
+    RunStatus,
     RunStore,
     SweepRequest,
     SweepRunning,
@@ -260,7 +261,7 @@ def run_batch(
     run = store.get(message.run_id)
     if run is None:
         raise ValueError(f"unknown sweep run {message.run_id}")
-    if run.status != "running":  # closed as failed meanwhile: its subscriptions moved on
+    if run.status != RunStatus.RUNNING:  # closed as failed meanwhile: its subscriptions moved on
         log.warning("sweep %s is %s: batch %s skipped", run.run_id, run.status, message.batch)
         return None
     index = defender.load(services.audit.table, run.run_id, message.subscriptions)
