@@ -100,7 +100,7 @@ def test_the_report_matches_the_log_and_is_self_contained(world_factory, tmp_pat
 def test_the_report_before_any_sweep_says_so(world_factory):
     world = world_factory(generated_estate(5, 1, seed=32))
     html = world.get("report").get_body().decode()
-    assert "No sweep has finished yet" in html
+    assert "No sweep has assessed a subscription yet" in html
 
 
 def test_the_report_command_writes_the_page(world_factory, tmp_path):
@@ -346,8 +346,8 @@ def test_after_a_partial_sweep_the_report_shows_every_subscription_as_of_its_lat
     world_factory,
 ):
     world, html, full, partial = swept_fully_then_partly(world_factory)
-    # subscription, as of, covered, to install, deferred, excluded, unsupported, blocked,
-    # error, unavailable, VMs, coverage, verified by MDE (off here: none)
+    # subscription, as of, has MDE, to install, deferred, excluded, unsupported, blocked,
+    # error, unavailable, VMs, coverage, verified by MDE ("off" here: nothing was checked)
     # Each named as Resource Graph names it (the plane: "Subscription <first 8>").
     assert subscription_rows(html) == {
         A: [
@@ -363,7 +363,7 @@ def test_after_a_partial_sweep_the_report_shows_every_subscription_as_of_its_lat
             "0",
             "3",
             "100%",
-            "0%",
+            "off",
         ],
         B: [
             label(B),
@@ -378,7 +378,7 @@ def test_after_a_partial_sweep_the_report_shows_every_subscription_as_of_its_lat
             "0",
             "4",
             "66.67%",
-            "0%",
+            "off",
         ],
         C: [
             label(C),
@@ -393,7 +393,7 @@ def test_after_a_partial_sweep_the_report_shows_every_subscription_as_of_its_lat
             "0",
             "3",
             "100%",
-            "0%",
+            "off",
         ],
     }
     assert 'id="verification-off"' in html
