@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
+import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
 from remediation import sweep
@@ -183,3 +184,16 @@ def test_closing_status_follows_what_was_assessed():
     assert closing_status({"assessed": [SUB, OTHER]}, [SUB, OTHER]) == "done"
     assert closing_status({"assessed": [SUB]}, [SUB, OTHER]) == "partial"
     assert closing_status({"assessed": []}, [SUB, OTHER]) == "failed"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\xff\xfe not utf-8", ("[" * 5000 + "]" * 5000).encode(), b'{"schema": "other"}'],
+)
+def test_a_malformed_batch_message_is_one_record_in_both_queue_functions(body):
+    running, _ = world([ubuntu("vm0")])
+    running.audit.write = running.audit.rows.append
+    assert sweep.handle_batch(running, body) is None
+    assert sweep.handle_batch_poison(running, body) is None
+    assert [(r.decision, r.outcome) for r in running.audit.rows] == [("error", "failed")] * 2
+    assert all("malformed sweep batch" in r.reason for r in running.audit.rows)
