@@ -126,6 +126,7 @@ class Arm:
         self.result = InstallResult("Succeeded")
         self.refusal: Exception | None = None
         self.puts: list[tuple[str, str, bool]] = []  # (vm, extension, waited)
+        self.packages: list[str] = []  # what each PUT carried
         self.writes: list[tuple[str, str]] = []  # (subscription, what)
         self.setting_refusal: Exception | None = None
 
@@ -155,12 +156,13 @@ class Arm:
         return self.pricing.get(vm.id)
 
     def onboarding_package(self, subscription: str, extension: str) -> str:
-        return "b25ib2FyZGluZw=="
+        return f"package:{subscription}:{extension}"
 
     def install_extension(self, facts: VmFacts, extension: str, package: str, *, wait=True):
         if self.refusal is not None:
             raise self.refusal
         self.puts.append((facts.vm.id, extension, wait))
+        self.packages.append(package)
         return self.result if wait else InstallResult("InProgress", extension=extension)
 
     def enable_plan(self, subscription: str, plan: str) -> None:
@@ -546,3 +548,337 @@ def test_the_watch_of_our_install_records_its_end():
     running = services(failed)
     record = act.install(queued(running, failed), assessed(running, failed), watch, "m")
     assert (record.outcome, record.install_code) == ("failed", 31)
+
+
+# --- Every record the act step writes, field by field -----------------------------------------
+def said(record) -> tuple:
+    """What ops read of a record: decision, outcome, applied, install state and code."""
+    return (
+        record.decision,
+        record.outcome,
+        record.applied,
+        record.install_state,
+        record.install_code,
+    )
+
+
+UNIX_BLOCK = PermanentError("refused", status=400, hint="fix the request")
+
+
+def test_the_queue_installs_with_the_subscriptions_own_package():
+    facts = ubuntu()
+    running = services(facts)
+    act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert running.arm.packages == [f"package:{SUB}:MDE.Linux"]
+
+
+def test_a_started_install_carries_the_subscriptions_package_too():
+    facts = ubuntu()
+    running = services(facts)
+    record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert said(record) == ("install", "started", True, "", None)
+    assert running.arm.packages == [f"package:{SUB}:MDE.Linux"]
+    assert running.claims.installing == {facts.vm.id: "h"}  # the watch holds the mark
+
+
+def test_a_queued_vm_that_needs_nothing_any_more_is_skipped():
+    facts = ubuntu(extensions=(mde("Succeeded"),))
+    running = services(facts)
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert said(record) == ("compliant", "skipped", False, "", None)
+    assert record.reason == assessed(running, facts).decision.reason
+    assert running.arm.puts == []
+
+
+def test_a_queued_vm_that_stopped_meanwhile_is_deferred():
+    facts = ubuntu(power=Power.DEALLOCATED)
+    running = services(facts)
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert said(record) == ("defer", "deferred", False, "", None)
+    assert running.arm.puts == []
+
+
+def test_subscription_settings_alone_are_applied_without_a_put():
+    facts = ubuntu(extensions=(mde("Succeeded"),))  # covered, but the integration is off
+    running = services(facts, NO_WDATP)
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert said(record) == ("install", "applied", True, "", None)
+    assert running.arm.writes == [(SUB, "WDATP=True")]
+    assert running.arm.puts == []
+
+
+def test_the_duplicate_delivery_says_why_in_the_record():
+    facts = ubuntu()
+    running = services(facts)
+    running.claims.begin_install(facts.vm.id, "first")
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert record.reason == (
+        "MDE.Linux is absent on ubuntu-22.04. Another delivery of this install is running it."
+    )
+
+
+def test_a_succeeded_install_starts_the_grace_period_when_verification_is_on():
+    facts = ubuntu()
+    running = services(facts, REMEDIATION_MDE_API="https://api.securitycenter.microsoft.com")
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert said(record) == ("install", "succeeded", True, "Succeeded", None)
+    assert (record.verification, record.verification_reason) == (
+        "pending",
+        "The extension was just installed; Defender for Endpoint may take up to 24 h to "
+        "list the device.",
+    )
+    assert running.states.written == [facts.vm.id]
+
+
+def test_a_succeeded_install_says_verification_is_off_when_it_is():
+    facts = ubuntu()
+    running = services(facts)
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert record.verification == "unchecked"
+    assert running.states.written == []
+
+
+@pytest.mark.parametrize(
+    ("refusal", "expected"),
+    [
+        (PermanentError("gone", status=404), ("ignored", "ignored", False, "", None)),
+        (
+            PermanentError("403 AuthorizationFailed", status=403),
+            ("blocked", "failed", False, "", None),
+        ),
+        (UNIX_BLOCK, ("error", "failed", False, "", None)),
+    ],
+)
+def test_each_refusal_of_the_put_has_its_record(refusal, expected):
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.refusal = refusal
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert said(record) == expected
+    if refusal.status != 404:
+        assert record.reason == f"Installing MDE.Linux failed: {refusal}"
+        assert record.hint == refusal.hint
+    else:
+        assert record.reason == "The VM no longer exists."
+
+
+def test_busy_or_lagging_vms_are_checked_again_and_their_mark_freed():
+    facts = ubuntu()
+    for refusal in (OperationInProgress("in progress"), VmNotRunning("not running")):
+        running = services(facts)  # Compute says not running; its view says running
+        running.arm.refusal = refusal
+        record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+        assert record is None
+        [(again, delay)] = running.queue.sent
+        assert (again.vm, again.install_started, delay) == (facts.vm.id, "", 60)
+        assert running.claims.installing == {}
+
+
+def test_a_refused_put_names_the_failed_extension_that_blocks_it():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.refusal = BlockedByExtension("VM has extension 'X' in failed state", "X")
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert said(record) == ("blocked", "failed", False, "absent", None)
+    assert record.reason == (
+        "MDE.Linux was not installed: extension 'X' is Failed, and Compute refuses new "
+        "extensions until it is repaired or removed. MDE.Linux is absent. "
+        "(VM has extension 'X' in failed state)"
+    )
+    assert (
+        record.hint
+        == "repair or remove the extension 'X' on the VM; the next sweep installs MDE.Linux then"
+    )
+
+
+def test_a_failed_operation_takes_its_code_from_the_vm_read_after_it():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.result = InstallResult("Failed", "VM has reported a failure", "MDE.Linux")
+    after = dataclasses.replace(facts, extensions=(dataclasses.replace(mde("Failed"), code=10),))
+    running.arm.facts[facts.vm.id] = after
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert said(record) == ("error", "failed", True, "Failed", 10)
+    assert record.reason == "MDE.Linux ended Failed with code 10: VM has reported a failure"
+    assert record.hint == "unsupported distribution: move to a supported one or onboard by hand"
+
+
+def test_a_failed_operation_without_a_readable_vm_still_says_what_failed():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.result = InstallResult("Failed", "boom", "MDE.Linux")
+    assessment = assessed(running, facts)
+    running.arm.outage = TransientError("ARM answered 503")  # the read after the PUT fails
+    record = act.install(queued(running, facts), assessment, request(facts), "m")
+    assert said(record) == ("error", "failed", True, "Failed", None)
+    assert record.reason == "MDE.Linux ended Failed: boom"
+
+
+def test_an_mde_extension_under_another_name_is_not_a_blocker():
+    named = dataclasses.replace(mde("Failed"), name="MDEForLinux")
+    facts = ubuntu(extensions=(named,))
+    running = services(facts)
+    running.arm.result = InstallResult("Failed", "boom", "MDEForLinux")
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert said(record)[:2] == ("error", "failed")
+
+
+def test_the_watch_records_another_failed_extension_as_the_blocker():
+    other = ExtensionFacts("CustomScript", "Microsoft.Azure.Extensions", "CustomScript", "Failed")
+    facts = ubuntu(extensions=(other,))
+    running = services(facts)
+    watch = request(facts, install_started="2026-12-04T08:00:00+00:00")
+    record = act.install(queued(running, facts), assessed(running, facts), watch, "m")
+    assert said(record) == ("blocked", "failed", False, "absent", None)
+    assert record.reason.startswith(
+        "MDE.Linux was not installed: extension 'CustomScript' is Failed"
+    )
+    assert record.reason.endswith("(CustomScript is Failed)")
+
+
+def test_the_watch_of_an_install_that_vanished_says_absent():
+    facts = ubuntu()
+    running = services(facts)
+    watch = request(facts, install_started="2026-12-04T08:00:00+00:00")
+    record = act.install(queued(running, facts), assessed(running, facts), watch, "m")
+    assert said(record) == ("error", "failed", True, "absent", None)
+    assert record.reason == (
+        "MDE.Linux is absent after the install started at 2026-12-04T08:00:00+00:00."
+    )
+
+
+def test_the_watch_of_a_succeeded_install_says_since_when():
+    facts = ubuntu(extensions=(mde("Succeeded"),))
+    running = services(facts)
+    watch = request(facts, install_started="2026-12-04T08:00:00+00:00")
+    record = act.install(queued(running, facts), assessed(running, facts), watch, "m")
+    assert said(record) == ("install", "succeeded", True, "Succeeded", None)
+    assert record.reason == "MDE.Linux is Succeeded (installed from 2026-12-04T08:00:00+00:00)."
+
+
+def test_a_recheck_within_its_window_keeps_the_request_and_records_nothing():
+    facts = ubuntu(extensions=(mde("Creating"),))
+    running = services(facts)
+    first = request(facts)
+    assert act.install(queued(running, facts), assessed(running, facts), first, "m") is None
+    [(again, delay)] = running.queue.sent
+    assert (again, delay) == (first, 60)
+
+
+def test_a_recheck_of_a_request_with_no_time_starts_its_window_now():
+    facts = ubuntu(extensions=(mde("Creating"),))
+    running = services(facts)
+    timeless = InstallRequest(vm=facts.vm.id, trigger="event")
+    assert act.install(queued(running, facts), assessed(running, facts), timeless, "m") is None
+    [(again, _)] = running.queue.sent
+    assert datetime.fromisoformat(again.requested_at) > datetime.now(UTC) - timedelta(minutes=1)
+
+
+def test_a_recheck_past_its_window_is_deferred_to_the_next_event_or_sweep():
+    facts = ubuntu(extensions=(mde("Creating"),))
+    running = services(facts)
+    old = (datetime.now(UTC) - timedelta(minutes=31)).isoformat()
+    late = InstallRequest(vm=facts.vm.id, trigger="event", requested_at=old)
+    record = act.install(queued(running, facts), assessed(running, facts), late, "m")
+    assert said(record) == ("defer", "deferred", False, "", None)
+    assert record.reason.endswith(
+        "Still so after 30 minutes of checks; the next event or sweep checks again."
+    )
+    assert running.queue.sent == []
+
+
+def test_a_request_time_that_is_not_a_time_counts_from_now():
+    facts = ubuntu(extensions=(mde("Creating"),))
+    running = services(facts)
+    odd = InstallRequest(vm=facts.vm.id, trigger="event", requested_at="yesterday")
+    assert act.install(queued(running, facts), assessed(running, facts), odd, "m") is None
+    naive = InstallRequest(vm=facts.vm.id, trigger="event", requested_at="2026-01-01T00:00:00")
+    record = act.install(queued(running, facts), assessed(running, facts), naive, "m")
+    assert record.outcome == "deferred"  # read as UTC, long past
+
+
+def test_each_subscription_action_writes_what_it_names():
+    facts = ubuntu()
+    bare = Posture(SUB)  # no plan, no settings: the plan (allowed here) and both switches
+    running = services(facts, bare, REMEDIATION_ALLOW_PLAN_CHANGE="true")
+    decision = assessed(running, facts).decision
+    act.apply_subscription_actions(running, decision, SUB)
+    assert running.arm.writes == [
+        (SUB, "plan P1"),
+        (SUB, "WDATP=True"),
+        (SUB, "WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW=False"),
+    ]
+
+
+def test_a_report_sweep_notes_its_subscription_writes_once_per_batch():
+    batch = act.BatchActions()
+    facts = ubuntu()
+    running = services(facts, NO_WDATP)
+    decision = assessed(running, facts).decision
+    assert batch.new(SUB, decision) == ["enable-setting:WDATP"]
+    batch.note(SUB, decision)
+    assert batch.new(SUB, decision) == []
+    assert batch.new(OTHER, decision) == ["enable-setting:WDATP"]
+
+
+def test_an_outage_retry_is_held_under_the_run_or_a_fixed_name_without_an_event():
+    facts = ubuntu()
+    running = services(facts)
+    context = dataclasses.replace(event(running, facts), event_id="", run_id="run-1")
+    act.queue_retry(context, TransientError("down"))
+    assert running.claims.holders == {facts.vm.id: "run-1"}
+    running = services(facts)
+    context = dataclasses.replace(event(running, facts), event_id="")
+    record = act.queue_retry(context, TransientError("down"))
+    assert running.claims.holders == {facts.vm.id: "retry"}
+    assert record.reason == "ARM was unavailable (down); the install queue checks this VM again."
+    assert [r.vm for r, _ in running.queue.sent] == [facts.vm.id]
+
+
+def test_an_outage_in_report_mode_queues_nothing():
+    facts = ubuntu()
+    running = services(facts, mode="report")
+    record = act.queue_retry(event(running, facts), TransientError("down"))
+    assert said(record) == ("undecided", "unavailable", False, "", None)
+    assert (
+        record.reason
+        == "Azure did not answer (down); the next event or sweep checks this VM again."
+    )
+    assert running.claims.holders == {}
+
+
+def test_a_started_install_whose_vm_opted_out_says_skipped_with_the_opt_out():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.pricing[facts.vm.id] = "Free"
+    record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert said(record) == ("exclude", "skipped", False, "", None)
+    assert "VM-level Defender for Servers pricing is Free" in record.reason
+
+
+def test_an_event_in_report_mode_on_a_vm_to_recheck_records_none():
+    facts = ubuntu(extensions=(mde("Creating"),))
+    running = services(facts, mode="report")
+    record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert said(record) == ("defer", "none", False, "", None)
+    assert running.queue.sent == []
+
+
+def test_a_batch_whose_subscription_write_was_made_queues_without_writing_again():
+    facts = ubuntu()
+    running = services(facts, NO_WDATP)
+    batch = act.BatchActions({SUB: {"enable-setting:WDATP"}})
+    context = dataclasses.replace(event(running, facts), trigger="sweep")
+    record = act.act(context, assessed(running, facts), holder="run", batch=batch)
+    assert said(record) == ("install", "queued", True, "", None)
+    assert running.arm.writes == []
+
+
+def test_a_batch_with_only_subscription_writes_records_applied():
+    facts = ubuntu(extensions=(mde("Succeeded"),))
+    running = services(facts, NO_WDATP)
+    context = dataclasses.replace(event(running, facts), trigger="sweep")
+    record = act.act(context, assessed(running, facts), holder="run", batch=act.BatchActions())
+    assert said(record) == ("install", "applied", True, "", None)
+    assert running.claims.holders == {}
+    assert running.queue.sent == []

@@ -824,3 +824,77 @@ def test_arc_extensions_sort_by_name_in_any_case():
         for name in ("a", "_x")
     ]
     assert [e.name for e in facts_from_arc(machine, listed).extensions] == ["_x", "a"]
+
+
+# --- The stored scope, over an in-memory table with the methods ScopeStore calls -------------
+class MemoryTable:
+    """Entities by (partition, row); answers the one filter ScopeStore sends."""
+
+    def __init__(self, exists: bool = True) -> None:
+        self.rows: dict[tuple[str, str], dict] = {}
+        self.exists = exists
+        self.transactions: list[list] = []
+
+    def query_entities(self, query_filter, parameters):
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if not self.exists:
+            raise ResourceNotFoundError("TableNotFound")
+        assert query_filter == "PartitionKey eq @pk"
+        return [e for (pk, _), e in sorted(self.rows.items()) if pk == parameters["pk"]]
+
+    def submit_transaction(self, operations):
+        self.transactions.append(operations)
+        for kind, entity in operations:
+            key = (entity["PartitionKey"], entity["RowKey"])
+            if kind == "delete":
+                self.rows.pop(key, None)
+            else:
+                self.rows[key] = dict(entity)
+
+    def upsert_entity(self, entity):
+        self.rows[(entity["PartitionKey"], entity["RowKey"])] = dict(entity)
+
+
+def test_a_stored_scope_reads_back_as_it_was_saved():
+    from remediation.scope import ScopeStore
+
+    table = MemoryTable()
+    store = ScopeStore(table)
+    assert store.load() is None  # before the first sweep
+    scope = Scope(
+        {
+            SUB: Subscription(SUB, "Prod", "mg-corp", "Corp"),
+            SUB2: Subscription(SUB2, "Dev"),
+        },
+        datetime(2026, 12, 4, 2, 0, tzinfo=UTC),
+        frozenset({SUB2}),
+    )
+    store.save(scope, None)
+    assert store.load() == scope
+    assert table.rows[("scope", "~resolved")]["resolved"] == scope.resolved
+
+
+def test_a_subscription_that_left_is_deleted_and_the_time_written_last():
+    from remediation.scope import ScopeStore
+
+    table = MemoryTable()
+    store = ScopeStore(table)
+    before = Scope(
+        {SUB: Subscription(SUB), SUB2: Subscription(SUB2)}, datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    store.save(before, None)
+    after = Scope({SUB: Subscription(SUB, "Prod")}, datetime(2026, 1, 2, tzinfo=UTC))
+    store.save(after, before)
+    assert store.load() == after
+    assert [kind for kind, _ in table.transactions[-1]] == ["upsert", "delete"]
+    assert ("scope", SUB2) not in table.rows
+
+
+def test_a_half_written_scope_or_a_missing_table_is_no_stored_scope():
+    from remediation.scope import ScopeStore
+
+    table = MemoryTable()
+    table.rows[("scope", SUB)] = {"PartitionKey": "scope", "RowKey": SUB, "name": "Prod"}
+    assert ScopeStore(table).load() is None  # no time row: not complete
+    assert ScopeStore(MemoryTable(exists=False)).load() is None
