@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -882,3 +882,151 @@ def test_a_batch_with_only_subscription_writes_records_applied():
     assert said(record) == ("install", "applied", True, "", None)
     assert running.claims.holders == {}
     assert running.queue.sent == []
+
+
+# --- What the act step logs and says where no record is written yet ---------------------------
+def test_a_recheck_logs_one_line_ops_can_query(caplog):
+    facts = ubuntu(extensions=(mde("Creating"),))
+    running = services(facts)
+    with caplog.at_level("INFO", logger="remediation"):
+        act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    reason = assessed(running, facts).decision.reason
+    assert caplog.messages == [
+        f'vm="{facts.vm.id}" decision="defer" outcome="recheck" reason="{reason}"'
+    ]
+
+
+def test_a_put_the_event_cannot_start_logs_why_with_our_own_words_only(caplog):
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.refusal = OperationInProgress("another operation is in progress")
+    with caplog.at_level("INFO", logger="remediation"):
+        act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert caplog.messages == [
+        f'vm="{facts.vm.id}" outcome="to-queue" reason="another operation is in progress"'
+    ]
+    caplog.clear()
+    running = services(facts)
+    running.arm.refusal = ValueError("a request body, with a secret in it")
+    with caplog.at_level("INFO", logger="remediation"):
+        act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert caplog.messages == [f'vm="{facts.vm.id}" outcome="to-queue" reason="ValueError"']
+
+
+def test_a_watch_that_cannot_be_queued_is_logged_and_hinted(caplog):
+    facts = ubuntu()
+    running = services(facts)
+    running.queue.fails = True
+    with caplog.at_level("INFO", logger="remediation"):
+        record = act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert said(record) == ("install", "started", True, "", None)
+    assert record.hint == (
+        "the watch could not be queued; the next sweep records how the install ended"
+    )
+    assert caplog.messages == [f'vm="{facts.vm.id}" outcome="unwatched" reason="ConnectionError"']
+
+
+def test_a_failed_send_says_what_the_queue_did_and_what_became_of_the_claim():
+    facts = ubuntu()
+    running = services(facts, NO_WDATP)
+    running.queue.fails = True
+    with pytest.raises(TransientError) as raised:
+        act.act(event(running, facts), assessed(running, facts), holder="h")
+    assert str(raised.value) == (
+        "the install queue did not take the request (ConnectionError); the claim was given back"
+    )
+
+
+def test_records_carry_the_machines_classification():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.refusal = PermanentError("refused", status=400)
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert (record.os, record.platform, record.eligible_running, record.actions) == (
+        "linux",
+        "ubuntu-22.04",
+        True,
+        ("install:MDE.Linux",),
+    )
+
+
+def test_a_refused_subscription_write_says_which_subscription_and_why():
+    facts = ubuntu()
+    running = services(facts, NO_WDATP)
+    running.arm.setting_refusal = PermanentError("forbidden (AuthorizationFailed)", status=403)
+    context = dataclasses.replace(event(running, facts), trigger="sweep")
+    record = act.act(context, assessed(running, facts), holder="run", batch=act.BatchActions())
+    assert record.reason == (f"Changing subscription {SUB} failed: forbidden (AuthorizationFailed)")
+    assert record.platform == "ubuntu-22.04"
+
+
+def test_the_watch_of_a_failed_install_gives_the_code_and_its_hint():
+    facts = ubuntu(extensions=(dataclasses.replace(mde("Failed"), code=31),))
+    running = services(facts)
+    watch = request(facts, install_started="2026-12-04T08:00:00+00:00")
+    record = act.install(queued(running, facts), assessed(running, facts), watch, "m")
+    assert said(record) == ("error", "failed", True, "Failed", 31)
+    assert record.reason == (
+        "MDE.Linux is Failed with code 31 after the install started at 2026-12-04T08:00:00+00:00."
+    )
+    assert record.hint == "onboarding failed: check connectivity to the MDE service URLs"
+    assert record.platform == "ubuntu-22.04"
+
+
+def test_the_watch_of_a_succeeded_install_starts_the_grace_period():
+    facts = ubuntu(extensions=(mde("Succeeded"),))
+    running = services(facts, REMEDIATION_MDE_API="https://api.securitycenter.microsoft.com")
+    watch = request(facts, install_started="2026-12-04T08:00:00+00:00")
+    record = act.install(queued(running, facts), assessed(running, facts), watch, "m")
+    assert (record.verification, record.platform) == ("pending", "ubuntu-22.04")
+    assert running.states.written == [facts.vm.id]
+
+
+def test_an_install_still_running_past_its_window_is_a_failure_with_a_hint():
+    facts = ubuntu(extensions=(mde("Creating"),))
+    running = services(facts)
+    long_ago = (datetime.now(UTC) - timedelta(minutes=45)).isoformat()
+    gone = InstallRequest(facts.vm.id, "event", requested_at=long_ago, install_started=long_ago)
+    record = act.install(queued(running, facts), assessed(running, facts), gone, "m")
+    assert said(record) == ("error", "failed", True, "", None)
+    assert record.hint == (
+        "check the extension's status on the VM in the portal; the next sweep checks it again"
+    )
+    assert record.platform == "ubuntu-22.04"
+
+
+def test_a_request_time_with_an_offset_is_read_at_its_offset():
+    facts = ubuntu(extensions=(mde("Creating"),))
+    running = services(facts)
+    paris = timezone(timedelta(hours=2))
+    forty_ago = (datetime.now(UTC) - timedelta(minutes=40)).astimezone(paris).isoformat()
+    late = InstallRequest(facts.vm.id, "event", requested_at=forty_ago)
+    record = act.install(queued(running, facts), assessed(running, facts), late, "m")
+    assert record.outcome == "deferred"  # 40 minutes ago, past the 30-minute window
+
+
+def test_an_outage_retry_is_queued_at_once():
+    facts = ubuntu()
+    running = services(facts)
+    act.queue_retry(event(running, facts), TransientError("down"))
+    assert [delay for _, delay in running.queue.sent] == [0]
+
+
+def test_a_failed_operation_naming_another_extension_uses_the_vm_as_read_after_it():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.result = InstallResult("Failed", "VM has reported a failure", "CustomScript")
+    after = dataclasses.replace(facts, extensions=(mde("Failed"),))
+    running.arm.facts[facts.vm.id] = after
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert record.install_state == "failed"  # MDE.Linux as the VM shows it after the operation
+    assert record.reason.endswith("MDE.Linux is failed. (VM has reported a failure)")
+    assert record.platform == "ubuntu-22.04"
+
+
+def test_a_vm_gone_before_its_put_is_ignored_not_failed():
+    facts = ubuntu()
+    running = services(facts)
+    running.arm.refusal = PermanentError("not found", status=404)
+    record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
+    assert (record.decision, record.outcome, record.hint) == ("ignored", "ignored", "")

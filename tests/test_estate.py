@@ -866,6 +866,9 @@ def test_a_stored_scope_reads_back_as_it_was_saved():
         {
             SUB: Subscription(SUB, "Prod", "mg-corp", "Corp"),
             SUB2: Subscription(SUB2, "Dev"),
+            "33333333-3333-3333-3333-333333333333": Subscription(
+                "33333333-3333-3333-3333-333333333333"  # no name known yet
+            ),
         },
         datetime(2026, 12, 4, 2, 0, tzinfo=UTC),
         frozenset({SUB2}),

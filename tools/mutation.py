@@ -1,9 +1,9 @@
 """`make mutation`: mutation testing of the core against its own unit tests.
 
-mutmut (configured in pyproject's [tool.mutmut]) mutates remediation/policy.py, classify.py,
-events.py, config.py and scope.py and runs, for each mutant, the tests of
-tests/test_policy.py, test_classify.py, test_events.py, test_config.py and test_estate.py
-that reach the mutated function (no Azurite, no network). Every run starts from an empty
+mutmut (configured in pyproject's [tool.mutmut]) mutates the pure core (remediation/policy.py,
+classify.py, facts.py, events.py, config.py, scope.py) and the act step (act.py, the shell's
+decisions), and runs, for each mutant, the fast-tier tests listed there that reach the
+mutated function (no Azurite, no network: the act step's stand-ins are in-memory). Every run starts from an empty
 mutants/ so no verdict is carried over from older code or older tests.
 
 The report gives, per file, killed/total and the percentage, then every surviving mutant
