@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -121,6 +121,21 @@ def snapshot(table: TableClient, run_id: str, devices: Iterable[Any]) -> int:
     entities.append({"PartitionKey": partition, "RowKey": SUMMARY_ROW, "devices_read": count})
     _transact(table, [("upsert", entity) for entity in entities])
     return count
+
+
+def read_for_run(table: TableClient, devices: Callable[[], Iterable[Any]], run_id: str) -> None:
+    """Defender for Endpoint's device list, read once per run and kept with it for its
+    batches. Best effort: if it fails, the run's VMs are "unchecked", and their records
+    say why."""
+    try:
+        count = snapshot(table, run_id, devices())
+        log.info("sweep %s: %s Azure VM devices read from Defender for Endpoint", run_id, count)
+    except Exception as error:
+        hint = getattr(error, "hint", "")
+        why = f"Defender for Endpoint's device list could not be read: {error}"
+        log.warning("sweep %s: %s", run_id, why)
+        with contextlib.suppress(Exception):
+            snapshot_failed(table, run_id, why + (f" Check: {hint}" if hint else ""))
 
 
 def snapshot_failed(table: TableClient, run_id: str, why: str) -> None:

@@ -27,7 +27,8 @@ from remediation.model import coverage_percent, covered
 if TYPE_CHECKING:  # pragma: no cover - types only; the imports happen in publish()
     from opentelemetry.sdk.metrics.export import MetricReader
 
-    from remediation.audit import AuditRecord
+    from remediation.audit import AuditLog, AuditRecord
+    from remediation.runs import Run
 
 log = logging.getLogger("remediation")
 
@@ -234,3 +235,24 @@ def _exporting_reader(connection: str) -> MetricReader:
     exporter = AzureMonitorMetricExporter(connection_string=connection)
     # No periodic export: publish() shuts the provider down, which exports once.
     return PeriodicExportingMetricReader(exporter, export_interval_millis=24 * 3600 * 1000)
+
+
+def publish_run(audit: AuditLog, run: Run) -> None:
+    """A finished run's per-subscription figures to Azure Monitor, where Application
+    Insights is set up (only then are the run's rows read back). Only what the run
+    measured: a subscription it could not assess emits nothing."""
+    from remediation.audit import Query  # noqa: PLC0415 - types only above
+
+    if not enabled():
+        return
+    records: list[AuditRecord] = []
+    token = ""
+    while True:  # a sweep's rows all carry the run's start time: one narrow window
+        query = Query(run.started, run.started, run_id=run.run_id, limit=1000, continuation=token)
+        page, token = audit.search(query)
+        records += page
+        if not token:
+            break
+    duration = float(run.summary.get("duration_seconds", 0))
+    figures = [f for f in figures_from_records(records) if f.subscription in run.assessed]
+    publish(figures, run_id=run.run_id, mode=run.mode, duration_seconds=duration)

@@ -30,7 +30,7 @@ from typing import Any
 
 from remediation import defender
 from remediation.act import BatchActions, act
-from remediation.audit import AuditRecord, Query
+from remediation.audit import AuditRecord
 from remediation.classify import Protection
 from remediation.config import GUID, Mode, Settings
 from remediation.doctor import events_check
@@ -181,7 +181,7 @@ def start(services: Services, request: SweepRequest, send: Callable[[str], Any] 
         services.scopes.save(resolution.scope, resolution.stored)
     services.remember_scope(resolution.scope)
     if services.settings.mde_api:
-        read_devices(services, run.run_id)
+        defender.read_for_run(services.audit.table, services.arm.defender_devices, run.run_id)
     if send is not None:
         for index, batch in enumerate(batches):
             send(BatchMessage(run.run_id, index, batch).to_text())
@@ -232,22 +232,6 @@ def _uniform_scale_sets(services: Services, subscriptions: Sequence[str]) -> tup
         log.warning("uniform scale sets were not counted: %s", error)
         return (0, 0)
     return (sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values()))
-
-
-def read_devices(services: Services, run_id: str) -> None:
-    """Defender for Endpoint's device list, read once per run and kept with it for its
-    batches. Reading it is best effort: if it fails, the run's VMs are "unchecked", and
-    their records say why."""
-    table = services.audit.table
-    try:
-        count = defender.snapshot(table, run_id, services.arm.defender_devices())
-        log.info("sweep %s: %s Azure VM devices read from Defender for Endpoint", run_id, count)
-    except Exception as error:
-        hint = getattr(error, "hint", "")
-        why = f"Defender for Endpoint's device list could not be read: {error}"
-        log.warning("sweep %s: %s", run_id, why)
-        with contextlib.suppress(Exception):
-            defender.snapshot_failed(table, run_id, why + (f" Check: {hint}" if hint else ""))
 
 
 def run_batch(
@@ -315,31 +299,12 @@ def _finished(services: Services, run: Run | None) -> Run | None:
     if purged:
         log.info("retention: %s records older than %s deleted", purged, cutoff.date())
     try:
-        _publish_metrics(services, run)
+        from remediation import metrics  # noqa: PLC0415 - cold start: OpenTelemetry is heavy
+
+        metrics.publish_run(services.audit, run)
     except Exception as error:  # telemetry is best effort: the run is done and recorded
         log.warning("metrics: run=%s not published: %s", run.run_id, error)
     return run
-
-
-def _publish_metrics(services: Services, run: Run) -> None:
-    """Per-subscription figures to Azure Monitor, where Application Insights is set up
-    (only then are the run's rows read back)."""
-    from remediation import metrics  # noqa: PLC0415 - cold start: OpenTelemetry is heavy
-
-    if not metrics.enabled():
-        return
-    records: list[AuditRecord] = []
-    token = ""
-    while True:  # a sweep's rows all carry the run's start time: one narrow window
-        query = Query(run.started, run.started, run_id=run.run_id, limit=1000, continuation=token)
-        page, token = services.audit.search(query)
-        records += page
-        if not token:
-            break
-    duration = float(run.summary.get("duration_seconds", 0))
-    # Only what the run measured: a subscription it could not assess emits nothing.
-    figures = [f for f in metrics.figures_from_records(records) if f.subscription in run.assessed]
-    metrics.publish(figures, run_id=run.run_id, mode=run.mode, duration_seconds=duration)
 
 
 def fail_batch(services: Services, message: BatchMessage, why: str) -> Run | None:
