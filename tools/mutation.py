@@ -3,8 +3,8 @@
 mutmut (configured in pyproject's [tool.mutmut]) mutates the pure core (remediation/policy.py,
 classify.py, facts.py, events.py, config.py, scope.py) and the act step (act.py, the shell's
 decisions), and runs, for each mutant, the fast-tier tests listed there that reach the
-mutated function (no Azurite, no network: the act step's stand-ins are in-memory). Every run starts from an empty
-mutants/ so no verdict is carried over from older code or older tests.
+mutated function (no Azurite, no network: the act step's stand-ins are in-memory). Every
+run starts from an empty mutants/ so no verdict is carried over from older code or tests.
 
 The report gives, per file, killed/total and the percentage, then every surviving mutant
 (its name and a one-line diff) grouped by file. A survivor named in
