@@ -224,3 +224,78 @@ def test_a_closed_pipe_stops_quietly(world_factory, command):
     assert "Traceback" not in errors
     assert errors == ""
     assert piped in {whole, 141}  # its own answer, or the quiet stop of a closed pipe
+
+
+def test_wait_counts_the_installs_an_earlier_run_queued(world_factory):
+    """After a Ctrl-C'd run, its queued installs are the ones that run: the next sweep
+    finds those VMs claimed (duplicate), and its --wait counts their success."""
+    world = world_factory(estate("ready"), **ENFORCE)
+    with_vms(world, "left-1", "left-2")
+    for name in ("left-1", "left-2"):  # what the interrupted run left behind
+        vm = new_vm(name).id
+        world.services.claims.take(vm, holder="20261204T010000Z-0000dead")
+        world.services.queue.send(InstallRequest(vm=vm, trigger="cli", run_id="earlier"))
+    code, output = cli("sweep", "--json", "--wait")
+    summary = summary_of(output)
+    assert code == 0
+    assert {
+        r["vm"].rsplit("/", 1)[1]: r["outcome"]
+        for r in map(json.loads, output.splitlines())
+        if r.get("trigger") == "cli"
+    } == {"left-1": "duplicate", "left-2": "duplicate"}
+    assert summary["after_installs"]["installed"] == 2
+    assert summary["after_installs"]["coverage_percent"] == 100.0
+
+
+def test_storage_that_does_not_answer_is_one_line_with_its_fix(world_factory, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    world_factory(estate("ready"))
+    unreachable = (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        "QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+        "TableEndpoint=http://127.0.0.1:9/devstoreaccount1"
+    )
+    env = os.environ | {"AzureWebJobsStorage": unreachable}
+    done = subprocess.run(
+        [sys.executable, "-m", "remediation", "sweep"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 1
+    assert len(errors) == 1
+    assert "check AzureWebJobsStorage" in errors[0]
+    # status reads Azure, not storage: it still answers, and says once what it could not read
+    done = subprocess.run(
+        [sys.executable, "-m", "remediation", "status", "--json"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["complete"] is True
+    assert done.stderr.splitlines() == [
+        "WARNING the stored scope could not be read (ServiceRequestError)"
+    ]
+    doctor = subprocess.run(
+        [sys.executable, "-m", "remediation", "doctor", "--json"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    rows = [json.loads(line) for line in doctor.stdout.splitlines()]
+    assert doctor.returncode == 1
+    assert [(r["scope"], r["ok"]) for r in rows if r["check"] == "queues and table"] == [
+        ("storage", False)
+    ]

@@ -71,6 +71,65 @@ def test_devices_match_by_resource_id_then_by_vm_id():
     assert index.find(VmFacts(vm=VmRef(SUB, "rg-app", "web-03"))) is None  # no vmId: no match
 
 
+class SnapshotTable:
+    """The table calls a run's device snapshot makes and reads back, in memory."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], dict] = {}
+
+    def submit_transaction(self, operations):
+        for _, entity in operations:
+            self.upsert_entity(entity)
+
+    def upsert_entity(self, entity):
+        self.rows[(entity["PartitionKey"], entity["RowKey"])] = dict(entity)
+
+    def get_entity(self, partition, row):
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if (partition, row) not in self.rows:
+            raise ResourceNotFoundError("ResourceNotFound")
+        return self.rows[(partition, row)]
+
+    def query_entities(self, query_filter, parameters):
+        assert query_filter == "PartitionKey eq @pk and RowKey gt @low and RowKey lt @high"
+        return [
+            entity
+            for (pk, rk), entity in sorted(self.rows.items())
+            if pk == parameters["pk"] and parameters["low"] < rk < parameters["high"]
+        ]
+
+
+def test_a_batch_loads_its_subscriptions_devices_and_those_of_no_known_subscription():
+    from remediation import defender
+
+    table = SnapshotTable()
+    elsewhere = "99999999-9999-4999-8999-999999999999"
+    devices = [
+        raw_device(),  # this subscription, by resource id
+        raw_device(resource=None, subscription=None, vm_id="BBBB", computerDnsName="by-vmid"),
+        raw_device(
+            resource=None, subscription=elsewhere, vm_id="CCCC", computerDnsName="elsewhere"
+        ),
+    ]
+    assert defender.snapshot(table, "run-1", devices) == 3
+    index = defender.load(table, "run-1", [SUB])
+    assert index.problem == ""
+    by_vm_id = VmFacts(vm=VmRef(SUB, "rg-app", "web-09"), vm_id="bbbb")
+    assert index.find(by_vm_id).name == "by-vmid"  # the API named no subscription for it
+    assert index.find(VmFacts(vm=VmRef(SUB, "rg-app", "web-08"), vm_id="cccc")) is None
+    assert index.find(VmFacts(vm=VM)).name == "web-01"
+
+
+def test_a_run_whose_device_list_failed_loads_its_problem():
+    from remediation import defender
+
+    table = SnapshotTable()
+    defender.snapshot_failed(table, "run-1", "the list could not be read")
+    assert defender.load(table, "run-1", [SUB]).problem == "the list could not be read"
+    assert defender.load(table, "run-2", [SUB]).problem == defender.DeviceIndex().problem
+
+
 def test_chunks_hold_every_row_once_and_stay_under_the_property_limit():
     rows = [
         [f"/subscriptions/{SUB}/x/{i}", str(i), "d" * 40, "n", "Active", "Onboarded", ""]
