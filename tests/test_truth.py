@@ -13,6 +13,9 @@ rows). One row per fault; docs/reliability.md has the same table in words.
 | a queue message delivered twice         | one PUT, one install record and one duplicate        |
 | a resource group named in Unicode       | the VM assessed like any other                       |
 | status before the first sweep           | exit 0, complete, no error rows                      |
+| a closed pipe                           | a quiet stop: 141, or the command's own exit code    |
+| --wait after a Ctrl-C'd run             | the earlier run's installs counted as installed      |
+| storage that does not answer            | one line with its fix, exit 1; doctor's storage row  |
 """
 
 from __future__ import annotations
