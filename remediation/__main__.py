@@ -154,9 +154,9 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
     if args.mode:
         body["mode"] = args.mode
     try:
-        request = sweep.parse_request(json.dumps(body).encode(), running.settings, trigger="cli")
+        request = runs.parse_request(json.dumps(body).encode(), running.settings, trigger="cli")
         run = sweep.start(running, request, send=None)
-    except sweep.InvalidSweepRequest as error:
+    except runs.InvalidSweepRequest as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -179,8 +179,8 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
             print(
                 f"error: sweep {run.run_id} could not be closed: {_safe(closing)}", file=sys.stderr
             )
-        if not isinstance(error, Exception):
-            raise
+        if not isinstance(error, Exception) or isinstance(error, BrokenPipeError):
+            raise  # Ctrl-C, or the reader of --json left (main stops quietly)
         print(f"error: sweep {run.run_id} failed and was closed: {why}", file=sys.stderr)
         return 1
     if finished is None:  # every batch found the run closed: abandoned or taken over
@@ -203,10 +203,10 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _sweep_exit(summary: dict[str, Any]) -> int:
-    from remediation.runs import RunStatus  # noqa: PLC0415 - keep --help fast
-
     """0 when every subscription was assessed and no waited install failed; else 1, with
     each reason on stderr (the figures of what was not assessed are not this run's)."""
+    from remediation.runs import RunStatus  # noqa: PLC0415 - keep --help fast
+
     problems = [
         f"subscription {sid} was not assessed: {why}"
         for sid, why in (summary.get("unreadable") or {}).items()
@@ -249,7 +249,7 @@ def _after_installs(
     when it decides, before any install. Every install that ended during the wait in the
     run's subscriptions counts, whichever run queued it (after a Ctrl-C'd run, this one
     finds its VMs claimed, and the earlier run's installs are the ones that run)."""
-    scope = {s.lower() for s in subscriptions}
+    scope = {s.lower() for s in summary.get("assessed", subscriptions)}  # measured ones only
     mine = {r.vm.lower(): r for r in records if r.vm and r.subscription.lower() in scope}
     installed = sum(1 for r in mine.values() if r.outcome == RecordOutcome.SUCCEEDED)
     failed = sum(1 for r in mine.values() if r.outcome in FAILED_OUTCOMES)

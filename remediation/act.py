@@ -17,6 +17,7 @@ mode, the claim, the release on failure and the record's outcome are written onc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -124,7 +125,8 @@ def _send(context: Context, request: InstallRequest, delay: int, *, release: str
     try:
         services.queue.send(request, delay)
     except Exception as error:
-        services.claims.release(context.vm, release)
+        with contextlib.suppress(Exception):  # storage may be down for the claim too
+            services.claims.release(context.vm, release)
         raise TransientError(
             f"the install queue did not take the request ({type(error).__name__}); "
             "the claim was given back"

@@ -97,9 +97,10 @@ def build(environ: Mapping[str, str], create: bool = True) -> Services:
         claims=Claims(
             table,
             cooldown=timedelta(seconds=settings.install_cooldown_seconds),
-            # The claim holds through an install's re-checks: the window, the last
-            # re-check's delay and wait, and a margin.
-            lease=timedelta(minutes=settings.recheck_minutes + 15)
+            # The claim holds through an install's re-checks: the request's window, then
+            # the install's own (check_later starts it afresh), the last re-check's
+            # delay and wait, and a margin.
+            lease=timedelta(minutes=2 * settings.recheck_minutes + 15)
             + timedelta(seconds=settings.recheck_seconds + settings.install_timeout_seconds),
         ),
         sweeps=WorkQueue(

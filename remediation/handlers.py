@@ -8,6 +8,7 @@ else: permanent problems are recorded with a hint and the function returns.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import uuid
@@ -101,14 +102,17 @@ def handle_install(
             record: AuditRecord | None = context.unreadable(error)
         else:
             record = act.install(context, assessment, request, message_id)
-    except TransientError as error:
-        services.claims.note_failure(vm.id, f"try {dequeue_count}: {error}")
+    except Exception as error:  # the host retries; the poison record says why it failed
+        why = str(error) if isinstance(error, RemediationError) else type(error).__name__
+        with contextlib.suppress(Exception):  # storage may be what failed
+            services.claims.note_failure(vm.id, f"try {dequeue_count}: {why}")
         raise
     if record is None:
         return None
+    written = services.audit.write(record)  # first: a failed write keeps the claim held
     if record.outcome != RecordOutcome.DUPLICATE:  # another delivery holds the claim
         services.claims.finish(vm.id)
-    return services.audit.write(record)
+    return written
 
 
 def handle_poison(services: Services, body: bytes | str) -> AuditRecord:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from remediation.model import coverage_percent, covered
+from remediation.model import classified, coverage_percent, covered
 
 if TYPE_CHECKING:  # pragma: no cover - types only; the imports happen in publish()
     from opentelemetry.sdk.metrics.export import MetricReader
@@ -93,6 +93,8 @@ def figures_from_records(records: Iterable[AuditRecord]) -> list[SubscriptionFig
         if not record.vm or record.decision == "ignored":
             continue
         key = record.vm.lower()
+        if key in latest and not classified(record) and classified(latest[key]):
+            continue  # a poisoned install or an outage says nothing of what the VM is
         if key not in latest or record.time >= latest[key].time:
             latest[key] = record
     tallies: dict[str, dict[str, int]] = {}

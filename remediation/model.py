@@ -11,7 +11,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 # ARM's grammar for the ids we accept, strictly: a GUID subscription; a resource group of
 # 1-90 characters, each a letter or digit of any script (.NET's Char.IsLetterOrDigit:
@@ -23,13 +23,15 @@ from typing import Any
 # Microsoft.Compute; HybridCompute.json's machineName pattern). Anything else (a '..',
 # '%', '?', '#', whitespace, extra segments, another resource type) is not a machine id.
 _GUID = r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}"
-_NAME = r"(?a:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?)"
-_ARC_NAME = r"(?a:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,52}[A-Za-z0-9_])?)"
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?"
+_ARC_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,52}[A-Za-z0-9_])?"
 MACHINE_ID = re.compile(
     rf"/subscriptions/(?P<sub>{_GUID})/resourceGroups/(?P<group>[^/]{{1,90}})/providers/"
     rf"(?:Microsoft\.Compute/virtualMachines/(?P<name>{_NAME})"
     rf"|Microsoft\.HybridCompute/machines/(?P<arc>{_ARC_NAME}))",
-    re.IGNORECASE,
+    # ASCII case folding: a long s or a dotless i must not pass for 's' or 'i' in the words
+    # ([^/] still takes any letter of a group's name, which resource_group_ok checks).
+    re.IGNORECASE | re.ASCII,
 )
 _GROUP_LETTERS = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nd"})
 
@@ -385,6 +387,20 @@ def covered(decision: str, eligible_running: bool) -> bool:
     decides "compliant" for exactly that). A stopped machine with the extension is not
     counted either way: it is not in the percentage's denominator."""
     return eligible_running and decision == Outcome.COMPLIANT
+
+
+class Classified(Protocol):
+    @property
+    def decision(self) -> str: ...
+    @property
+    def platform(self) -> str: ...
+
+
+def classified(record: Classified) -> bool:
+    """Does the record say what the machine is? An outage (``undecided``), a poisoned
+    install or a retry queued before any assessment carries no platform: it must never
+    take the place of a record that does (the machine would drop out of the coverage)."""
+    return bool(record.platform) and record.decision != UNDECIDED
 
 
 def coverage_percent(covered: int, eligible: int) -> float | None:

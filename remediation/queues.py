@@ -127,7 +127,8 @@ class Claims:
             current = self._table.get_entity(CLAIM_PARTITION, vm_partition(vm))
         except ResourceNotFoundError:
             return self.take(vm, holder, now)  # released between our two calls
-        if current["expires"] > moment:
+        expires = current.get("expires")  # note_failure may have made a row without one
+        if expires is not None and expires > moment:
             return False
         return replace_if_unchanged(self._table, entity, current.metadata["etag"])
 

@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 
 from remediation.audit import AuditRecord, Query
-from remediation.model import UNDECIDED, coverage_percent, covered, percent_text
+from remediation.model import classified, coverage_percent, covered, percent_text
 from remediation.runs import Run, RunStatus
 from remediation.scope import WIRE_COMMAND, Scope
 from remediation.service import Services
@@ -242,8 +242,8 @@ def latest_state(records: Iterable[AuditRecord], as_of: dict[str, Run]) -> dict[
             continue  # another sweep's row (a sweep's rows carry its run id; installs too)
         if record.trigger == "queue" and record.outcome in {"skipped", "deferred"}:
             continue  # the VM's state is what the sweep or an event said
-        if record.decision == UNDECIDED and record.vm.lower() in latest:
-            continue  # an outage decided nothing: the VM's last known state stands
+        if not classified(record) and record.vm.lower() in latest:
+            continue  # an outage or a poisoned install decided nothing: the last state stands
         state = _covered(record) if record.outcome == "succeeded" else record
         latest[record.vm.lower()] = state
     return latest

@@ -30,8 +30,8 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, UpdateMode
 
 from remediation import defender
-from remediation.config import Mode
-from remediation.model import coverage_percent
+from remediation.config import GUID, Mode, Settings
+from remediation.model import InvalidJson, coverage_percent, load_json
 from remediation.tables import (
     LOCK_PARTITION,
     RUN_PARTITION,
@@ -45,6 +45,7 @@ log = logging.getLogger("remediation")
 # visibility timeout (a batch on a worker that died becomes visible again after it)
 # and than the gap between two beats of a working batch (HEARTBEAT_EVERY).
 STALE_AFTER = timedelta(minutes=30)
+MAX_BODY = 64 * 1024  # a forced sweep's body, and a batch message
 
 
 class SweepRunning(RuntimeError):
@@ -67,6 +68,56 @@ class RunStatus(StrEnum):
     DONE = "done"  # every subscription assessed
     PARTIAL = "partial"  # some not: a batch failed, or a subscription could not be read
     FAILED = "failed"  # none assessed, or closed (abandoned: interrupted or silent)
+
+
+class InvalidSweepRequest(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def parse_request(body: bytes, settings: Settings, trigger: str = "http") -> SweepRequest:
+    """Validate a forced sweep's body strictly; every problem is listed. The body can
+    narrow the scope and make the run more conservative, never widen or escalate (the
+    subscriptions asked for are checked against the scope when the run starts)."""
+    problems: list[str] = []
+    value: Any = {}
+    if body.strip():
+        try:
+            value = load_json(body, max_bytes=MAX_BODY)
+        except InvalidJson as error:
+            raise InvalidSweepRequest([f"the body is {error}"]) from None
+    if not isinstance(value, dict):
+        raise InvalidSweepRequest(["the body must be a JSON object"])
+    unknown = sorted(set(value) - {"subscriptions", "mode"})
+    if unknown:
+        problems.append(f"unknown fields: {', '.join(repr(k)[:60] for k in unknown[:10])}")
+    subscriptions: list[str] = []  # the whole scope
+    if "subscriptions" in value:
+        given = value["subscriptions"]
+        if not isinstance(given, list) or not given:
+            problems.append("subscriptions must be a non-empty list of subscription ids")
+        else:
+            chosen = []
+            for item in given[:1000]:
+                if not isinstance(item, str) or not GUID.match(item):
+                    problems.append(f"not a subscription id: {json.dumps(item)[:60]}")
+                else:
+                    chosen.append(item.lower())
+            if len(given) > 1000:
+                problems.append("at most 1000 subscriptions")
+            subscriptions = sorted(set(chosen))
+    mode = settings.mode
+    if "mode" in value:
+        if value["mode"] not in {"report", "enforce"}:
+            problems.append("mode must be 'report' or 'enforce'")
+        elif value["mode"] == "enforce" and not settings.enforce:
+            problems.append("mode 'enforce' is refused: REMEDIATION_MODE is report")
+        else:
+            mode = Mode(value["mode"])
+    if problems:
+        raise InvalidSweepRequest(problems)
+    return SweepRequest(tuple(subscriptions), mode, trigger)
 
 
 @dataclass

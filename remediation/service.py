@@ -26,6 +26,7 @@ from remediation.model import (
     Decision,
     History,
     PermanentError,
+    Posture,
     RecordOutcome,
     RemediationError,
     TransientError,
@@ -108,13 +109,16 @@ class Assessment:
 
 
 # --- Gather and decide -------------------------------------------------------------------
-def assess(services: Services, facts: VmFacts, last_known: bool = True) -> Assessment:
-    """Classify and decide for facts already read; reads the (cached) posture and,
-    for a Failed extension only, the VM's history from the audit log. For a Succeeded
-    extension, ``last_known`` adds the verification the last sweep made (one read; the
-    sweep, which reads Defender for Endpoint's list, makes its own)."""
+def assess(
+    services: Services, facts: VmFacts, last_known: bool = True, posture: Posture | None = None
+) -> Assessment:
+    """Classify and decide for facts already read; reads the (cached) posture unless it
+    is given (a sweep batch reads it once for all its machines) and, for a Failed
+    extension only, the VM's history from the audit log. For a Succeeded extension,
+    ``last_known`` adds the verification the last sweep made (one read; the sweep, which
+    reads Defender for Endpoint's list, makes its own)."""
     vm = classify(facts, services.settings.exclude_tag)
-    posture = services.arm.posture(facts.vm.subscription)
+    posture = posture or services.arm.posture(facts.vm.subscription)
     history = History()
     if vm.protection is Protection.FAILED:
         history = History(reinstalls=services.audit.reinstalls_since_success(facts.vm.id))

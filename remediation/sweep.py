@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,12 +33,12 @@ from remediation import defender
 from remediation.act import BatchActions, act
 from remediation.audit import AuditRecord
 from remediation.classify import Protection
-from remediation.config import GUID, Mode, Settings
+from remediation.config import GUID, Mode
 from remediation.doctor import events_check
 from remediation.model import (
-    InvalidJson,
     Outcome,
     PermanentError,
+    Posture,
     RecordOutcome,
     TransientError,
     Unparsed,
@@ -48,12 +49,15 @@ from remediation.model import (
 )
 from remediation.policy import verify
 from remediation.runs import (
+    MAX_BODY,
     BatchResult,
+    InvalidSweepRequest,
     Run,
     RunStatus,
     RunStore,
     SweepRequest,
     SweepRunning,
+    parse_request,
 )
 from remediation.scope import Resolution, refresh
 from remediation.service import (
@@ -68,60 +72,9 @@ from remediation.service import (
 SCHEMA = "sweep-batch/1"
 WRITE_EVERY = 1000  # a batch writes its records this many at a time (a page of inventory)
 HEARTBEAT_EVERY = timedelta(minutes=1)
-MAX_BODY = 64 * 1024
 CAP_BLOCK = 50  # actions a batch takes from the run's cap at a time
 
 log = logging.getLogger("remediation")
-
-
-class InvalidSweepRequest(ValueError):
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
-def parse_request(body: bytes, settings: Settings, trigger: str = "http") -> SweepRequest:
-    """Validate a forced sweep's body strictly; every problem is listed. The body can
-    narrow the scope and make the run more conservative, never widen or escalate (the
-    subscriptions asked for are checked against the scope when the run starts)."""
-    problems: list[str] = []
-    value: Any = {}
-    if body.strip():
-        try:
-            value = load_json(body, max_bytes=MAX_BODY)
-        except InvalidJson as error:
-            raise InvalidSweepRequest([f"the body is {error}"]) from None
-    if not isinstance(value, dict):
-        raise InvalidSweepRequest(["the body must be a JSON object"])
-    unknown = sorted(set(value) - {"subscriptions", "mode"})
-    if unknown:
-        problems.append(f"unknown fields: {', '.join(repr(k)[:60] for k in unknown[:10])}")
-    subscriptions: list[str] = []  # the whole scope
-    if "subscriptions" in value:
-        given = value["subscriptions"]
-        if not isinstance(given, list) or not given:
-            problems.append("subscriptions must be a non-empty list of subscription ids")
-        else:
-            chosen = []
-            for item in given[:1000]:
-                if not isinstance(item, str) or not GUID.match(item):
-                    problems.append(f"not a subscription id: {json.dumps(item)[:60]}")
-                else:
-                    chosen.append(item.lower())
-            if len(given) > 1000:
-                problems.append("at most 1000 subscriptions")
-            subscriptions = sorted(set(chosen))
-    mode = settings.mode
-    if "mode" in value:
-        if value["mode"] not in {"report", "enforce"}:
-            problems.append("mode must be 'report' or 'enforce'")
-        elif value["mode"] == "enforce" and not settings.enforce:
-            problems.append("mode 'enforce' is refused: REMEDIATION_MODE is report")
-        else:
-            mode = Mode(value["mode"])
-    if problems:
-        raise InvalidSweepRequest(problems)
-    return SweepRequest(tuple(subscriptions), mode, trigger)
 
 
 # --- Batch messages --------------------------------------------------------------------
@@ -279,7 +232,11 @@ def run_batch(
                 complete = True
         finally:
             store.give_back(run.run_id, batch.budget)
-    batch.result.complete = complete  # what this batch took but did not use
+    batch.result.complete = complete
+    for subscription, machines in batch.unanswered.items():  # not measured: not assessed
+        batch.result.unreadable.setdefault(
+            subscription, f"Azure did not answer for {machines} machines (outcome unavailable)"
+        )
     services.audit.write_many(batch.records)
     batch.save_states(complete)
     batch.result.arm_requests, batch.result.graph_requests = used["arm"], used["graph"]
@@ -337,6 +294,8 @@ class _Batch:
         self.cap = services.settings.max_actions_per_sweep
         self.actions = BatchActions()  # subscription writes made (or reported) this batch
         self.down: dict[str, TransientError] = {}  # subscriptions whose posture got no answer
+        self.postures: dict[str, Posture] = {}  # read once per subscription for the batch
+        self.unanswered: Counter[str] = Counter()  # machines Azure did not answer for
         self.records: list[AuditRecord] = []
         self.result = BatchResult()
         self.budget = 0  # actions taken from the run's cap, not yet used
@@ -348,12 +307,13 @@ class _Batch:
         the subscriptions to inventory. One Azure does not know, or the identity cannot
         read, is recorded once with its fix and left out (its last complete figures
         stand). One whose read got no answer is remembered: its machines are recorded
-        unavailable at once, not after a full retry each."""
+        unavailable at once, not after a full retry each. The posture read is the batch's
+        for all its machines (a long batch outlives the gateway's cache)."""
         readable = []
         for subscription in subscriptions:
             self.services.arm.forget_posture(subscription)
             try:
-                self.services.arm.posture(subscription)
+                self.postures[subscription] = self.services.arm.posture(subscription)
             except TransientError as error:
                 self.down[subscription] = error
                 self.result.unreadable[subscription] = f"Azure did not answer: {error}"
@@ -398,10 +358,13 @@ class _Batch:
             down = self.down.get(facts.vm.subscription)
             if down is not None:  # its subscription's posture got no answer this batch
                 raise TransientError(str(down))
-            assessment, turned = self._verify(assess(self.services, facts, last_known=False))
+            posture = self.postures.get(facts.vm.subscription)
+            assessed = assess(self.services, facts, last_known=False, posture=posture)
+            assessment, turned = self._verify(assessed)
             record = self._act(context, assessment)
         except TransientError as error:
             self.result.unavailable += 1
+            self.unanswered[facts.vm.subscription] += 1
             record = context.unavailable(error, "the next sweep checks this VM again.", assessment)
         except PermanentError as error:
             self.result.errors += 1

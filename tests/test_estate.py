@@ -112,6 +112,23 @@ def test_resource_groups_refuse_what_azure_refuses(group):
         VmRef.parse(vm_id)
 
 
+@pytest.mark.parametrize(
+    "fixed",
+    [
+        ("subscriptions", "\u017fubscriptions"),
+        ("Microsoft.Compute", "Micro\u017foft.Compute"),
+        ("virtualMachines", "v\u0131rtualMachines"),
+    ],
+)
+def test_the_fixed_words_of_an_id_do_not_fold_from_other_letters(fixed):
+    plain, folded = fixed
+    vm_id = (
+        f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1"
+    )
+    with pytest.raises(InvalidResourceId):
+        VmRef.parse(vm_id.replace(plain, folded, 1))
+
+
 def test_a_machine_name_stays_ascii_even_under_case_folding():
     kelvin = (
         f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/\u212a"

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from remediation.config import GUID, SettingsError, load
 from remediation.ops import InvalidQuery, parse_query
 from remediation.queues import BadMessage, InstallRequest
-from remediation.runs import SweepRequest
-from remediation.sweep import BatchMessage, InvalidSweepRequest, parse_request
+from remediation.runs import InvalidSweepRequest, SweepRequest, parse_request
+from remediation.sweep import BatchMessage
 
 SUB = "11111111-1111-4111-8111-111111111111"
 GUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")

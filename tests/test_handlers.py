@@ -129,4 +129,4 @@ def test_a_malformed_install_message_is_one_record_and_dropped(body, why):
     assert why in record.reason
     poisoned = handlers.handle_poison(running, body)
     assert (poisoned.decision, poisoned.outcome) == ("error", "poisoned")
-    assert running.arm.puts == []
+    assert running.audit.written == [record, poisoned]  # one record each, then dropped

@@ -328,3 +328,14 @@ def test_the_exporter_sends_each_metric_with_its_dimensions_to_the_ingestion_end
     assert sent["remediation.sweep_duration"] == (7.5, {"mode": "enforce", "run_id": "run-9"})
     roles = {item["tags"]["ai.cloud.role"] for item in out["received"]}
     assert roles == {"defender-coverage-remediator"}
+
+
+def test_a_poisoned_install_after_the_sweep_does_not_drop_its_vm_from_the_figure():
+    records = [
+        _record(SUB_A, "vm1", "compliant", eligible=True, platform="ubuntu-22.04"),
+        _record(SUB_A, "vm2", "install", "queued", eligible=True, platform="ubuntu-22.04"),
+        # every retry failed: a record with no classification, later than the sweep's
+        _record(SUB_A, "vm2", "error", "poisoned", minutes=30, trigger="queue"),
+    ]
+    [figures] = metrics.figures_from_records(records)
+    assert (figures.covered, figures.eligible_running, figures.coverage_percent) == (1, 2, 50.0)

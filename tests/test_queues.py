@@ -108,6 +108,14 @@ def test_a_claim_lasts_an_hour_at_least_and_as_long_as_the_lease_asked_for(stora
     assert not shorter.take(third, "b", now + timedelta(minutes=30))  # never under an hour
 
 
+def test_a_claim_row_left_by_a_noted_failure_alone_is_free(storage):
+    table, _ = storage
+    claims = Claims(table, cooldown=timedelta(minutes=15))
+    claims.note_failure(VM, "try 1: the queue kept a message whose claim was given back")
+    assert claims.take(VM, "a")
+    assert not claims.take(VM, "b")
+
+
 def test_a_finished_claim_holds_for_the_cooldown_only(storage):
     table, _ = storage
     claims = Claims(table, cooldown=timedelta(minutes=15))

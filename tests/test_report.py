@@ -494,3 +494,44 @@ def test_a_long_needs_a_human_list_shows_some_rows_and_says_how_to_see_all():
     # A short list: every row, no note.
     html = render(Coverage(moment(14, 12), (A,), {A: run}, latest))
     assert "shown" not in html
+
+
+def test_a_record_that_says_nothing_of_the_vm_never_replaces_its_sweep_row():
+    from datetime import timedelta
+
+    from remediation.report import Coverage, latest_state
+
+    sub = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+    run = Run(
+        "20261204T020000Z-00000001",
+        "enforce",
+        "sweep",
+        [sub],
+        1,
+        datetime(2026, 12, 4, 2, tzinfo=UTC),
+        status="done",
+    )
+
+    def row(name, decision, outcome, minutes=0, **more):
+        return AuditRecord(
+            vm=f"/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{name}",
+            subscription=sub,
+            trigger=more.pop("trigger", "sweep"),
+            decision=decision,
+            reason="",
+            mode="enforce",
+            outcome=outcome,
+            run_id=more.pop("run_id", run.run_id),
+            time=run.started + timedelta(minutes=minutes),
+            **more,
+        )
+
+    records = [
+        row("vm1", "compliant", "none", eligible_running=True, platform="ubuntu-22.04"),
+        row("vm2", "install", "queued", eligible_running=True, platform="ubuntu-22.04"),
+        row("vm2", "error", "poisoned", 30, trigger="queue", run_id=""),
+        row("vm1", "defer", "queued", 40, trigger="event", run_id=""),  # an outage's retry
+    ]
+    coverage = Coverage(run.started, (sub,), {sub: run})
+    coverage.latest = latest_state(records, coverage.as_of)
+    assert coverage.headline() == (1, 2)  # 50%, not 1 of 1

@@ -197,3 +197,38 @@ def test_a_malformed_batch_message_is_one_record_in_both_queue_functions(body):
     assert sweep.handle_batch_poison(running, body) is None
     assert [(r.decision, r.outcome) for r in running.audit.rows] == [("error", "failed")] * 2
     assert all("malformed sweep batch" in r.reason for r in running.audit.rows)
+
+
+def test_a_machine_azure_did_not_answer_for_leaves_its_subscription_not_assessed():
+    from remediation.classify import MDE_PUBLISHER
+    from remediation.model import ExtensionFacts
+
+    failed = ExtensionFacts("MDE.Linux", MDE_PUBLISHER, "MDE.Linux", "Failed")
+    machines = [ubuntu("vm0"), ubuntu("vm1", extensions=(failed,))]
+    running, run = world(machines)
+
+    def history_unreadable(vm):  # the failed one's history is read from the log
+        raise TransientError("the log's table did not answer")
+
+    running.audit.reinstalls_since_success = history_unreadable
+    done = sweep_once(running, run)
+    assert [r.outcome for r in running.audit.rows] == ["queued", "unavailable"]
+    assert done.status == "failed"  # its only subscription was not measured completely
+    assert done.summary["unreadable"] == {
+        SUB: "Azure did not answer for 1 machines (outcome unavailable)"
+    }
+
+
+def test_the_batch_reads_each_posture_once_for_all_its_machines():
+    machines = [ubuntu(f"vm{n}") for n in range(4)]
+    running, run = world(machines)
+    reads = []
+    posture = running.arm.posture
+
+    def counted(subscription):
+        reads.append(subscription)
+        return posture(subscription)
+
+    running.arm.posture = counted
+    sweep_once(running, run)
+    assert reads == [SUB]

@@ -200,7 +200,9 @@ def test_status_before_the_first_sweep_is_complete_with_no_error_rows(world_fact
     assert value["needs_a_human"] == []
 
 
-@pytest.mark.parametrize("command", [["doctor", "--json"], ["log", "--json"], ["status"]])
+@pytest.mark.parametrize(
+    "command", [["doctor", "--json"], ["log", "--json"], ["status"], ["sweep", "--json"]]
+)
 def test_a_closed_pipe_stops_quietly(world_factory, command):
     import os
     import subprocess
