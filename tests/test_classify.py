@@ -1048,3 +1048,40 @@ def test_no_exclusion_tag_set_excludes_nothing_even_a_tag_with_an_empty_name():
     tagged = lin("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2", tags={"": "yes"})
     assert classify(tagged, "").opt_out == ""
     assert classify(tagged, TAG).opt_out == ""
+
+
+# --- Run Command answers (facts.run_output: the test alert reads them) ---------------------
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        (  # Windows: one status per stream (the spec's example)
+            [
+                ("ComponentStatus/StdOut/succeeded", "started"),
+                ("ComponentStatus/StdErr/succeeded", ""),
+            ],
+            ("started", ""),
+        ),
+        (
+            [
+                ("ComponentStatus/StdOut/succeeded", ""),
+                ("ComponentStatus/StdErr/succeeded", "denied"),
+            ],
+            ("", "denied"),
+        ),
+        (  # Linux: one status, both streams in its message
+            [
+                (
+                    "ProvisioningState/succeeded",
+                    "Enable succeeded: \n[stdout]\nfetched\n\n[stderr]\ncurl: (6)\n",
+                )
+            ],
+            ("fetched", "curl: (6)"),
+        ),
+        ([("ProvisioningState/succeeded", "Enable succeeded")], ("Enable succeeded", "")),
+        ([], ("", "")),
+    ],
+)
+def test_run_command_output_of_either_os(statuses, expected):
+    from remediation.facts import run_output
+
+    assert run_output(statuses) == expected

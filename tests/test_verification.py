@@ -659,42 +659,6 @@ def test_a_test_step_that_fails_every_try_ends_the_test_as_failed(world_factory)
     assert "A malformed test-alert message was dropped" in dropped.reason
 
 
-@pytest.mark.parametrize(
-    ("statuses", "expected"),
-    [
-        (  # Windows: one status per stream (the spec's example)
-            [
-                ("ComponentStatus/StdOut/succeeded", "started"),
-                ("ComponentStatus/StdErr/succeeded", ""),
-            ],
-            ("started", ""),
-        ),
-        (
-            [
-                ("ComponentStatus/StdOut/succeeded", ""),
-                ("ComponentStatus/StdErr/succeeded", "denied"),
-            ],
-            ("", "denied"),
-        ),
-        (  # Linux: one status, both streams in its message
-            [
-                (
-                    "ProvisioningState/succeeded",
-                    "Enable succeeded: \n[stdout]\nfetched\n\n[stderr]\ncurl: (6)\n",
-                )
-            ],
-            ("fetched", "curl: (6)"),
-        ),
-        ([("ProvisioningState/succeeded", "Enable succeeded")], ("Enable succeeded", "")),
-        ([], ("", "")),
-    ],
-)
-def test_run_command_output_of_either_os(statuses, expected):
-    from remediation.facts import run_output
-
-    assert run_output(statuses) == expected
-
-
 def test_a_test_alert_on_a_vm_azure_cannot_read_says_so_and_writes_nothing(world_factory):
     import function_app
     from localazure.host import http_request
