@@ -325,8 +325,8 @@ def _plan(raw: str) -> str:
 def _connection_string_problem(value: str) -> str:
     """What is wrong with a storage connection string, or "". Its shape, from "Configure
     Azure Storage connection strings" (Microsoft Learn): ``key=value`` pairs joined by
-    ``;``, with UseDevelopmentStorage=true, or an AccountName with an AccountKey, or a
-    SharedAccessSignature, or the service endpoints."""
+    ``;`` (a value may hold ``=``), with UseDevelopmentStorage=true, or an AccountName
+    with an AccountKey, or a SharedAccessSignature: endpoints alone carry no credential."""
     pairs = [part for part in value.strip().split(";") if part.strip()]
     keys: dict[str, str] = {}
     for part in pairs:
@@ -338,7 +338,7 @@ def _connection_string_problem(value: str) -> str:
         return ""
     if "accountname" in keys and "accountkey" in keys:
         return ""
-    if "sharedaccesssignature" in keys or {"queueendpoint", "tableendpoint"} <= keys.keys():
+    if "sharedaccesssignature" in keys:
         return ""
     return (
         "a storage connection string needs AccountName and AccountKey, a "

@@ -592,6 +592,15 @@ def test_a_list_of_only_separators_and_blanks_is_the_empty_list_it_is():
     [
         ("garbage", "not a storage connection string (key=value pairs joined by ';')"),
         (
+            "=x;AccountName=st;AccountKey=a2V5",
+            "not a storage connection string (key=value pairs joined by ';')",
+        ),
+        (
+            "QueueEndpoint=https://st.queue.core.windows.net;TableEndpoint=https://st.table.core.windows.net",
+            "a storage connection string needs AccountName and AccountKey, a "
+            "SharedAccessSignature, or UseDevelopmentStorage=true",
+        ),
+        (
             "AccountName=st;AccountKey=",
             "not a storage connection string (key=value pairs joined by ';')",
         ),
@@ -614,6 +623,7 @@ def test_a_malformed_storage_connection_string_is_named_and_never_shown(value, p
         "UseDevelopmentStorage=true",
         "DefaultEndpointsProtocol=https;AccountName=st;AccountKey=a2V5;EndpointSuffix=core.windows.net",
         "QueueEndpoint=https://st.queue.core.windows.net;TableEndpoint=https://st.table.core.windows.net;SharedAccessSignature=sv=1",
+        "TableEndpoint=https://st.table.core.windows.net;SharedAccessSignature=sv=2020-08-04&sig=ab%2Bc=",
         "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;",
     ],
 )
