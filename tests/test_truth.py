@@ -252,10 +252,23 @@ def test_wait_counts_the_installs_an_earlier_run_queued(world_factory):
     assert summary["after_installs"]["coverage_percent"] == 100.0
 
 
-def test_storage_that_does_not_answer_is_one_line_with_its_fix(world_factory, monkeypatch):
-    import os
+def process(env: dict, *args: str):
+    """The CLI as its own process, as an operator runs it."""
     import subprocess
     import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "remediation", *args],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_storage_that_does_not_answer_is_one_line_with_its_fix(world_factory, monkeypatch):
+    import os
 
     world_factory(estate("ready"))
     unreachable = (
@@ -264,41 +277,20 @@ def test_storage_that_does_not_answer_is_one_line_with_its_fix(world_factory, mo
         "TableEndpoint=http://127.0.0.1:9/devstoreaccount1"
     )
     env = os.environ | {"AzureWebJobsStorage": unreachable}
-    done = subprocess.run(
-        [sys.executable, "-m", "remediation", "sweep"],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = process(env, "sweep")
     assert "Traceback" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 1
     assert len(errors) == 1
     assert "check AzureWebJobsStorage" in errors[0]
     # status reads Azure, not storage: it still answers, and says once what it could not read
-    done = subprocess.run(
-        [sys.executable, "-m", "remediation", "status", "--json"],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = process(env, "status", "--json")
     assert done.returncode == 0
     assert json.loads(done.stdout)["complete"] is True
     assert done.stderr.splitlines() == [
         "WARNING the stored scope could not be read (ServiceRequestError)"
     ]
-    doctor = subprocess.run(
-        [sys.executable, "-m", "remediation", "doctor", "--json"],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    doctor = process(env, "doctor", "--json")
     rows = [json.loads(line) for line in doctor.stdout.splitlines()]
     assert doctor.returncode == 1
     assert [(r["scope"], r["ok"]) for r in rows if r["check"] == "queues and table"] == [
