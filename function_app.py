@@ -13,10 +13,10 @@ import azure.functions as func
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-# The pages people open (report, log, status) sit behind App Service sign-in when the
-# deployment turns it on (infra/app.bicep sets REMEDIATION_PAGES_SIGN_IN=entra along with
-# authsettingsV2); then the Functions host asks no key for them. Otherwise, and for the
-# automation routes always, a function key.
+# The pages people open (report, log, status) take a Microsoft Entra access token when
+# REMEDIATION_PAGES_SIGN_IN=entra: the app checks it itself (remediation/signin.py), as
+# App Service authentication does not guard a Flex Consumption app. The host then asks no
+# key for them. Otherwise, and for the automation routes always, a function key.
 SIGN_IN = os.environ.get("REMEDIATION_PAGES_SIGN_IN", "").strip().lower() == "entra"
 PAGES = func.AuthLevel.ANONYMOUS if SIGN_IN else func.AuthLevel.FUNCTION
 
@@ -210,16 +210,18 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _signed_in(req: func.HttpRequest) -> func.HttpResponse | None:
-    """With sign-in on, a page answers only requests App Service authentication let
-    through: it sets X-MS-CLIENT-PRINCIPAL-ID and drops any a client sends (Microsoft
-    Learn, app-service/configure-authentication-user-identities). Without App Service
-    authentication in front, that header is the client's word: set the setting only
-    with the deployment's sign-in (infra/app.bicep sets both)."""
-    from remediation.bootstrap import services  # noqa: PLC0415 - cold start
+    """With sign-in on, a page answers only a request with a valid Entra token for it;
+    no header a client can set by itself (X-MS-CLIENT-PRINCIPAL-ID) is trusted."""
+    from remediation.bootstrap import page_gate  # noqa: PLC0415 - cold start
 
-    if services().settings.pages_sign_in and not req.headers.get("x-ms-client-principal-id"):
-        return _json(401, {"errors": ["sign in: this page is behind App Service authentication"]})
-    return None
+    gate = page_gate()
+    refusal = gate.check(req.headers.get("authorization")) if gate else None
+    if refusal is None:
+        return None
+    response = _json(refusal.status, {"errors": [refusal.reason]})
+    if refusal.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    return response
 
 
 def _json(status: int, body: dict[str, Any]) -> func.HttpResponse:

@@ -4,14 +4,15 @@ param location string
 @description('REMEDIATION_* app settings.')
 param settings object
 
-@description('Entra sign-in for GET /api/report, /api/remediations and /api/status: the app registration\'s client id; empty: no sign-in (function keys for every route).')
+@description('Entra tokens for GET /api/report, /api/remediations and /api/status: the pages\' app registration\'s client id (the tokens\' audience); empty: function keys for every route.')
 param signInClientId string = ''
 
-@description('Entra sign-in: the object id of the group whose members may read the pages; empty: no sign-in.')
+@description('Entra tokens for the pages: the app role value, or the object id of the group, a token must hold; empty: function keys.')
 param reportReaderGroupId string = ''
 
 // Sign-in only with both: half a configuration would either let the whole tenant in or
-// lock everyone out.
+// lock everyone out. The app checks the tokens itself (remediation/signin.py): App Service
+// authentication (authsettingsV2) does not guard a Flex Consumption app (docs/deploy.md).
 var pagesSignIn = !empty(signInClientId) && !empty(reportReaderGroupId)
 
 var token = toLower(uniqueString(resourceGroup().id, environmentName))
@@ -115,7 +116,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     // checkov:skip=CKV_AZURE_65:Detailed error pages do not apply to a Function App; errors go to Application Insights.
     // checkov:skip=CKV_AZURE_66:Failed request tracing does not apply to Flex Consumption; requests go to Application Insights.
     // checkov:skip=CKV_AZURE_80:A Python app: no .NET Framework version.
-    // checkov:skip=CKV_AZURE_13:App Service Authentication is optional and covers the human pages only (pagesAuth below, with signInClientId and reportReaderGroupId); Event Grid and the sweep API keep function keys.
+    // checkov:skip=CKV_AZURE_13:App Service Authentication does not guard a Flex Consumption app; the app checks Entra tokens for its pages itself (REMEDIATION_PAGES_*) and every other route keeps its function key.
     // checkov:skip=CKV_AZURE_88:Flex Consumption deploys from a blob container, not Azure Files.
     // checkov:skip=CKV_AZURE_222:See the site: the public endpoint serves Event Grid.
     name: 'appsettings'
@@ -124,73 +125,12 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       AzureWebJobsStorage__credential: 'managedidentity'
       APPLICATIONINSIGHTS_CONNECTION_STRING: insights.properties.ConnectionString
       APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
-    }, pagesSignIn ? { REMEDIATION_PAGES_SIGN_IN: 'entra' } : {})
-  }
-}
-
-// App Service authentication (Easy Auth) in front of the human pages. Every path needs a
-// signed-in member of reportReaderGroupId except the automation paths, which keep their
-// function keys: Event Grid's webhook, the sweep API, the health check, the host's admin
-// API. Sources (Microsoft Learn and MicrosoftDocs/azure-docs):
-// - requireAuthentication + unauthenticatedClientAction: globalValidation in the
-//   Microsoft.Web/sites/config 'authsettingsV2' reference; excludedPaths are "paths for
-//   which unauthenticated flow would not be redirected to the login page".
-// - excludedPaths match a path as written, not as a prefix; a trailing /* covers what is
-//   below it (Microsoft's answer in MicrosoftDocs/azure-docs issue 86514), so both the
-//   route and its /* are listed.
-// - allowedPrincipals.groups: the AllowedPrincipals schema ("the list of the allowed
-//   groups"); the built-in authorization policy answers 403 to a principal that fails it
-//   (configure-authentication-provider-aad, "Use a built-in authorization policy"). It
-//   reads the token's groups claim: the app registration must emit it
-//   (groupMembershipClaims), see docs/monitoring.md.
-// - No client secret: App Service then uses the implicit flow and gets an ID token, which
-//   is all sign-in needs (configure-authentication-provider-aad, "Client Secret").
-resource pagesAuth 'Microsoft.Web/sites/config@2024-04-01' = if (pagesSignIn) {
-  // checkov reads every sites/config as the site's configuration; this one is only the
-  // authentication settings, and the site's own checks are answered on 'appsettings'.
-  // checkov:skip=CKV_AZURE_13:This is the App Service Authentication configuration itself (authsettingsV2); checkov looks for the v1 'authsettings' shape.
-  // checkov:skip=CKV_AZURE_63:Authentication settings only; HTTP logs do not apply to Flex Consumption (see appsettings).
-  // checkov:skip=CKV_AZURE_65:Authentication settings only; detailed error pages do not apply to a Function App (see appsettings).
-  // checkov:skip=CKV_AZURE_66:Authentication settings only; failed request tracing does not apply to Flex Consumption (see appsettings).
-  // checkov:skip=CKV_AZURE_80:Authentication settings only; a Python app has no .NET Framework version.
-  // checkov:skip=CKV_AZURE_88:Authentication settings only; Flex Consumption deploys from a blob container, not Azure Files.
-  // checkov:skip=CKV_AZURE_222:Authentication settings only; the public endpoint serves Event Grid (see the site).
-  parent: site
-  name: 'authsettingsV2'
-  properties: {
-    platform: { enabled: true }
-    globalValidation: {
-      requireAuthentication: true
-      unauthenticatedClientAction: 'RedirectToLoginPage'
-      redirectToProvider: 'azureactivedirectory'
-      excludedPaths: [
-        '/runtime/webhooks/eventgrid'
-        '/runtime/webhooks/eventgrid/*'
-        '/api/sweep'
-        '/api/sweep/*'
-        '/api/test-alert'
-        '/api/test-alert/*'
-        '/api/health'
-        '/admin/*'
-      ]
-    }
-    httpSettings: { requireHttps: true }
-    login: { tokenStore: { enabled: false } }
-    identityProviders: {
-      azureActiveDirectory: {
-        enabled: true
-        registration: {
-          clientId: signInClientId
-          openIdIssuer: '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
-        }
-        validation: {
-          allowedAudiences: [signInClientId]
-          defaultAuthorizationPolicy: {
-            allowedPrincipals: { groups: [reportReaderGroupId] }
-          }
-        }
-      }
-    }
+    }, pagesSignIn ? {
+      REMEDIATION_PAGES_SIGN_IN: 'entra'
+      REMEDIATION_PAGES_TENANT: tenant().tenantId
+      REMEDIATION_PAGES_AUDIENCE: signInClientId
+      REMEDIATION_PAGES_ALLOWED: reportReaderGroupId
+    } : {})
   }
 }
 
@@ -216,7 +156,5 @@ resource telemetryRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 
 output functionAppName string = site.name
 output insightsName string = insights.name
-// For the app registration's Web redirect URI (docs/monitoring.md).
-output signInRedirectUri string = 'https://${site.properties.defaultHostName}/.auth/login/aad/callback'
 output functionAppId string = site.id
 output principalId string = site.identity.principalId

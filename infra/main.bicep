@@ -33,7 +33,7 @@ param enableIntegration bool = true
 @description('Grant the built-in Security Admin role for the settings instead of the narrower custom role. Security Admin includes Microsoft.Security/*, so pricings/write too, whatever allowPlanChange says.')
 param useSecurityAdmin bool = false
 
-@description('Defender for Endpoint API base URL for verification (e.g. https://api.securitycenter.microsoft.com); empty = off. The app identity then needs the WindowsDefenderATP Machine.Read.All app role (README, Verification).')
+@description('Defender for Endpoint API base URL for verification (e.g. https://api.security.microsoft.com, or a regional host such as https://eu.api.security.microsoft.com); empty = off. The app identity then needs the WindowsDefenderATP Machine.Read.All app role (README, Verification).')
 param mdeApi string = ''
 
 @description('Allow the on-demand test alert: grants Run Command and alert read/dismiss in the custom role.')
@@ -51,10 +51,10 @@ param coverageThreshold int = 95
 @description('Mail the coverage alert to this address; empty: the alert shows in the portal only.')
 param alertEmail string = ''
 
-@description('Entra sign-in for GET /api/report, /api/remediations and /api/status: the app registration\'s client id. Empty (with reportReaderGroupId empty): no sign-in, function keys for every route.')
+@description('Entra tokens for GET /api/report, /api/remediations and /api/status: the pages\' app registration\'s client id. Empty (with reportReaderGroupId empty): function keys for every route.')
 param signInClientId string = ''
 
-@description('Entra sign-in: the object id of the group allowed to read the pages.')
+@description('Entra tokens for the pages: the app role value, or the object id of the group, a token must hold.')
 param reportReaderGroupId string = ''
 
 var resourceGroupName = 'rg-${environmentName}'
@@ -127,5 +127,3 @@ output AZURE_FUNCTION_APP_ID string = app.outputs.functionAppId
 output REMEDIATOR_SUBSCRIPTIONS string = join(subscriptionIds, ',')
 output REMEDIATOR_EVENTS_GROUP string = eventsGroupName
 output REMEDIATOR_ARM_ENDPOINT string = environment().resourceManager
-// The Web redirect URI of the sign-in app registration (docs/monitoring.md).
-output REMEDIATOR_SIGN_IN_REDIRECT_URI string = app.outputs.signInRedirectUri

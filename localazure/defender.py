@@ -51,9 +51,7 @@ def authenticate(plane: LocalAzure, headers: Any) -> tuple[Principal, list[str]]
     if not auth.startswith("Bearer "):
         raise _error(401, "Unauthorized", unauthorized)
     try:
-        claims = jwt.decode(
-            auth[7:], plane._signing_key, algorithms=["HS256"], audience=[MDE_AUDIENCE]
-        )
+        claims = plane.read_token(auth[7:], [MDE_AUDIENCE])
     except jwt.PyJWTError:
         raise _error(401, "Unauthorized", unauthorized) from None
     principal = plane._principal_by_oid(str(claims.get("oid", "")))

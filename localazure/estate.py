@@ -191,6 +191,9 @@ class Principal:
     # The WindowsDefenderATP application permissions granted (admin-consented) to it: the
     # ``roles`` claim of its tokens for https://api.securitycenter.microsoft.com.
     app_roles: list[str] = field(default_factory=lambda: ["Machine.Read.All"])
+    # App roles assigned to it on other app registrations, by their client id: the
+    # ``roles`` claim of its tokens for that API (the pages' registration, for example).
+    api_roles: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

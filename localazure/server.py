@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import jwt
 import trustme
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from localazure import (
     authorization,
@@ -141,7 +142,13 @@ class LocalAzure:
         self.published: list[dict[str, Any]] = []
         self._buckets: dict[tuple[str, str, str], TokenBucket] = {}
         self._graph_calls: dict[str, deque[float]] = {}
-        self._signing_key = uuid.uuid4().hex
+        # Entra signs its tokens RS256 with keys it publishes at the tenant's jwks_uri
+        # (identity.py serves them); a "kid" header names the key.
+        self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key_id = uuid.uuid4().hex
+        # The requestedAccessTokenVersion of app registrations other than Microsoft's
+        # APIs (the pages' registration, docs/monitoring.md): 2 unless a test says 1.
+        self.api_token_version = 2
         self._dir = state_dir or Path(tempfile.mkdtemp(prefix="localazure-"))
         self._ca = trustme.CA()
         self.ca_path = str(self._dir / "localazure-ca.pem")
@@ -410,9 +417,7 @@ class LocalAzure:
         if not auth.startswith("Bearer "):
             raise ArmError(401, "AuthenticationFailed", "no bearer token", challenge)
         try:
-            claims = jwt.decode(
-                auth[7:], self._signing_key, algorithms=["HS256"], audience=self._audiences()
-            )
+            claims = self.read_token(auth[7:], self._audiences())
         except jwt.PyJWTError as error:
             raise ArmError(401, "InvalidAuthenticationToken", str(error), challenge) from None
         for principal in self.estate.principals.values():
@@ -484,6 +489,22 @@ class LocalAzure:
                 f"The Resource 'Microsoft.Compute/virtualMachines/{name}' was not found.",
             )
         return vm
+
+    def sign(self, claims: dict[str, Any], key: Any = None) -> str:
+        """A token as Entra signs it (tests pass another ``key`` to forge one)."""
+        return jwt.encode(
+            claims, key or self._signing_key, algorithm="RS256", headers={"kid": self.key_id}
+        )
+
+    def read_token(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        """The claims of a token this plane signed, for one of ``audiences``."""
+        public = self._signing_key.public_key()
+        return jwt.decode(token, public, algorithms=["RS256"], audience=audiences)
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys, as the tenant's jwks_uri publishes them."""
+        key = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self._signing_key.public_key()))
+        return {"keys": [key | {"kid": self.key_id, "use": "sig", "kty": "RSA"}]}
 
     def _principal_by_oid(self, object_id: str) -> Principal | None:
         return next((p for p in self.estate.principals.values() if p.object_id == object_id), None)

@@ -25,6 +25,7 @@ from remediation.queues import Claims, WorkQueue
 from remediation.runs import RunStore
 from remediation.scope import ScopeStore
 from remediation.service import Services
+from remediation.signin import SignIn, json_fetcher
 
 # Connections kept per storage client: as many as threads share one (the log's parallel
 # writes, the CLI's install drain), so that none is opened and dropped per request
@@ -127,3 +128,18 @@ def build(environ: Mapping[str, str], create: bool = True) -> Services:
 def services() -> Services:
     """The worker's services, built on first use from the process environment."""
     return build(os.environ)
+
+
+@lru_cache(maxsize=1)
+def page_gate() -> SignIn | None:
+    """The pages' Entra token check, or None when they keep their function keys."""
+    settings = services().settings
+    if not settings.pages_sign_in:
+        return None
+    return SignIn(
+        settings.authority_host or "https://login.microsoftonline.com",
+        settings.pages_tenant,
+        settings.pages_audience,
+        settings.pages_allowed,
+        json_fetcher(),
+    )

@@ -19,6 +19,8 @@ GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 # tables 3-63 alphanumerics starting with a letter.
 QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
 TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+# An app role's value: no spaces; letters, digits and . _ - (Entra's appRoles "value").
+APP_ROLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}\Z")
 TAG_NAME = re.compile(r"^[^<>%&\\?/]{1,512}$")
 NCRONTAB_FIELD = re.compile(r"^[0-9*/,\-A-Za-z]+$")
 
@@ -89,7 +91,10 @@ class Settings:
     audit_retention_days: int
     notify_endpoint: str
     notify_key: str = field(repr=False)
-    pages_sign_in: bool = False  # the report, log and status pages: App Service sign-in
+    pages_sign_in: bool = False  # the report, log and status pages: Entra tokens (signin.py)
+    pages_tenant: str = ""  # the tenant that issues the pages' tokens
+    pages_audience: str = ""  # the pages' app registration (client id)
+    pages_allowed: frozenset[str] = frozenset()  # app roles or group object ids let in
     mde_api: str = ""  # Defender for Endpoint's API base URL; "" = verification off
     verify_grace_hours: int = 24
     allow_test_alert: bool = False
@@ -200,6 +205,17 @@ def load(environ: Mapping[str, str]) -> Settings:  # noqa: PLR0915 - one line a 
     notify_endpoint = parse("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", "", _optional_topic_url)
     notify_key = get("REMEDIATION_NOTIFY_TOPIC_KEY", "")
     pages_sign_in = parse("REMEDIATION_PAGES_SIGN_IN", "", _sign_in)
+    pages_tenant = parse("REMEDIATION_PAGES_TENANT", "", _optional_guid)
+    pages_audience = parse("REMEDIATION_PAGES_AUDIENCE", "", _optional_guid)
+    pages_allowed = parse("REMEDIATION_PAGES_ALLOWED", "", _allowed)
+    if pages_sign_in:
+        for name, value in (
+            ("REMEDIATION_PAGES_TENANT", pages_tenant),
+            ("REMEDIATION_PAGES_AUDIENCE", pages_audience),
+            ("REMEDIATION_PAGES_ALLOWED", pages_allowed),
+        ):
+            if not value:
+                problems.append(f"{name}: required with REMEDIATION_PAGES_SIGN_IN=entra")
     # Verified protection: Defender for Endpoint's device list, and the test alert.
     mde_api = parse("REMEDIATION_MDE_API", "", _optional_https_url)
     verify_grace = parse("REMEDIATION_VERIFY_GRACE_HOURS", "24", _bounded_int(1, 720))
@@ -267,6 +283,9 @@ def load(environ: Mapping[str, str]) -> Settings:  # noqa: PLR0915 - one line a 
         notify_endpoint=notify_endpoint,
         notify_key=notify_key,
         pages_sign_in=pages_sign_in,
+        pages_tenant=pages_tenant,
+        pages_audience=pages_audience,
+        pages_allowed=pages_allowed,
         mde_api=mde_api,
         verify_grace_hours=verify_grace,
         allow_test_alert=allow_test_alert,
@@ -286,10 +305,18 @@ def _mode(raw: str) -> Mode:
 
 
 def _sign_in(raw: str) -> bool:
-    """'entra' when App Service authentication (Microsoft Entra) guards the pages."""
+    """'entra' when the pages take Microsoft Entra tokens instead of function keys."""
     if raw.lower() not in {"", "entra"}:
-        raise ValueError("must be empty (function keys) or 'entra' (App Service sign-in)")
+        raise ValueError("must be empty (function keys) or 'entra' (Entra access tokens)")
     return raw.lower() == "entra"
+
+
+def _allowed(raw: str) -> frozenset[str]:
+    """App role values or group object ids, comma-separated."""
+    values = frozenset(value.strip() for value in raw.split(",") if value.strip())
+    if any(not APP_ROLE.match(value) for value in values):
+        raise ValueError("must be app role values or group object ids, comma-separated")
+    return values
 
 
 def _boolean(raw: str) -> bool:

@@ -286,6 +286,12 @@ def _state(entity: dict[str, Any]) -> State:
 # host (exposed-apis-create-app-webapp docs; MicrosoftDocs/microsoft-365-docs#9246), pages
 # of at most 10,000 devices paged with $top/$skip (get-machines docs; the nextLink it
 # sometimes sends is unreliable: MicrosoftDocs/microsoft-365-docs#8316, #8489).
+# The base URL is a setting: https://api.security.microsoft.com is the documented one
+# (exposed-apis-list: "The service base URI is: https://api.security.microsoft.com"), with
+# regional hosts us/eu/uk/au/swa/ina.api.security.microsoft.com; the older
+# api.securitycenter.microsoft.com still answers. The token's resource stays the legacy
+# one: "Some Microsoft Defender for Endpoint APIs continue to require access tokens issued
+# for the legacy resource https://api.securitycenter.microsoft.com" (run-api-via-python).
 MDE_SCOPE = "https://api.securitycenter.microsoft.com/.default"
 MDE_PAGE = 10_000
 

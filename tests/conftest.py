@@ -308,9 +308,11 @@ def world_factory(azurite, monkeypatch):
         for name, value in environment.items():
             monkeypatch.setenv(name, value)
         bootstrap.services.cache_clear()
+        bootstrap.page_gate.cache_clear()
         return World(plane, environment)
 
     yield make
     bootstrap.services.cache_clear()
+    bootstrap.page_gate.cache_clear()
     for plane in planes:
         plane.stop()

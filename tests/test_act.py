@@ -619,7 +619,7 @@ def test_the_duplicate_delivery_says_why_in_the_record():
 
 def test_a_succeeded_install_starts_the_grace_period_when_verification_is_on():
     facts = ubuntu()
-    running = services(facts, REMEDIATION_MDE_API="https://api.securitycenter.microsoft.com")
+    running = services(facts, REMEDIATION_MDE_API="https://api.security.microsoft.com")
     record = act.install(queued(running, facts), assessed(running, facts), request(facts), "m")
     assert said(record) == ("install", "succeeded", True, "Succeeded", None)
     assert (record.verification, record.verification_reason) == (
@@ -975,7 +975,7 @@ def test_the_watch_of_a_failed_install_gives_the_code_and_its_hint():
 
 def test_the_watch_of_a_succeeded_install_starts_the_grace_period():
     facts = ubuntu(extensions=(mde("Succeeded"),))
-    running = services(facts, REMEDIATION_MDE_API="https://api.securitycenter.microsoft.com")
+    running = services(facts, REMEDIATION_MDE_API="https://api.security.microsoft.com")
     watch = request(facts, install_started="2026-12-04T08:00:00+00:00")
     record = act.install(queued(running, facts), assessed(running, facts), watch, "m")
     assert (record.verification, record.platform) == ("pending", "ubuntu-22.04")

@@ -53,6 +53,9 @@ def test_every_default_is_safe_and_written_here():
         "notify_endpoint": "",
         "notify_key": "",
         "pages_sign_in": False,
+        "pages_tenant": "",
+        "pages_audience": "",
+        "pages_allowed": frozenset(),
         "mde_api": "",  # verification off
         "verify_grace_hours": 24,
         "allow_test_alert": False,  # the test alert runs a command: opt-in
@@ -107,6 +110,9 @@ def test_every_setting_is_read():
             "REMEDIATION_NOTIFY_TOPIC_ENDPOINT": "https://t.westeurope-1.eventgrid.azure.net/api/events",
             "REMEDIATION_NOTIFY_TOPIC_KEY": " key== ",
             "REMEDIATION_PAGES_SIGN_IN": "entra",
+            "REMEDIATION_PAGES_TENANT": "72F988BF-86F1-41AF-91AB-2D7CD011DB47",
+            "REMEDIATION_PAGES_AUDIENCE": "c0ffee00-0000-4000-8000-000000000001",
+            "REMEDIATION_PAGES_ALLOWED": " Remediation.Read, 9b4f1a7e-0000-4000-8000-0000000000aa ,",
             "REMEDIATION_MDE_API": "https://api-eu.securitycenter.microsoft.com/",
             "REMEDIATION_VERIFY_GRACE_HOURS": "6",
             "REMEDIATION_ALLOW_TEST_ALERT": "yes",
@@ -148,6 +154,9 @@ def test_every_setting_is_read():
         "notify_endpoint": "https://t.westeurope-1.eventgrid.azure.net/api/events",
         "notify_key": "key==",
         "pages_sign_in": True,
+        "pages_tenant": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        "pages_audience": "c0ffee00-0000-4000-8000-000000000001",
+        "pages_allowed": frozenset({"Remediation.Read", "9b4f1a7e-0000-4000-8000-0000000000aa"}),
         "mde_api": "https://api-eu.securitycenter.microsoft.com",
         "verify_grace_hours": 6,
         "allow_test_alert": True,
@@ -253,8 +262,11 @@ BAD_VALUES = [
     ("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", "https://t.eventgrid.azure.net/api/events?key=1", "REMEDIATION_NOTIFY_TOPIC_ENDPOINT='https://t.eventgrid.azure.net/api/events?key=1': must be the topic's https:// endpoint, e.g. https://<topic>.<region>-1.eventgrid.azure.net/api/events"),
     ("REMEDIATION_NOTIFY_TOPIC_ENDPOINT", "https://t.eventgrid.azure.net/api/events#x", "REMEDIATION_NOTIFY_TOPIC_ENDPOINT='https://t.eventgrid.azure.net/api/events#x': must be the topic's https:// endpoint, e.g. https://<topic>.<region>-1.eventgrid.azure.net/api/events"),
     ("REMEDIATION_NOTIFY_TOPIC_KEY", "key==", "REMEDIATION_NOTIFY_TOPIC_KEY: set without REMEDIATION_NOTIFY_TOPIC_ENDPOINT"),
-    ("REMEDIATION_PAGES_SIGN_IN", "yes", "REMEDIATION_PAGES_SIGN_IN='yes': must be empty (function keys) or 'entra' (App Service sign-in)"),
-    ("REMEDIATION_PAGES_SIGN_IN", "aad", "REMEDIATION_PAGES_SIGN_IN='aad': must be empty (function keys) or 'entra' (App Service sign-in)"),
+    ("REMEDIATION_PAGES_SIGN_IN", "yes", "REMEDIATION_PAGES_SIGN_IN='yes': must be empty (function keys) or 'entra' (Entra access tokens)"),
+    ("REMEDIATION_PAGES_SIGN_IN", "aad", "REMEDIATION_PAGES_SIGN_IN='aad': must be empty (function keys) or 'entra' (Entra access tokens)"),
+    ("REMEDIATION_PAGES_TENANT", "contoso.onmicrosoft.com", "REMEDIATION_PAGES_TENANT='contoso.onmicrosoft.com': must be an object id (GUID) or empty"),
+    ("REMEDIATION_PAGES_AUDIENCE", "api://pages", "REMEDIATION_PAGES_AUDIENCE='api://pages': must be an object id (GUID) or empty"),
+    ("REMEDIATION_PAGES_ALLOWED", "Report Readers", "REMEDIATION_PAGES_ALLOWED='Report Readers': must be app role values or group object ids, comma-separated"),
     ("REMEDIATION_MDE_API", "http://api.securitycenter.microsoft.com", "REMEDIATION_MDE_API='http://api.securitycenter.microsoft.com': must be an https:// URL (bearer tokens are refused over http)"),
     ("REMEDIATION_MDE_API", "https://api.securitycenter.microsoft.com/api/machines", "REMEDIATION_MDE_API='https://api.securitycenter.microsoft.com/api/machines': must be a bare endpoint such as https://management.azure.com"),
     ("REMEDIATION_VERIFY_GRACE_HOURS", "0", "REMEDIATION_VERIFY_GRACE_HOURS='0': must be between 1 and 720"),
@@ -527,6 +539,9 @@ REMEDIATION_NAMES = (
     "NOTIFY_TOPIC_ENDPOINT",
     "NOTIFY_TOPIC_KEY",
     "PAGES_SIGN_IN",
+    "PAGES_TENANT",
+    "PAGES_AUDIENCE",
+    "PAGES_ALLOWED",
     "MDE_API",
     "VERIFY_GRACE_HOURS",
     "ALLOW_TEST_ALERT",
@@ -575,10 +590,31 @@ def test_the_example_settings_and_the_readme_name_every_setting():
     assert load(example).mode is Mode.REPORT  # the example itself is valid
 
 
+PAGES = {
+    "REMEDIATION_PAGES_TENANT": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+    "REMEDIATION_PAGES_AUDIENCE": "c0ffee00-0000-4000-8000-000000000001",
+    "REMEDIATION_PAGES_ALLOWED": "Remediation.Read",
+}
+
+
 @pytest.mark.parametrize(("value", "on"), [("", False), ("entra", True), (" Entra ", True)])
 def test_pages_sign_in_is_off_unless_entra(value, on):
-    assert load(MINIMAL | {"REMEDIATION_PAGES_SIGN_IN": value}).pages_sign_in is on
+    assert load(MINIMAL | PAGES | {"REMEDIATION_PAGES_SIGN_IN": value}).pages_sign_in is on
     assert load(MINIMAL).pages_sign_in is False
+
+
+def test_sign_in_without_its_tenant_audience_and_allowed_names_each_missing_setting():
+    assert problems_with(MINIMAL | {"REMEDIATION_PAGES_SIGN_IN": "entra"}) == [
+        "REMEDIATION_PAGES_TENANT: required with REMEDIATION_PAGES_SIGN_IN=entra",
+        "REMEDIATION_PAGES_AUDIENCE: required with REMEDIATION_PAGES_SIGN_IN=entra",
+        "REMEDIATION_PAGES_ALLOWED: required with REMEDIATION_PAGES_SIGN_IN=entra",
+    ]
+    only_commas = MINIMAL | PAGES | {"REMEDIATION_PAGES_SIGN_IN": "entra"}
+    assert problems_with(only_commas | {"REMEDIATION_PAGES_ALLOWED": " , "}) == [
+        "REMEDIATION_PAGES_ALLOWED: required with REMEDIATION_PAGES_SIGN_IN=entra"
+    ]
+    # Without sign-in, the three are optional.
+    assert load(MINIMAL | PAGES).pages_sign_in is False
 
 
 def test_a_list_of_only_separators_and_blanks_is_the_empty_list_it_is():

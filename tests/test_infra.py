@@ -290,35 +290,23 @@ def test_the_workbook_queries_every_metric_the_code_emits_and_no_other(templates
         assert f'"{metric}"' in queries["work"]
 
 
-# --- Entra sign-in for the human pages (authsettingsV2 in infra/app.bicep) -----------------
-# Behind sign-in; every other HTTP route keeps its function key.
+# --- Entra tokens for the human pages (REMEDIATION_PAGES_* in infra/app.bicep) -------------
+# The app checks the tokens itself; every other HTTP route keeps its function key.
 HUMAN_PAGES = {"report", "remediations", "status"}
 
 
-def _excluded(path: str, excluded_paths: list[str]) -> bool:
-    """authsettingsV2 excludedPaths as documented: a path matches as written, a trailing
-    /* matches what is below it (MicrosoftDocs/azure-docs issue 86514); no prefixes."""
-    return any(
-        path == pattern or (pattern.endswith("/*") and path.startswith(pattern[:-1]))
-        for pattern in excluded_paths
-    )
-
-
-def _auth(templates) -> dict:
-    resource = templates["app.bicep"]["resources"]["pagesAuth"]
-    assert resource["type"] == "Microsoft.Web/sites/config"
-    assert resource["config"]["config"]["name"] == "authsettingsV2"
-    return resource["config"]
-
-
-def test_sign_in_is_deployed_only_when_both_parameters_are_set(templates):
-    auth = _auth(templates)
-    assert auth["condition"] == "pagesSignIn"
+def test_sign_in_is_configured_only_when_both_parameters_are_set(templates):
     app = _bicep("app.bicep")
     assert "var pagesSignIn = !empty(signInClientId) && !empty(reportReaderGroupId)" in app
-    # The setting the pages read is set with the same condition, and only then.
-    assert "pagesSignIn ? { REMEDIATION_PAGES_SIGN_IN: 'entra' } : {}" in app
-    assert app.count("REMEDIATION_PAGES_SIGN_IN") == 1
+    # The four settings the pages read are set under that one condition, and only then.
+    settings = app[
+        app.index("pagesSignIn ? {") : app.index("} : {})", app.index("pagesSignIn ? {"))
+    ]
+    assert "REMEDIATION_PAGES_SIGN_IN: 'entra'" in settings
+    assert "REMEDIATION_PAGES_TENANT: tenant().tenantId" in settings
+    assert "REMEDIATION_PAGES_AUDIENCE: signInClientId" in settings
+    assert "REMEDIATION_PAGES_ALLOWED: reportReaderGroupId" in settings
+    assert len(re.findall(r"^\s*REMEDIATION_PAGES_\w+:", app, re.M)) == 4
     for template in ("main.bicep", "app.bicep"):
         parameters = templates[template]["parameters"]
         assert parameters["signInClientId"]["default"] == "", template
@@ -328,40 +316,20 @@ def test_sign_in_is_deployed_only_when_both_parameters_are_set(templates):
     assert params["reportReaderGroupId"] == "reportReaderGroupId"
 
 
-def test_the_allowed_group_and_the_app_registration_are_wired(templates):
-    entra = _auth(templates)["config"]["properties"]["identityProviders"]["azureActiveDirectory"]
-    assert entra["enabled"] is True
-    assert entra["registration"]["clientId"] == "signInClientId"
-    issuer = entra["registration"]["openIdIssuer"]
-    assert issuer == "${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0"
-    validation = entra["validation"]
-    assert validation["allowedAudiences"] == ["signInClientId"]
-    assert validation["defaultAuthorizationPolicy"] == {
-        "allowedPrincipals": {"groups": ["reportReaderGroupId"]}
-    }
-    assert "clientSecret" not in json.dumps(entra)  # no secret in the template
+def test_no_app_service_authentication_is_deployed_to_stand_in_for_the_apps_own_check(templates):
+    """Flex Consumption: "EasyAuth isn't currently supported. Unauthenticated callers
+    currently aren't blocked" (docs/deploy.md). A template that turned it on would read as
+    protection it is not."""
+    for name, template in templates.items():
+        for resource in template["resources"].values():
+            config = resource.get("config", {})
+            assert "authsettings" not in json.dumps(config.get("config", {})).lower(), name
+    assert "authsettingsV2'" not in _bicep("app.bicep")
 
 
-def test_every_route_but_the_human_pages_skips_sign_in_and_keeps_its_function_key(templates):
+def test_only_the_human_pages_may_skip_the_function_key(templates):
     from tests.conftest import function_bindings
 
-    validation = _auth(templates)["config"]["properties"]["globalValidation"]
-    assert validation["requireAuthentication"] is True
-    assert validation["unauthenticatedClientAction"] == "RedirectToLoginPage"
-    excluded = validation["excludedPaths"]
-    automation = [
-        "/runtime/webhooks/eventgrid",  # Event Grid's deliveries and its validation handshake
-        "/api/sweep",
-        "/api/sweep/20260301T020000Z-abcdef12",
-        "/api/health",
-        "/admin/host/status",
-        "/admin/functions/on_vm_event",
-    ]
-    for path in automation:
-        assert _excluded(path, excluded), path
-    for path in ("/api/report", "/api/remediations", "/", "/api/sweeps", "/api/healthz"):
-        assert not _excluded(path, excluded), path
-    # Every HTTP function of the app, by its route: the pages sign in, the rest do not.
     routes = {
         binding["route"]: binding.get("authLevel")
         for bindings in function_bindings().values()
@@ -370,7 +338,5 @@ def test_every_route_but_the_human_pages_skips_sign_in_and_keeps_its_function_ke
     }
     assert set(routes) >= HUMAN_PAGES
     for route, level in routes.items():
-        path = "/api/" + route.replace("{runId}", "20260301T020000Z-abcdef12")
-        assert _excluded(path, excluded) is (route not in HUMAN_PAGES), route
         if route not in HUMAN_PAGES:
             assert str(level).upper() == "FUNCTION", route

@@ -8,11 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from localazure.estate import Estate, Principal
 from remediation import runs, sweep, tables
 from remediation.config import Mode
 from remediation.model import MAX_JSON_DEPTH, InvalidJson, load_json
@@ -350,21 +354,61 @@ def test_status_over_http_counts_the_estate_and_refuses_a_bad_filter(world_facto
 
 @pytest.fixture
 def signed_in_pages(monkeypatch):
-    """The Function App as deployed with App Service sign-in on (read at import)."""
+    """The Function App as deployed with Entra sign-in for the pages (read at import)."""
     import importlib
 
     import function_app
+    from remediation import bootstrap
 
     monkeypatch.setenv("REMEDIATION_PAGES_SIGN_IN", "entra")
+    bootstrap.page_gate.cache_clear()
     yield importlib.reload(function_app)
     monkeypatch.delenv("REMEDIATION_PAGES_SIGN_IN")
+    bootstrap.page_gate.cache_clear()
     importlib.reload(function_app)
 
 
-def test_with_sign_in_the_pages_need_no_key_but_an_app_service_principal(
-    world_factory, signed_in_pages
-):
-    world = world_factory(estate("ready"), REMEDIATION_PAGES_SIGN_IN="entra")
+PAGES_CLIENT = "c0ffee00-0000-4000-8000-0000000000a9"  # the pages' app registration
+PAGE_READER = Principal(
+    client_id="a0000000-0000-4000-8000-0000000000c1",
+    secret="page-reader-secret",
+    object_id="0b1e5c7e-0000-4000-8000-0000000000c1",
+    name="page-reader",
+    api_roles={PAGES_CLIENT: ["Remediation.Read"]},
+)
+NO_ROLE = Principal(
+    client_id="a0000000-0000-4000-8000-0000000000c2",
+    secret="no-role-secret",
+    object_id="0b1e5c7e-0000-4000-8000-0000000000c2",
+    name="no-page-role",
+)
+
+
+def _page_token(plane, principal, resource=f"api://{PAGES_CLIENT}", tenant=None) -> str:
+    """A token from the plane's token endpoint, through azure-identity as a script gets it."""
+    from azure.identity import ClientSecretCredential
+
+    credential = ClientSecretCredential(
+        tenant or plane.estate.tenant,
+        principal.client_id,
+        principal.secret,
+        authority=plane.url,
+        disable_instance_discovery=True,
+    )
+    return credential.get_token(f"{resource}/.default").token
+
+
+def test_with_sign_in_the_pages_take_only_a_valid_entra_token(world_factory, signed_in_pages):
+    """Flex Consumption does not enforce App Service authentication (docs/deploy.md): the
+    app checks the token itself, and a header anyone can send opens nothing."""
+    world = world_factory(
+        _with(estate("ready"), PAGE_READER, NO_ROLE),
+        REMEDIATION_PAGES_SIGN_IN="entra",
+        REMEDIATION_PAGES_TENANT=_tenant(),
+        REMEDIATION_PAGES_AUDIENCE=PAGES_CLIENT,
+        REMEDIATION_PAGES_ALLOWED="Remediation.Read",
+    )
+    plane = world.plane
     levels = {
         name: function.get_bindings()[0].auth_level
         for name, function in (
@@ -374,10 +418,67 @@ def test_with_sign_in_the_pages_need_no_key_but_an_app_service_principal(
     }
     anonymous = {name for name, level in levels.items() if level.value == "anonymous"}
     assert anonymous == {"remediations", "coverage_report", "coverage_status"}
+
+    good = _page_token(plane, PAGE_READER)
+    now = int(time.time())
+    claims = jwt.decode(good, options={"verify_signature": False})
+    forged_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    refused = {
+        "no header": {},
+        "a bare principal header": {"X-MS-CLIENT-PRINCIPAL-ID": " "},
+        "a principal header and its name": {
+            "X-MS-CLIENT-PRINCIPAL-ID": PAGE_READER.object_id,
+            "X-MS-CLIENT-PRINCIPAL-NAME": "admin@contoso.com",
+        },
+        "a forged signature": _bearer(plane.sign(claims, key=forged_key)),
+        "an expired token": _bearer(plane.sign(claims | {"exp": now - 120, "nbf": now - 3720})),
+        "another audience (ARM)": _bearer(_page_token(plane, PAGE_READER, plane.url)),
+        "another tenant": _bearer(_page_token(plane, PAGE_READER, tenant=OTHER_TENANT)),
+    }
     for route in ("report", "remediations", "status"):
-        assert world.get(route).status_code == 401, route
-        principal = {"X-MS-CLIENT-PRINCIPAL-ID": "00000000-0000-4000-8000-00000000beef"}
-        assert world.get(route, headers=principal).status_code == 200, route
+        for what, headers in refused.items():
+            response = world.get(route, headers=headers)
+            assert response.status_code == 401, (route, what)
+            assert response.headers["WWW-Authenticate"].startswith("Bearer"), (route, what)
+            assert json.loads(response.get_body())["errors"], (route, what)
+        no_role = world.get(route, headers=_bearer(_page_token(plane, NO_ROLE)))
+        assert no_role.status_code == 403, route
+        assert world.get(route, headers=_bearer(good)).status_code == 200, route
+    # The keys were read once for the whole run of requests.
+    assert plane.log.count("login/keys") == 1
+
+
+def test_a_v1_token_for_the_pages_is_refused_with_the_registration_fix(
+    world_factory, signed_in_pages
+):
+    world = world_factory(
+        _with(estate("ready"), PAGE_READER),
+        REMEDIATION_PAGES_SIGN_IN="entra",
+        REMEDIATION_PAGES_TENANT=_tenant(),
+        REMEDIATION_PAGES_AUDIENCE=PAGES_CLIENT,
+        REMEDIATION_PAGES_ALLOWED="Remediation.Read",
+    )
+    world.plane.api_token_version = 1
+    response = world.get("status", headers=_bearer(_page_token(world.plane, PAGE_READER)))
+    assert response.status_code == 401
+    assert "requestedAccessTokenVersion" in json.loads(response.get_body())["errors"][0]
+
+
+OTHER_TENANT = "f8cdef31-a31e-4b4a-93e4-5f571e91255a"
+
+
+def _tenant() -> str:
+    return Estate().tenant
+
+
+def _with(world_estate, *principals):
+    for principal in principals:
+        world_estate.add_principal(Principal(**vars(principal)))
+    return world_estate
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def test_a_cli_sweep_with_installs_leaves_the_terminal_to_its_summary(world_factory, caplog):

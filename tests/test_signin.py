@@ -1,0 +1,208 @@
+"""The pages' own token check (remediation/signin.py), with plain values: keys made here,
+claims written out, the time given. No plane, no network."""
+
+import json
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from remediation.signin import (
+    KEYS_TTL_SECONDS,
+    REFRESH_FLOOR_SECONDS,
+    Refusal,
+    SignIn,
+    Tenant,
+    bearer,
+    verify,
+)
+
+TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+OTHER_TENANT = "f8cdef31-a31e-4b4a-93e4-5f571e91255a"
+ISSUER = f"https://login.microsoftonline.com/{TENANT_ID}/v2.0"
+CLIENT = "c0ffee00-0000-4000-8000-000000000001"
+NOW = 1_800_000_000
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+TENANT = Tenant(issuer=ISSUER, keys={"k1": KEY.public_key()})
+
+
+def token(key=KEY, kid="k1", algorithm="RS256", **claims) -> str:
+    body = {
+        "aud": CLIENT,
+        "iss": ISSUER,
+        "iat": NOW - 60,
+        "nbf": NOW - 60,
+        "exp": NOW + 3600,
+        "tid": TENANT_ID,
+        "roles": ["Remediation.Read"],
+    } | claims
+    body = {name: value for name, value in body.items() if value is not None}
+    return jwt.encode(body, key, algorithm=algorithm, headers={"kid": kid})
+
+
+def check(value: str, allowed=("Remediation.Read",), now=NOW):
+    return verify(value, TENANT, CLIENT, allowed, now)
+
+
+def test_a_token_from_the_tenant_for_the_app_with_the_role_passes():
+    assert check(token()) is None
+
+
+def test_a_group_member_passes_when_the_group_is_allowed():
+    group = "9b4f1a7e-0000-4000-8000-0000000000aa"
+    assert check(token(roles=None, groups=[group.upper()]), allowed=(group,)) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "status", "reason"),
+    [
+        (token(key=OTHER_KEY), 401, "signature does not verify"),
+        (token(kid="unknown"), 401, "key the tenant does not publish"),
+        (token(exp=NOW - 61), 401, "expired"),
+        (token(nbf=NOW + 61), 401, "not valid yet"),
+        (token(aud="https://management.azure.com"), 401, "another application"),
+        (token(aud=f"api://{CLIENT}"), 401, "another application"),  # v2.0 carries the id
+        (token(iss=f"https://login.microsoftonline.com/{OTHER_TENANT}/v2.0"), 401, "tenant"),
+        (token(iss=f"https://sts.windows.net/{TENANT_ID}/"), 401, "requestedAccessTokenVersion"),
+        (token(exp=None), 401, "MissingRequiredClaimError"),
+        (token(exp="soon"), 401, "not a time"),
+        (token(roles=["Remediation.Write"]), 403, "none of the roles"),
+        (token(roles="Remediation.Read"), 403, "none of the roles"),  # a string is no list
+        (token(roles=None, _claim_names={"groups": "src1"}), 403, "group overage"),
+        (
+            jwt.encode(
+                {"aud": CLIENT}, "a-secret-shared-by-anyone-who-reads-the-code", algorithm="HS256"
+            ),
+            401,
+            "RS256",
+        ),
+        ("a.b.c", 401, "not a JWT"),
+    ],
+)
+def test_a_token_failing_any_check_is_refused_with_the_check_it_failed(value, status, reason):
+    refusal = check(value)
+    assert isinstance(refusal, Refusal)
+    assert refusal.status == status
+    assert reason in refusal.reason
+
+
+def test_clock_skew_of_a_minute_is_allowed_and_no_more():
+    assert check(token(exp=NOW - 60)) is None
+    assert check(token(nbf=NOW + 60)) is None
+    assert check(token(exp=NOW - 61)) is not None
+
+
+def test_an_unsigned_token_is_refused():
+    unsigned = jwt.encode({"aud": CLIENT, "iss": ISSUER, "exp": NOW + 60}, None, algorithm="none")
+    assert check(unsigned) == Refusal(401, "the token is not signed with RS256, as Entra signs")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "00000000-0000-4000-8000-00000000beef",  # what X-MS-CLIENT-PRINCIPAL-ID holds
+        "Bearer not-a-jwt",
+        "Bearer " + "a." * 9000 + "b",
+    ],
+)
+def test_anything_but_a_bearer_jwt_is_refused_before_any_key_is_read(header):
+    refusal = bearer(header)
+    assert isinstance(refusal, Refusal)
+    assert refusal.status == 401
+
+
+def test_the_scheme_is_case_insensitive_as_http_says():
+    value = token()
+    assert bearer(f"bearer {value}") == value
+
+
+# --- The gate: metadata and keys fetched once, refreshed when Entra rolls its keys --------
+class Directory:
+    """What the tenant publishes, as plain JSON, with a count of reads."""
+
+    def __init__(self, *keys: tuple[str, object]) -> None:
+        self.keys = list(keys)
+        self.reads: list[str] = []
+        self.down = False
+
+    def fetch(self, url: str):
+        self.reads.append(url)
+        if self.down:
+            raise OSError("login endpoint unreachable")
+        if url.endswith("/.well-known/openid-configuration"):
+            return {"issuer": ISSUER, "jwks_uri": "https://login.example/keys"}
+        jwks = []
+        for kid, key in self.keys:
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+            jwks.append(jwk | {"kid": kid, "use": "sig"})
+        return {"keys": jwks}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = float(NOW)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gate(directory: Directory, clock: Clock) -> SignIn:
+    return SignIn(
+        "https://login.microsoftonline.com/",
+        TENANT_ID,
+        CLIENT,
+        {"Remediation.Read"},
+        directory.fetch,
+        clock=clock,
+    )
+
+
+def test_the_gate_reads_the_tenants_metadata_and_keys_once():
+    directory, clock = Directory(("k1", KEY)), Clock()
+    pages = gate(directory, clock)
+    for _ in range(3):
+        assert pages.check(f"Bearer {token()}") is None
+    assert directory.reads == [
+        f"https://login.microsoftonline.com/{TENANT_ID}/v2.0/.well-known/openid-configuration",
+        "https://login.example/keys",
+    ]
+
+
+def test_a_rolled_key_is_fetched_at_most_once_per_floor():
+    directory, clock = Directory(("k1", KEY)), Clock()
+    pages = gate(directory, clock)
+    assert pages.check(f"Bearer {token()}") is None
+    directory.keys.append(("k2", OTHER_KEY))
+    rolled = token(key=OTHER_KEY, kid="k2")
+    assert pages.check(f"Bearer {rolled}").status == 401  # within the floor: no refetch
+    assert len(directory.reads) == 2
+    clock.now += REFRESH_FLOOR_SECONDS + 1
+    assert pages.check(f"Bearer {rolled}") is None
+    assert len(directory.reads) == 4
+
+
+def test_stale_keys_are_read_again_and_an_outage_then_answers_503():
+    directory, clock = Directory(("k1", KEY)), Clock()
+    pages = gate(directory, clock)
+    assert pages.check(f"Bearer {token()}") is None
+    directory.down = True
+    clock.now += REFRESH_FLOOR_SECONDS + 1
+    # Keys still fresh: an unknown kid cannot refresh, the known one still passes.
+    assert pages.check(f"Bearer {token(kid='k9')}").status == 401
+    assert pages.check(f"Bearer {token(exp=int(clock.now) + 60)}") is None
+    clock.now += KEYS_TTL_SECONDS
+    assert pages.check(f"Bearer {token(exp=int(clock.now) + 60)}") == Refusal(
+        503, "cannot read the tenant's signing keys now: try again shortly"
+    )
+
+
+def test_no_keys_at_first_is_503_not_a_pass():
+    directory, clock = Directory(("k1", KEY)), Clock()
+    directory.down = True
+    assert gate(directory, clock).check(f"Bearer {token()}").status == 503
