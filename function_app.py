@@ -22,13 +22,30 @@ PAGES = func.AuthLevel.ANONYMOUS if SIGN_IN else func.AuthLevel.FUNCTION
 
 
 @app.function_name("on_vm_event")
-@app.event_grid_trigger(arg_name="event")
-def on_vm_event(event: func.EventGridEvent) -> None:
-    """A VM was written or started: re-read it, decide, act (or report)."""
+@app.queue_trigger(
+    arg_name="message", queue_name="%REMEDIATION_EVENT_QUEUE%", connection="AzureWebJobsStorage"
+)
+def on_vm_event(message: func.QueueMessage) -> None:
+    """A VM was written or started: re-read it, decide, act (or report). Event Grid puts
+    each event on the queue (a StorageQueue destination, docs/deploy.md)."""
     from remediation import handlers  # noqa: PLC0415 - cold start
     from remediation.bootstrap import services  # noqa: PLC0415
 
-    handlers.handle_event(services(), event)
+    handlers.handle_queued_event(services(), message.get_body())
+
+
+@app.function_name("on_vm_event_poison")
+@app.queue_trigger(
+    arg_name="message",
+    queue_name="%REMEDIATION_EVENT_QUEUE%-poison",
+    connection="AzureWebJobsStorage",
+)
+def on_vm_event_poison(message: func.QueueMessage) -> None:
+    """An event that failed every try: audit it, drop nothing silently."""
+    from remediation import handlers  # noqa: PLC0415 - cold start
+    from remediation.bootstrap import services  # noqa: PLC0415
+
+    handlers.handle_event_poison(services(), message.get_body())
 
 
 @app.function_name("install_extension")

@@ -652,7 +652,7 @@ def burst_worker() -> dict[str, Any]:
     through function_app's Event Grid function from the moment the parent names."""
     import function_app
     from localazure.eventgrid import OBJECT_ID_CLAIM
-    from localazure.host import event_grid_event
+    from localazure.host import event_message
     from remediation.bootstrap import services
 
     at, *vms = sys.stdin.read().split()
@@ -664,7 +664,7 @@ def burst_worker() -> dict[str, Any]:
     with ThreadPoolExecutor(8) as pool:
         list(
             pool.map(
-                lambda vm: function_app.on_vm_event(event_grid_event(_event(vm, OBJECT_ID_CLAIM))),
+                lambda vm: function_app.on_vm_event(event_message(_event(vm, OBJECT_ID_CLAIM))),
                 vms,
             )
         )
@@ -690,7 +690,7 @@ def measure_latency(single: int, burst: int) -> dict[str, Any]:
 
     import function_app
     from localazure.eventgrid import OBJECT_ID_CLAIM
-    from localazure.host import event_grid_event
+    from localazure.host import event_message
     from remediation.bootstrap import services
     from remediation.classify import Power
 
@@ -714,7 +714,7 @@ def measure_latency(single: int, burst: int) -> dict[str, Any]:
         event = _event(vm, OBJECT_ID_CLAIM)
         with lock:
             sent[vm.lower()] = time.time()
-        function_app.on_vm_event(event_grid_event(event))
+        function_app.on_vm_event(event_message(event))
 
     listener = HostQueueListener(
         running.queue, function_app.install_extension, function_app.install_poison

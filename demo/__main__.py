@@ -52,7 +52,7 @@ from localazure.estate import (  # noqa: E402
     Subscription,
     arc_machine,
 )
-from localazure.host import event_grid_event, http_request, run_queue  # noqa: E402
+from localazure.host import event_message, http_request, run_queue  # noqa: E402
 from remediation.report import NEEDS_A_HUMAN  # noqa: E402 - in the order they are listed
 
 console = Console(width=120)
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             "delivers at least once)"
         )
         for event in burst.events:
-            function_app.on_vm_event(event_grid_event(event))
+            function_app.on_vm_event(event_message(event))
         installs = _drain(function_app, services(), "install")
         console.print(f"   the install queue then ran {installs} install requests")
 

@@ -17,6 +17,17 @@ var pagesSignIn = !empty(signInClientId) && !empty(reportReaderGroupId)
 
 var token = toLower(uniqueString(resourceGroup().id, environmentName))
 var deploymentContainer = 'app-package'
+// The queues the functions read (%REMEDIATION_*_QUEUE% in function_app.py): the host
+// resolves each binding expression from an app setting, so each is set here.
+var queues = {
+  REMEDIATION_EVENT_QUEUE: 'vm-events'
+  REMEDIATION_INSTALL_QUEUE: 'mde-installs'
+  REMEDIATION_SWEEP_QUEUE: 'sweep-batches'
+  REMEDIATION_TEST_ALERT_QUEUE: 'mde-test-alerts'
+}
+// Event Grid's system topics write each VM event to this queue with their own identity
+// (infra/hooks/wire_events.py assigns them Storage Queue Data Message Sender on it).
+var eventQueue = queues.REMEDIATION_EVENT_QUEUE
 var roles = {
   blobOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   queueContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
@@ -45,6 +56,10 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
       deleteRetentionPolicy: { enabled: true, days: 7 }
     }
     resource package 'containers' = { name: deploymentContainer }
+  }
+  resource queueService 'queueServices' = {
+    name: 'default'
+    resource events 'queues' = { name: eventQueue }
   }
 }
 
@@ -120,7 +135,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     // checkov:skip=CKV_AZURE_88:Flex Consumption deploys from a blob container, not Azure Files.
     // checkov:skip=CKV_AZURE_222:See the site: the public endpoint serves Event Grid.
     name: 'appsettings'
-    properties: union(settings, {
+    properties: union(settings, queues, {
       AzureWebJobsStorage__accountName: storage.name
       AzureWebJobsStorage__credential: 'managedidentity'
       APPLICATIONINSIGHTS_CONNECTION_STRING: insights.properties.ConnectionString
@@ -157,4 +172,6 @@ resource telemetryRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 output functionAppName string = site.name
 output insightsName string = insights.name
 output functionAppId string = site.id
+output storageAccountId string = storage.id
+output eventQueue string = eventQueue
 output principalId string = site.identity.principalId

@@ -124,6 +124,9 @@ output REMEDIATOR_PRINCIPAL_ID string = app.outputs.principalId
 // For the postdeploy hook (infra/hooks/wire_events.py), which wires Event Grid once the
 // code, and so the on_vm_event function, exists.
 output AZURE_FUNCTION_APP_ID string = app.outputs.functionAppId
+// Event Grid's StorageQueue destination: the app's storage account and its event queue.
+output REMEDIATOR_EVENT_STORAGE_ID string = app.outputs.storageAccountId
+output REMEDIATOR_EVENT_QUEUE string = app.outputs.eventQueue
 output REMEDIATOR_SUBSCRIPTIONS string = join(subscriptionIds, ',')
 output REMEDIATOR_EVENTS_GROUP string = eventsGroupName
 output REMEDIATOR_ARM_ENDPOINT string = environment().resourceManager

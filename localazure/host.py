@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,16 +30,14 @@ class QueuePair(Protocol):
 BASE_URL = "http://localhost:7071/api"  # where `func start` would serve the app
 
 
-def event_grid_event(event: dict[str, Any]) -> func.EventGridEvent:
-    """An Event Grid schema event as the Event Grid trigger receives it."""
-    return func.EventGridEvent(
-        id=event["id"],
-        data=event["data"],
-        topic=event["topic"],
-        subject=event["subject"],
-        event_type=event["eventType"],
-        event_time=datetime.fromisoformat(event["eventTime"].replace("Z", "+00:00")),
-        data_version=event["dataVersion"],
+def event_message(event: dict[str, Any], dequeue_count: int = 1) -> func.QueueMessage:
+    """An Event Grid event as on_vm_event receives it: Event Grid's StorageQueue
+    destination puts one event per message, and the queue trigger hands over the decoded
+    JSON (docs/deploy.md, "Events")."""
+    return QueueMessage(
+        id=str(event.get("id", "")),
+        body=json.dumps(event).encode(),
+        dequeue_count=dequeue_count,
     )
 
 

@@ -121,6 +121,11 @@ def build(environ: Mapping[str, str], create: bool = True) -> Services:
         services.queue.create()
         services.sweeps.create()
         services.tests.create()
+        # Event Grid writes to this one (Bicep creates it in Azure; this, locally).
+        WorkQueue(
+            _queue(settings, settings.event_queue, credential),
+            _queue(settings, settings.event_poison_queue, credential),
+        ).create()
     return services
 
 

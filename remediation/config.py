@@ -102,6 +102,7 @@ class Settings:
     test_alert_timeout_minutes: int = 60
     dismiss_test_alerts: bool = False
     management_groups: frozenset[str] = frozenset()  # every subscription under them is in scope
+    event_queue: str = "vm-events"  # Event Grid's StorageQueue destination: on_vm_event reads it
     app_name: str = ""  # WEBSITE_SITE_NAME, which Azure sets: the doctor's "this app"
 
     @property
@@ -111,6 +112,10 @@ class Settings:
     @property
     def poison_queue(self) -> str:
         return f"{self.install_queue}-poison"
+
+    @property
+    def event_poison_queue(self) -> str:
+        return f"{self.event_queue}-poison"
 
     @property
     def sweep_poison_queue(self) -> str:
@@ -185,6 +190,7 @@ def load(environ: Mapping[str, str]) -> Settings:  # noqa: PLR0915 - one line a 
     arm_endpoint = parse("REMEDIATION_ARM_ENDPOINT", "https://management.azure.com", _https_url)
     principal_id = parse("REMEDIATION_PRINCIPAL_ID", "", _optional_guid)
     install_queue = parse("REMEDIATION_INSTALL_QUEUE", "mde-installs", _queue_name)
+    event_queue = parse("REMEDIATION_EVENT_QUEUE", "vm-events", _queue_name)
     audit_table = parse("REMEDIATION_AUDIT_TABLE", "remediationlog", _table_name)
     max_reinstalls = parse("REMEDIATION_MAX_REINSTALLS", "2", _bounded_int(0, 10))
     posture_ttl = parse("REMEDIATION_POSTURE_TTL_SECONDS", "300", _bounded_int(0, 86_400))
@@ -195,7 +201,7 @@ def load(environ: Mapping[str, str]) -> Settings:  # noqa: PLR0915 - one line a 
     install_timeout = parse("REMEDIATION_INSTALL_TIMEOUT_SECONDS", "60", _bounded_int(1, 600))
     recheck_seconds = parse("REMEDIATION_RECHECK_SECONDS", "120", _bounded_int(1, 3_600))
     recheck_minutes = parse("REMEDIATION_RECHECK_MINUTES", "60", _bounded_int(1, 1_440))
-    # Event Grid waits 30 s for on_vm_event, then delivers again.
+    # One event's ARM calls give up after this; the event queue's retries do the rest.
     event_budget = parse("REMEDIATION_EVENT_BUDGET_SECONDS", "10", _bounded_int(1, 25))
     install_cooldown = parse("REMEDIATION_INSTALL_COOLDOWN_SECONDS", "900", _bounded_int(0, 86_400))
     sweep_queue = parse("REMEDIATION_SWEEP_QUEUE", "sweep-batches", _queue_name)
@@ -264,6 +270,7 @@ def load(environ: Mapping[str, str]) -> Settings:  # noqa: PLR0915 - one line a 
         arm_endpoint=arm_endpoint,
         principal_id=principal_id,
         install_queue=install_queue,
+        event_queue=event_queue,
         audit_table=audit_table,
         max_reinstalls=max_reinstalls,
         posture_ttl_seconds=posture_ttl,

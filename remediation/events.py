@@ -1,7 +1,7 @@
 """One Event Grid delivery -> VmEvent or Ignored(reason). Pure, and never raises.
 
-Accepts the Event Grid schema and CloudEvents 1.0, as a raw mapping or as the
-``azure.functions.EventGridEvent`` the host hands over. An event is only a hint: the
+Accepts the Event Grid schema and CloudEvents 1.0, as the JSON object Event Grid puts on
+the event queue. An event is only a hint: the
 service re-reads the VM from ARM before deciding anything.
 """
 
@@ -137,20 +137,6 @@ _Envelope = tuple[str, str, str, str, str, Any]
 
 def _envelope(delivery: Any) -> _Envelope | None:
     """(id, type, subject, topic, time, data) from either schema, or None."""
-    if hasattr(delivery, "get_json") and hasattr(delivery, "event_type"):
-        try:
-            data = delivery.get_json()
-        except ValueError:
-            data = None
-        time: Any = getattr(delivery, "event_time", None)
-        return (
-            as_text(getattr(delivery, "id", "")),
-            as_text(getattr(delivery, "event_type", "")),
-            as_text(getattr(delivery, "subject", "")),
-            as_text(getattr(delivery, "topic", "")),
-            time.isoformat() if hasattr(time, "isoformat") else as_text(time),
-            data,
-        )
     if not isinstance(delivery, Mapping):
         return None
     if "specversion" in delivery:  # CloudEvents 1.0

@@ -18,12 +18,14 @@ from remediation import act
 from remediation.audit import AuditRecord
 from remediation.events import Ignored, parse
 from remediation.model import (
+    InvalidJson,
     Outcome,
     PermanentError,
     RecordOutcome,
     RemediationError,
     TransientError,
     VmRef,
+    load_json,
 )
 from remediation.queues import BadMessage, InstallRequest
 from remediation.service import Context, Services, assess
@@ -78,6 +80,58 @@ def _remediate(context: Context, delivery: Any, scope: frozenset[str], vm: VmRef
         return context.unreadable(error)
     except TransientError as error:
         return act.queue_retry(context, error)
+
+
+# --- The event queue: Event Grid's StorageQueue destination ----------------------------------
+MAX_EVENT_BYTES = 1024 * 1024  # Event Grid's limit for one event
+
+
+def handle_queued_event(services: Services, body: bytes | str) -> list[AuditRecord]:
+    """One queue message from Event Grid: one event (a JSON array is taken event by
+    event). Each ends in exactly one record; a message that is not JSON is recorded as
+    ignored. Raises what handle_event raises: the queue retries, then the poison queue."""
+    deliveries = _events_in(body)
+    if isinstance(deliveries, str):
+        context = Context(services, "event")
+        return [services.audit.write(context.record("ignored", deliveries, RecordOutcome.IGNORED))]
+    return [handle_event(services, delivery) for delivery in deliveries]
+
+
+def handle_event_poison(services: Services, body: bytes | str) -> list[AuditRecord]:
+    """An event message that failed every try: one record per event, saying so."""
+    deliveries = _events_in(body)
+    context = Context(services, "event")
+    if isinstance(deliveries, str):
+        reason = f"A malformed event message reached the poison queue: {deliveries}"
+        return [services.audit.write(context.record("ignored", reason, RecordOutcome.POISONED))]
+    records = []
+    for delivery in deliveries:
+        parsed = parse(delivery, services.scope().ids)
+        about = (
+            dataclasses.replace(context, vm=parsed.subject, subscription=parsed.subscription)
+            if isinstance(parsed, Ignored)
+            else context.for_vm(parsed.vm)
+        )
+        record = dataclasses.replace(about, event_id=parsed.event_id).record(
+            Outcome.ERROR.value,
+            "The event failed every try (Azure or storage did not answer)",
+            RecordOutcome.POISONED,
+            hint="the next event or the nightly sweep looks at the machine again",
+        )
+        records.append(services.audit.write(record))
+    return records
+
+
+def _events_in(body: bytes | str) -> list[Any] | str:
+    """The events of one message, or why there are none. Event Grid puts one event in
+    each message; an array (a hand-sent batch) is taken event by event."""
+    try:
+        value = load_json(body, max_bytes=MAX_EVENT_BYTES)
+    except InvalidJson as error:
+        return f"the event message is not valid JSON: {error}"
+    if isinstance(value, list):
+        return value or "the event message is an empty array"
+    return [value]
 
 
 # --- The install queue -----------------------------------------------------------------------

@@ -430,7 +430,8 @@ def load_json(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_JSON_DE
     if len(raw) > max_bytes:
         raise InvalidJson(f"larger than {max_bytes:,} bytes")
     try:
-        value = json.loads(raw.decode("utf-8"))
+        # utf-8-sig: a byte-order mark, as PowerShell writes files, is not the JSON's.
+        value = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise InvalidJson("not UTF-8 text") from None
     except RecursionError:

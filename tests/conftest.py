@@ -201,12 +201,12 @@ class World:
     def deliver(self, *events) -> list:
         """Event Grid deliveries through the real on_vm_event function."""
         import function_app
-        from localazure.host import event_grid_event
+        from localazure.host import event_message
 
         records = []
         for event in events:
             before = len(self.audit_records())
-            function_app.on_vm_event(event_grid_event(event))
+            function_app.on_vm_event(event_message(event))
             records += self.audit_records()[: len(self.audit_records()) - before]
         return records
 

@@ -64,6 +64,7 @@ def test_every_default_is_safe_and_written_here():
         "dismiss_test_alerts": False,
         "app_name": "",
         "management_groups": frozenset(),
+        "event_queue": "vm-events",
     }
 
 
@@ -91,6 +92,7 @@ def test_every_setting_is_read():
             "REMEDIATION_ARM_ENDPOINT": "https://127.0.0.1:8443/",
             "REMEDIATION_PRINCIPAL_ID": "AAAAAAAA-0000-0000-0000-000000000001",
             "REMEDIATION_INSTALL_QUEUE": "installs",
+            "REMEDIATION_EVENT_QUEUE": "events",
             "REMEDIATION_AUDIT_TABLE": "audit2",
             "REMEDIATION_MAX_REINSTALLS": "5",
             "REMEDIATION_POSTURE_TTL_SECONDS": "30",
@@ -165,6 +167,7 @@ def test_every_setting_is_read():
         "dismiss_test_alerts": True,
         "app_name": "func-remediate",
         "management_groups": frozenset({"contoso-root", "platform(1)"}),
+        "event_queue": "events",
     }
     assert settings.enforce is True
     assert settings.poison_queue == "installs-poison"
@@ -512,6 +515,7 @@ def test_the_poison_queues_the_app_reads_are_the_ones_settings_name():
 
 REMEDIATION_NAMES = (
     "MODE",
+    "EVENT_QUEUE",
     "SUBSCRIPTIONS",
     "MANAGEMENT_GROUPS",
     "ALLOW_PLAN_CHANGE",

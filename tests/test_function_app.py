@@ -14,10 +14,24 @@ from tests.test_service import ENFORCE, estate, new_vm
 
 
 def test_the_app_declares_the_event_path_functions_and_bindings():
+    """Events arrive through Event Grid's StorageQueue destination (docs/deploy.md): a
+    queue trigger, with its poison queue read too; no Event Grid trigger is left."""
     bindings = function_bindings()
-    assert bindings["on_vm_event"] == [
-        {"direction": BindingDirection.IN, "type": "eventGridTrigger", "name": "event"}
-    ]
+    for name, queue in (
+        ("on_vm_event", "%REMEDIATION_EVENT_QUEUE%"),
+        ("on_vm_event_poison", "%REMEDIATION_EVENT_QUEUE%-poison"),
+    ):
+        assert bindings[name] == [
+            {
+                "direction": BindingDirection.IN,
+                "type": "queueTrigger",
+                "name": "message",
+                "queueName": queue,
+                "connection": "AzureWebJobsStorage",
+            }
+        ], name
+    kinds = {binding["type"] for each in bindings.values() for binding in each}
+    assert "eventGridTrigger" not in kinds
     install = bindings["install_extension"][0]
     assert (install["type"], install["queueName"], install["connection"]) == (
         "queueTrigger",
@@ -73,6 +87,7 @@ def test_importing_the_app_reads_no_settings_and_declares_every_function(monkeyp
         "install_poison",
         "nightly_sweep",
         "on_vm_event",
+        "on_vm_event_poison",
         "remediations",
         "sweep_batch",
         "sweep_batch_poison",

@@ -76,6 +76,66 @@ def test_an_outage_with_the_install_queue_down_fails_the_delivery_for_a_redelive
     assert running.audit.written == []
 
 
+# --- The event queue: what Event Grid's StorageQueue destination puts there ----------------
+def test_a_queued_event_is_handled_as_the_event_it_holds():
+    facts = ubuntu()
+    running = fake_services(facts)
+    [record] = handlers.handle_queued_event(running, json.dumps(delivery(facts)).encode())
+    assert (record.vm, record.event_id, record.outcome) == (facts.vm.id, "e-1", "started")
+
+
+def test_a_queued_event_with_a_byte_order_mark_is_read():
+    facts = ubuntu()
+    running = fake_services(facts)
+    body = b"\xef\xbb\xbf" + json.dumps(delivery(facts)).encode()
+    [record] = handlers.handle_queued_event(running, body)
+    assert record.outcome == "started"
+
+
+def test_an_array_of_events_is_one_record_each():
+    facts = ubuntu()
+    running = fake_services(facts)
+    body = json.dumps([delivery(facts, "e-1"), delivery(facts, "e-2")])
+    records = handlers.handle_queued_event(running, body)
+    assert [(r.event_id, r.outcome) for r in records] == [("e-1", "started"), ("e-2", "duplicate")]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"not json", "the event message is not valid JSON: not JSON"),
+        (b"\xff\xfe", "the event message is not valid JSON: not UTF-8 text"),
+        (b"[]", "the event message is an empty array"),
+        (b"[" * 200 + b"]" * 200, "the event message is not valid JSON: nested deeper than"),
+    ],
+)
+def test_a_message_that_holds_no_event_is_one_ignored_record_and_acts_on_nothing(body, why):
+    facts = ubuntu()
+    running = fake_services(facts)
+    [record] = handlers.handle_queued_event(running, body)
+    assert (record.decision, record.outcome) == ("ignored", "ignored")
+    assert record.reason.startswith(why)
+    assert running.queue.sent == []
+    assert running.audit.written == [record]
+
+
+def test_an_event_that_failed_every_try_is_recorded_poisoned_with_its_machine():
+    facts = ubuntu()
+    running = fake_services(facts)
+    [record] = handlers.handle_event_poison(running, json.dumps(delivery(facts, "e-9")))
+    assert (record.vm, record.event_id, record.outcome) == (facts.vm.id, "e-9", "poisoned")
+    assert "failed every try" in record.reason
+    assert record.hint
+    assert running.queue.sent == []
+
+
+def test_a_poisoned_message_that_is_not_an_event_is_still_one_record():
+    running = fake_services(ubuntu())
+    [record] = handlers.handle_event_poison(running, b"{oops")
+    assert record.outcome == "poisoned"
+    assert record.reason.startswith("A malformed event message reached the poison queue")
+
+
 def message(facts, **more) -> str:
     return InstallRequest(vm=facts.vm.id, trigger="event", **more).to_text()
 

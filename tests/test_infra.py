@@ -340,3 +340,27 @@ def test_only_the_human_pages_may_skip_the_function_key(templates):
     for route, level in routes.items():
         if route not in HUMAN_PAGES:
             assert str(level).upper() == "FUNCTION", route
+
+
+def test_every_setting_a_binding_names_is_an_app_setting_of_the_deployment():
+    """The host resolves %NAME% in a binding from the app's settings, and a function whose
+    expression does not resolve does not run: each one must be deployed."""
+    from tests.conftest import function_bindings
+
+    named = {
+        name
+        for bindings in function_bindings().values()
+        for binding in bindings
+        for value in binding.values()
+        if isinstance(value, str)
+        for name in re.findall(r"%(\w+)%", value)
+    }
+    assert "REMEDIATION_EVENT_QUEUE" in named
+    main, app = _bicep("main.bicep"), _bicep("app.bicep")
+    settings = main[
+        main.index("    settings: {") : main.index("    }", main.index("    settings: {"))
+    ]
+    queues = app[app.index("var queues = {") : app.index("}", app.index("var queues = {"))]
+    deployed = set(re.findall(r"^\s*(\w+):", settings + "\n" + queues, re.M))
+    assert named <= deployed, named - deployed
+    assert "properties: union(settings, queues," in app
