@@ -152,6 +152,10 @@ class Subscription:
     # The app's identity holds no role here: ARM answers 403 AuthorizationFailed for
     # anything under it, and Resource Graph leaves it out (docs/fidelity.md).
     no_access: bool = False
+    # Resource providers not (yet) registered here, by lower-case namespace:
+    # "NotRegistered" or "Registering" (resources.py); absent = Registered.
+    providers: dict[str, str] = field(default_factory=dict)
+    registered_at: dict[str, float] = field(default_factory=dict)  # when Registering ends
 
 
 @dataclass

@@ -3,6 +3,8 @@ the custom topic at ``/api/events`` that the app publishes its notifications to.
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -17,14 +19,13 @@ from localazure.machinery import (
     route,
     utc_now,
 )
+from localazure.resources import require_registered
 
 if TYPE_CHECKING:
     from localazure.server import LocalAzure
 
 API_VERSIONS = {
     "topic": {"2018-01-01"},
-    # Microsoft.Resources resource groups: the wiring hook's raw PUT sends 2021-04-01.
-    "groups": {"2021-04-01", "2024-03-01"},
     # azure-mgmt-eventgrid 10.4.0 sends 2025-02-15.
     "eventgrid": {"2025-02-15", "2024-06-01-preview"},
 }
@@ -131,6 +132,7 @@ def _put_topic(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> R
     Event Grid system topic is allowed per source"; "Event Grid creates a system topic
     resource in the same Azure subscription that has the event source")."""
     topic_id = _topic_id(p)
+    require_registered(plane, p["sub"], "Microsoft.EventGrid")
     properties = (body or {}).get("properties") or {}
     source = str(properties.get("source") or "")
     topic_type = str(properties.get("topicType") or "")
@@ -166,8 +168,14 @@ def _put_topic(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> R
             "metricResourceId": str(uuid.uuid5(uuid.NAMESPACE_URL, topic_id.lower())),
         },
     }
-    if identity:
-        topic["identity"] = identity
+    if identity and str(identity.get("type", "")).lower() == "systemassigned":
+        # A system-assigned identity gets a principal in the tenant (the topic keeps it).
+        before = (plane.system_topics.get(topic_id.lower()) or {}).get("identity") or {}
+        topic["identity"] = {
+            "type": "SystemAssigned",
+            "principalId": before.get("principalId") or str(uuid.uuid4()),
+            "tenantId": plane.estate.tenant,
+        }
     plane.system_topics[topic_id.lower()] = topic
     return json_response(200 if existed else 201, topic)
 
@@ -188,23 +196,31 @@ def _get_subscription(plane: LocalAzure, p: Params, q: Query, body: Any, who: st
 
 
 def _put_subscription(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
-    """Event Grid validates an Azure Function destination when the subscription is
-    written: a function that is not deployed yet is refused, code 'Endpoint validation'
-    (Azure/bicep#11656; the reason the Flex Consumption Event Grid quickstart creates its
-    subscription in a postdeploy hook)."""
-    _get_topic(plane, p, q, body, who)
+    """The destination is checked as Event Grid checks it when the subscription is
+    written (see _check_destination); the body is kept as sent."""
+    topic = json.loads(_get_topic(plane, p, q, body, who).body)
     item_id = f"{_topic_id(p)}/eventSubscriptions/{p['name']}"
     properties = dict((body or {}).get("properties") or {})
-    destination = properties.get("destination") or {}
-    if destination.get("endpointType") == "AzureFunction":
-        function_id = str((destination.get("properties") or {}).get("resourceId") or "")
-        app_id, _, function = function_id.rpartition("/functions/")
-        if function not in plane.functions.get(app_id.lower(), set()):
+    with_identity = properties.get("deliveryWithResourceIdentity")
+    destination = properties.get("destination")
+    if bool(with_identity) == bool(destination):
+        raise ArmError(
+            400,
+            "InvalidRequest",
+            "Exactly one of destination or deliveryWithResourceIdentity must be specified.",
+        )
+    if with_identity:
+        wanted = str((with_identity.get("identity") or {}).get("type", ""))
+        held = str((topic.get("identity") or {}).get("type", ""))
+        if not wanted or wanted.lower() != held.lower():
             raise ArmError(
                 400,
-                "Endpoint validation",
-                f"Destination endpoint not found. Resource details: resourceId: {function_id}.",
+                "InvalidRequest",
+                f"The identity type '{wanted}' is not enabled on the system topic "
+                f"'{topic['name']}': enable its {wanted or 'SystemAssigned'} identity first.",
             )
+        destination = with_identity.get("destination") or {}
+    _check_destination(plane, destination)
     properties.update(provisioningState="Succeeded", topic=_topic_id(p))
     item = {
         "id": item_id,
@@ -217,6 +233,59 @@ def _put_subscription(plane: LocalAzure, p: Params, q: Query, body: Any, who: st
     return json_response(201, item)
 
 
+_STORAGE_ACCOUNT = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Storage/storageAccounts/[a-z0-9]{3,24}$",
+    re.IGNORECASE,
+)
+_QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
+
+
+def _check_destination(plane: LocalAzure, destination: dict[str, Any]) -> None:
+    """azure-rest-api-specs Microsoft.EventGrid stable/2025-02-15 EventGrid.json:
+    - StorageQueueEventSubscriptionDestination: ``resourceId`` "of the storage account
+      that contains the queue", ``queueName``, ``queueMessageTimeToLiveInSeconds`` which
+      "cannot be zero or negative with the exception of using -1" (infinite);
+    - AzureFunctionEventSubscriptionDestination: validated when written; a function not
+      deployed yet is refused, code 'Endpoint validation' (Azure/bicep#11656).
+    Queue names follow the Storage naming rules (3-63 lowercase letters, digits, single
+    hyphens)."""
+    kind = destination.get("endpointType")
+    properties = destination.get("properties") or {}
+    if kind == "StorageQueue":
+        account = str(properties.get("resourceId") or "")
+        queue = str(properties.get("queueName") or "")
+        ttl = properties.get("queueMessageTimeToLiveInSeconds", -1)
+        if not _STORAGE_ACCOUNT.match(account):
+            raise ArmError(
+                400, "InvalidRequest", f"Invalid storage account resource id: '{account}'."
+            )
+        if not _QUEUE_NAME.match(queue):
+            raise ArmError(400, "InvalidRequest", f"Invalid storage queue name: '{queue}'.")
+        if not isinstance(ttl, int) or (ttl <= 0 and ttl != -1):
+            raise ArmError(
+                400,
+                "InvalidRequest",
+                "queueMessageTimeToLiveInSeconds cannot be zero or negative with the "
+                "exception of using -1 to indicate that the Time To Live of the message is "
+                "Infinite.",
+            )
+    elif kind == "AzureFunction":
+        function_id = str(properties.get("resourceId") or "")
+        app_id, _, function = function_id.rpartition("/functions/")
+        if function not in plane.functions.get(app_id.lower(), set()):
+            raise ArmError(
+                400,
+                "Endpoint validation",
+                f"Destination endpoint not found. Resource details: resourceId: {function_id}.",
+            )
+    else:
+        raise ArmError(
+            400,
+            "InvalidRequest",
+            f"The destination endpoint type '{kind}' is not modelled by the local Azure.",
+        )
+
+
 def _delete_subscription(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
     """DELETE answers 200 (deleted), 202 (accepted) or 204 (absent) in the spec; this
     plane deletes at once."""
@@ -225,44 +294,8 @@ def _delete_subscription(plane: LocalAzure, p: Params, q: Query, body: Any, who:
     return Response(200 if existed else 204, b"", {})
 
 
-def _put_group(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
-    """ResourceGroups_CreateOrUpdate (azure-rest-api-specs, resources stable 2021-04-01):
-    201 created, 200 when it exists in the same location; in another location, 409
-    InvalidResourceGroupLocation "Invalid resource group location 'x'. The Resource group
-    already exists in location 'y'." (Azure/azure-cli#22242)."""
-    if p["sub"].lower() not in plane.estate.subscriptions:
-        raise ArmError(
-            404, "SubscriptionNotFound", f"The subscription '{p['sub']}' could not be found."
-        )
-    location = str((body or {}).get("location") or "")
-    if not location:
-        raise ArmError(
-            400, "LocationRequired", "The location property is required for this definition."
-        )
-    key = f"/subscriptions/{p['sub']}/resourcegroups/{p['rg']}".lower()
-    existing = plane.resource_groups.get(key)
-    if existing is not None and existing["location"].lower() != location.lower():
-        raise ArmError(
-            409,
-            "InvalidResourceGroupLocation",
-            f"Invalid resource group location '{location}'. The Resource group already exists "
-            f"in location '{existing['location']}'.",
-        )
-    group = {
-        "id": f"/subscriptions/{p['sub']}/resourceGroups/{p['rg']}",
-        "name": p["rg"],
-        "type": "Microsoft.Resources/resourceGroups",
-        "location": location,
-        "tags": (body or {}).get("tags") or {},
-        "properties": {"provisioningState": "Succeeded"},
-    }
-    plane.resource_groups[key] = group
-    return json_response(200 if existing is not None else 201, group)
-
-
 ROUTES = (
     route("POST", r"/api/events", _topic, "eventgrid/publish", "topic"),
-    route("PUT", SUB + r"/resourcegroups/(?P<rg>[^/]+)", _put_group, "Microsoft.Resources/subscriptions/resourceGroups/write", "groups"),
     route("GET", SUB + r"/providers/Microsoft\.EventGrid/systemTopics", _list_topics, "Microsoft.EventGrid/systemTopics/read", "eventgrid"),
     route("GET", _TOPIC, _get_topic, "Microsoft.EventGrid/systemTopics/read", "eventgrid"),
     route("PUT", _TOPIC, _put_topic, "Microsoft.EventGrid/systemTopics/write", "eventgrid"),

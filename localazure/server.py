@@ -36,6 +36,7 @@ from localazure import (
     graph,
     hybrid,
     identity,
+    resources,
     security,
 )
 from localazure.estate import Estate, Principal, Subscription, Vm
@@ -67,6 +68,7 @@ ROUTES: tuple[Route, ...] = (
     + graph.ROUTES
     + eventgrid.ROUTES
     + authorization.ROUTES
+    + resources.ROUTES
 )
 API_VERSIONS: dict[str, set[str]] = {
     **compute.API_VERSIONS,
@@ -75,6 +77,7 @@ API_VERSIONS: dict[str, set[str]] = {
     **graph.API_VERSIONS,
     **eventgrid.API_VERSIONS,
     **authorization.API_VERSIONS,
+    **resources.API_VERSIONS,
 }
 
 
@@ -113,6 +116,10 @@ class LocalAzure:
         # Event Grid management state, and the functions deployed per Function App id.
         self.system_topics: dict[str, dict[str, Any]] = {}
         self.resource_groups: dict[str, dict[str, Any]] = {}  # made by the wiring hook
+        # Role assignments and custom roles, by lower-case id (authorization.py).
+        self.role_assignments: dict[str, dict[str, Any]] = {}
+        self.role_definitions: dict[str, dict[str, Any]] = {}
+        self.registration_seconds = 0.0  # how long a provider stays Registering
         # Arc extension PUTs answer with Location only (the spec); True adds the
         # Azure-AsyncOperation header an older live trace shows (hybrid.py).
         self.arc_async_operation = False

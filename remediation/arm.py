@@ -370,9 +370,10 @@ class ArmGateway:
         ]
 
     def event_wiring(self, subscription: str) -> list[tuple[str, list[str]]]:
-        """The subscription's Microsoft.Resources.Subscriptions system topics with the
-        Azure Function destinations of their event subscriptions: (topic id, [function
-        resource ids])."""
+        """The subscription's Microsoft.Resources.Subscriptions system topics with where
+        their event subscriptions deliver: (topic id, [destinations]). A storage queue
+        reads "<account id>/queueServices/default/queues/<queue>", whether it is reached
+        with the topic's identity or not; any other destination, its resourceId."""
         what = f"reading the Event Grid system topics of subscription {subscription}"
         topics = self._list(
             subscription,
@@ -389,12 +390,7 @@ class ArmGateway:
             items = self._list(
                 subscription, f"{topic['id']}/eventSubscriptions", _EVENTGRID_API, what
             )
-            functions = [
-                str((dig(item, "properties", "destination", "properties") or {}).get("resourceId"))
-                for item in items
-                if dig(item, "properties", "destination", "endpointType") == "AzureFunction"
-            ]
-            wiring.append((str(topic["id"]), functions))
+            wiring.append((str(topic["id"]), [_destination(item) for item in items]))
         return wiring
 
     def defender_devices(self) -> Iterator[dict[str, Any]]:
@@ -597,3 +593,15 @@ def _provisioning_state(extension: Any) -> str:
     properties = getattr(extension, "properties", None)
     state = getattr(properties, "provisioning_state", None)
     return str(state or getattr(extension, "provisioning_state", None) or "")
+
+
+def _destination(event_subscription: dict[str, Any]) -> str:
+    properties = event_subscription.get("properties") or {}
+    destination = properties.get("destination") or dig(
+        properties, "deliveryWithResourceIdentity", "destination"
+    )
+    target = (destination or {}).get("properties") or {}
+    resource = str(target.get("resourceId") or "")
+    if (destination or {}).get("endpointType") == "StorageQueue":
+        return f"{resource}/queueServices/default/queues/{target.get('queueName', '')}"
+    return resource

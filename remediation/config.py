@@ -447,13 +447,21 @@ def _ncrontab(raw: str) -> str:
     return " ".join(fields)
 
 
+def endpoint(raw: str) -> str:
+    """An endpoint as the app and the deployment hooks join paths to it: no trailing slash.
+    Bicep's environment().resourceManager is "https://management.azure.com/" in the
+    public cloud (Bicep docs, "environment" sample output) and has no slash in US Gov
+    (ARM's metadata/endpoints): either way, "<endpoint>/subscriptions/..." has one."""
+    return raw.strip().rstrip("/")
+
+
 def _https_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme != "https" or not parts.hostname:
         raise ValueError("must be an https:// URL (bearer tokens are refused over http)")
     if parts.query or parts.fragment or parts.path not in {"", "/"}:
         raise ValueError("must be a bare endpoint such as https://management.azure.com")
-    return raw.rstrip("/")
+    return endpoint(raw)
 
 
 def _optional_https_url(raw: str) -> str:

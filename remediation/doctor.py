@@ -32,7 +32,6 @@ ALWAYS = {
     "Microsoft.Security/settings/read": "reading the MDE integration",
     "Microsoft.Security/mdeOnboardings/read": "reading the onboarding packages",
 }
-FUNCTION = "on_vm_event"
 
 
 @dataclass(frozen=True)
@@ -128,25 +127,43 @@ def _permissions(services: Services, subscription: str) -> Check:
 
 
 def events_check(services: Services, subscription: str) -> Check:
-    app = services.settings.app_name
+    """Event Grid delivers the subscription's VM events to this app's event queue: a
+    StorageQueue destination naming REMEDIATION_EVENT_QUEUE in the app's own storage
+    account (when the doctor knows the account's name)."""
+    settings = services.settings
     wiring = services.arm.event_wiring(subscription)
     fix = "run `azd hooks run postdeploy` (infra/hooks/wire_events.py)"
     if not wiring:
         return Check(
             subscription, "events", False, "no Microsoft.Resources.Subscriptions system topic", fix
         )
-    for topic, functions in wiring:
-        for function in functions:
-            site = function.lower().split("/providers/microsoft.web/sites/")[-1]
-            if site.endswith(f"/functions/{FUNCTION}") and (
-                not app or site.split("/")[0] == app.lower()
+    account = storage_account_name(settings)
+    queue = f"/queueservices/default/queues/{settings.event_queue}"
+    for topic, destinations in wiring:
+        for destination in destinations:
+            path = destination.lower()
+            if path.endswith(queue) and (
+                not account or path.removesuffix(queue).endswith(f"/storageaccounts/{account}")
             ):
-                return Check(subscription, "events", True, f"{topic} delivers to {function}")
-    target = f"{app}/functions/{FUNCTION}" if app else f"a {FUNCTION} function"
+                return Check(subscription, "events", True, f"{topic} delivers to {destination}")
+    target = f"queue {settings.event_queue}" + (f" of storage account {account}" if account else "")
     topics = ", ".join(topic for topic, _ in wiring)
     return Check(
         subscription, "events", False, f"{topics}: no event subscription delivers to {target}", fix
     )
+
+
+def storage_account_name(settings: Settings) -> str:
+    """The app's storage account: the identity-based setting's, or the connection
+    string's AccountName (the emulator's is devstoreaccount1); "" if neither says."""
+    if settings.storage_account:
+        return settings.storage_account.lower()
+    parts = dict(
+        part.split("=", 1) for part in settings.storage_connection.split(";") if "=" in part
+    )
+    if parts.get("UseDevelopmentStorage", "").lower() == "true":
+        return "devstoreaccount1"
+    return parts.get("AccountName", "").lower()
 
 
 def _onboarding(services: Services, subscription: str) -> Check:

@@ -296,6 +296,7 @@ def world_factory(azurite, monkeypatch):
                 "AzureWebJobsStorage": azurite,
                 "REMEDIATION_SUBSCRIPTIONS": ",".join(estate.subscriptions),
                 "REMEDIATION_INSTALL_QUEUE": f"installs-{suffix}",
+                "REMEDIATION_EVENT_QUEUE": f"events-{suffix}",
                 "REMEDIATION_SWEEP_QUEUE": f"sweeps-{suffix}",
                 "REMEDIATION_TEST_ALERT_QUEUE": f"tests-{suffix}",
                 "REMEDIATION_AUDIT_TABLE": f"audit{suffix}",

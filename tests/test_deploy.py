@@ -47,25 +47,29 @@ def two_subscriptions(use_identity):
         yield plane
 
 
-def wire(plane):
+STORAGE_ID = f"/subscriptions/{SUB}/resourceGroups/rg-dev/providers/Microsoft.Storage/storageAccounts/devstoreaccount1"
+QUEUE = "vm-events"
+QUEUE_SCOPE = f"{STORAGE_ID}/queueServices/default/queues/{QUEUE}"
+QUEUE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"  # Storage Queue Data Message Sender
+
+
+def wire(plane, endpoint=None, subscriptions=(SUB, OTHER)):
     return hook().wire(
-        operator(plane), [SUB, OTHER], APP_ID, "rg-dev-events", plane.url, location="westeurope"
+        operator(plane),
+        list(subscriptions),
+        STORAGE_ID,
+        QUEUE,
+        "rg-dev-events",
+        arm_endpoint=endpoint or plane.url,
+        location="westeurope",
+        poll_seconds=0.05,
     )
 
 
-def test_before_the_code_is_deployed_event_grid_refuses_the_subscription(two_subscriptions):
-    with pytest.raises(HttpResponseError) as refused:
-        wire(two_subscriptions)
-    assert refused.value.status_code == 400
-    assert refused.value.error.code == "Endpoint validation"
-    assert "Destination endpoint not found." in refused.value.error.message
-
-
-def test_after_the_deployment_every_subscription_is_wired_and_existing_topics_reused(
+def test_every_subscription_delivers_to_the_event_queue_with_its_topics_identity(
     two_subscriptions,
 ):
     plane = two_subscriptions
-    plane.deploy_functions(APP_ID, FUNCTIONS)
     existing = f"/subscriptions/{OTHER}/resourceGroups/rg-ops/providers/Microsoft.EventGrid/systemTopics/ops-subscription-events"
     plane.system_topics[existing.lower()] = {
         "id": existing,
@@ -77,7 +81,7 @@ def test_after_the_deployment_every_subscription_is_wired_and_existing_topics_re
             "topicType": "Microsoft.Resources.Subscriptions",
             "provisioningState": "Succeeded",
         },
-    }
+    }  # someone else's, without an identity
     legacy = f"{existing}/eventSubscriptions/vm-write-and-start"  # the first release's
     plane.event_subscriptions[legacy.lower()] = {
         "id": legacy,
@@ -85,12 +89,13 @@ def test_after_the_deployment_every_subscription_is_wired_and_existing_topics_re
         "properties": {},
     }
     assert wire(plane) == [
-        f"{SUB}: system topic remediator-subscription-events (created) -> on_vm_event",
-        f"{OTHER}: system topic ops-subscription-events (reused) -> on_vm_event; removed the "
-        "older vm-write-and-start",
+        f"{SUB}: system topic remediator-subscription-events (created) -> queue {QUEUE}",
+        f"{OTHER}: system topic ops-subscription-events (reused, identity added) -> queue "
+        f"{QUEUE}; removed the older vm-write-and-start",
     ]
     created = f"/subscriptions/{SUB}/resourceGroups/rg-dev-events/providers/Microsoft.EventGrid/systemTopics/remediator-subscription-events"
-    assert plane.system_topics[created.lower()]["properties"]["source"] == f"/subscriptions/{SUB}"
+    topics = {key: plane.system_topics[key.lower()] for key in (created, existing)}
+    assert topics[created]["properties"]["source"] == f"/subscriptions/{SUB}"
     assert sorted(plane.event_subscriptions) == sorted(
         [
             f"{created}/eventSubscriptions/remediator-vm-events".lower(),
@@ -100,14 +105,19 @@ def test_after_the_deployment_every_subscription_is_wired_and_existing_topics_re
     properties = plane.event_subscriptions[
         f"{created}/eventSubscriptions/remediator-vm-events".lower()
     ]["properties"]
-    assert properties["destination"] == {
-        "endpointType": "AzureFunction",
-        "properties": {
-            "resourceId": f"{APP_ID}/functions/on_vm_event",
-            "maxEventsPerBatch": 1,
-            "preferredBatchSizeInKilobytes": 64,  # the SDK model's default
+    assert "destination" not in properties
+    assert properties["deliveryWithResourceIdentity"] == {
+        "identity": {"type": "SystemAssigned"},
+        "destination": {
+            "endpointType": "StorageQueue",
+            "properties": {
+                "resourceId": STORAGE_ID,
+                "queueName": QUEUE,
+                "queueMessageTimeToLiveInSeconds": 604800,
+            },
         },
     }
+    assert properties["eventDeliverySchema"] == "EventGridSchema"
     assert properties["filter"]["includedEventTypes"] == [
         "Microsoft.Resources.ResourceActionSuccess",
         "Microsoft.Resources.ResourceWriteSuccess",
@@ -123,9 +133,193 @@ def test_after_the_deployment_every_subscription_is_wired_and_existing_topics_re
             ],
         }
     ]
-    # Run again (a subscription added later): the same two topics, nothing new.
+    # Each topic's identity may send to the one queue, and only that.
+    grants = sorted(
+        (
+            a["properties"]["scope"],
+            a["properties"]["principalId"],
+            a["properties"]["roleDefinitionId"],
+        )
+        for a in plane.role_assignments.values()
+    )
+    role = f"/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{QUEUE_SENDER}"
+    assert grants == sorted(
+        (QUEUE_SCOPE, topic["identity"]["principalId"], role) for topic in topics.values()
+    )
+    # Run again (a subscription added later): the same topics and grants, nothing new.
     wire(plane)
     assert len(plane.system_topics) == 2
+    assert len(plane.role_assignments) == 2
+
+
+def test_the_endpoint_bicep_gives_with_its_trailing_slash_builds_no_double_slash(
+    two_subscriptions,
+):
+    """environment().resourceManager is "https://management.azure.com/" in the public
+    cloud and has no slash in US Gov: both reach the same paths."""
+    plane = two_subscriptions
+    wire(plane, endpoint=plane.url + "/", subscriptions=[SUB])
+    paths = [item.path for item in plane.log.arm()]
+    assert paths
+    assert not [path for path in paths if "//" in path]
+    assert plane.log.count("Microsoft.Resources/subscriptions/resourceGroups/write") == 1
+
+
+def test_an_unregistered_event_grid_provider_is_registered_and_waited_for(two_subscriptions):
+    plane = two_subscriptions
+    plane.estate.subscriptions[OTHER].providers["microsoft.eventgrid"] = "NotRegistered"
+    plane.registration_seconds = 0.2
+    lines = wire(plane)
+    assert lines[0].startswith(f"{SUB}: system topic")  # registered already: nothing said
+    assert lines[1].startswith(f"{OTHER}: registered Microsoft.EventGrid; system topic")
+    assert plane.log.count("Microsoft.Resources/subscriptions/providers/register/action") == 1
+
+
+def test_without_registration_event_grid_refuses_the_topic_as_azure_does(two_subscriptions):
+    from azure.mgmt.eventgrid import EventGridManagementClient
+    from azure.mgmt.eventgrid.models import SystemTopic
+
+    plane = two_subscriptions
+    plane.estate.subscriptions[SUB].providers["microsoft.eventgrid"] = "NotRegistered"
+    client = EventGridManagementClient(
+        operator(plane), SUB, base_url=plane.url, credential_scopes=[f"{plane.url}/.default"]
+    )
+    with pytest.raises(HttpResponseError) as refused:
+        client.system_topics.begin_create_or_update(
+            "rg-dev-events",
+            "t",
+            SystemTopic(
+                location="global",
+                source=f"/subscriptions/{SUB}",
+                topic_type="Microsoft.Resources.Subscriptions",
+            ),
+        ).result()
+    assert refused.value.status_code == 409
+    assert refused.value.error.code == "MissingSubscriptionRegistration"
+
+
+def test_a_registration_that_never_ends_stops_the_hook_with_what_to_do(two_subscriptions):
+    plane = two_subscriptions
+    plane.estate.subscriptions[OTHER].providers["microsoft.eventgrid"] = "NotRegistered"
+    plane.registration_seconds = 3600
+    arm = hook().Arm(operator(plane), plane.url)
+    waits = []
+    with pytest.raises(SystemExit) as stopped:
+        hook().ensure_registered(arm, OTHER, wait_seconds=10, poll_seconds=5, sleep=waits.append)
+    assert waits == [5, 5]
+    assert "still Registering" in str(stopped.value)
+    assert "az provider register --namespace Microsoft.EventGrid" in str(stopped.value)
+
+
+@pytest.mark.parametrize(
+    ("destination", "why"),
+    [
+        ({"resourceId": STORAGE_ID, "queueName": "Bad_Queue"}, "Invalid storage queue name"),
+        ({"resourceId": f"/subscriptions/{SUB}/x", "queueName": QUEUE}, "Invalid storage account"),
+        (
+            {"resourceId": STORAGE_ID, "queueName": QUEUE, "queueMessageTimeToLiveInSeconds": 0},
+            "cannot be zero or negative",
+        ),
+    ],
+)
+def test_event_grid_refuses_a_storage_queue_destination_it_cannot_use(
+    two_subscriptions, destination, why
+):
+    plane = two_subscriptions
+    wire(plane, subscriptions=[SUB])
+    topic = f"/subscriptions/{SUB}/resourceGroups/rg-dev-events/providers/Microsoft.EventGrid/systemTopics/remediator-subscription-events"
+    arm = hook().Arm(operator(plane), plane.url)
+    body = {
+        "properties": {"destination": {"endpointType": "StorageQueue", "properties": destination}}
+    }
+    response = arm.send("PUT", f"{topic}/eventSubscriptions/bad", "2025-02-15", body)
+    assert response.status_code == 400
+    assert why in response.json()["error"]["message"]
+
+
+def test_delivery_with_an_identity_the_topic_lacks_is_refused(two_subscriptions):
+    plane = two_subscriptions
+    topic = (
+        f"/subscriptions/{SUB}/resourceGroups/rg-x/providers/Microsoft.EventGrid/systemTopics/plain"
+    )
+    arm = hook().Arm(operator(plane), plane.url)
+    plain = {
+        "location": "global",
+        "properties": {
+            "source": f"/subscriptions/{SUB}",
+            "topicType": "Microsoft.Resources.Subscriptions",
+        },
+    }
+    assert arm.send("PUT", topic, "2025-02-15", plain).status_code == 201
+    body = {"properties": hook().event_subscription(STORAGE_ID, QUEUE).serialize()["properties"]}
+    response = arm.send("PUT", f"{topic}/eventSubscriptions/x", "2025-02-15", body)
+    assert response.status_code == 400
+    assert "identity" in response.json()["error"]["message"]
+
+
+def test_remove_leaves_nothing_of_the_deployment_behind(two_subscriptions):
+    """azd down deletes resource groups; the postdown hook takes what it leaves: the event
+    subscriptions, the events groups (with the topics made there), the app's role
+    assignments and the custom roles. Someone else's topic stays."""
+    from localazure.authorization import deploy_access
+
+    plane = two_subscriptions
+    principal = "0b1e5c7e-0000-4000-8000-0000000000f1"
+    for subscription in (SUB, OTHER):
+        deploy_access(plane, "dev", principal, subscription)
+    shared = f"/subscriptions/{OTHER}/resourceGroups/rg-ops/providers/Microsoft.EventGrid/systemTopics/ops"
+    plane.system_topics[shared.lower()] = {
+        "id": shared,
+        "name": "ops",
+        "type": "Microsoft.EventGrid/systemTopics",
+        "location": "global",
+        "identity": {
+            "type": "SystemAssigned",
+            "principalId": "0b1e5c7e-0000-4000-8000-0000000000f2",
+        },
+        "properties": {
+            "source": f"/subscriptions/{OTHER}",
+            "topicType": "Microsoft.Resources.Subscriptions",
+        },
+    }
+    others = f"{shared}/eventSubscriptions/ops-alerts"
+    plane.event_subscriptions[others.lower()] = {
+        "id": others,
+        "name": "ops-alerts",
+        "properties": {},
+    }
+    wire(plane)
+    assert len(plane.event_subscriptions) == 3
+    [app_role] = [
+        a["name"]
+        for a in plane.role_assignments.values()
+        if a["properties"]["scope"] == f"/subscriptions/{SUB}"
+    ]
+    lines = hook().remove(
+        operator(plane),
+        [SUB, OTHER],
+        "dev",
+        principal,
+        "rg-dev-events",
+        arm_endpoint=plane.url + "/",
+    )
+    assert lines[0] == (
+        f"{SUB}: removed event subscription remediator-vm-events, resource group rg-dev-events, "
+        f"role assignment {app_role}, custom role "
+        f"'Defender coverage remediator (dev, {SUB})'"
+    )
+    assert plane.event_subscriptions == {others.lower(): plane.event_subscriptions[others.lower()]}
+    assert list(plane.system_topics) == [shared.lower()]
+    assert plane.resource_groups == {}
+    assert [a["properties"]["scope"] for a in plane.role_assignments.values()] == [QUEUE_SCOPE] * 2
+    assert plane.role_definitions == {}
+    # Again: nothing left to remove, and nothing fails.
+    assert hook().remove(
+        operator(plane), [SUB, OTHER], "dev", principal, "rg-dev-events", arm_endpoint=plane.url
+    ) == [
+        f"{SUB}: removed nothing",
+        f"{OTHER}: removed nothing",
+    ]
 
 
 def test_a_system_topic_lives_in_its_source_subscription_and_one_per_source(two_subscriptions):
@@ -164,14 +358,14 @@ def doctor_rows(world):
 
 
 def deploy_and_wire(world):
-    """What `azd up` does after provisioning: the code, then the hook for SUB."""
-    world.plane.deploy_functions(APP_ID, FUNCTIONS)
+    """What `azd up` does after provisioning: the hook for SUB."""
     hook().wire(
         operator(world.plane),
         [SUB],
-        APP_ID,
+        STORAGE_ID,
+        world.environment.get("REMEDIATION_EVENT_QUEUE", QUEUE),
         "rg-dev-events",
-        world.plane.url,
+        arm_endpoint=world.plane.url,
         location="westeurope",
     )
 
@@ -188,7 +382,10 @@ def test_the_doctor_finds_a_deployment_ready(world_factory):
         (SUB, "events"): True,
         (SUB, "onboarding"): True,
     }
-    assert rows[(SUB, "events")].detail.endswith(f"delivers to {APP_ID}/functions/on_vm_event")
+    queue = world.environment["REMEDIATION_EVENT_QUEUE"]
+    assert rows[(SUB, "events")].detail.endswith(
+        f"delivers to {STORAGE_ID}/queueServices/default/queues/{queue}"
+    )
     writes = [
         item
         for item in world.plane.log.arm()
@@ -197,8 +394,31 @@ def test_the_doctor_finds_a_deployment_ready(world_factory):
     assert [w.operation for w in writes] == [
         "Microsoft.Resources/subscriptions/resourceGroups/write",  # its events group
         "Microsoft.EventGrid/systemTopics/write",
+        "Microsoft.Authorization/roleAssignments/write",  # the topic may send to the queue
         "Microsoft.EventGrid/systemTopics/eventSubscriptions/write",
     ]  # the hook's; the doctor wrote nothing
+
+
+def test_the_doctor_does_not_take_another_queue_or_account_for_the_apps(world_factory):
+    world = world_factory(small_estate(), WEBSITE_SITE_NAME="func-dev")
+    elsewhere = STORAGE_ID.replace("devstoreaccount1", "stsomeoneelse")
+    for storage, queue in ((STORAGE_ID, "other-queue"), (elsewhere, QUEUE)):
+        world.plane.event_subscriptions.clear()
+        hook().wire(
+            operator(world.plane),
+            [SUB],
+            storage,
+            queue,
+            "rg-dev-events",
+            arm_endpoint=world.plane.url,
+            location="westeurope",
+        )
+        events = doctor_rows(world)[(SUB, "events")]
+        assert not events.ok, (storage, queue)
+        assert events.detail.endswith(
+            f"no event subscription delivers to queue "
+            f"{world.environment['REMEDIATION_EVENT_QUEUE']} of storage account devstoreaccount1"
+        )
 
 
 def test_the_doctor_names_what_a_deployment_lacks_and_how_to_fix_it(world_factory):

@@ -204,16 +204,31 @@ def test_the_hook_gets_what_it_reads_from_the_deployment(templates):
     hook = (INFRA / "hooks" / "wire_events.py").read_text()
     read = set(re.findall(r'"((?:AZURE|REMEDIATOR)_[A-Z_]+)"', hook))
     assert read == {
-        "AZURE_FUNCTION_APP_ID",
+        "REMEDIATOR_EVENT_STORAGE_ID",
+        "REMEDIATOR_EVENT_QUEUE",
         "REMEDIATOR_SUBSCRIPTIONS",
         "REMEDIATOR_EVENTS_GROUP",
         "REMEDIATOR_ARM_ENDPOINT",
+        "REMEDIATOR_PRINCIPAL_ID",
         "AZURE_LOCATION",  # azd's own: the environment's region
+        "AZURE_ENV_NAME",  # azd's own: the environment's name
     }
-    assert read - {"AZURE_LOCATION"} <= outputs
+    assert read - {"AZURE_LOCATION", "AZURE_ENV_NAME"} <= outputs
+    # The hook's events group is the one access.bicep creates and the remove step deletes.
+    assert "var eventsGroupName = 'rg-${environmentName}-events'" in _bicep("main.bicep")
+    assert "name: 'rg-${environmentName}-events'" in _bicep("access.bicep")
+    assert "tags: { 'azd-env-name': environmentName }" in _bicep("access.bicep")
+    assert (
+        "roleName: 'Defender coverage remediator (${environmentName}, ${subscription().subscriptionId})'"
+        in _bicep("access.bicep")
+    )
+    assert 'ROLE_NAME = "Defender coverage remediator ({environment}, {subscription})"' in hook
     azure_yaml = (ROOT / "azure.yaml").read_text()
-    assert "postdeploy:" in azure_yaml
-    assert azure_yaml.count("infra/hooks/wire_events.py") == 2  # posix and windows
+    hooks = azure_yaml[azure_yaml.index("hooks:") :]
+    assert "postdeploy:" in hooks
+    assert "postdown:" in hooks
+    assert hooks.count("infra/hooks/wire_events.py") == 4  # posix and windows, each
+    assert hooks.count("infra/hooks/wire_events.py --remove") == 2
 
 
 def test_storage_endpoints_come_from_the_cloud_not_a_literal():
