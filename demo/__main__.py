@@ -327,7 +327,7 @@ def _joining_subscription(estate: Any, seed: int) -> str:
 
 def _wire_events(azure: LocalAzure, subscriptions: list[str]) -> str:
     """What azd's postdeploy hook does after `azd up`: deliver each subscription's VM
-    and Arc writes to on_vm_event (infra/hooks/wire_events.py, unchanged)."""
+    and Arc writes to the app's event queue (infra/hooks/wire_events.py, unchanged)."""
     import importlib.util  # noqa: PLC0415
 
     from azure.identity import ClientSecretCredential  # noqa: PLC0415
@@ -339,8 +339,8 @@ def _wire_events(azure: LocalAzure, subscriptions: list[str]) -> str:
     assert spec.loader is not None
     hook = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hook)
-    app_id = f"/subscriptions/{subscriptions[0]}/resourceGroups/rg-demo/providers/Microsoft.Web/sites/func-demo"
-    azure.deploy_functions(app_id, ["on_vm_event", "install_extension", "nightly_sweep"])
+    # Azurite's account: the one the app's connection string names.
+    storage_id = f"/subscriptions/{subscriptions[0]}/resourceGroups/rg-demo/providers/Microsoft.Storage/storageAccounts/devstoreaccount1"
     credential = ClientSecretCredential(
         azure.estate.tenant,
         DEMO_APP.client_id,
@@ -348,8 +348,17 @@ def _wire_events(azure: LocalAzure, subscriptions: list[str]) -> str:
         authority=azure.url,
         disable_instance_discovery=True,
     )
-    hook.wire(credential, subscriptions, app_id, "rg-demo-events", azure.url, location="westeurope")
-    return app_id
+    queue = os.environ.get("REMEDIATION_EVENT_QUEUE", "vm-events")
+    hook.wire(
+        credential,
+        subscriptions,
+        storage_id,
+        queue,
+        "rg-demo-events",
+        arm_endpoint=azure.url,
+        location="westeurope",
+    )
+    return storage_id
 
 
 def _estate_grows(function_app: Any, azure: LocalAzure, joining: str) -> None:

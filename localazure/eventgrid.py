@@ -220,7 +220,7 @@ def _put_subscription(plane: LocalAzure, p: Params, q: Query, body: Any, who: st
                 f"'{topic['name']}': enable its {wanted or 'SystemAssigned'} identity first.",
             )
         destination = with_identity.get("destination") or {}
-    _check_destination(plane, destination)
+    _check_destination(destination)
     properties.update(provisioningState="Succeeded", topic=_topic_id(p))
     item = {
         "id": item_id,
@@ -240,13 +240,11 @@ _STORAGE_ACCOUNT = re.compile(
 _QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
 
 
-def _check_destination(plane: LocalAzure, destination: dict[str, Any]) -> None:
+def _check_destination(destination: dict[str, Any]) -> None:
     """azure-rest-api-specs Microsoft.EventGrid stable/2025-02-15 EventGrid.json:
     - StorageQueueEventSubscriptionDestination: ``resourceId`` "of the storage account
       that contains the queue", ``queueName``, ``queueMessageTimeToLiveInSeconds`` which
-      "cannot be zero or negative with the exception of using -1" (infinite);
-    - AzureFunctionEventSubscriptionDestination: validated when written; a function not
-      deployed yet is refused, code 'Endpoint validation' (Azure/bicep#11656).
+      "cannot be zero or negative with the exception of using -1" (infinite).
     Queue names follow the Storage naming rules (3-63 lowercase letters, digits, single
     hyphens)."""
     kind = destination.get("endpointType")
@@ -269,16 +267,7 @@ def _check_destination(plane: LocalAzure, destination: dict[str, Any]) -> None:
                 "exception of using -1 to indicate that the Time To Live of the message is "
                 "Infinite.",
             )
-    elif kind == "AzureFunction":
-        function_id = str(properties.get("resourceId") or "")
-        app_id, _, function = function_id.rpartition("/functions/")
-        if function not in plane.functions.get(app_id.lower(), set()):
-            raise ArmError(
-                400,
-                "Endpoint validation",
-                f"Destination endpoint not found. Resource details: resourceId: {function_id}.",
-            )
-    else:
+    else:  # the app wires a queue (docs/deploy.md); other endpoint types are not modelled
         raise ArmError(
             400,
             "InvalidRequest",

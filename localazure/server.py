@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -113,7 +113,7 @@ class LocalAzure:
         # Resource Graph answers from a copy this old at most (graph.py says why).
         self.graph_lag_seconds = graph_lag_seconds
         self.graph_copies: dict[str, tuple[float, dict[str, Any]]] = {}
-        # Event Grid management state, and the functions deployed per Function App id.
+        # Event Grid management state.
         self.system_topics: dict[str, dict[str, Any]] = {}
         self.resource_groups: dict[str, dict[str, Any]] = {}  # made by the wiring hook
         # Role assignments and custom roles, by lower-case id (authorization.py).
@@ -124,7 +124,6 @@ class LocalAzure:
         # Azure-AsyncOperation header an older live trace shows (hybrid.py).
         self.arc_async_operation = False
         self.event_subscriptions: dict[str, dict[str, Any]] = {}
-        self.functions: dict[str, set[str]] = {}
         self.list_page_size = list_page_size
         self.reads, self.writes = reads, writes
         self.faults = faults or Faults()
@@ -266,11 +265,6 @@ class LocalAzure:
             if group is None:
                 raise KeyError(f"no management group {management_group_id!r}")
             subscription.management_group = group.id
-
-    def deploy_functions(self, app_id: str, names: Iterable[str]) -> None:
-        """What a code deployment does: the app's functions exist from now on."""
-        with self.lock:
-            self.functions[app_id.lower()] = set(names)
 
     def drain_events(self) -> list[dict[str, Any]]:
         with self.lock:

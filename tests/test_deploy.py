@@ -15,8 +15,6 @@ from tests.conftest import APP, READER, SUB, small_estate
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER = "22222222-2222-4222-8222-222222222222"
-APP_ID = f"/subscriptions/{SUB}/resourceGroups/rg-dev/providers/Microsoft.Web/sites/func-dev"
-FUNCTIONS = ["on_vm_event", "install_extension", "nightly_sweep"]
 
 
 def hook():
