@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from remediation.model import ExtensionFacts, Kind, Power, VmFacts, VmRef
 
@@ -65,8 +66,8 @@ WINDOWS_SERVER: dict[str, tuple[Support, bool, str]] = {
     "2008-r2": (
         Support.UNSUPPORTED,
         False,
-        "Windows Server 2008 R2 needs the legacy MMA-based agent: onboard it by hand "
-        "or upgrade the OS",
+        "Windows Server 2008 R2 SP1 cannot be onboarded through the extension: onboard "
+        "it with the Defender deployment tool, or upgrade the OS",
     ),
 }
 WINDOWS_CLIENT_NOTE = (
@@ -85,62 +86,107 @@ WINDOWS_SERVER_BUILDS = {
 }
 
 # --- The Linux matrix: one row a distro, major version and architecture set ----------
-# Source: "Prerequisites for Microsoft Defender for Endpoint on Linux",
-# https://learn.microsoft.com/en-us/defender-endpoint/mde-linux-prerequisites (ms.date
-# 2026-09-14): "Distributions and versions that aren't explicitly listed above are
-# unsupported". (distro, major, lowest minor, highest minor, architectures). A
+# Every row cites the line of the page it comes from, verbatim: "Prerequisites for
+# Microsoft Defender for Endpoint on Linux", LINUX_SOURCE below. "Distributions and
+# versions that aren't explicitly listed above are unsupported": a version with no row is
+# unsupported, which costs nothing, where an install on it fails after minutes.
+# (distro, major, lowest minor, highest minor, architectures, the page's line). A
 # marketplace image that names no minor (RHEL "8-lvm", Rocky "9-base") is the newest
-# minor of its major.
+# minor of its major. docs/os-matrix.md holds the page's table and its history;
+# tests/test_classify.py checks each row against its line and the README against the rows.
+LINUX_SOURCE = (
+    "https://learn.microsoft.com/en-us/defender-endpoint/mde-linux-prerequisites, "
+    "ms.date 2026-09-14 (published from MicrosoftDocs/defender-docs-pr, live)"
+)
 X64 = frozenset({"x64"})
 ARM64 = frozenset({"arm64"})
 BOTH = X64 | ARM64
 ANY = 99  # no upper bound on the minor version
-LINUX_MATRIX: tuple[tuple[str, int, int, int, frozenset[str]], ...] = (
-    ("rhel", 7, 2, ANY, X64),
-    ("rhel", 8, 0, ANY, BOTH),
-    ("rhel", 9, 0, ANY, BOTH),
-    ("rhel", 10, 0, ANY, BOTH),
-    ("centos", 7, 2, ANY, X64),
-    ("centos", 8, 0, ANY, X64),
+
+
+class LinuxRow(NamedTuple):
+    distro: str
+    major: int
+    lowest_minor: int
+    highest_minor: int
+    arches: frozenset[str]
+    cite: str  # the page's table row, verbatim
+
+
+# The page writes its ranges with en dashes: kept verbatim.
+_PAGE = {
+    "rhel": "| Red Hat Enterprise Linux | 7.2+, 8.x, 9.x, 10.x | 8.x, 9.x, 10.x |",
+    "centos": "| CentOS | 7.2+, 8.x | - |",
+    "centos-stream": "| CentOS Stream | 8.x, 9.x, 10.x | 8.x, 9.x, 10.x |",
+    "oracle": "| Oracle Linux | 7.2+, 8.x, 9.x, 10.x | 8.x, 9.x, 10.x |",
+    "ubuntu": (
+        "| Ubuntu LTS | 16.04, 18.04, 20.04, 22.04, 24.04, 26.04 | 20.04, 22.04, 24.04, 26.04 |"
+    ),
+    "debian": "| Debian | 9–13 | 11, 12, 13 |",  # noqa: RUF001
+    "sles": "| SUSE Linux Enterprise Server | 12.x, 15.x, 16.x | 15 (SP5, SP6), 16.x |",
+    "opensuse": "| openSUSE Leap | 15.6, 16.x | 15.6, 16.x |",
+    "amazon-linux": (
+        "| Amazon Linux | 2, 2023 | 2 (Support retiring 31 October 2026. See notice below.)2023 |"
+    ),
+    "fedora": "| Fedora | 33–44 | 40–44 |",  # noqa: RUF001
+    "rocky": "| Rocky Linux | 8.7+, 9.2+, 10.x | 8.7+, 9.2+, 10.x |",
+    "alma": "| Alma Linux | 8.4+, 9.2+, 10.x | 8.4+, 9.2+, 10.x |",
+    "mariner": "| Mariner | 2 | 2 |",
+}
+
+
+def _row(
+    distro: str, major: int, low: int, high: int, arches: frozenset[str], *, page: str = ""
+) -> LinuxRow:
+    return LinuxRow(distro, major, low, high, arches, _PAGE[page or distro])
+
+
+LINUX_MATRIX: tuple[LinuxRow, ...] = (
+    _row("rhel", 7, 2, ANY, X64),
+    _row("rhel", 8, 0, ANY, BOTH),
+    _row("rhel", 9, 0, ANY, BOTH),
+    _row("rhel", 10, 0, ANY, BOTH),
+    _row("centos", 7, 2, ANY, X64),
+    _row("centos", 8, 0, ANY, X64),
     # CentOS 9 and 10 exist only as Stream; the guest agent reports Stream as "centos".
-    ("centos", 9, 0, ANY, BOTH),
-    ("centos", 10, 0, ANY, BOTH),
-    ("centos-stream", 8, 0, ANY, BOTH),
-    ("centos-stream", 9, 0, ANY, BOTH),
-    ("centos-stream", 10, 0, ANY, BOTH),
-    ("oracle", 7, 2, ANY, X64),
-    ("oracle", 8, 0, ANY, BOTH),
-    ("oracle", 9, 0, ANY, BOTH),
-    ("oracle", 10, 0, ANY, BOTH),
-    ("ubuntu", 16, 4, 4, X64),
-    ("ubuntu", 18, 4, 4, X64),
-    ("ubuntu", 20, 4, 4, BOTH),
-    ("ubuntu", 22, 4, 4, BOTH),
-    ("ubuntu", 24, 4, 4, BOTH),
-    ("ubuntu", 26, 4, 4, BOTH),
-    ("debian", 9, 0, ANY, X64),
-    ("debian", 10, 0, ANY, X64),
-    ("debian", 11, 0, ANY, BOTH),
-    ("debian", 12, 0, ANY, BOTH),
-    ("debian", 13, 0, ANY, BOTH),
-    ("sles", 12, 0, ANY, X64),
-    ("sles", 15, 0, ANY, X64),
-    ("sles", 15, 5, 6, ARM64),  # arm64: SP5 and SP6 only
-    ("sles", 16, 0, ANY, BOTH),
-    ("opensuse", 15, 6, 6, BOTH),
-    ("opensuse", 16, 0, ANY, BOTH),
+    _row("centos", 9, 0, ANY, BOTH, page="centos-stream"),
+    _row("centos", 10, 0, ANY, BOTH, page="centos-stream"),
+    _row("centos-stream", 8, 0, ANY, BOTH),
+    _row("centos-stream", 9, 0, ANY, BOTH),
+    _row("centos-stream", 10, 0, ANY, BOTH),
+    _row("oracle", 7, 2, ANY, X64),
+    _row("oracle", 8, 0, ANY, BOTH),
+    _row("oracle", 9, 0, ANY, BOTH),
+    _row("oracle", 10, 0, ANY, BOTH),
+    _row("ubuntu", 16, 4, 4, X64),
+    _row("ubuntu", 18, 4, 4, X64),
+    _row("ubuntu", 20, 4, 4, BOTH),
+    _row("ubuntu", 22, 4, 4, BOTH),
+    _row("ubuntu", 24, 4, 4, BOTH),
+    _row("ubuntu", 26, 4, 4, BOTH),
+    _row("debian", 9, 0, ANY, X64),
+    _row("debian", 10, 0, ANY, X64),
+    _row("debian", 11, 0, ANY, BOTH),
+    _row("debian", 12, 0, ANY, BOTH),
+    _row("debian", 13, 0, ANY, BOTH),
+    _row("sles", 12, 0, ANY, X64),
+    _row("sles", 15, 0, ANY, X64),
+    _row("sles", 15, 5, 6, ARM64),  # arm64: SP5 and SP6 only
+    _row("sles", 16, 0, ANY, BOTH),
+    _row("opensuse", 15, 6, 6, BOTH),
+    _row("opensuse", 16, 0, ANY, BOTH),
     # Amazon Linux 2 on arm64: support ended on 31 October 2026 (the page's notice).
-    ("amazon-linux", 2, 0, ANY, X64),
-    ("amazon-linux", 2023, 0, ANY, BOTH),
-    *(("fedora", major, 0, ANY, X64) for major in range(33, 40)),
-    *(("fedora", major, 0, ANY, BOTH) for major in range(40, 45)),
-    ("rocky", 8, 7, ANY, BOTH),
-    ("rocky", 9, 2, ANY, BOTH),
-    ("rocky", 10, 0, ANY, BOTH),
-    ("alma", 8, 4, ANY, BOTH),
-    ("alma", 9, 2, ANY, BOTH),
-    ("alma", 10, 0, ANY, BOTH),
-    ("mariner", 2, 0, ANY, BOTH),
+    _row("amazon-linux", 2, 0, ANY, X64),
+    _row("amazon-linux", 2023, 0, ANY, BOTH),
+    *(_row("fedora", major, 0, ANY, X64) for major in range(33, 40)),
+    *(_row("fedora", major, 0, ANY, BOTH) for major in range(40, 45)),
+    _row("rocky", 8, 7, ANY, BOTH),
+    _row("rocky", 9, 2, ANY, BOTH),
+    _row("rocky", 10, 0, ANY, BOTH),
+    _row("alma", 8, 4, ANY, BOTH),
+    _row("alma", 9, 2, ANY, BOTH),
+    _row("alma", 10, 0, ANY, BOTH),
+    _row("mariner", 2, 0, ANY, BOTH),
 )
 # Distros whose extension needs python3 on the machine (it exits 52 otherwise).
 NEEDS_PYTHON3 = (("rhel", 8), ("ubuntu", 20), ("ubuntu", 22), ("ubuntu", 24), ("ubuntu", 26))
@@ -304,7 +350,10 @@ def _is_client_name(agent_name: str) -> bool:
 def _windows_client(facts: VmFacts) -> _OsResult:
     text = " ".join((facts.offer, facts.sku, facts.os_name)).lower()
     if re.search(r"windows 7|win7|windows-7", text):
-        note = "Windows 7 cannot be onboarded to MDE through the extension: upgrade it"
+        note = (
+            "Windows 7 cannot be onboarded through the extension: onboard SP1 with the "
+            "Defender deployment tool, or upgrade it"
+        )
         return (OsFamily.WINDOWS, "windows-client", Support.UNSUPPORTED, note, False)
     if re.search(r"avd|evd|multi-session|multisession", text):
         return (OsFamily.WINDOWS, "windows-client-multisession", Support.SUPPORTED, "", True)
@@ -398,7 +447,7 @@ def _glued_version(distro: str, text: str) -> tuple[int, int | None] | None:
     digits, separated = match[1], match[2]
     if separated is not None or len(digits) == 1:
         return int(digits), int(separated) if separated is not None else None
-    majors = {row[1] for row in LINUX_MATRIX if row[0] == distro}
+    majors = {row.major for row in LINUX_MATRIX if row.distro == distro}
     for cut in (2, 1):
         if int(digits[:cut]) in majors:
             return int(digits[:cut]), int(digits[cut:]) if digits[cut:] else None
@@ -438,13 +487,13 @@ def _linux(distro: str, major: int | None, minor: int | None, arch: str = "x64")
         platform = f"ubuntu-{major}.{minor:02d}{suffix}"
     else:
         platform = f"{distro}-{major}.{minor}{suffix}"
-    if all(row[0] != distro for row in LINUX_MATRIX):
+    if all(row.distro != distro for row in LINUX_MATRIX):
         note = f"{distro} is not a distribution MDE for Linux supports: onboard it by hand"
         return (OsFamily.LINUX, platform, Support.UNSUPPORTED, note, False)
     if major is None:
         note = f"cannot tell which {distro} version this is: check the guest agent"
         return (OsFamily.LINUX, platform, Support.UNKNOWN, note, False)
-    for row_distro, row_major, low, high, arches in LINUX_MATRIX:
+    for row_distro, row_major, low, high, arches, _ in LINUX_MATRIX:
         in_range = minor is None or low <= minor <= high
         if row_distro == distro and row_major == major and in_range and arch in arches:
             needs_python = (distro, major) in NEEDS_PYTHON3

@@ -1,8 +1,11 @@
 import copy
+import re
 
 import pytest
 
 from remediation.classify import (
+    ANY,
+    LINUX_MATRIX,
     MDE_PUBLISHER,
     OsFamily,
     Protection,
@@ -432,13 +435,13 @@ NOTES = [
     ("ws2012", win("WindowsServer", "2012-Datacenter"),
      "Windows Server 2012 (not R2) cannot be onboarded to MDE: upgrade the OS"),
     ("ws2008 r2", win("WindowsServer", "2008-R2-SP1"),
-     "Windows Server 2008 R2 needs the legacy MMA-based agent: onboard it by hand or upgrade the OS"),
+     "Windows Server 2008 R2 SP1 cannot be onboarded through the extension: onboard it with the Defender deployment tool, or upgrade the OS"),
     ("win11 single session", win("windows-11", "win11-23h2-ent", publisher="MicrosoftWindowsDesktop"),
      "single-session Windows 10/11 cannot be onboarded through the MDE.Windows extension "
      "(it fails with code 51): onboard it with Intune or Group Policy"),
     ("win11 multi-session", win("windows-11", "win11-23h2-avd", publisher="MicrosoftWindowsDesktop"), ""),
     ("win7", win("windows-7", "win7-enterprise", publisher="MicrosoftWindowsDesktop"),
-     "Windows 7 cannot be onboarded to MDE through the extension: upgrade it"),
+     "Windows 7 cannot be onboarded through the extension: onboard SP1 with the Defender deployment tool, or upgrade it"),
     ("nothing known", facts(), UNKNOWN_NOTE),
     ("windows with nothing else", facts(os_type="Windows"), UNKNOWN_NOTE),
     ("linux with nothing else", facts(os_type="Linux"), UNKNOWN_NOTE),
@@ -1085,3 +1088,124 @@ def test_run_command_output_of_either_os(statuses, expected):
     from remediation.facts import run_output
 
     assert run_output(statuses) == expected
+
+
+# --- The Linux matrix against the page it cites (docs/os-matrix.md) -----------------------
+def _page_column(column: str) -> tuple[set[tuple[int, int, int]], set[int]]:
+    """A column of the page's table -> ({(major, lowest minor, highest minor)}, {majors
+    whose support is retiring}). Written from the page's own notations: "7.2+", "8.x",
+    "16.04", "15.6", a range with an en dash, "15 (SP5, SP6)", "2 (Support retiring ...)",
+    "-"."""
+    retiring = {int(m) for m in re.findall(r"(\d+) \(Support retiring[^)]*\)", column)}
+    column = re.sub(r"(\d+) \(Support retiring[^)]*\)", "", column)
+    entries: set[tuple[int, int, int]] = set()
+    for item in (part.strip() for part in re.split(r",(?![^()]*\))", column)):
+        if item in {"", "-"}:
+            continue
+        if m := re.fullmatch(r"(\d+)–(\d+)", item):  # noqa: RUF001 - the page's en dash
+            entries |= {(major, 0, ANY) for major in range(int(m[1]), int(m[2]) + 1)}
+        elif m := re.fullmatch(r"(\d+) \(SP(\d+), SP(\d+)\)", item):
+            entries.add((int(m[1]), int(m[2]), int(m[3])))
+        elif m := re.fullmatch(r"(\d+)\.(\d+)\+", item):
+            entries.add((int(m[1]), int(m[2]), ANY))
+        elif m := re.fullmatch(r"(\d+)\.x", item):
+            entries.add((int(m[1]), 0, ANY))
+        elif m := re.fullmatch(r"(\d+)\.(\d+)", item):
+            entries.add((int(m[1]), int(m[2]), int(m[2])))
+        elif m := re.fullmatch(r"(\d+)", item):
+            entries.add((int(m[1]), 0, ANY))
+        else:
+            raise AssertionError(f"a notation the page did not use: {item!r}")
+    return entries, retiring
+
+
+def _page_line(cite: str) -> dict[str, tuple[set[tuple[int, int, int]], set[int]]]:
+    _, name, x64, arm64, _ = (cell.strip() for cell in cite.split("|"))
+    assert name
+    return {"x64": _page_column(x64), "arm64": _page_column(arm64)}
+
+
+def test_every_linux_row_says_what_the_line_it_cites_says():
+    for row in LINUX_MATRIX:
+        line = _page_line(row.cite)
+        for arch in ("x64", "arm64"):
+            listed, retiring = line[arch]
+            on_page = (row.major, row.lowest_minor, row.highest_minor) in listed
+            assert (arch in row.arches) is on_page, (row, arch)
+            assert row.major not in retiring or arch not in row.arches, (row, arch)
+
+
+def test_every_version_on_the_page_has_its_row():
+    from remediation.classify import _PAGE
+
+    for distro, cite in _PAGE.items():
+        for arch, (listed, _) in _page_line(cite).items():
+            for major, low, high in listed:
+                assert any(
+                    (row.distro, row.major, row.lowest_minor, row.highest_minor)
+                    == (distro, major, low, high)
+                    and arch in row.arches
+                    and row.cite == cite
+                    for row in LINUX_MATRIX
+                ), (distro, arch, major, low, high)
+
+
+def test_every_cited_line_is_in_the_stored_copy_of_the_page():
+    from pathlib import Path
+
+    from remediation.classify import LINUX_SOURCE
+
+    stored = (Path(__file__).resolve().parent.parent / "docs" / "os-matrix.md").read_text()
+    assert "ms.date 2026-09-14" in LINUX_SOURCE
+    assert "**ms.date 2026-09-14**" in stored
+    table = stored[
+        stored.index("| Distribution | x64") : stored.index(
+            "```", stored.index("| Distribution | x64")
+        )
+    ]
+    for row in LINUX_MATRIX:
+        assert f"\n{row.cite}\n" in table, row
+
+
+def _readme_linux_table() -> str:
+    """The README's Linux table, as LINUX_MATRIX says it."""
+
+    def versions(rows, arch: str) -> str:
+        listed = []
+        for row in rows:
+            if arch not in row.arches:
+                continue
+            if row.distro == "ubuntu":
+                listed.append(f"{row.major}.{row.lowest_minor:02d}")
+            elif row.lowest_minor == row.highest_minor:
+                listed.append(f"{row.major}.{row.lowest_minor}")
+            elif row.highest_minor != ANY:
+                listed.append(f"{row.major} SP{row.lowest_minor}-SP{row.highest_minor}")
+            elif row.lowest_minor:
+                listed.append(f"{row.major}.{row.lowest_minor}+")
+            else:
+                listed.append(str(row.major))
+        return ", ".join(listed) or "-"
+
+    lines = ["| distribution | x64 | arm64 | the page's line |", "|---|---|---|---|"]
+    for distro in dict.fromkeys(row.distro for row in LINUX_MATRIX):
+        rows = [row for row in LINUX_MATRIX if row.distro == distro]
+        cites = "<br>".join(
+            "`" + cite.replace("|", "\\|") + "`" for cite in dict.fromkeys(r.cite for r in rows)
+        )
+        lines.append(
+            f"| `{distro}` | {versions(rows, 'x64')} | {versions(rows, 'arm64')} | {cites} |"
+        )
+    return "\n".join(lines)
+
+
+def test_the_readme_linux_table_is_the_matrix():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    begin, end = "<!-- linux-matrix:begin -->\n", "\n<!-- linux-matrix:end -->"
+    shown = readme[readme.index(begin) + len(begin) : readme.index(end)]
+    expected = _readme_linux_table()
+    assert shown == expected, (
+        "README's Linux table differs from LINUX_MATRIX; it should be:\n" + expected
+    )
