@@ -110,6 +110,9 @@ class Vm:
     last_status_change: str = "2026-01-15T08:00:00.0000000Z"
     os_sku: str = ""
     cloud_provider: str = "N/A"  # properties.cloudMetadata.provider
+    # An Arc machine's SMBIOS id (properties.vmUuid); "" = one derived from its vm_id. An
+    # Arc agent on an Azure VM reports that VM's vmId here (in either byte order).
+    smbios_uuid: str = ""
     agent_version: str = "1.48.02881.1941"
     # A flexible scale set's member: the scale set's id (properties.virtualMachineScaleSet).
     scale_set: str = ""

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from localazure.authorization import granted
 from localazure.compute import agent_view, power_status
 from localazure.estate import Estate, Subscription, Vm
+from localazure.hybrid import smbios_uuid
 from localazure.machinery import ArmError, Params, Query, Response, json_response, route
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ resources
     osVersion = tostring(properties.osVersion),
     arcOsType = tostring(properties.osType),
     cloudProvider = tostring(properties.cloudMetadata.provider),
+    vmUuid = tostring(properties.vmUuid),
     extensions
 | order by id asc
 """
@@ -82,6 +85,19 @@ resources
 | order by subscriptionId asc
 """
 
+# The Azure VMs with given vmIds: the app asks it with an Arc machine's SMBIOS id (both
+# byte orders). KQL's "in" compares case-sensitively, hence the tolower() on both sides.
+TWIN_QUERY = """
+resources
+| where type =~ 'microsoft.compute/virtualmachines'
+| where tolower(tostring(properties.vmId)) in ({ids})
+| project id
+"""
+_TWIN = re.compile(
+    re.escape(" ".join(TWIN_QUERY.split())).replace(
+        re.escape("{ids}"), r"(?P<ids>'[0-9a-f-]{36}'(?:, '[0-9a-f-]{36}')*)"
+    )
+)
 QUERIES = (SWEEP_QUERY, BASELINE_QUERY, CONTAINERS_QUERY, SCALE_SETS_QUERY)
 
 
@@ -103,7 +119,7 @@ def _extensions(vm: Vm) -> list[dict[str, Any]]:
 
 # The sweep's Arc columns: tostring() of a property a VM does not have is "" (and of an
 # Arc machine's missing storageProfile, likewise), projections of missing objects null.
-_ARC_COLUMNS = ("status", "osName", "osSku", "osVersion", "arcOsType", "cloudProvider")
+_ARC_COLUMNS = ("status", "osName", "osSku", "osVersion", "arcOsType", "cloudProvider", "vmUuid")
 
 
 def graph_row(vm: Vm) -> dict[str, Any]:
@@ -126,6 +142,7 @@ def graph_row(vm: Vm) -> dict[str, Any]:
             "osVersion": vm.os_version,
             "arcOsType": vm.os_type.lower(),
             "cloudProvider": vm.cloud_provider,
+            "vmUuid": smbios_uuid(vm),
             "extensions": _extensions(vm),
         }
     view = agent_view(vm)
@@ -278,7 +295,8 @@ def _graph(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Respo
         raise ArmError(400, "BadRequest", "query is required")
     shape = normalise_query(body["query"])
     known = {normalise_query(known) for known in QUERIES}
-    if shape not in known:
+    twin = _TWIN.fullmatch(shape)
+    if shape not in known and twin is None:
         raise ArmError(400, "InvalidQuery", "this query shape is not supported by the local plane")
     subscriptions = sorted(_scope(plane, body), key=lambda s: s.id.lower())
     options = body.get("options") or {}
@@ -310,6 +328,18 @@ def _graph(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Respo
     elif shape == normalise_query(BASELINE_QUERY):
         rows = sorted(
             (vm for s in subscriptions for vm in plane.estate.vms_in(s.id)),
+            key=lambda vm: vm.key,
+        )
+        project = lambda vm: {"id": vm.id}  # noqa: E731
+    elif twin is not None:
+        wanted = set(re.findall(r"'([0-9a-f-]{36})'", twin["ids"]))
+        rows = sorted(
+            (
+                vm
+                for s in subscriptions
+                for vm in plane.estate.vms_in(s.id)
+                if vm.vm_id.lower() in wanted
+            ),
             key=lambda vm: vm.key,
         )
         project = lambda vm: {"id": vm.id}  # noqa: E731

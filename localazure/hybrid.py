@@ -60,6 +60,12 @@ MACHINE_WRITE = f"{MACHINE_TYPE}/write"
 
 
 # --- Resource representations ---------------------------------------------------------
+def smbios_uuid(machine: Vm) -> str:
+    """properties.vmUuid: "the Arc Machine's unique SMBIOS ID" (HybridCompute spec), as
+    the agent reads it, upper case."""
+    return (machine.smbios_uuid or str(uuid.uuid5(uuid.NAMESPACE_DNS, machine.vm_id))).upper()
+
+
 def machine_json(machine: Vm, tenant: str) -> dict[str, Any]:
     """GET machine: the spec's Machines_Get example with the fields a real agent fills
     (an ``az connectedmachine show`` output: osName/osType lower-case, osSku the OS's own
@@ -88,7 +94,7 @@ def machine_json(machine: Vm, tenant: str) -> dict[str, Any]:
             "osVersion": machine.os_version,
             "osProfile": {"computerName": machine.name},
             "vmId": machine.vm_id,
-            "vmUuid": str(uuid.uuid5(uuid.NAMESPACE_DNS, machine.vm_id)).upper(),
+            "vmUuid": smbios_uuid(machine),
             "cloudMetadata": {"provider": machine.cloud_provider},
             "detectedProperties": {
                 "cloudprovider": machine.cloud_provider,

@@ -51,6 +51,7 @@ from remediation.facts import (
     facts_from_arm,
     facts_from_graph,
     run_output,
+    twin_query,
 )
 from remediation.model import (
     InstallResult,
@@ -63,6 +64,7 @@ from remediation.model import (
     VmFacts,
     VmRef,
     dig,
+    smbios_forms,
 )
 from remediation.pipeline import (
     BoundedRetryPolicy,
@@ -207,6 +209,15 @@ class ArmGateway:
                 yield facts_from_graph(row)
             except InvalidResourceId as error:
                 yield Unparsed(str(row.get("id")), str(error))
+
+    def azure_twin(self, subscriptions: Iterable[str], vm_uuid: str) -> str:
+        """The id of the Azure VM (in these subscriptions) whose vmId is this SMBIOS id in
+        either byte order; "" if none. One Resource Graph request."""
+        forms = smbios_forms(vm_uuid)
+        if not forms:
+            return ""
+        rows = self._graph_rows(twin_query(forms), None, subscriptions=sorted(subscriptions))
+        return next((str(row.get("id") or "") for row in rows), "")
 
     def subscription_containers(
         self, management_groups: Iterable[str] = (), subscriptions: Iterable[str] = ()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
-from remediation.model import ExtensionFacts, Kind, Power, VmFacts, VmRef
+from remediation.model import ExtensionFacts, Kind, Power, VmFacts, VmRef, smbios_forms
 
 MDE_PUBLISHER = "Microsoft.Azure.AzureDefenderForServers"
 MDE_WINDOWS = "MDE.Windows"
@@ -536,9 +536,24 @@ ARC_ON_AZURE = (
 )
 
 
+def may_run_on_azure(facts: VmFacts) -> bool:
+    """An Arc machine whose agent did not say where it runs (provider "N/A", empty, or a
+    value other than a known cloud's) and has an SMBIOS id: it may be an Azure VM, which
+    its id can tell (azure_twin). AWS and GCP machines say so themselves."""
+    return (
+        facts.vm.kind is Kind.ARC
+        and facts.cloud_provider.lower() not in {"azure", "aws", "gcp"}
+        and bool(smbios_forms(facts.vm_uuid))
+    )
+
+
 def _managed(facts: VmFacts) -> str:
     if facts.vm.kind is Kind.ARC and facts.cloud_provider.lower() == "azure":
         return ARC_ON_AZURE
+    if facts.vm.kind is Kind.ARC and facts.azure_twin:
+        # cloudMetadata.provider may not say "Azure" (the agent could not reach IMDS);
+        # its SMBIOS id is still the Azure VM's vmId.
+        return f"{ARC_ON_AZURE}; its SMBIOS id is the vmId of {facts.azure_twin}"
     publisher = facts.publisher.lower()
     if publisher in MANAGED_PUBLISHERS:
         return f"the image ({facts.publisher}) makes it {MANAGED_PUBLISHERS[publisher]}"

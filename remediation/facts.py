@@ -12,7 +12,16 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from remediation.model import ExtensionFacts, Kind, Power, VmFacts, VmRef, as_text, dig
+from remediation.model import (
+    ExtensionFacts,
+    Kind,
+    Power,
+    VmFacts,
+    VmRef,
+    as_text,
+    dig,
+    smbios_forms,
+)
 
 # The sweep's inventory: every VM and Arc machine with its extensions, one row each, in id
 # order so that $skipToken paging works. Both machine types and both extension types are in
@@ -43,9 +52,28 @@ resources
     osVersion = tostring(properties.osVersion),
     arcOsType = tostring(properties.osType),
     cloudProvider = tostring(properties.cloudMetadata.provider),
+    vmUuid = tostring(properties.vmUuid),
     extensions
 | order by id asc
 """
+# The Azure VMs whose vmId is one of a few SMBIOS ids (an Arc machine's, both byte
+# orders): twin_query() fills the list with GUIDs it checked, nothing else.
+TWIN_QUERY = """
+resources
+| where type =~ 'microsoft.compute/virtualmachines'
+| where tolower(tostring(properties.vmId)) in ({ids})
+| project id
+"""
+
+
+def twin_query(forms: Iterable[str]) -> str:
+    """TWIN_QUERY for these ids; only GUIDs (smbios_forms' output) reach the text."""
+    ids = sorted(forms)
+    if not ids or not all(smbios_forms(value) for value in ids):
+        raise ValueError("twin_query takes GUIDs only")
+    return TWIN_QUERY.format(ids=", ".join(f"'{value}'" for value in ids))
+
+
 # The subscriptions of a scope with their display names and management groups: the
 # resourcecontainers table ("name" is the display name; properties.managementGroupAncestorsChain
 # lists {name, displayName} from the parent up: Resource Graph's management-group samples).
@@ -258,6 +286,7 @@ def _arc_facts(vm: VmRef, source: Mapping[str, Any], extensions: Any, *, flat: b
         extensions=_arc_extensions(extensions, flat),
         vm_id=get("vmId", "vmId"),
         cloud_provider=get("cloudProvider", "cloudMetadata.provider"),
+        vm_uuid=get("vmUuid", "vmUuid"),
     )
 
 

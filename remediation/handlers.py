@@ -28,7 +28,7 @@ from remediation.model import (
     load_json,
 )
 from remediation.queues import BadMessage, InstallRequest
-from remediation.service import Context, Services, assess
+from remediation.service import Context, Services, assess, with_twin
 
 log = logging.getLogger("remediation")
 
@@ -74,7 +74,7 @@ def _remediate(context: Context, delivery: Any, scope: frozenset[str], vm: VmRef
     if isinstance(own, Ignored):  # our own writes raise events too: not ours to act on
         return context.record("ignored", own.reason, RecordOutcome.IGNORED)
     try:
-        assessment = assess(services, services.arm.vm_facts(vm))
+        assessment = assess(services, with_twin(services, services.arm.vm_facts(vm)))
         return act.act(context, assessment, holder=uuid.uuid4().hex)
     except PermanentError as error:
         return context.unreadable(error)
@@ -151,7 +151,8 @@ def handle_install(
     vm = VmRef.parse(request.vm)
     try:
         try:
-            assessment = act.priced(services, assess(services, services.arm.vm_facts(vm)))
+            facts = with_twin(services, services.arm.vm_facts(vm))
+            assessment = act.priced(services, assess(services, facts))
         except PermanentError as error:
             record: AuditRecord | None = context.unreadable(error)
         else:

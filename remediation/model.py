@@ -187,6 +187,11 @@ class VmFacts:
     # An Arc machine's cloudMetadata.provider ("Azure", "AWS", "GCP", "N/A"): "Azure"
     # is an Arc agent on an Azure VM, which Azure blocks and this app leaves alone.
     cloud_provider: str = ""
+    # An Arc machine's vmUuid, "the Arc Machine's unique SMBIOS ID" (HybridCompute spec).
+    vm_uuid: str = ""
+    # The Azure VM whose vmId is this Arc machine's SMBIOS id: the same machine, found
+    # even when the agent cannot reach IMDS to say "Azure" (set by the shell).
+    azure_twin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,3 +459,19 @@ def _depth(value: Any) -> int:
             deepest = max(deepest, level)
             stack.extend((child, level + 1) for child in item)
     return deepest
+
+
+def smbios_forms(value: str) -> frozenset[str]:
+    """An SMBIOS UUID in both byte orders, lower case: Azure's vmId "is encoded and stored
+    in all Azure IaaS VMs SMBIOS" (Compute spec), and its first three groups read
+    byte-swapped through dmidecode ("Accessing and Using Azure VM Unique ID": 090556DA-
+    D4FA-764F-... is DA560509-FAD4-4F76-...). Empty for anything that is not a GUID."""
+    text = value.strip().lower()
+    if not re.fullmatch(_GUID, text, re.ASCII):
+        return frozenset()
+    first, second, third, rest = text[:8], text[9:13], text[14:18], text[18:]
+
+    def swap(group: str) -> str:
+        return "".join(reversed([group[i : i + 2] for i in range(0, len(group), 2)]))
+
+    return frozenset({text, f"{swap(first)}-{swap(second)}-{swap(third)}{rest}"})

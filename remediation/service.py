@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from azure.core.exceptions import AzureError
 
 from remediation.audit import AuditLog, AuditRecord
-from remediation.classify import Classification, Protection, classify
+from remediation.classify import Classification, Protection, classify, may_run_on_azure
 from remediation.config import Mode, Settings
 from remediation.defender import OFF, State, States
 from remediation.model import (
@@ -281,3 +281,12 @@ def subscription_hint(error: RemediationError) -> str:
             "(a typo, one of another tenant, or one deleted)"
         )
     return error.hint or "check the app's roles in this subscription: python -m remediation doctor"
+
+
+def with_twin(services: Services, facts: VmFacts) -> VmFacts:
+    """An Arc machine that may run on an Azure VM, with that VM found by its SMBIOS id
+    (one Resource Graph request over the scope); any other machine as it is."""
+    if not may_run_on_azure(facts):
+        return facts
+    twin = services.arm.azure_twin(services.scope().ids, facts.vm_uuid)
+    return dataclasses.replace(facts, azure_twin=twin) if twin else facts

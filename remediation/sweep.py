@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,10 +32,11 @@ from typing import Any
 from remediation import defender
 from remediation.act import BatchActions, act
 from remediation.audit import AuditRecord
-from remediation.classify import Protection
+from remediation.classify import Protection, may_run_on_azure
 from remediation.config import GUID, Mode
 from remediation.doctor import events_check
 from remediation.model import (
+    Kind,
     Outcome,
     PermanentError,
     Posture,
@@ -46,6 +47,7 @@ from remediation.model import (
     VmFacts,
     covered,
     load_json,
+    smbios_forms,
 )
 from remediation.policy import verify
 from remediation.runs import (
@@ -211,7 +213,8 @@ def run_batch(
         readable = batch.read_postures(message.subscriptions)
         complete = False
         try:
-            for facts in services.arm.inventory(readable, on_total=on_total) if readable else ():
+            listed = services.arm.inventory(readable, on_total=on_total) if readable else ()
+            for facts in batch.twins_last(listed):
                 record = batch.handle(facts)
                 if on_record is not None:
                     on_record(record)
@@ -345,6 +348,25 @@ class _Batch:
             f"assessed: {error}"
         )
         return context.record(Outcome.ERROR.value, reason, RecordOutcome.FAILED, hint=hint)
+
+    @staticmethod
+    def twins_last(machines: Iterable[VmFacts | Unparsed]) -> Iterator[VmFacts | Unparsed]:
+        """Every machine; the Arc machines that may run on an Azure VM come last, with that
+        VM when one of the batch's VMs has their SMBIOS id as its vmId (no request: the
+        inventory has both). A twin in another batch's subscriptions is not seen here; the
+        event path, which looks across the whole scope, is."""
+        held: list[VmFacts] = []
+        vm_ids: dict[str, str] = {}
+        for facts in machines:
+            if isinstance(facts, VmFacts) and facts.vm.kind is Kind.VM and facts.vm_id:
+                vm_ids[facts.vm_id.lower()] = facts.vm.id
+            if isinstance(facts, VmFacts) and may_run_on_azure(facts):
+                held.append(facts)
+            else:
+                yield facts
+        for facts in held:
+            twins = [vm_ids[form] for form in smbios_forms(facts.vm_uuid) if form in vm_ids]
+            yield dataclasses.replace(facts, azure_twin=min(twins)) if twins else facts
 
     def handle(self, facts: VmFacts | Unparsed) -> AuditRecord:
         if isinstance(facts, Unparsed):

@@ -27,6 +27,7 @@ from remediation.model import (
     VmFacts,
     VmNotRunning,
     VmRef,
+    smbios_forms,
 )
 from remediation.queues import InstallRequest
 from remediation.service import Context, Services, assess
@@ -129,6 +130,8 @@ class Arm:
         self.packages: list[str] = []  # what each PUT carried
         self.writes: list[tuple[str, str]] = []  # (subscription, what)
         self.setting_refusal: Exception | None = None
+        self.twins: dict[str, str] = {}  # SMBIOS id form -> the Azure VM with it as vmId
+        self.twin_lookups = 0
 
     principal = "00000000-0000-0000-0000-0000000000aa"  # the app's own object id
     outage: Exception | None = None  # what every read raises while ARM is down
@@ -151,6 +154,10 @@ class Arm:
 
     def posture(self, subscription: str) -> Posture:
         return self.postures[subscription]
+
+    def azure_twin(self, subscriptions, vm_uuid: str) -> str:
+        self.twin_lookups += 1
+        return next((self.twins[f] for f in smbios_forms(vm_uuid) if f in self.twins), "")
 
     def vm_pricing(self, vm: VmRef) -> str | None:
         return self.pricing.get(vm.id)

@@ -15,10 +15,11 @@ from remediation.classify import (
     Protection,
     Support,
     classify,
+    may_run_on_azure,
 )
 from remediation.config import load
 from remediation.events import Ignored, VmEvent, parse
-from remediation.facts import facts_from_arc, facts_from_graph
+from remediation.facts import facts_from_arc, facts_from_graph, twin_query
 from remediation.model import (
     History,
     InvalidResourceId,
@@ -28,6 +29,7 @@ from remediation.model import (
     Power,
     VmRef,
     kind_of,
+    smbios_forms,
 )
 from remediation.policy import decide, not_checkable
 from remediation.scope import (
@@ -360,6 +362,60 @@ def test_an_arc_agent_on_an_azure_vm_is_left_alone(provider, outcome):
     assert decision.outcome is outcome
     if outcome is Outcome.EXCLUDE:
         assert decision.reason == f"Not ours to touch: {ARC_ON_AZURE}."
+
+
+# "Accessing and Using Azure VM Unique ID": dmidecode shows 090556DA-D4FA-764F-A9F1-
+# 63614EDA019A for the VM whose vmId is DA560509-FAD4-4F76-A9F1-63614EDA019A.
+SMBIOS_AS_READ = "090556DA-D4FA-764F-A9F1-63614EDA019A"
+VM_ID_OF_IT = "da560509-fad4-4f76-a9f1-63614eda019a"
+
+
+def test_an_smbios_id_reads_in_both_byte_orders_as_the_vm_id_page_shows():
+    assert smbios_forms(SMBIOS_AS_READ) == {SMBIOS_AS_READ.lower(), VM_ID_OF_IT}
+    assert smbios_forms(VM_ID_OF_IT) == {SMBIOS_AS_READ.lower(), VM_ID_OF_IT}
+    for not_an_id in ("", "N/A", "090556DA-D4FA-764F-A9F1", "090556DA-D4FA-764F-A9F1-63614EDA019Z"):
+        assert smbios_forms(not_an_id) == frozenset(), not_an_id
+
+
+@pytest.mark.parametrize(
+    ("provider", "vm_uuid", "may"),
+    [
+        ("N/A", SMBIOS_AS_READ, True),  # the agent could not reach IMDS: ask the id
+        ("", SMBIOS_AS_READ, True),
+        ("Azure", SMBIOS_AS_READ, False),  # it says so itself
+        ("AWS", SMBIOS_AS_READ, False),
+        ("GCP", SMBIOS_AS_READ, False),
+        ("N/A", "", False),  # nothing to ask with
+        ("N/A", "not-a-guid", False),
+    ],
+)
+def test_which_arc_machines_may_run_on_an_azure_vm(provider, vm_uuid, may):
+    facts = facts_from_graph(arc_row(cloudProvider=provider, vmUuid=vm_uuid))
+    assert may_run_on_azure(facts) is may
+    as_vm = dataclasses.replace(facts, vm=VmRef.parse(VM_ID))
+    assert may_run_on_azure(as_vm) is False
+
+
+def test_an_arc_machine_whose_smbios_id_is_an_azure_vms_is_left_alone():
+    twin = (
+        f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/web-01"
+    )
+    facts = facts_from_graph(arc_row(cloudProvider="N/A", vmUuid=SMBIOS_AS_READ))
+    twinned = dataclasses.replace(facts, azure_twin=twin)
+    decision = decide(classify(twinned, TAG), READY, SETTINGS, History())
+    assert decision.outcome is Outcome.EXCLUDE
+    assert decision.reason == (
+        f"Not ours to touch: {ARC_ON_AZURE}; its SMBIOS id is the vmId of {twin}."
+    )
+    assert decide(classify(facts, TAG), READY, SETTINGS, History()).outcome is Outcome.INSTALL
+
+
+def test_the_twin_query_takes_guids_only():
+    query = twin_query(smbios_forms(SMBIOS_AS_READ))
+    assert f"('{SMBIOS_AS_READ.lower()}', '{VM_ID_OF_IT}')" in query
+    for bad in ([], ["x') or true or ('"], [VM_ID_OF_IT, "' or 1==1"]):
+        with pytest.raises(ValueError, match="GUIDs only"):
+            twin_query(bad)
 
 
 def test_a_vm_is_never_taken_for_an_arc_agent_on_azure():

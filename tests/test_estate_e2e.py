@@ -3,6 +3,7 @@ management-group scope (a subscription joins and leaves), display names in the l
 the report, flexible and uniform scale sets. The real function objects, the real SDKs
 against the local plane, Azurite for storage."""
 
+import dataclasses
 import io
 import json
 
@@ -54,6 +55,54 @@ def by_vm(records, name):
 
 
 # --- Arc machines -----------------------------------------------------------------------
+def _byte_swapped(vm_id: str) -> str:
+    """The SMBIOS form of a vmId: its first three groups byte-reversed, upper case, as
+    dmidecode prints it ("Accessing and Using Azure VM Unique ID")."""
+    groups = vm_id.split("-")
+    for index in range(3):
+        pairs = [groups[index][i : i + 2] for i in range(0, len(groups[index]), 2)]
+        groups[index] = "".join(reversed(pairs))
+    return "-".join(groups).upper()
+
+
+def test_an_arc_agent_on_an_azure_vm_that_cannot_say_so_is_found_by_its_smbios_id(
+    world_factory,
+):
+    """cloudMetadata.provider says "N/A" when the agent cannot reach IMDS (Microsoft's own
+    test setup blocks it); its vmUuid is still the Azure VM's vmId. Both the sweep and the
+    event leave it alone, and the VM itself is covered as a VM."""
+    world = world_factory(estate(), **ENFORCE)
+    plane = world.plane
+    vm = plane.estate.add_vm(UBUNTU_2204.vm(SUB, "rg-app", "web-07"))
+    hidden = arc("srv-hidden", smbios_uuid=_byte_swapped(vm.vm_id))
+    plane.estate.add_vm(hidden)
+    plane.estate.add_vm(arc("srv-plain"))  # an on-premises server: its own SMBIOS id
+    response = world.post("sweep")
+    world.run_sweeps()
+    records = {r.vm.rsplit("/", 1)[-1]: r for r in world.audit_records() if r.trigger == "http"}
+    assert {name: (r.decision, r.outcome) for name, r in records.items()} == {
+        "web-07": ("install", "queued"),
+        "srv-hidden": ("exclude", "none"),
+        "srv-plain": ("install", "queued"),
+    }
+    assert records["srv-hidden"].reason.endswith(f"its SMBIOS id is the vmId of {vm.id}.")
+    run_id = json.loads(response.get_body())["run_id"]
+    summary = json.loads(world.get_status(run_id).get_body())["summary"]
+    assert summary["graph_requests"] == 1  # the batch's own inventory told it: no lookup
+
+    # The agent reconnects: its event re-reads it and asks Resource Graph across the scope.
+    before = plane.log.count("Microsoft.ResourceGraph/resources/read")
+    [event] = plane.create_vm(dataclasses.replace(hidden, name="srv-hidden-2"))
+    [record] = world.deliver(event)
+    assert (record.decision, record.outcome) == ("exclude", "none")
+    assert record.reason.endswith(f"its SMBIOS id is the vmId of {vm.id}.")
+    assert plane.log.count("Microsoft.ResourceGraph/resources/read") == before + 1
+    assert (
+        "mde.linux"
+        not in plane.estate.vm(hidden.id.replace("srv-hidden", "srv-hidden-2")).extensions
+    )
+
+
 @pytest.mark.parametrize(
     ("image", "platform"),
     [(WS2022_ARC, "windows-server-2022"), (WS2016_ARC, "windows-server-2016")],

@@ -3,6 +3,7 @@ stand-ins: one record per delivery, the claim finished or kept, outages never lo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -74,6 +75,38 @@ def test_an_outage_with_the_install_queue_down_fails_the_delivery_for_a_redelive
         handlers.handle_event(running, delivery(facts))
     assert running.claims.holders == {}  # given back: the redelivery can take it
     assert running.audit.written == []
+
+
+def test_an_arc_event_asks_for_a_twin_only_when_the_agent_did_not_say_where_it_runs():
+    from remediation.model import VmRef
+
+    arc_id = f"/subscriptions/{SUB}/resourceGroups/rg-onprem/providers/Microsoft.HybridCompute/machines/srv"
+    twin = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/web"
+    facts = dataclasses.replace(
+        ubuntu(),
+        vm=VmRef.parse(arc_id),
+        cloud_provider="N/A",
+        vm_uuid="090556DA-D4FA-764F-A9F1-63614EDA019A",
+    )
+    running = fake_services(facts)
+    running.arm.twins["da560509-fad4-4f76-a9f1-63614eda019a"] = twin
+    event = delivery(facts, operation="Microsoft.HybridCompute/machines/write")
+    record = handlers.handle_event(running, event)
+    assert (record.decision, record.outcome) == ("exclude", "none")
+    assert record.reason.endswith(f"its SMBIOS id is the vmId of {twin}.")
+    assert running.arm.puts == []
+    assert running.arm.twin_lookups == 1
+    # An AWS machine says where it runs: no lookup, and it is installed.
+    aws = dataclasses.replace(facts, cloud_provider="AWS")
+    running = fake_services(aws)
+    running.arm.twins["da560509-fad4-4f76-a9f1-63614eda019a"] = twin
+    assert (
+        handlers.handle_event(
+            running, delivery(aws, operation="Microsoft.HybridCompute/machines/write")
+        ).outcome
+        == "started"
+    )
+    assert running.arm.twin_lookups == 0
 
 
 # --- The event queue: what Event Grid's StorageQueue destination puts there ----------------

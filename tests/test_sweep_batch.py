@@ -11,7 +11,7 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
 from remediation import sweep
-from remediation.model import PermanentError, TransientError
+from remediation.model import PermanentError, TransientError, VmFacts, VmRef
 from remediation.pipeline import RequestCounter
 from remediation.runs import BatchResult, Run, closing_status, summarize
 from tests.test_act import NO_WDATP, OTHER, SUB, ubuntu
@@ -232,3 +232,33 @@ def test_the_batch_reads_each_posture_once_for_all_its_machines():
     running.arm.posture = counted
     sweep_once(running, run)
     assert reads == [SUB]
+
+
+# --- Arc machines on Azure VMs: found from the batch's own inventory ----------------------
+ARC = f"/subscriptions/{SUB}/resourceGroups/rg-onprem/providers/Microsoft.HybridCompute/machines"
+
+
+def _arc(name: str, provider: str = "N/A", vm_uuid: str = "") -> VmFacts:
+    return VmFacts(
+        vm=VmRef.parse(f"{ARC}/{name}"), os_type="Linux", cloud_provider=provider, vm_uuid=vm_uuid
+    )
+
+
+def test_arc_machines_that_may_be_azure_vms_come_last_with_their_twin_in_either_byte_order():
+    vm = dataclasses.replace(ubuntu(), vm_id="DA560509-FAD4-4F76-A9F1-63614EDA019A")
+    swapped = _arc("a-swapped", vm_uuid="090556DA-D4FA-764F-A9F1-63614EDA019A")
+    same = _arc("b-same", vm_uuid="da560509-fad4-4f76-a9f1-63614eda019a")
+    alone = _arc("c-alone", vm_uuid="11111111-2222-4333-8444-555555555555")
+    aws = _arc("d-aws", provider="AWS", vm_uuid="090556DA-D4FA-764F-A9F1-63614EDA019A")
+    listed = [swapped, same, vm, alone, aws]
+    out = list(sweep._Batch.twins_last(listed))
+    assert [f.vm.name for f in out] == [vm.vm.name, "d-aws", "a-swapped", "b-same", "c-alone"]
+    twins = {f.vm.name: f.azure_twin for f in out}
+    assert twins == {
+        vm.vm.name: "",
+        "d-aws": "",
+        "a-swapped": vm.vm.id,
+        "b-same": vm.vm.id,
+        "c-alone": "",
+    }
+    assert len(out) == len(listed)  # nothing lost, nothing twice
