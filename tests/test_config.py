@@ -669,3 +669,21 @@ def test_a_malformed_storage_connection_string_is_named_and_never_shown(value, p
 )
 def test_the_documented_connection_string_shapes_pass(value):
     assert load(MINIMAL | {"AzureWebJobsStorage": value}).storage_connection == value
+
+
+@pytest.mark.parametrize(
+    ("given", "joined"),
+    [
+        # Bicep's environment().resourceManager: the public cloud's ends in "/" (Bicep docs,
+        # "environment" sample output); US Gov's has none (ARM's metadata/endpoints).
+        ("https://management.azure.com/", "https://management.azure.com"),
+        ("https://management.usgovcloudapi.net", "https://management.usgovcloudapi.net"),
+        (" https://management.chinacloudapi.cn// ", "https://management.chinacloudapi.cn"),
+    ],
+)
+def test_an_endpoint_joins_paths_with_one_slash_whatever_bicep_gave(given, joined):
+    from remediation.config import endpoint
+
+    assert endpoint(given) == joined
+    assert f"{endpoint(given)}/subscriptions/x".count("//") == 1  # the scheme's only
+    assert load(MINIMAL | {"REMEDIATION_ARM_ENDPOINT": given.strip()}).arm_endpoint == joined
