@@ -678,7 +678,7 @@ def test_the_documented_connection_string_shapes_pass(value):
         # "environment" sample output); US Gov's has none (ARM's metadata/endpoints).
         ("https://management.azure.com/", "https://management.azure.com"),
         ("https://management.usgovcloudapi.net", "https://management.usgovcloudapi.net"),
-        (" https://management.chinacloudapi.cn// ", "https://management.chinacloudapi.cn"),
+        (" https://management.chinacloudapi.cn/ ", "https://management.chinacloudapi.cn"),
     ],
 )
 def test_an_endpoint_joins_paths_with_one_slash_whatever_bicep_gave(given, joined):
