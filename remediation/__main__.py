@@ -399,31 +399,49 @@ def _one_vm(running: Services, name: str, query: Any) -> str:
 
 
 def _log_table(records: list[AuditRecord], query: Any, out: TextIO) -> None:
+    """The records as a table that fits the terminal: under status.WIDE columns, the kind,
+    subscription, trigger and platform give way to the reason."""
     from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415
 
-    from remediation.status import terminal  # noqa: PLC0415 - keep --help fast
+    from remediation.status import WIDE, plural, terminal  # noqa: PLC0415 - keep --help fast
 
+    console = terminal(out)
+    wide = console.width >= WIDE
     table = Table(
-        title=f"remediation log since {query.since:%Y-%m-%d %H:%M} UTC ({len(records)} records)"
+        title=Text(
+            f"remediation log since {query.since:%Y-%m-%d %H:%M} UTC "
+            f"({plural(len(records), 'record')})"
+        ),
+        show_lines=not wide,
     )
-    columns = ("time", "machine", "kind", "subscription", "trigger", "decision", "outcome")
-    for column in (*columns, "platform", "reason / hint"):
+    columns = ["time", "machine", "kind", "subscription", "trigger", "decision", "outcome"]
+    columns += ["platform"]
+    if not wide:
+        columns = ["time", "machine", "decision", "outcome"]
+    for column in columns:
         table.add_column(column, overflow="fold")
+    table.add_column("reason / hint", overflow="fold", ratio=1)
     for record in records:
-        name = record.vm.rsplit("/", 1)[-1] if record.vm else "-"
-        where = record.subscription_name or record.subscription[:8]
         text = record.reason + (f" Hint: {record.hint}" if record.hint else "")
         if record.verification:
             text += f" Verification: {record.verification}: {record.verification_reason}"
             text += f" Hint: {record.verification_hint}" if record.verification_hint else ""
         if record.findings:
             text += f" Findings: {', '.join(record.findings)}."
-        when = f"{record.time:%m-%d %H:%M:%S}"
-        cells = [when, name, record.kind, where, record.trigger, record.decision, record.outcome]
-        cells.append(record.platform)
-        table.add_row(*(Text(cell) for cell in [*cells, text]))  # plain: reasons quote ARM
-    terminal(out, width=160).print(table)
+        cells = {
+            "time": f"{record.time:%m-%d %H:%M:%S}",
+            "machine": record.vm.rsplit("/", 1)[-1] if record.vm else "-",
+            "kind": record.kind,
+            "subscription": record.subscription_name or record.subscription[:8],
+            "trigger": record.trigger,
+            "decision": record.decision,
+            "outcome": record.outcome,
+            "platform": record.platform,
+        }
+        # plain Text: reasons quote ARM, never markup
+        table.add_row(*(Text(cells[column]) for column in columns), Text(text))
+    console.print(table)
 
 
 def run_test_alert(args: argparse.Namespace, out: TextIO) -> int:
@@ -522,12 +540,14 @@ def show_status(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(json.dumps(result.to_json()) + "\n")
     else:
-        status.render_table(result, out)
+        limit = None if args.all else (args.limit or status.SHOWN)
+        status.render_table(result, out, shown=limit)
     return 0 if result.complete else 1
 
 
 def run_doctor(args: argparse.Namespace, out: TextIO) -> int:
     from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
 
     from remediation import bootstrap, doctor  # noqa: PLC0415 - keep --help fast
     from remediation.status import terminal  # noqa: PLC0415 - keep --help fast
@@ -537,13 +557,27 @@ def run_doctor(args: argparse.Namespace, out: TextIO) -> int:
         for check in checks:
             out.write(json.dumps(check.to_json()) + "\n")
     else:
-        table = Table("scope", "check", "", "found", "fix", box=None, pad_edge=False)
+        table = Table(box=None, pad_edge=False)
+        table.add_column("scope", overflow="fold")
+        table.add_column("check")
+        table.add_column("status")
+        table.add_column("found", overflow="fold", ratio=1)
+        table.add_column("fix", overflow="fold", ratio=1)
         for check in checks:
-            table.add_row(
-                check.scope, check.check, "OK" if check.ok else "MISSING", check.detail, check.fix
-            )
-        terminal(out, width=200, soft_wrap=True).print(table)
+            cells = (check.scope, check.check, "OK" if check.ok else "MISSING")
+            table.add_row(*(Text(cell) for cell in (*cells, check.detail, check.fix)))
+        terminal(out).print(table)
     return 0 if all(check.ok for check in checks) else 1
+
+
+def _positive(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r}: must be 1 or more")
+    return value
 
 
 def _command(
@@ -717,7 +751,16 @@ def _status_command(commands: Any) -> None:
         metavar="ID",
         help="only this subscription, which must be in scope (repeatable)",
     )
-    now.add_argument("--json", action="store_true", help="print one JSON object")
+    shown = now.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--limit",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="show at most N of the VMs that need a human (default 20)",
+    )
+    shown.add_argument("--all", action="store_true", help="show every VM that needs a human")
+    now.add_argument("--json", action="store_true", help="print one JSON object (every VM)")
     now.set_defaults(run=show_status)
 
 

@@ -7,10 +7,12 @@ imported there too, not when the Functions host loads function_app: cold start m
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from datetime import timedelta
 from functools import lru_cache
+from typing import Any
 
 import requests
 from azure.core.credentials import TokenCredential
@@ -25,7 +27,7 @@ from remediation.queues import Claims, WorkQueue
 from remediation.runs import RunStore
 from remediation.scope import ScopeStore
 from remediation.service import Services
-from remediation.signin import SignIn, json_fetcher
+from remediation.signin import SignIn
 
 # Connections kept per storage client: as many as threads share one (the log's parallel
 # writes, the CLI's install drain), so that none is opened and dropped per request
@@ -146,5 +148,25 @@ def page_gate() -> SignIn | None:
         settings.pages_tenant,
         settings.pages_audience,
         settings.pages_allowed,
-        json_fetcher(),
+        json_fetcher,
     )
+
+
+def json_fetcher(url: str) -> Any:
+    """GET a JSON document through azure-core (its retries; the CA bundle from the
+    environment, as every other client here): the tenant's metadata and keys. Raises
+    OSError when it cannot, which the sign-in check answers with 503."""
+    from azure.core import PipelineClient  # noqa: PLC0415 - only with sign-in on
+    from azure.core.exceptions import AzureError  # noqa: PLC0415
+    from azure.core.pipeline.policies import RetryPolicy  # noqa: PLC0415
+    from azure.core.rest import HttpRequest  # noqa: PLC0415
+
+    client: PipelineClient[Any, Any] = PipelineClient(
+        base_url=url, policies=[RetryPolicy(total_retries=2, timeout=20)]
+    )
+    try:
+        response = client.send_request(HttpRequest("GET", url))
+        response.raise_for_status()
+        return json.loads(response.text())
+    except (AzureError, ValueError) as error:
+        raise OSError(f"GET {url}: {type(error).__name__}") from None

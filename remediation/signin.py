@@ -25,7 +25,6 @@ The keys are fetched once and kept for a day; a token signed by a key not yet kn
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -33,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+
+from remediation.config import endpoint
 
 KEYS_TTL_SECONDS = 24 * 3600
 REFRESH_FLOOR_SECONDS = 300  # an unknown key fetches the set again at most this often
@@ -82,9 +83,10 @@ def verify(
         return Refusal(401, "the bearer token is not a JWT")
     if header.get("alg") != "RS256":
         return Refusal(401, "the token is not signed with RS256, as Entra signs")
-    key = tenant.keys.get(str(header.get("kid", "")))
-    if key is None:
+    kid = header.get("kid")
+    if not isinstance(kid, str) or kid not in tenant.keys:
         return Refusal(401, "the token is signed by a key the tenant does not publish")
+    key = tenant.keys[kid]
     try:
         claims = jwt.decode(
             token,
@@ -112,12 +114,12 @@ def verify(
         return Refusal(401, "the token's signature does not verify")
     except jwt.PyJWTError as error:
         return Refusal(401, f"the token is not valid: {type(error).__name__}")
-    expires, not_before = claims.get("exp"), claims.get("nbf", float("-inf"))
-    if not isinstance(expires, int | float) or not isinstance(not_before, int | float):
+    expires, not_before = claims.get("exp"), claims.get("nbf")
+    if not isinstance(expires, int | float) or not isinstance(not_before, int | float | None):
         return Refusal(401, "the token's exp or nbf is not a time")
     if now > expires + LEEWAY_SECONDS:
         return Refusal(401, "the token has expired: get a new one")
-    if now < not_before - LEEWAY_SECONDS:
+    if not_before is not None and now < not_before - LEEWAY_SECONDS:
         return Refusal(401, "the token is not valid yet (nbf)")
     held = {str(value).lower() for name in ("roles", "groups") for value in _list(claims, name)}
     if held & {value.lower() for value in allowed}:
@@ -151,7 +153,7 @@ class SignIn:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._metadata_url = (
-            f"{authority.rstrip('/')}/{tenant_id}/v2.0/.well-known/openid-configuration"
+            f"{endpoint(authority)}/{tenant_id}/v2.0/.well-known/openid-configuration"
         )
         self._audience = audience
         self._allowed = tuple(allowed)
@@ -159,7 +161,7 @@ class SignIn:
         self._clock = clock
         self._lock = threading.Lock()
         self._tenant: Tenant | None = None
-        self._fetched_at = float("-inf")
+        self._fetched_at = 0.0  # when self._tenant was read (only read once it is set)
 
     def check(self, authorization: str | None) -> Refusal | None:
         token = bearer(authorization)
@@ -173,14 +175,18 @@ class SignIn:
 
     def _tenant_for(self, token: str, now: float) -> Tenant | None:
         with self._lock:
-            stale = now - self._fetched_at > KEYS_TTL_SECONDS
-            unknown = self._tenant is not None and _kid(token) not in self._tenant.keys
-            may_refresh = now - self._fetched_at > REFRESH_FLOOR_SECONDS
-            if self._tenant is None or stale or (unknown and may_refresh):
+            if self._tenant is None:
+                stale = unknown = may_refresh = True
+            else:
+                age = now - self._fetched_at
+                stale = age > KEYS_TTL_SECONDS
+                unknown = _kid(token) not in self._tenant.keys
+                may_refresh = age > REFRESH_FLOOR_SECONDS
+            if stale or (unknown and may_refresh):
                 try:
                     self._tenant = self._read(now)
                 except (OSError, ValueError, KeyError, TypeError, jwt.PyJWTError):
-                    return self._tenant if not stale else None
+                    return None if stale else self._tenant
             return self._tenant
 
     def _read(self, now: float) -> Tenant:
@@ -193,30 +199,9 @@ class SignIn:
         )
 
 
-def _kid(token: str) -> str:
+def _kid(token: str) -> object:
+    """The token's key id as its header gives it (bearer() let only JWT-shaped text in)."""
     try:
-        return str(jwt.get_unverified_header(token).get("kid", ""))
+        return jwt.get_unverified_header(token).get("kid")
     except jwt.PyJWTError:
-        return ""
-
-
-def json_fetcher(transport_options: Mapping[str, Any] | None = None) -> Callable[[str], Any]:
-    """A GET through azure-core (its retries; the CA bundle from the environment, as every
-    other client here) that returns the JSON body or raises OSError."""
-    from azure.core import PipelineClient  # noqa: PLC0415 - only with sign-in on
-    from azure.core.exceptions import AzureError  # noqa: PLC0415
-    from azure.core.pipeline.policies import RetryPolicy  # noqa: PLC0415
-    from azure.core.rest import HttpRequest  # noqa: PLC0415
-
-    def fetch(url: str) -> Any:
-        client: PipelineClient[Any, Any] = PipelineClient(
-            base_url=url, policies=[RetryPolicy(total_retries=2, timeout=20)]
-        )
-        try:
-            response = client.send_request(HttpRequest("GET", url), **dict(transport_options or {}))
-            response.raise_for_status()
-            return json.loads(response.text())
-        except AzureError as error:
-            raise OSError(f"GET {url}: {type(error).__name__}") from None
-
-    return fetch
+        return None

@@ -345,35 +345,48 @@ def terminal(out: TextIO, **options: Any) -> Any:
     return PipeConsole(file=out, **options)
 
 
-def render_table(status: Status, out: TextIO, shown: int = SHOWN) -> None:
-    """A table per subscription (a row per platform), then what needs a human."""
+WIDE = 120  # from this many columns on, tables show every column
+
+
+def render_table(
+    status: Status, out: TextIO, shown: int | None = SHOWN, width: int | None = None
+) -> None:
+    """A table per subscription (a row per platform), then what needs a human (``shown``
+    of them; None: all). Fits the terminal: a category no platform of a subscription has
+    is left out of its table, and under WIDE columns the "needs a human" table drops the
+    resource group and subscription columns (the VM's table names them) first."""
     from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415 - ARM's text is not rich markup
 
-    console = terminal(out, width=200, soft_wrap=True)
-    words = list(CATEGORIES.values())
+    console = terminal(out, width=width) if width else terminal(out)
+    wide = console.width >= WIDE
     total = status.total
     headline = (
         f"Coverage now ({status.mode} mode, {status.generated:%Y-%m-%d %H:%M} UTC): "
         f"{percent_text(total.coverage_percent)} of eligible running VMs "
-        f"({total.covered} of {total.eligible_running}), {total.vms} VMs"
+        f"({total.covered} of {total.eligible_running}), {plural(total.vms, 'VM')}"
     )
     if status.unavailable:
         headline += (
             f"; {len(status.unavailable)} of {len(status.subscriptions)} subscriptions unavailable"
         )
-    console.print(headline, markup=False, highlight=False)
+    console.print(Text(headline))
     for subscription in status.subscriptions:
         if not subscription.available:
             console.print(
-                f"subscription {subscription.label}: unavailable: {subscription.error}"
-                f" Hint: {subscription.hint}",
-                markup=False,
-                highlight=False,
+                Text(
+                    f"subscription {subscription.label}: unavailable: {subscription.error} "
+                    f"Hint: {subscription.hint}"
+                )
             )
             continue
+        words = [
+            word
+            for word in CATEGORIES.values()
+            if wide or subscription.total.categories.get(word, 0)
+        ]
         table = Table(title=Text(f"subscription {subscription.label}"))
-        table.add_column("platform")
+        table.add_column("platform", overflow="fold")
         for word in (*words, "VMs", "coverage"):
             table.add_column(word, justify="right")
         rows = sorted(subscription.platforms.items())
@@ -381,7 +394,7 @@ def render_table(status: Status, out: TextIO, shown: int = SHOWN) -> None:
             if platform == "all":
                 table.add_section()
             table.add_row(
-                platform,
+                Text(platform),
                 *(str(tally.categories.get(word, 0)) for word in words),
                 str(tally.vms),
                 # nothing eligible: no coverage to speak of ("100%" would read as all good)
@@ -392,19 +405,38 @@ def render_table(status: Status, out: TextIO, shown: int = SHOWN) -> None:
     if not human:
         console.print("Needs a human: nothing.")
         return
-    table = Table(
-        title=f"Needs a human: {min(shown, len(human))} of {len(human)} shown",
-        show_lines=False,
-    )
-    for column in ("VM", "resource group", "subscription", "decision", "platform"):
+    listed = human if shown is None else human[:shown]
+    if len(listed) == len(human):
+        title = f"Needs a human: all {len(human)}"
+    else:
+        title = (
+            f"Needs a human: {len(listed)} of {len(human)} shown "
+            "(--all shows every one, --limit N that many, --json all of them)"
+        )
+    table = Table(title=Text(title), show_lines=not wide)
+    columns = ["VM", "resource group", "subscription", "decision", "platform"]
+    if not wide:
+        columns = ["VM", "decision", "platform"]
+    for column in columns:
         table.add_column(column, overflow="fold")
     for column in ("why", "what to do"):
         table.add_column(column, overflow="fold", ratio=1)
-    for item in human[:shown]:
+    for item in listed:
         name, group = _name_and_group(item.vm)
-        columns = (name, group, item.subscription, item.decision, item.platform)
-        table.add_row(*(Text(t) for t in (*columns, item.reason, item.hint)))
+        cells = {
+            "VM": name,
+            "resource group": group,
+            "subscription": item.subscription,
+            "decision": item.decision,
+            "platform": item.platform,
+        }
+        table.add_row(*(Text(t) for t in (*(cells[c] for c in columns), item.reason, item.hint)))
     console.print(table)
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 VM', '2 VMs': the count and the noun as a reader says them."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _name_and_group(vm_id: str) -> tuple[str, str]:

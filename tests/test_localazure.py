@@ -429,10 +429,12 @@ def test_resource_graph_pages_with_skip_tokens(use_identity):
             "osVersion",
             "arcOsType",
             "cloudProvider",
+            "vmUuid",
             "extensions",
         }
         # A VM has none of the Arc properties: tostring() of a missing one is "".
-        assert [row[c] for c in ("status", "osSku", "arcOsType", "cloudProvider")] == [""] * 4
+        arc_columns = ("status", "osSku", "arcOsType", "cloudProvider", "vmUuid")
+        assert [row[c] for c in arc_columns] == [""] * 5
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,8 @@ def token(key=KEY, kid="k1", algorithm="RS256", **claims) -> str:
         "roles": ["Remediation.Read"],
     } | claims
     body = {name: value for name, value in body.items() if value is not None}
-    return jwt.encode(body, key, algorithm=algorithm, headers={"kid": kid})
+    headers = {} if kid is None else {"kid": kid}  # None: a token whose header names no key
+    return jwt.encode(body, key, algorithm=algorithm, headers=headers)
 
 
 def check(value: str, allowed=("Remediation.Read",), now=NOW):
@@ -54,37 +55,63 @@ def test_a_group_member_passes_when_the_group_is_allowed():
     assert check(token(roles=None, groups=[group.upper()]), allowed=(group,)) is None
 
 
+NOT_THIS_TENANT = (
+    "the token is not from this app's tenant, or is a v1.0 token (set "
+    "requestedAccessTokenVersion to 2 in the app registration)"
+)
+
+
 @pytest.mark.parametrize(
     ("value", "status", "reason"),
     [
-        (token(key=OTHER_KEY), 401, "signature does not verify"),
-        (token(kid="unknown"), 401, "key the tenant does not publish"),
-        (token(exp=NOW - 61), 401, "expired"),
-        (token(nbf=NOW + 61), 401, "not valid yet"),
-        (token(aud="https://management.azure.com"), 401, "another application"),
-        (token(aud=f"api://{CLIENT}"), 401, "another application"),  # v2.0 carries the id
-        (token(iss=f"https://login.microsoftonline.com/{OTHER_TENANT}/v2.0"), 401, "tenant"),
-        (token(iss=f"https://sts.windows.net/{TENANT_ID}/"), 401, "requestedAccessTokenVersion"),
-        (token(exp=None), 401, "MissingRequiredClaimError"),
-        (token(exp="soon"), 401, "not a time"),
-        (token(roles=["Remediation.Write"]), 403, "none of the roles"),
-        (token(roles="Remediation.Read"), 403, "none of the roles"),  # a string is no list
-        (token(roles=None, _claim_names={"groups": "src1"}), 403, "group overage"),
+        (token(key=OTHER_KEY), 401, "the token's signature does not verify"),
+        (token(kid="unknown"), 401, "the token is signed by a key the tenant does not publish"),
+        (token(kid=None), 401, "the token is signed by a key the tenant does not publish"),
+        (token(exp=NOW - 61), 401, "the token has expired: get a new one"),
+        (token(nbf=NOW + 61), 401, "the token is not valid yet (nbf)"),
+        (
+            token(aud="https://management.azure.com"),
+            401,
+            "the token is for another application (aud)",
+        ),
+        (token(aud=f"api://{CLIENT}"), 401, "the token is for another application (aud)"),
+        (token(iss=f"https://login.microsoftonline.com/{OTHER_TENANT}/v2.0"), 401, NOT_THIS_TENANT),
+        (token(iss=f"https://sts.windows.net/{TENANT_ID}/"), 401, NOT_THIS_TENANT),
+        (token(exp=None), 401, "the token is not valid: MissingRequiredClaimError"),
+        (token(exp="soon"), 401, "the token's exp or nbf is not a time"),
+        (token(nbf="now"), 401, "the token's exp or nbf is not a time"),
+        (
+            token(roles=["Remediation.Write"]),
+            403,
+            "signed in, but holds none of the roles or groups the pages allow",
+        ),
+        (
+            token(roles="Remediation.Read"),  # a string is no list
+            403,
+            "signed in, but holds none of the roles or groups the pages allow",
+        ),
+        (
+            token(roles=None, _claim_names={"groups": "src1"}),
+            403,
+            "the token lists too many groups to carry them (group overage): allow an app role "
+            "instead",
+        ),
         (
             jwt.encode(
                 {"aud": CLIENT}, "a-secret-shared-by-anyone-who-reads-the-code", algorithm="HS256"
             ),
             401,
-            "RS256",
+            "the token is not signed with RS256, as Entra signs",
         ),
-        ("a.b.c", 401, "not a JWT"),
+        ("a.b.c", 401, "the bearer token is not a JWT"),
     ],
 )
 def test_a_token_failing_any_check_is_refused_with_the_check_it_failed(value, status, reason):
-    refusal = check(value)
-    assert isinstance(refusal, Refusal)
-    assert refusal.status == status
-    assert reason in refusal.reason
+    assert check(value) == Refusal(status, reason)
+
+
+def test_a_token_without_nbf_is_judged_by_its_expiry():
+    assert check(token(nbf=None)) is None
 
 
 def test_clock_skew_of_a_minute_is_allowed_and_no_more():
@@ -98,23 +125,33 @@ def test_an_unsigned_token_is_refused():
     assert check(unsigned) == Refusal(401, "the token is not signed with RS256, as Entra signs")
 
 
+SIGN_IN = Refusal(401, "sign in: send an Entra access token as 'Authorization: Bearer'")
+NOT_A_JWT = Refusal(401, "the bearer token is not a JWT")
+
+
 @pytest.mark.parametrize(
-    "header",
+    ("header", "refusal"),
     [
-        None,
-        "",
-        "Bearer",
-        "Bearer ",
-        "Basic dXNlcjpwYXNz",
-        "00000000-0000-4000-8000-00000000beef",  # what X-MS-CLIENT-PRINCIPAL-ID holds
-        "Bearer not-a-jwt",
-        "Bearer " + "a." * 9000 + "b",
+        (None, SIGN_IN),
+        ("", SIGN_IN),
+        ("Bearer", SIGN_IN),
+        ("Bearer ", SIGN_IN),
+        ("Basic dXNlcjpwYXNz", SIGN_IN),
+        ("Basic a.b.c", SIGN_IN),  # a JWT's shape under another scheme
+        ("00000000-0000-4000-8000-00000000beef", SIGN_IN),  # what X-MS-CLIENT-PRINCIPAL-ID holds
+        ("Bearer not-a-jwt", NOT_A_JWT),
+        ("Bearer a.b.c.d", NOT_A_JWT),
+        ("Bearer " + "a" * 16_381 + ".b.c", NOT_A_JWT),  # one character over the cap
     ],
 )
-def test_anything_but_a_bearer_jwt_is_refused_before_any_key_is_read(header):
-    refusal = bearer(header)
-    assert isinstance(refusal, Refusal)
-    assert refusal.status == 401
+def test_anything_but_a_bearer_jwt_is_refused_before_any_key_is_read(header, refusal):
+    assert bearer(header) == refusal
+
+
+def test_a_token_at_the_size_cap_and_extra_spaces_are_still_read():
+    at_cap = "a" * 16_380 + ".b.c"
+    assert bearer("Bearer " + at_cap) == at_cap
+    assert bearer("Bearer   x.y.z ") == "x.y.z"
 
 
 def test_the_scheme_is_case_insensitive_as_http_says():
@@ -206,3 +243,31 @@ def test_no_keys_at_first_is_503_not_a_pass():
     directory, clock = Directory(("k1", KEY)), Clock()
     directory.down = True
     assert gate(directory, clock).check(f"Bearer {token()}").status == 503
+
+
+def test_after_the_floor_a_known_key_reads_nothing_again():
+    directory, clock = Directory(("k1", KEY)), Clock()
+    pages = gate(directory, clock)
+    assert pages.check(f"Bearer {token()}") is None
+    clock.now += REFRESH_FLOOR_SECONDS + 1
+    assert pages.check(f"Bearer {token(exp=int(clock.now) + 60)}") is None
+    assert len(directory.reads) == 2
+
+
+def test_the_floor_and_the_day_are_measured_from_the_last_read_exactly():
+    directory, clock = Directory(("k1", KEY)), Clock()
+    pages = gate(directory, clock)
+    assert pages.check(f"Bearer {token()}") is None
+    directory.keys.append(("k2", OTHER_KEY))
+    clock.now += REFRESH_FLOOR_SECONDS  # not past the floor yet: no read
+    rolled = token(key=OTHER_KEY, kid="k2", exp=int(clock.now) + 60)
+    assert pages.check(f"Bearer {rolled}").status == 401
+    directory.down = True
+    clock.now = NOW + KEYS_TTL_SECONDS  # a day old, not older: the keys still serve
+    assert pages.check(f"Bearer {token(exp=int(clock.now) + 60)}") is None
+
+
+def test_the_gate_takes_the_issuer_from_the_tenants_metadata():
+    directory, clock = Directory(("k1", KEY)), Clock()
+    foreign = token(iss=f"https://login.microsoftonline.com/{OTHER_TENANT}/v2.0")
+    assert gate(directory, clock).check(f"Bearer {foreign}") == Refusal(401, NOT_THIS_TENANT)

@@ -1,6 +1,7 @@
 """The status: what is uncovered right now, read from the local plane's Resource Graph,
 counted by hand below, and read-only (no ARM write, no log row, no queue message)."""
 
+import dataclasses
 import io
 from collections import Counter
 from datetime import UTC, datetime
@@ -350,9 +351,9 @@ def hand_built(human: int) -> status.Status:
     )
 
 
-def rendered(value: status.Status) -> str:
+def rendered(value: status.Status, width: int = 200, **options) -> str:
     out = io.StringIO()
-    status.render_table(value, out)
+    status.render_table(value, out, width=width, **options)
     return out.getvalue()
 
 
@@ -373,7 +374,7 @@ def test_the_table_has_the_categories_and_coverage_per_platform():
     ]
     assert f"subscription {SUB2}: unavailable: querying Resource Graph: HTTP 403" in text
     assert "; 1 of 2 subscriptions unavailable" in text
-    assert "Needs a human: 2 of 2 shown" in text
+    assert "Needs a human: all 2" in text
     assert cells(text, "vm-00") == [
         "vm-00",
         "rg-desk",
@@ -385,11 +386,44 @@ def test_the_table_has_the_categories_and_coverage_per_platform():
     ]
 
 
-def test_the_table_shows_at_most_20_that_need_a_human():
+def test_the_table_shows_at_most_20_that_need_a_human_and_says_how_to_see_the_rest():
     text = rendered(hand_built(27))
-    assert "Needs a human: 20 of 27 shown" in text
+    assert (
+        "Needs a human: 20 of 27 shown (--all shows every one, --limit N that many, --json "
+        "all of them)" in " ".join(text.split())
+    )
     assert "vm-19" in text
     assert "vm-20" not in text
+
+
+@pytest.mark.parametrize(
+    ("shown", "last", "title"), [(None, "vm-26", "all 27"), (3, "vm-02", "3 of 27")]
+)
+def test_all_or_a_limit_of_those_that_need_a_human(shown, last, title):
+    text = rendered(hand_built(27), shown=shown)
+    assert f"Needs a human: {title}" in text
+    assert last in text
+    assert f"vm-{int(last[3:]) + 1:02d}" not in text
+
+
+def test_at_80_columns_every_line_fits_and_the_columns_that_matter_stay():
+    value = hand_built(3)
+    value.human[0] = dataclasses.replace(
+        value.human[0], reason="A long reason. " * 12, hint="A long hint. " * 8
+    )
+    text = rendered(value, width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    # Only the categories this subscription has: has MDE and to install.
+    header = next(line for line in text.splitlines() if "platform" in line)
+    assert "has MDE" in header
+    assert "to install" in header
+    assert "unsupported" not in header
+    assert "blocked" not in header
+    assert cells(text, "ubuntu-22.04") == ["ubuntu-22.04", "3", "1", "4", "75%"]
+    # Needs a human: the VM, decision and platform, and the why and what to do, folded.
+    assert cells(text, "vm-01") == ["vm-01", "unsupported", "windows-client", "[why]", "fix"]
+    assert "rg-desk" not in text  # the resource group gives way first
+    assert "A long hint." in text
 
 
 def test_nothing_needs_a_human():
