@@ -27,6 +27,7 @@ from remediation.model import (
     coverage_percent,
     load_json,
     percent_text,
+    visible,
 )
 
 if TYPE_CHECKING:
@@ -440,7 +441,7 @@ def _log_table(records: list[AuditRecord], query: Any, out: TextIO) -> None:
             "platform": record.platform,
         }
         # plain Text: reasons quote ARM, never markup
-        table.add_row(*(Text(cells[column]) for column in columns), Text(text))
+        table.add_row(*(Text(visible(cells[column])) for column in columns), Text(visible(text)))
     console.print(table)
 
 
@@ -565,7 +566,7 @@ def run_doctor(args: argparse.Namespace, out: TextIO) -> int:
         table.add_column("fix", overflow="fold", ratio=1)
         for check in checks:
             cells = (check.scope, check.check, "OK" if check.ok else "MISSING")
-            table.add_row(*(Text(cell) for cell in (*cells, check.detail, check.fix)))
+            table.add_row(*(Text(visible(cell)) for cell in (*cells, check.detail, check.fix)))
         terminal(out).print(table)
     return 0 if all(check.ok for check in checks) else 1
 

@@ -47,7 +47,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
-from remediation.model import kind_of
+from remediation.model import kind_of, visible
 from remediation.tables import TRANSACTION, vm_key, vm_partition
 
 log = logging.getLogger("remediation")
@@ -148,12 +148,13 @@ class AuditRecord:
         return logfmt(parts)
 
 
-_LOGFMT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
+_LOGFMT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
 
 
 def logfmt(pairs: Sequence[tuple[str, str]]) -> str:
-    """``key="value" ...``, every value quoted and escaped: one line no value can forge."""
-    return " ".join(f'{key}="{value.translate(_LOGFMT_ESCAPES)}"' for key, value in pairs)
+    """``key="value" ...``, every value quoted and escaped: one line no value can forge,
+    and nothing invisible in it (line breaks, bidi overrides: model.visible)."""
+    return " ".join(f'{key}="{visible(value.translate(_LOGFMT_ESCAPES))}"' for key, value in pairs)
 
 
 def index_partition(vm: str) -> str:

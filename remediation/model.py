@@ -475,3 +475,24 @@ def smbios_forms(value: str) -> frozenset[str]:
         return "".join(reversed([group[i : i + 2] for i in range(0, len(group), 2)]))
 
     return frozenset({text, f"{swap(first)}-{swap(second)}-{swap(third)}{rest}"})
+
+
+# Characters that change how a line reads without being seen: controls (Cc), format
+# characters (Cf: the bidi overrides U+202A-U+202E and isolates U+2066-U+2069, zero-width
+# joiners), line and paragraph separators (Zl, Zp), unassigned code points (Cn). A tag
+# value with U+202E would otherwise reverse the rest of a log line or a table cell.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cn", "Cs"})
+
+
+def visible(text: str) -> str:
+    """``text`` with every invisible or reordering character written as ``\\uXXXX`` (or
+    ``\\n``, ``\\r``, ``\\t``): what an operator reads is what the value holds."""
+    if all(unicodedata.category(c) not in _INVISIBLE for c in text):
+        return text
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return "".join(
+        named.get(c) or (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+        if unicodedata.category(c) in _INVISIBLE
+        else c
+        for c in text
+    )

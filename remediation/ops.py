@@ -100,7 +100,13 @@ def parse_query(  # noqa: PLR0915 - one check a filter
                 problems.append(f"{name}: {error}")
     notes: list[str] = []
     if values["since"] > values["until"]:
-        problems.append("since is after until")
+        if params.get("until"):
+            problems.append("since is after until")
+        else:  # the reader set no until: say what it was
+            problems.append(
+                f"since ({values['since']:%Y-%m-%d %H:%M} UTC) is in the future: until "
+                f"defaults to now ({now:%Y-%m-%d %H:%M} UTC)"
+            )
     else:
         # Nothing older is kept, and a wider window would only cost reading.
         days = settings.audit_retention_days

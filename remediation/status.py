@@ -34,6 +34,7 @@ from remediation.model import (
     coverage_percent,
     covered,
     percent_text,
+    visible,
 )
 from remediation.ops import FUNCTION_KEY
 from remediation.report import CATEGORIES, NEEDS_A_HUMAN
@@ -375,8 +376,10 @@ def render_table(
         if not subscription.available:
             console.print(
                 Text(
-                    f"subscription {subscription.label}: unavailable: {subscription.error} "
-                    f"Hint: {subscription.hint}"
+                    visible(
+                        f"subscription {subscription.label}: unavailable: {subscription.error} "
+                        f"Hint: {subscription.hint}"
+                    )
                 )
             )
             continue
@@ -385,7 +388,7 @@ def render_table(
             for word in CATEGORIES.values()
             if wide or subscription.total.categories.get(word, 0)
         ]
-        table = Table(title=Text(f"subscription {subscription.label}"))
+        table = Table(title=Text(visible(f"subscription {subscription.label}")))
         table.add_column("platform", overflow="fold")
         for word in (*words, "VMs", "coverage"):
             table.add_column(word, justify="right")
@@ -394,7 +397,7 @@ def render_table(
             if platform == "all":
                 table.add_section()
             table.add_row(
-                Text(platform),
+                Text(visible(platform)),
                 *(str(tally.categories.get(word, 0)) for word in words),
                 str(tally.vms),
                 # nothing eligible: no coverage to speak of ("100%" would read as all good)
@@ -430,7 +433,8 @@ def render_table(
             "decision": item.decision,
             "platform": item.platform,
         }
-        table.add_row(*(Text(t) for t in (*(cells[c] for c in columns), item.reason, item.hint)))
+        texts = (*(cells[c] for c in columns), item.reason, item.hint)
+        table.add_row(*(Text(visible(text)) for text in texts))
     console.print(table)
 
 

@@ -210,6 +210,23 @@ def test_the_log_line_is_logfmt_that_a_value_cannot_forge():
     }
 
 
+def test_nothing_invisible_reaches_the_log_line():
+    """A tag value with U+202E (right-to-left override) would reverse the rest of the line
+    on an operator's screen; a U+2028 would break it. Each is written as its escape."""
+    reason = "tag owner=\u202etxt.exe\u202c is set; next\u2028line\u200b; zero\x00"
+    line = record(reason=reason).log_line()
+    assert "\u202e" not in line
+    assert "\u2028" not in line
+    assert "\u200b" not in line
+    assert "\x00" not in line
+    assert (
+        'reason="tag owner=\\u202etxt.exe\\u202c is set; next\\u2028line\\u200b; zero\\u0000"'
+        in line
+    )
+    # Letters of any script are not escaped.
+    assert 'reason="Échec: 日本語"' in record(reason="Échec: 日本語").log_line()
+
+
 def test_any_window_is_one_request_newest_first_across_days(counted):
     log, _, requests = counted
     now = datetime.now(UTC)

@@ -79,6 +79,11 @@ def test_a_window_within_the_retention_period_is_kept_as_asked():
     [
         ({"since": "yesterday"}, "since: not a time"),
         ({"since": "1h", "until": "2h"}, "since is after until"),
+        (
+            {"since": "2030-01-01"},
+            "since (2030-01-01 00:00 UTC) is in the future: until defaults to now "
+            "(2026-11-29 12:00 UTC)",
+        ),
         ({"vm": "/subscriptions/x/../y"}, "vm: not a VM or Arc machine"),
         (
             {

@@ -436,3 +436,15 @@ def test_a_platform_with_nothing_eligible_shows_no_coverage_figure():
     value.subscriptions[0].platforms["windows-server-2022"] = stopped
     assert cells(rendered(value), "windows-server-2022")[-2:] == ["1", "n/a"]
     assert value.to_json()["subscriptions"][0]["platforms"][1]["coverage_percent"] is None
+
+
+def test_a_bidi_override_in_a_reason_is_shown_escaped_in_the_table():
+    value = hand_built(1)
+    value.human[0] = dataclasses.replace(
+        value.human[0], reason="owner \u202eexe.txt", hint="x\u2066y"
+    )
+    text = rendered(value)
+    assert "\u202e" not in text
+    assert "\u2066" not in text
+    assert "owner \\u202eexe.txt" in text
+    assert "x\\u2066y" in text
