@@ -822,11 +822,40 @@ def _doctor_command(commands: Any) -> None:
     doctor.set_defaults(run=run_doctor)
 
 
+class OneIdentityWarning(logging.Filter):
+    """azure-identity warns with a block of lines each time a token cannot be had, which a
+    command may ask for several times: the first becomes one line with the fix, the rest
+    are dropped. Its reason (the first credential's error) is kept; nothing else is."""
+
+    FIX = (
+        "check AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (or the managed "
+        "identity) and AZURE_AUTHORITY_HOST"
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("azure.identity") or record.levelno < logging.WARNING:
+            return True
+        if self.said:
+            return False
+        self.said = True
+        lines = [line.strip() for line in record.getMessage().splitlines() if line.strip()]
+        why = next((line for line in lines if ": " in line and "Credential" in line), lines[0])
+        record.msg, record.args = f"azure-identity: no token: {visible(why)}; {self.FIX}", None
+        return True
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, OneIdentityWarning) for f in handler.filters):
+            handler.addFilter(OneIdentityWarning())
     try:
         return int(args.run(args, out))
     except SettingsError as error:

@@ -708,3 +708,49 @@ def test_a_cli_sweep_whose_run_is_closed_from_elsewhere_says_so(world_factory, m
     assert result["cli"] == (1, "")
     assert f"error: sweep {started[0].run_id} was closed while it ran" in capsys.readouterr().err
     assert locks(world) == []
+
+
+def test_a_bad_client_secret_is_one_warning_line_with_its_fix(world_factory):
+    """azure-identity warns with a block of lines each time a token cannot be had; a
+    command over three subscriptions used to print it three times."""
+    world_factory(generated_estate(6, 3, seed=41), AZURE_CLIENT_SECRET="not-the-secret")
+    done = subprocess.run(
+        [sys.executable, "-m", "remediation", "status"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1  # no subscription could be read
+    warnings = [line for line in done.stderr.splitlines() if line.strip()]
+    assert warnings == [
+        "WARNING azure-identity: no token: EnvironmentCredential: Authentication failed: "
+        "AADSTS7000215: Invalid client secret provided.; check AZURE_TENANT_ID, "
+        "AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (or the managed identity) and "
+        "AZURE_AUTHORITY_HOST"
+    ]
+    assert "3 of 3 subscriptions unavailable" in " ".join(done.stdout.split())
+
+
+def test_the_identity_warning_filter_keeps_other_warnings():
+    import logging
+
+    from remediation.__main__ import OneIdentityWarning
+
+    keep = OneIdentityWarning()
+
+    def record(name, message, level=logging.WARNING):
+        return logging.LogRecord(name, level, __file__, 1, message, None, None)
+
+    block = (
+        "DefaultAzureCredential failed.\nAttempted credentials:\n\tEnvironmentCredential: bad\u202e"
+    )
+    first = record("azure.identity._credentials.chained", block)
+    assert keep.filter(first) is True
+    assert first.getMessage() == (
+        f"azure-identity: no token: EnvironmentCredential: bad\\u202e; {OneIdentityWarning.FIX}"
+    )
+    assert keep.filter(record("azure.identity._credentials.chained", block)) is False
+    assert keep.filter(record("azure.identity", "debug detail", logging.INFO)) is True
+    assert keep.filter(record("remediation", "a warning of ours")) is True
