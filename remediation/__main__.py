@@ -27,6 +27,7 @@ from remediation.model import (
     coverage_percent,
     load_json,
     percent_text,
+    sentences,
     visible,
 )
 
@@ -167,8 +168,11 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
         )
         return 3
     except RemediationError as error:  # the scope could not be resolved: nothing started
-        hint = f" Hint: {error.hint}" if error.hint else ""
-        print(f"error: the scope could not be resolved: {error}{hint}", file=sys.stderr)
+        hint = f"Hint: {error.hint}" if error.hint else ""
+        print(
+            "error: " + sentences(f"the scope could not be resolved: {error}", hint),
+            file=sys.stderr,
+        )
         return 2
     try:
         finished = _sweep_batches(running, run, args.json, out)
@@ -424,12 +428,15 @@ def _log_table(records: list[AuditRecord], query: Any, out: TextIO) -> None:
         table.add_column(column, overflow="fold")
     table.add_column("reason / hint", overflow="fold", ratio=1)
     for record in records:
-        text = record.reason + (f" Hint: {record.hint}" if record.hint else "")
-        if record.verification:
-            text += f" Verification: {record.verification}: {record.verification_reason}"
-            text += f" Hint: {record.verification_hint}" if record.verification_hint else ""
-        if record.findings:
-            text += f" Findings: {', '.join(record.findings)}."
+        text = sentences(
+            record.reason,
+            f"Hint: {record.hint}" if record.hint else "",
+            f"Verification: {record.verification}: {record.verification_reason}"
+            if record.verification
+            else "",
+            f"Hint: {record.verification_hint}" if record.verification_hint else "",
+            f"Findings: {', '.join(record.findings)}" if record.findings else "",
+        )
         cells = {
             "time": f"{record.time:%m-%d %H:%M:%S}",
             "machine": record.vm.rsplit("/", 1)[-1] if record.vm else "-",

@@ -496,3 +496,11 @@ def visible(text: str) -> str:
         else c
         for c in text
     )
+
+
+def sentences(*parts: str) -> str:
+    """The non-empty parts as sentences, each ending with a stop, one space between: a
+    reason that ends in ")" and the hint after it read as two sentences, not one."""
+    return " ".join(
+        part if part.endswith((".", "!", "?")) else f"{part}." for part in parts if part
+    )

@@ -34,6 +34,7 @@ from remediation.model import (
     coverage_percent,
     covered,
     percent_text,
+    sentences,
     visible,
 )
 from remediation.ops import FUNCTION_KEY
@@ -377,8 +378,10 @@ def render_table(
             console.print(
                 Text(
                     visible(
-                        f"subscription {subscription.label}: unavailable: {subscription.error} "
-                        f"Hint: {subscription.hint}"
+                        sentences(
+                            f"subscription {subscription.label}: unavailable: {subscription.error}",
+                            f"Hint: {subscription.hint}" if subscription.hint else "",
+                        )
                     )
                 )
             )

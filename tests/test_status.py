@@ -448,3 +448,19 @@ def test_a_bidi_override_in_a_reason_is_shown_escaped_in_the_table():
     assert "\u2066" not in text
     assert "owner \\u202eexe.txt" in text
     assert "x\\u2066y" in text
+
+
+def test_a_reason_its_hint_and_findings_read_as_separate_sentences():
+    from remediation.model import sentences
+
+    assert sentences(
+        "the extension ended Failed (code 51)",
+        "Hint: onboard it with Intune",
+        "",
+        "Findings: no-monitoring-agent",
+    ) == (
+        "the extension ended Failed (code 51). Hint: onboard it with Intune. "
+        "Findings: no-monitoring-agent."
+    )
+    assert sentences("Done.", "Really?", "Yes!") == "Done. Really? Yes!"
+    assert sentences("", "") == ""
