@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import NoReturn
 
-from localazure.estate import Estate, Principal, generate
+from localazure import defender
+from localazure.azurite import ACCOUNT
+from localazure.estate import TEST_ALERT_ROLE, Estate, Principal, Vm, generate
 from localazure.server import LocalAzure
 
 DEMO_APP = Principal(
@@ -42,13 +44,22 @@ examples:
   # Arc-enabled servers, scale sets and management groups besides the VMs
   python -m localazure --generate 300 --arc-machines 60 --scale-sets 8 --management-groups
 
+  # the README's local section: the test alert too, its alert 5 seconds after the test
+  python -m localazure --generate 300 --arc-machines 20 --with-storage \
+      --allow-test-alert --alert-seconds 5 --env-file build/local.env
+
   # keep an estate, with what the app changed in it, from one run to the next
   python -m localazure --generate 50 --seed 1 --save build/estate.json
   python -m localazure --estate build/estate.json --save build/estate.json --port 8443
 
 The export lines go to stdout once the plane (and Azurite) answer, and to --env-file,
-which is written whole at that moment and removed on exit.
+which is written whole at that moment and removed on exit. They also carry what the
+deployment hook reads (REMEDIATOR_*: `python infra/hooks/wire_events.py` wires the
+events, as `azd up` does) and LOCALAZURE_COVERED_VM, a running VM with MDE installed.
 """
+EVENTS_GROUP = "rg-local-events"
+EVENT_QUEUE = "vm-events"
+MAX_ESTATE_DEPTH = 32  # as the app caps untrusted JSON (remediation.model.MAX_JSON_DEPTH)
 
 NO_STORAGE = (
     "# AzureWebJobsStorage is not set: run with --with-storage, or export "
@@ -97,8 +108,16 @@ def _estate(raw: str) -> Estate:
         raise argparse.ArgumentTypeError(f"cannot read {raw}: {reason}") from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise argparse.ArgumentTypeError(
+            f"{raw} is nested deeper than {MAX_ESTATE_DEPTH} levels: not an estate"
+        ) from None
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{raw} is not JSON: {error}") from None
+    if _depth(data) > MAX_ESTATE_DEPTH:
+        raise argparse.ArgumentTypeError(
+            f"{raw} is nested deeper than {MAX_ESTATE_DEPTH} levels: not an estate"
+        )
     try:
         if not isinstance(data, dict):
             raise TypeError("an estate is a JSON object")
@@ -110,6 +129,19 @@ def _estate(raw: str) -> Estate:
     if not estate.subscriptions:
         raise argparse.ArgumentTypeError(f"{raw} holds no subscription: the app needs one")
     return estate
+
+
+def _depth(value: object) -> int:
+    """How deeply JSON nests, walked without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def _new_file(raw: str) -> Path:
@@ -210,6 +242,19 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--save", type=_new_file, metavar="FILE", help="save the estate to this file on exit"
     )
+    parser.add_argument(
+        "--allow-test-alert",
+        action="store_true",
+        help="grant the app's principal Run Command and Defender for Cloud's alerts (as the "
+        "deployment's allowTestAlert does) and export REMEDIATION_ALLOW_TEST_ALERT=true",
+    )
+    parser.add_argument(
+        "--alert-seconds",
+        type=_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="seconds from a detection test to its alert (default 600: Azure's 'about 10 minutes')",
+    )
     return parser
 
 
@@ -253,6 +298,71 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+OWNER = "# written by python -m localazure, pid "
+
+
+def _claim_env_file(path: Path) -> None:
+    """Refuse an env file another running local Azure wrote; replace one whose writer is
+    gone (a kill -9 leaves it behind), saying so."""
+    try:
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+    except (OSError, UnicodeDecodeError):
+        return
+    if not first or not first[0].startswith(OWNER):
+        return
+    try:
+        pid = int(first[0].removeprefix(OWNER).split()[0])
+    except (ValueError, IndexError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        print(f"note: replacing {path}, left by pid {pid}, which is gone", file=sys.stderr)
+        return
+    except PermissionError:
+        pass  # alive, another user's
+    _fail(2, f"argument --env-file: {path} belongs to a local Azure still running (pid {pid})")
+
+
+def _covered_vm(estate: Estate) -> Vm | None:
+    """A running VM with MDE Succeeded and reporting to Defender for Endpoint, in an
+    ordinary resource group and not opted out: what the README's test alert runs on."""
+    return next(
+        (
+            vm
+            for vm in sorted(estate.vms.values(), key=lambda vm: vm.key)
+            if vm.kind == "vm"
+            and vm.power == "running"
+            and vm.resource_group.startswith("rg-")
+            and not any("exclude" in key.lower() for key in vm.tags)
+            and defender.healthy(vm)  # listed and reporting: its test raises an alert
+            and any(
+                ext.type.startswith("MDE.") and ext.state == "Succeeded"
+                for ext in vm.extensions.values()
+            )
+        ),
+        None,
+    )
+
+
+def _hook_environment(plane: LocalAzure, estate: Estate) -> dict[str, str]:
+    """What azd gives infra/hooks/wire_events.py: its storage queue (Azurite's account),
+    the subscriptions, the events group and the region."""
+    first = next(iter(estate.subscriptions))
+    storage = (
+        f"/subscriptions/{first}/resourceGroups/rg-local/providers/"
+        f"Microsoft.Storage/storageAccounts/{ACCOUNT}"
+    )
+    return {
+        "REMEDIATOR_EVENT_STORAGE_ID": storage,
+        "REMEDIATOR_EVENT_QUEUE": EVENT_QUEUE,
+        "REMEDIATOR_SUBSCRIPTIONS": ",".join(estate.subscriptions),
+        "REMEDIATOR_EVENTS_GROUP": EVENTS_GROUP,
+        "REMEDIATOR_ARM_ENDPOINT": plane.url,
+        "AZURE_LOCATION": "westeurope",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parser()
     args = arguments.parse_args(argv)
@@ -276,9 +386,17 @@ def main(argv: list[str] | None = None) -> int:
     if not estate.principals:
         estate.add_principal(DEMO_APP)
     app = next(iter(estate.principals.values()))
+    if args.allow_test_alert:
+        app.actions = sorted({*app.actions, *TEST_ALERT_ROLE})
+    if args.env_file:
+        _claim_env_file(args.env_file)
     try:
         plane = LocalAzure(
-            estate, latency=args.latency, throttle=not args.no_throttle, port=args.port
+            estate,
+            latency=args.latency,
+            throttle=not args.no_throttle,
+            port=args.port,
+            test_alert_seconds=args.alert_seconds,
         )
     except OSError as error:
         arguments.error(
@@ -291,14 +409,26 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(number, lambda *_: stop.set())
     with plane, _storage(args.with_storage) as connection_string:
         environment = plane.environment(app) | {
-            "REMEDIATION_SUBSCRIPTIONS": ",".join(estate.subscriptions)
+            "REMEDIATION_SUBSCRIPTIONS": ",".join(estate.subscriptions),
+            "REMEDIATION_EVENT_QUEUE": EVENT_QUEUE,
         }
         if connection_string is not None:
             environment["AzureWebJobsStorage"] = connection_string
+        if args.allow_test_alert:
+            # The test's steps re-check every few seconds here, not every two minutes.
+            environment |= {
+                "REMEDIATION_ALLOW_TEST_ALERT": "true",
+                "REMEDIATION_RECHECK_SECONDS": "2",
+            }
+        environment |= _hook_environment(plane, estate)
+        covered = _covered_vm(estate)
+        if covered is not None:
+            environment["LOCALAZURE_COVERED_VM"] = covered.id
         text = exports(environment) + ("" if connection_string else NO_STORAGE + "\n")
+        pid = os.getpid()
+        text = f"{OWNER}{pid}\n{text}"
         if args.env_file:
             _write_atomically(args.env_file, text)
-        pid = os.getpid()
         sys.stdout.write(f"{text}# ready: serving until interrupted (Ctrl-C, or kill {pid})\n")
         sys.stdout.flush()
         try:

@@ -566,8 +566,8 @@ def run_doctor(args: argparse.Namespace, out: TextIO) -> int:
             out.write(json.dumps(check.to_json()) + "\n")
     else:
         table = Table(box=None, pad_edge=False)
-        table.add_column("scope", overflow="fold")
-        table.add_column("check")
+        table.add_column("scope", no_wrap=True)  # a subscription id reads whole
+        table.add_column("check", no_wrap=True)
         table.add_column("status")
         table.add_column("found", overflow="fold", ratio=1)
         table.add_column("fix", overflow="fold", ratio=1)

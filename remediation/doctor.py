@@ -145,7 +145,12 @@ def events_check(services: Services, subscription: str) -> Check:
             if path.endswith(queue) and (
                 not account or path.removesuffix(queue).endswith(f"/storageaccounts/{account}")
             ):
-                return Check(subscription, "events", True, f"{topic} delivers to {destination}")
+                where = destination.split("/queueServices/")[0].rsplit("/", 1)[-1]
+                detail = (
+                    f"system topic {topic.rsplit('/', 1)[-1]} delivers to queue "
+                    f"{settings.event_queue} of storage account {where}"
+                )
+                return Check(subscription, "events", True, detail)
     target = f"queue {settings.event_queue}" + (f" of storage account {account}" if account else "")
     topics = ", ".join(topic for topic, _ in wiring)
     return Check(

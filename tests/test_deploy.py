@@ -381,8 +381,9 @@ def test_the_doctor_finds_a_deployment_ready(world_factory):
         (SUB, "onboarding"): True,
     }
     queue = world.environment["REMEDIATION_EVENT_QUEUE"]
-    assert rows[(SUB, "events")].detail.endswith(
-        f"delivers to {STORAGE_ID}/queueServices/default/queues/{queue}"
+    assert rows[(SUB, "events")].detail == (
+        f"system topic remediator-subscription-events delivers to queue {queue} of storage "
+        "account devstoreaccount1"
     )
     writes = [
         item

@@ -394,7 +394,8 @@ def test_without_subscription_read_resource_graph_names_no_subscription(world_fa
     assert world.audit_records() == []
 
 
-def test_names_and_groups_in_the_report_and_the_log(world_factory):
+def test_names_and_groups_in_the_report_and_the_log(world_factory, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")  # a wide terminal: the log table has every column
     world = world_factory(
         groups_estate(),
         REMEDIATION_SUBSCRIPTIONS=SUB,

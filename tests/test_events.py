@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -6,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remediation.events import Ignored, VmEvent, parse
-from remediation.model import VmRef
+from remediation.model import Kind, VmRef, load_json
 
 SUB = "11111111-1111-1111-1111-111111111111"
 OTHER_SUB = "99999999-9999-9999-9999-999999999999"
@@ -426,3 +427,35 @@ def test_a_parsed_event_always_names_a_valid_vm_in_scope(change):
     if isinstance(result, VmEvent):
         assert VmRef.parse(result.vm.id) == result.vm
         assert result.vm.subscription in SCOPE
+
+
+# --- The shipped examples (examples/events/), as the README uses them ----------------------
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples" / "events").glob("*.json"))
+
+
+def test_each_kind_of_event_ships_in_both_schemas():
+    assert [path.name for path in EXAMPLES] == [
+        f"{kind}.{schema}.json"
+        for kind in ("arc-write", "vm-start", "vm-write")
+        for schema in ("cloudevents", "eventgrid")
+    ]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda path: path.name)
+def test_every_example_is_an_event_about_a_machine_of_the_readme_estate(path):
+    from localazure.estate import generate
+
+    estate = generate(300, 3, 7, arc_machines=20)  # the README's local section
+    delivery = load_json(path.read_bytes(), max_bytes=1 << 20)
+    event = parse(delivery, frozenset(estate.subscriptions))
+    assert isinstance(event, VmEvent), event
+    assert estate.vm(event.vm.id) is not None
+    expected = {"vm-write": Kind.VM, "vm-start": Kind.VM, "arc-write": Kind.ARC}
+    assert event.vm.kind is expected[path.name.split(".")[0]]
+    twin = path.with_name(
+        path.name.replace("eventgrid", "X")
+        .replace("cloudevents", "eventgrid")
+        .replace("X", "cloudevents")
+    )
+    other = parse(load_json(twin.read_bytes(), max_bytes=1 << 20), frozenset(estate.subscriptions))
+    assert other == event  # both schemas say the same

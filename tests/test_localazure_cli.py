@@ -313,3 +313,106 @@ def test_it_generates_arc_machines_scale_sets_and_management_groups(tmp_path):
         "mg-landing-zones",
         "mg-corp",
     }
+
+
+# --- The README's local section, word for word --------------------------------------------
+def _readme_block(marker: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    after = readme[readme.index(f"<!-- local:{marker} -->") :]
+    return after.split("```\n", 2)[1]
+
+
+def test_the_readme_local_section_runs_word_for_word(tmp_path):
+    """The two blocks of "The local Azure as a process", as a reader types them: every
+    command exits 0 (status and doctor included: all OK), the events are the shipped
+    examples, and the test alert is verified."""
+    serve = _readme_block("serve").strip()
+    use = _readme_block("use")
+    env_file = ROOT / "build" / "local.env"
+    assert "--env-file build/local.env" in serve
+    served = subprocess.Popen(
+        serve,
+        shell=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(GUARD * 10):
+            if env_file.exists() or served.poll() is not None:
+                break
+            threading.Event().wait(0.1)
+        assert env_file.exists(), served.stderr.read() if served.stderr else ""
+        ran = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", use],
+            cwd=ROOT,
+            env={"PATH": os.defpath, "HOME": str(tmp_path), "COLUMNS": "100"},
+            capture_output=True,
+            text=True,
+            timeout=GUARD * 5,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+        out = ran.stdout
+        assert "MISSING" not in out
+        assert out.count(" OK ") >= 10  # storage, then permissions, events, onboarding x 3
+        assert out.count('trigger="cli"') >= 6  # one record per example event, at least
+        assert 'test_alert="verified"' in out
+        assert (ROOT / "build" / "report.html").exists()
+    finally:
+        os.killpg(served.pid, signal.SIGTERM)
+        served.wait(timeout=GUARD)
+    assert not env_file.exists()
+
+
+def test_killed_outright_it_leaves_no_azurite_and_the_next_start_replaces_its_env_file(
+    tmp_path,
+):
+    env_file = tmp_path / "local.env"
+    served = Serving("--generate", "3", "--with-storage", "--env-file", str(env_file))
+    try:
+        names = exported(served.ready())
+        ports = [
+            int(port)
+            for port in re.findall(
+                r"Endpoint=http://127\.0\.0\.1:(\d+)/", names["AzureWebJobsStorage"]
+            )
+        ]
+        assert not any(closed(port) for port in ports)
+        served.process.kill()  # SIGKILL: no handler runs
+        served.process.wait(timeout=GUARD)
+        for _ in range(GUARD * 10):  # the kernel sends Azurite SIGTERM (PR_SET_PDEATHSIG)
+            if all(closed(port) for port in ports):
+                break
+            threading.Event().wait(0.1)
+        assert all(closed(port) for port in ports)
+        assert env_file.exists()  # nothing removed it
+    finally:
+        served.kill()
+    again = Serving("--generate", "3", "--env-file", str(env_file))
+    try:
+        again.ready()
+        assert env_file.read_text().startswith(
+            f"# written by python -m localazure, pid {again.process.pid}\n"
+        )
+        # A second one on the same file, while this one runs, is refused.
+        refused = localazure("--generate", "3", "--env-file", str(env_file))
+        assert refused.returncode == 2
+        assert refused.stderr == (
+            f"error: argument --env-file: {env_file} belongs to a local Azure still running "
+            f"(pid {again.process.pid})\n"
+        )
+        assert again.stop(signal.SIGTERM) == 0
+    finally:
+        again.kill()
+
+
+def test_an_estate_nested_past_the_cap_is_refused_not_a_traceback(tmp_path):
+    for text in ("[" * 100_000 + "]" * 100_000, '{"vms": ' + "[" * 40 + "]" * 40 + "}"):
+        result = localazure("--estate", estate_file(tmp_path, text))
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: argument --estate: ")
+        assert "nested deeper than 32 levels" in result.stderr

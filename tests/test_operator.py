@@ -754,3 +754,46 @@ def test_the_identity_warning_filter_keeps_other_warnings():
     assert keep.filter(record("azure.identity._credentials.chained", block)) is False
     assert keep.filter(record("azure.identity", "debug detail", logging.INFO)) is True
     assert keep.filter(record("remediation", "a warning of ours")) is True
+
+
+def test_the_log_table_fits_80_columns_and_counts_in_words(world_factory, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    world = world_factory(estate("ready"))
+    _logged(world, "narrow-1")
+    code, output = cli("log", "--since", "1h")
+    assert code == 0
+    assert max(len(line) for line in output.splitlines()) <= 80
+    assert "(1 record)" in output
+    header = next(line for line in output.splitlines() if "machine" in line)
+    assert [cell.strip() for cell in header.strip("┃ ").split("┃")] == [
+        "time",
+        "machine",
+        "decision",
+        "outcome",
+        "reason / hint",
+    ]
+    monkeypatch.setenv("COLUMNS", "160")
+    code, output = cli("log", "--since", "1h")
+    header = next(line for line in output.splitlines() if "machine" in line)
+    assert "subscription" in header
+    assert "platform" in header
+
+
+def test_the_same_event_handled_in_three_runs_is_three_records_and_one_install(
+    world_factory, tmp_path
+):
+    """The guarantee the README states: within one input a repeated id is handled once;
+    across runs each delivery gets its own record, and the claim keeps the install single."""
+    world = world_factory(estate("ready"), **ENFORCE)
+    [event, *_] = world.plane.create_vm(new_vm("thrice"))
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps([event, event]))  # repeated within the input: handled once
+    outcomes = []
+    for _ in range(3):
+        code, output = cli("handle-event", "--json", str(path))
+        assert code == 0
+        outcomes += [json.loads(line)["outcome"] for line in output.splitlines()]
+    assert outcomes[0] == "started"
+    assert len(outcomes) == 3
+    assert set(outcomes[1:]) <= {"duplicate", "none"}  # in flight, or already Succeeded
+    assert world.extension_puts() == 1

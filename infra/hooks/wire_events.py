@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
@@ -71,7 +71,7 @@ from azure.mgmt.eventgrid.models import (
     SystemTopic,
 )
 
-from remediation.config import endpoint
+from remediation.config import MICROSOFT_AUTHORITIES, endpoint
 from remediation.events import ACCEPTED
 
 TOPIC_TYPE = "Microsoft.Resources.Subscriptions"
@@ -399,7 +399,10 @@ def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
     listed = args.subscriptions or environ["REMEDIATOR_SUBSCRIPTIONS"]
     subscriptions = [s.strip() for s in listed.split(",") if s.strip()]
     arm = environ.get("REMEDIATOR_ARM_ENDPOINT") or "https://management.azure.com"
-    credential = DefaultAzureCredential()
+    # A private (or local) authority has no Microsoft instance discovery to answer.
+    authority = urlsplit(environ.get("AZURE_AUTHORITY_HOST", "")).hostname or ""
+    private = bool(authority) and authority not in MICROSOFT_AUTHORITIES
+    credential = DefaultAzureCredential(disable_instance_discovery=private)
     if args.remove:
         lines = remove(
             credential,
