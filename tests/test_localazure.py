@@ -557,9 +557,13 @@ def test_it_runs_as_a_process_and_saves_its_estate(tmp_path):
         env=os.environ | {"PYTHONPATH": os.getcwd()},
     )
     try:
+        lines = []
+        while not (line := process.stdout.readline()).startswith("# ready"):
+            lines.append(line)
         exports = dict(
-            process.stdout.readline().removeprefix("export ").strip().split("=", 1)
-            for _ in range(7)
+            line.removeprefix("export ").strip().split("=", 1)
+            for line in lines
+            if line.startswith("export ")
         )
         assert exports["REMEDIATION_ARM_ENDPOINT"].startswith("https://127.0.0.1:")
         metadata = requests.get(
