@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -111,39 +112,55 @@ def _run_installs(
     running: Services, as_json: bool, out: TextIO, quiet: bool = False
 ) -> list[AuditRecord]:
     """--wait: run the queued installs here, as the host would, for up to 10 minutes.
-    Returns the records they wrote; prints them too, unless ``quiet``."""
+    Returns the records they wrote; prints them too, unless ``quiet``. On a terminal a
+    progress bar counts the installs that ended (a re-check writes no record until its
+    install ends) against those queued when the wait began."""
+    from rich.progress import Progress  # noqa: PLC0415 - only the terminal needs it
+
     from remediation import handlers  # noqa: PLC0415
     from remediation.queues import drain  # noqa: PLC0415
 
     records: list[AuditRecord] = []
+    queued = running.queue.queue.get_queue_properties().approximate_message_count or 0
+    from remediation.status import terminal  # noqa: PLC0415
 
-    def show(record: AuditRecord | None) -> None:
-        if record is not None:
-            records.append(record)
-        if not quiet:
-            _print(record, as_json, out)
+    shown = not as_json and out.isatty()
+    with Progress(console=terminal(out), disable=not shown, transient=True) as progress:
+        task = progress.add_task("waiting for the installs", total=queued or None)
 
-    try:
-        drain(
-            running.queue,
-            lambda text, count, message_id: show(
-                handlers.handle_install(running, text, count, message_id)
-            ),
-            lambda text: show(handlers.handle_poison(running, text)),
-        )
-    except TimeoutError:
-        print(
-            "note: installs are still being checked after 10 minutes; their re-checks stay "
-            "on the install queue for the app (or the next --wait)",
-            file=sys.stderr,
-        )
+        def show(record: AuditRecord | None) -> None:
+            if record is not None:
+                records.append(record)
+                progress.advance(task)
+            if not quiet:
+                _print(record, as_json, out)
+
+        try:
+            drain(
+                running.queue,
+                lambda text, count, message_id: show(
+                    handlers.handle_install(running, text, count, message_id)
+                ),
+                lambda text: show(handlers.handle_poison(running, text)),
+            )
+        except TimeoutError:
+            _still_running()
     return records
+
+
+def _still_running() -> None:
+    print(
+        "note: installs are still being checked after 10 minutes; their re-checks stay "
+        "on the install queue for the app (or the next --wait)",
+        file=sys.stderr,
+    )
 
 
 def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
     from remediation import runs, sweep  # noqa: PLC0415 - keep --help fast
     from remediation.bootstrap import services  # noqa: PLC0415
 
+    started = time.monotonic()
     running = services()
     if args.abandon:
         if args.subscription or args.mode or args.wait or args.json:
@@ -194,12 +211,15 @@ def run_sweep(args: argparse.Namespace, out: TextIO) -> int:
     summary = {"summary": True, "run_id": run.run_id, "mode": run.mode, **finished.summary}
     summary["status"] = finished.status
     if args.wait:
+        waited_from = time.monotonic()
         summary["after_installs"] = _after_installs(
             # the terminal gets the summary; --json gets every record
             finished.summary,
             _run_installs(running, args.json, out, quiet=not args.json),
             finished.subscriptions,
         )
+        summary["after_installs"]["wait_seconds"] = round(time.monotonic() - waited_from, 1)
+    summary["total_seconds"] = round(time.monotonic() - started, 1)
     if args.json:
         out.write(json.dumps(summary) + "\n")
     else:
@@ -275,9 +295,11 @@ def _sweep_batches(running: Any, run: Any, as_json: bool, out: TextIO) -> Any:
     from remediation import sweep  # noqa: PLC0415
 
     batches = sweep.batches_of(run.subscriptions, running.settings.sweep_batch_size)
+    from remediation.status import terminal  # noqa: PLC0415
+
     show = not as_json and out.isatty()
     finished = None
-    with Progress(disable=not show, transient=True) as progress:
+    with Progress(console=terminal(out), disable=not show, transient=True) as progress:
         task = progress.add_task("sweeping", total=None)
         for index, subscriptions in enumerate(batches):
             message = sweep.BatchMessage(run.run_id, index, subscriptions)
@@ -337,7 +359,11 @@ def _summary_table(summary: dict[str, Any], out: TextIO) -> None:
     table.add_row(
         "ARM / Resource Graph requests", f"{summary['arm_requests']} / {summary['graph_requests']}"
     )
-    table.add_row("duration", f"{summary['duration_seconds']} s")
+    # The sweep reads and decides; the installs it queued take minutes on their own.
+    table.add_row("time: the sweep", f"{summary['duration_seconds']} s")
+    if after:
+        table.add_row("time: waiting for installs", f"{after['wait_seconds']} s")
+    table.add_row("time: in all", f"{summary['total_seconds']} s")
     terminal(out).print(table)
 
 

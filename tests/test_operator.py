@@ -5,6 +5,7 @@ an operator would, against the local Azure and Azurite."""
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -492,6 +493,34 @@ def test_a_cli_sweep_with_installs_leaves_the_terminal_to_its_summary(world_fact
     assert len(per_vm) >= 80  # the per-VM lines are there, at INFO, for Application Insights
     assert "vm=" not in output
     assert "coverage after the installs it waited for" in output
+    flat = " ".join(output.split())
+    # The sweep's own time, the wait for the installs, and the whole, each said apart.
+    assert re.search(r"time: the sweep │ \d+\.?\d* s", flat)
+    waited = re.search(r"time: waiting for installs │ (\d+\.?\d*) s", flat)
+    total = re.search(r"time: in all │ (\d+\.?\d*) s", flat)
+    assert waited is not None
+    assert total is not None
+    assert float(total[1]) >= float(waited[1]) > 0
+
+
+class Terminal(io.StringIO):
+    """What a person's terminal is to the CLI: a TTY."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_wait_for_installs_shows_a_progress_bar(world_factory, monkeypatch):
+    from remediation.__main__ import main
+
+    monkeypatch.setenv("COLUMNS", "100")
+    world_factory(generated_estate(30, 1, seed=42), **ENFORCE)
+    screen = Terminal()
+    assert main(["sweep", "--wait"], out=screen) == 0
+    shown = screen.getvalue()
+    assert "sweeping" in shown  # the sweep's own bar, then
+    assert "waiting for the installs" in shown  # the installs' bar, drawn to the same screen
+    assert "coverage after the installs it waited for" in shown
 
 
 # --- The log from the command line: names, pages, notes ---------------------------------------
