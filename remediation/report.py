@@ -266,9 +266,14 @@ def _covered(record: AuditRecord) -> AuditRecord:
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#1b1b1b}
 h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left}td.text{text-align:left;max-width:50em}
-td.none{text-align:left;color:#666;font-style:italic}
+table{border-collapse:collapse;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
+.num,td[data-category],td[data-coverage],td[data-verified]{text-align:right}
+#human{width:100%}td.text{overflow-wrap:anywhere}.id{color:#666;font-size:.85em}
+td.machine{white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%}svg{max-width:100%;height:auto}
+code,p,li{overflow-wrap:anywhere}
+td.none{color:#666;font-style:italic}
 .big{font-size:2.4em;font-weight:600}.muted{color:#666}
 code{background:#f3f3f3;padding:0 .2em}
 .warn{border-left:4px solid #b35900;padding:0 1em;background:#fff6ec}
@@ -298,6 +303,7 @@ def render(coverage: Coverage, human_rows: int = HUMAN_ROWS) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<title>Defender for Endpoint coverage</title>",
         f"<style>{STYLE}</style></head><body>",
         "<h1>Defender for Endpoint coverage</h1>",
@@ -400,12 +406,13 @@ def _subscriptions(coverage: Coverage) -> str:
             seen = "off"  # REMEDIATION_MDE_API is empty: nothing was checked, no figure
         body.append(
             f'{key}<td title="sweep {escape(run.run_id)}">{_when(run.started)}</td>{cells}'
-            f"<td>{sum(row.values())}</td><td data-coverage>{share}</td>"
+            f'<td class="num">{sum(row.values())}</td><td data-coverage>{share}</td>'
             f'<td data-verified="{verified.get(subscription, 0)}">{seen}</td></tr>'
         )
     return (
-        f'<table id="by-subscription"><tr><th>subscription</th><th>as of</th>{head}'
-        f"<th>VMs</th><th>coverage</th><th>verified by MDE</th></tr>{''.join(body)}</table>"
+        f'<div class="scroll"><table id="by-subscription"><tr><th>subscription</th><th>as of</th>'
+        f'{head}<th class="num">VMs</th><th class="num">coverage</th>'
+        f'<th class="num">verified by MDE</th></tr>{"".join(body)}</table></div>'
     )
 
 
@@ -479,18 +486,19 @@ def _not_covered(coverage: Coverage) -> list[str]:
 def _table(rows: dict[str, Counter[str]], by: str, verified: dict[str, int] | None) -> str:
     """Counts by kind or platform; ``verified`` None when verification is off."""
     columns = list(CATEGORIES.values())
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    head = "".join(f'<th class="num">{escape(c)}</th>' for c in columns)
     body = []
     for key, counts in rows.items():
         cells = "".join(f'<td data-category="{escape(c)}">{counts.get(c, 0)}</td>' for c in columns)
         seen = "off" if verified is None else str(verified.get(key, 0))
         body.append(
-            f'<tr data-{by}="{escape(key)}"><td>{escape(key)}</td>{cells}<td>{sum(counts.values())}</td>'
+            f'<tr data-{by}="{escape(key)}"><td>{escape(key)}</td>{cells}'
+            f'<td class="num">{sum(counts.values())}</td>'
             f'<td data-verified="{seen}">{seen}</td></tr>'
         )
     return (
-        f'<table id="by-{by}"><tr><th>{by}</th>{head}<th>VMs</th><th>verified by MDE</th></tr>'
-        f"{''.join(body)}</table>"
+        f'<div class="scroll"><table id="by-{by}"><tr><th>{by}</th>{head}<th class="num">VMs</th>'
+        f'<th class="num">verified by MDE</th></tr>{"".join(body)}</table></div>'
     )
 
 
@@ -518,8 +526,8 @@ def _human(coverage: Coverage, limit: int) -> list[str]:
             f"than once):</p><ul>{commands}</ul>"
         )
     parts.append(
-        '<table id="human"><tr><th>machine</th><th>kind</th><th>decision</th><th>platform</th><th>why</th>'
-        "<th>what to do</th><th>last test alert</th></tr>"
+        '<div class="scroll"><table id="human"><tr><th>machine</th><th>kind</th><th>decision</th>'
+        "<th>platform</th><th>why</th><th>what to do</th><th>last test alert</th></tr>"
     )
     for record in human[:limit]:
         why, what = record.reason, record.hint
@@ -527,14 +535,25 @@ def _human(coverage: Coverage, limit: int) -> list[str]:
             why, what = record.verification_reason, record.verification_hint
         test = coverage.tests.get(record.vm.lower())
         tested = f"{escape(test.test_alert)}, {_when(test.time)}" if test else "none"
+        name, group = _name_and_group(record.vm)
         parts.append(
-            f"<tr><td>{escape(record.vm)}</td><td>{escape(record.kind)}</td>"
+            # The name; the whole id on hover, the resource group on a line below it.
+            f'<tr><td class="machine" title="{escape(record.vm)}">{escape(name)}'
+            f'<div class="id">{escape(group)}</div></td><td>{escape(record.kind)}</td>'
             f"<td>{escape(need(record))}</td><td>{escape(record.platform)}</td>"
             f'<td class="text">{escape(why)}</td><td class="text">{escape(what)}</td>'
             f'<td class="text" data-test-alert>{tested}</td></tr>'
         )
-    parts.append("</table>")
+    parts.append("</table></div>")
     return parts
+
+
+def _name_and_group(machine_id: str) -> tuple[str, str]:
+    """A machine's name and resource group, from its id; an id that is not one: itself."""
+    parts = machine_id.split("/")
+    if len(parts) >= 9 and parts[3].lower() == "resourcegroups":
+        return parts[-1], parts[4]
+    return machine_id, ""
 
 
 def _chart(points: list[Point], generated: datetime) -> str:

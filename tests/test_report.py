@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from datetime import UTC, datetime
 from html.parser import HTMLParser
+from pathlib import Path
 
 from localazure import Estate, Principal, Subscription
 from localazure.estate import UBUNTU_2204, WIN11_ENT, mde_extension
@@ -219,7 +220,35 @@ def test_the_report_renders_under_its_headers_in_a_real_headless_browser(world_f
             assert int(page.locator("#human-count").inner_text()) == sum(
                 d in {"blocked", "error", "unsupported"} for d in latest.values()
             )
-            page.screenshot(path=str(tmp_path / "coverage.png"), full_page=True)
+            artefacts = Path(__file__).resolve().parent.parent / "build" / "test-artifacts"
+            artefacts.mkdir(parents=True, exist_ok=True)
+            # A laptop: the whole "Needs a human" table fits, its last column included.
+            page.set_viewport_size({"width": 1280, "height": 800})
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+            last = page.eval_on_selector(
+                "#human th:last-child", "e => e.getBoundingClientRect().right"
+            )
+            assert last <= 1280 - 28  # inside the page's margin
+            first = page.locator("#human td.machine").first
+            machine = first.get_attribute("title")
+            assert machine.startswith("/subscriptions/")  # the whole id, on hover
+            assert first.inner_text().splitlines()[0] == machine.rsplit("/", 1)[1]  # the name
+            lines = first.evaluate(
+                "e => { const r = document.createRange(); r.selectNodeContents(e.firstChild);"
+                " return r.getClientRects().length; }"
+            )
+            assert lines == 1  # the name is not broken across lines
+            align = "e => getComputedStyle(e).textAlign"
+            assert page.eval_on_selector("#human td.text", align) == "left"
+            assert page.eval_on_selector("#by-platform td[data-category]", align) == "right"
+            assert page.eval_on_selector("#by-platform th.num", align) == "right"
+            assert page.eval_on_selector("#by-platform td:first-child", align) == "left"
+            page.screenshot(path=str(artefacts / "report-1280x800.png"), full_page=True)
+            # A phone: the page does not overflow; wide tables scroll in their own box.
+            page.set_viewport_size({"width": 390, "height": 844})
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            assert page.eval_on_selector("#human", "e => e.closest('.scroll') !== null")
+            page.screenshot(path=str(artefacts / "report-390.png"), full_page=True)
             browser.close()
     finally:
         server.shutdown()
