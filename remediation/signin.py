@@ -4,7 +4,7 @@ Microsoft Entra access token itself.
 Why not App Service authentication (Easy Auth) in front: the app runs on Flex
 Consumption, where Microsoft's page says "EasyAuth isn't currently supported.
 Unauthenticated callers currently aren't blocked when EasyAuth is enabled"
-(docs/deploy.md cites it). A header such as ``X-MS-CLIENT-PRINCIPAL-ID`` is then only the
+(docs/monitoring.md cites it). A header such as ``X-MS-CLIENT-PRINCIPAL-ID`` is then only the
 client's word, so nothing here reads it. A page answers a request whose
 ``Authorization: Bearer`` token is:
 - signed by one of the tenant's published keys (the ``jwks_uri`` of the tenant's OpenID

@@ -826,3 +826,17 @@ def test_the_same_event_handled_in_three_runs_is_three_records_and_one_install(
     assert len(outcomes) == 3
     assert set(outcomes[1:]) <= {"duplicate", "none"}  # in flight, or already Succeeded
     assert world.extension_puts() == 1
+
+
+def test_an_event_file_with_a_byte_order_mark_is_read_as_powershell_writes_it(
+    world_factory, tmp_path
+):
+    world = world_factory(estate("ready"))
+    [event, *_] = world.plane.create_vm(new_vm("bom-1"))
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(event), encoding="utf-8-sig")  # Out-File's UTF8 on Windows
+    assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
+    code, output = cli("handle-event", "--json", str(path))
+    assert code == 0
+    [record] = [json.loads(line) for line in output.splitlines()]
+    assert record["vm"].endswith("/bom-1")
