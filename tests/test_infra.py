@@ -212,8 +212,9 @@ def test_the_hook_gets_what_it_reads_from_the_deployment(templates):
         "REMEDIATOR_PRINCIPAL_ID",
         "AZURE_LOCATION",  # azd's own: the environment's region
         "AZURE_ENV_NAME",  # azd's own: the environment's name
+        "AZURE_AUTHORITY_HOST",  # azure-identity's: set only for a private authority
     }
-    assert read - {"AZURE_LOCATION", "AZURE_ENV_NAME"} <= outputs
+    assert read - {"AZURE_LOCATION", "AZURE_ENV_NAME", "AZURE_AUTHORITY_HOST"} <= outputs
     # The hook's events group is the one access.bicep creates and the remove step deletes.
     assert "var eventsGroupName = 'rg-${environmentName}-events'" in _bicep("main.bicep")
     assert "name: 'rg-${environmentName}-events'" in _bicep("access.bicep")
