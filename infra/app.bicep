@@ -145,6 +145,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       REMEDIATION_PAGES_TENANT: tenant().tenantId
       REMEDIATION_PAGES_AUDIENCE: signInClientId
       REMEDIATION_PAGES_ALLOWED: reportReaderGroupId
+      // The tenant's keys are read from this cloud's login endpoint (sovereign clouds too).
+      AZURE_AUTHORITY_HOST: environment().authentication.loginEndpoint
     } : {})
   }
 }

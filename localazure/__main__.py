@@ -304,12 +304,14 @@ OWNER = "# written by python -m localazure, pid "
 def _claim_env_file(path: Path) -> None:
     """Refuse an env file another running local Azure wrote; replace one whose writer is
     gone (a kill -9 leaves it behind), saying so."""
+    if not path.exists():
+        return
     try:
         first = path.read_text(encoding="utf-8").splitlines()[:1]
     except (OSError, UnicodeDecodeError):
-        return
-    if not first or not first[0].startswith(OWNER):
-        return
+        first = []
+    if not first or not first[0].startswith(OWNER):  # someone's own file: not ours to replace
+        _fail(2, f"argument --env-file: {path} exists and was not written by python -m localazure")
     try:
         pid = int(first[0].removeprefix(OWNER).split()[0])
     except (ValueError, IndexError):

@@ -165,7 +165,10 @@ def json_fetcher(url: str) -> Any:
         base_url=url, policies=[RetryPolicy(total_retries=2, timeout=20)]
     )
     try:
-        response = client.send_request(HttpRequest("GET", url))
+        # Bounded: a page request waits on this read (signin.py holds its lock meanwhile).
+        response = client.send_request(
+            HttpRequest("GET", url), connection_timeout=5, read_timeout=10
+        )
         response.raise_for_status()
         return json.loads(response.text())
     except (AzureError, ValueError) as error:

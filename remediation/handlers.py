@@ -1,9 +1,9 @@
 """The event function's and the install queue's handlers: parse what arrived, re-read the
 machine from ARM, assess it, hand it to the act step, and write exactly one record.
 
-Two kinds of error reach the host: a TransientError (the install queue retries it, then
-moves the message to the poison queue; Event Grid delivers the event again), and nothing
-else: permanent problems are recorded with a hint and the function returns.
+Two kinds of error reach the host: a TransientError (the event and install queues retry
+it, then move the message to their poison queue, whose function records it), and
+nothing else: permanent problems are recorded with a hint and the function returns.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ log = logging.getLogger("remediation")
 
 
 def handle_event(services: Services, delivery: Any, trigger: str = "event") -> AuditRecord:
-    """One Event Grid delivery -> exactly one audit record. Event Grid waits 30 s for
-    the answer and then delivers again, so ARM calls give up after
+    """One event -> exactly one audit record. ARM calls give up after
     REMEDIATION_EVENT_BUDGET_SECONDS. An outage is never the machine's fault, and never
-    loses the event: the install queue checks the machine again, or, when even the queue
-    cannot take it, the function fails and Event Grid delivers the event again."""
+    loses the event: the install queue checks the machine again, or, when even that queue
+    cannot take it, the function fails and the event queue hands the event over again
+    (then its poison queue's function records it)."""
     context = Context(services, trigger)
     settings = services.settings
     with services.arm.budget(settings.event_budget_seconds):
@@ -104,9 +104,13 @@ def handle_event_poison(services: Services, body: bytes | str) -> list[AuditReco
     if isinstance(deliveries, str):
         reason = f"A malformed event message reached the poison queue: {deliveries}"
         return [services.audit.write(context.record("ignored", reason, RecordOutcome.POISONED))]
+    try:
+        scope = services.scope().ids
+    except Exception:  # the record matters more than the scope's names
+        scope = services.settings.subscriptions
     records = []
     for delivery in deliveries:
-        parsed = parse(delivery, services.scope().ids)
+        parsed = parse(delivery, scope)
         about = (
             dataclasses.replace(context, vm=parsed.subject, subscription=parsed.subscription)
             if isinstance(parsed, Ignored)
@@ -123,14 +127,20 @@ def handle_event_poison(services: Services, body: bytes | str) -> list[AuditReco
 
 
 def _events_in(body: bytes | str) -> list[Any] | str:
-    """The events of one message, or why there are none. Event Grid puts one event in
-    each message; an array (a hand-sent batch) is taken event by event."""
+    """The event of one message, or why there is none. Event Grid puts one event in each
+    message; an array of one is taken too. A longer array is refused whole, with its
+    reason: a retry of the message would handle again the events that had succeeded."""
     try:
         value = load_json(body, max_bytes=MAX_EVENT_BYTES)
     except InvalidJson as error:
         return f"the event message is not valid JSON: {error}"
     if isinstance(value, list):
-        return value or "the event message is an empty array"
+        if len(value) != 1:
+            return (
+                f"the event message holds {len(value)} events; Event Grid puts one in each "
+                "(send each event as its own message)"
+            )
+        return value
     return [value]
 
 

@@ -37,6 +37,7 @@ from remediation.config import endpoint
 
 KEYS_TTL_SECONDS = 24 * 3600
 REFRESH_FLOOR_SECONDS = 300  # an unknown key fetches the set again at most this often
+RETRY_SECONDS = 10  # after a failed read, the next try waits this long (no storm of reads)
 LEEWAY_SECONDS = 60
 MAX_TOKEN_CHARS = 16_384  # a header that long is not a token Entra issued
 
@@ -114,6 +115,11 @@ def verify(
         return Refusal(401, "the token's signature does not verify")
     except jwt.PyJWTError as error:
         return Refusal(401, f"the token is not valid: {type(error).__name__}")
+    # azp: a v2.0 access token names the client it was issued to; an ID token for the same
+    # app has the same aud and iss but no azp ("Access tokens" and "ID tokens" claims
+    # references), and is not a credential for an API.
+    if not claims.get("azp"):
+        return Refusal(401, "not an access token (no azp): an ID token opens no page")
     expires, not_before = claims.get("exp"), claims.get("nbf")
     if not isinstance(expires, int | float) or not isinstance(not_before, int | float | None):
         return Refusal(401, "the token's exp or nbf is not a time")
@@ -162,6 +168,7 @@ class SignIn:
         self._lock = threading.Lock()
         self._tenant: Tenant | None = None
         self._fetched_at = 0.0  # when self._tenant was read (only read once it is set)
+        self._tried_at = float("-inf")  # when a read was last tried, failed or not
 
     def check(self, authorization: str | None) -> Refusal | None:
         token = bearer(authorization)
@@ -182,17 +189,19 @@ class SignIn:
                 stale = age > KEYS_TTL_SECONDS
                 unknown = _kid(token) not in self._tenant.keys
                 may_refresh = age > REFRESH_FLOOR_SECONDS
-            if stale or (unknown and may_refresh):
+            wanted = stale or (unknown and may_refresh)
+            if wanted and now - self._tried_at >= RETRY_SECONDS:
+                self._tried_at = now
                 try:
-                    self._tenant = self._read(now)
+                    self._tenant = self._read()
                 except (OSError, ValueError, KeyError, TypeError, jwt.PyJWTError):
                     return None if stale else self._tenant
-            return self._tenant
+                self._fetched_at = now  # only a read that succeeded resets the day
+            return None if stale and self._fetched_at != now else self._tenant
 
-    def _read(self, now: float) -> Tenant:
+    def _read(self) -> Tenant:
         metadata = self._fetch(self._metadata_url)
         keys = jwt.PyJWKSet.from_dict(self._fetch(metadata["jwks_uri"]))
-        self._fetched_at = now
         return Tenant(
             issuer=str(metadata["issuer"]),
             keys={key.key_id: key.key for key in keys.keys if key.key_id},

@@ -49,6 +49,7 @@ STORAGE_ID = f"/subscriptions/{SUB}/resourceGroups/rg-dev/providers/Microsoft.St
 QUEUE = "vm-events"
 QUEUE_SCOPE = f"{STORAGE_ID}/queueServices/default/queues/{QUEUE}"
 QUEUE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"  # Storage Queue Data Message Sender
+OURS = "remediator-vm-events-devstoreaccount1"  # this deployment's event subscription
 
 
 def wire(plane, endpoint=None, subscriptions=(SUB, OTHER)):
@@ -81,10 +82,19 @@ def test_every_subscription_delivers_to_the_event_queue_with_its_topics_identity
         },
     }  # someone else's, without an identity
     legacy = f"{existing}/eventSubscriptions/vm-write-and-start"  # the first release's
+    function = f"/subscriptions/{SUB}/resourceGroups/rg-dev/providers/Microsoft.Web/sites/func-dev/functions/on_vm_event"
     plane.event_subscriptions[legacy.lower()] = {
         "id": legacy,
         "name": "vm-write-and-start",
-        "properties": {},
+        "properties": {
+            "destination": {"endpointType": "AzureFunction", "properties": {"resourceId": function}}
+        },
+    }
+    alerts = f"{existing}/eventSubscriptions/ops-alerts"  # another team's, on the same topic
+    plane.event_subscriptions[alerts.lower()] = {
+        "id": alerts,
+        "name": "ops-alerts",
+        "properties": {"destination": {"endpointType": "WebHook", "properties": {}}},
     }
     assert wire(plane) == [
         f"{SUB}: system topic remediator-subscription-events (created) -> queue {QUEUE}",
@@ -96,13 +106,14 @@ def test_every_subscription_delivers_to_the_event_queue_with_its_topics_identity
     assert topics[created]["properties"]["source"] == f"/subscriptions/{SUB}"
     assert sorted(plane.event_subscriptions) == sorted(
         [
-            f"{created}/eventSubscriptions/remediator-vm-events".lower(),
-            f"{existing}/eventSubscriptions/remediator-vm-events".lower(),
+            f"{created}/eventSubscriptions/{OURS}".lower(),
+            f"{existing}/eventSubscriptions/{OURS}".lower(),
+            alerts.lower(),  # not this app's: left alone
         ]
     )
-    properties = plane.event_subscriptions[
-        f"{created}/eventSubscriptions/remediator-vm-events".lower()
-    ]["properties"]
+    properties = plane.event_subscriptions[f"{created}/eventSubscriptions/{OURS}".lower()][
+        "properties"
+    ]
     assert "destination" not in properties
     assert properties["deliveryWithResourceIdentity"] == {
         "identity": {"type": "SystemAssigned"},
@@ -255,6 +266,19 @@ def test_delivery_with_an_identity_the_topic_lacks_is_refused(two_subscriptions)
     assert "identity" in response.json()["error"]["message"]
 
 
+def remove(plane, principal, endpoint=None, environment="dev", storage=STORAGE_ID):
+    return hook().remove(
+        operator(plane),
+        [SUB, OTHER],
+        environment,
+        principal,
+        f"rg-{environment}-events",
+        storage_id=storage,
+        queue=QUEUE,
+        arm_endpoint=endpoint or plane.url,
+    )
+
+
 def test_remove_leaves_nothing_of_the_deployment_behind(two_subscriptions):
     """azd down deletes resource groups; the postdown hook takes what it leaves: the event
     subscriptions, the events groups (with the topics made there), the app's role
@@ -288,21 +312,18 @@ def test_remove_leaves_nothing_of_the_deployment_behind(two_subscriptions):
     }
     wire(plane)
     assert len(plane.event_subscriptions) == 3
+    # The group access.bicep made keeps its tags: the hook did not PUT it again.
+    assert plane.resource_groups[f"/subscriptions/{SUB}/resourcegroups/rg-dev-events"]["tags"] == {
+        "azd-env-name": "dev"
+    }
     [app_role] = [
         a["name"]
         for a in plane.role_assignments.values()
         if a["properties"]["scope"] == f"/subscriptions/{SUB}"
     ]
-    lines = hook().remove(
-        operator(plane),
-        [SUB, OTHER],
-        "dev",
-        principal,
-        "rg-dev-events",
-        arm_endpoint=plane.url + "/",
-    )
+    lines = remove(plane, principal, endpoint=plane.url + "/")
     assert lines[0] == (
-        f"{SUB}: removed event subscription remediator-vm-events, resource group rg-dev-events, "
+        f"{SUB}: removed event subscription {OURS}, resource group rg-dev-events, "
         f"role assignment {app_role}, custom role "
         f"'Defender coverage remediator (dev, {SUB})'"
     )
@@ -312,9 +333,7 @@ def test_remove_leaves_nothing_of_the_deployment_behind(two_subscriptions):
     assert [a["properties"]["scope"] for a in plane.role_assignments.values()] == [QUEUE_SCOPE] * 2
     assert plane.role_definitions == {}
     # Again: nothing left to remove, and nothing fails.
-    assert hook().remove(
-        operator(plane), [SUB, OTHER], "dev", principal, "rg-dev-events", arm_endpoint=plane.url
-    ) == [
+    assert remove(plane, principal) == [
         f"{SUB}: removed nothing",
         f"{OTHER}: removed nothing",
     ]
@@ -480,3 +499,51 @@ def test_the_doctor_command_creates_nothing_and_reports_missing_storage(world_fa
     )
     with pytest.raises(ResourceNotFoundError):
         queue.get_queue_properties()  # the doctor read; it did not create
+
+
+def test_two_deployments_share_a_topic_and_removing_one_leaves_the_other_wired(
+    two_subscriptions,
+):
+    """One system topic per subscription: a second environment (its own storage account)
+    reuses the first one's topic and adds its own event subscription beside it. Removing
+    the first keeps the group while the topic still delivers to the second."""
+    from localazure.authorization import deploy_access
+
+    plane = two_subscriptions
+    first, second = "0b1e5c7e-0000-4000-8000-0000000000f1", "0b1e5c7e-0000-4000-8000-0000000000f3"
+    deploy_access(plane, "dev", first, SUB)
+    deploy_access(plane, "prod", second, SUB)
+    prod_storage = STORAGE_ID.replace("devstoreaccount1", "stprod0001")
+    wire(plane, subscriptions=[SUB])
+    hook().wire(
+        operator(plane),
+        [SUB],
+        prod_storage,
+        QUEUE,
+        "rg-prod-events",
+        arm_endpoint=plane.url,
+        location="westeurope",
+    )
+    topic = f"/subscriptions/{SUB}/resourceGroups/rg-dev-events/providers/Microsoft.EventGrid/systemTopics/remediator-subscription-events"
+    assert sorted(key.rsplit("/", 1)[1] for key in plane.event_subscriptions) == [
+        OURS,
+        "remediator-vm-events-stprod0001",
+    ]
+    lines = hook().remove(
+        operator(plane),
+        [SUB],
+        "dev",
+        first,
+        "rg-dev-events",
+        storage_id=STORAGE_ID,
+        queue=QUEUE,
+        arm_endpoint=plane.url,
+    )
+    assert lines[0].startswith(
+        f"{SUB}: removed event subscription {OURS}, nothing of resource group rg-dev-events: "
+        "its topic still delivers to remediator-subscription-events/remediator-vm-events-stprod0001"
+    )
+    assert topic.lower() in plane.system_topics  # prod's events still flow
+    assert list(plane.event_subscriptions) == [
+        f"{topic}/eventSubscriptions/remediator-vm-events-stprod0001".lower()
+    ]

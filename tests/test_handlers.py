@@ -125,12 +125,20 @@ def test_a_queued_event_with_a_byte_order_mark_is_read():
     assert record.outcome == "started"
 
 
-def test_an_array_of_events_is_one_record_each():
+def test_an_array_of_one_event_is_that_event_and_a_longer_one_is_refused_whole():
     facts = ubuntu()
     running = fake_services(facts)
+    [record] = handlers.handle_queued_event(running, json.dumps([delivery(facts, "e-1")]))
+    assert (record.event_id, record.outcome) == ("e-1", "started")
+    running = fake_services(facts)
     body = json.dumps([delivery(facts, "e-1"), delivery(facts, "e-2")])
-    records = handlers.handle_queued_event(running, body)
-    assert [(r.event_id, r.outcome) for r in records] == [("e-1", "started"), ("e-2", "duplicate")]
+    [record] = handlers.handle_queued_event(running, body)
+    assert (record.decision, record.outcome) == ("ignored", "ignored")
+    assert record.reason == (
+        "the event message holds 2 events; Event Grid puts one in each (send each event as "
+        "its own message)"
+    )
+    assert running.queue.sent == []
 
 
 @pytest.mark.parametrize(
@@ -138,7 +146,7 @@ def test_an_array_of_events_is_one_record_each():
     [
         (b"not json", "the event message is not valid JSON: not JSON"),
         (b"\xff\xfe", "the event message is not valid JSON: not UTF-8 text"),
-        (b"[]", "the event message is an empty array"),
+        (b"[]", "the event message holds 0 events"),
         (b"[" * 200 + b"]" * 200, "the event message is not valid JSON: nested deeper than"),
     ],
 )

@@ -416,3 +416,14 @@ def test_an_estate_nested_past_the_cap_is_refused_not_a_traceback(tmp_path):
         assert "Traceback" not in result.stderr
         assert result.stderr.startswith("error: argument --estate: ")
         assert "nested deeper than 32 levels" in result.stderr
+
+
+def test_an_env_file_it_did_not_write_is_not_overwritten(tmp_path):
+    mine = tmp_path / ".env"
+    mine.write_text("export SECRET_OF_MINE=1\n")
+    result = localazure("--generate", "1", "--env-file", str(mine))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: argument --env-file: {mine} exists and was not written by python -m localazure\n"
+    )
+    assert mine.read_text() == "export SECRET_OF_MINE=1\n"

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from remediation.signin import (
     KEYS_TTL_SECONDS,
     REFRESH_FLOOR_SECONDS,
+    RETRY_SECONDS,
     Refusal,
     SignIn,
     Tenant,
@@ -35,6 +36,7 @@ def token(key=KEY, kid="k1", algorithm="RS256", **claims) -> str:
         "nbf": NOW - 60,
         "exp": NOW + 3600,
         "tid": TENANT_ID,
+        "azp": "04b07795-8ddb-461a-bbee-02f9e1bf7b46",  # the client that asked (Azure CLI)
         "roles": ["Remediation.Read"],
     } | claims
     body = {name: value for name, value in body.items() if value is not None}
@@ -104,6 +106,9 @@ NOT_THIS_TENANT = (
             "the token is not signed with RS256, as Entra signs",
         ),
         ("a.b.c", 401, "the bearer token is not a JWT"),
+        # An ID token for the same app: same aud and iss, roles even, but no azp.
+        (token(azp=None), 401, "not an access token (no azp): an ID token opens no page"),
+        (token(azp=None, exp=None), 401, "the token is not valid: MissingRequiredClaimError"),
     ],
 )
 def test_a_token_failing_any_check_is_refused_with_the_check_it_failed(value, status, reason):
@@ -271,3 +276,23 @@ def test_the_gate_takes_the_issuer_from_the_tenants_metadata():
     directory, clock = Directory(("k1", KEY)), Clock()
     foreign = token(iss=f"https://login.microsoftonline.com/{OTHER_TENANT}/v2.0")
     assert gate(directory, clock).check(f"Bearer {foreign}") == Refusal(401, NOT_THIS_TENANT)
+
+
+def test_a_failed_read_waits_before_the_next_try_and_does_not_renew_stale_keys():
+    directory, clock = Directory(("k1", KEY)), Clock()
+    pages = gate(directory, clock)
+    assert pages.check(f"Bearer {token()}") is None
+    directory.down = True
+    clock.now += KEYS_TTL_SECONDS + 1  # stale: a read is due, and fails
+    fresh = token(exp=int(clock.now) + 600)
+    assert pages.check(f"Bearer {fresh}").status == 503
+    reads = len(directory.reads)
+    clock.now += RETRY_SECONDS - 1  # too soon to try again: no read, still 503
+    assert pages.check(f"Bearer {fresh}").status == 503
+    assert len(directory.reads) == reads
+    clock.now += 1
+    directory.down = False
+    assert pages.check(f"Bearer {fresh}") is None  # tried again, and read
+    directory.down = True
+    clock.now += KEYS_TTL_SECONDS  # a day after the successful read, not the failed one
+    assert pages.check(f"Bearer {token(exp=int(clock.now) + 60)}") is None

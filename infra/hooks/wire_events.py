@@ -11,6 +11,10 @@ identity ("deliveryWithResourceIdentity"), which this hook gives the role "Stora
 Data Message Sender" on that one queue (Event Grid docs: handler-storage-queues,
 add-identity-roles).
 
+Each deployment (azd environment) has its own event subscription,
+``remediator-vm-events-<storage account>``: a subscription has one system topic, which two
+deployments share, and each wires, and later removes, only its own.
+
 Per subscription:
 1. Microsoft.EventGrid must be registered there: direct PUTs do not register providers
    (Event Grid quickstarts: "register the Event Grid resource provider"); it is
@@ -25,8 +29,9 @@ Idempotent: run it again after adding a subscription (`azd hooks run postdeploy`
 
 ``--remove`` (azd's postdown hook): azd deletes resource groups, not what a deployment put
 at subscription scope (Azure/azure-dev#2916, #4785). In each subscription it deletes this
-deployment's event subscriptions, the remediator's events group (with the topic it
-created), the app's role assignments and the custom role.
+deployment's event subscription, the events group its environment made (with the topic in
+it, unless that topic still delivers to another deployment), the app's role assignments
+at the subscription and the custom role.
 
 Settings (azd passes the deployment's outputs as environment variables):
 REMEDIATOR_EVENT_STORAGE_ID, REMEDIATOR_EVENT_QUEUE, REMEDIATOR_SUBSCRIPTIONS,
@@ -44,7 +49,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -76,8 +81,12 @@ from remediation.events import ACCEPTED
 
 TOPIC_TYPE = "Microsoft.Resources.Subscriptions"
 TOPIC_NAME = "remediator-subscription-events"
-SUBSCRIPTION_NAME = "remediator-vm-events"
-LEGACY_SUBSCRIPTION_NAME = "vm-write-and-start"  # what infra/events.bicep used to create
+# One event subscription per deployment: a subscription has one system topic, which two
+# deployments (two azd environments) share; each names its own after its storage account.
+SUBSCRIPTION_PREFIX = "remediator-vm-events-"
+# What earlier releases created, removed when found delivering to this app: the first
+# release's Bicep (vm-write-and-start), then the Azure Function destination era.
+LEGACY_SUBSCRIPTION_NAMES = ("vm-write-and-start", "remediator-vm-events")
 FUNCTION = "on_vm_event"
 PROVIDER = "Microsoft.EventGrid"
 RESOURCES_API = "2021-04-01"
@@ -118,9 +127,38 @@ def event_subscription(storage_id: str, queue: str) -> EventSubscription:
     )
 
 
+def subscription_name(storage_id: str) -> str:
+    """This deployment's event subscription: named after its storage account."""
+    return SUBSCRIPTION_PREFIX + storage_id.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
 def _group_of(resource_id: str) -> str:
     parts = resource_id.split("/")
-    return parts[parts.index("resourceGroups") + 1]
+    return parts[[part.lower() for part in parts].index("resourcegroups") + 1]
+
+
+def _destination(item: Any) -> Any:
+    delivery = item.delivery_with_resource_identity
+    return delivery.destination if delivery is not None else item.destination
+
+
+def _ours(item: Any, storage_id: str, queue: str) -> bool:
+    """An event subscription that delivers to this deployment's queue."""
+    destination = _destination(item)
+    return (
+        isinstance(destination, StorageQueueEventSubscriptionDestination)
+        and (destination.resource_id or "").lower() == storage_id.lower()
+        and destination.queue_name == queue
+    )
+
+
+def _earlier_release(item: Any, storage_id: str, queue: str) -> bool:
+    """An earlier release's event subscription (by its name) that delivers to this app:
+    its queue, or an on_vm_event function (the Azure Function destination it used)."""
+    target = (getattr(_destination(item), "resource_id", "") or "").lower()
+    return item.name in LEGACY_SUBSCRIPTION_NAMES and (
+        _ours(item, storage_id, queue) or target.endswith(f"/functions/{FUNCTION}")
+    )
 
 
 class Arm:
@@ -148,6 +186,18 @@ class Arm:
         response = self.send(method, path, api, body)
         response.raise_for_status()
         return response.json() if response.content else None
+
+    def pages(self, path: str, api: str) -> Iterator[dict[str, Any]]:
+        """Every item of a list, following nextLink."""
+        page: Any = self.ok("GET", path, api)
+        while True:
+            yield from page.get("value") or []
+            link = page.get("nextLink")
+            if not link:
+                return
+            response = self.client.send_request(HttpRequest("GET", link))
+            response.raise_for_status()
+            page = response.json()
 
     def delete_waiting(self, path: str, api: str) -> bool:
         """A DELETE that may answer 202: waited for with ARM's LRO polling (Location /
@@ -201,10 +251,12 @@ def wire(
     *,
     arm_endpoint: str = "https://management.azure.com",
     location: str = "",
+    environment: str = "",
     poll_seconds: float = 5,
     **client_options: Any,
 ) -> list[str]:
     """Wire every subscription; returns one line per subscription saying what was done."""
+    name_of_ours = subscription_name(storage_id)
     base = endpoint(arm_endpoint)
     arm = Arm(credential, base, **client_options)
     done = []
@@ -231,12 +283,17 @@ def wire(
             group, name, how = _group_of(existing.id), existing.name, "reused"
             topic = existing
             if existing.identity is None or existing.identity.principal_id is None:
-                existing.identity = IdentityInfo(type="SystemAssigned")
+                # Keep a user-assigned identity the topic has: add the system one beside it.
+                held = existing.identity.user_assigned_identities if existing.identity else None
+                existing.identity = IdentityInfo(
+                    type="SystemAssigned, UserAssigned" if held else "SystemAssigned",
+                    user_assigned_identities=held or None,
+                )
                 topic = client.system_topics.begin_create_or_update(group, name, existing).result()
                 how = "reused, identity added"
         else:
             group, name, how = events_group, TOPIC_NAME, "created"
-            _ensure_group(arm, subscription, group, location)
+            _ensure_group(arm, subscription, group, location, environment)
             topic = client.system_topics.begin_create_or_update(
                 group,
                 name,
@@ -252,35 +309,32 @@ def wire(
             raise SystemExit(f"error: system topic {name} has no identity to deliver with")
         _grant_sender(arm, storage_id, queue, principal)
         client.system_topic_event_subscriptions.begin_create_or_update(
-            group, name, SUBSCRIPTION_NAME, event_subscription(storage_id, queue)
+            group, name, name_of_ours, event_subscription(storage_id, queue)
         ).result()
         line = f"{subscription}: {registered}system topic {name} ({how}) -> queue {queue}"
-        # The first release's templates wired the same events under another name; two
-        # subscriptions would deliver every event twice.
-        if any(
-            item.name == LEGACY_SUBSCRIPTION_NAME
-            for item in client.system_topic_event_subscriptions.list_by_system_topic(group, name)
-        ):
-            client.system_topic_event_subscriptions.begin_delete(
-                group, name, LEGACY_SUBSCRIPTION_NAME
-            ).result()
-            line += f"; removed the older {LEGACY_SUBSCRIPTION_NAME}"
+        # An earlier release wired the same events under another name: two subscriptions
+        # would deliver every event twice. Only one that delivers to this app goes.
+        for item in client.system_topic_event_subscriptions.list_by_system_topic(group, name):
+            if _earlier_release(item, storage_id, queue):
+                client.system_topic_event_subscriptions.begin_delete(
+                    group, name, item.name
+                ).result()
+                line += f"; removed the older {item.name}"
         done.append(line)
     return done
 
 
-def _ensure_group(arm: Arm, subscription: str, group: str, location: str) -> None:
-    """Create the events resource group (a PUT is idempotent): a subscription that joined
-    a management group had no access.bicep deployment to create it. A group that exists
-    in another region answers 409 InvalidResourceGroupLocation: it is there, and will do."""
+def _ensure_group(arm: Arm, subscription: str, group: str, location: str, environment: str) -> None:
+    """Create the events resource group when it is missing: a subscription that joined a
+    management group had no access.bicep deployment to create it. One that exists is left
+    as it is (a PUT would replace its tags, and the removal reads them)."""
+    path = f"/subscriptions/{subscription}/resourcegroups/{group}"
+    if arm.send("GET", path, RESOURCES_API).status_code == 200:
+        return
     if not location:
         raise SystemExit("error: set AZURE_LOCATION: the events resource group needs a region")
-    path = f"/subscriptions/{subscription}/resourcegroups/{group}"
-    body = {"location": location, "tags": {"created-by": "wire_events"}}
-    response = arm.send("PUT", path, RESOURCES_API, body)
-    if response.status_code == 409 and "InvalidResourceGroupLocation" in response.text():
-        return
-    response.raise_for_status()
+    tags = {"created-by": "wire_events"} | ({"azd-env-name": environment} if environment else {})
+    arm.ok("PUT", path, RESOURCES_API, {"location": location, "tags": tags})
 
 
 def _grant_sender(arm: Arm, storage_id: str, queue: str, principal: str) -> None:
@@ -312,11 +366,14 @@ def remove(
     principal_id: str,
     events_group: str,
     *,
+    storage_id: str,
+    queue: str,
     arm_endpoint: str = "https://management.azure.com",
     **client_options: Any,
 ) -> list[str]:
-    """Undo, per subscription, what azd down leaves: the event subscription (from any
-    system topic), the events group this deployment or the hook created, the app's role
+    """Undo, per subscription, what azd down leaves: this deployment's event subscription
+    (from any system topic; another deployment's stays), the events group this
+    environment made (kept while a topic in it still delivers elsewhere), the app's role
     assignments at the subscription, and the custom role. One line per subscription."""
     base = endpoint(arm_endpoint)
     arm = Arm(credential, base, **client_options)
@@ -330,49 +387,50 @@ def remove(
             credential_scopes=[f"{base}/.default"],
             **client_options,
         )
+        others_in_group = []
         for topic in client.system_topics.list_by_subscription():
             if not topic.id or not topic.name:
                 continue
             group = _group_of(topic.id)
-            names = {
-                item.name
-                for item in client.system_topic_event_subscriptions.list_by_system_topic(
-                    group, topic.name
-                )
-            }
-            for name in sorted(names & {SUBSCRIPTION_NAME, LEGACY_SUBSCRIPTION_NAME}):
-                client.system_topic_event_subscriptions.begin_delete(
-                    group, topic.name, name
-                ).result()
-                removed.append(f"event subscription {name}")
+            for item in client.system_topic_event_subscriptions.list_by_system_topic(
+                group, topic.name
+            ):
+                if _ours(item, storage_id, queue):
+                    client.system_topic_event_subscriptions.begin_delete(
+                        group, topic.name, item.name
+                    ).result()
+                    removed.append(f"event subscription {item.name}")
+                elif group.lower() == events_group.lower():
+                    others_in_group.append(f"{topic.name}/{item.name}")
         group_path = f"/subscriptions/{subscription}/resourcegroups/{events_group}"
         group = arm.send("GET", group_path, RESOURCES_API)
-        if group.status_code == 200 and _ours(group.json().get("tags") or {}, environment):
+        tags = (group.json().get("tags") or {}) if group.status_code == 200 else {}
+        if tags.get("azd-env-name") == environment and others_in_group:
+            removed.append(
+                f"nothing of resource group {events_group}: its topic still delivers to "
+                f"{', '.join(others_in_group)}"
+            )
+        elif tags.get("azd-env-name") == environment:
             arm.delete_waiting(group_path, RESOURCES_API)
             removed.append(f"resource group {events_group}")
         authorization = f"/subscriptions/{subscription}/providers/Microsoft.Authorization"
         held_by = quote(f"principalId eq '{principal_id}'")
-        assignments = arm.ok(
-            "GET", f"{authorization}/roleAssignments?$filter={held_by}", AUTHORIZATION_API
-        )
-        for assignment in assignments.get("value", []):
-            arm.delete_waiting(assignment["id"], AUTHORIZATION_API)
-            removed.append(f"role assignment {assignment['name']}")
+        for assignment in arm.pages(
+            f"{authorization}/roleAssignments?$filter={held_by}", AUTHORIZATION_API
+        ):
+            scope = str((assignment.get("properties") or {}).get("scope") or "")
+            if scope.lower() == f"/subscriptions/{subscription}".lower():  # not above, below
+                arm.delete_waiting(assignment["id"], AUTHORIZATION_API)
+                removed.append(f"role assignment {assignment['name']}")
         role_name = ROLE_NAME.format(environment=environment, subscription=subscription)
         named = quote(f"roleName eq '{role_name}'")
-        definitions = arm.ok(
-            "GET", f"{authorization}/roleDefinitions?$filter={named}", AUTHORIZATION_API
-        )
-        for definition in definitions.get("value", []):
+        for definition in arm.pages(
+            f"{authorization}/roleDefinitions?$filter={named}", AUTHORIZATION_API
+        ):
             arm.delete_waiting(definition["id"], AUTHORIZATION_API)
             removed.append(f"custom role '{role_name}'")
         done.append(f"{subscription}: removed {', '.join(removed) if removed else 'nothing'}")
     return done
-
-
-def _ours(tags: Mapping[str, str], environment: str) -> bool:
-    """The events group access.bicep created (azd-env-name) or this hook did."""
-    return tags.get("azd-env-name") == environment or tags.get("created-by") == "wire_events"
 
 
 def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
@@ -385,11 +443,9 @@ def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
     )
     args = parser.parse_args(argv)
     needed = ["REMEDIATOR_EVENTS_GROUP"]
-    needed += (
-        ["AZURE_ENV_NAME", "REMEDIATOR_PRINCIPAL_ID"]
-        if args.remove
-        else ["REMEDIATOR_EVENT_STORAGE_ID", "REMEDIATOR_EVENT_QUEUE"]
-    )
+    needed += ["REMEDIATOR_EVENT_STORAGE_ID", "REMEDIATOR_EVENT_QUEUE"]
+    if args.remove:
+        needed += ["AZURE_ENV_NAME", "REMEDIATOR_PRINCIPAL_ID"]
     if not args.subscriptions:
         needed.append("REMEDIATOR_SUBSCRIPTIONS")
     missing = [name for name in needed if not environ.get(name)]
@@ -410,6 +466,8 @@ def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
             environ["AZURE_ENV_NAME"],
             environ["REMEDIATOR_PRINCIPAL_ID"],
             environ["REMEDIATOR_EVENTS_GROUP"],
+            storage_id=environ["REMEDIATOR_EVENT_STORAGE_ID"],
+            queue=environ["REMEDIATOR_EVENT_QUEUE"],
             arm_endpoint=arm,
         )
     else:
@@ -421,6 +479,7 @@ def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
             environ["REMEDIATOR_EVENTS_GROUP"],
             arm_endpoint=arm,
             location=environ.get("AZURE_LOCATION", ""),
+            environment=environ.get("AZURE_ENV_NAME", ""),
         )
     for line in lines:
         print(line)
