@@ -168,7 +168,7 @@ class SignIn:
         self._lock = threading.Lock()
         self._tenant: Tenant | None = None
         self._fetched_at = 0.0  # when self._tenant was read (only read once it is set)
-        self._tried_at = float("-inf")  # when a read was last tried, failed or not
+        self._tried_at: float | None = None  # when a read was last tried, failed or not
 
     def check(self, authorization: str | None) -> Refusal | None:
         token = bearer(authorization)
@@ -190,7 +190,7 @@ class SignIn:
                 unknown = _kid(token) not in self._tenant.keys
                 may_refresh = age > REFRESH_FLOOR_SECONDS
             wanted = stale or (unknown and may_refresh)
-            if wanted and now - self._tried_at >= RETRY_SECONDS:
+            if wanted and (self._tried_at is None or now - self._tried_at >= RETRY_SECONDS):
                 self._tried_at = now
                 try:
                     self._tenant = self._read()

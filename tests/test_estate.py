@@ -161,6 +161,7 @@ def arc_row(**changes):
         "osVersion": "5.15.0-91-generic",
         "arcOsType": "linux",
         "cloudProvider": "N/A",
+        "vmUuid": "090556DA-D4FA-764F-A9F1-63614EDA019A",
         "extensions": [
             {
                 "name": "AzureMonitorLinuxAgent",
@@ -188,6 +189,7 @@ def arc_machine(**properties):
             "osVersion": "5.15.0-91-generic",
             "osType": "linux",
             "vmId": "b7a1f3c2-0000-4000-8000-00000000a001",
+            "vmUuid": "090556DA-D4FA-764F-A9F1-63614EDA019A",
             "cloudMetadata": {"provider": "N/A"},
             "provisioningState": "Succeeded",
         }
@@ -217,10 +219,11 @@ def test_an_arc_machine_reads_the_same_from_resource_graph_and_from_arm():
         "Ubuntu",
         "22.04",  # the distro's version from osSku, not the kernel's
     )
-    assert (from_arm.power, from_arm.vm_id, from_arm.cloud_provider) == (
+    assert (from_arm.power, from_arm.vm_id, from_arm.cloud_provider, from_arm.vm_uuid) == (
         Power.RUNNING,
         "b7a1f3c2-0000-4000-8000-00000000a001",
         "N/A",
+        "090556DA-D4FA-764F-A9F1-63614EDA019A",
     )
     assert from_arm.tags == {"site": "paris"}
 
@@ -414,7 +417,7 @@ def test_the_twin_query_takes_guids_only():
     query = twin_query(smbios_forms(SMBIOS_AS_READ))
     assert f"('{SMBIOS_AS_READ.lower()}', '{VM_ID_OF_IT}')" in query
     for bad in ([], ["x') or true or ('"], [VM_ID_OF_IT, "' or 1==1"]):
-        with pytest.raises(ValueError, match="GUIDs only"):
+        with pytest.raises(ValueError, match=r"^twin_query takes GUIDs only$"):
             twin_query(bad)
 
 
