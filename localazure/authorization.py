@@ -125,15 +125,20 @@ def _put_assignment(plane: LocalAzure, p: Params, q: Query, body: Any, who: str)
     return json_response(201, assignment)
 
 
-def _list_assignments(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
-    principal = _filter(q, "principalId")
+def _listed(store: dict[str, dict[str, Any]], p: Params, q: Query, field: str) -> Response:
+    """A list at a subscription, with the one $filter each list takes (``field eq '…'``)."""
+    wanted = _filter(q, field)
     prefix = f"/subscriptions/{p['sub']}".lower()
     found = [
         item
-        for key, item in plane.role_assignments.items()
-        if key.startswith(prefix) and principal in {None, item["properties"]["principalId"]}
+        for key, item in store.items()
+        if key.startswith(prefix) and wanted in {None, item["properties"][field]}
     ]
     return json_response(200, {"value": found})
+
+
+def _list_assignments(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
+    return _listed(plane.role_assignments, p, q, "principalId")
 
 
 def _delete_assignment(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
@@ -143,14 +148,7 @@ def _delete_assignment(plane: LocalAzure, p: Params, q: Query, body: Any, who: s
 
 
 def _list_definitions(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:
-    name = _filter(q, "roleName")
-    prefix = f"/subscriptions/{p['sub']}".lower()
-    found = [
-        item
-        for key, item in plane.role_definitions.items()
-        if key.startswith(prefix) and name in {None, item["properties"]["roleName"]}
-    ]
-    return json_response(200, {"value": found})
+    return _listed(plane.role_definitions, p, q, "roleName")
 
 
 def _delete_definition(plane: LocalAzure, p: Params, q: Query, body: Any, who: str) -> Response:

@@ -185,26 +185,31 @@ def test_an_unregistered_event_grid_provider_is_registered_and_waited_for(two_su
 
 
 def test_without_registration_event_grid_refuses_the_topic_as_azure_does(two_subscriptions):
+    plane = two_subscriptions
+    plane.estate.subscriptions[SUB].providers["microsoft.eventgrid"] = "NotRegistered"
+    with pytest.raises(HttpResponseError) as refused:
+        put_topic(plane, "t", SUB)
+    assert refused.value.status_code == 409
+    assert refused.value.error.code == "MissingSubscriptionRegistration"
+
+
+def put_topic(plane, name: str, source_subscription: str) -> None:
+    """A system topic PUT through azure-mgmt-eventgrid, in SUB's rg-dev-events."""
     from azure.mgmt.eventgrid import EventGridManagementClient
     from azure.mgmt.eventgrid.models import SystemTopic
 
-    plane = two_subscriptions
-    plane.estate.subscriptions[SUB].providers["microsoft.eventgrid"] = "NotRegistered"
     client = EventGridManagementClient(
         operator(plane), SUB, base_url=plane.url, credential_scopes=[f"{plane.url}/.default"]
     )
-    with pytest.raises(HttpResponseError) as refused:
-        client.system_topics.begin_create_or_update(
-            "rg-dev-events",
-            "t",
-            SystemTopic(
-                location="global",
-                source=f"/subscriptions/{SUB}",
-                topic_type="Microsoft.Resources.Subscriptions",
-            ),
-        ).result()
-    assert refused.value.status_code == 409
-    assert refused.value.error.code == "MissingSubscriptionRegistration"
+    client.system_topics.begin_create_or_update(
+        "rg-dev-events",
+        name,
+        SystemTopic(
+            location="global",
+            source=f"/subscriptions/{source_subscription}",
+            topic_type="Microsoft.Resources.Subscriptions",
+        ),
+    ).result()
 
 
 def test_a_registration_that_never_ends_stops_the_hook_with_what_to_do(two_subscriptions):
@@ -340,32 +345,13 @@ def test_remove_leaves_nothing_of_the_deployment_behind(two_subscriptions):
 
 
 def test_a_system_topic_lives_in_its_source_subscription_and_one_per_source(two_subscriptions):
-    from azure.mgmt.eventgrid import EventGridManagementClient
-    from azure.mgmt.eventgrid.models import SystemTopic
-
     plane = two_subscriptions
-    client = EventGridManagementClient(
-        operator(plane), SUB, base_url=plane.url, credential_scopes=[f"{plane.url}/.default"]
-    )
     with pytest.raises(HttpResponseError) as elsewhere:
-        client.system_topics.begin_create_or_update(
-            "rg-dev-events",
-            "other-subscription",
-            SystemTopic(
-                location="global",
-                source=f"/subscriptions/{OTHER}",
-                topic_type="Microsoft.Resources.Subscriptions",
-            ),
-        ).result()
+        put_topic(plane, "other-subscription", OTHER)
     assert elsewhere.value.status_code == 400
-    mine = SystemTopic(
-        location="global",
-        source=f"/subscriptions/{SUB}",
-        topic_type="Microsoft.Resources.Subscriptions",
-    )
-    client.system_topics.begin_create_or_update("rg-dev-events", "first", mine).result()
+    put_topic(plane, "first", SUB)
     with pytest.raises(HttpResponseError) as second:
-        client.system_topics.begin_create_or_update("rg-dev-events", "second", mine).result()
+        put_topic(plane, "second", SUB)
     assert second.value.status_code == 400
     assert "Only one system topic is allowed per source" in second.value.error.message
 
