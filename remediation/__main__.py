@@ -387,7 +387,7 @@ def show_log(args: argparse.Namespace, out: TextIO) -> int:
         query = ops.parse_query(params, running.settings, scope=running.scope().ids)
         if by_name:
             query = dataclasses.replace(query, vm=_one_vm(running, args.vm, query))
-        records, token = running.audit.search(query)
+        records, token = ops.search(running, query)
     except ops.InvalidQuery as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -454,7 +454,9 @@ def _log_table(records: list[AuditRecord], query: Any, out: TextIO) -> None:
         table.add_column(column, overflow="fold")
     table.add_column("reason / hint", overflow="fold", ratio=1)
     for record in records:
+        since = record.unchanged_since
         text = sentences(
+            f"Unchanged since {since:%Y-%m-%d %H:%M} UTC." if since else "",
             record.reason,
             f"Hint: {record.hint}" if record.hint else "",
             f"Verification: {record.verification}: {record.verification_reason}"

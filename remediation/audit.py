@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import itertools
+import json
 import logging
 import re
 import uuid
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +50,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
-from remediation.model import kind_of, visible
+from remediation.model import UNAVAILABLE, classified, kind_of, visible
 from remediation.tables import TRANSACTION, vm_key, vm_partition
 
 log = logging.getLogger("remediation")
@@ -63,6 +66,12 @@ MAX_PAGE = 1000  # Table Storage returns at most 1,000 entities a request
 NAME_PAGES = 20  # pages a short-name lookup reads at most
 LIST_FIELDS = ("actions", "findings")  # tuples, stored comma-joined
 TRIGGERS = frozenset({"event", "queue", "sweep", "http", "cli"})
+GONE = "gone"  # the decision of a machine a complete sweep of its subscription no longer lists
+BASE_PREFIX = "base-"  # base-<subscription>: each machine's state as the last sweep saw it
+BASE_HEAD = "head"  # which generation of a baseline is the current one, and its chunk count
+BASE_CHUNK = 60_000  # bytes in one binary property (Table Storage: 64 KiB at most)
+BASE_ROWS = 40  # chunk rows a transaction (40 x 80 KB in base64: under its 4 MiB)
+QUIET = frozenset({"none", "reported"})  # outcomes that act on nothing
 
 
 def _now() -> datetime:
@@ -102,6 +111,9 @@ class AuditRecord:
     subscription_name: str = ""  # its display name when the record was written
     time: datetime = field(default_factory=_now)
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # A night on which the sweep wrote no row for the machine is read back as its state
+    # then, the change it last recorded: that change's time (never stored).
+    unchanged_since: datetime | None = None
 
     @property
     def kind(self) -> str:
@@ -114,7 +126,20 @@ class AuditRecord:
         value["actions"] = list(self.actions)
         value["findings"] = list(self.findings)
         value["time"] = self.time.isoformat()
+        since = self.unchanged_since
+        value["unchanged_since"] = since.isoformat() if since else None
         return value
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> AuditRecord:
+        """The record ``to_json`` wrote (a baseline's); keys it does not know are left."""
+        values = {item.name: value[item.name] for item in fields(cls) if item.name in value}
+        for name in LIST_FIELDS:
+            values[name] = tuple(values.get(name) or ())
+        values["time"] = datetime.fromisoformat(value["time"])
+        since = values.get("unchanged_since")
+        values["unchanged_since"] = datetime.fromisoformat(since) if since else None
+        return cls(**values)
 
     def log_line(self) -> str:
         """logfmt, every value quoted: ``vm="..." sub="..." decision="..."``. A value
@@ -146,6 +171,45 @@ class AuditRecord:
         if self.hint:
             parts.append(("hint", self.hint))
         return logfmt(parts)
+
+
+# The columns of a stored row: every field but ``unchanged_since`` (read back, never stored).
+STORED = tuple(item.name for item in fields(AuditRecord) if item.name != "unchanged_since")
+# What a record says of the machine; the rest says when, how and by whom it was written.
+BOOKKEEPING = frozenset(
+    {
+        "trigger",
+        "event_id",
+        "correlation_id",
+        "run_id",
+        "duration_ms",
+        "subscription_name",
+        "time",
+        "record_id",
+        "unchanged_since",
+    }
+)
+STATE = tuple(item.name for item in fields(AuditRecord) if item.name not in BOOKKEEPING)
+
+
+def state_of(record: AuditRecord) -> tuple[Any, ...]:
+    return tuple(getattr(record, name) for name in STATE)
+
+
+def is_state(record: AuditRecord) -> bool:
+    """Does the record say what the machine is and what it needs (a baseline holds it)?
+    An outage, an error before any assessment or an id the app cannot read do not."""
+    return classified(record) and record.outcome != UNAVAILABLE
+
+
+def changed(before: AuditRecord | None, after: AuditRecord) -> bool:
+    """Does a sweep write a row for this machine? When what it says of the machine differs
+    from the baseline (or there is none), when it acted or failed to, and for whatever
+    is not a state: every change and every action is a row; a night that changed
+    nothing is the run's (it says which subscriptions it assessed completely)."""
+    if not is_state(after) or after.outcome not in QUIET:
+        return True
+    return before is None or state_of(before) != state_of(after)
 
 
 _LOGFMT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
@@ -197,19 +261,19 @@ def _entity(record: AuditRecord, partition: str) -> dict[str, Any]:
         "RowKey": prefix + _row_key(record),
         INDEX_MARKER: INDEX_PREFIX,  # its VM row is in the bucketed index (purge)
     }
-    for item in fields(record):
-        value = getattr(record, item.name)
-        if item.name in LIST_FIELDS:
+    for name in STORED:
+        value = getattr(record, name)
+        if name in LIST_FIELDS:
             value = ",".join(value)
-        elif item.name == "install_code":
+        elif name == "install_code":
             value = -1 if value is None else value
-        entity[item.name] = value
+        entity[name] = value
     entity["vm_name"] = vm_name(record.vm)  # for vms_named; not a field of the record
     return entity
 
 
 def _record(entity: dict[str, Any]) -> AuditRecord:
-    values: dict[str, Any] = {item.name: entity.get(item.name) for item in fields(AuditRecord)}
+    values: dict[str, Any] = {name: entity.get(name) for name in STORED}
     for name in LIST_FIELDS:
         values[name] = tuple(a for a in (values[name] or "").split(",") if a)
     code = values["install_code"]
@@ -273,12 +337,160 @@ def _decode_token(token: str, partitions: Sequence[tuple[str, str]]) -> tuple[in
     raise ValueError("the continuation token belongs to another query")
 
 
+@dataclass(frozen=True, slots=True)
+class Night:
+    """A sweep run that assessed a subscription completely."""
+
+    run_id: str
+    started: datetime
+    trigger: str = "sweep"
+
+
+def sweep_record_id(run_id: str, about: str) -> str:
+    """The id of a sweep's row: from the run and the VM (or what else it is about), so a
+    retried batch rewrites its rows, and a night read back has the id its row would have."""
+    return hashlib.sha256(f"{run_id}|{about.lower()}".encode()).hexdigest()[:32]
+
+
+def nights(
+    rows: Sequence[AuditRecord], complete: Sequence[Night], baseline: AuditRecord | None
+) -> list[AuditRecord]:
+    """One machine's rows, and a row read back for each run of ``complete`` (each assessed
+    its subscription completely) that wrote none for it, newest first.
+
+    Why that is its record: a complete run writes a row for every machine whose state
+    changed, and a ``gone`` row for every machine it no longer lists. So a complete run
+    without a row for the machine saw it unchanged: its state then is its last state
+    before the run, from a complete run of its subscription (a partial run's changes may
+    not be in the baseline), or the baseline once the run is at or after the baseline's
+    own time (older rows may have passed the retention). Nothing is read back before the
+    machine's first state, or after it was gone."""
+    ids = {night.run_id for night in complete}
+    written = {row.run_id for row in rows if row.run_id and row.trigger != "queue"}
+    states = sorted(
+        (
+            row
+            for row in rows
+            if row.run_id in ids
+            and row.trigger != "queue"
+            and (is_state(row) or row.decision == GONE)
+        ),
+        key=lambda row: row.time,
+    )
+    found = list(rows)
+    for night in complete:
+        if night.run_id in written:
+            continue
+        prior = None
+        if baseline is not None and baseline.time <= night.started:
+            prior = baseline
+        else:
+            before = [state for state in states if state.time < night.started]
+            prior = before[-1] if before else None
+        if prior is None or prior.decision == GONE:
+            continue
+        found.append(
+            replace(
+                prior,
+                trigger=night.trigger,
+                run_id=night.run_id,
+                event_id="",
+                correlation_id="",
+                duration_ms=0,
+                time=night.started,
+                record_id=sweep_record_id(night.run_id, prior.vm),
+                unchanged_since=prior.unchanged_since or prior.time,
+            )
+        )
+    return sorted(found, key=_row_key)
+
+
+def _matches(record: AuditRecord, query: Query) -> bool:
+    """The query's column filters, on a record in hand (a VM's rows are few)."""
+    for name in ("decision", "subscription", "run_id", "verification"):
+        wanted = getattr(query, name)
+        if wanted and getattr(record, name) != wanted:
+            return False
+    return not query.finding or query.finding in record.findings
+
+
+class Baselines:
+    """``base-<subscription>``: each machine's state as the sweep last saw it, the last
+    state row of a complete sweep of its subscription (``is_state``). A batch compares its
+    records with it to write rows only for changes, and the report counts from it.
+
+    Stored as one zlib-compressed JSON list, cut into binary chunk rows of one
+    generation (the run that wrote it), and a ``head`` row naming the generation and its
+    chunk count: written chunks first, then the head, then the old chunks deleted, so a
+    reader never sees half a baseline. One writer at a time: a subscription is held by
+    one run (its lock), and a retried batch rewrites the same generation."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def read(self, subscription: str) -> dict[str, AuditRecord]:
+        """Lower-case machine id -> its state; {} before the first complete sweep."""
+        partition = BASE_PREFIX + subscription.lower()
+        for _ in range(3):  # rewritten while read: read again
+            try:
+                entities = {
+                    entity["RowKey"]: entity
+                    for entity in self._table.query_entities(
+                        "PartitionKey eq @pk", parameters={"pk": partition}
+                    )
+                }
+            except ResourceNotFoundError:  # no table yet
+                return {}
+            head = entities.get(BASE_HEAD)
+            if head is None:
+                return {}
+            keys = [f"{head['generation']}-{n:05d}" for n in range(int(head["chunks"]))]
+            if all(key in entities for key in keys):
+                data = zlib.decompress(b"".join(bytes(entities[key]["data"]) for key in keys))
+                records = map(AuditRecord.from_json, json.loads(data))
+                return {record.vm.lower(): record for record in records}
+        raise RuntimeError(f"the baseline of {subscription} changed on every read")
+
+    def write(self, subscription: str, generation: str, records: Sequence[AuditRecord]) -> None:
+        partition = BASE_PREFIX + subscription.lower()
+        text = json.dumps([record.to_json() for record in records], separators=(",", ":"))
+        data = zlib.compress(text.encode())
+        rows = [
+            {
+                "PartitionKey": partition,
+                "RowKey": f"{generation}-{start // BASE_CHUNK:05d}",
+                "data": data[start : start + BASE_CHUNK],
+            }
+            for start in range(0, len(data), BASE_CHUNK)
+        ]
+        keep = {row["RowKey"] for row in rows} | {BASE_HEAD}
+        old = [
+            entity["RowKey"]
+            for entity in self._table.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"]
+            )
+            if entity["RowKey"] not in keep
+        ]
+        for start in range(0, len(rows), BASE_ROWS):
+            self._table.submit_transaction(
+                [("upsert", row) for row in rows[start : start + BASE_ROWS]]
+            )
+        head = {"generation": generation, "chunks": len(rows), "machines": len(records)}
+        self._table.upsert_entity({"PartitionKey": partition, "RowKey": BASE_HEAD} | head)
+        for start in range(0, len(old), TRANSACTION):
+            keys = old[start : start + TRANSACTION]
+            self._table.submit_transaction(
+                [("delete", {"PartitionKey": partition, "RowKey": key}) for key in keys]
+            )
+
+
 class AuditLog:
     def __init__(
         self, table: TableClient, on_write: Callable[[AuditRecord], None] | None = None
     ) -> None:
         self._table = table
         self._on_write = on_write  # notifications
+        self.baselines = Baselines(table)  # each machine's state as the sweep last saw it
 
     @property
     def table(self) -> TableClient:
@@ -368,43 +580,85 @@ class AuditLog:
         )
         yield from (_record(entity) for entity in entities)
 
-    def search(self, query: Query) -> tuple[list[AuditRecord], str]:
+    def search(
+        self,
+        query: Query,
+        complete: Sequence[Night] = (),
+        baseline: AuditRecord | None = None,
+    ) -> tuple[list[AuditRecord], str]:
         """Records matching the query, newest first, at most ``query.limit``, and a
         continuation token for the next page: "" exactly when no further record matches.
-        One range query in one partition (the log's, or the VM's bucket and then, for
-        rows of the previous version, the VM's old partition), read until one row past
-        the limit: a single request unless the service ends a page early (1,000 rows,
-        five seconds of scanning for a rare filter)."""
-        partitions = self._vm_partitions(query.vm) if query.vm else [(LOG_PARTITION, "")]
-        first, after = _decode_token(query.continuation, partitions)
+        A window is one range query in the log's partition, read until one row past the
+        limit: a single request unless the service ends a page early (1,000 rows, five
+        seconds of scanning for a rare filter). A VM's is its rows, with a row read back
+        for each night it had none (``nights``: the runs that assessed its subscription
+        completely, ``complete``, and its ``baseline``)."""
+        if query.vm:
+            return self._search_vm(query, complete, baseline)
+        partitions = [(LOG_PARTITION, "")]
+        _, after = _decode_token(query.continuation, partitions)
+        conditions = ["PartitionKey eq @pk", "RowKey ge @newest", "RowKey le @oldest"]
+        parameters: dict[str, Any] = {"pk": LOG_PARTITION} | _window(query.since, query.until)
+        if after:
+            conditions.append("RowKey gt @after")
+            parameters["after"] = after
+        for name in ("decision", "subscription", "run_id", "verification"):
+            if getattr(query, name):
+                conditions.append(f"{name} eq @{name}")
+                parameters[name] = getattr(query, name)
+        if query.finding:  # one finding exists so far: the joined column equals it
+            conditions.append("findings eq @finding")
+            parameters["finding"] = query.finding
+        entities = self._table.query_entities(
+            " and ".join(conditions),
+            parameters=parameters,
+            results_per_page=min(query.limit + 1, MAX_PAGE),
+        )
         records: list[AuditRecord] = []
-        last = ("", "")
-        for partition, prefix in partitions[first:]:
-            conditions = ["PartitionKey eq @pk", "RowKey ge @newest", "RowKey le @oldest"]
-            parameters: dict[str, Any] = {"pk": partition}
-            parameters |= _window(query.since, query.until, prefix)
-            if after:
-                conditions.append("RowKey gt @after")
-                parameters["after"] = after
-                after = ""  # only in the partition the token names
-            for name in ("decision", "subscription", "run_id", "verification"):
-                if getattr(query, name):
-                    conditions.append(f"{name} eq @{name}")
-                    parameters[name] = getattr(query, name)
-            if query.finding:  # one finding exists so far: the joined column equals it
-                conditions.append("findings eq @finding")
-                parameters["finding"] = query.finding
-            entities = self._table.query_entities(
-                " and ".join(conditions),
-                parameters=parameters,
-                results_per_page=min(query.limit + 1 - len(records), MAX_PAGE),
-            )
-            for entity in entities:
-                if len(records) == query.limit:  # one more matches: there is a next page
-                    return records, _encode_token(*last)
-                records.append(_record(entity))
-                last = (partition, entity["RowKey"])
+        last = ""
+        for entity in entities:
+            if len(records) == query.limit:  # one more matches: there is a next page
+                return records, _encode_token(LOG_PARTITION, last)
+            records.append(_record(entity))
+            last = entity["RowKey"]
         return records, ""
+
+    def _search_vm(
+        self, query: Query, complete: Sequence[Night], baseline: AuditRecord | None
+    ) -> tuple[list[AuditRecord], str]:
+        """A VM's page: all its rows (a machine has one a change, not one a night) and the
+        nights read back, filtered, newest first; the token is the last one's key."""
+        partitions = self._vm_partitions(query.vm)
+        first, after = _decode_token(query.continuation, partitions)
+        prefix = partitions[0][1]
+        if first:  # a token into the previous version's partition: the same order
+            after = prefix + after
+        matching = [
+            record
+            for record in nights(self.rows_of(query.vm), complete, baseline)
+            if query.since <= record.time <= query.until
+            and prefix + _row_key(record) > after
+            and _matches(record, query)
+        ]
+        page = matching[: query.limit]
+        more = len(matching) > query.limit
+        return page, _encode_token(partitions[0][0], prefix + _row_key(page[-1])) if more else ""
+
+    def rows_of(self, vm: str) -> list[AuditRecord]:
+        """Every stored row of one VM, newest first: its index bucket, then the previous
+        version's partition of its own."""
+        records: list[AuditRecord] = []
+        for partition, prefix in self._vm_partitions(vm):
+            condition = "PartitionKey eq @pk"
+            parameters = {"pk": partition}
+            if prefix:  # "-" < "." in key order: the range of this VM's rows
+                condition += " and RowKey gt @first and RowKey lt @last"
+                parameters |= {"first": prefix, "last": prefix[:-1] + "."}
+            entities = self._table.query_entities(
+                condition, parameters=parameters, results_per_page=MAX_PAGE
+            )
+            records += (_record(entity) for entity in entities)
+        return records
 
     def vms_named(
         self,

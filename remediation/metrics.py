@@ -27,7 +27,7 @@ from remediation.model import classified, coverage_percent, covered
 if TYPE_CHECKING:  # pragma: no cover - types only; the imports happen in publish()
     from opentelemetry.sdk.metrics.export import MetricReader
 
-    from remediation.audit import AuditLog, AuditRecord
+    from remediation.audit import AuditRecord
     from remediation.runs import Run
 
 log = logging.getLogger("remediation")
@@ -99,26 +99,27 @@ def figures_from_records(records: Iterable[AuditRecord]) -> list[SubscriptionFig
             latest[key] = record
     tallies: dict[str, dict[str, int]] = {}
     for record in latest.values():
-        tally = tallies.setdefault(record.subscription.lower(), dict.fromkeys(_FIELDS, 0))
-        tally["vms"] += 1
-        tally["eligible_running"] += record.eligible_running
-        tally["covered"] += covered(record.decision, record.eligible_running)
-        column = _COLUMN.get(record.decision)
-        if column is not None:
-            tally[column] += 1
-        if _mde_failed(record):
-            tally["install_failures"] += 1
+        count(tallies, record)
+    return figures_of(tallies)
+
+
+def count(tallies: dict[str, dict[str, int]], record: AuditRecord) -> None:
+    """Add one machine's record to its subscription's tally (a sweep counts each once)."""
+    tally = tallies.setdefault(record.subscription.lower(), dict.fromkeys(_FIELDS, 0))
+    tally["vms"] += 1
+    tally["eligible_running"] += record.eligible_running
+    tally["covered"] += covered(record.decision, record.eligible_running)
+    column = _COLUMN.get(record.decision)
+    if column is not None:
+        tally[column] += 1
+    if _mde_failed(record):
+        tally["install_failures"] += 1
+
+
+def figures_of(tallies: Mapping[str, Mapping[str, int]]) -> list[SubscriptionFigures]:
+    """The tallies as figures, sorted by subscription (a run's summary keeps its tallies)."""
     return [
-        SubscriptionFigures(
-            subscription,
-            vms=tally["vms"],
-            eligible_running=tally["eligible_running"],
-            covered=tally["covered"],
-            to_install=tally["to_install"],
-            blocked=tally["blocked"],
-            errors=tally["errors"],
-            install_failures=tally["install_failures"],
-        )
+        SubscriptionFigures(subscription, **{name: int(tally.get(name, 0)) for name in _FIELDS})
         for subscription, tally in sorted(tallies.items())
     ]
 
@@ -239,22 +240,14 @@ def _exporting_reader(connection: str) -> MetricReader:
     return PeriodicExportingMetricReader(exporter, export_interval_millis=24 * 3600 * 1000)
 
 
-def publish_run(audit: AuditLog, run: Run) -> None:
+def publish_run(run: Run) -> None:
     """A finished run's per-subscription figures to Azure Monitor, where Application
-    Insights is set up (only then are the run's rows read back). Only what the run
-    measured: a subscription it could not assess emits nothing."""
-    from remediation.audit import Query  # noqa: PLC0415 - types only above
-
+    Insights is set up: from the tallies its batches kept of every machine (the log has
+    rows for changes only). Only what the run measured: a subscription it could not
+    assess emits nothing."""
     if not enabled():
         return
-    records: list[AuditRecord] = []
-    token = ""
-    while True:  # a sweep's rows all carry the run's start time: one narrow window
-        query = Query(run.started, run.started, run_id=run.run_id, limit=1000, continuation=token)
-        page, token = audit.search(query)
-        records += page
-        if not token:
-            break
     duration = float(run.summary.get("duration_seconds", 0))
-    figures = [f for f in figures_from_records(records) if f.subscription in run.assessed]
+    tallies = run.summary.get("figures") or {}
+    figures = [f for f in figures_of(tallies) if f.subscription in run.assessed]
     publish(figures, run_id=run.run_id, mode=run.mode, duration_seconds=duration)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from remediation.audit import AuditLog, Query
+from remediation.audit import AuditLog, AuditRecord, Night, Query
 from remediation.classify import FINDINGS
 from remediation.config import GUID, Settings
 from remediation.model import (
@@ -163,9 +163,10 @@ def parse_query(  # noqa: PLR0915 - one check a filter
 
 def resolve_vm(audit: AuditLog, name: str, query: Query, scope: frozenset[str]) -> list[str]:
     """The full ids of the VMs named ``name`` (any case) in the log over the query's
-    window (and subscription, if it names one), newest first, in scope only. One id:
-    the VM meant; several: ask which; none: not in the window. Raises InvalidQuery for
-    what is not a VM name."""
+    window (and subscription, if it names one), newest first, in scope only; if the
+    window has no row of that name (a machine unchanged for long writes none), the
+    machines the sweeps know now (the baselines). One id: the VM meant; several: ask
+    which; none: not known. Raises InvalidQuery for what is not a VM name."""
     if not _VM_NAME.match(name):
         raise InvalidQuery(["vm: not a virtual machine name or resource id"])
 
@@ -175,14 +176,42 @@ def resolve_vm(audit: AuditLog, name: str, query: Query, scope: frozenset[str]) 
         except InvalidResourceId:
             return False
 
-    return audit.vms_named(name, query.since, query.until, query.subscription, keep=in_scope)
+    found = audit.vms_named(name, query.since, query.until, query.subscription, keep=in_scope)
+    if found:
+        return found
+    wanted = name.lower()
+    for subscription in [query.subscription] if query.subscription else sorted(scope):
+        for key, state in audit.baselines.read(subscription).items():
+            if key.rsplit("/", 1)[-1] == wanted:
+                found.append(state.vm)
+        if len(found) > 1:
+            break
+    return found
+
+
+def search(services: Services, query: Query) -> tuple[list[AuditRecord], str]:
+    """The log's answer to a query. A window: its rows (changes and actions). A VM: its
+    rows, and for each sweep that assessed its subscription completely and wrote no row
+    for it, its state then read back (``audit.nights``): one record a night, as before
+    the log wrote only changes."""
+    if not query.vm:
+        return services.audit.search(query)
+    subscription = VmRef.parse(query.vm).subscription
+    runs = services.runs.runs_since(
+        datetime.now(UTC) - timedelta(days=services.settings.audit_retention_days)
+    )
+    complete = [
+        Night(run.run_id, run.started, run.trigger) for run in runs if subscription in run.assessed
+    ]
+    baseline = services.audit.baselines.read(subscription).get(query.vm.lower())
+    return services.audit.search(query, complete, baseline)
 
 
 def http_remediations(services: Services, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
     """GET /api/remediations: the log, newest first, filtered and paged."""
     try:
         query = parse_query(params, services.settings, scope=services.scope().ids)
-        records, token = services.audit.search(query)
+        records, token = search(services, query)
     except InvalidQuery as error:
         return 400, {"errors": error.problems}
     except ValueError as error:  # a forged or stale continuation token

@@ -341,18 +341,19 @@ def verify(
             f"{seen} with health {health} and onboarding status {onboarding}.",
             hint,
         )
-    start = since or now
+    start = min(since or now, now)  # a clock ahead of ours is not a future install
     hours = max(0.0, (now - start).total_seconds() / 3600)
     if hours > grace_hours:
         return Verified(
             Verification.NOT_SEEN,
-            f"{vm.extension} has been Succeeded for {hours:.0f} h (since {start:%Y-%m-%d %H:%M} "
-            f"UTC), longer than the {grace_hours} h grace, and Defender for Endpoint lists "
-            "no device for this VM.",
+            f"{vm.extension} has been Succeeded since {start:%Y-%m-%d %H:%M} UTC, longer "
+            f"than the {grace_hours} h grace, and Defender for Endpoint lists no device for "
+            "this VM.",
             NOT_SEEN_HINT,
         )
     return Verified(
         Verification.PENDING,
-        f"{vm.extension} has been Succeeded for {hours:.0f} h; Defender for Endpoint may take "
-        f"up to {grace_hours} h (REMEDIATION_VERIFY_GRACE_HOURS) to list the device.",
+        f"{vm.extension} has been Succeeded since {start:%Y-%m-%d %H:%M} UTC; Defender for "
+        f"Endpoint may take up to {grace_hours} h (REMEDIATION_VERIFY_GRACE_HOURS) to list "
+        "the device.",
     )

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from html import escape
 
-from remediation.audit import AuditRecord, Query
+from remediation.audit import GONE, AuditRecord, Query
 from remediation.model import classified, coverage_percent, covered, percent_text
 from remediation.runs import Run, RunStatus
 from remediation.scope import WIRE_COMMAND, Scope
@@ -174,7 +174,12 @@ def gather(services: Services, now: datetime | None = None) -> Coverage:
     if coverage.as_of:
         oldest = min(run.started for run in coverage.as_of.values())
         records = _records(services, oldest, now)
-        coverage.latest = latest_state(records, coverage.as_of)
+        baselines = [
+            state
+            for subscription in coverage.as_of
+            for state in services.audit.baselines.read(subscription).values()
+        ]
+        coverage.latest = latest_state(records, coverage.as_of, baselines)
         coverage.tests = last_tests(records)
     return coverage
 
@@ -227,11 +232,20 @@ def trend(done: Sequence[Run], scope: Sequence[str]) -> list[Point]:
     return sorted(points, key=lambda point: point.started)
 
 
-def latest_state(records: Iterable[AuditRecord], as_of: dict[str, Run]) -> dict[str, AuditRecord]:
-    """VM id -> its latest state: the row of its subscription's latest sweep, then the
-    events and installs since, oldest applied first. Rows of other sweeps, of
-    subscriptions out of scope or never swept, and anything older are left out."""
+def latest_state(
+    records: Iterable[AuditRecord],
+    as_of: dict[str, Run],
+    baselines: Iterable[AuditRecord] = (),
+) -> dict[str, AuditRecord]:
+    """VM id -> its latest state: its state as the sweeps last saw it (its baseline: a
+    sweep writes a row only when that changes), then the rows of its subscription's
+    latest sweep and the events and installs since, oldest applied first. Rows of other
+    sweeps, of subscriptions out of scope or never swept, and anything older are left
+    out; a machine that sweep found gone is gone."""
     latest: dict[str, AuditRecord] = {}
+    for state in baselines:
+        if state.subscription.lower() in as_of:
+            latest[state.vm.lower()] = state
     for record in sorted(records, key=lambda r: r.time):
         run = as_of.get(record.subscription.lower())
         if run is None or not record.vm or record.decision == "ignored" or record.test_alert:
@@ -242,6 +256,9 @@ def latest_state(records: Iterable[AuditRecord], as_of: dict[str, Run]) -> dict[
             continue  # another sweep's row (a sweep's rows carry its run id; installs too)
         if record.trigger == "queue" and record.outcome in {"skipped", "deferred"}:
             continue  # the VM's state is what the sweep or an event said
+        if record.decision == GONE:
+            latest.pop(record.vm.lower(), None)
+            continue
         if not classified(record) and record.vm.lower() in latest:
             continue  # an outage or a poisoned install decided nothing: the last state stands
         state = _covered(record) if record.outcome == "succeeded" else record

@@ -178,6 +178,8 @@ class BatchResult:
     subscriptions: list[str] = field(default_factory=list)  # the batch's
     complete: bool = False  # every machine of its readable subscriptions was assessed
     unreadable: dict[str, str] = field(default_factory=dict)  # subscription -> why
+    # Per subscription, every machine's figures (metrics.count): the metrics' source.
+    figures: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def assessed(self) -> list[str]:
@@ -294,22 +296,7 @@ class RunStore:
             entity = self._table.get_entity(RUN_PARTITION, run_id)
         except ResourceNotFoundError:
             return None
-        return Run(
-            run_id=run_id,
-            mode=entity["mode"],
-            trigger=entity["trigger"],
-            subscriptions=[s for s in entity["subscriptions"].split(",") if s],
-            batches=int(entity["batches"]),
-            started=entity["started"],
-            status=entity["status"],
-            finished=entity.get("finished"),
-            summary=json.loads(entity.get("summary") or "{}"),
-            heartbeat=entity.get("heartbeat"),
-            uniform=(
-                int(entity.get("uniform_scale_sets") or 0),
-                int(entity.get("uniform_instances") or 0),
-            ),
-        )
+        return _run(entity)
 
     def beat(self, run_id: str, now: datetime | None = None) -> bool:
         """A sign of life from a batch at work. False, and no beat, when the run was
@@ -346,12 +333,11 @@ class RunStore:
     def runs_since(self, moment: datetime) -> list[Run]:
         """Runs started since ``moment``, newest first (a few a day: one small partition)."""
         runs = [
-            run
+            _run(entity)
             for entity in self._table.query_entities(
                 "PartitionKey eq @pk and RowKey ge @since",
                 parameters={"pk": RUN_PARTITION, "since": moment.strftime("%Y%m%dT%H%M%SZ")},
             )
-            if (run := self.get(entity["RowKey"])) is not None
         ]
         return sorted(runs, key=lambda run: run.run_id, reverse=True)
 
@@ -424,6 +410,25 @@ class RunStore:
         return run
 
 
+def _run(entity: dict[str, Any]) -> Run:
+    return Run(
+        run_id=entity["RowKey"],
+        mode=entity["mode"],
+        trigger=entity["trigger"],
+        subscriptions=[s for s in entity["subscriptions"].split(",") if s],
+        batches=int(entity["batches"]),
+        started=entity["started"],
+        status=entity["status"],
+        finished=entity.get("finished"),
+        summary=json.loads(entity.get("summary") or "{}"),
+        heartbeat=entity.get("heartbeat"),
+        uniform=(
+            int(entity.get("uniform_scale_sets") or 0),
+            int(entity.get("uniform_instances") or 0),
+        ),
+    )
+
+
 def _while_running(change: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], bool]:
     """``change``, for a run still running only (a closed run is never reopened)."""
     return lambda entity: entity["status"] == RunStatus.RUNNING and change(entity)
@@ -474,8 +479,10 @@ def summarize(
     eligible = sum(r.eligible_running for r in results)
     covered = sum(r.covered for r in results)
     unreadable: dict[str, str] = {}
+    figures: dict[str, dict[str, int]] = {}
     for result in results:
         unreadable.update(result.unreadable)
+        figures.update(result.figures)  # a subscription is in one batch
     return {
         "assessed": sorted({s for r in results for s in r.assessed}),
         "unreadable": dict(sorted(unreadable.items())),
@@ -499,4 +506,5 @@ def summarize(
         # Not this app's to change: instances of uniform scale sets (the report's hint).
         "uniform_scale_sets": uniform[0],
         "uniform_instances": uniform[1],
+        "figures": dict(sorted(figures.items())),
     }

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -29,9 +28,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from remediation import defender
+from remediation import defender, metrics
 from remediation.act import BatchActions, act
-from remediation.audit import AuditRecord
+from remediation.audit import GONE, AuditRecord, changed, is_state, sweep_record_id
 from remediation.classify import Protection, may_run_on_azure
 from remediation.config import GUID, Mode
 from remediation.doctor import events_check
@@ -240,7 +239,9 @@ def run_batch(
         batch.result.unreadable.setdefault(
             subscription, f"Azure did not answer for {machines} machines (outcome unavailable)"
         )
-    services.audit.write_many(batch.records)
+    batch.records += batch.gone()
+    services.audit.write_many(batch.records)  # the rows first: a change is never lost
+    batch.save_baselines()
     batch.save_states(complete)
     batch.result.arm_requests, batch.result.graph_requests = used["arm"], used["graph"]
     return _finished(services, store.finish_batch(run, message.batch, batch.result))
@@ -259,9 +260,7 @@ def _finished(services: Services, run: Run | None) -> Run | None:
     if purged:
         log.info("retention: %s records older than %s deleted", purged, cutoff.date())
     try:
-        from remediation import metrics  # noqa: PLC0415 - cold start: OpenTelemetry is heavy
-
-        metrics.publish_run(services.audit, run)
+        metrics.publish_run(run)
     except Exception as error:  # telemetry is best effort: the run is done and recorded
         log.warning("metrics: run=%s not published: %s", run.run_id, error)
     return run
@@ -299,7 +298,11 @@ class _Batch:
         self.down: dict[str, TransientError] = {}  # subscriptions whose posture got no answer
         self.postures: dict[str, Posture] = {}  # read once per subscription for the batch
         self.unanswered: Counter[str] = Counter()  # machines Azure did not answer for
-        self.records: list[AuditRecord] = []
+        self.records: list[AuditRecord] = []  # rows to write: changes and actions only
+        # Per subscription read: each machine's state as the sweep last saw it, and this
+        # batch's changes to it (None: gone).
+        self.baselines: dict[str, dict[str, AuditRecord]] = {}
+        self.moved: dict[str, dict[str, AuditRecord | None]] = {}
         self.result = BatchResult()
         self.budget = 0  # actions taken from the run's cap, not yet used
         trigger = "sweep" if run.trigger == "sweep" else run.trigger
@@ -326,6 +329,7 @@ class _Batch:
                 self.records.append(_stable(self._unreadable(subscription, error), self.run))
             else:
                 readable.append(subscription)
+                self.baselines[subscription] = self.services.audit.baselines.read(subscription)
         return readable
 
     def _unparsed(self, machine: Unparsed) -> AuditRecord:
@@ -396,10 +400,46 @@ class _Batch:
             )
         record = _stable(record, self.run)
         _count(self.result, record)
-        self.records.append(record)
+        subscription, key = facts.vm.subscription, facts.vm.id.lower()
+        before = self.baselines.get(subscription, {}).get(key)
+        if changed(before, record):
+            self.records.append(record)
+            if is_state(record):
+                self.moved.setdefault(subscription, {})[key] = record
         if turned and record.eligible_running:
             self.turned.append(record)
         return record
+
+    def gone(self) -> list[AuditRecord]:
+        """A ``gone`` row for each machine of an assessed subscription's baseline that the
+        inventory no longer listed (deleted, or moved to another subscription)."""
+        records = []
+        for subscription in self.result.assessed:
+            listed = self.seen.get(subscription.lower(), set())
+            for key, last in sorted(self.baselines.get(subscription, {}).items()):
+                if key in listed:
+                    continue
+                context = dataclasses.replace(self.context, vm=last.vm, subscription=subscription)
+                reason = (
+                    "The sweep no longer lists this machine in its subscription: it was "
+                    "deleted, or moved to another subscription."
+                )
+                record = context.record(GONE, reason, RecordOutcome.NONE, os=last.os)
+                records.append(_stable(record, self.run))
+                self.moved.setdefault(subscription, {})[key] = None
+        return records
+
+    def save_baselines(self) -> None:
+        """Each assessed subscription's baseline, when this batch changed it. A
+        subscription not assessed completely keeps its baseline: its next complete
+        sweep compares with what was last measured whole."""
+        for subscription in self.result.assessed:
+            moved = self.moved.get(subscription)
+            if not moved:
+                continue
+            states = self.baselines.get(subscription, {}) | moved
+            kept = [state for _, state in sorted(states.items()) if state is not None]
+            self.services.audit.baselines.write(subscription, self.run.run_id, kept)
 
     def _verify(self, assessment: Assessment) -> tuple[Assessment, bool]:
         """Add what Defender for Endpoint sees of a VM whose extension is Succeeded, and
@@ -501,9 +541,9 @@ class _Batch:
 def _stable(record: AuditRecord, run: Run) -> AuditRecord:
     """Sweep rows get the run's time and an id from (run, VM), or (run, subscription) for
     a scope change: a retried batch rewrites its rows rather than adding a second record."""
-    about = record.vm.lower() or f"{record.decision}:{record.subscription}"
-    digest = hashlib.sha256(f"{run.run_id}|{about}".encode()).hexdigest()[:32]
-    return dataclasses.replace(record, time=run.started, record_id=digest)
+    about = record.vm or f"{record.decision}:{record.subscription}"
+    record_id = sweep_record_id(run.run_id, about)
+    return dataclasses.replace(record, time=run.started, record_id=record_id)
 
 
 def _count(result: BatchResult, record: AuditRecord) -> None:
@@ -516,6 +556,8 @@ def _count(result: BatchResult, record: AuditRecord) -> None:
     result.findings.update(record.findings)
     result.eligible_running += record.eligible_running
     result.covered += covered(record.decision, record.eligible_running)
+    if record.vm:
+        metrics.count(result.figures, record)
 
 
 # --- Entry points: the timer, the HTTP API, the sweep queue ---------------------------

@@ -476,3 +476,97 @@ def test_a_transaction_lost_on_every_try_fails_the_write_loudly_after_three(azur
     with pytest.raises(ServiceResponseError):  # the sweep batch fails and is retried
         log.write_many([record(vm=OTHER, reason="never silently dropped")])
     assert len(lost) == 2 * 3  # the log row and the index row, three sends each
+
+
+# --- Rows for changes; nights read back (pure) -------------------------------------------
+NIGHT_1 = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+
+
+def _state(day: int, decision: str = "install", run: str = "", **more) -> AuditRecord:
+    values = dict(
+        vm=VM,
+        subscription="11111111-1111-4111-8111-111111111111",
+        trigger="sweep",
+        decision=decision,
+        reason=f"decided {decision}",
+        mode="report",
+        outcome="reported" if decision == "install" else "none",
+        platform="ubuntu-22.04",
+        eligible_running=True,
+        run_id=run or f"night-{day}",
+        time=NIGHT_1 + timedelta(days=day - 1),
+        record_id=f"{day:032x}",
+    )
+    return AuditRecord(**(values | more))
+
+
+def test_a_row_is_written_for_a_change_an_action_or_what_is_not_a_state():
+    from remediation.audit import changed
+
+    before = _state(1)
+    assert not changed(before, _state(2))  # the same state, another night: no row
+    assert changed(None, _state(2))  # no baseline yet
+    assert changed(before, _state(2, "compliant"))
+    assert changed(before, _state(2, reason="another reason"))
+    assert changed(before, _state(2, verification="not-seen"))
+    assert changed(before, _state(2, install_state="Failed"))
+    assert changed(before, _state(2, eligible_running=False))  # stopped: the figure moves
+    assert changed(before, _state(2, outcome="queued"))  # acted on: always a row
+    assert changed(before, _state(2, outcome="failed"))
+    assert changed(before, _state(2, outcome="unavailable"))  # an outage: always a row
+    assert changed(before, _state(2, platform=""))  # an error before any assessment
+    # What says when and how it was written is not a change.
+    same = _state(2, trigger="cli", correlation_id="c", duration_ms=9, subscription_name="Prod")
+    assert not changed(before, same)
+
+
+def test_a_night_without_a_row_reads_back_the_last_state_before_it():
+    from remediation.audit import Night, nights
+
+    runs = [Night(f"night-{day}", NIGHT_1 + timedelta(days=day - 1)) for day in range(1, 6)]
+    rows = [_state(1), _state(3, "compliant")]  # nights 2, 4, 5 changed nothing
+    history = nights(rows, runs, baseline=None)
+    day = timedelta(days=1)
+    assert [(r.run_id, r.decision, r.unchanged_since) for r in history] == [
+        ("night-5", "compliant", NIGHT_1 + 2 * day),
+        ("night-4", "compliant", NIGHT_1 + 2 * day),
+        ("night-3", "compliant", None),
+        ("night-2", "install", NIGHT_1),
+        ("night-1", "install", None),
+    ]
+    assert history[0].time == NIGHT_1 + timedelta(days=4)
+
+
+def test_nights_follow_only_complete_runs_and_stop_at_gone():
+    from remediation.audit import Night, nights
+
+    runs = [Night(f"night-{day}", NIGHT_1 + timedelta(days=day - 1)) for day in (1, 3, 4)]
+    rows = [
+        _state(1),
+        _state(2, "compliant"),  # a run that did not assess the subscription: not a state
+        _state(3, "gone", outcome="none", platform=""),
+    ]
+    history = nights(rows, runs, baseline=None)
+    read_back = [(r.run_id, r.decision) for r in history if r.unchanged_since]
+    assert read_back == []  # night 3 has its gone row; night 4 has nothing to say
+    history = nights(rows[:2], runs, baseline=None)
+    assert [(r.run_id, r.decision) for r in history if r.unchanged_since] == [
+        ("night-4", "install"),  # from night 1 (complete), not night 2 (partial)
+        ("night-3", "install"),
+    ]
+
+
+def test_the_baseline_answers_nights_whose_rows_passed_the_retention():
+    from remediation.audit import Night, nights
+
+    runs = [Night("night-9", NIGHT_1 + timedelta(days=8))]
+    history = nights([], runs, baseline=_state(2, "compliant"))
+    assert [(r.run_id, r.decision, r.unchanged_since) for r in history] == [
+        ("night-9", "compliant", NIGHT_1 + timedelta(days=1))
+    ]
+    assert nights([], runs, baseline=_state(10, "compliant")) == []  # newer than the night
+
+
+def test_a_record_round_trips_through_json():
+    record = _state(1, actions=("install-mde",), findings=("no-monitoring-agent",))
+    assert AuditRecord.from_json(record.to_json()) == record

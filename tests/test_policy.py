@@ -356,13 +356,13 @@ VERIFY_TABLE = [
     ("unknown health", device(""), None, 24, Verification.UNHEALTHY, ["health Unknown"], ["Defender portal"]),
     ("active, not onboarded", device("Active", "CanBeOnboarded"), None, 24, Verification.UNHEALTHY, ["onboarding status CanBeOnboarded"], ["onboarding status is CanBeOnboarded"]),
     ("active, no onboarding status", device("Active", ""), None, 24, Verification.UNHEALTHY, ["onboarding status Unknown"], ["onboarding status is Unknown"]),
-    ("not seen, first sweep", None, None, 24, Verification.PENDING, ["0 h", "24 h"], []),
-    ("not seen, within grace", None, NOW - timedelta(hours=23), 24, Verification.PENDING, ["23 h", "REMEDIATION_VERIFY_GRACE_HOURS"], []),
-    ("not seen, exactly at grace", None, NOW - timedelta(hours=24), 24, Verification.PENDING, ["24 h"], []),
-    ("not seen, past grace", None, NOW - timedelta(hours=25), 24, Verification.NOT_SEEN, ["25 h", "since 2026-11-28 11:00", "24 h grace", "lists no device for this VM."], ["onboarding package", "mdatp health", "proxy"]),
-    ("not seen, seconds past grace", None, NOW - timedelta(hours=24, seconds=10), 24, Verification.NOT_SEEN, ["24 h", "24 h grace"], ["onboarding package"]),
-    ("not seen, short grace", None, NOW - timedelta(hours=2), 1, Verification.NOT_SEEN, ["2 h", "1 h grace"], ["onboarding package"]),
-    ("since in the future", None, NOW + timedelta(hours=5), 1, Verification.PENDING, ["0 h"], []),
+    ("not seen, first sweep", None, None, 24, Verification.PENDING, ["since 2026-11-29 12:00 UTC", "24 h"], []),
+    ("not seen, within grace", None, NOW - timedelta(hours=23), 24, Verification.PENDING, ["since 2026-11-28 13:00 UTC", "REMEDIATION_VERIFY_GRACE_HOURS"], []),
+    ("not seen, exactly at grace", None, NOW - timedelta(hours=24), 24, Verification.PENDING, ["since 2026-11-28 12:00 UTC", "24 h"], []),
+    ("not seen, past grace", None, NOW - timedelta(hours=25), 24, Verification.NOT_SEEN, ["since 2026-11-28 11:00 UTC", "24 h grace", "lists no device for this VM."], ["onboarding package", "mdatp health", "proxy"]),
+    ("not seen, seconds past grace", None, NOW - timedelta(hours=24, seconds=10), 24, Verification.NOT_SEEN, ["since 2026-11-28 11:59 UTC", "24 h grace"], ["onboarding package"]),
+    ("not seen, short grace", None, NOW - timedelta(hours=2), 1, Verification.NOT_SEEN, ["since 2026-11-29 10:00 UTC", "1 h grace"], ["onboarding package"]),
+    ("since in the future", None, NOW + timedelta(hours=5), 1, Verification.PENDING, ["since 2026-11-29 12:00 UTC"], []),
 ]
 # fmt: on
 

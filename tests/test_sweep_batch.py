@@ -14,7 +14,7 @@ from remediation import sweep
 from remediation.model import PermanentError, TransientError, VmFacts, VmRef
 from remediation.pipeline import RequestCounter
 from remediation.runs import BatchResult, Run, closing_status, summarize
-from tests.test_act import NO_WDATP, OTHER, SUB, ubuntu
+from tests.test_act import NO_WDATP, OTHER, READY, SUB, ubuntu
 from tests.test_act import services as fake_services
 
 STARTED = datetime(2026, 12, 4, 2, 0, tzinfo=UTC)
@@ -60,11 +60,27 @@ class NoTable:
         raise ResourceNotFoundError("TableNotFound")
 
 
+class Baselines:
+    """Each subscription's baseline, in memory: what the table's chunks hold."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, dict] = {}
+        self.writes: list[str] = []
+
+    def read(self, subscription: str) -> dict:
+        return dict(self.stored.get(subscription, {}))
+
+    def write(self, subscription: str, generation: str, records) -> None:
+        self.stored[subscription] = {record.vm.lower(): record for record in records}
+        self.writes.append(subscription)
+
+
 class Audit:
     def __init__(self, inner) -> None:
         self.inner = inner
         self.table = NoTable()
         self.rows: list = []
+        self.baselines = Baselines()
 
     def reinstalls_since_success(self, vm: str) -> int:
         return 0
@@ -262,3 +278,151 @@ def test_arc_machines_that_may_be_azure_vms_come_last_with_their_twin_in_either_
         "c-alone": "",
     }
     assert len(out) == len(listed)  # nothing lost, nothing twice
+
+
+# --- Rows for changes only; every night answerable (the log's promise) --------------------
+def _mde(state: str = "Succeeded"):
+    from remediation.classify import MDE_PUBLISHER
+    from remediation.model import ExtensionFacts
+
+    return ExtensionFacts("MDE.Linux", MDE_PUBLISHER, "MDE.Linux", state)
+
+
+def ready_world(machines):
+    """A report-mode world whose subscription needs nothing: a VM's decision is its own."""
+    running, _ = world(machines, mode="report")
+    running.arm.postures[SUB] = READY
+    return running
+
+
+def night(running, machines, day: int, *, outage: bool = False):
+    """One report-mode sweep of SUB on 2026-12-<day>: every record it made (rows or not),
+    and the run. ``outage``: the posture read gets no answer (nothing is assessed)."""
+    started = datetime(2026, 12, day, 2, 0, tzinfo=UTC)
+    run = Run(f"202612{day:02d}T020000Z-0000abcd", "report", "sweep", [SUB], 1, started)
+    running.runs = Runs(run)
+    running.arm.inventory = lambda subs, on_total=None: [
+        f for f in machines if f.vm.subscription in subs
+    ]
+    posture = running.arm.posture
+
+    def unanswered(subscription):
+        raise TransientError("ARM did not answer")
+
+    if outage:
+        running.arm.posture = unanswered
+    made: list = []
+    message = sweep.BatchMessage(run.run_id, 0, (SUB,))
+    try:
+        sweep.run_batch(running, message, on_record=made.append)
+    finally:
+        running.arm.posture = posture
+    return made, run
+
+
+def test_a_steady_night_writes_no_row_and_a_change_writes_one():
+    machines = [ubuntu(f"vm{n}") for n in range(3)]
+    running = ready_world(machines)
+    night(running, machines, 1)
+    assert len(running.audit.rows) == 3  # the first night: no baseline, every machine
+    assert running.audit.baselines.writes == [SUB]
+    made, run = night(running, machines, 2)
+    assert len(made) == 3
+    assert len(running.audit.rows) == 3
+    assert running.audit.baselines.writes == [SUB]  # nor the baseline
+    assert run.summary["assessed"] == [SUB]
+    assert run.summary["vms"] == 3
+    machines[1] = ubuntu("vm1", extensions=(_mde(),))  # MDE arrived by other means
+    night(running, machines, 3)
+    latest = running.audit.rows[3:]
+    assert [(r.vm.rsplit("/", 1)[1], r.decision) for r in latest] == [("vm1", "compliant")]
+    assert running.audit.baselines.stored[SUB][machines[1].vm.id.lower()].decision == "compliant"
+
+
+def test_a_machine_no_longer_listed_is_one_gone_row_and_leaves_the_baseline():
+    machines = [ubuntu(f"vm{n}") for n in range(3)]
+    running = ready_world(machines)
+    night(running, machines, 1)
+    night(running, machines[:2], 2)
+    gone = running.audit.rows[3:]
+    assert [(r.vm.rsplit("/", 1)[1], r.decision, r.outcome) for r in gone] == [
+        ("vm2", "gone", "none")
+    ]
+    assert "no longer lists" in gone[0].reason
+    assert set(running.audit.baselines.stored[SUB]) == {m.vm.id.lower() for m in machines[:2]}
+    night(running, machines[:2], 3)
+    assert len(running.audit.rows) == 4  # gone once, not every night after
+
+
+def test_a_subscription_not_assessed_keeps_its_baseline_and_its_outage_rows():
+    machines = [ubuntu(f"vm{n}") for n in range(2)]
+    running = ready_world(machines)
+    night(running, machines, 1)
+    before = dict(running.audit.baselines.stored[SUB])
+    _, run = night(running, [machines[0]], 2, outage=True)
+    assert run.status == "failed"
+    outage = running.audit.rows[2:]
+    assert [r.outcome for r in outage] == ["unavailable"]  # an outage is a row, every time
+    assert running.audit.baselines.stored[SUB] == before  # no gone, no unavailable state
+    night(running, machines, 3)
+    assert len(running.audit.rows) == 3  # back, unchanged from the last complete night
+
+
+def _same(record, state) -> bool:
+    from remediation.audit import state_of
+
+    return state_of(record) == state_of(state)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_change_is_never_lost_and_an_unchanged_machine_is_answerable_for_any_night(seed):
+    """Random nights over a few machines: MDE comes and goes, machines appear and are
+    deleted, some nights get no answer. Afterwards, for every night that assessed the
+    subscription, each machine's history (its rows and the nights read back from the
+    runs and its baseline) holds exactly what the sweep found that night; on every other
+    night it has its outage row only; and every row written is still there."""
+    import random
+
+    from remediation.audit import Night, nights
+
+    rng = random.Random(seed)
+    names = [f"vm{n}" for n in range(5)]
+    present = {name: rng.random() < 0.7 for name in names}
+    protected = {name: rng.random() < 0.5 for name in names}
+    running = ready_world([ubuntu("vm0")])
+    truth: dict[str, dict[str, object]] = {name: {} for name in names}
+    complete: list[Night] = []
+    for day in range(1, 16):
+        for name in names:
+            if rng.random() < 0.2:
+                present[name] = not present[name]
+            if rng.random() < 0.3:
+                protected[name] = not protected[name]
+        machines = [
+            ubuntu(name, extensions=(_mde(),) if protected[name] else ())
+            for name in names
+            if present[name]
+        ]
+        outage = rng.random() < 0.2
+        made, run = night(running, machines, day, outage=outage)
+        for record in made:
+            truth[record.vm.rsplit("/", 1)[1]][run.run_id] = record
+        if SUB in run.assessed:
+            complete.append(Night(run.run_id, run.started, run.trigger))
+    rows = running.audit.rows
+    for name in names:
+        vm = ubuntu(name).vm.id
+        mine = [r for r in rows if r.vm == vm]
+        baseline = running.audit.baselines.stored.get(SUB, {}).get(vm.lower())
+        history = nights(mine, complete, baseline)
+        by_run = {r.run_id: r for r in history}
+        for each in complete:
+            found = truth[name].get(each.run_id)
+            if found is None:  # not listed that night: its gone row at most, nothing read back
+                got = by_run.get(each.run_id)
+                assert got is None or (got.decision == "gone" and got.unchanged_since is None)
+            else:
+                assert each.run_id in by_run, (name, each.run_id)
+                assert _same(by_run[each.run_id], found)
+        assert all(row in history for row in mine)  # no row is lost in the history
+    assert len(rows) < sum(len(t) for t in truth.values())  # and nights did not write all
