@@ -33,6 +33,7 @@ import hashlib
 import itertools
 import json
 import logging
+import operator
 import re
 import uuid
 import zlib
@@ -190,10 +191,7 @@ BOOKKEEPING = frozenset(
     }
 )
 STATE = tuple(item.name for item in fields(AuditRecord) if item.name not in BOOKKEEPING)
-
-
-def state_of(record: AuditRecord) -> tuple[Any, ...]:
-    return tuple(getattr(record, name) for name in STATE)
+state_of: Callable[[AuditRecord], tuple[Any, ...]] = operator.attrgetter(*STATE)
 
 
 def is_state(record: AuditRecord) -> bool:
@@ -280,6 +278,8 @@ def _record(entity: dict[str, Any]) -> AuditRecord:
     values["install_code"] = None if code is None or code == -1 else int(code)
     moment = values["time"]
     values["time"] = moment if isinstance(moment, datetime) else _now()
+    if not values["record_id"]:  # an older row: its id ends its row key
+        values["record_id"] = str(entity.get("RowKey", "")).rsplit("-", 1)[-1]
     defaults: dict[str, Any] = {
         "applied": False,
         "eligible_running": False,  # rows written before the field existed

@@ -487,6 +487,8 @@ _INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cn", "Cs"})
 def visible(text: str) -> str:
     """``text`` with every invisible or reordering character written as ``\\uXXXX`` (or
     ``\\n``, ``\\r``, ``\\t``): what an operator reads is what the value holds."""
+    if text.isprintable():  # Python's printable excludes every category above: the fast path
+        return text
     if all(unicodedata.category(c) not in _INVISIBLE for c in text):
         return text
     named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}

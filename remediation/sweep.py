@@ -239,7 +239,7 @@ def run_batch(
         batch.result.unreadable.setdefault(
             subscription, f"Azure did not answer for {machines} machines (outcome unavailable)"
         )
-    batch.records += batch.gone()
+    batch.records += batch.unvouched() + batch.gone()
     services.audit.write_many(batch.records)  # the rows first: a change is never lost
     batch.save_baselines()
     batch.save_states(complete)
@@ -303,6 +303,7 @@ class _Batch:
         # batch's changes to it (None: gone).
         self.baselines: dict[str, dict[str, AuditRecord]] = {}
         self.moved: dict[str, dict[str, AuditRecord | None]] = {}
+        self.quiet: dict[str, list[AuditRecord]] = {}  # unchanged: no row if assessed
         self.result = BatchResult()
         self.budget = 0  # actions taken from the run's cap, not yet used
         trigger = "sweep" if run.trigger == "sweep" else run.trigger
@@ -406,9 +407,17 @@ class _Batch:
             self.records.append(record)
             if is_state(record):
                 self.moved.setdefault(subscription, {})[key] = record
+        else:  # its row, should the subscription not be assessed completely after all
+            self.quiet.setdefault(subscription, []).append(record)
         if turned and record.eligible_running:
             self.turned.append(record)
         return record
+
+    def unvouched(self) -> list[AuditRecord]:
+        """The unchanged machines of the subscriptions this batch did not assess
+        completely: the run cannot vouch for them, so each gets its row."""
+        assessed = set(self.result.assessed)
+        return [r for s, records in self.quiet.items() if s not in assessed for r in records]
 
     def gone(self) -> list[AuditRecord]:
         """A ``gone`` row for each machine of an assessed subscription's baseline that the

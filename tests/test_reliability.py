@@ -203,18 +203,28 @@ def test_under_faults_nothing_is_lost_and_nothing_is_done_twice(world_factory):
     assert len(delivered) == len(events)  # one record per delivery
     world.run_queue()
     rounds = 0
-    while True:  # sweeps find what faults left behind; each VM gets one record per run
+    while True:  # sweeps find what faults left behind; each VM is assessed once a run
         rounds += 1
         response = json.loads(world.post("sweep").get_body())
         world.run_sweeps()
         world.run_queue()
-        run = [
+        rows = [
             r
             for r in world.audit_records()
             if r.run_id == response["run_id"] and r.trigger == "http"
         ]
-        assert len(run) == len({r.vm.lower() for r in run}) == len(world.plane.estate.vms)
-        if all(r.decision != "install" for r in run) or rounds == 4:
+        assert len(rows) == len({r.vm.lower() for r in rows})  # a row a change, once
+        done = world.services.runs.get(response["run_id"])
+        assert done.summary["vms"] == len(world.plane.estate.vms)
+        # Each VM's record of this run: its row, or, in a subscription the run assessed
+        # completely, its unchanged state (the baseline): never neither.
+        states = {
+            vm: state
+            for subscription in done.summary["assessed"]
+            for vm, state in world.services.audit.baselines.read(subscription).items()
+        } | {r.vm.lower(): r for r in rows}
+        assert set(states) == set(world.plane.estate.vms)
+        if all(state.decision != "install" for state in states.values()) or rounds == 4:
             break
     missing = [
         vm.name

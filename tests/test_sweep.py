@@ -180,6 +180,55 @@ def test_a_batch_run_twice_rewrites_its_rows(world_factory):
     assert len(first) == len(HAND_LABELLED)
 
 
+def test_a_steady_night_writes_no_machine_row_and_every_night_stays_answerable(world_factory):
+    """The log's promise end to end: the second night writes no machine row and its run
+    says it assessed the subscription; log --vm still has a record for that night (read
+    back, unchanged since the first); a change and a deleted VM are rows the third
+    night; the report counts every machine from the baselines."""
+    from remediation import ops, report
+    from remediation.audit import Query
+
+    world = world_factory(hand_labelled_estate())
+    request = runs.SweepRequest((SUB,), Mode.REPORT, "cli")
+
+    def one_night():
+        run = sweep.start(world.services, request, send=None)
+        return sweep.run_batch(world.services, sweep.BatchMessage(run.run_id, 0, (SUB,)))
+
+    first = one_night()
+    assert len([r for r in world.audit_records() if r.run_id == first.run_id]) == len(HAND_LABELLED)
+    second = one_night()
+    assert [r for r in world.audit_records() if r.run_id == second.run_id] == []
+    assert second.summary["assessed"] == [SUB]
+    assert second.summary["figures"][SUB]["vms"] == len(HAND_LABELLED)
+    vms = {vm.name: vm for vm in world.plane.estate.vms.values()}
+    plain = vms["plain-ubuntu"].id
+    window = {"since": first.started - timedelta(minutes=1), "until": datetime.now(UTC)}
+    history, token = ops.search(world.services, Query(vm=plain, **window))
+    assert token == ""
+    assert [(r.run_id, r.decision, r.unchanged_since) for r in history] == [
+        (second.run_id, "install", history[1].time),
+        (first.run_id, "install", None),
+    ]
+    assert history[0].time == second.started
+    covered = vms["covered-ubuntu"]
+    del covered.extensions["mde.linux"]  # lost its extension
+    del world.plane.estate.vms[vms["plain-ubuntu"].id.lower()]  # deleted
+    third = one_night()
+    changed = {
+        r.vm.rsplit("/", 1)[1]: r.decision
+        for r in world.audit_records()
+        if r.run_id == third.run_id
+    }
+    assert changed == {"covered-ubuntu": "install", "plain-ubuntu": "gone"}
+    window["until"] = datetime.now(UTC)
+    history, _ = ops.search(world.services, Query(vm=plain, **window))
+    assert [r.decision for r in history] == ["gone", "install", "install"]
+    coverage = report.gather(world.services)
+    assert len(coverage.latest) == len(HAND_LABELLED) - 1
+    assert coverage.latest[covered.id.lower()].decision == "install"
+
+
 def test_a_second_sweep_finds_no_drift_after_enforcement(world_factory):
     world_factory(
         generated_estate(200, 2, seed=3), REMEDIATION_MAX_ACTIONS_PER_SWEEP="100000", **ENFORCE

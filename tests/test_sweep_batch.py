@@ -426,3 +426,20 @@ def test_a_change_is_never_lost_and_an_unchanged_machine_is_answerable_for_any_n
                 assert _same(by_run[each.run_id], found)
         assert all(row in history for row in mine)  # no row is lost in the history
     assert len(rows) < sum(len(t) for t in truth.values())  # and nights did not write all
+
+
+def test_an_unchanged_machine_of_a_subscription_not_assessed_completely_gets_its_row():
+    machines = [ubuntu("vm0"), ubuntu("vm1", extensions=(_mde("Failed"),))]
+    running = ready_world(machines)
+    night(running, machines, 1)
+    assert len(running.audit.rows) == 2
+
+    def history_unreadable(vm):  # vm1's reinstall history gets no answer
+        raise TransientError("the log's table did not answer")
+
+    running.audit.reinstalls_since_success = history_unreadable
+    _, run = night(running, machines, 2)
+    assert run.summary["assessed"] == []
+    second = [(r.vm.rsplit("/", 1)[1], r.outcome) for r in running.audit.rows[2:]]
+    # vm0 is unchanged, but the run cannot vouch for its subscription: its row is written.
+    assert sorted(second) == [("vm0", "reported"), ("vm1", "unavailable")]
