@@ -149,7 +149,7 @@ class Timing:
 
         self._lock = threading.Lock()
         self.requests: list[tuple[str, float, float]] = []  # (arm|graph, start, end)
-        self.seconds = {"classify": 0.0, "log": 0.0}
+        self.seconds = {"classify": 0.0, "log": 0.0, "rows": 0.0}  # rows: records written
         counter = running.arm.counter
         counted = counter.on_request
 
@@ -171,6 +171,7 @@ class Timing:
             started = time.monotonic()
             write_many(records)
             self._add("log", time.monotonic() - started)
+            self._add("rows", len(records))
 
         running.audit.write_many = timed_write_many
         handle = sweep._Batch.handle
@@ -220,6 +221,7 @@ def split(exports: list[dict[str, Any]]) -> dict[str, float]:
         "arm_s": round(sums["arm"], 2),
         "classify_s": round(sum(e["classify"] for e in exports), 2),
         "log_s": round(sum(e["log"] for e in exports), 2),
+        "records_written": int(sum(e.get("rows", 0) for e in exports)),
     }
 
 
@@ -374,6 +376,168 @@ def sweep_worker() -> dict[str, Any]:
         "storage": taken,
         "polls": polls,
         "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+# --- CPU per machine, single-threaded, no network ----------------------------------------
+def measure_cpu() -> dict[str, Any]:
+    """facts -> classify -> decide -> record, and the log's serialization, in µs of this
+    thread's CPU per machine over the 11k-machine estate (median of 3), then a whole
+    first night and a whole steady night through the sweep's own ``_Batch.handle``; and
+    the first night's profile. Stand-ins answer what would be I/O (the posture, already
+    read; the cap); report mode makes no Azure call per machine."""
+    import cProfile
+    import gc
+    import io
+    import pstats
+    import statistics
+
+    from localazure import generate
+    from localazure.graph import graph_row
+    from remediation import audit, defender
+    from remediation.act import BatchActions, act
+    from remediation.classify import classify
+    from remediation.config import load
+    from remediation.facts import facts_from_graph
+    from remediation.model import History, Posture
+    from remediation.policy import decide
+    from remediation.runs import Run
+    from remediation.scope import Scope, Subscription
+    from remediation.service import Assessment, Context, Services
+    from remediation.sweep import _Batch, _stable
+
+    estate = generate(10000, 50, seed=42, arc_machines=1000)
+    machines = sorted((m for m in estate.vms.values() if m.kind in ("vm", "arc")), key=str)
+    rows = json.loads(json.dumps([graph_row(m) for m in sorted(machines, key=lambda m: m.key)]))
+    subs = sorted(estate.subscriptions.values(), key=lambda s: s.id)
+    settings = load(
+        {
+            "REMEDIATION_SUBSCRIPTIONS": ",".join(s.id for s in subs),
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+            "REMEDIATION_MODE": "report",
+            "REMEDIATION_MAX_ACTIONS_PER_SWEEP": "100000",
+        }
+    )
+    postures = {
+        s.id: Posture(
+            s.id,
+            s.pricing_tier,
+            s.sub_plan,
+            wdatp=s.settings["WDATP"],
+            unified=s.settings["WDATP_UNIFIED_SOLUTION"],
+            exclude_linux=s.settings["WDATP_EXCLUDE_LINUX_PUBLIC_PREVIEW"],
+        )
+        for s in subs
+    }
+
+    class Stand:  # what the batch would read or write: answered in memory
+        baselines: dict[str, dict[str, Any]] = {}
+
+        def posture(self, subscription: str) -> Posture:
+            return postures[subscription]
+
+        def forget_posture(self, subscription: str) -> None:
+            pass
+
+        def reinstalls_since_success(self, vm: str) -> int:
+            return 0
+
+        def reserve(self, run_id: str, wanted: int, at_least: int, cap: int) -> int:
+            return wanted
+
+        def read(self, subscription: str) -> dict[str, Any]:
+            return dict(Stand.baselines.get(subscription, {}))
+
+    stand = Stand()
+    stand.baselines = stand  # type: ignore[assignment]  # audit.baselines.read
+    services = Services(settings, stand, stand, *([None] * 4), stand, None, None)  # type: ignore[arg-type]
+    services.remember_scope(Scope({s.id: Subscription(s.id, s.display_name) for s in subs}))
+    run = Run("20261204T010203Z-0badcafe", "report", "sweep", [s.id for s in subs], 1, datetime.now(UTC))
+    facts = [facts_from_graph(row) for row in rows]
+    vms = [classify(f, settings.exclude_tag) for f in facts]
+    decisions = [decide(v, postures[f.vm.subscription], settings, History()) for v, f in zip(vms, facts)]
+    assessments = [Assessment(f, v, d) for f, v, d in zip(facts, vms, decisions)]
+    context = Context(services, "sweep", run_id=run.run_id, mode=settings.mode)
+    records = [
+        _stable(act(context.for_vm(a.facts.vm), a, holder=run.run_id, batch=BatchActions()), run)
+        for a in assessments
+    ]
+
+    def night() -> Any:
+        batch = _Batch(services, run, stand, defender.DeviceIndex())  # type: ignore[arg-type]
+        batch.read_postures(run.subscriptions)
+        for machine in batch.twins_last(facts_from_graph(row) for row in rows):
+            batch.handle(machine)
+        return batch
+
+    def serialize(written: Any) -> None:
+        for record in written:
+            audit._entity(record, audit.LOG_PARTITION)
+            audit._entity(record, audit.index_partition(record.vm))
+            record.log_line()
+
+    def first_night() -> Any:
+        Stand.baselines = {}
+        batch = night()
+        serialize(batch.records)
+        return batch
+
+    def steady_night() -> Any:
+        batch = night()
+        serialize(batch.records)
+        return batch
+
+    stages = {
+        "parse (Resource Graph row -> facts)": lambda: [facts_from_graph(r) for r in rows],
+        "classify": lambda: [classify(f, settings.exclude_tag) for f in facts],
+        "decide": lambda: [
+            decide(v, postures[f.vm.subscription], settings, History()) for v, f in zip(vms, facts)
+        ],
+        "record (act, report mode)": lambda: [
+            _stable(act(context.for_vm(a.facts.vm), a, holder=run.run_id, batch=BatchActions()), run)
+            for a in assessments
+        ],
+        "serialize (2 entities + log line)": lambda: serialize(records),
+        "first night, whole path (every row)": first_night,
+    }
+    figures: dict[str, float] = {}
+    for label, function in stages.items():
+        samples = []
+        for _ in range(3):
+            gc.collect()
+            started = time.thread_time()
+            function()
+            samples.append((time.thread_time() - started) / len(rows) * 1e6)
+        figures[label] = round(statistics.median(samples), 1)
+    batch = first_night()
+    Stand.baselines = {
+        s: {r.vm.lower(): r for r in batch.records if r.subscription == s and audit.is_state(r)}
+        for s in run.subscriptions
+    }
+    samples = []
+    for _ in range(3):
+        gc.collect()
+        started = time.thread_time()
+        steady = steady_night()
+        samples.append((time.thread_time() - started) / len(rows) * 1e6)
+    figures["steady night, whole path (no row)"] = round(statistics.median(samples), 1)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    first_night()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).strip_dirs().sort_stats("tottime").print_stats(12)
+    top = [
+        line.strip()
+        for line in text.getvalue().splitlines()
+        if line.strip() and line.strip()[0].isdigit()
+    ][:12]
+    return {
+        "machines": len(rows),
+        "us_per_machine": figures,
+        "rows_first": len(batch.records),
+        "rows_steady": len(steady.records),
+        "profile_top": top,
     }
 
 
@@ -962,6 +1126,12 @@ def main() -> int:
         help="also 100k VMs over 500 subscriptions (hours on Azurite)",
     )
     parser.add_argument(
+        "--app-only",
+        action="store_true",
+        help="the app's sweeps (first and steady night) and its CPU per machine, at every "
+        "scale; the peers' and the event figures are kept from bench/results.json",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="write BENCHMARKS.md again from bench/results.json (its text changed, not the figures)",
@@ -979,10 +1149,28 @@ def main() -> int:
             "events": measure_events,
             "latency": measure_latency,
             "burst-worker": burst_worker,
+            "cpu": measure_cpu,
         }
         print(json.dumps(functions[kind](*(int(x) for x in rest))))
         return 0
 
+    if args.app_only:
+        results = json.loads((ROOT / "bench" / "results.json").read_text())
+        results["cpu"] = child("cpu", {})
+        print(f"cpu: {results['cpu']}", flush=True)
+        for row in results["sweeps"]:
+            env = Environment(row["vms"], row["subscriptions"])
+            try:
+                settings = env.variables | {
+                    "REMEDIATION_SWEEP_BATCH_SIZE": str(max(1, row["subscriptions"] // 8))
+                }
+                row["sweep"] = child("sweep", settings, str(WORKERS), "2")
+                row["sweep_measured"] = f"{datetime.now(UTC):%Y-%m-%d}"
+                print(f"sweep {row['vms']}: {row['sweep']}", flush=True)
+            finally:
+                env.close()
+        write_report(results)
+        return 0
     results: dict[str, Any] = {"sweeps": [], "cold": []}
     if args.quick:
         env = Environment(1000, 10)
