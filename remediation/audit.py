@@ -51,7 +51,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
-from remediation.model import UNAVAILABLE, classified, kind_of, visible
+from remediation.model import UNAVAILABLE, VmRef, classified, kind_of, visible
 from remediation.tables import TRANSACTION, vm_key, vm_partition
 
 log = logging.getLogger("remediation")
@@ -72,6 +72,7 @@ BASE_PREFIX = "base-"  # base-<subscription>: each machine's state as the last s
 BASE_HEAD = "head"  # which generation of a baseline is the current one, and its chunk count
 BASE_CHUNK = 60_000  # bytes in one binary property (Table Storage: 64 KiB at most)
 BASE_ROWS = 40  # chunk rows a transaction (40 x 80 KB in base64: under its 4 MiB)
+FAILED_PREFIX = "failed-"  # failed-<vm hash> in base-<subscription>: installs Failed since success
 QUIET = frozenset({"none", "reported"})  # outcomes that act on nothing
 
 
@@ -430,6 +431,11 @@ class Baselines:
 
     def read(self, subscription: str) -> dict[str, AuditRecord]:
         """Lower-case machine id -> its state; {} before the first complete sweep."""
+        return self.read_all(subscription)[0]
+
+    def read_all(self, subscription: str) -> tuple[dict[str, AuditRecord], dict[str, int]]:
+        """The states, and lower-case machine id -> MDE installs that ended Failed since
+        the last that Succeeded (``count_install``): one query for both."""
         partition = BASE_PREFIX + subscription.lower()
         for _ in range(3):  # rewritten while read: read again
             try:
@@ -440,15 +446,20 @@ class Baselines:
                     )
                 }
             except ResourceNotFoundError:  # no table yet
-                return {}
+                return {}, {}
+            failed = {
+                str(entity["vm"]).lower(): int(entity["failed"])
+                for key, entity in entities.items()
+                if key.startswith(FAILED_PREFIX)
+            }
             head = entities.get(BASE_HEAD)
             if head is None:
-                return {}
+                return {}, failed
             keys = [f"{head['generation']}-{n:05d}" for n in range(int(head["chunks"]))]
             if all(key in entities for key in keys):
                 data = zlib.decompress(b"".join(bytes(entities[key]["data"]) for key in keys))
                 records = map(AuditRecord.from_json, json.loads(data))
-                return {record.vm.lower(): record for record in records}
+                return {record.vm.lower(): record for record in records}, failed
         raise RuntimeError(f"the baseline of {subscription} changed on every read")
 
     def write(self, subscription: str, generation: str, records: Sequence[AuditRecord]) -> None:
@@ -469,7 +480,7 @@ class Baselines:
             for entity in self._table.query_entities(
                 "PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"]
             )
-            if entity["RowKey"] not in keep
+            if entity["RowKey"] not in keep and not entity["RowKey"].startswith(FAILED_PREFIX)
         ]
         for start in range(0, len(rows), BASE_ROWS):
             self._table.submit_transaction(
@@ -482,6 +493,27 @@ class Baselines:
             self._table.submit_transaction(
                 [("delete", {"PartitionKey": partition, "RowKey": key}) for key in keys]
             )
+
+    def failed_installs(self, vm: str) -> int:
+        """MDE installs on the VM that ended Failed since the last that Succeeded."""
+        partition = BASE_PREFIX + VmRef.parse(vm).subscription
+        try:
+            return int(self._table.get_entity(partition, FAILED_PREFIX + vm_key(vm))["failed"])
+        except ResourceNotFoundError:
+            return 0
+
+    def count_install(self, record: AuditRecord) -> None:
+        """An install that ended: Failed adds one to the VM's count, Succeeded clears it.
+        One install per VM at a time (its claim), so a read and a write suffice."""
+        partition = BASE_PREFIX + VmRef.parse(record.vm).subscription
+        key = FAILED_PREFIX + vm_key(record.vm)
+        if record.install_state == "Succeeded":
+            with contextlib.suppress(ResourceNotFoundError):
+                self._table.delete_entity(partition, key)
+            return
+        failed = self.failed_installs(record.vm) + 1
+        entity = {"PartitionKey": partition, "RowKey": key, "vm": record.vm, "failed": failed}
+        self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
 
 
 class AuditLog:
@@ -505,6 +537,8 @@ class AuditLog:
         """Store the record under both keys (upserts: a retried write is harmless)."""
         for partition in (LOG_PARTITION, index_partition(record.vm)):
             self._table.upsert_entity(_entity(record, partition), mode=UpdateMode.REPLACE)
+        if record.install_state in {"Failed", "Succeeded"} and kind_of(record.vm):
+            self.baselines.count_install(record)
         # INFO, whatever the decision: one line per VM is the record, not an alert (the
         # CLI logs warnings only; Application Insights keeps Function.*.User at INFO).
         log.info(record.log_line())
@@ -747,17 +781,11 @@ class AuditLog:
                     self._table.delete_entity(partition, key)
 
     def reinstalls_since_success(self, vm: str) -> int:
-        """How many MDE installs on this VM failed since the last one that succeeded.
-        No table yet (before the first write, read-only callers create none) is no
-        history, not an error."""
-        failures = 0
+        """How many MDE installs on this VM failed since the last one that succeeded: one
+        point read of the count installs keep (``Baselines.count_install``; a sweep reads
+        its subscriptions' counts with their baselines). No table yet (before the first
+        write, read-only callers create none) is no history, not an error."""
         try:
-            history = self.for_vm(vm, limit=50)
+            return self.baselines.failed_installs(vm)
         except ResourceNotFoundError:
             return 0
-        for record in history:
-            if record.install_state == "Succeeded":
-                break
-            if record.install_state == "Failed":
-                failures += 1
-        return failures

@@ -110,18 +110,25 @@ class Assessment:
 
 # --- Gather and decide -------------------------------------------------------------------
 def assess(
-    services: Services, facts: VmFacts, last_known: bool = True, posture: Posture | None = None
+    services: Services,
+    facts: VmFacts,
+    last_known: bool = True,
+    posture: Posture | None = None,
+    reinstalls: int | None = None,
 ) -> Assessment:
     """Classify and decide for facts already read; reads the (cached) posture unless it
     is given (a sweep batch reads it once for all its machines) and, for a Failed
-    extension only, the VM's history from the audit log. For a Succeeded extension,
+    extension only, its failed installs since the last success (unless given: a sweep
+    batch reads its subscriptions' counts with their baselines). For a Succeeded extension,
     ``last_known`` adds the verification the last sweep made (one read; the sweep, which
     reads Defender for Endpoint's list, makes its own)."""
     vm = classify(facts, services.settings.exclude_tag)
     posture = posture or services.arm.posture(facts.vm.subscription)
     history = History()
     if vm.protection is Protection.FAILED:
-        history = History(reinstalls=services.audit.reinstalls_since_success(facts.vm.id))
+        if reinstalls is None:
+            reinstalls = services.audit.reinstalls_since_success(facts.vm.id)
+        history = History(reinstalls=reinstalls)
     decision = decide(vm, posture, services.settings, history)
     verified = None
     if last_known and vm.protection is Protection.SUCCEEDED:

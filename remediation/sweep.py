@@ -302,6 +302,7 @@ class _Batch:
         # Per subscription read: each machine's state as the sweep last saw it, and this
         # batch's changes to it (None: gone).
         self.baselines: dict[str, dict[str, AuditRecord]] = {}
+        self.failed: dict[str, dict[str, int]] = {}  # installs Failed since success, per VM
         self.moved: dict[str, dict[str, AuditRecord | None]] = {}
         self.quiet: dict[str, list[AuditRecord]] = {}  # unchanged: no row if assessed
         self.result = BatchResult()
@@ -330,7 +331,8 @@ class _Batch:
                 self.records.append(_stable(self._unreadable(subscription, error), self.run))
             else:
                 readable.append(subscription)
-                self.baselines[subscription] = self.services.audit.baselines.read(subscription)
+                known = self.services.audit.baselines.read_all(subscription)
+                self.baselines[subscription], self.failed[subscription] = known
         return readable
 
     def _unparsed(self, machine: Unparsed) -> AuditRecord:
@@ -386,7 +388,10 @@ class _Batch:
             if down is not None:  # its subscription's posture got no answer this batch
                 raise TransientError(str(down))
             posture = self.postures.get(facts.vm.subscription)
-            assessed = assess(self.services, facts, last_known=False, posture=posture)
+            failed = self.failed.get(facts.vm.subscription, {}).get(facts.vm.id.lower(), 0)
+            assessed = assess(
+                self.services, facts, last_known=False, posture=posture, reinstalls=failed
+            )
             assessment, turned = self._verify(assessed)
             record = self._act(context, assessment)
         except TransientError as error:

@@ -66,9 +66,13 @@ class Baselines:
     def __init__(self) -> None:
         self.stored: dict[str, dict] = {}
         self.writes: list[str] = []
+        self.failed: dict[str, int] = {}  # installs Failed since success, by VM
 
     def read(self, subscription: str) -> dict:
         return dict(self.stored.get(subscription, {}))
+
+    def read_all(self, subscription: str):
+        return self.read(subscription), dict(self.failed)
 
     def write(self, subscription: str, generation: str, records) -> None:
         self.stored[subscription] = {record.vm.lower(): record for record in records}
@@ -215,6 +219,18 @@ def test_a_malformed_batch_message_is_one_record_in_both_queue_functions(body):
     assert all("malformed sweep batch" in r.reason for r in running.audit.rows)
 
 
+def claim_unanswered(running, name: str) -> None:
+    """The claims table does not answer for one VM: its reinstall cannot be claimed."""
+    take = running.claims.take
+
+    def unanswered(vm: str, holder: str) -> bool:
+        if vm.endswith(f"/{name}"):
+            raise TransientError("the claims table did not answer")
+        return take(vm, holder)
+
+    running.claims.take = unanswered
+
+
 def test_a_machine_azure_did_not_answer_for_leaves_its_subscription_not_assessed():
     from remediation.classify import MDE_PUBLISHER
     from remediation.model import ExtensionFacts
@@ -222,11 +238,7 @@ def test_a_machine_azure_did_not_answer_for_leaves_its_subscription_not_assessed
     failed = ExtensionFacts("MDE.Linux", MDE_PUBLISHER, "MDE.Linux", "Failed")
     machines = [ubuntu("vm0"), ubuntu("vm1", extensions=(failed,))]
     running, run = world(machines)
-
-    def history_unreadable(vm):  # the failed one's history is read from the log
-        raise TransientError("the log's table did not answer")
-
-    running.audit.reinstalls_since_success = history_unreadable
+    claim_unanswered(running, "vm1")
     done = sweep_once(running, run)
     assert [r.outcome for r in running.audit.rows] == ["queued", "unavailable"]
     assert done.status == "failed"  # its only subscription was not measured completely
@@ -295,11 +307,11 @@ def ready_world(machines):
     return running
 
 
-def night(running, machines, day: int, *, outage: bool = False):
-    """One report-mode sweep of SUB on 2026-12-<day>: every record it made (rows or not),
+def night(running, machines, day: int, *, outage: bool = False, mode: str = "report"):
+    """One sweep of SUB on 2026-12-<day> (report mode unless told): every record it made,
     and the run. ``outage``: the posture read gets no answer (nothing is assessed)."""
     started = datetime(2026, 12, day, 2, 0, tzinfo=UTC)
-    run = Run(f"202612{day:02d}T020000Z-0000abcd", "report", "sweep", [SUB], 1, started)
+    run = Run(f"202612{day:02d}T020000Z-0000abcd", mode, "sweep", [SUB], 1, started)
     running.runs = Runs(run)
     running.arm.inventory = lambda subs, on_total=None: [
         f for f in machines if f.vm.subscription in subs
@@ -429,17 +441,29 @@ def test_a_change_is_never_lost_and_an_unchanged_machine_is_answerable_for_any_n
 
 
 def test_an_unchanged_machine_of_a_subscription_not_assessed_completely_gets_its_row():
-    machines = [ubuntu("vm0"), ubuntu("vm1", extensions=(_mde("Failed"),))]
-    running = ready_world(machines)
-    night(running, machines, 1)
+    machines = [ubuntu("vm0", extensions=(_mde(),)), ubuntu("vm1", extensions=(_mde("Failed"),))]
+    running, _ = world(machines)  # enforce: vm1's reinstall is claimed, vm0 is compliant
+    running.arm.postures[SUB] = READY
+    night(running, machines, 1, mode="enforce")
     assert len(running.audit.rows) == 2
-
-    def history_unreadable(vm):  # vm1's reinstall history gets no answer
-        raise TransientError("the log's table did not answer")
-
-    running.audit.reinstalls_since_success = history_unreadable
-    _, run = night(running, machines, 2)
+    claim_unanswered(running, "vm1")
+    running.claims.holders.clear()
+    _, run = night(running, machines, 2, mode="enforce")
     assert run.summary["assessed"] == []
     second = [(r.vm.rsplit("/", 1)[1], r.outcome) for r in running.audit.rows[2:]]
     # vm0 is unchanged, but the run cannot vouch for its subscription: its row is written.
-    assert sorted(second) == [("vm0", "reported"), ("vm1", "unavailable")]
+    assert sorted(second) == [("vm0", "none"), ("vm1", "unavailable")]
+
+
+def test_the_sweep_reads_failed_installs_with_the_baseline_not_per_machine():
+    machines = [ubuntu(f"vm{n}", extensions=(_mde("Failed"),)) for n in range(3)]
+    running = ready_world(machines)
+    running.audit.baselines.failed = {machines[0].vm.id.lower(): 99}  # gave up on vm0
+
+    def per_machine(vm):
+        raise AssertionError("a table query per machine")
+
+    running.audit.reinstalls_since_success = per_machine
+    made, _ = night(running, machines, 1)
+    decided = {r.vm.rsplit("/", 1)[1]: r.decision for r in made}
+    assert decided == {"vm0": "error", "vm1": "install", "vm2": "install"}
