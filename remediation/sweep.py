@@ -307,6 +307,7 @@ class _Batch:
         self.quiet: dict[str, list[AuditRecord]] = {}  # unchanged: no row if assessed
         self.result = BatchResult()
         self.budget = 0  # actions taken from the run's cap, not yet used
+        self.spent = False  # the run's cap had no action left when last asked
         trigger = "sweep" if run.trigger == "sweep" else run.trigger
         self.context = Context(services, trigger, run_id=run.run_id, mode=Mode(run.mode))
 
@@ -515,11 +516,14 @@ class _Batch:
     def _take(self, actions: int) -> bool:
         """Spend from the batch's share of the cap, taking more in blocks (one table
         round trip per block, not per VM)."""
-        if self.budget < actions:
+        if self.budget < actions and not self.spent:
             block = max(actions - self.budget, CAP_BLOCK)
-            self.budget += self.store.reserve(
-                self.run.run_id, block, actions - self.budget, self.cap
-            )
+            at_least = actions - self.budget
+            taken = self.store.reserve(self.run.run_id, block, at_least, self.cap)
+            self.budget += taken
+            # Not even one action left: the cap is spent, and asking again for every
+            # capped machine would cost a table read each.
+            self.spent = taken == 0 and at_least == 1
         if self.budget < actions:
             return False
         self.budget -= actions

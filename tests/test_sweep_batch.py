@@ -467,3 +467,19 @@ def test_the_sweep_reads_failed_installs_with_the_baseline_not_per_machine():
     made, _ = night(running, machines, 1)
     decided = {r.vm.rsplit("/", 1)[1]: r.decision for r in made}
     assert decided == {"vm0": "error", "vm1": "install", "vm2": "install"}
+
+
+def test_once_the_cap_is_spent_the_batch_stops_asking_for_more():
+    machines = [ubuntu(f"vm{n}") for n in range(6)]
+    running, run = world(machines, cap=3)  # the setting write and two installs
+    asked = []
+    reserve = running.runs.reserve
+
+    def counted(*args):
+        asked.append(args)
+        return reserve(*args)
+
+    running.runs.reserve = counted
+    sweep_once(running, run)
+    assert [r.outcome for r in running.audit.rows].count("queued") == 2
+    assert len(asked) == 2  # one block, then one answer of "nothing left": no read per VM
