@@ -448,11 +448,11 @@ def measure_cpu() -> dict[str, Any]:
         def reserve(self, run_id: str, wanted: int, at_least: int, cap: int) -> int:
             return wanted
 
-        def read(self, subscription: str) -> dict[str, Any]:
-            return dict(Stand.baselines.get(subscription, {}))
+        def read_all(self, subscription: str) -> tuple[dict[str, Any], dict[str, int]]:
+            return dict(Stand.baselines.get(subscription, {})), {}
 
     stand = Stand()
-    stand.baselines = stand  # type: ignore[assignment]  # audit.baselines.read
+    stand.baselines = stand  # type: ignore[assignment]  # audit.baselines.read_all
     services = Services(settings, stand, stand, *([None] * 4), stand, None, None)  # type: ignore[arg-type]
     services.remember_scope(Scope({s.id: Subscription(s.id, s.display_name) for s in subs}))
     run = Run(
