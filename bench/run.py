@@ -448,8 +448,8 @@ def measure_cpu() -> dict[str, Any]:
         def reserve(self, run_id: str, wanted: int, at_least: int, cap: int) -> int:
             return wanted
 
-        def read_all(self, subscription: str) -> tuple[dict[str, Any], dict[str, int]]:
-            return dict(Stand.baselines.get(subscription, {})), {}
+        def read_all(self, subscription: str) -> tuple[dict[str, Any], dict[str, int], Any]:
+            return dict(Stand.baselines.get(subscription, {})), {}, frozenset()
 
     stand = Stand()
     stand.baselines = stand  # type: ignore[assignment]  # audit.baselines.read_all

@@ -38,7 +38,7 @@ import re
 import uuid
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -433,9 +433,12 @@ class Baselines:
         """Lower-case machine id -> its state; {} before the first complete sweep."""
         return self.read_all(subscription)[0]
 
-    def read_all(self, subscription: str) -> tuple[dict[str, AuditRecord], dict[str, int]]:
-        """The states, and lower-case machine id -> MDE installs that ended Failed since
-        the last that Succeeded (``count_install``): one query for both."""
+    def read_all(
+        self, subscription: str
+    ) -> tuple[dict[str, AuditRecord], dict[str, int], frozenset[str]]:
+        """The states; lower-case machine id -> MDE installs that ended Failed since the
+        last that Succeeded (``count_install``); and the chunk rows there are (what a
+        write replaces): one query for all three."""
         partition = BASE_PREFIX + subscription.lower()
         for _ in range(3):  # rewritten while read: read again
             try:
@@ -446,7 +449,10 @@ class Baselines:
                     )
                 }
             except ResourceNotFoundError:  # no table yet
-                return {}, {}
+                return {}, {}, frozenset()
+            chunks = frozenset(
+                key for key in entities if key != BASE_HEAD and not key.startswith(FAILED_PREFIX)
+            )
             failed = {
                 str(entity["vm"]).lower(): int(entity["failed"])
                 for key, entity in entities.items()
@@ -454,15 +460,23 @@ class Baselines:
             }
             head = entities.get(BASE_HEAD)
             if head is None:
-                return {}, failed
+                return {}, failed, chunks
             keys = [f"{head['generation']}-{n:05d}" for n in range(int(head["chunks"]))]
             if all(key in entities for key in keys):
                 data = zlib.decompress(b"".join(bytes(entities[key]["data"]) for key in keys))
                 records = map(AuditRecord.from_json, json.loads(data))
-                return {record.vm.lower(): record for record in records}, failed
+                return {record.vm.lower(): record for record in records}, failed, chunks
         raise RuntimeError(f"the baseline of {subscription} changed on every read")
 
-    def write(self, subscription: str, generation: str, records: Sequence[AuditRecord]) -> None:
+    def write(
+        self,
+        subscription: str,
+        generation: str,
+        records: Sequence[AuditRecord],
+        replacing: Iterable[str] | None = None,
+    ) -> None:
+        """The subscription's states as one new generation; the chunk rows it replaces are
+        ``replacing`` (as ``read_all`` found them) or, if not given, read first."""
         partition = BASE_PREFIX + subscription.lower()
         text = json.dumps([record.to_json() for record in records], separators=(",", ":"))
         data = zlib.compress(text.encode())
@@ -474,14 +488,17 @@ class Baselines:
             }
             for start in range(0, len(data), BASE_CHUNK)
         ]
+        if replacing is None:
+            replacing = [
+                entity["RowKey"]
+                for entity in self._table.query_entities(
+                    "PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"]
+                )
+            ]
         keep = {row["RowKey"] for row in rows} | {BASE_HEAD}
-        old = [
-            entity["RowKey"]
-            for entity in self._table.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": partition}, select=["RowKey"]
-            )
-            if entity["RowKey"] not in keep and not entity["RowKey"].startswith(FAILED_PREFIX)
-        ]
+        old = sorted(
+            key for key in replacing if key not in keep and not key.startswith(FAILED_PREFIX)
+        )
         for start in range(0, len(rows), BASE_ROWS):
             self._table.submit_transaction(
                 [("upsert", row) for row in rows[start : start + BASE_ROWS]]

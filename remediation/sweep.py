@@ -303,6 +303,7 @@ class _Batch:
         # batch's changes to it (None: gone).
         self.baselines: dict[str, dict[str, AuditRecord]] = {}
         self.failed: dict[str, dict[str, int]] = {}  # installs Failed since success, per VM
+        self.chunks: dict[str, frozenset[str]] = {}  # the baseline rows a write replaces
         self.moved: dict[str, dict[str, AuditRecord | None]] = {}
         self.quiet: dict[str, list[AuditRecord]] = {}  # unchanged: no row if assessed
         self.result = BatchResult()
@@ -332,8 +333,9 @@ class _Batch:
                 self.records.append(_stable(self._unreadable(subscription, error), self.run))
             else:
                 readable.append(subscription)
-                known = self.services.audit.baselines.read_all(subscription)
-                self.baselines[subscription], self.failed[subscription] = known
+                baseline, failed, chunks = self.services.audit.baselines.read_all(subscription)
+                self.baselines[subscription], self.failed[subscription] = baseline, failed
+                self.chunks[subscription] = chunks
         return readable
 
     def _unparsed(self, machine: Unparsed) -> AuditRecord:
@@ -454,7 +456,9 @@ class _Batch:
                 continue
             states = self.baselines.get(subscription, {}) | moved
             kept = [state for _, state in sorted(states.items()) if state is not None]
-            self.services.audit.baselines.write(subscription, self.run.run_id, kept)
+            self.services.audit.baselines.write(
+                subscription, self.run.run_id, kept, replacing=self.chunks.get(subscription)
+            )
 
     def _verify(self, assessment: Assessment) -> tuple[Assessment, bool]:
         """Add what Defender for Endpoint sees of a VM whose extension is Succeeded, and

@@ -570,3 +570,41 @@ def test_the_baseline_answers_nights_whose_rows_passed_the_retention():
 def test_a_record_round_trips_through_json():
     record = _state(1, actions=("install-mde",), findings=("no-monitoring-agent",))
     assert AuditRecord.from_json(record.to_json()) == record
+
+
+# --- Baselines on real Table Storage ------------------------------------------------------
+def test_a_baseline_is_replaced_whole_in_chunks_and_keeps_the_failed_install_counts(audit):
+    import random
+    import string
+
+    from remediation.audit import BASE_PREFIX
+
+    log, table = audit
+    sub = "11111111-1111-4111-8111-111111111111"
+    rng = random.Random(5)
+
+    def machine(n: int, reason_chars: int = 40) -> AuditRecord:
+        noise = "".join(rng.choice(string.ascii_letters) for _ in range(reason_chars))
+        return _state(1, vm=f"{VM[:-3]}vm-{n:05d}", reason=noise)
+
+    big = [machine(n, 400) for n in range(600)]  # random text: several 60 KB chunks
+    log.baselines.write(sub, "gen-1", big)
+    states, failed, chunks = log.baselines.read_all(sub)
+    assert len(chunks) > 1
+    assert [states[r.vm.lower()] for r in big] == big
+    assert failed == {}
+    # Installs count per VM, in the same partition, and survive a new generation.
+    log.write(_state(2, vm=big[0].vm, install_state="Failed", outcome="failed"))
+    log.write(_state(3, vm=big[0].vm, install_state="Failed", outcome="failed"))
+    log.write(_state(3, vm=big[1].vm, install_state="Failed", outcome="failed"))
+    log.write(_state(4, vm=big[1].vm, install_state="Succeeded", outcome="succeeded"))
+    small = big[:3]
+    log.baselines.write(sub, "gen-2", small, replacing=chunks)
+    states, failed, chunks = log.baselines.read_all(sub)
+    assert list(states.values()) == small
+    assert failed == {big[0].vm.lower(): 2}
+    assert log.reinstalls_since_success(big[0].vm) == 2
+    assert log.reinstalls_since_success(big[1].vm) == 0
+    rows = [e["RowKey"] for e in table.query_entities(f"PartitionKey eq '{BASE_PREFIX}{sub}'")]
+    assert sorted(r for r in rows if r.startswith("gen-")) == sorted(chunks) == ["gen-2-00000"]
+    assert log.baselines.read_all("22222222-2222-4222-8222-222222222222") == ({}, {}, frozenset())

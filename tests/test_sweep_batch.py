@@ -72,9 +72,9 @@ class Baselines:
         return dict(self.stored.get(subscription, {}))
 
     def read_all(self, subscription: str):
-        return self.read(subscription), dict(self.failed)
+        return self.read(subscription), dict(self.failed), frozenset()
 
-    def write(self, subscription: str, generation: str, records) -> None:
+    def write(self, subscription: str, generation: str, records, replacing=None) -> None:
         self.stored[subscription] = {record.vm.lower(): record for record in records}
         self.writes.append(subscription)
 
