@@ -73,7 +73,8 @@ from remediation.service import (
 SCHEMA = "sweep-batch/1"
 WRITE_EVERY = 1000  # a batch writes its records this many at a time (a page of inventory)
 HEARTBEAT_EVERY = timedelta(minutes=1)
-CAP_BLOCK = 50  # actions a batch takes from the run's cap at a time
+CAP_BLOCK = 50  # actions a batch takes from the run's cap at a time, at least
+CAP_SHARES = 20  # and at least this share of the cap: 5,000 of a 100,000 cap, 2 round trips
 
 log = logging.getLogger("remediation")
 
@@ -521,7 +522,7 @@ class _Batch:
         """Spend from the batch's share of the cap, taking more in blocks (one table
         round trip per block, not per VM)."""
         if self.budget < actions and not self.spent:
-            block = max(actions - self.budget, CAP_BLOCK)
+            block = max(actions - self.budget, CAP_BLOCK, self.cap // CAP_SHARES)
             at_least = actions - self.budget
             taken = self.store.reserve(self.run.run_id, block, at_least, self.cap)
             self.budget += taken

@@ -483,3 +483,19 @@ def test_once_the_cap_is_spent_the_batch_stops_asking_for_more():
     sweep_once(running, run)
     assert [r.outcome for r in running.audit.rows].count("queued") == 2
     assert len(asked) == 2  # one block, then one answer of "nothing left": no read per VM
+
+
+def test_a_large_cap_is_taken_in_large_blocks():
+    machines = [ubuntu(f"vm{n}") for n in range(120)]
+    running, run = world(machines, mode="report", cap=100_000)
+    asked = []
+    reserve = running.runs.reserve
+
+    def counted(*args):
+        asked.append(args[1])
+        return reserve(*args)
+
+    running.runs.reserve = counted
+    sweep_once(running, run)
+    assert asked == [5000]  # a twentieth of the cap: one round trip, not one per 50 actions
+    assert running.runs.used == 121  # the setting and 120 installs; the rest went back
