@@ -1,4 +1,8 @@
-"""The remediation log: one record per decision, skips included, in Azure Table Storage.
+"""The remediation log, in Azure Table Storage: a record for every event, install and
+change a sweep finds (``changed``), and each subscription's baseline, the machines' last
+states (``Baselines``). A night that changed nothing is the run's: ``nights`` reads a
+machine's record for it back from its last change (docs/operations.md, "What the log
+promises").
 
 Each record is stored twice, so both questions ops ask are one range query within one
 partition, never a table scan:

@@ -8,6 +8,7 @@ its own (docs/decisions.md says why one table):
 partition           written by      holds
 ==================  ==============  ==================================================
 log, vi-00..vi-31   audit.py        every record; the per-VM index (hash buckets)
+base-<sub>          audit.py        machines' last sweep states; failed-install counts
 v-<hash>, d-<day>   (older)         the previous versions' rows, read and purged
 claim               queues.py       a VM's claim: one install in flight per VM
 run, batch-<run>    runs.py         sweep runs and their batches' results
