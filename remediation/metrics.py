@@ -248,6 +248,10 @@ def publish_run(run: Run) -> None:
     if not enabled():
         return
     duration = float(run.summary.get("duration_seconds", 0))
+    publish(run_figures(run), run_id=run.run_id, mode=run.mode, duration_seconds=duration)
+
+
+def run_figures(run: Run) -> list[SubscriptionFigures]:
+    """The figures of the subscriptions a finished run assessed, from its summary."""
     tallies = run.summary.get("figures") or {}
-    figures = [f for f in figures_of(tallies) if f.subscription in run.assessed]
-    publish(figures, run_id=run.run_id, mode=run.mode, duration_seconds=duration)
+    return [f for f in figures_of(tallies) if f.subscription in run.assessed]
