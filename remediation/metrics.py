@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only; the imports happen in publis
     from opentelemetry.sdk.metrics.export import MetricReader
 
     from remediation.audit import AuditRecord
-    from remediation.runs import Run
+    from remediation.runs import BatchResult, Run
 
 log = logging.getLogger("remediation")
 
@@ -240,18 +240,19 @@ def _exporting_reader(connection: str) -> MetricReader:
     return PeriodicExportingMetricReader(exporter, export_interval_millis=24 * 3600 * 1000)
 
 
-def publish_run(run: Run) -> None:
+def publish_run(run: Run, results: Callable[[], Iterable[BatchResult]]) -> None:
     """A finished run's per-subscription figures to Azure Monitor, where Application
-    Insights is set up: from the tallies its batches kept of every machine (the log has
-    rows for changes only). Only what the run measured: a subscription it could not
-    assess emits nothing."""
+    Insights is set up (only then are its batches' results read): from the tallies its
+    batches kept of every machine (the log has rows for changes only). Only what the run
+    measured: a subscription it could not assess emits nothing."""
     if not enabled():
         return
     duration = float(run.summary.get("duration_seconds", 0))
-    publish(run_figures(run), run_id=run.run_id, mode=run.mode, duration_seconds=duration)
+    figures = run_figures(run, results())
+    publish(figures, run_id=run.run_id, mode=run.mode, duration_seconds=duration)
 
 
-def run_figures(run: Run) -> list[SubscriptionFigures]:
-    """The figures of the subscriptions a finished run assessed, from its summary."""
-    tallies = run.summary.get("figures") or {}
+def run_figures(run: Run, results: Iterable[BatchResult]) -> list[SubscriptionFigures]:
+    """The figures of the subscriptions a finished run assessed, from its batches."""
+    tallies = {s: t for result in results for s, t in result.figures.items()}
     return [f for f in figures_of(tallies) if f.subscription in run.assessed]

@@ -179,6 +179,7 @@ class BatchResult:
     complete: bool = False  # every machine of its readable subscriptions was assessed
     unreadable: dict[str, str] = field(default_factory=dict)  # subscription -> why
     # Per subscription, every machine's figures (metrics.count): the metrics' source.
+    # Kept in the batch's row only (the run's summary would outgrow its property).
     figures: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
@@ -341,6 +342,16 @@ class RunStore:
         ]
         return sorted(runs, key=lambda run: run.run_id, reverse=True)
 
+    def batch_results(self, run_id: str) -> list[BatchResult]:
+        """The results its batches stored (each holds its subscriptions' figures: kept
+        there, not in the run's summary, whose one string property holds 32K characters)."""
+        return [
+            _result_from_json(entity["result"])
+            for entity in self._table.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": f"batch-{run_id}"}
+            )
+        ]
+
     def batches_done(self, run_id: str) -> int:
         partition = f"batch-{run_id}"
         return sum(
@@ -383,12 +394,7 @@ class RunStore:
             {"PartitionKey": partition, "RowKey": f"{batch:05d}", "result": _result_json(result)},
             mode=UpdateMode.REPLACE,
         )
-        results = [
-            _result_from_json(entity["result"])
-            for entity in self._table.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": partition}
-            )
-        ]
+        results = self.batch_results(run.run_id)
         if len(results) < run.batches:
             return None
 
@@ -479,10 +485,8 @@ def summarize(
     eligible = sum(r.eligible_running for r in results)
     covered = sum(r.covered for r in results)
     unreadable: dict[str, str] = {}
-    figures: dict[str, dict[str, int]] = {}
     for result in results:
         unreadable.update(result.unreadable)
-        figures.update(result.figures)  # a subscription is in one batch
     return {
         "assessed": sorted({s for r in results for s in r.assessed}),
         "unreadable": dict(sorted(unreadable.items())),
@@ -506,5 +510,4 @@ def summarize(
         # Not this app's to change: instances of uniform scale sets (the report's hint).
         "uniform_scale_sets": uniform[0],
         "uniform_instances": uniform[1],
-        "figures": dict(sorted(figures.items())),
     }

@@ -261,7 +261,7 @@ def _finished(services: Services, run: Run | None) -> Run | None:
     if purged:
         log.info("retention: %s records older than %s deleted", purged, cutoff.date())
     try:
-        metrics.publish_run(run)
+        metrics.publish_run(run, lambda: services.runs.batch_results(run.run_id))
     except Exception as error:  # telemetry is best effort: the run is done and recorded
         log.warning("metrics: run=%s not published: %s", run.run_id, error)
     return run
