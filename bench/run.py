@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -739,6 +740,8 @@ class HostQueueListener:
         self.batch_size = int(options["batchSize"])
         self.threshold = int(options.get("newBatchThreshold", self.batch_size // 2))
         self.max_dequeue = int(options["maxDequeueCount"])
+        h, m, sec = (int(x) for x in options["visibilityTimeout"].split(":"))
+        self.retry_delay = h * 3600 + m * 60 + sec  # a failed message is seen again after it
         self._queue, self._function, self._poison = queue, function, poison
         self._rng = random.Random(7)
         self._stop = threading.Event()
@@ -804,6 +807,10 @@ class HostQueueListener:
         except Exception:  # the host's contract: any exception is a retry
             done.set()
             renewing.result()
+            with (ROOT / "build" / "bench-worker-errors.log").open("a") as errors:
+                traceback.print_exc(file=errors)  # the worker's stderr is nobody's
+            if tries < self.max_dequeue or poison:  # again after host.json's delay
+                queue.update_message(message, visibility_timeout=self.retry_delay)
             if tries >= self.max_dequeue and not poison:
                 self._queue.poison.send_message(message.content)
                 queue.delete_message(message)
