@@ -49,6 +49,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.exceptions import (
+    AzureError,
     ResourceExistsError,
     ResourceNotFoundError,
     ServiceResponseError,
@@ -419,6 +420,20 @@ def _matches(record: AuditRecord, query: Query) -> bool:
     return not query.finding or query.finding in record.findings
 
 
+def _upserts(table: TableClient, rows: list[dict[str, Any]]) -> None:
+    """One transaction of upserts, sent again if its answer was lost: azure-core retries
+    a POST only when it could not connect, and a pooled connection the server had closed
+    resets on the read. Upserts of the same rows: sending twice is harmless."""
+    operations = [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows]
+    for attempt in range(1, LOST_ANSWER_TRIES + 1):
+        try:
+            table.submit_transaction(operations)
+            return
+        except ServiceResponseError:
+            if attempt == LOST_ANSWER_TRIES:
+                raise
+
+
 class Baselines:
     """``base-<subscription>``: each machine's state as the sweep last saw it, the last
     state row of a complete sweep of its subscription (``is_state``). A batch compares its
@@ -504,16 +519,17 @@ class Baselines:
             key for key in replacing if key not in keep and not key.startswith(FAILED_PREFIX)
         )
         for start in range(0, len(rows), BASE_ROWS):
-            self._table.submit_transaction(
-                [("upsert", row) for row in rows[start : start + BASE_ROWS]]
-            )
+            _upserts(self._table, rows[start : start + BASE_ROWS])
         head = {"generation": generation, "chunks": len(rows), "machines": len(records)}
-        self._table.upsert_entity({"PartitionKey": partition, "RowKey": BASE_HEAD} | head)
+        _upserts(self._table, [{"PartitionKey": partition, "RowKey": BASE_HEAD} | head])
         for start in range(0, len(old), TRANSACTION):
             keys = old[start : start + TRANSACTION]
-            self._table.submit_transaction(
-                [("delete", {"PartitionKey": partition, "RowKey": key}) for key in keys]
-            )
+            try:  # the old generation: unread from now on; what stays, the next write lists
+                self._table.submit_transaction(
+                    [("delete", {"PartitionKey": partition, "RowKey": key}) for key in keys]
+                )
+            except AzureError as error:
+                log.warning("baseline of %s: old chunks left for later (%s)", subscription, error)
 
     def failed_installs(self, vm: str) -> int:
         """MDE installs on the VM that ended Failed since the last that Succeeded."""
@@ -586,17 +602,7 @@ class AuditLog:
             log.info(record.log_line())
 
     def _upsert_all(self, rows: list[dict[str, Any]]) -> None:
-        """One transaction, sent again if its answer was lost: azure-core retries a POST
-        only when it could not connect, and a pooled connection the server had closed
-        resets on the read. Upserts of the same rows: sending twice is harmless."""
-        operations = [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows]
-        for attempt in range(1, LOST_ANSWER_TRIES + 1):
-            try:
-                self._table.submit_transaction(operations)
-                return
-            except ServiceResponseError:
-                if attempt == LOST_ANSWER_TRIES:
-                    raise
+        _upserts(self._table, rows)
 
     @staticmethod
     def _vm_partitions(vm: str) -> list[tuple[str, str]]:
