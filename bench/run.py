@@ -1255,6 +1255,8 @@ def main() -> int:
         finally:
             env.close()
     else:
+        results["cpu"] = child("cpu", {})
+        print(f"cpu: {results['cpu']['us_per_machine']}", flush=True)
         for vms, subscriptions in SCALES:
             results["sweeps"].append(measure_scale(vms, subscriptions))
     small = 100 if args.quick else 1000
