@@ -16,6 +16,16 @@ from tests.test_service import ENFORCE, estate, new_vm
 GRAPH = "Microsoft.ResourceGraph/resources/read"
 
 
+def log_cli(*args):
+    import io
+
+    from remediation.__main__ import main
+
+    out = io.StringIO()
+    code = main(["log", *args], out=out)
+    return code, out.getvalue()
+
+
 def sweep_cli(*args):
     import io
 
@@ -221,6 +231,13 @@ def test_a_steady_night_writes_no_machine_row_and_every_night_stays_answerable(w
         (first.run_id, "install", None),
     ]
     assert history[0].time == second.started
+    # A short name with no row in the window is found among the machines the sweeps know.
+    quiet = Query(since=second.started + timedelta(seconds=1), until=datetime.now(UTC))
+    scope = world.services.scope().ids
+    assert ops.resolve_vm(world.services.audit, "Plain-Ubuntu", quiet, scope) == [plain]
+    code, shown = log_cli("--vm", "plain-ubuntu", "--since", "1h")
+    assert code == 0
+    assert "Unchanged since" in " ".join(shown.split())
     covered = vms["covered-ubuntu"]
     del covered.extensions["mde.linux"]  # lost its extension
     del world.plane.estate.vms[vms["plain-ubuntu"].id.lower()]  # deleted
