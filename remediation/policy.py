@@ -342,7 +342,7 @@ def verify(
             hint,
         )
     start = min(since or now, now)  # a clock ahead of ours is not a future install
-    hours = max(0.0, (now - start).total_seconds() / 3600)
+    hours = (now - start).total_seconds() / 3600
     if hours > grace_hours:
         return Verified(
             Verification.NOT_SEEN,

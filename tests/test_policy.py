@@ -357,7 +357,7 @@ VERIFY_TABLE = [
     ("active, not onboarded", device("Active", "CanBeOnboarded"), None, 24, Verification.UNHEALTHY, ["onboarding status CanBeOnboarded"], ["onboarding status is CanBeOnboarded"]),
     ("active, no onboarding status", device("Active", ""), None, 24, Verification.UNHEALTHY, ["onboarding status Unknown"], ["onboarding status is Unknown"]),
     ("not seen, first sweep", None, None, 24, Verification.PENDING, ["since 2026-11-29 12:00 UTC", "24 h"], []),
-    ("not seen, within grace", None, NOW - timedelta(hours=23), 24, Verification.PENDING, ["since 2026-11-28 13:00 UTC", "REMEDIATION_VERIFY_GRACE_HOURS"], []),
+    ("not seen, within grace", None, NOW - timedelta(hours=23), 24, Verification.PENDING, ["since 2026-11-28 13:00 UTC", "REMEDIATION_VERIFY_GRACE_HOURS) to list the device."], []),
     ("not seen, exactly at grace", None, NOW - timedelta(hours=24), 24, Verification.PENDING, ["since 2026-11-28 12:00 UTC", "24 h"], []),
     ("not seen, past grace", None, NOW - timedelta(hours=25), 24, Verification.NOT_SEEN, ["since 2026-11-28 11:00 UTC", "24 h grace", "lists no device for this VM."], ["onboarding package", "mdatp health", "proxy"]),
     ("not seen, seconds past grace", None, NOW - timedelta(hours=24, seconds=10), 24, Verification.NOT_SEEN, ["since 2026-11-28 11:59 UTC", "24 h grace"], ["onboarding package"]),
