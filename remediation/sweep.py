@@ -382,8 +382,7 @@ class _Batch:
     def handle(self, facts: VmFacts | Unparsed) -> AuditRecord:
         if isinstance(facts, Unparsed):
             return self._unparsed(facts)
-        # The machine's own context: its duration counts from here, not the batch's start.
-        context = dataclasses.replace(self.context.for_vm(facts.vm), started=time.monotonic())
+        context = self.context.for_vm(facts.vm)
         # Listed by the inventory, whatever happens next: its state is kept.
         self.seen.setdefault(facts.vm.subscription.lower(), set()).add(facts.vm.id.lower())
         assessment: Assessment | None = None

@@ -499,19 +499,3 @@ def test_a_large_cap_is_taken_in_large_blocks():
     sweep_once(running, run)
     assert asked == [5000]  # a twentieth of the cap: one round trip, not one per 50 actions
     assert running.runs.used == 121  # the setting and 120 installs; the rest went back
-
-
-def test_a_machines_duration_is_its_own_not_the_batchs():
-    import time
-
-    machines = [ubuntu(f"vm{n}") for n in range(3)]
-    running = ready_world(machines)
-    classify_slowly = running.arm.posture
-
-    def slow(subscription):  # the batch's start is 0.3 s before any machine
-        time.sleep(0.3)
-        return classify_slowly(subscription)
-
-    running.arm.posture = slow
-    made, _ = night(running, machines, 1)
-    assert all(record.duration_ms < 250 for record in made)
