@@ -94,7 +94,9 @@ def test_a_cli_sweep_that_loses_azure_frees_its_subscriptions_and_says_so(world_
 
 @pytest.mark.integration
 def test_ctrl_c_during_a_cli_sweep_closes_the_run_and_frees_its_subscriptions(world_factory):
-    world = world_factory(generated_estate(60, 3, seed=32), plane_options={"latency": 0.05})
+    # Three Resource Graph pages, each 0.5 s away: the signal comes while the second is in
+    # flight (the machines of a page are decided in milliseconds, and write nothing new).
+    world = world_factory(generated_estate(2100, 1, seed=32), plane_options={"latency": 0.5})
     process = subprocess.Popen(  # a real terminal's Ctrl-C is SIGINT to the process
         [sys.executable, "-m", "remediation", "sweep", "--json"],
         cwd=ROOT,
