@@ -94,8 +94,8 @@ def test_a_cli_sweep_that_loses_azure_frees_its_subscriptions_and_says_so(world_
 
 @pytest.mark.integration
 def test_ctrl_c_during_a_cli_sweep_closes_the_run_and_frees_its_subscriptions(world_factory):
-    # Three Resource Graph pages, each 0.5 s away: the signal comes while the second is in
-    # flight (the machines of a page are decided in milliseconds, and write nothing new).
+    # Three Resource Graph pages of 1,000, each 0.5 s away: the first page's machines are
+    # decided in milliseconds, and the signal comes while the next page is on its way.
     world = world_factory(generated_estate(2100, 1, seed=32), plane_options={"latency": 0.5})
     process = subprocess.Popen(  # a real terminal's Ctrl-C is SIGINT to the process
         [sys.executable, "-m", "remediation", "sweep", "--json"],
@@ -104,9 +104,12 @@ def test_ctrl_c_during_a_cli_sweep_closes_the_run_and_frees_its_subscriptions(wo
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # SIGINT as a terminal has it, whatever disposition this process passes on
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
-    first = process.stdout.readline()  # one VM decided: the run is under way
+    first = process.stdout.readline()  # the first page's machines decided
     assert json.loads(first)["vm"]
+    assert process.poll() is None  # still running
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
