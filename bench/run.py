@@ -539,17 +539,19 @@ def measure_cpu() -> dict[str, Any]:
         steady = steady_night()
         samples.append((time.thread_time() - started) / len(rows) * 1e6)
     figures["steady night, whole path (no row)"] = round(statistics.median(samples), 1)
-    profiler = cProfile.Profile()
-    profiler.enable()
-    first_night()
-    profiler.disable()
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).strip_dirs().sort_stats("tottime").print_stats(12)
-    top = [
-        line.strip()
-        for line in text.getvalue().splitlines()
-        if line.strip() and line.strip()[0].isdigit()
-    ][:12]
+
+    def profile(run: Any, order: str, count: int, builtins: bool = True) -> list[str]:
+        """``run``'s cProfile: its total, then its top entries by ``order``, as printed."""
+        profiler = cProfile.Profile()
+        profiler.runcall(run)
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).strip_dirs().sort_stats(order).print_stats(40)
+        lines = [line.strip() for line in text.getvalue().splitlines()]
+        return [line for line in lines if line[:1].isdigit() and (builtins or "{" not in line)][
+            :count
+        ]
+
+    top = profile(first_night, "tottime", 12)
     from localazure.azurite import Azurite
     from remediation.audit import AuditLog
 
@@ -566,19 +568,13 @@ def measure_cpu() -> dict[str, Any]:
         figures["write (2 rows in transactions, client CPU)"] = round(
             (time.process_time() - started) / len(sample) * 1e6, 1
         )
-        rows = [audit._entity(r, audit.LOG_PARTITION) for r in records[2000:4000]]
-        profiler = cProfile.Profile()  # the SDK's share, in this thread: 20 transactions
-        profiler.enable()
-        for start in range(0, len(rows), 100):
-            audit._upserts(log.table, rows[start : start + 100])
-        profiler.disable()
-        written = io.StringIO()
-        pstats.Stats(profiler, stream=written).strip_dirs().sort_stats("cumulative").print_stats(40)
-        write_top = [
-            line.strip()
-            for line in written.getvalue().splitlines()
-            if line.strip()[:1].isdigit() and "{" not in line  # functions, not builtins
-        ][:16]
+        entities = [audit._entity(r, audit.LOG_PARTITION) for r in records[2000:4000]]
+
+        def transactions() -> None:  # the SDK's share, in this thread: 20 transactions
+            for start in range(0, len(entities), 100):
+                audit._upserts(log.table, entities[start : start + 100])
+
+        write_top = profile(transactions, "cumulative", 16, builtins=False)
     finally:
         azurite.stop()
     return {
